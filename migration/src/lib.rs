@@ -1,0 +1,20 @@
+//! Schema migrations for Portcullis, written with the portable schema helpers so that one
+//! migration runs on PostgreSQL and SQLite alike.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261127_000001_create_users;
+mod m20261127_000002_create_sessions;
+
+/// Every migration, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261127_000001_create_users::Migration),
+            Box::new(m20261127_000002_create_sessions::Migration),
+        ]
+    }
+}

@@ -1,0 +1,378 @@
+//! Typed, layered settings (figment): defaults < config/{profile}.toml < .env < environment.
+//!
+//! Names are flat so that the old service's environment variables (`DATABASE_URL`,
+//! `SECRET_KEY`, `ACCESS_TOKEN_EXPIRE_MINUTES`, `HOST`, `PORT`) work unchanged.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// The defaults ship inside the binary, so it runs from any folder.
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Which set of defaults and checks applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    #[default]
+    Development,
+    Test,
+    Production,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Test => "test",
+            Self::Production => "production",
+        }
+    }
+}
+
+impl FromStr for Profile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "development" | "dev" => Ok(Self::Development),
+            "test" => Ok(Self::Test),
+            "production" | "prod" => Ok(Self::Production),
+            other => Err(format!(
+                "unknown profile {other:?}: expected development, test or production"
+            )),
+        }
+    }
+}
+
+/// A secret that never prints.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(#[serde(deserialize_with = "lenient_string")] String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Every setting, with the names of `config/default.toml`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    #[serde(skip)]
+    pub profile: Profile,
+    pub host: String,
+    pub port: u16,
+    pub database_url: Option<String>,
+    pub database_max_connections: u32,
+    pub database_timeout_seconds: u64,
+    pub secret_key: Option<Secret>,
+    pub access_token_expire_minutes: i64,
+    #[serde(deserialize_with = "lenient_string")]
+    pub jwt_issuer: String,
+    #[serde(deserialize_with = "lenient_string")]
+    pub jwt_audience: String,
+    pub jwt_leeway_seconds: i64,
+    pub refresh_token_expire_days: i64,
+    pub session_max_age_days: i64,
+    pub session_purge_interval_seconds: u64,
+    pub bcrypt_cost: u32,
+    pub hash_workers: usize,
+    pub hash_queue: usize,
+    pub body_limit_bytes: usize,
+    pub cors_allowed_origins: String,
+    pub hsts_max_age_seconds: u64,
+    pub trusted_proxies: String,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub shutdown_timeout_seconds: u64,
+}
+
+/// Every key, in upper case, is also read from the environment.
+const KEYS: &[&str] = &[
+    "host",
+    "port",
+    "database_url",
+    "database_max_connections",
+    "database_timeout_seconds",
+    "secret_key",
+    "access_token_expire_minutes",
+    "jwt_issuer",
+    "jwt_audience",
+    "jwt_leeway_seconds",
+    "refresh_token_expire_days",
+    "session_max_age_days",
+    "session_purge_interval_seconds",
+    "bcrypt_cost",
+    "hash_workers",
+    "hash_queue",
+    "body_limit_bytes",
+    "cors_allowed_origins",
+    "hsts_max_age_seconds",
+    "trusted_proxies",
+    "data_dir",
+    "log_format",
+    "log_level",
+    "shutdown_timeout_seconds",
+];
+
+/// A setting that makes no sense, or that the profile does not allow. One line, for people.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Settings {
+    /// Loads the layers for `profile`, reading `config_dir` for the TOML files. The process
+    /// environment (with `.env` loaded into it beforehand) is the strongest layer.
+    ///
+    /// # Errors
+    /// When a value has the wrong type, or [`Settings::validate`] refuses the result.
+    pub fn load(profile: Profile, config_dir: &Path) -> Result<Self, ConfigError> {
+        let figment = Figment::new()
+            .merge(Toml::string(DEFAULTS))
+            .merge(Toml::file(config_dir.join("default.toml")))
+            .merge(Toml::file(
+                config_dir.join(format!("{}.toml", profile.as_str())),
+            ))
+            .merge(Env::raw().only(KEYS));
+        Self::from_figment(profile, &figment)
+    }
+
+    /// Builds settings from an explicit figment (tests use it to set values directly).
+    ///
+    /// # Errors
+    /// As [`Settings::load`].
+    pub fn from_figment(profile: Profile, figment: &Figment) -> Result<Self, ConfigError> {
+        let mut settings: Self = figment
+            .extract()
+            .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
+        settings.profile = profile;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The built-in defaults, for tests and tools that layer their own values on top.
+    pub fn defaults() -> Figment {
+        Figment::new().merge(Toml::string(DEFAULTS))
+    }
+
+    /// Refuses what would be unsafe or meaningless; production is strictest.
+    ///
+    /// # Errors
+    /// One line naming the first setting at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: &str| Err(ConfigError(msg.to_owned()));
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return fail("BCRYPT_COST must be between 4 and 31");
+        }
+        if self.access_token_expire_minutes < 1 {
+            return fail("ACCESS_TOKEN_EXPIRE_MINUTES must be at least 1");
+        }
+        if self.refresh_token_expire_days < 1 || self.session_max_age_days < 1 {
+            return fail("REFRESH_TOKEN_EXPIRE_DAYS and SESSION_MAX_AGE_DAYS must be at least 1");
+        }
+        if self.jwt_leeway_seconds < 0 {
+            return fail("JWT_LEEWAY_SECONDS must not be negative");
+        }
+        if self.body_limit_bytes < 1024 {
+            return fail("BODY_LIMIT_BYTES must be at least 1024");
+        }
+        if self.database_max_connections == 0 || self.database_timeout_seconds == 0 {
+            return fail(
+                "DATABASE_MAX_CONNECTIONS and DATABASE_TIMEOUT_SECONDS must be at least 1",
+            );
+        }
+        if let Some(key) = &self.secret_key
+            && key.expose().len() < crate::outbound::jwt::MIN_SECRET_BYTES
+        {
+            return fail("SECRET_KEY must be at least 32 bytes");
+        }
+        if self.profile == Profile::Production {
+            if self.database_url.is_none() {
+                return fail("production requires DATABASE_URL to be set");
+            }
+            if self.secret_key.is_none() {
+                return fail("production requires SECRET_KEY (at least 32 bytes) to be set");
+            }
+            if self.bcrypt_cost < 10 {
+                return fail("production refuses BCRYPT_COST below 10");
+            }
+            if self.cors_origins().iter().any(|o| o == "*") {
+                return fail("production refuses CORS_ALLOWED_ORIGINS=\"*\": list the origins");
+            }
+        }
+        self.trusted_proxy_addrs().map(|_| ())
+    }
+
+    /// The CORS origins, parsed from their comma-separated form.
+    pub fn cors_origins(&self) -> Vec<String> {
+        split_list(&self.cors_allowed_origins)
+    }
+
+    /// The trusted proxies' addresses.
+    ///
+    /// # Errors
+    /// When an entry is not an IP address.
+    pub fn trusted_proxy_addrs(&self) -> Result<Vec<std::net::IpAddr>, ConfigError> {
+        split_list(&self.trusted_proxies)
+            .iter()
+            .map(|entry| {
+                entry.parse().map_err(|_| {
+                    ConfigError(format!("TRUSTED_PROXIES: {entry:?} is not an IP address"))
+                })
+            })
+            .collect()
+    }
+
+    /// The database URL; only production leaves it unset, and validation refuses that.
+    pub fn database_url(&self) -> &str {
+        self.database_url.as_deref().unwrap_or("memory://")
+    }
+}
+
+/// Reads a string even when the environment layer took it for a number (figment infers types
+/// from values, so `SECRET_KEY=1234...` would otherwise arrive as an integer).
+fn lenient_string<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(match Scalar::deserialize(deserializer)? {
+        Scalar::Text(s) => s,
+        Scalar::Unsigned(n) => n.to_string(),
+        Scalar::Signed(n) => n.to_string(),
+        Scalar::Float(n) => n.to_string(),
+        Scalar::Bool(b) => b.to_string(),
+    })
+}
+
+fn split_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::providers::Serialized;
+
+    use super::*;
+
+    fn with(profile: Profile, pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut figment = Settings::defaults();
+        for (key, value) in pairs {
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        Settings::from_figment(profile, &figment)
+    }
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn the_defaults_load_and_match_the_documented_values() {
+        let s = with(Profile::Development, &[]).unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 8000));
+        assert_eq!(s.access_token_expire_minutes, 15);
+        assert_eq!(s.bcrypt_cost, 12);
+        assert_eq!(s.body_limit_bytes, 65536);
+        assert_eq!(s.jwt_leeway_seconds, 30);
+    }
+
+    #[test]
+    fn production_names_what_is_missing() {
+        let err = with(Profile::Production, &[("secret_key", KEY)]).unwrap_err();
+        assert_eq!(err.0, "production requires DATABASE_URL to be set");
+        let err = with(Profile::Production, &[("database_url", "postgres://x/y")]).unwrap_err();
+        assert!(err.0.contains("SECRET_KEY"), "{}", err.0);
+        let err = with(
+            Profile::Production,
+            &[
+                ("database_url", "postgres://x/y"),
+                ("secret_key", "too short"),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(err.0, "SECRET_KEY must be at least 32 bytes");
+        assert!(
+            with(
+                Profile::Production,
+                &[("database_url", "postgres://x/y"), ("secret_key", KEY)]
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn production_refuses_a_weak_bcrypt_cost_and_any_cors_origin() {
+        let base = [("database_url", "postgres://x/y"), ("secret_key", KEY)];
+        let mut weak = base.to_vec();
+        weak.push(("bcrypt_cost", "9"));
+        assert!(
+            with(Profile::Production, &weak)
+                .unwrap_err()
+                .0
+                .contains("BCRYPT_COST")
+        );
+        let mut open = base.to_vec();
+        open.push(("cors_allowed_origins", "*"));
+        assert!(
+            with(Profile::Production, &open)
+                .unwrap_err()
+                .0
+                .contains("CORS")
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = with(Profile::Development, &[("secret_key", KEY)]).unwrap();
+        assert!(!format!("{s:?}").contains(KEY));
+    }
+
+    #[test]
+    fn lists_and_proxies_are_parsed() {
+        let s = with(
+            Profile::Development,
+            &[
+                (
+                    "cors_allowed_origins",
+                    " https://a.example , https://b.example,",
+                ),
+                ("trusted_proxies", "10.0.0.1, ::1"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(s.cors_origins(), ["https://a.example", "https://b.example"]);
+        assert_eq!(s.trusted_proxy_addrs().unwrap().len(), 2);
+        assert!(with(Profile::Development, &[("trusted_proxies", "10.0.0.0/8")]).is_err());
+    }
+}

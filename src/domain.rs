@@ -1,0 +1,22 @@
+//! The core: entities, value types, ports and use cases.
+//!
+//! Nothing here knows HTTP, SQL, JWT or bcrypt. Adapters implement the traits in [`ports`];
+//! the use cases in [`service`] only ever see those traits.
+
+pub mod email;
+pub mod error;
+pub mod password;
+pub mod ports;
+pub mod service;
+pub mod session;
+pub mod user;
+
+pub use email::{Email, EmailError};
+pub use error::BackendError;
+pub use password::{Password, PasswordError, PasswordHash};
+pub use service::{AuthPolicy, AuthService};
+pub use session::{
+    ClientInfo, NewRefreshToken, NewSession, Principal, RefreshTokenHash, RefreshTokenRecord,
+    Session, SessionId, TokenPair,
+};
+pub use user::{FullName, FullNameError, NewUser, Role, User, UserId};

@@ -1,0 +1,223 @@
+//! The ports: what the core needs from the outside world, as traits.
+//!
+//! Every adapter must honour the `# Errors` contract of each method: technology errors are
+//! translated into [`BackendError`] (or a more specific domain error) inside the adapter, so
+//! the core never sees a driver's error type.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{
+    BackendError, Email, NewRefreshToken, NewSession, NewUser, Password, PasswordHash,
+    RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, User, UserId,
+};
+
+/// Storage of users and of their sessions.
+///
+/// One port rather than two: deactivating a user, changing a password and checking an access
+/// token each touch a user and their sessions together, and must do so atomically (or in one
+/// round trip), which only one adapter holding both can promise.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait UserRepository: Send + Sync + 'static {
+    /// Checks that storage answers, for readiness probes.
+    ///
+    /// # Errors
+    /// [`BackendError::Unavailable`] when it does not, within the adapter's timeout.
+    async fn ping(&self) -> Result<(), BackendError>;
+
+    /// Stores a new user and returns it with its id.
+    ///
+    /// # Errors
+    /// [`CreateUserError::EmailTaken`] when a user with the same normalised email exists, also
+    /// when a concurrent insert wins the race (the unique index decides, not a prior read);
+    /// [`CreateUserError::Backend`] otherwise.
+    async fn create_user(&self, user: NewUser) -> Result<User, CreateUserError>;
+
+    /// Finds a user by normalised email.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; an unknown email is `Ok(None)`.
+    async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, BackendError>;
+
+    /// Finds a user by id.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; an unknown id is `Ok(None)`.
+    async fn find_user_by_id(&self, id: UserId) -> Result<Option<User>, BackendError>;
+
+    /// Sets a user's role. Returns the updated user, or `None` for an unknown id.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn set_role(&self, id: UserId, role: Role) -> Result<Option<User>, BackendError>;
+
+    /// Activates or deactivates a user; deactivating ends all their sessions at `now`, in the
+    /// same transaction. Returns the updated user, or `None` for an unknown id.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; then nothing has changed.
+    async fn set_active(
+        &self,
+        id: UserId,
+        active: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, BackendError>;
+
+    /// Replaces a user's password hash and ends every session of theirs but `keep` at `now`, in
+    /// one transaction.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; then nothing has changed.
+    async fn set_password(
+        &self,
+        id: UserId,
+        hash: PasswordHash,
+        keep: Option<SessionId>,
+        now: DateTime<Utc>,
+    ) -> Result<(), BackendError>;
+
+    /// Stores a new session with its first refresh token, in one transaction.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; then nothing was stored.
+    async fn create_session(
+        &self,
+        session: NewSession,
+        refresh: NewRefreshToken,
+    ) -> Result<Session, BackendError>;
+
+    /// Loads a session and its user in one indexed lookup: the check behind every
+    /// authenticated request. Ended and expired sessions are returned too; the core decides.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; an unknown id is `Ok(None)`.
+    async fn find_session(&self, id: SessionId) -> Result<Option<(Session, User)>, BackendError>;
+
+    /// Loads a refresh token, spent or not, with its session and user.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; an unknown hash is `Ok(None)`.
+    async fn find_refresh_token(
+        &self,
+        hash: &RefreshTokenHash,
+    ) -> Result<Option<RefreshTokenRecord>, BackendError>;
+
+    /// Spends `presented` and stores `next` in its place, atomically: a conditional update
+    /// marks `presented` spent only if it is not spent yet, so of two concurrent rotations of
+    /// one token exactly one returns `true`. The session's last use, client and idle expiry
+    /// (`next.expires_at`) are updated with it. Returns `false`, changing nothing, when
+    /// `presented` was already spent.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; then nothing has changed.
+    async fn rotate_refresh_token(
+        &self,
+        presented: &RefreshTokenHash,
+        next: NewRefreshToken,
+        client: super::ClientInfo,
+    ) -> Result<bool, BackendError>;
+
+    /// Lists a user's sessions that are live at `now`, newest first.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn list_live_sessions(
+        &self,
+        user_id: UserId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Session>, BackendError>;
+
+    /// Ends one session of `user_id` at `now`. Returns `false` when no live session of that
+    /// user has this id (someone else's session is not touched).
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn end_session(
+        &self,
+        user_id: UserId,
+        id: SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, BackendError>;
+
+    /// Deletes sessions that are no longer live at `now`, and refresh tokens past their expiry.
+    /// Returns how many sessions were deleted.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, BackendError>;
+}
+
+/// Why a user could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateUserError {
+    #[error("email already registered")]
+    EmailTaken,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Password hashing: slow on purpose, so adapters must keep it off the async workers.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait PasswordHasher: Send + Sync + 'static {
+    /// Hashes a policy-checked password with a fresh salt.
+    ///
+    /// # Errors
+    /// [`BackendError::Overloaded`] when the hashing capacity is saturated;
+    /// [`BackendError::Unexpected`] for anything else.
+    async fn hash(&self, password: &Password) -> Result<PasswordHash, BackendError>;
+
+    /// Checks `candidate` against `hash`, in time independent of where they differ. A
+    /// candidate the algorithm cannot take whole (too long, or holding a NUL) never matches:
+    /// it is not truncated.
+    ///
+    /// # Errors
+    /// As [`PasswordHasher::hash`]; a malformed stored hash is `Unexpected`.
+    async fn verify(&self, candidate: &str, hash: &PasswordHash) -> Result<bool, BackendError>;
+}
+
+/// The claims of an access token that the core cares about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessClaims {
+    pub user_id: UserId,
+    pub role: Role,
+    pub session_id: SessionId,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub token_id: String,
+}
+
+/// Why a presented token is not accepted by the issuer.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Bad signature, wrong algorithm, issuer or audience, malformed: not ours.
+    #[error("token rejected: {0}")]
+    Rejected(String),
+    /// Signing failed: a key problem, not the caller's.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Signs and checks access tokens.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait TokenIssuer: Send + Sync + 'static {
+    /// Signs `claims` into a token string.
+    ///
+    /// # Errors
+    /// [`TokenError::Backend`] when signing fails.
+    fn issue(&self, claims: &AccessClaims) -> Result<String, TokenError>;
+
+    /// Checks a token's algorithm, signature, issuer and audience and returns its claims.
+    /// Expiry is left to the caller, who owns the clock.
+    ///
+    /// # Errors
+    /// [`TokenError::Rejected`] for any token this issuer did not sign as it is.
+    fn verify(&self, token: &str) -> Result<AccessClaims, TokenError>;
+}
+
+/// The time, as a port, so that expiry can be tested without waiting.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}

@@ -1,0 +1,247 @@
+//! The use cases, as methods of one [`AuthService`] over the ports.
+//!
+//! Split by theme: [`accounts`] (register, login, authenticate, authorise), [`sessions`]
+//! (refresh, logout, list, end, change password) and [`admin`] (the operator's commands).
+
+mod accounts;
+mod admin;
+mod sessions;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use uuid::Uuid;
+
+pub use accounts::{AuthError, LoginError, RegisterError};
+pub use admin::AdminError;
+pub use sessions::{ChangePasswordError, EndSessionError, RefreshError};
+
+use super::ports::{AccessClaims, Clock, PasswordHasher, TokenError, TokenIssuer, UserRepository};
+use super::{
+    BackendError, ClientInfo, NewRefreshToken, NewSession, Password, PasswordHash, SessionId,
+    TokenPair, User,
+};
+
+/// Lifetimes and tolerances that the use cases enforce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthPolicy {
+    /// How long an access token is valid.
+    pub access_token_ttl: TimeDelta,
+    /// Clock skew tolerated when checking an access token's times.
+    pub leeway: TimeDelta,
+    /// How long one refresh token is valid; an idle session dies with it.
+    pub refresh_token_ttl: TimeDelta,
+    /// How long a session lives at most, however often it is refreshed.
+    pub session_max_age: TimeDelta,
+}
+
+impl Default for AuthPolicy {
+    fn default() -> Self {
+        Self {
+            access_token_ttl: TimeDelta::minutes(15),
+            leeway: TimeDelta::seconds(30),
+            refresh_token_ttl: TimeDelta::days(14),
+            session_max_age: TimeDelta::days(90),
+        }
+    }
+}
+
+/// The ports the use cases run on.
+#[derive(Clone)]
+pub struct Ports {
+    pub users: Arc<dyn UserRepository>,
+    pub hasher: Arc<dyn PasswordHasher>,
+    pub tokens: Arc<dyn TokenIssuer>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Every use case of the service. Cheap to share: it holds only `Arc`s and plain values.
+pub struct AuthService {
+    users: Arc<dyn UserRepository>,
+    hasher: Arc<dyn PasswordHasher>,
+    tokens: Arc<dyn TokenIssuer>,
+    clock: Arc<dyn Clock>,
+    policy: AuthPolicy,
+    /// Verified against when an email is unknown, so that a miss costs a full hash like a hit.
+    dummy_hash: PasswordHash,
+}
+
+impl AuthService {
+    /// Builds the service. `dummy_hash` must come from the same hasher at the same cost as real
+    /// hashes (see [`AuthService::make_dummy_hash`]), or the timing of unknown emails differs.
+    pub fn new(ports: Ports, policy: AuthPolicy, dummy_hash: PasswordHash) -> Self {
+        Self {
+            users: ports.users,
+            hasher: ports.hasher,
+            tokens: ports.tokens,
+            clock: ports.clock,
+            policy,
+            dummy_hash,
+        }
+    }
+
+    /// Hashes a random password once, to serve as the dummy hash.
+    ///
+    /// # Errors
+    /// [`BackendError`] from the hasher.
+    pub async fn make_dummy_hash(
+        hasher: &dyn PasswordHasher,
+    ) -> Result<PasswordHash, BackendError> {
+        let random = Password::parse(&Uuid::new_v4().simple().to_string())
+            .map_err(BackendError::unexpected)?;
+        hasher.hash(&random).await
+    }
+
+    pub fn policy(&self) -> &AuthPolicy {
+        &self.policy
+    }
+
+    /// Whether storage answers: the readiness check.
+    ///
+    /// # Errors
+    /// [`BackendError`] from the repository.
+    pub async fn ready(&self) -> Result<(), BackendError> {
+        self.users.ping().await
+    }
+
+    /// Opens a session for `user` and hands out its first pair of tokens.
+    async fn start_session(
+        &self,
+        user: &User,
+        client: ClientInfo,
+    ) -> Result<TokenPair, BackendError> {
+        let now = self.clock.now();
+        let session = NewSession {
+            id: SessionId::random(),
+            user_id: user.id,
+            created_at: now,
+            expires_at: now + self.policy.session_max_age,
+            client,
+        };
+        let refresh = self.next_refresh_token(session.id, session.expires_at, now);
+        let refresh_token = refresh.secret.clone();
+        let session = self.users.create_session(session, refresh).await?;
+        let access_token = self.issue_access_token(user, session.id, now)?;
+        Ok(self.token_pair(access_token, refresh_token))
+    }
+
+    /// A refresh token valid for its own lifetime, but never beyond the session's end.
+    fn next_refresh_token(
+        &self,
+        session_id: SessionId,
+        session_expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> NewRefreshToken {
+        let expires_at = (now + self.policy.refresh_token_ttl).min(session_expires_at);
+        NewRefreshToken::generate(session_id, now, expires_at)
+    }
+
+    fn issue_access_token(
+        &self,
+        user: &User,
+        session_id: SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<String, BackendError> {
+        let claims = AccessClaims {
+            user_id: user.id,
+            role: user.role,
+            session_id,
+            issued_at: now,
+            expires_at: now + self.policy.access_token_ttl,
+            token_id: Uuid::new_v4().to_string(),
+        };
+        self.tokens.issue(&claims).map_err(|err| match err {
+            TokenError::Backend(err) => err,
+            rejected @ TokenError::Rejected(_) => BackendError::unexpected(rejected),
+        })
+    }
+
+    fn token_pair(&self, access_token: String, refresh_token: String) -> TokenPair {
+        TokenPair {
+            access_token,
+            expires_in_seconds: self.policy.access_token_ttl.num_seconds(),
+            refresh_token,
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! Mocks of every port, and fixtures, for the use-case tests.
+
+    use std::sync::Arc;
+
+    use chrono::{DateTime, TimeZone, Utc};
+
+    use super::{AuthPolicy, AuthService, Ports};
+    use crate::domain::ports::{
+        MockClock, MockPasswordHasher, MockTokenIssuer, MockUserRepository,
+    };
+    use crate::domain::{ClientInfo, Email, PasswordHash, Role, Session, SessionId, User, UserId};
+
+    pub const DUMMY_HASH: &str = "dummy-hash";
+
+    pub struct Mocks {
+        pub users: MockUserRepository,
+        pub hasher: MockPasswordHasher,
+        pub tokens: MockTokenIssuer,
+        pub now: DateTime<Utc>,
+    }
+
+    impl Mocks {
+        /// Mocks that expect nothing: each test states exactly the calls it allows.
+        pub fn new() -> Self {
+            Self {
+                users: MockUserRepository::new(),
+                hasher: MockPasswordHasher::new(),
+                tokens: MockTokenIssuer::new(),
+                now: now(),
+            }
+        }
+
+        pub fn service(self) -> AuthService {
+            let mut clock = MockClock::new();
+            let now = self.now;
+            clock.expect_now().returning(move || now);
+            AuthService::new(
+                Ports {
+                    users: Arc::new(self.users),
+                    hasher: Arc::new(self.hasher),
+                    tokens: Arc::new(self.tokens),
+                    clock: Arc::new(clock),
+                },
+                AuthPolicy::default(),
+                PasswordHash::new(DUMMY_HASH.into()),
+            )
+        }
+    }
+
+    pub fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
+    }
+
+    pub fn user(id: i64, role: Role, is_active: bool) -> User {
+        User {
+            id: UserId(id),
+            email: Email::parse(&format!("user{id}@example.com")).unwrap(),
+            full_name: None,
+            role,
+            is_active,
+            created_at: now(),
+            password_hash: PasswordHash::new(format!("hash-of-user-{id}")),
+        }
+    }
+
+    pub fn session(id: SessionId, user_id: i64) -> Session {
+        Session {
+            id,
+            user_id: UserId(user_id),
+            created_at: now(),
+            last_used_at: now(),
+            expires_at: now() + chrono::TimeDelta::days(90),
+            idle_expires_at: now() + chrono::TimeDelta::days(14),
+            ended_at: None,
+            client: ClientInfo::default(),
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! Register, log in, authenticate an access token, authorise a role.
+
+use super::AuthService;
+use crate::domain::ports::{CreateUserError, TokenError};
+use crate::domain::{
+    BackendError, ClientInfo, Email, FullName, NewUser, Password, Principal, Role, TokenPair, User,
+};
+
+/// Why a registration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("email already registered")]
+    EmailTaken,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Why a login failed. Unknown email and wrong password are one variant on purpose.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("incorrect email or password")]
+    InvalidCredentials,
+    /// Only ever returned after the password was verified.
+    #[error("inactive user account")]
+    Inactive,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Why an access token does not grant what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Forged, tampered, expired, or of an ended session or a deleted user.
+    #[error("invalid token")]
+    InvalidToken,
+    #[error("inactive user")]
+    Inactive,
+    #[error("insufficient privileges")]
+    Forbidden,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl AuthService {
+    /// Registers a user with role `user`.
+    ///
+    /// # Errors
+    /// [`RegisterError::EmailTaken`] when the normalised email is registered already.
+    pub async fn register(
+        &self,
+        email: Email,
+        password: Password,
+        full_name: Option<FullName>,
+    ) -> Result<User, RegisterError> {
+        self.create_user(email, password, full_name, Role::User)
+            .await
+    }
+
+    pub(super) async fn create_user(
+        &self,
+        email: Email,
+        password: Password,
+        full_name: Option<FullName>,
+        role: Role,
+    ) -> Result<User, RegisterError> {
+        let password_hash = self.hasher.hash(&password).await?;
+        let new_user = NewUser {
+            email,
+            full_name,
+            role,
+            password_hash,
+            created_at: self.clock.now(),
+        };
+        self.users
+            .create_user(new_user)
+            .await
+            .map_err(|err| match err {
+                CreateUserError::EmailTaken => RegisterError::EmailTaken,
+                CreateUserError::Backend(err) => RegisterError::Backend(err),
+            })
+    }
+
+    /// Checks a password and opens a session.
+    ///
+    /// An unknown email costs one hash verification like a known one, so the response time
+    /// does not reveal which emails are registered.
+    ///
+    /// # Errors
+    /// [`LoginError::InvalidCredentials`] for an unknown email or a wrong password,
+    /// [`LoginError::Inactive`] for a deactivated user with the right password.
+    pub async fn login(
+        &self,
+        email: &Email,
+        password: &str,
+        client: ClientInfo,
+    ) -> Result<TokenPair, LoginError> {
+        let Some(user) = self.users.find_user_by_email(email).await? else {
+            self.hasher.verify(password, &self.dummy_hash).await?;
+            return Err(LoginError::InvalidCredentials);
+        };
+        if !self.hasher.verify(password, &user.password_hash).await? {
+            return Err(LoginError::InvalidCredentials);
+        }
+        if !user.is_active {
+            return Err(LoginError::Inactive);
+        }
+        Ok(self.start_session(&user, client).await?)
+    }
+
+    /// Turns an access token into the caller, on the user's and session's current state: a
+    /// role change, a deactivation or a logout applies to the very next request.
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidToken`] for a token that is not ours, expired (beyond the leeway),
+    /// issued in the future, or whose session or user is gone; [`AuthError::Inactive`] for a
+    /// deactivated user.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        let claims = self.tokens.verify(token).map_err(|err| match err {
+            TokenError::Rejected(_) => AuthError::InvalidToken,
+            TokenError::Backend(err) => AuthError::Backend(err),
+        })?;
+        let now = self.clock.now();
+        let leeway = self.policy.leeway;
+        if claims.expires_at + leeway <= now || claims.issued_at - leeway > now {
+            return Err(AuthError::InvalidToken);
+        }
+        let (session, user) = self
+            .users
+            .find_session(claims.session_id)
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
+        if session.user_id != claims.user_id || user.id != claims.user_id || !session.is_live(now) {
+            return Err(AuthError::InvalidToken);
+        }
+        if !user.is_active {
+            return Err(AuthError::Inactive);
+        }
+        Ok(Principal {
+            user,
+            session_id: session.id,
+        })
+    }
+
+    /// Checks that the caller holds `role` (an admin holds every role).
+    ///
+    /// # Errors
+    /// [`AuthError::Forbidden`] otherwise.
+    pub fn authorize(&self, principal: &Principal, role: Role) -> Result<(), AuthError> {
+        match (principal.user.role, role) {
+            (Role::Admin, _) | (Role::User, Role::User) => Ok(()),
+            (Role::User, Role::Admin) => Err(AuthError::Forbidden),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+    use mockall::predicate::{always, eq};
+
+    use super::super::test_support::{DUMMY_HASH, Mocks, session, user};
+    use super::*;
+    use crate::domain::ports::AccessClaims;
+    use crate::domain::{PasswordHash, SessionId, UserId};
+
+    fn email(n: i64) -> Email {
+        Email::parse(&format!("user{n}@example.com")).unwrap()
+    }
+
+    fn password() -> Password {
+        Password::parse("correct horse").unwrap()
+    }
+
+    fn unavailable() -> BackendError {
+        BackendError::Unavailable("database down".into())
+    }
+
+    #[tokio::test]
+    async fn register_hashes_the_password_and_stores_a_user_with_role_user() {
+        let mut m = Mocks::new();
+        m.hasher
+            .expect_hash()
+            .times(1)
+            .returning(|p| Ok(PasswordHash::new(format!("hashed:{}", p.expose()))));
+        m.users
+            .expect_create_user()
+            .withf(|u| {
+                u.role == Role::User
+                    && u.password_hash.as_str() == "hashed:correct horse"
+                    && u.email.as_str() == "user1@example.com"
+            })
+            .times(1)
+            .returning(|_| Ok(user(1, Role::User, true)));
+        let created = m
+            .service()
+            .register(email(1), password(), None)
+            .await
+            .unwrap();
+        assert_eq!(created.id, UserId(1));
+    }
+
+    #[tokio::test]
+    async fn register_of_a_taken_email_is_refused() {
+        let mut m = Mocks::new();
+        m.hasher
+            .expect_hash()
+            .returning(|_| Ok(PasswordHash::new("h".into())));
+        m.users
+            .expect_create_user()
+            .returning(|_| Err(CreateUserError::EmailTaken));
+        let err = m
+            .service()
+            .register(email(1), password(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RegisterError::EmailTaken));
+    }
+
+    #[tokio::test]
+    async fn register_passes_storage_outages_through() {
+        let mut m = Mocks::new();
+        m.hasher
+            .expect_hash()
+            .returning(|_| Ok(PasswordHash::new("h".into())));
+        m.users
+            .expect_create_user()
+            .returning(|_| Err(CreateUserError::Backend(unavailable())));
+        let err = m
+            .service()
+            .register(email(1), password(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            RegisterError::Backend(BackendError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn register_stores_nothing_when_the_hasher_is_overloaded() {
+        let mut m = Mocks::new();
+        m.hasher
+            .expect_hash()
+            .returning(|_| Err(BackendError::Overloaded));
+        m.users.expect_create_user().never();
+        let err = m
+            .service()
+            .register(email(1), password(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            RegisterError::Backend(BackendError::Overloaded)
+        ));
+    }
+
+    fn expect_session_start(m: &mut Mocks) {
+        m.users
+            .expect_create_session()
+            .times(1)
+            .returning(|s, _| Ok(session(s.id, s.user_id.0)));
+        m.tokens
+            .expect_issue()
+            .times(1)
+            .returning(|c| Ok(format!("access-for-{}", c.user_id)));
+    }
+
+    #[tokio::test]
+    async fn login_with_the_right_password_opens_a_session() {
+        let mut m = Mocks::new();
+        m.users
+            .expect_find_user_by_email()
+            .returning(|_| Ok(Some(user(7, Role::User, true))));
+        m.hasher
+            .expect_verify()
+            .with(
+                eq("correct horse"),
+                eq(PasswordHash::new("hash-of-user-7".into())),
+            )
+            .times(1)
+            .returning(|_, _| Ok(true));
+        let now = m.now;
+        m.users
+            .expect_create_session()
+            .withf(move |s, r| {
+                s.user_id == UserId(7)
+                    && s.expires_at == now + TimeDelta::days(90)
+                    && r.session_id == s.id
+                    && r.expires_at == now + TimeDelta::days(14)
+                    && r.hash == crate::domain::RefreshTokenHash::of(&r.secret)
+            })
+            .times(1)
+            .returning(|s, _| Ok(session(s.id, s.user_id.0)));
+        m.tokens
+            .expect_issue()
+            .withf(move |c| {
+                c.user_id == UserId(7)
+                    && c.role == Role::User
+                    && c.issued_at == now
+                    && c.expires_at == now + TimeDelta::minutes(15)
+            })
+            .times(1)
+            .returning(|_| Ok("signed".into()));
+        let pair = m
+            .service()
+            .login(&email(7), "correct horse", ClientInfo::default())
+            .await
+            .unwrap();
+        assert_eq!(pair.access_token, "signed");
+        assert_eq!(pair.expires_in_seconds, 900);
+        assert_eq!(pair.refresh_token.len(), 43);
+    }
+
+    #[tokio::test]
+    async fn login_with_a_wrong_password_is_rejected() {
+        let mut m = Mocks::new();
+        m.users
+            .expect_find_user_by_email()
+            .returning(|_| Ok(Some(user(7, Role::User, true))));
+        m.hasher
+            .expect_verify()
+            .times(1)
+            .returning(|_, _| Ok(false));
+        m.users.expect_create_session().never();
+        let err = m
+            .service()
+            .login(&email(7), "wrong", ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoginError::InvalidCredentials));
+    }
+
+    #[tokio::test]
+    async fn login_with_unknown_email_still_verifies_a_hash_and_is_rejected_like_a_wrong_password()
+    {
+        let mut m = Mocks::new();
+        m.users.expect_find_user_by_email().returning(|_| Ok(None));
+        m.hasher
+            .expect_verify()
+            .with(eq("whatever1"), eq(PasswordHash::new(DUMMY_HASH.into())))
+            .times(1)
+            .returning(|_, _| Ok(false));
+        let err = m
+            .service()
+            .login(&email(8), "whatever1", ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoginError::InvalidCredentials));
+    }
+
+    #[tokio::test]
+    async fn login_of_an_inactive_user_is_refused_only_after_a_correct_password() {
+        let mut m = Mocks::new();
+        m.users
+            .expect_find_user_by_email()
+            .returning(|_| Ok(Some(user(7, Role::User, false))));
+        m.hasher.expect_verify().times(1).returning(|_, _| Ok(true));
+        m.users.expect_create_session().never();
+        let err = m
+            .service()
+            .login(&email(7), "correct horse", ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoginError::Inactive));
+
+        let mut m = Mocks::new();
+        m.users
+            .expect_find_user_by_email()
+            .returning(|_| Ok(Some(user(7, Role::User, false))));
+        m.hasher.expect_verify().returning(|_, _| Ok(false));
+        let err = m
+            .service()
+            .login(&email(7), "wrong", ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoginError::InvalidCredentials));
+    }
+
+    fn claims(m: &Mocks, user_id: i64, session_id: SessionId) -> AccessClaims {
+        AccessClaims {
+            user_id: UserId(user_id),
+            role: Role::User,
+            session_id,
+            issued_at: m.now - TimeDelta::minutes(1),
+            expires_at: m.now + TimeDelta::minutes(14),
+            token_id: "jti".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn authenticate_loads_the_current_user_through_the_session() {
+        let mut m = Mocks::new();
+        let sid = SessionId::random();
+        let c = claims(&m, 3, sid);
+        m.tokens
+            .expect_verify()
+            .with(eq("tok"))
+            .returning(move |_| Ok(c.clone()));
+        // The stored role wins over the one in the token.
+        m.users
+            .expect_find_session()
+            .with(eq(sid))
+            .times(1)
+            .returning(|id| Ok(Some((session(id, 3), user(3, Role::Admin, true)))));
+        let principal = m.service().authenticate("tok").await.unwrap();
+        assert_eq!(principal.user.role, Role::Admin);
+        assert_eq!(principal.session_id, sid);
+    }
+
+    #[tokio::test]
+    async fn authenticate_rejects_a_token_the_issuer_rejects_without_touching_storage() {
+        let mut m = Mocks::new();
+        m.tokens
+            .expect_verify()
+            .returning(|_| Err(TokenError::Rejected("bad signature".into())));
+        m.users.expect_find_session().never();
+        let err = m.service().authenticate("forged").await.unwrap_err();
+        assert!(matches!(err, AuthError::InvalidToken));
+    }
+
+    #[tokio::test]
+    async fn authenticate_rejects_a_token_expired_by_the_clock_beyond_the_leeway() {
+        let mut m = Mocks::new();
+        let mut c = claims(&m, 3, SessionId::random());
+        c.expires_at = m.now - TimeDelta::seconds(31);
+        m.tokens.expect_verify().returning(move |_| Ok(c.clone()));
+        m.users.expect_find_session().never();
+        let err = m.service().authenticate("old").await.unwrap_err();
+        assert!(matches!(err, AuthError::InvalidToken));
+    }
+
+    #[tokio::test]
+    async fn authenticate_accepts_a_token_expired_within_the_leeway() {
+        let mut m = Mocks::new();
+        let mut c = claims(&m, 3, SessionId::random());
+        c.expires_at = m.now - TimeDelta::seconds(29);
+        m.tokens.expect_verify().returning(move |_| Ok(c.clone()));
+        m.users
+            .expect_find_session()
+            .returning(|id| Ok(Some((session(id, 3), user(3, Role::User, true)))));
+        assert!(m.service().authenticate("just-expired").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn authenticate_rejects_a_token_issued_in_the_future() {
+        let mut m = Mocks::new();
+        let mut c = claims(&m, 3, SessionId::random());
+        c.issued_at = m.now + TimeDelta::minutes(5);
+        m.tokens.expect_verify().returning(move |_| Ok(c.clone()));
+        m.users.expect_find_session().never();
+        assert!(matches!(
+            m.service().authenticate("future").await.unwrap_err(),
+            AuthError::InvalidToken
+        ));
+    }
+
+    #[tokio::test]
+    async fn authenticate_rejects_an_ended_or_unknown_session_or_a_mismatched_user() {
+        for case in ["ended", "unknown", "other-user"] {
+            let mut m = Mocks::new();
+            let sid = SessionId::random();
+            let c = claims(&m, 3, sid);
+            let now = m.now;
+            m.tokens.expect_verify().returning(move |_| Ok(c.clone()));
+            m.users
+                .expect_find_session()
+                .with(always())
+                .returning(move |id| {
+                    Ok(match case {
+                        "ended" => {
+                            let mut s = session(id, 3);
+                            s.ended_at = Some(now);
+                            Some((s, user(3, Role::User, true)))
+                        }
+                        "other-user" => Some((session(id, 4), user(4, Role::User, true))),
+                        _ => None,
+                    })
+                });
+            let err = m.service().authenticate("tok").await.unwrap_err();
+            assert!(matches!(err, AuthError::InvalidToken), "{case}");
+        }
+    }
+
+    #[tokio::test]
+    async fn authenticate_rejects_a_deactivated_user() {
+        let mut m = Mocks::new();
+        let c = claims(&m, 3, SessionId::random());
+        m.tokens.expect_verify().returning(move |_| Ok(c.clone()));
+        m.users
+            .expect_find_session()
+            .returning(|id| Ok(Some((session(id, 3), user(3, Role::User, false)))));
+        assert!(matches!(
+            m.service().authenticate("tok").await.unwrap_err(),
+            AuthError::Inactive
+        ));
+    }
+
+    #[test]
+    fn authorize_lets_admins_everywhere_and_users_only_to_user_routes() {
+        let service = Mocks::new().service();
+        let as_role = |role| Principal {
+            user: user(1, role, true),
+            session_id: SessionId::random(),
+        };
+        assert!(service.authorize(&as_role(Role::User), Role::User).is_ok());
+        assert!(service.authorize(&as_role(Role::Admin), Role::User).is_ok());
+        assert!(
+            service
+                .authorize(&as_role(Role::Admin), Role::Admin)
+                .is_ok()
+        );
+        assert!(matches!(
+            service.authorize(&as_role(Role::User), Role::Admin),
+            Err(AuthError::Forbidden)
+        ));
+    }
+
+    #[tokio::test]
+    async fn login_issues_no_token_when_the_session_cannot_be_stored() {
+        let mut m = Mocks::new();
+        m.users
+            .expect_find_user_by_email()
+            .returning(|_| Ok(Some(user(7, Role::User, true))));
+        m.hasher.expect_verify().returning(|_, _| Ok(true));
+        m.users
+            .expect_create_session()
+            .returning(|_, _| Err(BackendError::Unavailable("down".into())));
+        m.tokens.expect_issue().never();
+        let err = m
+            .service()
+            .login(&email(7), "correct horse", ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            LoginError::Backend(BackendError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn login_of_an_admin_signs_a_token_for_that_user() {
+        let mut m = Mocks::new();
+        m.users
+            .expect_find_user_by_email()
+            .returning(|_| Ok(Some(user(2, Role::Admin, true))));
+        m.hasher.expect_verify().returning(|_, _| Ok(true));
+        expect_session_start(&mut m);
+        let pair = m
+            .service()
+            .login(&email(2), "correct horse", ClientInfo::default())
+            .await
+            .unwrap();
+        assert_eq!(pair.access_token, "access-for-2");
+    }
+}

@@ -1,0 +1,435 @@
+//! Refresh with rotation and reuse detection, logout, the session list, password change.
+
+use super::AuthService;
+use crate::domain::{
+    BackendError, ClientInfo, Password, Principal, RefreshTokenHash, Session, SessionId, TokenPair,
+};
+
+/// Why a refresh was refused. Every variant answers 401 to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    /// Unknown, expired, or of an ended session or an inactive user.
+    #[error("invalid refresh token")]
+    InvalidToken,
+    /// The token was spent already: someone holds a copy. Its whole session has been ended.
+    #[error("refresh token reused; session revoked")]
+    Reused,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Why ending a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EndSessionError {
+    /// No live session of the caller has that id (whether or not someone else's does).
+    #[error("session not found")]
+    NotFound,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Why a password change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangePasswordError {
+    #[error("current password is incorrect")]
+    WrongPassword,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl AuthService {
+    /// Spends a refresh token for a new pair (rotation). Presenting a spent token again ends
+    /// the session it belongs to, since either the client or a thief holds a stolen copy
+    /// (OAuth 2.0 Security BCP, section 4.14.2).
+    ///
+    /// # Errors
+    /// [`RefreshError::Reused`] for a spent token (also when a concurrent refresh of the same
+    /// token won the race), [`RefreshError::InvalidToken`] for anything else not acceptable.
+    pub async fn refresh(
+        &self,
+        presented: &str,
+        client: ClientInfo,
+    ) -> Result<TokenPair, RefreshError> {
+        let hash = RefreshTokenHash::of(presented);
+        let record = self
+            .users
+            .find_refresh_token(&hash)
+            .await?
+            .ok_or(RefreshError::InvalidToken)?;
+        let now = self.clock.now();
+        let session = &record.session;
+        if record.spent_at.is_some() {
+            return Err(self.revoke_for_reuse(session).await);
+        }
+        if record.expires_at <= now || !session.is_live(now) || !record.user.is_active {
+            return Err(RefreshError::InvalidToken);
+        }
+        let next = self.next_refresh_token(session.id, session.expires_at, now);
+        let refresh_token = next.secret.clone();
+        if !self.users.rotate_refresh_token(&hash, next, client).await? {
+            return Err(self.revoke_for_reuse(session).await);
+        }
+        let access_token = self.issue_access_token(&record.user, session.id, now)?;
+        Ok(self.token_pair(access_token, refresh_token))
+    }
+
+    async fn revoke_for_reuse(&self, session: &Session) -> RefreshError {
+        tracing::warn!(session_id = %session.id, user_id = %session.user_id, "refresh token reuse detected; ending the session");
+        match self
+            .users
+            .end_session(session.user_id, session.id, self.clock.now())
+            .await
+        {
+            Ok(_) => RefreshError::Reused,
+            Err(err) => RefreshError::Backend(err),
+        }
+    }
+
+    /// Ends the caller's current session: its refresh token and access tokens stop working.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    pub async fn logout(&self, principal: &Principal) -> Result<(), BackendError> {
+        self.users
+            .end_session(principal.user.id, principal.session_id, self.clock.now())
+            .await?;
+        Ok(())
+    }
+
+    /// The caller's live sessions, newest first.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    pub async fn list_sessions(&self, principal: &Principal) -> Result<Vec<Session>, BackendError> {
+        self.users
+            .list_live_sessions(principal.user.id, self.clock.now())
+            .await
+    }
+
+    /// Ends one of the caller's own sessions.
+    ///
+    /// # Errors
+    /// [`EndSessionError::NotFound`] when the caller has no live session with that id.
+    pub async fn end_session(
+        &self,
+        principal: &Principal,
+        id: SessionId,
+    ) -> Result<(), EndSessionError> {
+        if self
+            .users
+            .end_session(principal.user.id, id, self.clock.now())
+            .await?
+        {
+            Ok(())
+        } else {
+            Err(EndSessionError::NotFound)
+        }
+    }
+
+    /// Changes the caller's password after checking the current one, and ends every other
+    /// session of theirs.
+    ///
+    /// # Errors
+    /// [`ChangePasswordError::WrongPassword`] when `current` does not match.
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        current: &str,
+        new: Password,
+    ) -> Result<(), ChangePasswordError> {
+        if !self
+            .hasher
+            .verify(current, &principal.user.password_hash)
+            .await?
+        {
+            return Err(ChangePasswordError::WrongPassword);
+        }
+        let hash = self.hasher.hash(&new).await?;
+        self.users
+            .set_password(
+                principal.user.id,
+                hash,
+                Some(principal.session_id),
+                self.clock.now(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes dead sessions and expired refresh tokens; run periodically.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    pub async fn purge_expired_sessions(&self) -> Result<u64, BackendError> {
+        self.users.purge_expired(self.clock.now()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+    use mockall::predicate::eq;
+
+    use super::super::test_support::{Mocks, session, user};
+    use super::*;
+    use crate::domain::{PasswordHash, RefreshTokenRecord, Role, UserId};
+
+    const PRESENTED: &str = "presented-refresh-token";
+
+    fn record(m: &Mocks, sid: SessionId) -> RefreshTokenRecord {
+        RefreshTokenRecord {
+            expires_at: m.now + TimeDelta::days(1),
+            spent_at: None,
+            session: session(sid, 5),
+            user: user(5, Role::User, true),
+        }
+    }
+
+    fn expect_lookup(m: &mut Mocks, rec: RefreshTokenRecord) {
+        m.users
+            .expect_find_refresh_token()
+            .with(eq(RefreshTokenHash::of(PRESENTED)))
+            .times(1)
+            .returning(move |_| Ok(Some(rec.clone())));
+    }
+
+    #[tokio::test]
+    async fn refresh_spends_the_token_and_issues_a_new_pair() {
+        let mut m = Mocks::new();
+        let sid = SessionId::random();
+        let now = m.now;
+        let rec = record(&m, sid);
+        expect_lookup(&mut m, rec);
+        m.users
+            .expect_rotate_refresh_token()
+            .withf(move |old, next, client| {
+                *old == RefreshTokenHash::of(PRESENTED)
+                    && next.session_id == sid
+                    && next.expires_at == now + TimeDelta::days(14)
+                    && next.hash == RefreshTokenHash::of(&next.secret)
+                    && client.user_agent.as_deref() == Some("app/2")
+            })
+            .times(1)
+            .returning(|_, _, _| Ok(true));
+        m.tokens
+            .expect_issue()
+            .withf(move |c| c.session_id == sid && c.user_id == UserId(5))
+            .returning(|_| Ok("access".into()));
+        m.users.expect_end_session().never();
+        let pair = m
+            .service()
+            .refresh(PRESENTED, ClientInfo::new(Some("app/2"), None))
+            .await
+            .unwrap();
+        assert_eq!(pair.access_token, "access");
+        assert_ne!(pair.refresh_token, PRESENTED);
+    }
+
+    #[tokio::test]
+    async fn refresh_never_extends_a_session_beyond_its_absolute_lifetime() {
+        let mut m = Mocks::new();
+        let sid = SessionId::random();
+        let mut rec = record(&m, sid);
+        let session_end = m.now + TimeDelta::hours(3);
+        rec.session.expires_at = session_end;
+        expect_lookup(&mut m, rec);
+        m.users
+            .expect_rotate_refresh_token()
+            .withf(move |_, next, _| next.expires_at == session_end)
+            .times(1)
+            .returning(|_, _, _| Ok(true));
+        m.tokens.expect_issue().returning(|_| Ok("access".into()));
+        assert!(
+            m.service()
+                .refresh(PRESENTED, ClientInfo::default())
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn reusing_a_spent_token_ends_its_whole_session() {
+        let mut m = Mocks::new();
+        let sid = SessionId::random();
+        let mut rec = record(&m, sid);
+        rec.spent_at = Some(m.now - TimeDelta::minutes(5));
+        expect_lookup(&mut m, rec);
+        m.users.expect_rotate_refresh_token().never();
+        m.users
+            .expect_end_session()
+            .with(eq(UserId(5)), eq(sid), eq(m.now))
+            .times(1)
+            .returning(|_, _, _| Ok(true));
+        m.tokens.expect_issue().never();
+        let err = m
+            .service()
+            .refresh(PRESENTED, ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RefreshError::Reused));
+    }
+
+    #[tokio::test]
+    async fn losing_a_concurrent_rotation_counts_as_reuse() {
+        let mut m = Mocks::new();
+        let sid = SessionId::random();
+        let rec = record(&m, sid);
+        expect_lookup(&mut m, rec);
+        m.users
+            .expect_rotate_refresh_token()
+            .times(1)
+            .returning(|_, _, _| Ok(false));
+        m.users
+            .expect_end_session()
+            .with(eq(UserId(5)), eq(sid), eq(m.now))
+            .times(1)
+            .returning(|_, _, _| Ok(true));
+        m.tokens.expect_issue().never();
+        let err = m
+            .service()
+            .refresh(PRESENTED, ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RefreshError::Reused));
+    }
+
+    #[tokio::test]
+    async fn refresh_refuses_unknown_expired_and_dead_sessions_without_rotating() {
+        type Spoil = fn(&mut RefreshTokenRecord, chrono::DateTime<chrono::Utc>);
+        let cases: [(&str, Spoil); 5] = [
+            ("token expired by the clock", |r, now| r.expires_at = now),
+            ("absolute lifetime over", |r, now| {
+                r.session.expires_at = now
+            }),
+            ("idle expiry passed", |r, now| {
+                r.session.idle_expires_at = now - TimeDelta::seconds(1)
+            }),
+            ("session ended", |r, now| r.session.ended_at = Some(now)),
+            ("user deactivated", |r, _| r.user.is_active = false),
+        ];
+        for (case, spoil) in cases {
+            let mut m = Mocks::new();
+            let mut rec = record(&m, SessionId::random());
+            spoil(&mut rec, m.now);
+            expect_lookup(&mut m, rec);
+            m.users.expect_rotate_refresh_token().never();
+            m.users.expect_end_session().never();
+            let err = m
+                .service()
+                .refresh(PRESENTED, ClientInfo::default())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, RefreshError::InvalidToken), "{case}");
+        }
+
+        let mut m = Mocks::new();
+        m.users.expect_find_refresh_token().returning(|_| Ok(None));
+        let err = m
+            .service()
+            .refresh("unknown", ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RefreshError::InvalidToken));
+    }
+
+    fn principal(sid: SessionId) -> Principal {
+        Principal {
+            user: user(5, Role::User, true),
+            session_id: sid,
+        }
+    }
+
+    #[tokio::test]
+    async fn logout_ends_the_current_session() {
+        let mut m = Mocks::new();
+        let sid = SessionId::random();
+        m.users
+            .expect_end_session()
+            .with(eq(UserId(5)), eq(sid), eq(m.now))
+            .times(1)
+            .returning(|_, _, _| Ok(true));
+        m.service().logout(&principal(sid)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn ending_a_session_that_is_not_the_callers_is_not_found() {
+        let mut m = Mocks::new();
+        let other = SessionId::random();
+        m.users
+            .expect_end_session()
+            .with(eq(UserId(5)), eq(other), eq(m.now))
+            .returning(|_, _, _| Ok(false));
+        let err = m
+            .service()
+            .end_session(&principal(SessionId::random()), other)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, EndSessionError::NotFound));
+    }
+
+    #[tokio::test]
+    async fn list_sessions_asks_for_the_callers_live_sessions() {
+        let mut m = Mocks::new();
+        let sid = SessionId::random();
+        m.users
+            .expect_list_live_sessions()
+            .with(eq(UserId(5)), eq(m.now))
+            .returning(move |_, _| Ok(vec![session(sid, 5)]));
+        let sessions = m.service().list_sessions(&principal(sid)).await.unwrap();
+        assert_eq!(sessions.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn change_password_checks_the_current_one_and_ends_the_other_sessions() {
+        let mut m = Mocks::new();
+        let sid = SessionId::random();
+        m.hasher
+            .expect_verify()
+            .with(
+                eq("old password"),
+                eq(PasswordHash::new("hash-of-user-5".into())),
+            )
+            .times(1)
+            .returning(|_, _| Ok(true));
+        m.hasher
+            .expect_hash()
+            .times(1)
+            .returning(|_| Ok(PasswordHash::new("new-hash".into())));
+        m.users
+            .expect_set_password()
+            .with(
+                eq(UserId(5)),
+                eq(PasswordHash::new("new-hash".into())),
+                eq(Some(sid)),
+                eq(m.now),
+            )
+            .times(1)
+            .returning(|_, _, _, _| Ok(()));
+        m.service()
+            .change_password(
+                &principal(sid),
+                "old password",
+                Password::parse("new password").unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn change_password_with_a_wrong_current_password_changes_nothing() {
+        let mut m = Mocks::new();
+        m.hasher.expect_verify().returning(|_, _| Ok(false));
+        m.hasher.expect_hash().never();
+        m.users.expect_set_password().never();
+        let err = m
+            .service()
+            .change_password(
+                &principal(SessionId::random()),
+                "wrong",
+                Password::parse("new password").unwrap(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChangePasswordError::WrongPassword));
+    }
+}

@@ -1,0 +1,200 @@
+//! Sessions (one per login) and the refresh tokens that keep them alive.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use rand::Rng as _;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::{User, UserId};
+
+/// A session's id: random, so that knowing one id says nothing about any other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub Uuid);
+
+impl SessionId {
+    pub fn random() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where a request came from, as recorded on a session. Both fields are informational only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInfo {
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// The longest user agent kept on a session, in characters.
+const USER_AGENT_MAX_CHARS: usize = 512;
+
+impl ClientInfo {
+    /// Keeps what is safe to store and show back: control characters are dropped (PostgreSQL
+    /// text cannot hold a NUL) and the user agent is cut to 512 characters.
+    pub fn new(user_agent: Option<&str>, ip: Option<String>) -> Self {
+        let user_agent = user_agent
+            .map(|ua| {
+                ua.chars()
+                    .filter(|c| !c.is_control())
+                    .take(USER_AGENT_MAX_CHARS)
+                    .collect::<String>()
+            })
+            .filter(|ua| !ua.is_empty());
+        Self { user_agent, ip }
+    }
+}
+
+/// A login's session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    /// The absolute end, however often it is refreshed.
+    pub expires_at: DateTime<Utc>,
+    /// When the current refresh token expires: an idle session dies then.
+    pub idle_expires_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub client: ClientInfo,
+}
+
+impl Session {
+    /// Whether the session still grants access at `now`.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.ended_at.is_none() && now < self.expires_at && now < self.idle_expires_at
+    }
+}
+
+/// A session about to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSession {
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub client: ClientInfo,
+}
+
+/// The SHA-256 of a refresh token, hex encoded: the only form that is ever stored.
+///
+/// A fast hash is enough here (unlike passwords): the token carries 256 random bits, so there is
+/// nothing to guess.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RefreshTokenHash(pub String);
+
+impl RefreshTokenHash {
+    pub fn of(token: &str) -> Self {
+        let digest = Sha256::digest(token.as_bytes());
+        Self(digest.iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+/// A fresh refresh token: the secret for the client, and what gets stored.
+#[derive(Clone, PartialEq)]
+pub struct NewRefreshToken {
+    /// Shown to the client once, never stored.
+    pub secret: String,
+    pub hash: RefreshTokenHash,
+    pub session_id: SessionId,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl NewRefreshToken {
+    /// Draws 256 bits from a cryptographically secure generator seeded by the operating system.
+    pub fn generate(
+        session_id: SessionId,
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let secret = URL_SAFE_NO_PAD.encode(bytes);
+        let hash = RefreshTokenHash::of(&secret);
+        Self {
+            secret,
+            hash,
+            session_id,
+            created_at,
+            expires_at,
+        }
+    }
+}
+
+impl fmt::Debug for NewRefreshToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewRefreshToken")
+            .field("session_id", &self.session_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stored refresh token with the session and user it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshTokenRecord {
+    pub expires_at: DateTime<Utc>,
+    pub spent_at: Option<DateTime<Utc>>,
+    pub session: Session,
+    pub user: User,
+}
+
+/// What a login or a refresh hands the client.
+#[derive(Clone, PartialEq)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub expires_in_seconds: i64,
+    pub refresh_token: String,
+}
+
+impl fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenPair")
+            .field("expires_in_seconds", &self.expires_in_seconds)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An authenticated caller: the user as stored now, and the session their token belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Principal {
+    pub user: User,
+    pub session_id: SessionId,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_carry_256_random_bits_and_are_stored_only_as_their_hash() {
+        let now = Utc::now();
+        let a = NewRefreshToken::generate(SessionId::random(), now, now);
+        let b = NewRefreshToken::generate(SessionId::random(), now, now);
+        assert_eq!(a.secret.len(), 43, "32 bytes in unpadded base64url");
+        assert_ne!(a.secret, b.secret);
+        assert_eq!(a.hash, RefreshTokenHash::of(&a.secret));
+        assert_eq!(a.hash.0.len(), 64);
+        assert!(!a.hash.0.contains(&a.secret));
+        assert!(!format!("{a:?}").contains(&a.secret));
+    }
+
+    #[test]
+    fn client_info_drops_control_characters_and_caps_the_user_agent() {
+        let info = ClientInfo::new(Some(&format!("curl\u{0}/8{}", "x".repeat(600))), None);
+        let ua = info.user_agent.unwrap();
+        assert!(ua.starts_with("curl/8"));
+        assert_eq!(ua.chars().count(), 512);
+        assert_eq!(ClientInfo::new(Some("\u{7}"), None).user_agent, None);
+    }
+}

@@ -1,0 +1,117 @@
+//! The HTTP adapter: poem-openapi APIs over the core, with generated OpenAPI, Swagger UI and
+//! ReDoc (their assets are compiled in, so the pages work offline).
+//!
+//! It knows the core's use cases and error types, and nothing of storage, hashing or JWT.
+
+pub mod api;
+pub mod client;
+pub mod dto;
+pub mod errors;
+pub mod json;
+pub mod middleware;
+pub mod oauth;
+pub mod problem;
+pub mod security;
+
+use std::sync::Arc;
+
+use poem::middleware::Cors;
+use poem::{Endpoint, EndpointExt, IntoEndpoint, Route};
+use poem_openapi::OpenApiService;
+
+use self::api::auth::AuthApi;
+use self::api::protected::ProtectedApi;
+use self::api::public::PublicApi;
+use self::api::sessions::SessionsApi;
+use self::client::TrustedProxies;
+use self::middleware::SecurityHeaders;
+use crate::domain::AuthService;
+
+/// What the HTTP layer needs to know besides the core.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub body_limit_bytes: usize,
+    /// Allowed CORS origins; `*` allows any.
+    pub cors_origins: Vec<String>,
+    pub security_headers: SecurityHeaders,
+    pub trusted_proxies: TrustedProxies,
+}
+
+type Apis = (PublicApi, AuthApi, SessionsApi, ProtectedApi);
+
+/// The OpenAPI service: every route, documented.
+pub fn openapi(service: &Arc<AuthService>, proxies: &TrustedProxies) -> OpenApiService<Apis, ()> {
+    let apis = (
+        PublicApi {
+            service: Arc::clone(service),
+        },
+        AuthApi {
+            service: Arc::clone(service),
+            proxies: proxies.clone(),
+        },
+        SessionsApi {
+            service: Arc::clone(service),
+            proxies: proxies.clone(),
+        },
+        ProtectedApi {
+            service: Arc::clone(service),
+        },
+    );
+    OpenApiService::new(apis, "Portcullis", env!("CARGO_PKG_VERSION"))
+        .description(
+            "Email/password authentication: registration, login, JWT access tokens, refresh-token \
+             sessions and roles. Click Authorize and sign in with your email and password to try \
+             the protected routes.",
+        )
+        .server("/")
+}
+
+/// The whole HTTP application, middleware included.
+pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
+    let api = openapi(&service, &settings.trusted_proxies);
+    let routes = Route::new()
+        .nest("/docs", api.swagger_ui())
+        .nest("/redoc", api.redoc())
+        .at("/openapi.json", api.spec_endpoint())
+        .nest("/", api);
+    let limit = settings.body_limit_bytes;
+    let headers = settings.security_headers;
+    routes
+        .around(move |ep, req| middleware::limit_body(limit, ep, req))
+        // No origins configured: no CORS headers at all, so browsers keep other sites out.
+        // (poem's Cors with an empty list would allow every origin.)
+        .with_if(
+            !settings.cors_origins.is_empty(),
+            cors(&settings.cors_origins),
+        )
+        .data(service)
+        .around(move |ep, req| {
+            let headers = headers.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let mut response = ep
+                    .call(req)
+                    .await
+                    .map(poem::IntoResponse::into_response)
+                    .unwrap_or_else(problem::into_problem_response);
+                headers.apply(&path, &mut response);
+                Ok(response)
+            }
+        })
+        .around(middleware::request_id)
+        .into_endpoint()
+}
+
+fn cors(origins: &[String]) -> Cors {
+    let cors = Cors::new()
+        .allow_methods(["GET", "POST", "PATCH", "DELETE", "OPTIONS"])
+        .allow_headers(["authorization", "content-type", "x-request-id"])
+        .expose_headers(["x-request-id", "retry-after", "www-authenticate"]);
+    if origins.iter().any(|o| o == "*") {
+        cors
+    } else {
+        origins
+            .iter()
+            .fold(cors, |cors, origin| cors.allow_origin(origin.as_str()))
+    }
+}

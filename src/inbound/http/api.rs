@@ -1,0 +1,22 @@
+//! The poem-openapi APIs, one module per tag. Handlers are thin: parse the DTO into domain
+//! types, call one use case, turn its result into a response.
+
+pub mod auth;
+pub mod protected;
+pub mod public;
+pub mod sessions;
+
+use poem_openapi::Tags;
+
+/// The groups of the documentation.
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Liveness, readiness and a public demo route.
+    Public,
+    /// Registration, login and the caller's account.
+    Auth,
+    /// Refresh tokens, logout, the caller's sessions, password change.
+    Sessions,
+    /// Demo routes that need a token.
+    Protected,
+}

@@ -1,0 +1,172 @@
+//! Registration, login (JSON and OAuth2 form) and the caller's account.
+
+use std::sync::Arc;
+
+use poem::Request;
+use poem_openapi::payload::{Form, Json};
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::Deserialize;
+
+use super::ApiTags;
+use crate::domain::service::LoginError;
+use crate::domain::{AuthService, Email, FullName, Password};
+use crate::inbound::http::client::TrustedProxies;
+use crate::inbound::http::dto::{LoginRequest, RegisterRequest, TokenResponse, UserResponse};
+use crate::inbound::http::json::JsonBody;
+use crate::inbound::http::oauth::TokenFailure;
+use crate::inbound::http::problem::{Failure, FieldErrors, error_statuses};
+use crate::inbound::http::security::Authenticated;
+
+error_statuses!(
+    /// Errors of `POST /auth/register`.
+    RegisterErrors:
+        400 => "Email already registered",
+        413 => "The body is too large",
+        415 => "The body is not JSON",
+        422 => "Invalid email, password under 8 characters or over 72 bytes, full_name over 255 characters, or malformed JSON",
+        503 => "The service is overloaded or the database does not answer"
+);
+
+error_statuses!(
+    /// Errors of `POST /auth/login`.
+    LoginErrors:
+        401 => "Incorrect email or password; or, after a correct password, an inactive account",
+        413 => "The body is too large",
+        415 => "The body is not JSON",
+        422 => "Malformed JSON or email",
+        503 => "The service is overloaded or the database does not answer"
+);
+
+error_statuses!(
+    /// Errors of `GET /auth/me`.
+    MeErrors:
+        401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
+        503 => "The database does not answer"
+);
+
+#[derive(ApiResponse)]
+enum Registered {
+    /// The new user, with role `user`.
+    #[oai(status = 201)]
+    Created(Json<UserResponse>),
+}
+
+/// The OAuth2 password grant (RFC 6749 section 4.3), as Swagger UI's Authorize dialog sends it.
+#[derive(Debug, Deserialize, Object)]
+struct TokenForm {
+    /// Must be `password`.
+    grant_type: Option<String>,
+    /// The email address.
+    username: Option<String>,
+    password: Option<String>,
+    /// Accepted and ignored.
+    scope: Option<String>,
+}
+
+pub struct AuthApi {
+    pub service: Arc<AuthService>,
+    pub proxies: TrustedProxies,
+}
+
+#[OpenApi(tag = "ApiTags::Auth")]
+impl AuthApi {
+    /// Register
+    ///
+    /// Creates a user with role `user`. Emails are unique without regard to case.
+    #[oai(path = "/auth/register", method = "post")]
+    async fn register(
+        &self,
+        body: JsonBody<RegisterRequest>,
+    ) -> Result<Registered, Failure<RegisterErrors>> {
+        let request = body.0;
+        let mut fields = FieldErrors::default();
+        let email = fields.check("email", Email::parse(&request.email));
+        let password = fields.check("password", Password::parse(&request.password));
+        let full_name = request
+            .full_name
+            .map(|name| fields.check("full_name", FullName::parse(&name)));
+        let (email, password, full_name) = fields.finish(
+            email
+                .zip(password)
+                .zip(full_name.map_or(Some(None), |n| n.map(Some)))
+                .map(|((e, p), n)| (e, p, n)),
+        )?;
+        let user = self.service.register(email, password, full_name).await?;
+        Ok(Registered::Created(Json(user.into())))
+    }
+
+    /// Log in
+    ///
+    /// Checks the password and opens a session: an access token and a refresh token.
+    #[oai(path = "/auth/login", method = "post")]
+    async fn login(
+        &self,
+        req: &Request,
+        body: JsonBody<LoginRequest>,
+    ) -> Result<Json<TokenResponse>, Failure<LoginErrors>> {
+        let request = body.0;
+        let mut fields = FieldErrors::default();
+        let email = fields.check("email", Email::parse(&request.email));
+        let email = fields.finish(email)?;
+        let pair = self
+            .service
+            .login(&email, &request.password, self.proxies.client_info(req))
+            .await?;
+        Ok(Json(pair.into()))
+    }
+
+    /// Log in with the OAuth2 password grant
+    ///
+    /// The form of RFC 6749 section 4.3 (`grant_type=password&username=EMAIL&password=...`);
+    /// this is what the Authorize button of the documentation uses.
+    #[oai(path = "/auth/token", method = "post")]
+    async fn token(
+        &self,
+        req: &Request,
+        form: Form<TokenForm>,
+    ) -> Result<Json<TokenResponse>, TokenFailure> {
+        let form = form.0;
+        match form.grant_type.as_deref() {
+            Some("password") => {}
+            None => {
+                return Err(TokenFailure::oauth(
+                    "invalid_request",
+                    "grant_type is required",
+                ));
+            }
+            Some(_) => {
+                return Err(TokenFailure::oauth(
+                    "unsupported_grant_type",
+                    "only the password grant is supported",
+                ));
+            }
+        }
+        let (Some(username), Some(password)) = (form.username, form.password) else {
+            return Err(TokenFailure::oauth(
+                "invalid_request",
+                "username and password are required",
+            ));
+        };
+        let invalid_grant = || TokenFailure::oauth("invalid_grant", "Incorrect email or password");
+        let email = Email::parse(&username).map_err(|_| invalid_grant())?;
+        match self
+            .service
+            .login(&email, &password, self.proxies.client_info(req))
+            .await
+        {
+            Ok(pair) => Ok(Json(pair.into())),
+            Err(LoginError::InvalidCredentials) => Err(invalid_grant()),
+            Err(LoginError::Inactive) => Err(TokenFailure::oauth(
+                "invalid_grant",
+                "Inactive user account",
+            )),
+            Err(LoginError::Backend(err)) => Err(err.into()),
+        }
+    }
+
+    /// The caller
+    #[oai(path = "/auth/me", method = "get")]
+    async fn me(&self, auth: Authenticated) -> Result<Json<UserResponse>, Failure<MeErrors>> {
+        Ok(Json(auth.principal().user.clone().into()))
+    }
+}

@@ -1,0 +1,48 @@
+//! Routes anyone may call.
+
+use std::sync::Arc;
+
+use poem_openapi::OpenApi;
+use poem_openapi::payload::Json;
+
+use super::ApiTags;
+use crate::domain::AuthService;
+use crate::inbound::http::dto::MessageResponse;
+use crate::inbound::http::problem::{Failure, error_statuses};
+
+error_statuses!(
+    /// Errors of `GET /ready`.
+    NotReady: 503 => "The database does not answer"
+);
+
+pub struct PublicApi {
+    pub service: Arc<AuthService>,
+}
+
+#[OpenApi(tag = "ApiTags::Public")]
+impl PublicApi {
+    /// A public endpoint
+    ///
+    /// Needs no token.
+    #[oai(path = "/public", method = "get")]
+    async fn public(&self) -> Json<MessageResponse> {
+        Json(MessageResponse::new("This is a public endpoint"))
+    }
+
+    /// Liveness
+    ///
+    /// Answers as long as the process serves requests; touches no database.
+    #[oai(path = "/health", method = "get")]
+    async fn health(&self) -> Json<MessageResponse> {
+        Json(MessageResponse::new("OK"))
+    }
+
+    /// Readiness
+    ///
+    /// Answers 200 when the database answers, 503 otherwise.
+    #[oai(path = "/ready", method = "get")]
+    async fn ready(&self) -> Result<Json<MessageResponse>, Failure<NotReady>> {
+        self.service.ready().await?;
+        Ok(Json(MessageResponse::new("OK")))
+    }
+}

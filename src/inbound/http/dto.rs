@@ -1,0 +1,166 @@
+//! Request and response bodies, exactly as API.md spells them.
+
+use chrono::{DateTime, Utc};
+use poem_openapi::{Enum, Object};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::domain::{Role, Session, SessionId, TokenPair, User};
+
+/// `POST /auth/register`.
+#[derive(Debug, Deserialize, Object)]
+pub struct RegisterRequest {
+    /// An email address; `Alice@Example.com` and `alice@example.com` are one account.
+    pub email: String,
+    /// 8 characters to 72 bytes.
+    pub password: String,
+    /// At most 255 characters.
+    pub full_name: Option<String>,
+}
+
+/// `POST /auth/login`.
+#[derive(Debug, Deserialize, Object)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+/// `POST /auth/refresh`.
+#[derive(Debug, Deserialize, Object)]
+pub struct RefreshRequest {
+    /// The refresh token of the last login or refresh. It is spent by this call.
+    pub refresh_token: String,
+}
+
+/// `POST /auth/password`.
+#[derive(Debug, Deserialize, Object)]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    /// Same policy as registration.
+    pub new_password: String,
+}
+
+/// A role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum RoleName {
+    User,
+    Admin,
+}
+
+impl From<Role> for RoleName {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::User => Self::User,
+            Role::Admin => Self::Admin,
+        }
+    }
+}
+
+/// A user, as every response shows one. Never a password or a hash.
+#[derive(Debug, Object)]
+pub struct UserResponse {
+    pub id: i64,
+    pub email: String,
+    pub full_name: Option<String>,
+    pub role: RoleName,
+    pub is_active: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<User> for UserResponse {
+    fn from(user: User) -> Self {
+        Self {
+            id: user.id.0,
+            email: user.email.as_str().to_owned(),
+            full_name: user.full_name.map(|n| n.as_str().to_owned()),
+            role: user.role.into(),
+            is_active: user.is_active,
+            created_at: user.created_at,
+        }
+    }
+}
+
+/// Tokens of a login or refresh.
+#[derive(Debug, Object)]
+pub struct TokenResponse {
+    /// A JWT for the `Authorization: Bearer` header.
+    pub access_token: String,
+    /// Always `bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    /// Opaque; spend it at `POST /auth/refresh` for a new pair.
+    pub refresh_token: String,
+}
+
+impl From<TokenPair> for TokenResponse {
+    fn from(pair: TokenPair) -> Self {
+        Self {
+            access_token: pair.access_token,
+            token_type: "bearer".into(),
+            expires_in: pair.expires_in_seconds,
+            refresh_token: pair.refresh_token,
+        }
+    }
+}
+
+/// A plain message.
+#[derive(Debug, Object)]
+pub struct MessageResponse {
+    pub message: String,
+}
+
+impl MessageResponse {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+/// What a protected route says about its caller.
+#[derive(Debug, Object)]
+pub struct ProtectedResponse {
+    pub message: String,
+    pub user_id: i64,
+    pub user_email: String,
+    pub user_role: RoleName,
+}
+
+impl ProtectedResponse {
+    pub fn new(message: impl Into<String>, user: &User) -> Self {
+        Self {
+            message: message.into(),
+            user_id: user.id.0,
+            user_email: user.email.as_str().to_owned(),
+            user_role: user.role.into(),
+        }
+    }
+}
+
+/// One of the caller's sessions.
+#[derive(Debug, Object)]
+pub struct SessionResponse {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    /// The last login or refresh.
+    pub last_used_at: DateTime<Utc>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    /// Whether the token of this request belongs to this session.
+    pub current: bool,
+}
+
+impl SessionResponse {
+    pub fn new(session: Session, current: SessionId) -> Self {
+        Self {
+            id: session.id.0,
+            created_at: session.created_at,
+            last_used_at: session.last_used_at,
+            user_agent: session.client.user_agent,
+            ip: session.client.ip,
+            current: session.id == current,
+        }
+    }
+}

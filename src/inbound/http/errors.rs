@@ -1,0 +1,196 @@
+//! The one place where core errors become HTTP answers, with the `detail` texts of API.md.
+
+use poem::http::StatusCode;
+
+use super::problem::{CHALLENGE, CHALLENGE_INVALID_TOKEN, Failure, Problem};
+use crate::domain::BackendError;
+use crate::domain::service::{
+    AuthError, ChangePasswordError, EndSessionError, LoginError, RefreshError, RegisterError,
+};
+
+/// Seconds a client is asked to wait after a 503.
+const RETRY_AFTER_SECONDS: u64 = 1;
+
+pub const INVALID_CREDENTIALS: &str = "Could not validate credentials";
+
+impl From<BackendError> for Problem {
+    fn from(err: BackendError) -> Self {
+        match err {
+            BackendError::Unavailable(source) => {
+                tracing::warn!(error = %source, "backend unavailable");
+                Problem::unavailable("Service temporarily unavailable", RETRY_AFTER_SECONDS)
+            }
+            BackendError::Overloaded => {
+                Problem::unavailable("Server busy, retry shortly", RETRY_AFTER_SECONDS)
+            }
+            BackendError::Unexpected(source) => {
+                tracing::error!(error = %source, source = ?source, "unexpected backend failure");
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
+            }
+        }
+    }
+}
+
+impl From<RegisterError> for Problem {
+    fn from(err: RegisterError) -> Self {
+        match err {
+            RegisterError::EmailTaken => {
+                Problem::new(StatusCode::BAD_REQUEST, "Email already registered")
+            }
+            RegisterError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<LoginError> for Problem {
+    fn from(err: LoginError) -> Self {
+        match err {
+            LoginError::InvalidCredentials => {
+                Problem::unauthorized("Incorrect email or password", CHALLENGE)
+            }
+            LoginError::Inactive => Problem::unauthorized("Inactive user account", CHALLENGE),
+            LoginError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<AuthError> for Problem {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::InvalidToken => {
+                Problem::unauthorized(INVALID_CREDENTIALS, CHALLENGE_INVALID_TOKEN)
+            }
+            AuthError::Inactive => Problem::unauthorized("Inactive user", CHALLENGE_INVALID_TOKEN),
+            AuthError::Forbidden => Problem::new(StatusCode::FORBIDDEN, "Insufficient privileges"),
+            AuthError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<RefreshError> for Problem {
+    fn from(err: RefreshError) -> Self {
+        match err {
+            RefreshError::InvalidToken => {
+                Problem::unauthorized("Invalid refresh token", CHALLENGE_INVALID_TOKEN)
+            }
+            RefreshError::Reused => Problem::unauthorized(
+                "Refresh token reused; the session has been revoked",
+                CHALLENGE_INVALID_TOKEN,
+            ),
+            RefreshError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<EndSessionError> for Problem {
+    fn from(err: EndSessionError) -> Self {
+        match err {
+            EndSessionError::NotFound => Problem::new(StatusCode::NOT_FOUND, "Session not found"),
+            EndSessionError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<ChangePasswordError> for Problem {
+    fn from(err: ChangePasswordError) -> Self {
+        match err {
+            ChangePasswordError::WrongPassword => {
+                Problem::unauthorized("Incorrect password", CHALLENGE)
+            }
+            ChangePasswordError::Backend(err) => err.into(),
+        }
+    }
+}
+
+/// Lets handlers use `?` on core errors whatever their operation's [`Failure`] type.
+macro_rules! into_failure {
+    ($($error:ty),+) => {$(
+        impl<S> From<$error> for Failure<S> {
+            fn from(err: $error) -> Self {
+                Problem::from(err).into()
+            }
+        }
+    )+};
+}
+
+into_failure!(
+    BackendError,
+    RegisterError,
+    LoginError,
+    AuthError,
+    RefreshError,
+    EndSessionError,
+    ChangePasswordError
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_and_detail(problem: Problem) -> (u16, String) {
+        (problem.status.as_u16(), problem.detail)
+    }
+
+    #[test]
+    fn each_core_error_maps_to_its_status_and_detail() {
+        let cases: Vec<(Problem, u16, &str)> = vec![
+            (
+                RegisterError::EmailTaken.into(),
+                400,
+                "Email already registered",
+            ),
+            (
+                LoginError::InvalidCredentials.into(),
+                401,
+                "Incorrect email or password",
+            ),
+            (LoginError::Inactive.into(), 401, "Inactive user account"),
+            (
+                AuthError::InvalidToken.into(),
+                401,
+                "Could not validate credentials",
+            ),
+            (AuthError::Inactive.into(), 401, "Inactive user"),
+            (AuthError::Forbidden.into(), 403, "Insufficient privileges"),
+            (EndSessionError::NotFound.into(), 404, "Session not found"),
+            (
+                ChangePasswordError::WrongPassword.into(),
+                401,
+                "Incorrect password",
+            ),
+            (
+                BackendError::Overloaded.into(),
+                503,
+                "Server busy, retry shortly",
+            ),
+            (
+                BackendError::Unavailable("db down".into()).into(),
+                503,
+                "Service temporarily unavailable",
+            ),
+            (
+                BackendError::unexpected("secret internals").into(),
+                500,
+                "Internal Server Error",
+            ),
+        ];
+        for (problem, status, detail) in cases {
+            assert_eq!(status_and_detail(problem), (status, detail.to_owned()));
+        }
+    }
+
+    #[test]
+    fn every_401_carries_a_bearer_challenge_and_every_503_a_retry_after() {
+        let unauthorized: Vec<Problem> = vec![
+            LoginError::InvalidCredentials.into(),
+            AuthError::InvalidToken.into(),
+            RefreshError::Reused.into(),
+            ChangePasswordError::WrongPassword.into(),
+        ];
+        for problem in unauthorized {
+            assert!(problem.challenge.is_some_and(|c| c.starts_with("Bearer")));
+        }
+        let busy: Problem = BackendError::Overloaded.into();
+        assert_eq!(busy.retry_after, Some(RETRY_AFTER_SECONDS));
+    }
+}

@@ -1,0 +1,12 @@
+//! Portcullis: an email/password authentication service built as a hexagon.
+//!
+//! `domain` is the pure core; `inbound` and `outbound` hold the adapters; `startup` is the one
+//! place that knows them all and wires them together.
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod inbound;
+pub mod outbound;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,89 @@
+//! The `portcullis` binary: parse the command line, load settings, start logging, run.
+
+use std::io::{BufRead as _, IsTerminal as _};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use portcullis::cli::{Cli, Command, UserCommand};
+use portcullis::config::Settings;
+use portcullis::domain::{Email, Password, Role};
+use portcullis::startup::{self, Application, Storage};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // .env fills in what the environment leaves unset; a missing file is fine.
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.profile, &cli.config_dir) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("portcullis: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    portcullis::telemetry::init(settings.log_format, &settings.log_level);
+    match run(cli.command.unwrap_or(Command::Serve), &settings).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("portcullis: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            app.run_until(startup::shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Migrate => {
+            let storage = Storage::open(settings).await?;
+            storage.migrate().await?;
+            println!("migrations applied");
+            Ok(())
+        }
+        Command::User(command) => administer(command, settings).await,
+    }
+}
+
+async fn administer(command: UserCommand, settings: &Settings) -> anyhow::Result<()> {
+    let storage = Storage::open(settings).await?;
+    storage.migrate().await?;
+    let service = startup::build_service(settings, &storage).await?;
+    let parse = |email: &str| Email::parse(email).with_context(|| format!("{email:?}"));
+    let user = match command {
+        UserCommand::Create { email, admin } => {
+            let email = parse(&email)?;
+            let password = Password::parse(&read_password()?).context("password")?;
+            let role = if admin { Role::Admin } else { Role::User };
+            service
+                .create_user_as_operator(email, password, role)
+                .await?
+        }
+        UserCommand::Promote { email } => service.set_role(&parse(&email)?, Role::Admin).await?,
+        UserCommand::Demote { email } => service.set_role(&parse(&email)?, Role::User).await?,
+        UserCommand::Deactivate { email } => service.set_active(&parse(&email)?, false).await?,
+        UserCommand::Activate { email } => service.set_active(&parse(&email)?, true).await?,
+    };
+    println!(
+        "{} (id {}): role {}, {}",
+        user.email,
+        user.id,
+        user.role,
+        if user.is_active { "active" } else { "inactive" }
+    );
+    Ok(())
+}
+
+/// Reads one line from standard input, so the password stays out of argv and shell history.
+fn read_password() -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        eprint!("Password: ");
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}

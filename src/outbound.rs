@@ -1,0 +1,7 @@
+//! Outbound adapters: one module per technology, each implementing ports of `crate::domain`.
+
+pub mod bcrypt;
+pub mod clock;
+pub mod jwt;
+pub mod memory;
+pub mod sea_orm;

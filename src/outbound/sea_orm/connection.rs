@@ -1,0 +1,91 @@
+//! Connecting to PostgreSQL or SQLite, and applying migrations.
+
+use std::path::Path;
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+
+/// How to reach the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseSettings {
+    /// `postgres://...` or `sqlite://...`.
+    pub url: String,
+    pub max_connections: u32,
+    /// The bound on connecting and on waiting for a pooled connection.
+    pub connect_timeout: Duration,
+}
+
+/// Opens a pool. For a SQLite file, creates its folder, and switches the file to WAL so that
+/// readers do not wait for writers.
+///
+/// # Errors
+/// When the folder cannot be made or the database does not answer within the timeout.
+pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    if let Some(dir) = sqlite_folder(&settings.url) {
+        std::fs::create_dir_all(dir)
+            .map_err(|err| DbErr::Custom(format!("cannot create {}: {err}", dir.display())))?;
+    }
+    let mut options = ConnectOptions::new(settings.url.clone());
+    options
+        .max_connections(settings.max_connections)
+        .min_connections(0)
+        .connect_timeout(settings.connect_timeout)
+        .acquire_timeout(settings.connect_timeout)
+        .sqlx_logging(false);
+    let db = Database::connect(options).await?;
+    if db.get_database_backend() == DbBackend::Sqlite && !settings.url.contains(":memory:") {
+        db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
+    }
+    Ok(db)
+}
+
+/// The folder of a SQLite file URL such as `sqlite://data/portcullis.db?mode=rwc`.
+fn sqlite_folder(url: &str) -> Option<&Path> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next()?;
+    if path.is_empty() || path.contains(":memory:") {
+        return None;
+    }
+    Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Applies every pending migration.
+///
+/// # Errors
+/// When a migration fails; each runs in its own transaction where the engine allows.
+pub async fn migrate_up(db: &DatabaseConnection) -> Result<(), DbErr> {
+    Migrator::up(db, None).await
+}
+
+/// Rolls back every migration.
+///
+/// # Errors
+/// When a rollback fails.
+pub async fn migrate_down(db: &DatabaseConnection) -> Result<(), DbErr> {
+    Migrator::down(db, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_folder_of_a_sqlite_file_is_found() {
+        assert_eq!(
+            sqlite_folder("sqlite://data/portcullis.db?mode=rwc"),
+            Some(Path::new("data"))
+        );
+        assert_eq!(
+            sqlite_folder("sqlite:///tmp/x/db.sqlite"),
+            Some(Path::new("/tmp/x"))
+        );
+        assert_eq!(sqlite_folder("sqlite::memory:"), None);
+        assert_eq!(sqlite_folder("sqlite://portcullis.db"), None);
+        assert_eq!(sqlite_folder("postgres://localhost/db"), None);
+    }
+}

@@ -1,0 +1,428 @@
+//! [`UserRepository`] on SeaORM.
+//!
+//! Every call is bounded by a timeout, so a stalled database turns into a quick
+//! [`BackendError::Unavailable`] instead of a hung request.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
+    DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, RuntimeErr, SqlErr,
+    TransactionTrait,
+};
+
+use super::entities::{refresh_tokens, sessions, users};
+use crate::domain::ports::{CreateUserError, UserRepository};
+use crate::domain::{
+    BackendError, ClientInfo, Email, FullName, NewRefreshToken, NewSession, NewUser, PasswordHash,
+    RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, User, UserId,
+};
+
+/// [`UserRepository`] on a SeaORM connection pool (PostgreSQL or SQLite).
+#[derive(Clone)]
+pub struct SeaOrmUserRepository {
+    db: DatabaseConnection,
+    timeout: Duration,
+}
+
+impl SeaOrmUserRepository {
+    /// `timeout` bounds every call, transaction included.
+    pub fn new(db: DatabaseConnection, timeout: Duration) -> Self {
+        Self { db, timeout }
+    }
+
+    /// Runs one storage call under the timeout, translating its error.
+    async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, DbErr>>,
+    ) -> Result<T, BackendError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(backend_error),
+            Err(elapsed) => Err(BackendError::Unavailable(Box::new(elapsed))),
+        }
+    }
+}
+
+/// Outages (no connection, a dropped one, a busy SQLite file) are worth a retry; anything else
+/// is a bug.
+fn backend_error(err: DbErr) -> BackendError {
+    let transient = match &err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(inner)) | DbErr::Query(RuntimeErr::SqlxError(inner)) => {
+            use sea_orm::sqlx::Error as Sqlx;
+            match inner.as_ref() {
+                Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => true,
+                // SQLITE_BUSY / SQLITE_LOCKED, and PostgreSQL's "admin shutdown" class.
+                Sqlx::Database(db) => db.code().is_some_and(|code| {
+                    matches!(code.as_ref(), "5" | "6" | "57P01" | "57P02" | "57P03")
+                }),
+                _ => false,
+            }
+        }
+        _ => false,
+    };
+    if transient {
+        BackendError::Unavailable(Box::new(err))
+    } else {
+        BackendError::Unexpected(Box::new(err))
+    }
+}
+
+fn to_user(model: users::Model) -> Result<User, BackendError> {
+    Ok(User {
+        id: UserId(model.id),
+        email: Email::from_trusted(model.email),
+        full_name: model.full_name.map(FullName::from_trusted),
+        role: model
+            .role
+            .parse::<Role>()
+            .map_err(BackendError::unexpected)?,
+        is_active: model.is_active,
+        created_at: model.created_at,
+        password_hash: PasswordHash::new(model.password_hash),
+    })
+}
+
+fn to_session(model: sessions::Model) -> Session {
+    Session {
+        id: SessionId(model.id),
+        user_id: UserId(model.user_id),
+        created_at: model.created_at,
+        last_used_at: model.last_used_at,
+        expires_at: model.expires_at,
+        idle_expires_at: model.idle_expires_at,
+        ended_at: model.ended_at,
+        client: ClientInfo {
+            user_agent: model.user_agent,
+            ip: model.ip,
+        },
+    }
+}
+
+fn refresh_token_model(token: NewRefreshToken) -> refresh_tokens::ActiveModel {
+    refresh_tokens::ActiveModel {
+        token_hash: Set(token.hash.0),
+        session_id: Set(token.session_id.0),
+        created_at: Set(token.created_at),
+        expires_at: Set(token.expires_at),
+        spent_at: Set(None),
+    }
+}
+
+/// Ends, at `now`, the sessions of `user_id` still open, except `keep`.
+async fn end_sessions(
+    conn: &impl ConnectionTrait,
+    user_id: UserId,
+    keep: Option<SessionId>,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let mut filter = Condition::all()
+        .add(sessions::Column::UserId.eq(user_id.0))
+        .add(sessions::Column::EndedAt.is_null());
+    if let Some(keep) = keep {
+        filter = filter.add(sessions::Column::Id.ne(keep.0));
+    }
+    sessions::Entity::update_many()
+        .col_expr(sessions::Column::EndedAt, Expr::value(now))
+        .filter(filter)
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// The condition of a session that is live at `now`.
+fn live_at(now: DateTime<Utc>) -> Condition {
+    Condition::all()
+        .add(sessions::Column::EndedAt.is_null())
+        .add(sessions::Column::ExpiresAt.gt(now))
+        .add(sessions::Column::IdleExpiresAt.gt(now))
+}
+
+#[async_trait]
+impl UserRepository for SeaOrmUserRepository {
+    async fn ping(&self) -> Result<(), BackendError> {
+        // A failed ping is an outage whatever the driver calls it.
+        self.bounded(self.db.ping()).await.map_err(|err| match err {
+            BackendError::Unexpected(source) => BackendError::Unavailable(source),
+            other => other,
+        })
+    }
+
+    async fn create_user(&self, new: NewUser) -> Result<User, CreateUserError> {
+        let model = users::ActiveModel {
+            email: Set(new.email.as_str().to_owned()),
+            email_normalized: Set(new.email.normalized().to_owned()),
+            full_name: Set(new.full_name.map(|n| n.as_str().to_owned())),
+            password_hash: Set(new.password_hash.as_str().to_owned()),
+            role: Set(new.role.as_str().to_owned()),
+            is_active: Set(true),
+            created_at: Set(new.created_at),
+            updated_at: Set(new.created_at),
+            ..Default::default()
+        };
+        let inserted = match tokio::time::timeout(self.timeout, model.insert(&self.db)).await {
+            Ok(Ok(model)) => model,
+            Ok(Err(err)) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                return Err(CreateUserError::EmailTaken);
+            }
+            Ok(Err(err)) => return Err(backend_error(err).into()),
+            Err(elapsed) => return Err(BackendError::Unavailable(Box::new(elapsed)).into()),
+        };
+        Ok(to_user(inserted)?)
+    }
+
+    async fn find_user_by_email(&self, email: &Email) -> Result<Option<User>, BackendError> {
+        let found = self
+            .bounded(
+                users::Entity::find()
+                    .filter(users::Column::EmailNormalized.eq(email.normalized()))
+                    .one(&self.db),
+            )
+            .await?;
+        found.map(to_user).transpose()
+    }
+
+    async fn find_user_by_id(&self, id: UserId) -> Result<Option<User>, BackendError> {
+        let found = self
+            .bounded(users::Entity::find_by_id(id.0).one(&self.db))
+            .await?;
+        found.map(to_user).transpose()
+    }
+
+    async fn set_role(&self, id: UserId, role: Role) -> Result<Option<User>, BackendError> {
+        let found = self
+            .bounded(async {
+                users::Entity::update_many()
+                    .col_expr(users::Column::Role, Expr::value(role.as_str()))
+                    .col_expr(users::Column::UpdatedAt, Expr::value(Utc::now()))
+                    .filter(users::Column::Id.eq(id.0))
+                    .exec(&self.db)
+                    .await?;
+                users::Entity::find_by_id(id.0).one(&self.db).await
+            })
+            .await?;
+        found.map(to_user).transpose()
+    }
+
+    async fn set_active(
+        &self,
+        id: UserId,
+        active: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, BackendError> {
+        let found = self
+            .bounded(async {
+                let txn = self.db.begin().await?;
+                users::Entity::update_many()
+                    .col_expr(users::Column::IsActive, Expr::value(active))
+                    .col_expr(users::Column::UpdatedAt, Expr::value(now))
+                    .filter(users::Column::Id.eq(id.0))
+                    .exec(&txn)
+                    .await?;
+                if !active {
+                    end_sessions(&txn, id, None, now).await?;
+                }
+                let found = users::Entity::find_by_id(id.0).one(&txn).await?;
+                txn.commit().await?;
+                Ok(found)
+            })
+            .await?;
+        found.map(to_user).transpose()
+    }
+
+    async fn set_password(
+        &self,
+        id: UserId,
+        hash: PasswordHash,
+        keep: Option<SessionId>,
+        now: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
+        self.bounded(async {
+            let txn = self.db.begin().await?;
+            users::Entity::update_many()
+                .col_expr(users::Column::PasswordHash, Expr::value(hash.as_str()))
+                .col_expr(users::Column::UpdatedAt, Expr::value(now))
+                .filter(users::Column::Id.eq(id.0))
+                .exec(&txn)
+                .await?;
+            end_sessions(&txn, id, keep, now).await?;
+            txn.commit().await
+        })
+        .await
+    }
+
+    async fn create_session(
+        &self,
+        new: NewSession,
+        refresh: NewRefreshToken,
+    ) -> Result<Session, BackendError> {
+        let session = sessions::ActiveModel {
+            id: Set(new.id.0),
+            user_id: Set(new.user_id.0),
+            created_at: Set(new.created_at),
+            last_used_at: Set(new.created_at),
+            expires_at: Set(new.expires_at),
+            idle_expires_at: Set(refresh.expires_at),
+            ended_at: Set(None),
+            user_agent: Set(new.client.user_agent),
+            ip: Set(new.client.ip),
+        };
+        let stored = self
+            .bounded(async {
+                let txn = self.db.begin().await?;
+                let stored = session.insert(&txn).await?;
+                refresh_token_model(refresh).insert(&txn).await?;
+                txn.commit().await?;
+                Ok(stored)
+            })
+            .await?;
+        Ok(to_session(stored))
+    }
+
+    async fn find_session(&self, id: SessionId) -> Result<Option<(Session, User)>, BackendError> {
+        let found = self
+            .bounded(
+                sessions::Entity::find_by_id(id.0)
+                    .find_also_related(users::Entity)
+                    .one(&self.db),
+            )
+            .await?;
+        match found {
+            Some((session, Some(user))) => Ok(Some((to_session(session), to_user(user)?))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn find_refresh_token(
+        &self,
+        hash: &RefreshTokenHash,
+    ) -> Result<Option<RefreshTokenRecord>, BackendError> {
+        let found = self
+            .bounded(async {
+                let Some((token, Some(session))) =
+                    refresh_tokens::Entity::find_by_id(hash.0.clone())
+                        .find_also_related(sessions::Entity)
+                        .one(&self.db)
+                        .await?
+                else {
+                    return Ok(None);
+                };
+                let user = users::Entity::find_by_id(session.user_id)
+                    .one(&self.db)
+                    .await?;
+                Ok(user.map(|user| (token, session, user)))
+            })
+            .await?;
+        let Some((token, session, user)) = found else {
+            return Ok(None);
+        };
+        Ok(Some(RefreshTokenRecord {
+            expires_at: token.expires_at,
+            spent_at: token.spent_at,
+            session: to_session(session),
+            user: to_user(user)?,
+        }))
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        presented: &RefreshTokenHash,
+        next: NewRefreshToken,
+        client: ClientInfo,
+    ) -> Result<bool, BackendError> {
+        let now = next.created_at;
+        let session_id = next.session_id;
+        let idle_expires_at = next.expires_at;
+        self.bounded(async {
+            let txn = self.db.begin().await?;
+            // The conditional update is the lock: of two rotations of one token, the database
+            // lets exactly one see `spent_at IS NULL`.
+            let spent = refresh_tokens::Entity::update_many()
+                .col_expr(refresh_tokens::Column::SpentAt, Expr::value(now))
+                .filter(refresh_tokens::Column::TokenHash.eq(presented.0.as_str()))
+                .filter(refresh_tokens::Column::SpentAt.is_null())
+                .exec(&txn)
+                .await?;
+            if spent.rows_affected != 1 {
+                txn.rollback().await?;
+                return Ok(false);
+            }
+            refresh_token_model(next).insert(&txn).await?;
+            sessions::Entity::update_many()
+                .col_expr(sessions::Column::LastUsedAt, Expr::value(now))
+                .col_expr(
+                    sessions::Column::IdleExpiresAt,
+                    Expr::value(idle_expires_at),
+                )
+                .col_expr(sessions::Column::UserAgent, Expr::value(client.user_agent))
+                .col_expr(sessions::Column::Ip, Expr::value(client.ip))
+                .filter(sessions::Column::Id.eq(session_id.0))
+                .exec(&txn)
+                .await?;
+            txn.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn list_live_sessions(
+        &self,
+        user_id: UserId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Session>, BackendError> {
+        let found = self
+            .bounded(
+                sessions::Entity::find()
+                    .filter(sessions::Column::UserId.eq(user_id.0))
+                    .filter(live_at(now))
+                    .order_by_desc(sessions::Column::CreatedAt)
+                    .all(&self.db),
+            )
+            .await?;
+        Ok(found.into_iter().map(to_session).collect())
+    }
+
+    async fn end_session(
+        &self,
+        user_id: UserId,
+        id: SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, BackendError> {
+        let ended = self
+            .bounded(
+                sessions::Entity::update_many()
+                    .col_expr(sessions::Column::EndedAt, Expr::value(now))
+                    .filter(sessions::Column::Id.eq(id.0))
+                    .filter(sessions::Column::UserId.eq(user_id.0))
+                    .filter(live_at(now))
+                    .exec(&self.db),
+            )
+            .await?;
+        Ok(ended.rows_affected == 1)
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, BackendError> {
+        self.bounded(async {
+            refresh_tokens::Entity::delete_many()
+                .filter(refresh_tokens::Column::ExpiresAt.lte(now))
+                .exec(&self.db)
+                .await?;
+            // Refresh tokens of these sessions go with them (ON DELETE CASCADE).
+            let deleted = sessions::Entity::delete_many()
+                .filter(
+                    Condition::any()
+                        .add(sessions::Column::EndedAt.is_not_null())
+                        .add(sessions::Column::ExpiresAt.lte(now))
+                        .add(sessions::Column::IdleExpiresAt.lte(now)),
+                )
+                .exec(&self.db)
+                .await?;
+            Ok(deleted.rows_affected)
+        })
+        .await
+    }
+}

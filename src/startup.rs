@@ -1,0 +1,288 @@
+//! The only place that knows every adapter: it picks them from the settings, builds the core
+//! on them, and serves HTTP.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::TimeDelta;
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::{EndpointExt, Server};
+use rand::Rng as _;
+
+use crate::config::{Profile, Secret, Settings};
+use crate::domain::ports::UserRepository;
+use crate::domain::service::Ports;
+use crate::domain::{AuthPolicy, AuthService};
+use crate::inbound::http::client::TrustedProxies;
+use crate::inbound::http::middleware::SecurityHeaders;
+use crate::inbound::http::{self, HttpSettings};
+use crate::outbound::bcrypt::{BcryptPasswordHasher, HashPoolLimits};
+use crate::outbound::clock::SystemClock;
+use crate::outbound::jwt::JwtTokenIssuer;
+use crate::outbound::memory::MemoryUserRepository;
+use crate::outbound::sea_orm::{self as db, DatabaseSettings, SeaOrmUserRepository};
+
+/// Where users and sessions live, as chosen by `DATABASE_URL`.
+pub enum Storage {
+    /// `memory://`: this process only.
+    Memory,
+    /// `postgres://` or `sqlite:`.
+    Database(sea_orm::DatabaseConnection),
+}
+
+impl Storage {
+    /// Connects to the configured storage; migrations are separate ([`Storage::migrate`]).
+    ///
+    /// # Errors
+    /// For an unsupported URL scheme or a database that does not answer.
+    pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
+        let url = settings.database_url();
+        if url == "memory://" {
+            return Ok(Self::Memory);
+        }
+        if !["postgres://", "postgresql://", "sqlite:"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            bail!("DATABASE_URL must start with postgres://, sqlite: or be memory://");
+        }
+        let db = db::connect(&DatabaseSettings {
+            url: url.to_owned(),
+            max_connections: settings.database_max_connections,
+            connect_timeout: Duration::from_secs(settings.database_timeout_seconds),
+        })
+        .await
+        .context("cannot connect to the database (DATABASE_URL)")?;
+        Ok(Self::Database(db))
+    }
+
+    /// Applies pending migrations.
+    ///
+    /// # Errors
+    /// When a migration fails.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        if let Self::Database(db) = self {
+            db::migrate_up(db).await.context("migrations failed")?;
+        }
+        Ok(())
+    }
+
+    fn repository(&self, settings: &Settings) -> Arc<dyn UserRepository> {
+        match self {
+            Self::Memory => Arc::new(MemoryUserRepository::new()),
+            Self::Database(db) => Arc::new(SeaOrmUserRepository::new(
+                db.clone(),
+                Duration::from_secs(settings.database_timeout_seconds),
+            )),
+        }
+    }
+}
+
+/// The signing key: configured, or (development only) generated once and kept in the data
+/// folder, or (test only) drawn afresh for this process.
+fn signing_secret(settings: &Settings) -> anyhow::Result<Secret> {
+    if let Some(secret) = &settings.secret_key {
+        return Ok(secret.clone());
+    }
+    match settings.profile {
+        Profile::Production => {
+            bail!("production requires SECRET_KEY (at least 32 bytes) to be set")
+        }
+        Profile::Test => Ok(Secret::new(random_key())),
+        Profile::Development => development_secret(&settings.data_dir),
+    }
+}
+
+fn random_key() -> String {
+    let mut bytes = [0u8; 48];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn development_secret(data_dir: &Path) -> anyhow::Result<Secret> {
+    let path = data_dir.join("secret_key");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_owned();
+        if existing.len() >= crate::outbound::jwt::MIN_SECRET_BYTES {
+            return Ok(Secret::new(existing));
+        }
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let key = random_key();
+    write_private(&path, &key).with_context(|| format!("cannot write {}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        "SECRET_KEY is not set: generated a development signing key; set SECRET_KEY in production"
+    );
+    Ok(Secret::new(key))
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents.as_bytes())
+}
+
+/// Builds the core on the adapters the settings name.
+///
+/// # Errors
+/// When a key, the database or the hasher cannot be set up.
+pub async fn build_service(
+    settings: &Settings,
+    storage: &Storage,
+) -> anyhow::Result<Arc<AuthService>> {
+    let secret = signing_secret(settings)?;
+    let tokens = JwtTokenIssuer::hs256(
+        secret.expose().as_bytes(),
+        &settings.jwt_issuer,
+        &settings.jwt_audience,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let workers = match settings.hash_workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let hasher = Arc::new(BcryptPasswordHasher::new(
+        settings.bcrypt_cost,
+        HashPoolLimits {
+            workers,
+            queue: settings.hash_queue,
+        },
+    ));
+    let dummy_hash = AuthService::make_dummy_hash(hasher.as_ref())
+        .await
+        .context("cannot compute the dummy password hash")?;
+    let policy = AuthPolicy {
+        access_token_ttl: TimeDelta::minutes(settings.access_token_expire_minutes),
+        leeway: TimeDelta::seconds(settings.jwt_leeway_seconds),
+        refresh_token_ttl: TimeDelta::days(settings.refresh_token_expire_days),
+        session_max_age: TimeDelta::days(settings.session_max_age_days),
+    };
+    let ports = Ports {
+        users: storage.repository(settings),
+        hasher,
+        tokens: Arc::new(tokens),
+        clock: Arc::new(SystemClock),
+    };
+    Ok(Arc::new(AuthService::new(ports, policy, dummy_hash)))
+}
+
+/// A bound, ready-to-run server.
+pub struct Application {
+    acceptor: TcpAcceptor,
+    address: SocketAddr,
+    service: Arc<AuthService>,
+    http: HttpSettings,
+    purge_interval: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    /// Connects storage, applies migrations, builds the core and binds the listener.
+    ///
+    /// # Errors
+    /// When any of those steps fails; the message says which.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let storage = Storage::open(settings).await?;
+        storage.migrate().await?;
+        let service = build_service(settings, &storage).await?;
+        let bind = format!("{}:{}", settings.host, settings.port);
+        let acceptor = TcpListener::bind(bind.clone())
+            .into_acceptor()
+            .await
+            .with_context(|| format!("cannot listen on {bind}"))?;
+        let address = acceptor
+            .local_addr()
+            .first()
+            .and_then(|addr| addr.as_socket_addr().copied())
+            .context("the listener has no address")?;
+        Ok(Self {
+            acceptor,
+            address,
+            service,
+            http: HttpSettings {
+                body_limit_bytes: settings.body_limit_bytes,
+                cors_origins: settings.cors_origins(),
+                security_headers: SecurityHeaders {
+                    hsts_max_age_seconds: settings.hsts_max_age_seconds,
+                },
+                trusted_proxies: TrustedProxies(settings.trusted_proxy_addrs()?),
+            },
+            purge_interval: Duration::from_secs(settings.session_purge_interval_seconds.max(1)),
+            shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_seconds),
+        })
+    }
+
+    /// The address actually bound (port 0 becomes a real port).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish (within the
+    /// configured timeout).
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+        let purge = tokio::spawn(purge_periodically(
+            Arc::clone(&self.service),
+            self.purge_interval,
+        ));
+        tracing::info!(address = %self.address, "listening");
+        let app = http::app(self.service, self.http).map_to_response();
+        let result = Server::new_with_acceptor(self.acceptor)
+            .idle_timeout(Duration::from_secs(60))
+            .run_with_graceful_shutdown(app, shutdown, Some(self.shutdown_timeout))
+            .await;
+        purge.abort();
+        result
+    }
+}
+
+async fn purge_periodically(service: Arc<AuthService>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        match service.purge_expired_sessions().await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "purged dead sessions"),
+            Err(err) => tracing::warn!(error = %err, "session purge failed; will retry"),
+        }
+    }
+}
+
+/// Completes on SIGTERM (what containers send) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
