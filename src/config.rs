@@ -290,7 +290,11 @@ mod tests {
     fn with(profile: Profile, pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let mut figment = Settings::defaults();
         for (key, value) in pairs {
-            figment = figment.merge(Serialized::default(key, value));
+            // As the environment layer would: numbers arrive as numbers.
+            figment = match value.parse::<i64>() {
+                Ok(number) => figment.merge(Serialized::default(key, number)),
+                Err(_) => figment.merge(Serialized::default(key, value)),
+            };
         }
         Settings::from_figment(profile, &figment)
     }

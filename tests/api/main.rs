@@ -1,1 +1,15 @@
-fn main() {}
+//! Black-box tests of the HTTP API: a real server on 127.0.0.1:0, a fresh database per test,
+//! SQLite always and PostgreSQL when `TEST_DATABASE_URL` is set. One binary, to link once.
+
+mod helpers;
+
+mod cli;
+mod docs;
+mod errors;
+mod login;
+mod migrations;
+mod protected;
+mod registration;
+mod repository;
+mod sessions;
+mod tokens;

@@ -1,0 +1,94 @@
+//! The `portcullis` binary's operator commands, run as an operator would.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use crate::helpers::{Backend, PASSWORD, SECRET, TestApp, TestDb, settings};
+
+fn portcullis(db_url: &str, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env("PORTCULLIS_PROFILE", "test")
+        .env("DATABASE_URL", db_url)
+        .env("SECRET_KEY", SECRET)
+        .env("BCRYPT_COST", "4")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run portcullis");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_creates_and_promotes_admins_from_the_command_line() {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    let url = db.url().to_owned();
+
+    let created = portcullis(
+        &url,
+        &["user", "create", "root@example.com", "--admin"],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    assert!(String::from_utf8_lossy(&created.stdout).contains("role admin"));
+    let weak = portcullis(&url, &["user", "create", "weak@example.com"], "short\n");
+    assert!(!weak.status.success());
+    let unknown = portcullis(&url, &["user", "promote", "ghost@example.com"], "");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no user with that email"));
+
+    let mut app = TestApp::spawn(settings(&url, serde_json::json!({}))).await;
+    let admin = app.token_for_existing("root@example.com").await;
+    assert_eq!(app.get_auth("/protected/admin", &admin).await.status(), 200);
+    let user = app.token_for("plain@example.com").await;
+    assert_eq!(app.get_auth("/protected/admin", &user).await.status(), 403);
+    let promoted = portcullis(&url, &["user", "promote", "PLAIN@example.com"], "");
+    assert!(
+        promoted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&promoted.stderr)
+    );
+    assert_eq!(app.get_auth("/protected/admin", &user).await.status(), 200);
+    let deactivated = portcullis(&url, &["user", "deactivate", "plain@example.com"], "");
+    assert!(deactivated.status.success());
+    assert_eq!(app.get_auth("/protected/admin", &user).await.status(), 401);
+    app.stop().await;
+    db.drop_database().await;
+}
+
+#[test]
+fn production_refuses_to_start_naming_what_is_missing() {
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve"])
+        .env("PORTCULLIS_PROFILE", "production")
+        .env_remove("DATABASE_URL")
+        .env("SECRET_KEY", SECRET)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .env("PORTCULLIS_PROFILE", "production")
+        .env("DATABASE_URL", "postgres://127.0.0.1:1/none")
+        .env("SECRET_KEY", "too-short")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("SECRET_KEY must be at least 32 bytes")
+    );
+}

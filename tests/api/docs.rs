@@ -1,0 +1,92 @@
+//! The OpenAPI document, Swagger UI and ReDoc.
+
+use serde_json::Value;
+
+use crate::helpers::app_test;
+
+app_test!(
+    the_openapi_document_lists_every_route_with_its_errors,
+    |app| {
+        let spec: Value = app
+            .client
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+        let paths = spec["paths"].as_object().unwrap();
+        for (path, method) in [
+            ("/public", "get"),
+            ("/health", "get"),
+            ("/ready", "get"),
+            ("/auth/register", "post"),
+            ("/auth/login", "post"),
+            ("/auth/token", "post"),
+            ("/auth/me", "get"),
+            ("/auth/refresh", "post"),
+            ("/auth/logout", "post"),
+            ("/auth/sessions", "get"),
+            ("/auth/sessions/{id}", "delete"),
+            ("/auth/password", "post"),
+            ("/protected/user", "get"),
+            ("/protected/admin", "get"),
+        ] {
+            let operation = &paths[path][method];
+            assert!(
+                operation["summary"].is_string(),
+                "{method} {path} has no summary"
+            );
+            assert!(
+                operation["tags"][0].is_string(),
+                "{method} {path} has no tag"
+            );
+            let responses = operation["responses"].as_object().unwrap();
+            if path != "/public" && path != "/health" {
+                assert!(
+                    responses
+                        .keys()
+                        .any(|status| status.starts_with('4') || status.starts_with('5')),
+                    "{method} {path} documents no error"
+                );
+            }
+        }
+        let protected = &paths["/protected/admin"]["get"];
+        assert!(protected["responses"]["403"].is_object());
+        let schemes: Vec<String> = protected["security"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s.as_object().unwrap().keys().cloned())
+            .collect();
+        assert_eq!(schemes, ["BearerAuth", "OAuth2Password"]);
+        assert_eq!(
+            spec["components"]["securitySchemes"]["OAuth2Password"]["flows"]["password"]["tokenUrl"],
+            "/auth/token"
+        );
+        assert_eq!(
+            paths["/auth/register"]["post"]["responses"]["422"]["content"]["application/problem+json"]
+                ["schema"]["$ref"],
+            "#/components/schemas/Problem"
+        );
+    }
+);
+
+app_test!(
+    the_docs_pages_carry_their_assets_and_load_nothing_from_a_cdn,
+    |app| {
+        for path in ["/docs", "/redoc"] {
+            let response = app.client.get(app.url(path)).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            let html = response.text().await.unwrap();
+            assert!(html.len() > 100_000, "{path} does not embed its script");
+            assert!(
+                !html.contains("cdn.jsdelivr") && !html.contains("unpkg.com"),
+                "{path}"
+            );
+            assert!(!html.contains("<script src=\"http"), "{path}");
+        }
+    }
+);

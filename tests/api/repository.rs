@@ -1,0 +1,288 @@
+//! The storage adapters against one contract: in memory, SQLite and PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use portcullis::domain::ports::{CreateUserError, UserRepository};
+use portcullis::domain::{
+    ClientInfo, Email, NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshTokenHash, Role,
+    SessionId, User, UserId,
+};
+use portcullis::outbound::memory::MemoryUserRepository;
+use portcullis::outbound::sea_orm::{DatabaseSettings, SeaOrmUserRepository, connect, migrate_up};
+
+use crate::helpers::{Backend, TestDb};
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
+}
+
+/// Runs `test` on each adapter; PostgreSQL only when configured.
+async fn on_every_adapter<F, Fut>(test: F)
+where
+    F: Fn(Arc<dyn UserRepository>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    test(Arc::new(MemoryUserRepository::new())).await;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(db) = TestDb::create(backend).await else {
+            continue;
+        };
+        let conn = connect(&DatabaseSettings {
+            url: db.url().to_owned(),
+            max_connections: 5,
+            connect_timeout: Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+        migrate_up(&conn).await.unwrap();
+        test(Arc::new(SeaOrmUserRepository::new(
+            conn.clone(),
+            Duration::from_secs(5),
+        )))
+        .await;
+        conn.close().await.unwrap();
+        db.drop_database().await;
+    }
+}
+
+async fn user(repo: &dyn UserRepository, email: &str) -> User {
+    repo.create_user(NewUser {
+        email: Email::parse(email).unwrap(),
+        full_name: None,
+        role: Role::User,
+        password_hash: PasswordHash::new(format!("hash-of-{email}")),
+        created_at: t0(),
+    })
+    .await
+    .unwrap()
+}
+
+/// Opens a session at `t0` (idle expiry one day later): its id and refresh token.
+async fn session(repo: &dyn UserRepository, user: &User) -> (SessionId, NewRefreshToken) {
+    let id = SessionId::random();
+    let refresh = NewRefreshToken::generate(id, t0(), t0() + TimeDelta::days(1));
+    repo.create_session(
+        NewSession {
+            id,
+            user_id: user.id,
+            created_at: t0(),
+            expires_at: t0() + TimeDelta::days(90),
+            client: ClientInfo::new(Some("agent"), Some("192.0.2.1".into())),
+        },
+        refresh.clone(),
+    )
+    .await
+    .unwrap();
+    (id, refresh)
+}
+
+#[tokio::test]
+async fn users_are_unique_by_normalised_email_and_found_by_either_key() {
+    on_every_adapter(|repo| async move {
+        let alice = user(repo.as_ref(), "Alice@Example.com").await;
+        assert_eq!(alice.email.as_str(), "Alice@Example.com");
+        let duplicate = repo
+            .create_user(NewUser {
+                email: Email::parse("alice@example.COM").unwrap(),
+                full_name: None,
+                role: Role::User,
+                password_hash: PasswordHash::new("h".into()),
+                created_at: t0(),
+            })
+            .await;
+        assert!(matches!(duplicate, Err(CreateUserError::EmailTaken)));
+        let by_email = repo
+            .find_user_by_email(&Email::parse("ALICE@example.com").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(by_email, alice);
+        assert_eq!(
+            repo.find_user_by_id(alice.id).await.unwrap().unwrap(),
+            alice
+        );
+        assert!(
+            repo.find_user_by_id(UserId(424242))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let promoted = repo.set_role(alice.id, Role::Admin).await.unwrap().unwrap();
+        assert_eq!(promoted.role, Role::Admin);
+        assert!(
+            repo.set_role(UserId(424242), Role::Admin)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        repo.ping().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refresh_token_rotates_exactly_once() {
+    on_every_adapter(|repo| async move {
+        let alice = user(repo.as_ref(), "alice@example.com").await;
+        let (sid, first) = session(repo.as_ref(), &alice).await;
+        let (found, owner) = repo.find_session(sid).await.unwrap().unwrap();
+        assert_eq!(owner.id, alice.id);
+        assert_eq!(found.client.user_agent.as_deref(), Some("agent"));
+
+        let record = repo.find_refresh_token(&first.hash).await.unwrap().unwrap();
+        assert_eq!(record.session.id, sid);
+        assert!(record.spent_at.is_none());
+
+        let later = t0() + TimeDelta::hours(1);
+        let next = NewRefreshToken::generate(sid, later, later + TimeDelta::days(1));
+        let client = ClientInfo::new(Some("new-agent"), None);
+        assert!(
+            repo.rotate_refresh_token(&first.hash, next.clone(), client.clone())
+                .await
+                .unwrap()
+        );
+        let again = NewRefreshToken::generate(sid, later, later + TimeDelta::days(1));
+        assert!(
+            !repo
+                .rotate_refresh_token(&first.hash, again.clone(), client)
+                .await
+                .unwrap()
+        );
+        assert!(
+            repo.find_refresh_token(&again.hash)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let spent = repo.find_refresh_token(&first.hash).await.unwrap().unwrap();
+        assert!(spent.spent_at.is_some());
+        let current = repo.find_refresh_token(&next.hash).await.unwrap().unwrap();
+        assert!(current.spent_at.is_none());
+        assert_eq!(current.session.last_used_at, later);
+        assert_eq!(current.session.idle_expires_at, next.expires_at);
+        assert_eq!(
+            current.session.client.user_agent.as_deref(),
+            Some("new-agent")
+        );
+        assert!(
+            repo.find_refresh_token(&RefreshTokenHash::of("unknown"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn only_the_owner_ends_a_session_and_ended_ones_are_not_listed() {
+    on_every_adapter(|repo| async move {
+        let alice = user(repo.as_ref(), "alice@example.com").await;
+        let mallory = user(repo.as_ref(), "mallory@example.com").await;
+        let (a1, _) = session(repo.as_ref(), &alice).await;
+        let (a2, _) = session(repo.as_ref(), &alice).await;
+        let now = t0() + TimeDelta::minutes(1);
+        assert_eq!(
+            repo.list_live_sessions(alice.id, now).await.unwrap().len(),
+            2
+        );
+        assert!(!repo.end_session(mallory.id, a1, now).await.unwrap());
+        assert!(repo.end_session(alice.id, a1, now).await.unwrap());
+        assert!(!repo.end_session(alice.id, a1, now).await.unwrap());
+        let live = repo.list_live_sessions(alice.id, now).await.unwrap();
+        assert_eq!(live.iter().map(|s| s.id).collect::<Vec<_>>(), [a2]);
+        let (ended, _) = repo.find_session(a1).await.unwrap().unwrap();
+        assert_eq!(ended.ended_at, Some(now));
+        // Past the idle expiry nothing is live.
+        let idle = t0() + TimeDelta::days(2);
+        assert!(
+            repo.list_live_sessions(alice.id, idle)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_password_change_keeps_one_session_and_deactivation_ends_all() {
+    on_every_adapter(|repo| async move {
+        let alice = user(repo.as_ref(), "alice@example.com").await;
+        let (keep, _) = session(repo.as_ref(), &alice).await;
+        let (other, _) = session(repo.as_ref(), &alice).await;
+        let now = t0() + TimeDelta::minutes(1);
+        repo.set_password(alice.id, PasswordHash::new("new".into()), Some(keep), now)
+            .await
+            .unwrap();
+        let stored = repo.find_user_by_id(alice.id).await.unwrap().unwrap();
+        assert_eq!(stored.password_hash, PasswordHash::new("new".into()));
+        let live = repo.list_live_sessions(alice.id, now).await.unwrap();
+        assert_eq!(live.iter().map(|s| s.id).collect::<Vec<_>>(), [keep]);
+        assert!(
+            repo.find_session(other)
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+                .ended_at
+                .is_some()
+        );
+
+        let off = repo
+            .set_active(alice.id, false, now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!off.is_active);
+        assert!(
+            repo.list_live_sessions(alice.id, now)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            repo.set_active(UserId(424242), false, now)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_purge_deletes_dead_sessions_and_expired_tokens_only() {
+    on_every_adapter(|repo| async move {
+        let alice = user(repo.as_ref(), "alice@example.com").await;
+        let (live, live_token) = session(repo.as_ref(), &alice).await;
+        let (ended, ended_token) = session(repo.as_ref(), &alice).await;
+        let now = t0() + TimeDelta::minutes(1);
+        repo.end_session(alice.id, ended, now).await.unwrap();
+        assert_eq!(repo.purge_expired(now).await.unwrap(), 1);
+        assert!(repo.find_session(ended).await.unwrap().is_none());
+        assert!(
+            repo.find_refresh_token(&ended_token.hash)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(repo.find_session(live).await.unwrap().is_some());
+        assert!(
+            repo.find_refresh_token(&live_token.hash)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // A day later the idle session is dead too.
+        assert_eq!(
+            repo.purge_expired(t0() + TimeDelta::days(2)).await.unwrap(),
+            1
+        );
+        assert!(repo.find_session(live).await.unwrap().is_none());
+    })
+    .await;
+}
