@@ -15,7 +15,9 @@ pub mod security;
 
 use std::sync::Arc;
 
+use poem::endpoint::make_sync;
 use poem::middleware::Cors;
+use poem::web::Html;
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Route};
 use poem_openapi::OpenApiService;
 
@@ -69,9 +71,10 @@ pub fn openapi(service: &Arc<AuthService>, proxies: &TrustedProxies) -> OpenApiS
 /// The whole HTTP application, middleware included.
 pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
     let api = openapi(&service, &settings.trusted_proxies);
+    let redoc = offline_redoc(&api.redoc_html());
     let routes = Route::new()
         .nest("/docs", api.swagger_ui())
-        .nest("/redoc", api.redoc())
+        .at("/redoc", make_sync(move |_| Html(redoc.clone())))
         .at("/openapi.json", api.spec_endpoint())
         .nest("/", api);
     let limit = settings.body_limit_bytes;
@@ -100,6 +103,15 @@ pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
         })
         .around(middleware::request_id)
         .into_endpoint()
+}
+
+/// poem-openapi's ReDoc page inlines its script but links Google Fonts; without the link it
+/// renders in the system fonts and loads nothing from outside, so it works offline.
+fn offline_redoc(html: &str) -> String {
+    html.lines()
+        .filter(|line| !line.contains("fonts.googleapis.com"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn cors(origins: &[String]) -> Cors {
