@@ -11,8 +11,12 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
-/// The defaults ship inside the binary, so it runs from any folder.
+/// The defaults and the profiles ship inside the binary, so it runs from any folder; files
+/// in the config folder, when present, are layered on top.
 const DEFAULTS: &str = include_str!("../config/default.toml");
+const DEVELOPMENT: &str = include_str!("../config/development.toml");
+const TEST: &str = include_str!("../config/test.toml");
+const PRODUCTION: &str = include_str!("../config/production.toml");
 
 /// Which set of defaults and checks applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -29,6 +33,15 @@ impl Profile {
             Self::Development => "development",
             Self::Test => "test",
             Self::Production => "production",
+        }
+    }
+
+    /// The profile's built-in settings.
+    fn builtin(self) -> &'static str {
+        match self {
+            Self::Development => DEVELOPMENT,
+            Self::Test => TEST,
+            Self::Production => PRODUCTION,
         }
     }
 }
@@ -152,6 +165,7 @@ impl Settings {
     pub fn load(profile: Profile, config_dir: &Path) -> Result<Self, ConfigError> {
         let figment = Figment::new()
             .merge(Toml::string(DEFAULTS))
+            .merge(Toml::string(profile.builtin()))
             .merge(Toml::file(config_dir.join("default.toml")))
             .merge(Toml::file(
                 config_dir.join(format!("{}.toml", profile.as_str())),

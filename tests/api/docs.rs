@@ -87,7 +87,7 @@ app_test!(
                 "{path}"
             );
             assert!(!html.contains("<script src=\"http"), "{path}");
-        assert!(!html.contains("fonts.googleapis.com"), "{path}");
+            assert!(!html.contains("fonts.googleapis.com"), "{path}");
         }
     }
 );

@@ -129,11 +129,16 @@ impl AuthService {
             .find_session(claims.session_id)
             .await?
             .ok_or(AuthError::InvalidToken)?;
-        if session.user_id != claims.user_id || user.id != claims.user_id || !session.is_live(now) {
+        if session.user_id != claims.user_id || user.id != claims.user_id {
             return Err(AuthError::InvalidToken);
         }
+        // Before the session check: deactivation ends the sessions too, and the caller should
+        // hear the reason that applies to the account, not to the token.
         if !user.is_active {
             return Err(AuthError::Inactive);
+        }
+        if !session.is_live(now) {
+            return Err(AuthError::InvalidToken);
         }
         Ok(Principal {
             user,
