@@ -90,6 +90,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where abuse-limit counters live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitStore {
+    /// The service's database: one budget for every instance.
+    Database,
+    /// This process only.
+    Memory,
+}
+
 /// Every setting, with the names of `config/default.toml`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
@@ -113,6 +123,17 @@ pub struct Settings {
     pub bcrypt_cost: u32,
     pub hash_workers: usize,
     pub hash_queue: usize,
+    pub rate_limits_enabled: bool,
+    pub rate_limit_window_seconds: i64,
+    pub rate_limit_store: RateLimitStore,
+    pub login_limit_per_ip: u32,
+    pub login_limit_per_account: u32,
+    pub register_limit_per_ip: u32,
+    pub register_limit_per_account: u32,
+    pub refresh_limit_per_ip: u32,
+    pub refresh_limit_per_account: u32,
+    pub login_free_failures: u32,
+    pub login_failure_delay_max_seconds: i64,
     pub body_limit_bytes: usize,
     pub cors_allowed_origins: String,
     pub hsts_max_age_seconds: u64,
@@ -141,6 +162,17 @@ const KEYS: &[&str] = &[
     "bcrypt_cost",
     "hash_workers",
     "hash_queue",
+    "rate_limits_enabled",
+    "rate_limit_window_seconds",
+    "rate_limit_store",
+    "login_limit_per_ip",
+    "login_limit_per_account",
+    "register_limit_per_ip",
+    "register_limit_per_account",
+    "refresh_limit_per_ip",
+    "refresh_limit_per_account",
+    "login_free_failures",
+    "login_failure_delay_max_seconds",
     "body_limit_bytes",
     "cors_allowed_origins",
     "hsts_max_age_seconds",
@@ -209,6 +241,12 @@ impl Settings {
         }
         if self.jwt_leeway_seconds < 0 {
             return fail("JWT_LEEWAY_SECONDS must not be negative");
+        }
+        if self.rate_limit_window_seconds < 1 {
+            return fail("RATE_LIMIT_WINDOW_SECONDS must be at least 1");
+        }
+        if self.login_failure_delay_max_seconds < 1 {
+            return fail("LOGIN_FAILURE_DELAY_MAX_SECONDS must be at least 1");
         }
         if self.body_limit_bytes < 1024 {
             return fail("BODY_LIMIT_BYTES must be at least 1024");

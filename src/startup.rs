@@ -15,18 +15,21 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::{EndpointExt, Server};
 use rand::Rng as _;
 
-use crate::config::{Profile, Secret, Settings};
-use crate::domain::ports::UserRepository;
-use crate::domain::service::Ports;
+use crate::config::{Profile, RateLimitStore, Secret, Settings};
+use crate::domain::ports::{RateLimiter, UserRepository};
+use crate::domain::service::{LimitPolicy, Ports, Quota};
 use crate::domain::{AuthPolicy, AuthService};
 use crate::inbound::http::client::TrustedProxies;
+use crate::inbound::http::metrics::{self as http_metrics, MetricsExporter, Sampler};
 use crate::inbound::http::middleware::SecurityHeaders;
 use crate::inbound::http::{self, HttpSettings};
 use crate::outbound::bcrypt::{BcryptPasswordHasher, HashPoolLimits};
 use crate::outbound::clock::SystemClock;
 use crate::outbound::jwt::JwtTokenIssuer;
-use crate::outbound::memory::MemoryUserRepository;
-use crate::outbound::sea_orm::{self as db, DatabaseSettings, SeaOrmUserRepository};
+use crate::outbound::memory::{MemoryRateLimiter, MemoryUserRepository};
+use crate::outbound::sea_orm::{
+    self as db, DatabaseSettings, SeaOrmRateLimiter, SeaOrmUserRepository,
+};
 
 /// Where users and sessions live, as chosen by `DATABASE_URL`.
 pub enum Storage {
@@ -81,6 +84,53 @@ impl Storage {
                 Duration::from_secs(settings.database_timeout_seconds),
             )),
         }
+    }
+
+    fn rate_limiter(&self, settings: &Settings) -> Arc<dyn RateLimiter> {
+        match (self, settings.rate_limit_store) {
+            (Self::Database(db), RateLimitStore::Database) => Arc::new(SeaOrmRateLimiter::new(
+                db.clone(),
+                Duration::from_secs(settings.database_timeout_seconds),
+            )),
+            _ => Arc::new(MemoryRateLimiter::new()),
+        }
+    }
+
+    /// Sets the pool gauges; called when metrics are scraped.
+    fn pool_sampler(&self) -> Sampler {
+        match self {
+            Self::Memory => Arc::new(|| {}),
+            Self::Database(db) => {
+                let db = db.clone();
+                Arc::new(move || {
+                    let (size, idle) = db::pool_usage(&db);
+                    let in_use = (size as usize).saturating_sub(idle);
+                    metrics::gauge!("portcullis_db_pool_connections", "state" => "idle")
+                        .set(idle as f64);
+                    metrics::gauge!("portcullis_db_pool_connections", "state" => "in_use")
+                        .set(in_use as f64);
+                })
+            }
+        }
+    }
+}
+
+fn limit_policy(settings: &Settings) -> LimitPolicy {
+    let quota = |max| Quota {
+        max,
+        window: TimeDelta::seconds(settings.rate_limit_window_seconds),
+    };
+    LimitPolicy {
+        enabled: settings.rate_limits_enabled,
+        login_per_ip: quota(settings.login_limit_per_ip),
+        login_per_account: quota(settings.login_limit_per_account),
+        register_per_ip: quota(settings.register_limit_per_ip),
+        register_per_account: quota(settings.register_limit_per_account),
+        refresh_per_ip: quota(settings.refresh_limit_per_ip),
+        refresh_per_account: quota(settings.refresh_limit_per_account),
+        free_failures: settings.login_free_failures,
+        max_delay: TimeDelta::seconds(settings.login_failure_delay_max_seconds),
+        ..LimitPolicy::default()
     }
 }
 
@@ -168,12 +218,14 @@ pub async fn build_service(
         leeway: TimeDelta::seconds(settings.jwt_leeway_seconds),
         refresh_token_ttl: TimeDelta::days(settings.refresh_token_expire_days),
         session_max_age: TimeDelta::days(settings.session_max_age_days),
+        limits: limit_policy(settings),
     };
     let ports = Ports {
         users: storage.repository(settings),
         hasher,
         tokens: Arc::new(tokens),
         clock: Arc::new(SystemClock),
+        limiter: storage.rate_limiter(settings),
     };
     Ok(Arc::new(AuthService::new(ports, policy, dummy_hash)))
 }
@@ -218,6 +270,7 @@ impl Application {
                     hsts_max_age_seconds: settings.hsts_max_age_seconds,
                 },
                 trusted_proxies: TrustedProxies(settings.trusted_proxy_addrs()?),
+                metrics: MetricsExporter::new(storage.pool_sampler()),
             },
             purge_interval: Duration::from_secs(settings.session_purge_interval_seconds.max(1)),
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_seconds),
@@ -239,6 +292,7 @@ impl Application {
             Arc::clone(&self.service),
             self.purge_interval,
         ));
+        let upkeep = tokio::spawn(http_metrics::upkeep_periodically(Duration::from_secs(5)));
         tracing::info!(address = %self.address, "listening");
         let app = http::app(self.service, self.http).map_to_response();
         let result = Server::new_with_acceptor(self.acceptor)
@@ -246,6 +300,7 @@ impl Application {
             .run_with_graceful_shutdown(app, shutdown, Some(self.shutdown_timeout))
             .await;
         purge.abort();
+        upkeep.abort();
         result
     }
 }
@@ -258,6 +313,9 @@ async fn purge_periodically(service: Arc<AuthService>, every: Duration) {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "purged dead sessions"),
             Err(err) => tracing::warn!(error = %err, "session purge failed; will retry"),
+        }
+        if let Err(err) = service.purge_expired_limits().await {
+            tracing::warn!(error = %err, "rate-limit purge failed; will retry");
         }
     }
 }

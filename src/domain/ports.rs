@@ -221,3 +221,60 @@ pub trait TokenIssuer: Send + Sync + 'static {
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
 }
+
+/// One account's run of failed logins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureRecord {
+    /// Consecutive failures, the latest included.
+    pub count: u32,
+    pub last_at: DateTime<Utc>,
+}
+
+/// Counters for abuse limits. Shared by every instance that uses the same adapter, so that a
+/// database adapter gives a whole fleet one budget.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Adds one attempt to the counter `bucket` (created at zero, to be forgotten after
+    /// `expires_at`) and returns its value, this attempt included. Atomic: of any number of
+    /// concurrent increments, each sees a different value.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn increment(&self, bucket: &str, expires_at: DateTime<Utc>)
+    -> Result<u32, BackendError>;
+
+    /// Records a failed login of `account` at `now` and returns the consecutive failures,
+    /// counting afresh when the previous one is older than `forget_before`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn record_failure(
+        &self,
+        account: &str,
+        now: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+    ) -> Result<u32, BackendError>;
+
+    /// The run of failures of `account`, if any.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn failures(&self, account: &str) -> Result<Option<FailureRecord>, BackendError>;
+
+    /// Forgets the failures of `account` (after a correct password).
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn clear_failures(&self, account: &str) -> Result<(), BackendError>;
+
+    /// Deletes counters that expired before `now` and failure runs older than `forget_before`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn purge_expired(
+        &self,
+        now: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+    ) -> Result<(), BackendError>;
+}

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod admin;
+mod limits;
 mod sessions;
 
 use std::sync::Arc;
@@ -14,9 +15,12 @@ use uuid::Uuid;
 
 pub use accounts::{AuthError, LoginError, RegisterError};
 pub use admin::AdminError;
+pub use limits::{LimitError, LimitPolicy, Quota, Throttled, backoff_delay};
 pub use sessions::{ChangePasswordError, EndSessionError, RefreshError};
 
-use super::ports::{AccessClaims, Clock, PasswordHasher, TokenError, TokenIssuer, UserRepository};
+use super::ports::{
+    AccessClaims, Clock, PasswordHasher, RateLimiter, TokenError, TokenIssuer, UserRepository,
+};
 use super::{
     BackendError, ClientInfo, NewRefreshToken, NewSession, Password, PasswordHash, SessionId,
     TokenPair, User,
@@ -33,6 +37,8 @@ pub struct AuthPolicy {
     pub refresh_token_ttl: TimeDelta,
     /// How long a session lives at most, however often it is refreshed.
     pub session_max_age: TimeDelta,
+    /// Abuse limits on login, registration and refresh.
+    pub limits: LimitPolicy,
 }
 
 impl Default for AuthPolicy {
@@ -42,6 +48,7 @@ impl Default for AuthPolicy {
             leeway: TimeDelta::seconds(30),
             refresh_token_ttl: TimeDelta::days(14),
             session_max_age: TimeDelta::days(90),
+            limits: LimitPolicy::default(),
         }
     }
 }
@@ -53,6 +60,7 @@ pub struct Ports {
     pub hasher: Arc<dyn PasswordHasher>,
     pub tokens: Arc<dyn TokenIssuer>,
     pub clock: Arc<dyn Clock>,
+    pub limiter: Arc<dyn RateLimiter>,
 }
 
 /// Every use case of the service. Cheap to share: it holds only `Arc`s and plain values.
@@ -61,7 +69,9 @@ pub struct AuthService {
     hasher: Arc<dyn PasswordHasher>,
     tokens: Arc<dyn TokenIssuer>,
     clock: Arc<dyn Clock>,
+    limiter: Arc<dyn RateLimiter>,
     policy: AuthPolicy,
+    limits: LimitPolicy,
     /// Verified against when an email is unknown, so that a miss costs a full hash like a hit.
     dummy_hash: PasswordHash,
 }
@@ -75,6 +85,8 @@ impl AuthService {
             hasher: ports.hasher,
             tokens: ports.tokens,
             clock: ports.clock,
+            limiter: ports.limiter,
+            limits: policy.limits,
             policy,
             dummy_hash,
         }
@@ -175,7 +187,7 @@ pub(crate) mod test_support {
 
     use super::{AuthPolicy, AuthService, Ports};
     use crate::domain::ports::{
-        MockClock, MockPasswordHasher, MockTokenIssuer, MockUserRepository,
+        MockClock, MockPasswordHasher, MockRateLimiter, MockTokenIssuer, MockUserRepository,
     };
     use crate::domain::{ClientInfo, Email, PasswordHash, Role, Session, SessionId, User, UserId};
 
@@ -185,6 +197,8 @@ pub(crate) mod test_support {
         pub users: MockUserRepository,
         pub hasher: MockPasswordHasher,
         pub tokens: MockTokenIssuer,
+        /// `None`: a limiter that lets everything through.
+        pub limiter: Option<MockRateLimiter>,
         pub now: DateTime<Utc>,
     }
 
@@ -195,6 +209,7 @@ pub(crate) mod test_support {
                 users: MockUserRepository::new(),
                 hasher: MockPasswordHasher::new(),
                 tokens: MockTokenIssuer::new(),
+                limiter: None,
                 now: now(),
             }
         }
@@ -203,12 +218,21 @@ pub(crate) mod test_support {
             let mut clock = MockClock::new();
             let now = self.now;
             clock.expect_now().returning(move || now);
+            let limiter = self.limiter.unwrap_or_else(|| {
+                let mut open = MockRateLimiter::new();
+                open.expect_increment().returning(|_, _| Ok(1));
+                open.expect_failures().returning(|_| Ok(None));
+                open.expect_record_failure().returning(|_, _, _| Ok(1));
+                open.expect_clear_failures().returning(|_| Ok(()));
+                open
+            });
             AuthService::new(
                 Ports {
                     users: Arc::new(self.users),
                     hasher: Arc::new(self.hasher),
                     tokens: Arc::new(self.tokens),
                     clock: Arc::new(clock),
+                    limiter: Arc::new(limiter),
                 },
                 AuthPolicy::default(),
                 PasswordHash::new(DUMMY_HASH.into()),

@@ -8,6 +8,7 @@ pub mod client;
 pub mod dto;
 pub mod errors;
 pub mod json;
+pub mod metrics;
 pub mod middleware;
 pub mod oauth;
 pub mod problem;
@@ -26,6 +27,7 @@ use self::api::protected::ProtectedApi;
 use self::api::public::PublicApi;
 use self::api::sessions::SessionsApi;
 use self::client::TrustedProxies;
+use self::metrics::{MetricsExporter, RouteLabels};
 use self::middleware::SecurityHeaders;
 use crate::domain::AuthService;
 
@@ -37,15 +39,18 @@ pub struct HttpSettings {
     pub cors_origins: Vec<String>,
     pub security_headers: SecurityHeaders,
     pub trusted_proxies: TrustedProxies,
+    pub metrics: MetricsExporter,
 }
 
 type Apis = (PublicApi, AuthApi, SessionsApi, ProtectedApi);
 
 /// The OpenAPI service: every route, documented.
-pub fn openapi(service: &Arc<AuthService>, proxies: &TrustedProxies) -> OpenApiService<Apis, ()> {
+pub fn openapi(service: &Arc<AuthService>, settings: &HttpSettings) -> OpenApiService<Apis, ()> {
+    let proxies = &settings.trusted_proxies;
     let apis = (
         PublicApi {
             service: Arc::clone(service),
+            metrics: settings.metrics.clone(),
         },
         AuthApi {
             service: Arc::clone(service),
@@ -70,7 +75,8 @@ pub fn openapi(service: &Arc<AuthService>, proxies: &TrustedProxies) -> OpenApiS
 
 /// The whole HTTP application, middleware included.
 pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
-    let api = openapi(&service, &settings.trusted_proxies);
+    let api = openapi(&service, &settings);
+    let labels = route_labels(&api.spec());
     let redoc = offline_redoc(&api.redoc_html());
     let routes = Route::new()
         .nest("/docs", api.swagger_ui())
@@ -101,8 +107,24 @@ pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
                 Ok(response)
             }
         })
-        .around(middleware::request_id)
+        .around(move |ep, req| {
+            let labels = labels.clone();
+            async move { middleware::observe(&labels, ep, req).await }
+        })
         .into_endpoint()
+}
+
+/// The route templates of the OpenAPI document, as metric labels.
+fn route_labels(spec: &str) -> RouteLabels {
+    let templates = serde_json::from_str::<serde_json::Value>(spec)
+        .ok()
+        .and_then(|spec| {
+            spec.get("paths")
+                .and_then(|paths| paths.as_object())
+                .map(|paths| paths.keys().cloned().collect::<Vec<_>>())
+        })
+        .unwrap_or_default();
+    RouteLabels::new(templates)
 }
 
 /// poem-openapi's ReDoc page inlines its script but links Google Fonts; without the link it

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use tokio::sync::Semaphore;
@@ -65,13 +66,18 @@ impl BcryptPasswordHasher {
         let capacity = self.limits.workers + self.limits.queue;
         let admitted = self.admitted.fetch_add(1, Ordering::AcqRel);
         let _slot = Admission(&self.admitted);
+        Admission::gauge(admitted + 1);
         if admitted >= capacity {
+            metrics::counter!("portcullis_password_hash_rejected_total").increment(1);
             return Err(BackendError::Overloaded);
         }
+        let queued = Instant::now();
         let permit = Arc::clone(&self.running)
             .acquire_owned()
             .await
             .map_err(BackendError::unexpected)?;
+        metrics::histogram!("portcullis_password_hash_wait_seconds")
+            .record(queued.elapsed().as_secs_f64());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             work()
@@ -81,12 +87,21 @@ impl BcryptPasswordHasher {
     }
 }
 
-/// Gives back an admission slot however the request ends, cancelled futures included.
+/// Holds an admission slot, and keeps the queue gauge true, however the request ends
+/// (cancelled futures included).
 struct Admission<'a>(&'a AtomicUsize);
+
+impl<'a> Admission<'a> {
+    fn gauge(admitted: usize) {
+        // The gauge counts requests waiting or hashing: the pool's whole backlog.
+        metrics::gauge!("portcullis_password_hash_queue_depth").set(admitted as f64);
+    }
+}
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let before = self.0.fetch_sub(1, Ordering::AcqRel);
+        Self::gauge(before.saturating_sub(1));
     }
 }
 

@@ -5,7 +5,9 @@
 
 pub mod connection;
 mod entities;
+mod rate_limiter;
 mod repository;
 
-pub use connection::{DatabaseSettings, connect, migrate_down, migrate_up};
+pub use connection::{DatabaseSettings, connect, migrate_down, migrate_up, pool_usage};
+pub use rate_limiter::SeaOrmRateLimiter;
 pub use repository::SeaOrmUserRepository;

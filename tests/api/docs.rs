@@ -91,3 +91,28 @@ app_test!(
         }
     }
 );
+
+app_test!(metrics_are_exposed_in_prometheus_text_format, |app| {
+    let token = app.token_for("metrics@example.com").await;
+    assert_eq!(app.get_auth("/protected/user", &token).await.status(), 200);
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = response.text().await.unwrap();
+    for expected in [
+        "portcullis_http_requests_total{route=\"/protected/user\",method=\"GET\",status=\"200\"}",
+        "portcullis_http_request_duration_seconds_bucket{route=\"/protected/user\",method=\"GET\",le=",
+        "portcullis_logins_total{outcome=\"success\"}",
+        "portcullis_password_hash_queue_depth",
+        "portcullis_password_hash_wait_seconds_bucket",
+        "portcullis_db_pool_connections{state=\"idle\"}",
+        "portcullis_db_pool_connections{state=\"in_use\"}",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in\n{text}");
+    }
+});

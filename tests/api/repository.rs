@@ -4,13 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use portcullis::domain::ports::{CreateUserError, UserRepository};
+use portcullis::domain::ports::{CreateUserError, FailureRecord, RateLimiter, UserRepository};
 use portcullis::domain::{
     ClientInfo, Email, NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshTokenHash, Role,
     SessionId, User, UserId,
 };
-use portcullis::outbound::memory::MemoryUserRepository;
-use portcullis::outbound::sea_orm::{DatabaseSettings, SeaOrmUserRepository, connect, migrate_up};
+use portcullis::outbound::memory::{MemoryRateLimiter, MemoryUserRepository};
+use portcullis::outbound::sea_orm::{
+    DatabaseSettings, SeaOrmRateLimiter, SeaOrmUserRepository, connect, migrate_up,
+};
 
 use crate::helpers::{Backend, TestDb};
 
@@ -283,6 +285,110 @@ async fn the_purge_deletes_dead_sessions_and_expired_tokens_only() {
             1
         );
         assert!(repo.find_session(live).await.unwrap().is_none());
+    })
+    .await;
+}
+
+/// Runs `test` on each rate limiter adapter; PostgreSQL only when configured.
+async fn on_every_limiter<F, Fut>(test: F)
+where
+    F: Fn(Arc<dyn RateLimiter>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    test(Arc::new(MemoryRateLimiter::new())).await;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(db) = TestDb::create(backend).await else {
+            continue;
+        };
+        let conn = connect(&DatabaseSettings {
+            url: db.url().to_owned(),
+            max_connections: 5,
+            connect_timeout: Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+        migrate_up(&conn).await.unwrap();
+        test(Arc::new(SeaOrmRateLimiter::new(
+            conn.clone(),
+            Duration::from_secs(5),
+        )))
+        .await;
+        conn.close().await.unwrap();
+        db.drop_database().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_count_every_concurrent_increment_once() {
+    on_every_limiter(|limiter| async move {
+        let ends = t0() + TimeDelta::minutes(1);
+        let counts =
+            futures::future::join_all((0..20).map(|_| limiter.increment("bucket-a", ends))).await;
+        let mut counts: Vec<u32> = counts.into_iter().map(Result::unwrap).collect();
+        counts.sort_unstable();
+        assert_eq!(counts, (1..=20).collect::<Vec<u32>>());
+        assert_eq!(limiter.increment("bucket-b", ends).await.unwrap(), 1);
+        // Expired counters go; live ones stay.
+        limiter.purge_expired(ends, t0()).await.unwrap();
+        assert_eq!(
+            limiter
+                .increment("bucket-a", ends + TimeDelta::minutes(1))
+                .await
+                .unwrap(),
+            1
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failure_runs_grow_restart_when_stale_and_clear() {
+    on_every_limiter(|limiter| async move {
+        let forget_before = t0() - TimeDelta::days(1);
+        assert!(limiter.failures("acct").await.unwrap().is_none());
+        assert_eq!(
+            limiter
+                .record_failure("acct", t0(), forget_before)
+                .await
+                .unwrap(),
+            1
+        );
+        let later = t0() + TimeDelta::seconds(5);
+        assert_eq!(
+            limiter
+                .record_failure("acct", later, forget_before)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            limiter.failures("acct").await.unwrap(),
+            Some(FailureRecord {
+                count: 2,
+                last_at: later
+            })
+        );
+        // A day and more later, the run starts over.
+        let much_later = later + TimeDelta::days(2);
+        let stale_before = much_later - TimeDelta::days(1);
+        assert_eq!(
+            limiter
+                .record_failure("acct", much_later, stale_before)
+                .await
+                .unwrap(),
+            1
+        );
+        limiter.clear_failures("acct").await.unwrap();
+        assert!(limiter.failures("acct").await.unwrap().is_none());
+        limiter
+            .record_failure("old", t0(), forget_before)
+            .await
+            .unwrap();
+        limiter
+            .purge_expired(much_later, stale_before)
+            .await
+            .unwrap();
+        assert!(limiter.failures("old").await.unwrap().is_none());
     })
     .await;
 }

@@ -1,6 +1,7 @@
 //! Register, log in, authenticate an access token, authorise a role.
 
 use super::AuthService;
+use super::limits::{Action, LimitError, Throttled};
 use crate::domain::ports::{CreateUserError, TokenError};
 use crate::domain::{
     BackendError, ClientInfo, Email, FullName, NewUser, Password, Principal, Role, TokenPair, User,
@@ -11,6 +12,8 @@ use crate::domain::{
 pub enum RegisterError {
     #[error("email already registered")]
     EmailTaken,
+    #[error(transparent)]
+    Throttled(#[from] Throttled),
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -24,7 +27,27 @@ pub enum LoginError {
     #[error("inactive user account")]
     Inactive,
     #[error(transparent)]
+    Throttled(#[from] Throttled),
+    #[error(transparent)]
     Backend(#[from] BackendError),
+}
+
+impl From<LimitError> for RegisterError {
+    fn from(err: LimitError) -> Self {
+        match err {
+            LimitError::Throttled(t) => Self::Throttled(t),
+            LimitError::Backend(b) => Self::Backend(b),
+        }
+    }
+}
+
+impl From<LimitError> for LoginError {
+    fn from(err: LimitError) -> Self {
+        match err {
+            LimitError::Throttled(t) => Self::Throttled(t),
+            LimitError::Backend(b) => Self::Backend(b),
+        }
+    }
 }
 
 /// Why an access token does not grant what was asked.
@@ -42,18 +65,31 @@ pub enum AuthError {
 }
 
 impl AuthService {
-    /// Registers a user with role `user`.
+    /// Registers a user with role `user`, within the registration limits of `client`'s
+    /// address and of the email.
     ///
     /// # Errors
+    /// [`RegisterError::Throttled`] over a limit (nothing is hashed then);
     /// [`RegisterError::EmailTaken`] when the normalised email is registered already.
     pub async fn register(
         &self,
         email: Email,
         password: Password,
         full_name: Option<FullName>,
+        client: &ClientInfo,
     ) -> Result<User, RegisterError> {
+        self.throttle(
+            Action::Register,
+            client.ip.as_deref(),
+            Some(email.normalized()),
+        )
+        .await?;
         self.create_user(email, password, full_name, Role::User)
             .await
+            .map_err(|err| match err {
+                CreateUserError::EmailTaken => RegisterError::EmailTaken,
+                CreateUserError::Backend(err) => RegisterError::Backend(err),
+            })
     }
 
     pub(super) async fn create_user(
@@ -62,7 +98,7 @@ impl AuthService {
         password: Password,
         full_name: Option<FullName>,
         role: Role,
-    ) -> Result<User, RegisterError> {
+    ) -> Result<User, CreateUserError> {
         let password_hash = self.hasher.hash(&password).await?;
         let new_user = NewUser {
             email,
@@ -71,13 +107,7 @@ impl AuthService {
             password_hash,
             created_at: self.clock.now(),
         };
-        self.users
-            .create_user(new_user)
-            .await
-            .map_err(|err| match err {
-                CreateUserError::EmailTaken => RegisterError::EmailTaken,
-                CreateUserError::Backend(err) => RegisterError::Backend(err),
-            })
+        self.users.create_user(new_user).await
     }
 
     /// Checks a password and opens a session.
@@ -86,21 +116,28 @@ impl AuthService {
     /// does not reveal which emails are registered.
     ///
     /// # Errors
-    /// [`LoginError::InvalidCredentials`] for an unknown email or a wrong password,
-    /// [`LoginError::Inactive`] for a deactivated user with the right password.
+    /// [`LoginError::Throttled`] over a limit or during an account's failure delay (nothing is
+    /// hashed then); [`LoginError::InvalidCredentials`] for an unknown email or a wrong
+    /// password; [`LoginError::Inactive`] for a deactivated user with the right password.
     pub async fn login(
         &self,
         email: &Email,
         password: &str,
         client: ClientInfo,
     ) -> Result<TokenPair, LoginError> {
+        let account = email.normalized();
+        self.throttle(Action::Login, client.ip.as_deref(), Some(account))
+            .await?;
         let Some(user) = self.users.find_user_by_email(email).await? else {
             self.hasher.verify(password, &self.dummy_hash).await?;
+            self.note_failed_login(account).await?;
             return Err(LoginError::InvalidCredentials);
         };
         if !self.hasher.verify(password, &user.password_hash).await? {
+            self.note_failed_login(account).await?;
             return Err(LoginError::InvalidCredentials);
         }
+        self.note_good_password(account).await?;
         if !user.is_active {
             return Err(LoginError::Inactive);
         }
@@ -198,7 +235,7 @@ mod tests {
             .returning(|_| Ok(user(1, Role::User, true)));
         let created = m
             .service()
-            .register(email(1), password(), None)
+            .register(email(1), password(), None, &ClientInfo::default())
             .await
             .unwrap();
         assert_eq!(created.id, UserId(1));
@@ -215,7 +252,7 @@ mod tests {
             .returning(|_| Err(CreateUserError::EmailTaken));
         let err = m
             .service()
-            .register(email(1), password(), None)
+            .register(email(1), password(), None, &ClientInfo::default())
             .await
             .unwrap_err();
         assert!(matches!(err, RegisterError::EmailTaken));
@@ -232,7 +269,7 @@ mod tests {
             .returning(|_| Err(CreateUserError::Backend(unavailable())));
         let err = m
             .service()
-            .register(email(1), password(), None)
+            .register(email(1), password(), None, &ClientInfo::default())
             .await
             .unwrap_err();
         assert!(matches!(
@@ -250,7 +287,7 @@ mod tests {
         m.users.expect_create_user().never();
         let err = m
             .service()
-            .register(email(1), password(), None)
+            .register(email(1), password(), None, &ClientInfo::default())
             .await
             .unwrap_err();
         assert!(matches!(

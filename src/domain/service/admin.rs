@@ -1,6 +1,7 @@
 //! The operator's commands: create a user, change a role, (de)activate.
 
-use super::{AuthService, RegisterError};
+use super::AuthService;
+use crate::domain::ports::CreateUserError;
 use crate::domain::{BackendError, Email, Password, Role, User};
 
 /// Why an administrative command failed.
@@ -14,11 +15,11 @@ pub enum AdminError {
     Backend(#[from] BackendError),
 }
 
-impl From<RegisterError> for AdminError {
-    fn from(err: RegisterError) -> Self {
+impl From<CreateUserError> for AdminError {
+    fn from(err: CreateUserError) -> Self {
         match err {
-            RegisterError::EmailTaken => Self::EmailTaken,
-            RegisterError::Backend(err) => Self::Backend(err),
+            CreateUserError::EmailTaken => Self::EmailTaken,
+            CreateUserError::Backend(err) => Self::Backend(err),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Refresh with rotation and reuse detection, logout, the session list, password change.
 
 use super::AuthService;
+use super::limits::{Action, LimitError, Throttled};
 use crate::domain::{
     BackendError, ClientInfo, Password, Principal, RefreshTokenHash, Session, SessionId, TokenPair,
 };
@@ -15,7 +16,18 @@ pub enum RefreshError {
     #[error("refresh token reused; session revoked")]
     Reused,
     #[error(transparent)]
+    Throttled(#[from] Throttled),
+    #[error(transparent)]
     Backend(#[from] BackendError),
+}
+
+impl From<LimitError> for RefreshError {
+    fn from(err: LimitError) -> Self {
+        match err {
+            LimitError::Throttled(t) => Self::Throttled(t),
+            LimitError::Backend(b) => Self::Backend(b),
+        }
+    }
 }
 
 /// Why ending a session failed.
@@ -44,18 +56,23 @@ impl AuthService {
     ///
     /// # Errors
     /// [`RefreshError::Reused`] for a spent token (also when a concurrent refresh of the same
-    /// token won the race), [`RefreshError::InvalidToken`] for anything else not acceptable.
+    /// token won the race), [`RefreshError::Throttled`] over a limit of the client's address or
+    /// of the account, [`RefreshError::InvalidToken`] for anything else not acceptable.
     pub async fn refresh(
         &self,
         presented: &str,
         client: ClientInfo,
     ) -> Result<TokenPair, RefreshError> {
+        self.throttle(Action::Refresh, client.ip.as_deref(), None)
+            .await?;
         let hash = RefreshTokenHash::of(presented);
         let record = self
             .users
             .find_refresh_token(&hash)
             .await?
             .ok_or(RefreshError::InvalidToken)?;
+        let account = record.user.id.to_string();
+        self.throttle(Action::Refresh, None, Some(&account)).await?;
         let now = self.clock.now();
         let session = &record.session;
         if record.spent_at.is_some() {

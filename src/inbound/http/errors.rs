@@ -6,6 +6,7 @@ use super::problem::{CHALLENGE, CHALLENGE_INVALID_TOKEN, Failure, Problem};
 use crate::domain::BackendError;
 use crate::domain::service::{
     AuthError, ChangePasswordError, EndSessionError, LoginError, RefreshError, RegisterError,
+    Throttled,
 };
 
 /// Seconds a client is asked to wait after a 503.
@@ -31,12 +32,25 @@ impl From<BackendError> for Problem {
     }
 }
 
+impl From<Throttled> for Problem {
+    fn from(throttled: Throttled) -> Self {
+        // Whole seconds, rounded up: a client that waits exactly this long gets through.
+        let millis = throttled.retry_after.num_milliseconds().max(1);
+        let seconds = u64::try_from((millis + 999) / 1000).unwrap_or(1);
+        Self {
+            retry_after: Some(seconds),
+            ..Problem::new(StatusCode::TOO_MANY_REQUESTS, "Too many attempts")
+        }
+    }
+}
+
 impl From<RegisterError> for Problem {
     fn from(err: RegisterError) -> Self {
         match err {
             RegisterError::EmailTaken => {
                 Problem::new(StatusCode::BAD_REQUEST, "Email already registered")
             }
+            RegisterError::Throttled(t) => t.into(),
             RegisterError::Backend(err) => err.into(),
         }
     }
@@ -49,6 +63,7 @@ impl From<LoginError> for Problem {
                 Problem::unauthorized("Incorrect email or password", CHALLENGE)
             }
             LoginError::Inactive => Problem::unauthorized("Inactive user account", CHALLENGE),
+            LoginError::Throttled(t) => t.into(),
             LoginError::Backend(err) => err.into(),
         }
     }
@@ -77,6 +92,7 @@ impl From<RefreshError> for Problem {
                 "Refresh token reused; the session has been revoked",
                 CHALLENGE_INVALID_TOKEN,
             ),
+            RefreshError::Throttled(t) => t.into(),
             RefreshError::Backend(err) => err.into(),
         }
     }
@@ -192,5 +208,19 @@ mod tests {
         }
         let busy: Problem = BackendError::Overloaded.into();
         assert_eq!(busy.retry_after, Some(RETRY_AFTER_SECONDS));
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let wait = |millis| {
+            Problem::from(Throttled {
+                retry_after: chrono::TimeDelta::milliseconds(millis),
+            })
+            .retry_after
+        };
+        assert_eq!(wait(1), Some(1));
+        assert_eq!(wait(1000), Some(1));
+        assert_eq!(wait(1001), Some(2));
+        assert_eq!(wait(59_500), Some(60));
     }
 }

@@ -10,6 +10,7 @@ use poem::{Body, Endpoint, IntoResponse, Request, Response};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use super::metrics::{self, RouteLabels};
 use super::problem::Problem;
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -23,8 +24,12 @@ fn client_request_id(req: &Request) -> Option<String> {
 }
 
 /// Gives every request an id (the client's `X-Request-Id` when acceptable, else a new one),
-/// runs it inside a span that carries the id, echoes it, and logs one line per request.
-pub async fn request_id<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+/// runs it inside a span that carries the id, echoes it, logs one line and records its metrics.
+pub async fn observe<E: Endpoint>(
+    labels: &RouteLabels,
+    next: E,
+    req: Request,
+) -> poem::Result<Response> {
     let id = client_request_id(&req).unwrap_or_else(|| Uuid::new_v4().to_string());
     let span = tracing::info_span!("request", request_id = %id);
     let method = req.method().clone();
@@ -37,6 +42,16 @@ pub async fn request_id<E: Endpoint>(next: E, req: Request) -> poem::Result<Resp
         .map(IntoResponse::into_response)
         .unwrap_or_else(super::problem::into_problem_response);
     let status = response.status().as_u16();
+    let route = labels.label(&path);
+    metrics::record_request(
+        &route,
+        method.as_str(),
+        status,
+        started.elapsed().as_secs_f64(),
+    );
+    if status == 429 {
+        metrics::record_rate_limited(&route);
+    }
     span.in_scope(|| {
         tracing::info!(
             %method,

@@ -22,6 +22,7 @@ error_statuses!(
     /// The token endpoint's answers that are not OAuth errors.
     TokenProblems:
         415 => "The body is not application/x-www-form-urlencoded",
+        429 => "Too many attempts from this address or for this account",
         503 => "The service is overloaded or the database does not answer"
 );
 

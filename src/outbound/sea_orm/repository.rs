@@ -22,28 +22,63 @@ use crate::domain::{
     RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, User, UserId,
 };
 
+/// A connection pool whose every call is bounded by a timeout and translated into a
+/// [`BackendError`]. Shared by this module's adapters.
+#[derive(Clone)]
+pub(super) struct Bounded {
+    db: DatabaseConnection,
+    timeout: Duration,
+}
+
+impl Bounded {
+    pub(super) fn new(db: DatabaseConnection, timeout: Duration) -> Self {
+        Self { db, timeout }
+    }
+
+    pub(super) fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Runs one storage call under the timeout, translating its error.
+    pub(super) async fn run<T>(
+        &self,
+        call: impl Future<Output = Result<T, DbErr>>,
+    ) -> Result<T, BackendError> {
+        self.run_raw(call).await?.map_err(backend_error)
+    }
+
+    /// Runs one storage call under the timeout, leaving its error to the caller.
+    async fn run_raw<T>(
+        &self,
+        call: impl Future<Output = Result<T, DbErr>>,
+    ) -> Result<Result<T, DbErr>, BackendError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|elapsed| BackendError::Unavailable(Box::new(elapsed)))
+    }
+}
+
 /// [`UserRepository`] on a SeaORM connection pool (PostgreSQL or SQLite).
 #[derive(Clone)]
 pub struct SeaOrmUserRepository {
     db: DatabaseConnection,
-    timeout: Duration,
+    bounded: Bounded,
 }
 
 impl SeaOrmUserRepository {
     /// `timeout` bounds every call, transaction included.
     pub fn new(db: DatabaseConnection, timeout: Duration) -> Self {
-        Self { db, timeout }
+        Self {
+            bounded: Bounded::new(db.clone(), timeout),
+            db,
+        }
     }
 
-    /// Runs one storage call under the timeout, translating its error.
     async fn bounded<T>(
         &self,
         call: impl Future<Output = Result<T, DbErr>>,
     ) -> Result<T, BackendError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => result.map_err(backend_error),
-            Err(elapsed) => Err(BackendError::Unavailable(Box::new(elapsed))),
-        }
+        self.bounded.run(call).await
     }
 }
 
@@ -164,13 +199,12 @@ impl UserRepository for SeaOrmUserRepository {
             updated_at: Set(new.created_at),
             ..Default::default()
         };
-        let inserted = match tokio::time::timeout(self.timeout, model.insert(&self.db)).await {
-            Ok(Ok(model)) => model,
-            Ok(Err(err)) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+        let inserted = match self.bounded.run_raw(model.insert(&self.db)).await? {
+            Ok(model) => model,
+            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
                 return Err(CreateUserError::EmailTaken);
             }
-            Ok(Err(err)) => return Err(backend_error(err).into()),
-            Err(elapsed) => return Err(BackendError::Unavailable(Box::new(elapsed)).into()),
+            Err(err) => return Err(backend_error(err).into()),
         };
         Ok(to_user(inserted)?)
     }

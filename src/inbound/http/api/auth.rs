@@ -13,6 +13,7 @@ use crate::domain::{AuthService, Email, FullName, Password};
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::dto::{LoginRequest, RegisterRequest, TokenResponse, UserResponse};
 use crate::inbound::http::json::JsonBody;
+use crate::inbound::http::metrics;
 use crate::inbound::http::oauth::TokenFailure;
 use crate::inbound::http::problem::{Failure, FieldErrors, error_statuses};
 use crate::inbound::http::security::Authenticated;
@@ -24,6 +25,7 @@ error_statuses!(
         413 => "The body is too large",
         415 => "The body is not JSON",
         422 => "Invalid email, password under 8 characters or over 72 bytes, full_name over 255 characters, or malformed JSON",
+        429 => "Too many attempts from this address or for this email",
         503 => "The service is overloaded or the database does not answer"
 );
 
@@ -34,6 +36,7 @@ error_statuses!(
         413 => "The body is too large",
         415 => "The body is not JSON",
         422 => "Malformed JSON or email",
+        429 => "Too many attempts from this address or for this account, or the account is serving a delay after repeated failures",
         503 => "The service is overloaded or the database does not answer"
 );
 
@@ -63,6 +66,16 @@ struct TokenForm {
     scope: Option<String>,
 }
 
+fn record_login<T>(result: &Result<T, LoginError>) {
+    metrics::record_login(match result {
+        Ok(_) => "success",
+        Err(LoginError::InvalidCredentials) => "invalid_credentials",
+        Err(LoginError::Inactive) => "inactive",
+        Err(LoginError::Throttled(_)) => "rate_limited",
+        Err(LoginError::Backend(_)) => "error",
+    });
+}
+
 pub struct AuthApi {
     pub service: Arc<AuthService>,
     pub proxies: TrustedProxies,
@@ -76,6 +89,7 @@ impl AuthApi {
     #[oai(path = "/auth/register", method = "post")]
     async fn register(
         &self,
+        req: &Request,
         body: JsonBody<RegisterRequest>,
     ) -> Result<Registered, Failure<RegisterErrors>> {
         let request = body.0;
@@ -91,7 +105,10 @@ impl AuthApi {
                 .zip(full_name.map_or(Some(None), |n| n.map(Some)))
                 .map(|((e, p), n)| (e, p, n)),
         )?;
-        let user = self.service.register(email, password, full_name).await?;
+        let user = self
+            .service
+            .register(email, password, full_name, &self.proxies.client_info(req))
+            .await?;
         Ok(Registered::Created(Json(user.into())))
     }
 
@@ -108,11 +125,12 @@ impl AuthApi {
         let mut fields = FieldErrors::default();
         let email = fields.check("email", Email::parse(&request.email));
         let email = fields.finish(email)?;
-        let pair = self
+        let result = self
             .service
             .login(&email, &request.password, self.proxies.client_info(req))
-            .await?;
-        Ok(Json(pair.into()))
+            .await;
+        record_login(&result);
+        Ok(Json(result?.into()))
     }
 
     /// Log in with the OAuth2 password grant
@@ -149,17 +167,19 @@ impl AuthApi {
         };
         let invalid_grant = || TokenFailure::oauth("invalid_grant", "Incorrect email or password");
         let email = Email::parse(&username).map_err(|_| invalid_grant())?;
-        match self
+        let result = self
             .service
             .login(&email, &password, self.proxies.client_info(req))
-            .await
-        {
+            .await;
+        record_login(&result);
+        match result {
             Ok(pair) => Ok(Json(pair.into())),
             Err(LoginError::InvalidCredentials) => Err(invalid_grant()),
             Err(LoginError::Inactive) => Err(TokenFailure::oauth(
                 "invalid_grant",
                 "Inactive user account",
             )),
+            Err(err @ LoginError::Throttled(_)) => Err(err.into()),
             Err(LoginError::Backend(err)) => Err(err.into()),
         }
     }

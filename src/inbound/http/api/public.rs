@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
-use poem_openapi::OpenApi;
-use poem_openapi::payload::Json;
+use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
 use crate::domain::AuthService;
 use crate::inbound::http::dto::MessageResponse;
+use crate::inbound::http::metrics::MetricsExporter;
 use crate::inbound::http::problem::{Failure, error_statuses};
 
 error_statuses!(
@@ -17,6 +18,17 @@ error_statuses!(
 
 pub struct PublicApi {
     pub service: Arc<AuthService>,
+    pub metrics: MetricsExporter,
+}
+
+#[derive(ApiResponse)]
+enum MetricsText {
+    /// The Prometheus text exposition format (version 0.0.4).
+    #[oai(
+        status = 200,
+        content_type = "text/plain; version=0.0.4; charset=utf-8"
+    )]
+    Ok(PlainText<String>),
 }
 
 #[OpenApi(tag = "ApiTags::Public")]
@@ -44,5 +56,15 @@ impl PublicApi {
     async fn ready(&self) -> Result<Json<MessageResponse>, Failure<NotReady>> {
         self.service.ready().await?;
         Ok(Json(MessageResponse::new("OK")))
+    }
+
+    /// Metrics
+    ///
+    /// Prometheus text format: requests by route and status, latency histograms, login
+    /// outcomes, abuse-limit refusals, password-hash queue depth and wait time, database pool
+    /// use.
+    #[oai(path = "/metrics", method = "get")]
+    async fn metrics(&self) -> MetricsText {
+        MetricsText::Ok(PlainText(self.metrics.render()))
     }
 }

@@ -26,6 +26,7 @@ error_statuses!(
         413 => "The body is too large",
         415 => "The body is not JSON",
         422 => "Malformed JSON",
+        429 => "Too many attempts from this address or for this account",
         503 => "The database does not answer"
 );
 

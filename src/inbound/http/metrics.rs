@@ -1,0 +1,163 @@
+//! Prometheus metrics: the recorder, the per-request counters and histograms, and the labels.
+//!
+//! Recording goes through the `metrics` facade (the bcrypt adapter records its queue there
+//! too); this module owns the one exporter and renders it at `GET /metrics`.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Latency buckets, in seconds: from a cached read to a slow bcrypt under load.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process's Prometheus recorder, installed on first use. One per process: the facade
+/// has one global recorder.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+                .expect("the bucket list is not empty");
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                // Someone else installed a recorder: ours still renders, just sees nothing.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// Gauges sampled when `/metrics` is scraped (database pool use), set by start-up, which knows
+/// the pool.
+pub type Sampler = Arc<dyn Fn() + Send + Sync>;
+
+/// What `GET /metrics` renders.
+#[derive(Clone)]
+pub struct MetricsExporter {
+    handle: PrometheusHandle,
+    sampler: Sampler,
+}
+
+impl std::fmt::Debug for MetricsExporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsExporter").finish_non_exhaustive()
+    }
+}
+
+impl MetricsExporter {
+    pub fn new(sampler: Sampler) -> Self {
+        Self {
+            handle: handle(),
+            sampler,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        (self.sampler)();
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+/// Drains histogram buffers now and then, so their memory stays bounded between scrapes.
+pub async fn upkeep_periodically(every: Duration) {
+    let handle = handle();
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+/// Maps request paths onto the route templates of the OpenAPI document, so that labels stay
+/// few whatever paths clients send.
+#[derive(Debug, Clone, Default)]
+pub struct RouteLabels {
+    templates: Vec<(String, Vec<String>)>,
+}
+
+impl RouteLabels {
+    /// From the templates (`/auth/sessions/{id}`) of an OpenAPI document.
+    pub fn new(templates: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            templates: templates
+                .into_iter()
+                .map(|t| {
+                    let segments = t.split('/').map(String::from).collect();
+                    (t, segments)
+                })
+                .collect(),
+        }
+    }
+
+    /// The template `path` matches; `/docs` and `/redoc` for the documentation pages;
+    /// `unmatched` for anything else.
+    pub fn label(&self, path: &str) -> String {
+        let segments: Vec<&str> = path.split('/').collect();
+        let matched = self.templates.iter().find(|(_, template)| {
+            template.len() == segments.len()
+                && template
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
+        });
+        match matched {
+            Some((template, _)) => template.clone(),
+            None if path == "/docs" || path.starts_with("/docs/") => "/docs".into(),
+            None if path == "/redoc" || path == "/openapi.json" => path.into(),
+            None => "unmatched".into(),
+        }
+    }
+}
+
+/// Records one finished request.
+pub fn record_request(route: &str, method: &str, status: u16, seconds: f64) {
+    let status = status.to_string();
+    metrics::counter!(
+        "portcullis_http_requests_total",
+        "route" => route.to_owned(),
+        "method" => method.to_owned(),
+        "status" => status
+    )
+    .increment(1);
+    metrics::histogram!(
+        "portcullis_http_request_duration_seconds",
+        "route" => route.to_owned(),
+        "method" => method.to_owned()
+    )
+    .record(seconds);
+}
+
+/// Records a login attempt's outcome: `success`, `invalid_credentials`, `inactive`,
+/// `rate_limited`, `error`.
+pub fn record_login(outcome: &'static str) {
+    metrics::counter!("portcullis_logins_total", "outcome" => outcome).increment(1);
+}
+
+/// Records a request refused by an abuse limit.
+pub fn record_rate_limited(route: &str) {
+    metrics::counter!("portcullis_rate_limited_total", "route" => route.to_owned()).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_map_onto_their_templates() {
+        let labels = RouteLabels::new(["/auth/me".into(), "/auth/sessions/{id}".into()]);
+        assert_eq!(labels.label("/auth/me"), "/auth/me");
+        assert_eq!(
+            labels.label("/auth/sessions/8c5e6e3a-0000-0000-0000-000000000000"),
+            "/auth/sessions/{id}"
+        );
+        assert_eq!(labels.label("/docs/oauth-receiver.html"), "/docs");
+        assert_eq!(labels.label("/auth/me/extra"), "unmatched");
+        assert_eq!(labels.label("/../../etc/passwd"), "unmatched");
+    }
+}

@@ -1,0 +1,140 @@
+//! [`RateLimiter`] on SeaORM: counters every instance shares, updated with one atomic upsert
+//! (`INSERT ... ON CONFLICT DO UPDATE ... RETURNING`) on PostgreSQL and SQLite alike.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait as _, OnConflict, Query};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
+
+use super::entities::{login_failures, rate_limit_counters};
+use super::repository::Bounded;
+use crate::domain::BackendError;
+use crate::domain::ports::{FailureRecord, RateLimiter};
+
+/// [`RateLimiter`] on the service's own database.
+#[derive(Clone)]
+pub struct SeaOrmRateLimiter {
+    bounded: Bounded,
+}
+
+impl SeaOrmRateLimiter {
+    /// `timeout` bounds every call.
+    pub fn new(db: DatabaseConnection, timeout: Duration) -> Self {
+        Self {
+            bounded: Bounded::new(db, timeout),
+        }
+    }
+}
+
+fn count_of(row: Option<sea_orm::QueryResult>, column: &str) -> Result<u32, BackendError> {
+    let row = row.ok_or_else(|| BackendError::unexpected("upsert returned no row"))?;
+    let value: i32 = row.try_get("", column).map_err(BackendError::unexpected)?;
+    u32::try_from(value).map_err(BackendError::unexpected)
+}
+
+#[async_trait]
+impl RateLimiter for SeaOrmRateLimiter {
+    async fn increment(
+        &self,
+        bucket: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<u32, BackendError> {
+        use rate_limit_counters::{Column, Entity};
+        let upsert = Query::insert()
+            .into_table(Entity)
+            .columns([Column::Bucket, Column::Count, Column::ExpiresAt])
+            .values_panic([bucket.into(), 1i32.into(), expires_at.into()])
+            .on_conflict(
+                OnConflict::column(Column::Bucket)
+                    .value(Column::Count, Expr::col((Entity, Column::Count)).add(1))
+                    .to_owned(),
+            )
+            .returning_col(Column::Count)
+            .to_owned();
+        let db = self.bounded.db();
+        let row = self
+            .bounded
+            .run(db.query_one_raw(db.get_database_backend().build(&upsert)))
+            .await?;
+        count_of(row, "count")
+    }
+
+    async fn record_failure(
+        &self,
+        account: &str,
+        now: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+    ) -> Result<u32, BackendError> {
+        use login_failures::{Column, Entity};
+        // A run whose last failure is older than `forget_before` starts again at one.
+        let next = CaseStatement::new()
+            .case(
+                Expr::col((Entity, Column::LastFailureAt)).lt(forget_before),
+                Expr::val(1i32),
+            )
+            .finally(Expr::col((Entity, Column::Failures)).add(1));
+        let upsert = Query::insert()
+            .into_table(Entity)
+            .columns([Column::Account, Column::Failures, Column::LastFailureAt])
+            .values_panic([account.into(), 1i32.into(), now.into()])
+            .on_conflict(
+                OnConflict::column(Column::Account)
+                    .value(Column::Failures, next)
+                    .value(Column::LastFailureAt, Expr::val(now))
+                    .to_owned(),
+            )
+            .returning_col(Column::Failures)
+            .to_owned();
+        let db = self.bounded.db();
+        let row = self
+            .bounded
+            .run(db.query_one_raw(db.get_database_backend().build(&upsert)))
+            .await?;
+        count_of(row, "failures")
+    }
+
+    async fn failures(&self, account: &str) -> Result<Option<FailureRecord>, BackendError> {
+        let found = self
+            .bounded
+            .run(login_failures::Entity::find_by_id(account.to_owned()).one(self.bounded.db()))
+            .await?;
+        found
+            .map(|run| {
+                Ok(FailureRecord {
+                    count: u32::try_from(run.failures).map_err(BackendError::unexpected)?,
+                    last_at: run.last_failure_at,
+                })
+            })
+            .transpose()
+    }
+
+    async fn clear_failures(&self, account: &str) -> Result<(), BackendError> {
+        self.bounded
+            .run(login_failures::Entity::delete_by_id(account.to_owned()).exec(self.bounded.db()))
+            .await?;
+        Ok(())
+    }
+
+    async fn purge_expired(
+        &self,
+        now: DateTime<Utc>,
+        forget_before: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
+        let db = self.bounded.db();
+        self.bounded
+            .run(async {
+                rate_limit_counters::Entity::delete_many()
+                    .filter(rate_limit_counters::Column::ExpiresAt.lte(now))
+                    .exec(db)
+                    .await?;
+                login_failures::Entity::delete_many()
+                    .filter(login_failures::Column::LastFailureAt.lt(forget_before))
+                    .exec(db)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+}
