@@ -1,16 +1,20 @@
-//! bcrypt password hashing on a bounded pool, off the async workers.
+//! bcrypt password hashing on a bounded pool of its own, off the async workers.
 //!
 //! bcrypt at cost 12 takes about a quarter of a second of one core. Running it on the async
 //! workers would stall every other request; running it without a bound would let a login flood
-//! queue work (and memory) without end. So at most `workers` hashes run at once, at most
-//! `queue` more wait, and anything beyond is refused at once with `Overloaded`.
+//! queue work (and memory) without end. So `workers` dedicated threads hash, at most `queue`
+//! more requests wait, and anything beyond is refused at once with `Overloaded`.
+//!
+//! The hashing threads run at the lowest CPU priority: when a login flood saturates them,
+//! the scheduler still runs the async workers first, so token-authenticated requests keep their
+//! latency, while an otherwise idle machine gives all its cores to hashing.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 use crate::domain::ports::PasswordHasher;
 use crate::domain::{BackendError, Password, PasswordHash, password};
@@ -24,17 +28,22 @@ pub struct HashPoolLimits {
     pub queue: usize,
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
 /// [`PasswordHasher`] on bcrypt.
 pub struct BcryptPasswordHasher {
     cost: u32,
-    limits: HashPoolLimits,
-    running: Arc<Semaphore>,
+    capacity: usize,
+    jobs: mpsc::Sender<Job>,
     admitted: Arc<AtomicUsize>,
 }
 
 impl BcryptPasswordHasher {
+    /// Starts the hashing threads; they end when the hasher is dropped.
+    ///
     /// # Panics
-    /// When `cost` is outside bcrypt's range 4..=31 or `workers` is zero: start-up checks both.
+    /// When `cost` is outside bcrypt's range 4..=31, `workers` is zero, or a thread cannot be
+    /// started: start-up checks the first two, and the third is fatal anyway.
     pub fn new(cost: u32, limits: HashPoolLimits) -> Self {
         assert!(
             (4..=31).contains(&cost),
@@ -44,10 +53,19 @@ impl BcryptPasswordHasher {
             limits.workers > 0,
             "the hash pool needs at least one worker"
         );
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for n in 0..limits.workers {
+            let queue = Arc::clone(&queue);
+            std::thread::Builder::new()
+                .name(format!("password-hash-{n}"))
+                .spawn(move || work(&queue))
+                .expect("cannot start a password-hashing thread");
+        }
         Self {
             cost,
-            limits,
-            running: Arc::new(Semaphore::new(limits.workers)),
+            capacity: limits.workers + limits.queue,
+            jobs,
             admitted: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -57,48 +75,85 @@ impl BcryptPasswordHasher {
         self.admitted.load(Ordering::Relaxed)
     }
 
-    /// Runs `work` on the blocking pool once a worker is free, or refuses at once when the
-    /// queue is full.
+    /// Runs `work` on a hashing thread, or refuses at once when the queue is full.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, BackendError> {
-        let capacity = self.limits.workers + self.limits.queue;
         let admitted = self.admitted.fetch_add(1, Ordering::AcqRel);
-        let _slot = Admission(&self.admitted);
+        // The slot travels with the job: it is freed when the job is done (or dropped), not
+        // when the caller gives up, so abandoned requests still count against the queue.
+        let slot = Admission(Arc::clone(&self.admitted));
         Admission::gauge(admitted + 1);
-        if admitted >= capacity {
+        if admitted >= self.capacity {
             metrics::counter!("portcullis_password_hash_rejected_total").increment(1);
             return Err(BackendError::Overloaded);
         }
         let queued = Instant::now();
-        let permit = Arc::clone(&self.running)
-            .acquire_owned()
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _slot = slot;
+            metrics::histogram!("portcullis_password_hash_wait_seconds")
+                .record(queued.elapsed().as_secs_f64());
+            // A caller that went away (client disconnected) needs no hash.
+            if !done.is_closed() {
+                let _ = done.send(work());
+            }
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| BackendError::unexpected("the hashing threads are gone"))?;
+        result
             .await
-            .map_err(BackendError::unexpected)?;
-        metrics::histogram!("portcullis_password_hash_wait_seconds")
-            .record(queued.elapsed().as_secs_f64());
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work()
-        })
-        .await
-        .map_err(BackendError::unexpected)
+            .map_err(|_| BackendError::unexpected("a hashing thread dropped its job"))
     }
 }
 
-/// Holds an admission slot, and keeps the queue gauge true, however the request ends
-/// (cancelled futures included).
-struct Admission<'a>(&'a AtomicUsize);
+/// A hashing thread: lowest priority, then jobs until the hasher is dropped.
+fn work(queue: &Mutex<mpsc::Receiver<Job>>) {
+    lower_priority();
+    loop {
+        // The lock is held only to take one job; a poisoned lock means another worker
+        // panicked while taking one, and the queue itself is still sound.
+        let next = match queue.lock() {
+            Ok(receiver) => receiver.recv(),
+            Err(poisoned) => poisoned.into_inner().recv(),
+        };
+        match next {
+            Ok(job) => job(),
+            Err(_) => return,
+        }
+    }
+}
 
-impl<'a> Admission<'a> {
+/// Gives the calling thread the lowest CPU priority (nice 19).
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: plain system calls on the calling thread's own id. On Linux the nice value is
+    // per thread, so this leaves the async workers alone.
+    let result = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
+    };
+    if result != 0 {
+        tracing::warn!("could not lower the priority of a password-hashing thread");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
+
+/// Holds an admission slot, and keeps the queue gauge true, however the job ends.
+struct Admission(Arc<AtomicUsize>);
+
+impl Admission {
     fn gauge(admitted: usize) {
         // The gauge counts requests waiting or hashing: the pool's whole backlog.
         metrics::gauge!("portcullis_password_hash_queue_depth").set(admitted as f64);
     }
 }
 
-impl Drop for Admission<'_> {
+impl Drop for Admission {
     fn drop(&mut self) {
         let before = self.0.fetch_sub(1, Ordering::AcqRel);
         Self::gauge(before.saturating_sub(1));
@@ -219,5 +274,43 @@ mod tests {
         }
         assert_eq!(h.in_flight(), 0);
         assert!(h.verify(password, &stored).await.unwrap());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_run_at_the_lowest_priority() {
+        let h = hasher(1, 0);
+        // SAFETY: reads the calling (hashing) thread's own nice value.
+        let nice = h
+            .run(|| unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) })
+            .await
+            .unwrap();
+        assert_eq!(nice, 19);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_request_keeps_its_slot_until_its_job_is_done() {
+        let h = Arc::new(hasher(1, 0));
+        let started = Arc::new(std::sync::Barrier::new(2));
+        let in_job = Arc::clone(&started);
+        let worker = Arc::clone(&h);
+        let caller = tokio::spawn(async move {
+            worker
+                .run(move || {
+                    in_job.wait();
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                })
+                .await
+        });
+        tokio::task::spawn_blocking(move || started.wait())
+            .await
+            .unwrap();
+        caller.abort();
+        assert_eq!(h.in_flight(), 1);
+        let refused = h.verify("whatever", &PasswordHash::new("x".into())).await;
+        assert!(matches!(refused, Err(BackendError::Overloaded)));
+        while h.in_flight() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 }

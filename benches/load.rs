@@ -1,0 +1,407 @@
+//! Load benchmark: starts the release binary on SQLite and on PostgreSQL, drives it over
+//! loopback at several concurrencies after a warm-up, and prints one table.
+//!
+//! Run it with `cargo bench --bench load`. Settings, all optional:
+//! - `BENCH_SECONDS` (default 5): how long each measurement runs, after 1 s of warm-up;
+//! - `BENCH_POSTGRES_URL` (default `TEST_DATABASE_URL`, else
+//!   `postgres://postgres@127.0.0.1:5432/test`): a server where the benchmark may create and
+//!   drop a database; PostgreSQL is skipped, and says so, when it cannot connect;
+//! - `BENCH_BACKENDS` (default `sqlite,postgres`).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "benchmark password 1";
+const CONCURRENCIES: [usize; 3] = [1, 8, 32];
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Latencies and counts of one measurement.
+struct Sample {
+    ok: u64,
+    failed: u64,
+    seconds: f64,
+    latencies: Vec<Duration>,
+}
+
+impl Sample {
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.seconds
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+        sorted[rank]
+    }
+}
+
+/// One kind of request.
+#[derive(Clone)]
+enum Load {
+    Public,
+    ProtectedUser(String),
+    Login(String),
+    Register(Arc<AtomicU64>),
+}
+
+impl Load {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Public => "GET /public",
+            Self::ProtectedUser(_) => "GET /protected/user",
+            Self::Login(_) => "POST /auth/login",
+            Self::Register(_) => "POST /auth/register",
+        }
+    }
+
+    async fn send(&self, client: &reqwest::Client, base: &str) -> bool {
+        let request = match self {
+            Self::Public => client.get(format!("{base}/public")),
+            Self::ProtectedUser(token) => client
+                .get(format!("{base}/protected/user"))
+                .bearer_auth(token),
+            Self::Login(email) => client
+                .post(format!("{base}/auth/login"))
+                .json(&json!({"email": email, "password": PASSWORD})),
+            Self::Register(counter) => {
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                client
+                    .post(format!("{base}/auth/register"))
+                    .json(&json!({"email": format!("load{n}@example.com"), "password": PASSWORD}))
+            }
+        };
+        matches!(request.send().await, Ok(r) if r.status().is_success())
+    }
+}
+
+/// Drives `load` from `concurrency` clients: `warmup` unmeasured, then `duration` measured.
+async fn drive(
+    base: &str,
+    load: &Load,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Sample {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("client");
+    let started = Instant::now();
+    let measure_from = started + warmup;
+    let until = measure_from + duration;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, base, load) = (client.clone(), base.to_owned(), load.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed, mut latencies) = (0u64, 0u64, Vec::new());
+                loop {
+                    let sent = Instant::now();
+                    if sent >= until {
+                        break;
+                    }
+                    let success = load.send(&client, &base).await;
+                    if sent >= measure_from {
+                        if success {
+                            ok += 1;
+                            latencies.push(sent.elapsed());
+                        } else {
+                            failed += 1;
+                        }
+                    }
+                }
+                (ok, failed, latencies)
+            })
+        })
+        .collect();
+    let mut sample = Sample {
+        ok: 0,
+        failed: 0,
+        seconds: duration.as_secs_f64(),
+        latencies: Vec::new(),
+    };
+    for task in tasks {
+        let (ok, failed, latencies) = task.await.expect("load task");
+        sample.ok += ok;
+        sample.failed += failed;
+        sample.latencies.extend(latencies);
+    }
+    sample
+}
+
+/// The server under test.
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    async fn start(database_url: &str) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("serve")
+            .env("PORTCULLIS_PROFILE", "production")
+            .env("DATABASE_URL", database_url)
+            .env("SECRET_KEY", "benchmark-secret-key-0123456789abcdef0123")
+            .env("PORT", port.to_string())
+            .env("LOG_LEVEL", "warn")
+            // The benchmark floods logins from one address on purpose.
+            .env("RATE_LIMITS_ENABLED", "false")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = client.get(format!("{}/health", server.base)).send().await
+                && r.status().is_success()
+            {
+                return Ok(server);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("the server did not start".into())
+    }
+
+    /// Resident memory now and at its peak, in MiB, from /proc.
+    fn memory(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map_or(f64::NAN, |kb| kb / 1024.0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+/// The time of one bcrypt hash at the service's cost, best of five.
+fn bcrypt_seconds(cost: u32) -> f64 {
+    (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            bcrypt::hash(PASSWORD, cost).expect("bcrypt");
+            started.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+async fn bench_backend(
+    name: &str,
+    database_url: &str,
+    seconds: u64,
+    bcrypt_limit: f64,
+) -> Result<()> {
+    let server = Server::start(database_url).await?;
+    let (idle_rss, _) = server.memory();
+    let client = reqwest::Client::new();
+    let base = server.base.clone();
+    let email = format!("bench-{}@example.com", std::process::id());
+    client
+        .post(format!("{base}/auth/register"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await?;
+    let tokens: Value = client
+        .post(format!("{base}/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = tokens["access_token"]
+        .as_str()
+        .ok_or("no token")?
+        .to_owned();
+
+    let warmup = Duration::from_secs(1);
+    let duration = Duration::from_secs(seconds);
+    let loads = [
+        Load::Public,
+        Load::ProtectedUser(token.clone()),
+        Load::Login(email.clone()),
+        Load::Register(Arc::new(AtomicU64::new(0))),
+    ];
+    println!("\n### {name}\n");
+    println!("| request | concurrency | req/s | p50 ms | p99 ms | failed |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut at_32 = std::collections::HashMap::new();
+    for load in &loads {
+        for concurrency in CONCURRENCIES {
+            let sample = drive(&base, load, concurrency, warmup, duration).await;
+            println!(
+                "| {} | {concurrency} | {:.0} | {} | {} | {} |",
+                load.name(),
+                sample.rps(),
+                ms(sample.percentile(50.0)),
+                ms(sample.percentile(99.0)),
+                sample.failed
+            );
+            if concurrency == 32 {
+                at_32.insert(load.name(), sample.rps());
+            }
+        }
+    }
+
+    // /protected/user alone, then while a login flood keeps the hash pool saturated.
+    let protected = Load::ProtectedUser(token);
+    let alone = drive(&base, &protected, 8, warmup, duration).await;
+    let flood_base = base.clone();
+    let flood_load = Load::Login(email);
+    let flood = tokio::spawn(async move {
+        drive(
+            &flood_base,
+            &flood_load,
+            32,
+            Duration::ZERO,
+            warmup * 2 + duration,
+        )
+        .await
+    });
+    let during = drive(&base, &protected, 8, warmup, duration).await;
+    let flood = flood.await?;
+    let (_, peak_rss) = server.memory();
+
+    let public = at_32.get("GET /public").copied().unwrap_or(f64::NAN);
+    let user = at_32
+        .get("GET /protected/user")
+        .copied()
+        .unwrap_or(f64::NAN);
+    let login = at_32.get("POST /auth/login").copied().unwrap_or(f64::NAN);
+    println!();
+    println!("| measure | value | target |");
+    println!("|---|---:|---|");
+    println!("| bcrypt limit (cores / one hash) | {bcrypt_limit:.1} logins/s | |");
+    println!(
+        "| /protected/user vs /public req/s at c=32 | {:.0}% | at least 40% |",
+        100.0 * user / public
+    );
+    println!(
+        "| login req/s at c=32 vs the bcrypt limit | {:.0}% | at least 90% |",
+        100.0 * login / bcrypt_limit
+    );
+    println!(
+        "| /protected/user p99 at c=8, alone | {} ms | |",
+        ms(alone.percentile(99.0))
+    );
+    println!(
+        "| /protected/user p99 at c=8, during a login flood (c=32, {:.1} logins/s, {} refused) | {} ms ({:.1}x) | at most 3x |",
+        flood.rps(),
+        flood.failed,
+        ms(during.percentile(99.0)),
+        during.percentile(99.0).as_secs_f64() / alone.percentile(99.0).as_secs_f64()
+    );
+    println!("| resident memory idle | {idle_rss:.1} MiB | |");
+    println!("| resident memory peak | {peak_rss:.1} MiB | under 48 MiB |");
+    Ok(())
+}
+
+async fn fresh_postgres(admin_url: &str) -> Result<(String, String)> {
+    let admin = Database::connect(admin_url).await?;
+    let name = format!("portcullis_bench_{}", std::process::id());
+    admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+        .await?;
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await?;
+    admin.close().await?;
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .ok_or("the URL names no database")?;
+    Ok((format!("{base}/{name}"), name))
+}
+
+async fn drop_postgres(admin_url: &str, name: &str) -> Result<()> {
+    let admin = Database::connect(admin_url).await?;
+    admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await?;
+    admin.close().await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+    let postgres_url = std::env::var("BENCH_POSTGRES_URL")
+        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let cost = 12;
+    let hash = bcrypt_seconds(cost);
+    let bcrypt_limit = cores as f64 / hash;
+
+    println!("# Portcullis load benchmark\n");
+    println!(
+        "Machine: {cores} cores, {}; release build; bcrypt cost {cost}: {:.0} ms a hash; \
+         {seconds} s per measurement after 1 s of warm-up; client and server on one machine.",
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(
+                |c| c.lines().find(|l| l.starts_with("model name")).map(|l| l
+                    .split(':')
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned())
+            )
+            .unwrap_or_else(|| "unknown CPU".into()),
+        hash * 1000.0
+    );
+
+    for backend in backends.split(',').map(str::trim) {
+        match backend {
+            "sqlite" => {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}/bench.db?mode=rwc", dir.path().display());
+                bench_backend("SQLite", &url, seconds, bcrypt_limit).await?;
+            }
+            "postgres" => match fresh_postgres(&postgres_url).await {
+                Ok((url, name)) => {
+                    let result = bench_backend("PostgreSQL", &url, seconds, bcrypt_limit).await;
+                    drop_postgres(&postgres_url, &name).await?;
+                    result?;
+                }
+                Err(err) => {
+                    println!("\n### PostgreSQL\n\nskipped: cannot use {postgres_url}: {err}")
+                }
+            },
+            other => return Err(format!("unknown backend {other:?}").into()),
+        }
+    }
+    Ok(())
+}
