@@ -92,13 +92,16 @@ impl BcryptPasswordHasher {
         let queued = Instant::now();
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let _slot = slot;
             metrics::histogram!("portcullis_password_hash_wait_seconds")
                 .record(queued.elapsed().as_secs_f64());
             // A caller that went away (client disconnected) needs no hash.
-            if !done.is_closed() {
-                let _ = done.send(work());
+            if done.is_closed() {
+                return;
             }
+            let output = work();
+            // Free the slot before answering, so the caller's next request finds it free.
+            drop(slot);
+            let _ = done.send(output);
         });
         self.jobs
             .send(job)
