@@ -20,13 +20,18 @@ fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
 }
 
-/// Runs `test` on each adapter; PostgreSQL only when configured.
-async fn on_every_adapter<F, Fut>(test: F)
-where
-    F: Fn(Arc<dyn UserRepository>) -> Fut,
+/// Runs `test` on the in-memory adapter, then on the database adapter over SQLite and (when
+/// configured) PostgreSQL, each on a fresh, migrated database.
+async fn on_every_adapter<P, F, Fut>(
+    memory: Arc<P>,
+    database: impl Fn(sea_orm::DatabaseConnection) -> Arc<P>,
+    test: F,
+) where
+    P: ?Sized,
+    F: Fn(Arc<P>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    test(Arc::new(MemoryUserRepository::new())).await;
+    test(memory).await;
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let Some(db) = TestDb::create(backend).await else {
             continue;
@@ -39,14 +44,38 @@ where
         .await
         .unwrap();
         migrate_up(&conn).await.unwrap();
-        test(Arc::new(SeaOrmUserRepository::new(
-            conn.clone(),
-            Duration::from_secs(5),
-        )))
-        .await;
+        test(database(conn.clone())).await;
         conn.close().await.unwrap();
         db.drop_database().await;
     }
+}
+
+/// [`on_every_adapter`] for the user repositories.
+async fn on_every_repository<F, Fut>(test: F)
+where
+    F: Fn(Arc<dyn UserRepository>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    on_every_adapter(
+        Arc::new(MemoryUserRepository::new()) as Arc<dyn UserRepository>,
+        |conn| Arc::new(SeaOrmUserRepository::new(conn, Duration::from_secs(5))),
+        test,
+    )
+    .await;
+}
+
+/// [`on_every_adapter`] for the rate limiters.
+async fn on_every_limiter<F, Fut>(test: F)
+where
+    F: Fn(Arc<dyn RateLimiter>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    on_every_adapter(
+        Arc::new(MemoryRateLimiter::new()) as Arc<dyn RateLimiter>,
+        |conn| Arc::new(SeaOrmRateLimiter::new(conn, Duration::from_secs(5))),
+        test,
+    )
+    .await;
 }
 
 async fn user(repo: &dyn UserRepository, email: &str) -> User {
@@ -82,7 +111,7 @@ async fn session(repo: &dyn UserRepository, user: &User) -> (SessionId, NewRefre
 
 #[tokio::test]
 async fn users_are_unique_by_normalised_email_and_found_by_either_key() {
-    on_every_adapter(|repo| async move {
+    on_every_repository(|repo| async move {
         let alice = user(repo.as_ref(), "Alice@Example.com").await;
         assert_eq!(alice.email.as_str(), "Alice@Example.com");
         let duplicate = repo
@@ -126,7 +155,7 @@ async fn users_are_unique_by_normalised_email_and_found_by_either_key() {
 
 #[tokio::test]
 async fn a_refresh_token_rotates_exactly_once() {
-    on_every_adapter(|repo| async move {
+    on_every_repository(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let (sid, first) = session(repo.as_ref(), &alice).await;
         let (found, owner) = repo.find_session(sid).await.unwrap().unwrap();
@@ -181,7 +210,7 @@ async fn a_refresh_token_rotates_exactly_once() {
 
 #[tokio::test]
 async fn only_the_owner_ends_a_session_and_ended_ones_are_not_listed() {
-    on_every_adapter(|repo| async move {
+    on_every_repository(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let mallory = user(repo.as_ref(), "mallory@example.com").await;
         let (a1, _) = session(repo.as_ref(), &alice).await;
@@ -212,7 +241,7 @@ async fn only_the_owner_ends_a_session_and_ended_ones_are_not_listed() {
 
 #[tokio::test]
 async fn a_password_change_keeps_one_session_and_deactivation_ends_all() {
-    on_every_adapter(|repo| async move {
+    on_every_repository(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let (keep, _) = session(repo.as_ref(), &alice).await;
         let (other, _) = session(repo.as_ref(), &alice).await;
@@ -258,7 +287,7 @@ async fn a_password_change_keeps_one_session_and_deactivation_ends_all() {
 
 #[tokio::test]
 async fn the_purge_deletes_dead_sessions_and_expired_tokens_only() {
-    on_every_adapter(|repo| async move {
+    on_every_repository(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let (live, live_token) = session(repo.as_ref(), &alice).await;
         let (ended, ended_token) = session(repo.as_ref(), &alice).await;
@@ -287,35 +316,6 @@ async fn the_purge_deletes_dead_sessions_and_expired_tokens_only() {
         assert!(repo.find_session(live).await.unwrap().is_none());
     })
     .await;
-}
-
-/// Runs `test` on each rate limiter adapter; PostgreSQL only when configured.
-async fn on_every_limiter<F, Fut>(test: F)
-where
-    F: Fn(Arc<dyn RateLimiter>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    test(Arc::new(MemoryRateLimiter::new())).await;
-    for backend in [Backend::Sqlite, Backend::Postgres] {
-        let Some(db) = TestDb::create(backend).await else {
-            continue;
-        };
-        let conn = connect(&DatabaseSettings {
-            url: db.url().to_owned(),
-            max_connections: 5,
-            connect_timeout: Duration::from_secs(5),
-        })
-        .await
-        .unwrap();
-        migrate_up(&conn).await.unwrap();
-        test(Arc::new(SeaOrmRateLimiter::new(
-            conn.clone(),
-            Duration::from_secs(5),
-        )))
-        .await;
-        conn.close().await.unwrap();
-        db.drop_database().await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

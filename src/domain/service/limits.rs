@@ -257,6 +257,14 @@ mod tests {
         Email::parse("target@example.com").unwrap()
     }
 
+    /// A limiter under every quota, whose account has the failure run `run`.
+    fn limiter_with_run(run: Option<FailureRecord>) -> MockRateLimiter {
+        let mut limiter = MockRateLimiter::new();
+        limiter.expect_increment().returning(|_, _| Ok(1));
+        limiter.expect_failures().returning(move |_| Ok(run));
+        limiter
+    }
+
     #[test]
     fn the_delay_starts_after_the_free_failures_doubles_and_is_capped() {
         let policy = LimitPolicy::default();
@@ -330,17 +338,11 @@ mod tests {
     #[tokio::test]
     async fn an_account_serving_a_delay_is_refused_until_it_ends() {
         let mut m = Mocks::new();
-        let mut limiter = MockRateLimiter::new();
-        let now = m.now;
-        limiter.expect_increment().returning(|_, _| Ok(1));
         // Seven failures: a 2 s delay, the last failure 1 s ago.
-        limiter.expect_failures().returning(move |_| {
-            Ok(Some(FailureRecord {
-                count: 7,
-                last_at: now - TimeDelta::seconds(1),
-            }))
-        });
-        m.limiter = Some(limiter);
+        m.limiter = Some(limiter_with_run(Some(FailureRecord {
+            count: 7,
+            last_at: m.now - TimeDelta::seconds(1),
+        })));
         m.hasher.expect_verify().never();
         let err = m
             .service()
@@ -356,10 +358,8 @@ mod tests {
     #[tokio::test]
     async fn a_wrong_password_lengthens_the_delay_and_a_right_one_clears_it() {
         let mut m = Mocks::new();
-        let mut limiter = MockRateLimiter::new();
+        let mut limiter = limiter_with_run(None);
         let now = m.now;
-        limiter.expect_increment().returning(|_, _| Ok(1));
-        limiter.expect_failures().returning(|_| Ok(None));
         limiter
             .expect_record_failure()
             .with(always(), eq(now), eq(now - TimeDelta::days(1)))
@@ -379,9 +379,7 @@ mod tests {
         assert!(matches!(err, LoginError::InvalidCredentials));
 
         let mut m = Mocks::new();
-        let mut limiter = MockRateLimiter::new();
-        limiter.expect_increment().returning(|_, _| Ok(1));
-        limiter.expect_failures().returning(|_| Ok(None));
+        let mut limiter = limiter_with_run(None);
         limiter.expect_record_failure().never();
         limiter
             .expect_clear_failures()
@@ -402,9 +400,7 @@ mod tests {
     #[tokio::test]
     async fn an_unknown_email_counts_as_a_failure_too() {
         let mut m = Mocks::new();
-        let mut limiter = MockRateLimiter::new();
-        limiter.expect_increment().returning(|_, _| Ok(1));
-        limiter.expect_failures().returning(|_| Ok(None));
+        let mut limiter = limiter_with_run(None);
         limiter
             .expect_record_failure()
             .times(1)
@@ -444,15 +440,10 @@ mod tests {
     #[tokio::test]
     async fn a_stale_failure_run_imposes_no_delay() {
         let mut m = Mocks::new();
-        let mut limiter = MockRateLimiter::new();
-        let now = m.now;
-        limiter.expect_increment().returning(|_, _| Ok(1));
-        limiter.expect_failures().returning(move |_| {
-            Ok(Some(FailureRecord {
-                count: 30,
-                last_at: now - TimeDelta::days(2),
-            }))
-        });
+        let mut limiter = limiter_with_run(Some(FailureRecord {
+            count: 30,
+            last_at: m.now - TimeDelta::days(2),
+        }));
         limiter.expect_record_failure().returning(|_, _, _| Ok(1));
         m.limiter = Some(limiter);
         m.users.expect_find_user_by_email().returning(|_| Ok(None));

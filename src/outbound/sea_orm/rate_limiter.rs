@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait as _, OnConflict, Query};
+use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait as _, InsertStatement, OnConflict, Query};
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use super::entities::{login_failures, rate_limit_counters};
@@ -26,12 +26,22 @@ impl SeaOrmRateLimiter {
             bounded: Bounded::new(db, timeout),
         }
     }
-}
 
-fn count_of(row: Option<sea_orm::QueryResult>, column: &str) -> Result<u32, BackendError> {
-    let row = row.ok_or_else(|| BackendError::unexpected("upsert returned no row"))?;
-    let value: i32 = row.try_get("", column).map_err(BackendError::unexpected)?;
-    u32::try_from(value).map_err(BackendError::unexpected)
+    /// Runs an upsert that returns one counter, and reads it.
+    async fn upsert_returning(
+        &self,
+        upsert: &InsertStatement,
+        column: &str,
+    ) -> Result<u32, BackendError> {
+        let db = self.bounded.db();
+        let row = self
+            .bounded
+            .run(db.query_one_raw(db.get_database_backend().build(upsert)))
+            .await?
+            .ok_or_else(|| BackendError::unexpected("upsert returned no row"))?;
+        let value: i32 = row.try_get("", column).map_err(BackendError::unexpected)?;
+        u32::try_from(value).map_err(BackendError::unexpected)
+    }
 }
 
 #[async_trait]
@@ -53,12 +63,7 @@ impl RateLimiter for SeaOrmRateLimiter {
             )
             .returning_col(Column::Count)
             .to_owned();
-        let db = self.bounded.db();
-        let row = self
-            .bounded
-            .run(db.query_one_raw(db.get_database_backend().build(&upsert)))
-            .await?;
-        count_of(row, "count")
+        self.upsert_returning(&upsert, "count").await
     }
 
     async fn record_failure(
@@ -87,12 +92,7 @@ impl RateLimiter for SeaOrmRateLimiter {
             )
             .returning_col(Column::Failures)
             .to_owned();
-        let db = self.bounded.db();
-        let row = self
-            .bounded
-            .run(db.query_one_raw(db.get_database_backend().build(&upsert)))
-            .await?;
-        count_of(row, "failures")
+        self.upsert_returning(&upsert, "failures").await
     }
 
     async fn failures(&self, account: &str) -> Result<Option<FailureRecord>, BackendError> {
