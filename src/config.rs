@@ -409,6 +409,20 @@ mod tests {
     }
 
     #[test]
+    fn development_relaxes_only_the_per_address_limits() {
+        let dev = Settings::from_figment(
+            Profile::Development,
+            &Settings::defaults().merge(Toml::string(Profile::Development.builtin())),
+        )
+        .unwrap();
+        let prod = with(Profile::Development, &[]).unwrap();
+        assert_eq!(dev.login_limit_per_ip, 10 * prod.login_limit_per_ip);
+        assert_eq!(dev.register_limit_per_ip, 10 * prod.register_limit_per_ip);
+        assert_eq!(dev.login_limit_per_account, prod.login_limit_per_account);
+        assert_eq!(dev.login_free_failures, prod.login_free_failures);
+    }
+
+    #[test]
     fn secrets_never_print() {
         let s = with(Profile::Development, &[("secret_key", KEY)]).unwrap();
         assert!(!format!("{s:?}").contains(KEY));
