@@ -76,7 +76,7 @@ pub fn openapi(service: &Arc<AuthService>, settings: &HttpSettings) -> OpenApiSe
 /// The whole HTTP application, middleware included.
 pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
     let api = openapi(&service, &settings);
-    let labels = route_labels(&api.spec());
+    let labels = Arc::new(route_labels(&api.spec()));
     let redoc = offline_redoc(&api.redoc_html());
     let routes = Route::new()
         .nest("/docs", api.swagger_ui())
@@ -108,7 +108,7 @@ pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
             }
         })
         .around(move |ep, req| {
-            let labels = labels.clone();
+            let labels = Arc::clone(&labels);
             async move { middleware::observe(&labels, ep, req).await }
         })
         .into_endpoint()
