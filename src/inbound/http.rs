@@ -76,12 +76,20 @@ pub fn openapi(service: &Arc<AuthService>, settings: &HttpSettings) -> OpenApiSe
 /// The whole HTTP application, middleware included.
 pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
     let api = openapi(&service, &settings);
-    let labels = Arc::new(route_labels(&api.spec()));
+    let spec = complete_spec(&api.spec());
+    let labels = Arc::new(route_labels(&spec));
     let redoc = offline_redoc(&api.redoc_html());
     let routes = Route::new()
         .nest("/docs", api.swagger_ui())
         .at("/redoc", make_sync(move |_| Html(redoc.clone())))
-        .at("/openapi.json", api.spec_endpoint())
+        .at(
+            "/openapi.json",
+            make_sync(move |_| {
+                poem::Response::builder()
+                    .content_type("application/json; charset=utf-8")
+                    .body(spec.clone())
+            }),
+        )
         .nest("/", api);
     let limit = settings.body_limit_bytes;
     let headers = settings.security_headers;
@@ -112,6 +120,29 @@ pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
             async move { middleware::observe(&labels, ep, req).await }
         })
         .into_endpoint()
+}
+
+/// The OpenAPI document with what poem-openapi leaves out: OpenAPI 3.0 requires `scopes` on
+/// every OAuth flow, even when empty, and strict validators refuse the document without it.
+fn complete_spec(spec: &str) -> String {
+    let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(spec) else {
+        return spec.to_owned();
+    };
+    if let Some(schemes) = doc
+        .pointer_mut("/components/securitySchemes")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        for flow in schemes
+            .values_mut()
+            .filter_map(|scheme| scheme.get_mut("flows")?.as_object_mut())
+            .flat_map(|flows| flows.values_mut())
+            .filter_map(serde_json::Value::as_object_mut)
+        {
+            flow.entry("scopes")
+                .or_insert_with(|| serde_json::json!({}));
+        }
+    }
+    doc.to_string()
 }
 
 /// The route templates of the OpenAPI document, as metric labels.
