@@ -268,7 +268,8 @@ pub trait RateLimiter: Send + Sync + 'static {
     /// [`BackendError`] when storage fails.
     async fn clear_failures(&self, account: &str) -> Result<(), BackendError>;
 
-    /// Deletes counters that expired before `now` and failure runs older than `forget_before`.
+    /// Deletes counters whose window ended at or before `now`, and failure runs whose last
+    /// failure is older than `forget_before`.
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.

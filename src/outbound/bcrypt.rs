@@ -84,20 +84,20 @@ impl BcryptPasswordHasher {
         // The slot travels with the job: it is freed when the job is done (or dropped), not
         // when the caller gives up, so abandoned requests still count against the queue.
         let slot = Admission(Arc::clone(&self.admitted));
-        Admission::gauge(admitted + 1);
         if admitted >= self.capacity {
             metrics::counter!("portcullis_password_hash_rejected_total").increment(1);
             return Err(BackendError::Overloaded);
         }
+        Admission::gauge(admitted + 1);
         let queued = Instant::now();
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move || {
-            metrics::histogram!("portcullis_password_hash_wait_seconds")
-                .record(queued.elapsed().as_secs_f64());
             // A caller that went away (client disconnected) needs no hash.
             if done.is_closed() {
                 return;
             }
+            metrics::histogram!("portcullis_password_hash_wait_seconds")
+                .record(queued.elapsed().as_secs_f64());
             let output = work();
             // Free the slot before answering, so the caller's next request finds it free.
             drop(slot);

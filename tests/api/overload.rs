@@ -91,14 +91,21 @@ async fn a_database_outage_gives_fast_503s_and_the_service_recovers_by_itself() 
     let Some(db) = TestDb::create(Backend::Postgres).await else {
         return;
     };
-    let TestDb::Postgres { url, .. } = &db else {
-        unreachable!()
+    // postgres://[user@]host:port/db: the cable takes the place of host:port.
+    let url = db.url().to_owned();
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, path) = rest.split_once('/').expect("a URL with a database");
+    let (userinfo, upstream) = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => (format!("{userinfo}@"), host.to_owned()),
+        None => (String::new(), authority.to_owned()),
     };
-    let (prefix, rest) = url
-        .split_once("@127.0.0.1:5432")
-        .expect("a local PostgreSQL URL");
-    let mut cable = Cable::connect("127.0.0.1:5432").await;
-    let via_cable = format!("{prefix}@127.0.0.1:{}{rest}", cable.port);
+    let upstream = if upstream.contains(':') {
+        upstream
+    } else {
+        format!("{upstream}:5432")
+    };
+    let mut cable = Cable::connect(&upstream).await;
+    let via_cable = format!("{scheme}://{userinfo}127.0.0.1:{}/{path}", cable.port);
     let mut app =
         TestApp::spawn(settings(&via_cable, json!({"database_timeout_seconds": 2}))).await;
     let token = app.token_for("outage@example.com").await;

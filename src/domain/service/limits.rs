@@ -458,4 +458,41 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, LoginError::InvalidCredentials));
     }
+
+    #[tokio::test]
+    async fn a_replayed_refresh_token_ends_its_session_even_over_the_account_limit() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let mut m = Mocks::new();
+        let mut limiter = MockRateLimiter::new();
+        // The address is under its quota; anything counted after it is far over.
+        let calls = AtomicUsize::new(0);
+        limiter.expect_increment().returning(move |_, _| {
+            Ok(if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                1
+            } else {
+                999
+            })
+        });
+        m.limiter = Some(limiter);
+        let sid = crate::domain::SessionId::random();
+        let record = crate::domain::RefreshTokenRecord {
+            expires_at: m.now + TimeDelta::days(1),
+            spent_at: Some(m.now - TimeDelta::minutes(1)),
+            session: super::super::test_support::session(sid, 5),
+            user: user(5, Role::User, true),
+        };
+        m.users
+            .expect_find_refresh_token()
+            .returning(move |_| Ok(Some(record.clone())));
+        m.users
+            .expect_end_session()
+            .times(1)
+            .returning(|_, _, _| Ok(true));
+        let err = m.service().refresh("replayed", client()).await.unwrap_err();
+        assert!(
+            matches!(err, crate::domain::service::RefreshError::Reused),
+            "{err:?}"
+        );
+    }
 }

@@ -71,13 +71,15 @@ impl AuthService {
             .find_refresh_token(&hash)
             .await?
             .ok_or(RefreshError::InvalidToken)?;
-        let account = record.user.id.to_string();
-        self.throttle(Action::Refresh, None, Some(&account)).await?;
         let now = self.clock.now();
         let session = &record.session;
+        // Reuse is acted on before any per-account limit: a thief's replay must end the
+        // session even while the account's refresh budget is spent.
         if record.spent_at.is_some() {
             return Err(self.revoke_for_reuse(session).await);
         }
+        let account = record.user.id.to_string();
+        self.throttle(Action::Refresh, None, Some(&account)).await?;
         if record.expires_at <= now || !session.is_live(now) || !record.user.is_active {
             return Err(RefreshError::InvalidToken);
         }

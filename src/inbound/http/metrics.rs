@@ -115,20 +115,31 @@ impl RouteLabels {
     }
 }
 
+/// The method as a label: one of the standard methods, else `other`, so that clients cannot
+/// mint new series by inventing methods.
+fn method_label(method: &str) -> &'static str {
+    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method)
+        .unwrap_or("other")
+}
+
 /// Records one finished request.
 pub fn record_request(route: &str, method: &str, status: u16, seconds: f64) {
+    let method = method_label(method);
     let status = status.to_string();
     metrics::counter!(
         "portcullis_http_requests_total",
         "route" => route.to_owned(),
-        "method" => method.to_owned(),
+        "method" => method,
         "status" => status
     )
     .increment(1);
     metrics::histogram!(
         "portcullis_http_request_duration_seconds",
         "route" => route.to_owned(),
-        "method" => method.to_owned()
+        "method" => method
     )
     .record(seconds);
 }
@@ -159,5 +170,11 @@ mod tests {
         assert_eq!(labels.label("/docs/oauth-receiver.html"), "/docs");
         assert_eq!(labels.label("/auth/me/extra"), "unmatched");
         assert_eq!(labels.label("/../../etc/passwd"), "unmatched");
+    }
+
+    #[test]
+    fn invented_methods_share_one_label() {
+        assert_eq!(method_label("GET"), "GET");
+        assert_eq!(method_label("BREW"), "other");
     }
 }

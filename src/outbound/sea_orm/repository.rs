@@ -91,10 +91,7 @@ fn backend_error(err: DbErr) -> BackendError {
             use sea_orm::sqlx::Error as Sqlx;
             match inner.as_ref() {
                 Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => true,
-                // SQLITE_BUSY / SQLITE_LOCKED, and PostgreSQL's "admin shutdown" class.
-                Sqlx::Database(db) => db.code().is_some_and(|code| {
-                    matches!(code.as_ref(), "5" | "6" | "57P01" | "57P02" | "57P03")
-                }),
+                Sqlx::Database(db) => db.code().is_some_and(|code| transient_code(&code)),
                 _ => false,
             }
         }
@@ -104,6 +101,15 @@ fn backend_error(err: DbErr) -> BackendError {
         BackendError::Unavailable(Box::new(err))
     } else {
         BackendError::Unexpected(Box::new(err))
+    }
+}
+
+/// SQLite's busy and locked codes, extended ones included (`SQLITE_BUSY_SNAPSHOT` is 517: the
+/// primary code is the low byte), and PostgreSQL's "server shutting down" class.
+fn transient_code(code: &str) -> bool {
+    match code.parse::<i32>() {
+        Ok(sqlite) => matches!(sqlite & 0xff, 5 | 6),
+        Err(_) => matches!(code, "57P01" | "57P02" | "57P03"),
     }
 }
 
@@ -458,5 +464,20 @@ impl UserRepository for SeaOrmUserRepository {
             Ok(deleted.rows_affected)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient_code;
+
+    #[test]
+    fn busy_and_shutdown_codes_are_transient() {
+        for code in ["5", "6", "517", "773", "262", "57P01"] {
+            assert!(transient_code(code), "{code}");
+        }
+        for code in ["19", "2067", "23505", "42P01"] {
+            assert!(!transient_code(code), "{code}");
+        }
     }
 }
