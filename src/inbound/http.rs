@@ -78,6 +78,7 @@ pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
     let api = openapi(&service, &settings);
     let spec = complete_spec(&api.spec());
     let labels = Arc::new(route_labels(&spec));
+    let allowed = Arc::clone(&labels);
     let redoc = offline_redoc(&api.redoc_html());
     let routes = Route::new()
         .nest("/docs", api.swagger_ui())
@@ -104,6 +105,7 @@ pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
         .data(service)
         .around(move |ep, req| {
             let headers = headers.clone();
+            let allowed = Arc::clone(&allowed);
             async move {
                 let path = req.uri().path().to_owned();
                 let mut response = ep
@@ -112,6 +114,15 @@ pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
                     .map(poem::IntoResponse::into_response)
                     .unwrap_or_else(problem::into_problem_response);
                 headers.apply(&path, &mut response);
+                if response.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED
+                    && let Some(allow) = allowed.allow(&path)
+                    && let Ok(value) = poem::http::HeaderValue::from_str(allow)
+                {
+                    // RFC 9110 section 15.5.6: a 405 names the methods that would work.
+                    response
+                        .headers_mut()
+                        .insert(poem::http::header::ALLOW, value);
+                }
                 Ok(response)
             }
         })
@@ -145,17 +156,20 @@ fn complete_spec(spec: &str) -> String {
     doc.to_string()
 }
 
-/// The route templates of the OpenAPI document, as metric labels.
+/// The route templates of the OpenAPI document with their methods, as metric labels and for
+/// the `Allow` header of a 405.
 fn route_labels(spec: &str) -> RouteLabels {
-    let templates = serde_json::from_str::<serde_json::Value>(spec)
+    let paths = serde_json::from_str::<serde_json::Value>(spec)
         .ok()
-        .and_then(|spec| {
-            spec.get("paths")
-                .and_then(|paths| paths.as_object())
-                .map(|paths| paths.keys().cloned().collect::<Vec<_>>())
-        })
+        .and_then(|spec| spec.get("paths").and_then(|p| p.as_object()).cloned())
         .unwrap_or_default();
-    RouteLabels::new(templates)
+    RouteLabels::new(paths.into_iter().map(|(template, operations)| {
+        let methods = operations
+            .as_object()
+            .map(|ops| ops.keys().map(|m| m.to_uppercase()).collect())
+            .unwrap_or_default();
+        (template, methods)
+    }))
 }
 
 /// poem-openapi's ReDoc page inlines its script but links Google Fonts; without the link it

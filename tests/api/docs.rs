@@ -66,6 +66,19 @@ app_test!(
             spec["components"]["securitySchemes"]["OAuth2Password"]["flows"]["password"]["tokenUrl"],
             "/auth/token"
         );
+        // OpenAPI 3.0 requires the scopes map, even empty.
+        assert!(
+            spec["components"]["securitySchemes"]["OAuth2Password"]["flows"]["password"]["scopes"]
+                .is_object()
+        );
+        // What the server sends and what the schemas say agree.
+        let schemas = &spec["components"]["schemas"];
+        assert_eq!(
+            schemas["UserResponse"]["properties"]["full_name"]["nullable"],
+            true
+        );
+        let problem_required = schemas["Problem"]["required"].as_array().unwrap();
+        assert!(!problem_required.contains(&Value::from("errors")));
         assert_eq!(
             paths["/auth/register"]["post"]["responses"]["422"]["content"]["application/problem+json"]
                 ["schema"]["$ref"],

@@ -100,7 +100,20 @@ app_test!(unknown_routes_and_methods_get_problem_documents, |app| {
         .send()
         .await
         .unwrap();
-    assert_problem(response, 405, "").await;
+    assert_eq!(response.headers()["allow"], "POST");
+    let body = assert_problem(response, 405, "").await;
+    assert!(body.get("errors").is_none(), "only a 422 lists fields");
+    let response = app
+        .client
+        .request(
+            reqwest::Method::from_bytes(b"TRACE").unwrap(),
+            app.url("/auth/sessions/x"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "DELETE");
 });
 
 app_test!(request_ids_are_echoed_or_generated, |app| {

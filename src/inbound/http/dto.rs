@@ -7,14 +7,20 @@ use uuid::Uuid;
 
 use crate::domain::{Role, Session, SessionId, TokenPair, User};
 
+// The validators below document the contract in the schema; the domain types enforce it
+// (bodies are parsed with serde, not by poem-openapi).
+
 /// `POST /auth/register`.
 #[derive(Debug, Deserialize, Object)]
 pub struct RegisterRequest {
     /// An email address; `Alice@Example.com` and `alice@example.com` are one account.
+    #[oai(validator(max_length = 254))]
     pub email: String,
     /// 8 characters to 72 bytes.
+    #[oai(validator(min_length = 8))]
     pub password: String,
     /// At most 255 characters.
+    #[oai(nullable, validator(max_length = 255))]
     pub full_name: Option<String>,
 }
 
@@ -36,7 +42,8 @@ pub struct RefreshRequest {
 #[derive(Debug, Deserialize, Object)]
 pub struct ChangePasswordRequest {
     pub current_password: String,
-    /// Same policy as registration.
+    /// Same policy as registration: 8 characters to 72 bytes.
+    #[oai(validator(min_length = 8))]
     pub new_password: String,
 }
 
@@ -62,6 +69,7 @@ impl From<Role> for RoleName {
 pub struct UserResponse {
     pub id: i64,
     pub email: String,
+    #[oai(nullable)]
     pub full_name: Option<String>,
     pub role: RoleName,
     pub is_active: bool,
@@ -146,7 +154,9 @@ pub struct SessionResponse {
     pub created_at: DateTime<Utc>,
     /// The last login or refresh.
     pub last_used_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub user_agent: Option<String>,
+    #[oai(nullable)]
     pub ip: Option<String>,
     /// Whether the token of this request belongs to this session.
     pub current: bool,

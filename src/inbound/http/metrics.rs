@@ -78,36 +78,55 @@ pub async fn upkeep_periodically(every: Duration) {
 /// few whatever paths clients send.
 #[derive(Debug, Clone, Default)]
 pub struct RouteLabels {
-    templates: Vec<(String, Vec<String>)>,
+    routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+struct Route {
+    template: String,
+    segments: Vec<String>,
+    /// The methods it answers, as an `Allow` header value.
+    allow: String,
 }
 
 impl RouteLabels {
-    /// From the templates (`/auth/sessions/{id}`) of an OpenAPI document.
-    pub fn new(templates: impl IntoIterator<Item = String>) -> Self {
+    /// From the templates (`/auth/sessions/{id}`) of an OpenAPI document, each with the
+    /// methods it answers.
+    pub fn new(routes: impl IntoIterator<Item = (String, Vec<String>)>) -> Self {
         Self {
-            templates: templates
+            routes: routes
                 .into_iter()
-                .map(|t| {
-                    let segments = t.split('/').map(String::from).collect();
-                    (t, segments)
+                .map(|(template, methods)| Route {
+                    segments: template.split('/').map(String::from).collect(),
+                    allow: methods.join(", "),
+                    template,
                 })
                 .collect(),
         }
     }
 
-    /// The template `path` matches; `/docs` and `/redoc` for the documentation pages;
-    /// `unmatched` for anything else.
-    pub fn label(&self, path: &str) -> String {
+    fn find(&self, path: &str) -> Option<&Route> {
         let segments: Vec<&str> = path.split('/').collect();
-        let matched = self.templates.iter().find(|(_, template)| {
-            template.len() == segments.len()
-                && template
+        self.routes.iter().find(|route| {
+            route.segments.len() == segments.len()
+                && route
+                    .segments
                     .iter()
                     .zip(&segments)
                     .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
-        });
-        match matched {
-            Some((template, _)) => template.clone(),
+        })
+    }
+
+    /// The methods `path` answers, for the `Allow` header of a 405.
+    pub fn allow(&self, path: &str) -> Option<&str> {
+        self.find(path).map(|route| route.allow.as_str())
+    }
+
+    /// The template `path` matches; `/docs` and `/redoc` for the documentation pages;
+    /// `unmatched` for anything else.
+    pub fn label(&self, path: &str) -> String {
+        match self.find(path) {
+            Some(route) => route.template.clone(),
             None if path == "/docs" || path.starts_with("/docs/") => "/docs".into(),
             None if path == "/redoc" || path == "/openapi.json" => path.into(),
             None => "unmatched".into(),
@@ -161,7 +180,11 @@ mod tests {
 
     #[test]
     fn paths_map_onto_their_templates() {
-        let labels = RouteLabels::new(["/auth/me".into(), "/auth/sessions/{id}".into()]);
+        let labels = RouteLabels::new([
+            ("/auth/me".into(), vec!["GET".into()]),
+            ("/auth/sessions/{id}".into(), vec!["DELETE".into()]),
+        ]);
+        assert_eq!(labels.allow("/auth/sessions/x"), Some("DELETE"));
         assert_eq!(labels.label("/auth/me"), "/auth/me");
         assert_eq!(
             labels.label("/auth/sessions/8c5e6e3a-0000-0000-0000-000000000000"),

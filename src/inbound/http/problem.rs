@@ -37,10 +37,10 @@ pub struct ProblemDocument {
     pub status: u16,
     /// What went wrong, for people (and for clients of the old service, which read it).
     pub detail: String,
-    /// The failing fields, on a 422.
-    #[oai(skip_serializing_if_is_empty)]
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<FieldError>,
+    /// The failing fields; only on a 422.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
 }
 
 /// An HTTP error answer.
@@ -107,7 +107,7 @@ impl Problem {
             title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
             detail: self.detail.clone(),
-            errors: self.errors.clone(),
+            errors: (!self.errors.is_empty()).then(|| self.errors.clone()),
         }
     }
 }

@@ -34,6 +34,7 @@ error_statuses!(
     /// Errors of routes that only need a token.
     TokenErrors:
         401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
+        413 => "A body was sent, and it is too large",
         503 => "The database does not answer"
 );
 
@@ -42,6 +43,7 @@ error_statuses!(
     EndSessionErrors:
         401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
         404 => "The caller has no live session with this id",
+        413 => "A body was sent, and it is too large",
         503 => "The database does not answer"
 );
 
