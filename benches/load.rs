@@ -6,7 +6,10 @@
 //! - `BENCH_POSTGRES_URL` (default `TEST_DATABASE_URL`, else
 //!   `postgres://postgres@127.0.0.1:5432/test`): a server where the benchmark may create and
 //!   drop a database; PostgreSQL is skipped, and says so, when it cannot connect;
-//! - `BENCH_BACKENDS` (default `sqlite,postgres`).
+//! - `BENCH_BACKENDS` (default `sqlite,postgres`; `memory` adds in-memory storage, to see
+//!   what the database costs);
+//! - `BENCH_LOADS` (default `public,protected,login,register`): which request tables to run;
+//!   the targets table needs all four.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -245,12 +248,18 @@ async fn bench_backend(
 
     let warmup = Duration::from_secs(1);
     let duration = Duration::from_secs(seconds);
-    let loads = [
-        Load::Public,
-        Load::ProtectedUser(token.clone()),
-        Load::Login(email.clone()),
-        Load::Register(Arc::new(AtomicU64::new(0))),
-    ];
+    let wanted =
+        std::env::var("BENCH_LOADS").unwrap_or_else(|_| "public,protected,login,register".into());
+    let loads: Vec<Load> = [
+        ("public", Load::Public),
+        ("protected", Load::ProtectedUser(token.clone())),
+        ("login", Load::Login(email.clone())),
+        ("register", Load::Register(Arc::new(AtomicU64::new(0)))),
+    ]
+    .into_iter()
+    .filter(|(key, _)| wanted.split(',').any(|w| w.trim() == *key))
+    .map(|(_, load)| load)
+    .collect();
     println!("\n### {name}\n");
     println!("| request | concurrency | req/s | p50 ms | p99 ms | failed |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -389,6 +398,10 @@ async fn main() -> Result<()> {
                 let dir = tempfile::tempdir()?;
                 let url = format!("sqlite://{}/bench.db?mode=rwc", dir.path().display());
                 bench_backend("SQLite", &url, seconds, bcrypt_limit).await?;
+            }
+            // Not a deployment option for several instances: a reference for what storage costs.
+            "memory" => {
+                bench_backend("in-memory storage", "memory://", seconds, bcrypt_limit).await?
             }
             "postgres" => match fresh_postgres(&postgres_url).await {
                 Ok((url, name)) => {

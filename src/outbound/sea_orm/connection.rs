@@ -32,6 +32,10 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         .min_connections(0)
         .connect_timeout(settings.connect_timeout)
         .acquire_timeout(settings.connect_timeout)
+        // Pinging on every checkout doubles the round trips of the hot path; a connection that
+        // has been busy is known to be alive, and a broken one fails its query, is dropped, and
+        // the next request gets a fresh one.
+        .test_before_acquire_if_idle_for(Duration::from_secs(5))
         .sqlx_logging(false);
     let db = Database::connect(options).await?;
     if db.get_database_backend() == DbBackend::Sqlite && !settings.url.contains(":memory:") {
