@@ -110,6 +110,7 @@ pub struct Settings {
     pub database_url: Option<String>,
     pub database_max_connections: u32,
     pub database_timeout_seconds: u64,
+    pub session_lookup_queries: usize,
     pub secret_key: Option<Secret>,
     pub access_token_expire_minutes: i64,
     #[serde(deserialize_with = "lenient_string")]
@@ -151,6 +152,7 @@ const KEYS: &[&str] = &[
     "database_url",
     "database_max_connections",
     "database_timeout_seconds",
+    "session_lookup_queries",
     "secret_key",
     "access_token_expire_minutes",
     "jwt_issuer",
@@ -250,6 +252,9 @@ impl Settings {
         }
         if self.body_limit_bytes < 1024 {
             return fail("BODY_LIMIT_BYTES must be at least 1024");
+        }
+        if self.session_lookup_queries == 0 {
+            return fail("SESSION_LOOKUP_QUERIES must be at least 1");
         }
         if self.database_max_connections == 0 || self.database_timeout_seconds == 0 {
             return fail(

@@ -82,6 +82,7 @@ impl Storage {
             Self::Database(db) => Arc::new(SeaOrmUserRepository::new(
                 db.clone(),
                 Duration::from_secs(settings.database_timeout_seconds),
+                settings.session_lookup_queries,
             )),
         }
     }

@@ -7,6 +7,7 @@ pub mod connection;
 mod entities;
 mod rate_limiter;
 mod repository;
+mod session_lookups;
 
 pub use connection::{DatabaseSettings, connect, migrate_down, migrate_up, pool_usage};
 pub use rate_limiter::SeaOrmRateLimiter;

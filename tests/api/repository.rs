@@ -58,7 +58,7 @@ where
 {
     on_every_adapter(
         Arc::new(MemoryUserRepository::new()) as Arc<dyn UserRepository>,
-        |conn| Arc::new(SeaOrmUserRepository::new(conn, Duration::from_secs(5))),
+        |conn| Arc::new(SeaOrmUserRepository::new(conn, Duration::from_secs(5), 1)),
         test,
     )
     .await;
@@ -389,6 +389,34 @@ async fn failure_runs_grow_restart_when_stale_and_clear() {
             .await
             .unwrap();
         assert!(limiter.failures("old").await.unwrap().is_none());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_session_lookups_each_get_their_own_answer() {
+    on_every_repository(|repo| async move {
+        let mut expected = Vec::new();
+        for n in 0..12 {
+            let owner = user(repo.as_ref(), &format!("owner{n}@example.com")).await;
+            let (sid, _) = session(repo.as_ref(), &owner).await;
+            expected.push((sid, Some(owner.id)));
+        }
+        expected.push((SessionId::random(), None));
+        // Many lookups at once, several for the same session: each is answered for its id.
+        let lookups = expected
+            .iter()
+            .cycle()
+            .take(60)
+            .map(|(sid, _)| repo.find_session(*sid));
+        let answers = futures::future::join_all(lookups).await;
+        for ((sid, owner), answer) in expected.iter().cycle().zip(answers) {
+            let found = answer.unwrap().map(|(session, user)| {
+                assert_eq!(session.id, *sid);
+                user.id
+            });
+            assert_eq!(found, *owner, "session {sid}");
+        }
     })
     .await;
 }

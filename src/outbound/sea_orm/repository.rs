@@ -16,6 +16,7 @@ use sea_orm::{
 };
 
 use super::entities::{refresh_tokens, sessions, users};
+use super::session_lookups::SessionLookups;
 use crate::domain::ports::{CreateUserError, UserRepository};
 use crate::domain::{
     BackendError, ClientInfo, Email, FullName, NewRefreshToken, NewSession, NewUser, PasswordHash,
@@ -37,6 +38,10 @@ impl Bounded {
 
     pub(super) fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Runs one storage call under the timeout, translating its error.
@@ -63,13 +68,18 @@ impl Bounded {
 pub struct SeaOrmUserRepository {
     db: DatabaseConnection,
     bounded: Bounded,
+    sessions: SessionLookups,
 }
 
 impl SeaOrmUserRepository {
-    /// `timeout` bounds every call, transaction included.
-    pub fn new(db: DatabaseConnection, timeout: Duration) -> Self {
+    /// `timeout` bounds every call, transaction included; at most `session_queries` batched
+    /// session lookups run at once (see `session_lookups`). Must be called on a Tokio runtime:
+    /// it starts the task that batches session lookups.
+    pub fn new(db: DatabaseConnection, timeout: Duration, session_queries: usize) -> Self {
+        let bounded = Bounded::new(db.clone(), timeout);
         Self {
-            bounded: Bounded::new(db.clone(), timeout),
+            sessions: SessionLookups::start(bounded.clone(), session_queries),
+            bounded,
             db,
         }
     }
@@ -113,7 +123,7 @@ fn transient_code(code: &str) -> bool {
     }
 }
 
-fn to_user(model: users::Model) -> Result<User, BackendError> {
+pub(super) fn to_user(model: users::Model) -> Result<User, BackendError> {
     Ok(User {
         id: UserId(model.id),
         email: Email::from_trusted(model.email),
@@ -128,7 +138,7 @@ fn to_user(model: users::Model) -> Result<User, BackendError> {
     })
 }
 
-fn to_session(model: sessions::Model) -> Session {
+pub(super) fn to_session(model: sessions::Model) -> Session {
     Session {
         id: SessionId(model.id),
         user_id: UserId(model.user_id),
@@ -324,17 +334,11 @@ impl UserRepository for SeaOrmUserRepository {
     }
 
     async fn find_session(&self, id: SessionId) -> Result<Option<(Session, User)>, BackendError> {
-        let found = self
-            .bounded(
-                sessions::Entity::find_by_id(id.0)
-                    .find_also_related(users::Entity)
-                    .one(&self.db),
-            )
-            .await?;
-        match found {
-            Some((session, Some(user))) => Ok(Some((to_session(session), to_user(user)?))),
-            _ => Ok(None),
-        }
+        // The hot path of every authenticated request: batched with concurrent lookups, and
+        // bounded as a whole (waiting for a batch included).
+        tokio::time::timeout(self.bounded.timeout(), self.sessions.find(id))
+            .await
+            .map_err(|elapsed| BackendError::Unavailable(Box::new(elapsed)))?
     }
 
     async fn find_refresh_token(
