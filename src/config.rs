@@ -428,6 +428,34 @@ mod tests {
     }
 
     #[test]
+    fn meaningless_values_are_refused_naming_the_setting() {
+        for (key, value, named) in [
+            ("session_lookup_queries", "0", "SESSION_LOOKUP_QUERIES"),
+            (
+                "rate_limit_window_seconds",
+                "0",
+                "RATE_LIMIT_WINDOW_SECONDS",
+            ),
+            (
+                "login_failure_delay_max_seconds",
+                "0",
+                "LOGIN_FAILURE_DELAY_MAX_SECONDS",
+            ),
+            ("bcrypt_cost", "3", "BCRYPT_COST"),
+            ("body_limit_bytes", "100", "BODY_LIMIT_BYTES"),
+            (
+                "access_token_expire_minutes",
+                "0",
+                "ACCESS_TOKEN_EXPIRE_MINUTES",
+            ),
+            ("jwt_leeway_seconds", "-1", "JWT_LEEWAY_SECONDS"),
+        ] {
+            let err = with(Profile::Development, &[(key, value)]).unwrap_err();
+            assert!(err.0.contains(named), "{key}={value}: {}", err.0);
+        }
+    }
+
+    #[test]
     fn secrets_never_print() {
         let s = with(Profile::Development, &[("secret_key", KEY)]).unwrap();
         assert!(!format!("{s:?}").contains(KEY));
