@@ -121,6 +121,7 @@ pub struct Settings {
     pub refresh_token_expire_days: i64,
     pub session_max_age_days: i64,
     pub session_purge_interval_seconds: u64,
+    pub max_sessions_per_user: u32,
     pub bcrypt_cost: u32,
     pub hash_workers: usize,
     pub hash_queue: usize,
@@ -133,9 +134,15 @@ pub struct Settings {
     pub register_limit_per_account: u32,
     pub refresh_limit_per_ip: u32,
     pub refresh_limit_per_account: u32,
+    pub password_check_limit_per_ip: u32,
+    pub password_check_limit_per_account: u32,
+    pub ipv6_prefix_length: u8,
     pub login_free_failures: u32,
     pub login_failure_delay_max_seconds: i64,
     pub body_limit_bytes: usize,
+    pub header_read_timeout_seconds: u64,
+    pub body_read_timeout_seconds: u64,
+    pub max_connections: usize,
     pub cors_allowed_origins: String,
     pub hsts_max_age_seconds: u64,
     pub trusted_proxies: String,
@@ -161,6 +168,7 @@ const KEYS: &[&str] = &[
     "refresh_token_expire_days",
     "session_max_age_days",
     "session_purge_interval_seconds",
+    "max_sessions_per_user",
     "bcrypt_cost",
     "hash_workers",
     "hash_queue",
@@ -173,9 +181,15 @@ const KEYS: &[&str] = &[
     "register_limit_per_account",
     "refresh_limit_per_ip",
     "refresh_limit_per_account",
+    "password_check_limit_per_ip",
+    "password_check_limit_per_account",
+    "ipv6_prefix_length",
     "login_free_failures",
     "login_failure_delay_max_seconds",
     "body_limit_bytes",
+    "header_read_timeout_seconds",
+    "body_read_timeout_seconds",
+    "max_connections",
     "cors_allowed_origins",
     "hsts_max_age_seconds",
     "trusted_proxies",
@@ -252,6 +266,20 @@ impl Settings {
         }
         if self.body_limit_bytes < 1024 {
             return fail("BODY_LIMIT_BYTES must be at least 1024");
+        }
+        if self.max_sessions_per_user == 0 {
+            return fail("MAX_SESSIONS_PER_USER must be at least 1");
+        }
+        if !(1..=128).contains(&self.ipv6_prefix_length) {
+            return fail("IPV6_PREFIX_LENGTH must be between 1 and 128");
+        }
+        if self.header_read_timeout_seconds == 0 || self.body_read_timeout_seconds == 0 {
+            return fail(
+                "HEADER_READ_TIMEOUT_SECONDS and BODY_READ_TIMEOUT_SECONDS must be at least 1",
+            );
+        }
+        if self.max_connections == 0 {
+            return fail("MAX_CONNECTIONS must be at least 1");
         }
         if self.session_lookup_queries == 0 {
             return fail("SESSION_LOOKUP_QUERIES must be at least 1");
@@ -366,6 +394,16 @@ mod tests {
         assert_eq!(s.bcrypt_cost, 12);
         assert_eq!(s.body_limit_bytes, 65536);
         assert_eq!(s.jwt_leeway_seconds, 30);
+        assert_eq!(s.max_sessions_per_user, 100);
+        assert_eq!(s.ipv6_prefix_length, 64);
+        assert_eq!(
+            (
+                s.header_read_timeout_seconds,
+                s.body_read_timeout_seconds,
+                s.max_connections
+            ),
+            (10, 30, 10_000)
+        );
     }
 
     #[test]
@@ -423,6 +461,10 @@ mod tests {
         let prod = with(Profile::Development, &[]).unwrap();
         assert_eq!(dev.login_limit_per_ip, 10 * prod.login_limit_per_ip);
         assert_eq!(dev.register_limit_per_ip, 10 * prod.register_limit_per_ip);
+        assert_eq!(
+            dev.password_check_limit_per_ip,
+            10 * prod.password_check_limit_per_ip
+        );
         assert_eq!(dev.login_limit_per_account, prod.login_limit_per_account);
         assert_eq!(dev.login_free_failures, prod.login_free_failures);
     }
@@ -449,6 +491,20 @@ mod tests {
                 "ACCESS_TOKEN_EXPIRE_MINUTES",
             ),
             ("jwt_leeway_seconds", "-1", "JWT_LEEWAY_SECONDS"),
+            ("max_sessions_per_user", "0", "MAX_SESSIONS_PER_USER"),
+            ("ipv6_prefix_length", "0", "IPV6_PREFIX_LENGTH"),
+            ("ipv6_prefix_length", "129", "IPV6_PREFIX_LENGTH"),
+            (
+                "header_read_timeout_seconds",
+                "0",
+                "HEADER_READ_TIMEOUT_SECONDS",
+            ),
+            (
+                "body_read_timeout_seconds",
+                "0",
+                "BODY_READ_TIMEOUT_SECONDS",
+            ),
+            ("max_connections", "0", "MAX_CONNECTIONS"),
         ] {
             let err = with(Profile::Development, &[(key, value)]).unwrap_err();
             assert!(err.0.contains(named), "{key}={value}: {}", err.0);

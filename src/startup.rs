@@ -129,6 +129,9 @@ fn limit_policy(settings: &Settings) -> LimitPolicy {
         register_per_account: quota(settings.register_limit_per_account),
         refresh_per_ip: quota(settings.refresh_limit_per_ip),
         refresh_per_account: quota(settings.refresh_limit_per_account),
+        password_check_per_ip: quota(settings.password_check_limit_per_ip),
+        password_check_per_account: quota(settings.password_check_limit_per_account),
+        ipv6_prefix_len: settings.ipv6_prefix_length,
         free_failures: settings.login_free_failures,
         max_delay: TimeDelta::seconds(settings.login_failure_delay_max_seconds),
         ..LimitPolicy::default()
@@ -219,6 +222,7 @@ pub async fn build_service(
         leeway: TimeDelta::seconds(settings.jwt_leeway_seconds),
         refresh_token_ttl: TimeDelta::days(settings.refresh_token_expire_days),
         session_max_age: TimeDelta::days(settings.session_max_age_days),
+        max_sessions_per_user: settings.max_sessions_per_user,
         limits: limit_policy(settings),
     };
     let ports = Ports {

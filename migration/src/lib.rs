@@ -6,6 +6,8 @@ pub use sea_orm_migration::prelude::*;
 mod m20261127_000001_create_users;
 mod m20261127_000002_create_sessions;
 mod m20261127_000003_create_rate_limits;
+mod m20261128_000004_add_credential_version;
+pub mod m20261128_000005_rekey_emails;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -17,6 +19,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000001_create_users::Migration),
             Box::new(m20261127_000002_create_sessions::Migration),
             Box::new(m20261127_000003_create_rate_limits::Migration),
+            Box::new(m20261128_000004_add_credential_version::Migration),
+            Box::new(m20261128_000005_rekey_emails::Migration),
         ]
     }
 }

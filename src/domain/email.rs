@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use unicode_normalization::UnicodeNormalization as _;
+
 /// The longest address a mail server has to accept (RFC 5321 section 4.5.3.1.3, as a path).
 const MAX_LEN: usize = 254;
 /// The longest local part (RFC 5321 section 4.5.3.1.1).
@@ -9,14 +11,17 @@ const MAX_LOCAL_LEN: usize = 64;
 /// The longest DNS label (RFC 1035).
 const MAX_LABEL_LEN: usize = 63;
 
-/// An email address as the user typed it (trimmed), with the normalised form used for uniqueness.
+/// An email address as the user typed it (trimmed), with its case-folded form (for display
+/// and search) and its look-alike key (for uniqueness).
 ///
-/// Two addresses that differ only in letter case are the same account, so equality compares
-/// the normalised form.
+/// Two addresses that a person reads as the same are the same account: equality compares the
+/// look-alike key, so letter case, fullwidth forms, mathematical letters and other scripts'
+/// homoglyphs (Cyrillic `е` for Latin `e`, dotless `ı` for `i`) make no second account.
 #[derive(Clone)]
 pub struct Email {
     address: String,
     normalized: String,
+    key: String,
 }
 
 /// Why a string is not an acceptable email address.
@@ -45,18 +50,15 @@ impl Email {
         if !valid_local_part(local) || !valid_domain(domain) {
             return Err(EmailError::Malformed);
         }
-        Ok(Self {
-            address: address.to_owned(),
-            normalized: address.to_lowercase(),
-        })
+        Ok(Self::from_trusted(address.to_owned()))
     }
 
     /// Rebuilds an address that was validated before it was stored.
     pub fn from_trusted(address: String) -> Self {
-        let normalized = address.to_lowercase();
         Self {
+            normalized: address.to_lowercase(),
+            key: lookalike_key(&address),
             address,
-            normalized,
         }
     }
 
@@ -65,10 +67,29 @@ impl Email {
         &self.address
     }
 
-    /// The case-folded form that makes an address unique.
+    /// The case-folded form, for display and search.
     pub fn normalized(&self) -> &str {
         &self.normalized
     }
+
+    /// The form that makes an address unique: equal for every address a person reads as this
+    /// one. Also the account that abuse limits count, so look-alikes share one budget.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// NFKC (fullwidth and mathematical letters become plain ones), case folding, then the
+/// confusable skeleton of Unicode TR39 (homoglyphs of other scripts become their Latin
+/// prototype), folded again because some prototypes are capitals (`0` becomes `O`).
+///
+/// The `rekey_emails` migration holds a frozen copy of this function, as a migration must;
+/// a test in `tests/api/migrations.rs` checks that the two agree.
+pub fn lookalike_key(address: &str) -> String {
+    let folded = address.nfkc().collect::<String>().to_lowercase();
+    unicode_security::skeleton(&folded)
+        .collect::<String>()
+        .to_lowercase()
 }
 
 fn valid_local_part(local: &str) -> bool {
@@ -100,7 +121,7 @@ fn valid_domain(domain: &str) -> bool {
 
 impl PartialEq for Email {
     fn eq(&self, other: &Self) -> bool {
-        self.normalized == other.normalized
+        self.key == other.key
     }
 }
 
@@ -129,6 +150,35 @@ mod tests {
         assert_eq!(a.as_str(), "Alice@Example.com");
         assert_eq!(a.normalized(), "alice@example.com");
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn look_alike_addresses_are_one_account() {
+        let kelly = Email::parse("kelly@example.com").unwrap();
+        for twin in [
+            "KELLY@example.com",
+            "\u{ff4b}elly@example.com",  // fullwidth k
+            "k\u{435}lly@example.com",   // Cyrillic e
+            "\u{1d424}elly@example.com", // mathematical bold k
+            "kel\u{217c}y@example.com",  // small roman numeral fifty
+        ] {
+            let twin = Email::parse(twin).unwrap();
+            assert_eq!(twin, kelly, "{twin:?}");
+            assert_eq!(twin.key(), kelly.key());
+        }
+        assert_eq!(
+            Email::parse("\u{131}kelly@example.com").unwrap(),
+            Email::parse("ikelly@example.com").unwrap()
+        );
+        assert_ne!(kelly, Email::parse("kelli@example.com").unwrap());
+        assert_ne!(kelly, Email::parse("kelly@example.org").unwrap());
+    }
+
+    #[test]
+    fn the_address_itself_is_kept_as_typed() {
+        let twin = Email::parse(" k\u{435}lly@Example.com ").unwrap();
+        assert_eq!(twin.as_str(), "k\u{435}lly@Example.com");
+        assert_eq!(twin.normalized(), "k\u{435}lly@example.com");
     }
 
     #[test]

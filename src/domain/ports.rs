@@ -52,8 +52,9 @@ pub trait UserRepository: Send + Sync + 'static {
     /// [`BackendError`] when storage fails.
     async fn set_role(&self, id: UserId, role: Role) -> Result<Option<User>, BackendError>;
 
-    /// Activates or deactivates a user; deactivating ends all their sessions at `now`, in the
-    /// same transaction. Returns the updated user, or `None` for an unknown id.
+    /// Activates or deactivates a user; deactivating ends all their sessions at `now` and moves
+    /// their [`User::credential_version`] on, in the same transaction. Returns the updated
+    /// user, or `None` for an unknown id.
     ///
     /// # Errors
     /// [`BackendError`] when storage fails; then nothing has changed.
@@ -64,8 +65,8 @@ pub trait UserRepository: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<User>, BackendError>;
 
-    /// Replaces a user's password hash and ends every session of theirs but `keep` at `now`, in
-    /// one transaction.
+    /// Replaces a user's password hash, moves their [`User::credential_version`] on, and ends
+    /// every session of theirs but `keep` at `now`, in one transaction.
     ///
     /// # Errors
     /// [`BackendError`] when storage fails; then nothing has changed.
@@ -77,15 +78,22 @@ pub trait UserRepository: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<(), BackendError>;
 
-    /// Stores a new session with its first refresh token, in one transaction.
+    /// Stores a new session with its first refresh token, in one transaction, if the user is
+    /// still active at `session.credential_version`; in the same transaction, ends the user's
+    /// least recently used live sessions beyond `session.live_limit`.
+    ///
+    /// The version check and the insert must be atomic against [`UserRepository::set_password`]
+    /// and [`UserRepository::set_active`]: a session is either refused, or stored before the
+    /// change and ended by it.
     ///
     /// # Errors
-    /// [`BackendError`] when storage fails; then nothing was stored.
+    /// [`CreateSessionError::Stale`] when the user's version moved on, the user is inactive or
+    /// gone; [`CreateSessionError::Backend`] when storage fails. Either way nothing was stored.
     async fn create_session(
         &self,
         session: NewSession,
         refresh: NewRefreshToken,
-    ) -> Result<Session, BackendError>;
+    ) -> Result<Session, CreateSessionError>;
 
     /// Loads a session and its user in one indexed lookup: the check behind every
     /// authenticated request. Ended and expired sessions are returned too; the core decides.
@@ -105,9 +113,10 @@ pub trait UserRepository: Send + Sync + 'static {
 
     /// Spends `presented` and stores `next` in its place, atomically: a conditional update
     /// marks `presented` spent only if it is not spent yet, so of two concurrent rotations of
-    /// one token exactly one returns `true`. The session's last use, client and idle expiry
-    /// (`next.expires_at`) are updated with it. Returns `false`, changing nothing, when
-    /// `presented` was already spent.
+    /// one token exactly one returns [`Rotation::Rotated`]. The session's last use, client and
+    /// idle expiry (`next.expires_at`) are updated with it, by an update that requires the
+    /// session not to be ended, so a rotation racing a password change, a deactivation or a
+    /// logout either happens before it (and is ended by it) or changes nothing.
     ///
     /// # Errors
     /// [`BackendError`] when storage fails; then nothing has changed.
@@ -116,9 +125,9 @@ pub trait UserRepository: Send + Sync + 'static {
         presented: &RefreshTokenHash,
         next: NewRefreshToken,
         client: super::ClientInfo,
-    ) -> Result<bool, BackendError>;
+    ) -> Result<Rotation, BackendError>;
 
-    /// Lists a user's sessions that are live at `now`, newest first.
+    /// Lists a user's sessions that are live at `now`, newest first, at most `limit` of them.
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.
@@ -126,6 +135,7 @@ pub trait UserRepository: Send + Sync + 'static {
         &self,
         user_id: UserId,
         now: DateTime<Utc>,
+        limit: u32,
     ) -> Result<Vec<Session>, BackendError>;
 
     /// Ends one session of `user_id` at `now`. Returns `false` when no live session of that
@@ -155,6 +165,27 @@ pub enum CreateUserError {
     EmailTaken,
     #[error(transparent)]
     Backend(#[from] BackendError),
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateSessionError {
+    /// The user changed since the password was checked (new password, deactivation), or is
+    /// gone: the check no longer vouches for anything.
+    #[error("the user changed while the session was being opened")]
+    Stale,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// What a refresh-token rotation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rotation {
+    Rotated,
+    /// The token was spent already; nothing changed.
+    AlreadySpent,
+    /// The session has ended; nothing changed.
+    SessionEnded,
 }
 
 /// Password hashing: slow on purpose, so adapters must keep it off the async workers.
@@ -244,23 +275,40 @@ pub trait RateLimiter: Send + Sync + 'static {
     async fn increment(&self, bucket: &str, expires_at: DateTime<Utc>)
     -> Result<u32, BackendError>;
 
-    /// Records a failed login of `account` at `now` and returns the consecutive failures,
-    /// counting afresh when the previous one is older than `forget_before`.
-    ///
-    /// # Errors
-    /// [`BackendError`] when storage fails.
-    async fn record_failure(
-        &self,
-        account: &str,
-        now: DateTime<Utc>,
-        forget_before: DateTime<Utc>,
-    ) -> Result<u32, BackendError>;
-
     /// The run of failures of `account`, if any.
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.
     async fn failures(&self, account: &str) -> Result<Option<FailureRecord>, BackendError>;
+
+    /// Replaces the run of `account` with `next` if it is still `seen` (`None`: no run is
+    /// stored), and says whether it did. Atomic: of any number of concurrent calls made with
+    /// the same `seen`, at most one returns `true`. This is how a password attempt is admitted
+    /// and counted in one step, before its hash starts, on every instance at once.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; then nothing has changed.
+    async fn swap_failures(
+        &self,
+        account: &str,
+        seen: Option<FailureRecord>,
+        next: FailureRecord,
+    ) -> Result<bool, BackendError>;
+
+    /// Records that an attempt admitted by [`RateLimiter::swap_failures`] failed at `now`:
+    /// the run's last failure moves to `now` (the attempt itself was counted on admission).
+    /// When the run was cleared meanwhile, a new run of one failure starts.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn record_failure(&self, account: &str, now: DateTime<Utc>) -> Result<(), BackendError>;
+
+    /// Gives back an attempt that was admitted but never checked (the hash could not run):
+    /// the run has one failure fewer, never fewer than none.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn release_attempt(&self, account: &str) -> Result<(), BackendError>;
 
     /// Forgets the failures of `account` (after a correct password).
     ///

@@ -19,7 +19,8 @@ pub use limits::{LimitError, LimitPolicy, Quota, Throttled, backoff_delay};
 pub use sessions::{ChangePasswordError, EndSessionError, RefreshError};
 
 use super::ports::{
-    AccessClaims, Clock, PasswordHasher, RateLimiter, TokenError, TokenIssuer, UserRepository,
+    AccessClaims, Clock, CreateSessionError, PasswordHasher, RateLimiter, TokenError, TokenIssuer,
+    UserRepository,
 };
 use super::{
     BackendError, ClientInfo, NewRefreshToken, NewSession, Password, PasswordHash, SessionId,
@@ -37,6 +38,8 @@ pub struct AuthPolicy {
     pub refresh_token_ttl: TimeDelta,
     /// How long a session lives at most, however often it is refreshed.
     pub session_max_age: TimeDelta,
+    /// Live sessions one user may hold; a new one ends the least recently used beyond it.
+    pub max_sessions_per_user: u32,
     /// Abuse limits on login, registration and refresh.
     pub limits: LimitPolicy,
 }
@@ -48,6 +51,7 @@ impl Default for AuthPolicy {
             leeway: TimeDelta::seconds(30),
             refresh_token_ttl: TimeDelta::days(14),
             session_max_age: TimeDelta::days(90),
+            max_sessions_per_user: 100,
             limits: LimitPolicy::default(),
         }
     }
@@ -116,12 +120,16 @@ impl AuthService {
         self.users.ping().await
     }
 
-    /// Opens a session for `user` and hands out its first pair of tokens.
+    /// Opens a session for `user`, as read before its password was checked, and hands out its
+    /// first pair of tokens.
+    ///
+    /// # Errors
+    /// [`CreateSessionError::Stale`] when the user changed since it was read.
     async fn start_session(
         &self,
         user: &User,
         client: ClientInfo,
-    ) -> Result<TokenPair, BackendError> {
+    ) -> Result<TokenPair, CreateSessionError> {
         let now = self.clock.now();
         let session = NewSession {
             id: SessionId::random(),
@@ -129,6 +137,8 @@ impl AuthService {
             created_at: now,
             expires_at: now + self.policy.session_max_age,
             client,
+            credential_version: user.credential_version,
+            live_limit: self.policy.max_sessions_per_user,
         };
         let refresh = self.next_refresh_token(session.id, session.expires_at, now);
         let refresh_token = refresh.secret.clone();
@@ -222,7 +232,9 @@ pub(crate) mod test_support {
                 let mut open = MockRateLimiter::new();
                 open.expect_increment().returning(|_, _| Ok(1));
                 open.expect_failures().returning(|_| Ok(None));
-                open.expect_record_failure().returning(|_, _, _| Ok(1));
+                open.expect_swap_failures().returning(|_, _, _| Ok(true));
+                open.expect_record_failure().returning(|_, _| Ok(()));
+                open.expect_release_attempt().returning(|_| Ok(()));
                 open.expect_clear_failures().returning(|_| Ok(()));
                 open
             });
@@ -253,6 +265,7 @@ pub(crate) mod test_support {
             is_active,
             created_at: now(),
             password_hash: PasswordHash::new(format!("hash-of-user-{id}")),
+            credential_version: 0,
         }
     }
 

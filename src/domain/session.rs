@@ -83,6 +83,11 @@ pub struct NewSession {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub client: ClientInfo,
+    /// The user's [`User::credential_version`](super::User) when the password was checked.
+    pub credential_version: i64,
+    /// Live sessions the user may hold: opening this one ends the least recently used ones
+    /// beyond it.
+    pub live_limit: u32,
 }
 
 /// The SHA-256 of a refresh token, hex encoded: the only form that is ever stored.

@@ -107,6 +107,10 @@ pub struct User {
     pub is_active: bool,
     pub created_at: DateTime<Utc>,
     pub password_hash: PasswordHash,
+    /// Moves on with every change that must end what the old state allowed (a new password, a
+    /// deactivation). A session opens only while it is still the version the login read, so a
+    /// login that raced such a change opens nothing.
+    pub credential_version: i64,
 }
 
 /// A user about to be stored; the repository assigns the id.

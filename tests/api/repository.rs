@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use portcullis::domain::ports::{CreateUserError, FailureRecord, RateLimiter, UserRepository};
+use portcullis::domain::ports::{
+    CreateSessionError, CreateUserError, FailureRecord, RateLimiter, Rotation, UserRepository,
+};
 use portcullis::domain::{
     ClientInfo, Email, NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshTokenHash, Role,
     SessionId, User, UserId,
@@ -90,22 +92,28 @@ async fn user(repo: &dyn UserRepository, email: &str) -> User {
     .unwrap()
 }
 
+/// A session of `user` as read, opened at `at` (idle expiry one day later), with at most
+/// `live_limit` live sessions.
+fn new_session(user: &User, at: DateTime<Utc>, live_limit: u32) -> (NewSession, NewRefreshToken) {
+    let id = SessionId::random();
+    let refresh = NewRefreshToken::generate(id, at, at + TimeDelta::days(1));
+    let session = NewSession {
+        id,
+        user_id: user.id,
+        created_at: at,
+        expires_at: at + TimeDelta::days(90),
+        client: ClientInfo::new(Some("agent"), Some("192.0.2.1".into())),
+        credential_version: user.credential_version,
+        live_limit,
+    };
+    (session, refresh)
+}
+
 /// Opens a session at `t0` (idle expiry one day later): its id and refresh token.
 async fn session(repo: &dyn UserRepository, user: &User) -> (SessionId, NewRefreshToken) {
-    let id = SessionId::random();
-    let refresh = NewRefreshToken::generate(id, t0(), t0() + TimeDelta::days(1));
-    repo.create_session(
-        NewSession {
-            id,
-            user_id: user.id,
-            created_at: t0(),
-            expires_at: t0() + TimeDelta::days(90),
-            client: ClientInfo::new(Some("agent"), Some("192.0.2.1".into())),
-        },
-        refresh.clone(),
-    )
-    .await
-    .unwrap();
+    let (new, refresh) = new_session(user, t0(), 100);
+    let id = new.id;
+    repo.create_session(new, refresh.clone()).await.unwrap();
     (id, refresh)
 }
 
@@ -169,17 +177,18 @@ async fn a_refresh_token_rotates_exactly_once() {
         let later = t0() + TimeDelta::hours(1);
         let next = NewRefreshToken::generate(sid, later, later + TimeDelta::days(1));
         let client = ClientInfo::new(Some("new-agent"), None);
-        assert!(
+        assert_eq!(
             repo.rotate_refresh_token(&first.hash, next.clone(), client.clone())
                 .await
-                .unwrap()
+                .unwrap(),
+            Rotation::Rotated
         );
         let again = NewRefreshToken::generate(sid, later, later + TimeDelta::days(1));
-        assert!(
-            !repo
-                .rotate_refresh_token(&first.hash, again.clone(), client)
+        assert_eq!(
+            repo.rotate_refresh_token(&first.hash, again.clone(), client)
                 .await
-                .unwrap()
+                .unwrap(),
+            Rotation::AlreadySpent
         );
         assert!(
             repo.find_refresh_token(&again.hash)
@@ -217,20 +226,23 @@ async fn only_the_owner_ends_a_session_and_ended_ones_are_not_listed() {
         let (a2, _) = session(repo.as_ref(), &alice).await;
         let now = t0() + TimeDelta::minutes(1);
         assert_eq!(
-            repo.list_live_sessions(alice.id, now).await.unwrap().len(),
+            repo.list_live_sessions(alice.id, now, 100)
+                .await
+                .unwrap()
+                .len(),
             2
         );
         assert!(!repo.end_session(mallory.id, a1, now).await.unwrap());
         assert!(repo.end_session(alice.id, a1, now).await.unwrap());
         assert!(!repo.end_session(alice.id, a1, now).await.unwrap());
-        let live = repo.list_live_sessions(alice.id, now).await.unwrap();
+        let live = repo.list_live_sessions(alice.id, now, 100).await.unwrap();
         assert_eq!(live.iter().map(|s| s.id).collect::<Vec<_>>(), [a2]);
         let (ended, _) = repo.find_session(a1).await.unwrap().unwrap();
         assert_eq!(ended.ended_at, Some(now));
         // Past the idle expiry nothing is live.
         let idle = t0() + TimeDelta::days(2);
         assert!(
-            repo.list_live_sessions(alice.id, idle)
+            repo.list_live_sessions(alice.id, idle, 100)
                 .await
                 .unwrap()
                 .is_empty()
@@ -251,7 +263,7 @@ async fn a_password_change_keeps_one_session_and_deactivation_ends_all() {
             .unwrap();
         let stored = repo.find_user_by_id(alice.id).await.unwrap().unwrap();
         assert_eq!(stored.password_hash, PasswordHash::new("new".into()));
-        let live = repo.list_live_sessions(alice.id, now).await.unwrap();
+        let live = repo.list_live_sessions(alice.id, now, 100).await.unwrap();
         assert_eq!(live.iter().map(|s| s.id).collect::<Vec<_>>(), [keep]);
         assert!(
             repo.find_session(other)
@@ -270,7 +282,7 @@ async fn a_password_change_keeps_one_session_and_deactivation_ends_all() {
             .unwrap();
         assert!(!off.is_active);
         assert!(
-            repo.list_live_sessions(alice.id, now)
+            repo.list_live_sessions(alice.id, now, 100)
                 .await
                 .unwrap()
                 .is_empty()
@@ -342,53 +354,214 @@ async fn counters_count_every_concurrent_increment_once() {
 }
 
 #[tokio::test]
-async fn failure_runs_grow_restart_when_stale_and_clear() {
+async fn failure_runs_swap_only_from_what_was_seen_date_failures_and_clear() {
     on_every_limiter(|limiter| async move {
-        let forget_before = t0() - TimeDelta::days(1);
         assert!(limiter.failures("acct").await.unwrap().is_none());
-        assert_eq!(
+        let one = FailureRecord {
+            count: 1,
+            last_at: t0(),
+        };
+        assert!(limiter.swap_failures("acct", None, one).await.unwrap());
+        // A swap from a stale view changes nothing.
+        assert!(!limiter.swap_failures("acct", None, one).await.unwrap());
+        let stored = limiter.failures("acct").await.unwrap().unwrap();
+        assert_eq!(stored, one);
+        let two = FailureRecord {
+            count: 2,
+            last_at: t0() + TimeDelta::seconds(5),
+        };
+        assert!(
             limiter
-                .record_failure("acct", t0(), forget_before)
+                .swap_failures("acct", Some(stored), two)
                 .await
-                .unwrap(),
-            1
+                .unwrap()
         );
-        let later = t0() + TimeDelta::seconds(5);
-        assert_eq!(
-            limiter
-                .record_failure("acct", later, forget_before)
-                .await
-                .unwrap(),
-            2
-        );
+        assert!(!limiter.swap_failures("acct", Some(one), two).await.unwrap());
+        // The failure is dated when its hash ends; the count stays as admitted.
+        let ended = t0() + TimeDelta::seconds(6);
+        limiter.record_failure("acct", ended).await.unwrap();
         assert_eq!(
             limiter.failures("acct").await.unwrap(),
             Some(FailureRecord {
                 count: 2,
-                last_at: later
+                last_at: ended
             })
         );
-        // A day and more later, the run starts over.
-        let much_later = later + TimeDelta::days(2);
-        let stale_before = much_later - TimeDelta::days(1);
-        assert_eq!(
-            limiter
-                .record_failure("acct", much_later, stale_before)
-                .await
-                .unwrap(),
-            1
-        );
+        // An attempt that never hashed is given back.
+        limiter.release_attempt("acct").await.unwrap();
+        assert_eq!(limiter.failures("acct").await.unwrap().unwrap().count, 1);
         limiter.clear_failures("acct").await.unwrap();
         assert!(limiter.failures("acct").await.unwrap().is_none());
+        // A failure whose run was cleared meanwhile starts a run of one.
+        limiter.record_failure("acct", ended).await.unwrap();
+        assert_eq!(limiter.failures("acct").await.unwrap().unwrap().count, 1);
+        limiter.release_attempt("none").await.unwrap();
+        assert!(limiter.failures("none").await.unwrap().is_none());
+
+        limiter.swap_failures("old", None, one).await.unwrap();
+        let much_later = t0() + TimeDelta::days(3);
         limiter
-            .record_failure("old", t0(), forget_before)
-            .await
-            .unwrap();
-        limiter
-            .purge_expired(much_later, stale_before)
+            .purge_expired(much_later, much_later - TimeDelta::days(1))
             .await
             .unwrap();
         assert!(limiter.failures("old").await.unwrap().is_none());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_concurrent_swaps_from_one_view_exactly_one_wins() {
+    on_every_limiter(|limiter| async move {
+        for seen in [
+            None,
+            Some(FailureRecord {
+                count: 3,
+                last_at: t0(),
+            }),
+        ] {
+            limiter.clear_failures("race").await.unwrap();
+            if let Some(run) = seen {
+                assert!(limiter.swap_failures("race", None, run).await.unwrap());
+            }
+            let next = FailureRecord {
+                count: seen.map_or(1, |r| r.count + 1),
+                last_at: t0() + TimeDelta::seconds(1),
+            };
+            let swaps = (0..20).map(|_| limiter.swap_failures("race", seen, next));
+            let won = futures::future::join_all(swaps)
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .filter(|won| *won)
+                .count();
+            assert_eq!(won, 1, "from {seen:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_session_opens_only_on_the_credentials_the_login_read() {
+    on_every_repository(|repo| async move {
+        let now = t0() + TimeDelta::minutes(1);
+        // A password change between the read and the insert: refused, nothing stored.
+        let alice = user(repo.as_ref(), "alice@example.com").await;
+        repo.set_password(alice.id, PasswordHash::new("new".into()), None, now)
+            .await
+            .unwrap();
+        let (stale, refresh) = new_session(&alice, now, 100);
+        let (sid, hash) = (stale.id, refresh.hash.clone());
+        assert!(matches!(
+            repo.create_session(stale, refresh).await,
+            Err(CreateSessionError::Stale)
+        ));
+        assert!(repo.find_session(sid).await.unwrap().is_none());
+        assert!(repo.find_refresh_token(&hash).await.unwrap().is_none());
+        // The user as read now opens a session.
+        let current = repo.find_user_by_id(alice.id).await.unwrap().unwrap();
+        assert_ne!(current.credential_version, alice.credential_version);
+        let (fresh, refresh) = new_session(&current, now, 100);
+        repo.create_session(fresh, refresh).await.unwrap();
+
+        // A deactivation, even one undone since, voids what was read before it.
+        let bob = user(repo.as_ref(), "bob@example.com").await;
+        repo.set_active(bob.id, false, now).await.unwrap();
+        let (inactive, refresh) = new_session(&bob, now, 100);
+        assert!(matches!(
+            repo.create_session(inactive, refresh).await,
+            Err(CreateSessionError::Stale)
+        ));
+        let again = repo.set_active(bob.id, true, now).await.unwrap().unwrap();
+        let (before, refresh) = new_session(&bob, now, 100);
+        assert!(matches!(
+            repo.create_session(before, refresh).await,
+            Err(CreateSessionError::Stale)
+        ));
+        let (after, refresh) = new_session(&again, now, 100);
+        repo.create_session(after, refresh).await.unwrap();
+        assert!(
+            repo.list_live_sessions(bob.id, now, 100)
+                .await
+                .unwrap()
+                .len()
+                == 1
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_rotation_never_revives_an_ended_session() {
+    on_every_repository(|repo| async move {
+        let alice = user(repo.as_ref(), "alice@example.com").await;
+        let (sid, first) = session(repo.as_ref(), &alice).await;
+        let now = t0() + TimeDelta::minutes(1);
+        // The password change lands between the refresh's read and its rotation.
+        repo.set_password(alice.id, PasswordHash::new("new".into()), None, now)
+            .await
+            .unwrap();
+        let next = NewRefreshToken::generate(sid, now, now + TimeDelta::days(1));
+        assert_eq!(
+            repo.rotate_refresh_token(&first.hash, next.clone(), ClientInfo::default())
+                .await
+                .unwrap(),
+            Rotation::SessionEnded
+        );
+        assert!(repo.find_refresh_token(&next.hash).await.unwrap().is_none());
+        let unspent = repo.find_refresh_token(&first.hash).await.unwrap().unwrap();
+        assert!(unspent.spent_at.is_none());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_new_session_beyond_the_limit_ends_the_least_recently_used() {
+    on_every_repository(|repo| async move {
+        let alice = user(repo.as_ref(), "alice@example.com").await;
+        let mut opened = Vec::new();
+        for minute in 0..3 {
+            let (new, refresh) = new_session(&alice, t0() + TimeDelta::minutes(minute), 3);
+            opened.push((new.id, refresh.clone()));
+            repo.create_session(new, refresh).await.unwrap();
+        }
+        // The oldest one is used again, so the second is now the least recently used.
+        let used = t0() + TimeDelta::minutes(5);
+        let next = NewRefreshToken::generate(opened[0].0, used, used + TimeDelta::days(1));
+        repo.rotate_refresh_token(&opened[0].1.hash, next, ClientInfo::default())
+            .await
+            .unwrap();
+        let later = t0() + TimeDelta::minutes(10);
+        let (fourth, refresh) = new_session(&alice, later, 3);
+        let fourth_id = fourth.id;
+        repo.create_session(fourth, refresh).await.unwrap();
+        let mut live: Vec<SessionId> = repo
+            .list_live_sessions(alice.id, later, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        live.sort_by_key(|id| id.0);
+        let mut expected = vec![opened[0].0, opened[2].0, fourth_id];
+        expected.sort_by_key(|id| id.0);
+        assert_eq!(live, expected);
+        assert_eq!(
+            repo.find_session(opened[1].0)
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+                .ended_at,
+            Some(later)
+        );
+        // The list is bounded even when more are live (a limit lowered since).
+        assert_eq!(
+            repo.list_live_sessions(alice.id, later, 2)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
     })
     .await;
 }

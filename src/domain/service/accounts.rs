@@ -2,7 +2,7 @@
 
 use super::AuthService;
 use super::limits::{Action, LimitError, Throttled};
-use crate::domain::ports::{CreateUserError, TokenError};
+use crate::domain::ports::{CreateSessionError, CreateUserError, TokenError};
 use crate::domain::{
     BackendError, ClientInfo, Email, FullName, NewUser, Password, Principal, Role, TokenPair, User,
 };
@@ -78,12 +78,8 @@ impl AuthService {
         full_name: Option<FullName>,
         client: &ClientInfo,
     ) -> Result<User, RegisterError> {
-        self.throttle(
-            Action::Register,
-            client.ip.as_deref(),
-            Some(email.normalized()),
-        )
-        .await?;
+        self.throttle(Action::Register, client.ip.as_deref(), Some(email.key()))
+            .await?;
         self.create_user(email, password, full_name, Role::User)
             .await
             .map_err(|err| match err {
@@ -125,23 +121,25 @@ impl AuthService {
         password: &str,
         client: ClientInfo,
     ) -> Result<TokenPair, LoginError> {
-        let account = email.normalized();
+        let account = email.key();
         self.throttle(Action::Login, client.ip.as_deref(), Some(account))
             .await?;
-        let Some(user) = self.users.find_user_by_email(email).await? else {
-            self.hasher.verify(password, &self.dummy_hash).await?;
-            self.note_failed_login(account).await?;
+        let user = self.users.find_user_by_email(email).await?;
+        // An unknown email is checked against the dummy hash and counted like a wrong password.
+        let hash = user.as_ref().map_or(&self.dummy_hash, |u| &u.password_hash);
+        let right = self.verify_password(account, password, hash).await?;
+        let Some(user) = user.filter(|_| right) else {
             return Err(LoginError::InvalidCredentials);
         };
-        if !self.hasher.verify(password, &user.password_hash).await? {
-            self.note_failed_login(account).await?;
-            return Err(LoginError::InvalidCredentials);
-        }
-        self.note_good_password(account).await?;
         if !user.is_active {
             return Err(LoginError::Inactive);
         }
-        Ok(self.start_session(&user, client).await?)
+        self.start_session(&user, client)
+            .await
+            .map_err(|err| match err {
+                CreateSessionError::Stale => LoginError::InvalidCredentials,
+                CreateSessionError::Backend(err) => LoginError::Backend(err),
+            })
     }
 
     /// Turns an access token into the caller, on the user's and session's current state: a
@@ -564,9 +562,11 @@ mod tests {
             .expect_find_user_by_email()
             .returning(|_| Ok(Some(user(7, Role::User, true))));
         m.hasher.expect_verify().returning(|_, _| Ok(true));
-        m.users
-            .expect_create_session()
-            .returning(|_, _| Err(BackendError::Unavailable("down".into())));
+        m.users.expect_create_session().returning(|_, _| {
+            Err(CreateSessionError::Backend(BackendError::Unavailable(
+                "down".into(),
+            )))
+        });
         m.tokens.expect_issue().never();
         let err = m
             .service()
@@ -577,6 +577,29 @@ mod tests {
             err,
             LoginError::Backend(BackendError::Unavailable(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_login_that_raced_a_password_change_or_deactivation_opens_nothing() {
+        // The user as read has version 0; storage says it moved on before the session was
+        // stored (the interleaving of issue 7, finding 3).
+        let mut m = Mocks::new();
+        m.users
+            .expect_find_user_by_email()
+            .returning(|_| Ok(Some(user(7, Role::User, true))));
+        m.hasher.expect_verify().returning(|_, _| Ok(true));
+        m.users
+            .expect_create_session()
+            .withf(|s, _| s.credential_version == 0 && s.live_limit == 100)
+            .times(1)
+            .returning(|_, _| Err(CreateSessionError::Stale));
+        m.tokens.expect_issue().never();
+        let err = m
+            .service()
+            .login(&email(7), "correct horse", ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoginError::InvalidCredentials), "{err:?}");
     }
 
     #[tokio::test]

@@ -1,14 +1,19 @@
 //! Abuse limits: attempts per client address and per account in fixed windows, and a growing
-//! delay after repeated failed logins of one account.
+//! delay after repeated failed password checks of one account.
 //!
 //! Every check runs before any password hash is computed, so a refused request costs a few
-//! counter updates, not a quarter of a second of CPU.
+//! counter updates, not a quarter of a second of CPU. A password check is admitted and counted
+//! in one atomic step before its hash starts ([`AuthService::verify_password`]), so attempts
+//! that arrive together cannot all slip past the delay while the first ones are still hashing.
+
+use std::net::{IpAddr, Ipv6Addr};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sha2::{Digest, Sha256};
 
 use super::AuthService;
-use crate::domain::BackendError;
+use crate::domain::ports::FailureRecord;
+use crate::domain::{BackendError, PasswordHash, SessionId};
 
 /// At most `max` attempts per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +42,11 @@ pub struct LimitPolicy {
     pub register_per_account: Quota,
     pub refresh_per_ip: Quota,
     pub refresh_per_account: Quota,
-    /// Failed logins of one account allowed before the delay starts.
+    /// Checks of a signed-in user's password (password change, and every later use case that
+    /// asks for the current password); the account is the user.
+    pub password_check_per_ip: Quota,
+    pub password_check_per_account: Quota,
+    /// Failed password checks of one account allowed before the delay starts.
     pub free_failures: u32,
     /// The delay after the first failure beyond the free ones; it doubles with each further one.
     pub first_delay: TimeDelta,
@@ -45,6 +54,10 @@ pub struct LimitPolicy {
     pub max_delay: TimeDelta,
     /// A run of failures is forgotten this long after its last failure.
     pub failure_memory: TimeDelta,
+    /// IPv6 clients are counted per network of this prefix length (a /64 is what one
+    /// subscriber usually holds), so that one client cannot spread its attempts over the
+    /// addresses it owns.
+    pub ipv6_prefix_len: u8,
 }
 
 impl Default for LimitPolicy {
@@ -57,10 +70,13 @@ impl Default for LimitPolicy {
             register_per_account: Quota::per_minute(10),
             refresh_per_ip: Quota::per_minute(120),
             refresh_per_account: Quota::per_minute(60),
+            password_check_per_ip: Quota::per_minute(30),
+            password_check_per_account: Quota::per_minute(10),
             free_failures: 5,
             first_delay: TimeDelta::seconds(1),
             max_delay: TimeDelta::minutes(15),
             failure_memory: TimeDelta::days(1),
+            ipv6_prefix_len: 64,
         }
     }
 }
@@ -88,6 +104,7 @@ pub(super) enum Action {
     Login,
     Register,
     Refresh,
+    PasswordCheck,
 }
 
 impl Action {
@@ -96,6 +113,7 @@ impl Action {
             Self::Login => "login",
             Self::Register => "register",
             Self::Refresh => "refresh",
+            Self::PasswordCheck => "password_check",
         }
     }
 
@@ -104,14 +122,41 @@ impl Action {
             Self::Login => (policy.login_per_ip, policy.login_per_account),
             Self::Register => (policy.register_per_ip, policy.register_per_account),
             Self::Refresh => (policy.refresh_per_ip, policy.refresh_per_account),
+            Self::PasswordCheck => (
+                policy.password_check_per_ip,
+                policy.password_check_per_account,
+            ),
         }
     }
 }
 
+/// Admissions tried before a contended account's attempt is refused: each failed swap means
+/// another attempt was admitted or refused meanwhile, so a handful always settles it.
+const ADMISSION_TRIES: usize = 8;
+
 /// A counter key that names neither the address nor the email it counts.
-fn subject_key(kind: &str, subject: &str) -> String {
+pub(super) fn subject_key(kind: &str, subject: &str) -> String {
     let digest = Sha256::digest(format!("{kind}\u{0}{subject}").as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The network a client address is counted as: an IPv4 address (an IPv4-mapped IPv6 one
+/// included) is itself; an IPv6 address is its network of `prefix_len` bits. Anything that is
+/// not an IP address is counted as it is.
+pub(super) fn address_subject(ip: &str, prefix_len: u8) -> String {
+    match ip.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let bits = u32::from(prefix_len.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                let network = Ipv6Addr::from(u128::from(v6) & mask);
+                format!("{network}/{bits}")
+            }
+        },
+        Err(_) => ip.to_owned(),
+    }
 }
 
 /// The delay owed after `failures` consecutive failed logins.
@@ -133,7 +178,7 @@ pub fn backoff_delay(policy: &LimitPolicy, failures: u32) -> Option<TimeDelta> {
 
 impl AuthService {
     /// Counts one attempt of `action` from `ip` and, when known, for `account`; refuses it when
-    /// either quota is spent, or when the account is serving a failure delay.
+    /// either quota is spent.
     pub(super) async fn throttle(
         &self,
         action: Action,
@@ -146,14 +191,12 @@ impl AuthService {
         let now = self.clock.now();
         let (per_ip, per_account) = action.quotas(&self.limits);
         if let Some(ip) = ip {
-            self.count(action, "ip", ip, per_ip, now).await?;
+            let network = address_subject(ip, self.limits.ipv6_prefix_len);
+            self.count(action, "ip", &network, per_ip, now).await?;
         }
         if let Some(account) = account {
             self.count(action, "account", account, per_account, now)
                 .await?;
-            if action == Action::Login {
-                self.check_failure_delay(account, now).await?;
-            }
         }
         Ok(())
     }
@@ -180,51 +223,84 @@ impl AuthService {
         Ok(())
     }
 
-    async fn check_failure_delay(
+    /// The one way the core checks a password: within `account`'s failure run (the
+    /// normalised email, shared by login, the token grant and every signed-in re-check).
+    ///
+    /// The attempt is admitted and counted as a failure in one atomic swap before the hash
+    /// starts, so however many attempts arrive at once, at most `free_failures + 1` hashes
+    /// start before the first delay, on every instance together. When the hash ends, a right
+    /// password clears the run, a wrong one dates the failure, and a hash that could not run
+    /// gives the attempt back.
+    ///
+    /// # Errors
+    /// [`LimitError::Throttled`] while the account serves a delay (nothing is hashed then);
+    /// [`LimitError::Backend`] from the limiter or the hasher.
+    pub(super) async fn verify_password(
         &self,
         account: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), LimitError> {
+        candidate: &str,
+        hash: &PasswordHash,
+    ) -> Result<bool, LimitError> {
+        if !self.limits.enabled {
+            return Ok(self.hasher.verify(candidate, hash).await?);
+        }
         let key = subject_key("failures", account);
-        let Some(run) = self.limiter.failures(&key).await? else {
-            return Ok(());
-        };
-        if run.last_at < now - self.limits.failure_memory {
-            return Ok(());
-        }
-        match backoff_delay(&self.limits, run.count) {
-            Some(delay) if now < run.last_at + delay => Err(Throttled {
-                retry_after: run.last_at + delay - now,
+        self.admit_attempt(&key).await?;
+        let verdict = self.hasher.verify(candidate, hash).await;
+        match verdict {
+            Ok(true) => self.limiter.clear_failures(&key).await?,
+            Ok(false) => {
+                self.limiter.record_failure(&key, self.clock.now()).await?;
             }
-            .into()),
-            _ => Ok(()),
+            Err(_) => self.limiter.release_attempt(&key).await?,
         }
+        Ok(verdict?)
     }
 
-    /// Notes a failed login of `account`, lengthening its delay.
-    pub(super) async fn note_failed_login(&self, account: &str) -> Result<(), BackendError> {
-        if !self.limits.enabled {
-            return Ok(());
+    /// Admits one password attempt for the run `key`, counting it, unless the run owes a
+    /// delay.
+    async fn admit_attempt(&self, key: &str) -> Result<(), LimitError> {
+        for _ in 0..ADMISSION_TRIES {
+            let seen = self.limiter.failures(key).await?;
+            let now = self.clock.now();
+            let live = seen.filter(|run| run.last_at >= now - self.limits.failure_memory);
+            if let Some(run) = live
+                && let Some(delay) = backoff_delay(&self.limits, run.count)
+                && now < run.last_at + delay
+            {
+                return Err(Throttled {
+                    retry_after: run.last_at + delay - now,
+                }
+                .into());
+            }
+            let next = FailureRecord {
+                count: live.map_or(1, |run| run.count.saturating_add(1)),
+                last_at: now,
+            };
+            if self.limiter.swap_failures(key, seen, next).await? {
+                return Ok(());
+            }
         }
-        let now = self.clock.now();
-        self.limiter
-            .record_failure(
-                &subject_key("failures", account),
-                now,
-                now - self.limits.failure_memory,
-            )
-            .await?;
-        Ok(())
+        // Another attempt won every swap: the account is under a burst, which is what the
+        // delay is for.
+        Err(Throttled {
+            retry_after: self.limits.first_delay,
+        }
+        .into())
     }
 
-    /// Notes a correct password for `account`: its delay is gone.
-    pub(super) async fn note_good_password(&self, account: &str) -> Result<(), BackendError> {
+    /// Counts a wrong password given by the signed-in session `session`, and returns how many
+    /// it has given (none while the limits are off).
+    pub(super) async fn wrong_rechecks(&self, session: SessionId) -> Result<u32, BackendError> {
         if !self.limits.enabled {
-            return Ok(());
+            return Ok(0);
         }
-        self.limiter
-            .clear_failures(&subject_key("failures", account))
-            .await
+        let forget_at = self.clock.now() + self.limits.failure_memory;
+        let bucket = format!(
+            "password_check_failures:{}",
+            subject_key("session", &session.to_string())
+        );
+        self.limiter.increment(&bucket, forget_at).await
     }
 
     /// Deletes expired counters and forgotten failure runs; run periodically.
@@ -257,11 +333,13 @@ mod tests {
         Email::parse("target@example.com").unwrap()
     }
 
-    /// A limiter under every quota, whose account has the failure run `run`.
+    /// A limiter under every quota, whose account has the failure run `run`; every swap
+    /// succeeds.
     fn limiter_with_run(run: Option<FailureRecord>) -> MockRateLimiter {
         let mut limiter = MockRateLimiter::new();
         limiter.expect_increment().returning(|_, _| Ok(1));
         limiter.expect_failures().returning(move |_| Ok(run));
+        limiter.expect_swap_failures().returning(|_, _, _| Ok(true));
         limiter
     }
 
@@ -343,6 +421,7 @@ mod tests {
             count: 7,
             last_at: m.now - TimeDelta::seconds(1),
         })));
+        m.users.expect_find_user_by_email().returning(|_| Ok(None));
         m.hasher.expect_verify().never();
         let err = m
             .service()
@@ -362,9 +441,9 @@ mod tests {
         let now = m.now;
         limiter
             .expect_record_failure()
-            .with(always(), eq(now), eq(now - TimeDelta::days(1)))
+            .with(always(), eq(now))
             .times(1)
-            .returning(|_, _, _| Ok(1));
+            .returning(|_, _| Ok(()));
         limiter.expect_clear_failures().never();
         m.limiter = Some(limiter);
         m.users
@@ -404,7 +483,7 @@ mod tests {
         limiter
             .expect_record_failure()
             .times(1)
-            .returning(|_, _, _| Ok(1));
+            .returning(|_, _| Ok(()));
         m.limiter = Some(limiter);
         m.users.expect_find_user_by_email().returning(|_| Ok(None));
         m.hasher.expect_verify().returning(|_, _| Ok(false));
@@ -444,7 +523,7 @@ mod tests {
             count: 30,
             last_at: m.now - TimeDelta::days(2),
         }));
-        limiter.expect_record_failure().returning(|_, _, _| Ok(1));
+        limiter.expect_record_failure().returning(|_, _| Ok(()));
         m.limiter = Some(limiter);
         m.users.expect_find_user_by_email().returning(|_| Ok(None));
         m.hasher
@@ -494,5 +573,191 @@ mod tests {
             matches!(err, crate::domain::service::RefreshError::Reused),
             "{err:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_attempt_is_admitted_and_counted_before_its_hash_starts() {
+        let mut m = Mocks::new();
+        let now = m.now;
+        let seen = FailureRecord {
+            count: 3,
+            last_at: now - TimeDelta::minutes(1),
+        };
+        let mut seq = mockall::Sequence::new();
+        let mut limiter = MockRateLimiter::new();
+        limiter.expect_increment().returning(|_, _| Ok(1));
+        limiter
+            .expect_failures()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_| Ok(Some(seen)));
+        limiter
+            .expect_swap_failures()
+            .with(
+                always(),
+                eq(Some(seen)),
+                eq(FailureRecord {
+                    count: 4,
+                    last_at: now,
+                }),
+            )
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _| Ok(true));
+        m.hasher
+            .expect_verify()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(false));
+        limiter
+            .expect_record_failure()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(()));
+        m.limiter = Some(limiter);
+        m.users.expect_find_user_by_email().returning(|_| Ok(None));
+        let err = m
+            .service()
+            .login(&email(), "wrong", client())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoginError::InvalidCredentials));
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_loses_the_swap_reads_again_and_meets_the_delay_the_winner_started() {
+        // Five failures: the sixth attempt is free, but a concurrent one takes it first.
+        let mut m = Mocks::new();
+        let now = m.now;
+        let reads = std::sync::atomic::AtomicUsize::new(0);
+        let mut limiter = MockRateLimiter::new();
+        limiter.expect_increment().returning(|_, _| Ok(1));
+        limiter.expect_failures().times(2).returning(move |_| {
+            let count = if reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                5
+            } else {
+                6
+            };
+            Ok(Some(FailureRecord {
+                count,
+                last_at: now,
+            }))
+        });
+        limiter
+            .expect_swap_failures()
+            .times(1)
+            .returning(|_, _, _| Ok(false));
+        m.limiter = Some(limiter);
+        m.users.expect_find_user_by_email().returning(|_| Ok(None));
+        m.hasher.expect_verify().never();
+        let err = m
+            .service()
+            .login(&email(), "guess", client())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, LoginError::Throttled(t) if t.retry_after == TimeDelta::seconds(1)),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hash_that_could_not_run_gives_its_attempt_back() {
+        let mut m = Mocks::new();
+        let mut limiter = limiter_with_run(None);
+        limiter
+            .expect_release_attempt()
+            .times(1)
+            .returning(|_| Ok(()));
+        limiter.expect_record_failure().never();
+        limiter.expect_clear_failures().never();
+        m.limiter = Some(limiter);
+        m.users.expect_find_user_by_email().returning(|_| Ok(None));
+        m.hasher
+            .expect_verify()
+            .returning(|_, _| Err(BackendError::Overloaded));
+        let err = m
+            .service()
+            .login(&email(), "guess", client())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoginError::Backend(BackendError::Overloaded)));
+    }
+
+    #[tokio::test]
+    async fn a_contended_account_is_refused_rather_than_retried_forever() {
+        let mut m = Mocks::new();
+        let mut limiter = limiter_with_run(None);
+        limiter.checkpoint();
+        limiter.expect_increment().returning(|_, _| Ok(1));
+        limiter.expect_failures().returning(|_| Ok(None));
+        limiter
+            .expect_swap_failures()
+            .times(ADMISSION_TRIES)
+            .returning(|_, _, _| Ok(false));
+        m.limiter = Some(limiter);
+        m.users.expect_find_user_by_email().returning(|_| Ok(None));
+        m.hasher.expect_verify().never();
+        let err = m
+            .service()
+            .login(&email(), "guess", client())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoginError::Throttled(_)), "{err:?}");
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_network_and_ipv4_per_address() {
+        assert_eq!(address_subject("203.0.113.5", 64), "203.0.113.5");
+        assert_eq!(address_subject("::ffff:203.0.113.5", 64), "203.0.113.5");
+        let a = address_subject("2001:db8:1:2:aaaa::1", 64);
+        let b = address_subject("2001:db8:1:2:ffff:ffff:ffff:ffff", 64);
+        assert_eq!(a, b);
+        assert_eq!(a, "2001:db8:1:2::/64");
+        assert_ne!(a, address_subject("2001:db8:1:3::1", 64));
+        assert_ne!(
+            address_subject("2001:db8::1", 128),
+            address_subject("2001:db8::2", 128)
+        );
+        assert_eq!(
+            address_subject("2001:db8:1:2::1", 48),
+            address_subject("2001:db8:1:ffff::1", 48)
+        );
+        assert_eq!(address_subject("unix-socket", 64), "unix-socket");
+    }
+
+    #[tokio::test]
+    async fn two_addresses_of_one_ipv6_network_share_a_budget() {
+        let mut m = Mocks::new();
+        let mut limiter = MockRateLimiter::new();
+        let buckets = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&buckets);
+        limiter.expect_increment().returning(move |bucket, _| {
+            seen.lock().unwrap().push(bucket.to_owned());
+            Ok(1)
+        });
+        m.limiter = Some(limiter);
+        m.hasher
+            .expect_hash()
+            .returning(|_| Ok(crate::domain::PasswordHash::new("h".into())));
+        m.users
+            .expect_create_user()
+            .returning(|_| Ok(user(1, Role::User, true)));
+        let service = m.service();
+        for ip in ["2001:db8:1:2::1", "2001:db8:1:2:dead:beef::9"] {
+            service
+                .register(
+                    Email::parse(&format!("u{}@example.com", ip.len())).unwrap(),
+                    Password::parse("long enough").unwrap(),
+                    None,
+                    &ClientInfo::new(None, Some(ip.into())),
+                )
+                .await
+                .unwrap();
+        }
+        let buckets = buckets.lock().unwrap();
+        // Per address, then per account, for each registration.
+        assert_eq!(buckets[0], buckets[2]);
+        assert_ne!(buckets[1], buckets[3]);
     }
 }

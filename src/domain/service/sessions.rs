@@ -2,6 +2,7 @@
 
 use super::AuthService;
 use super::limits::{Action, LimitError, Throttled};
+use crate::domain::ports::Rotation;
 use crate::domain::{
     BackendError, ClientInfo, Password, Principal, RefreshTokenHash, Session, SessionId, TokenPair,
 };
@@ -46,7 +47,18 @@ pub enum ChangePasswordError {
     #[error("current password is incorrect")]
     WrongPassword,
     #[error(transparent)]
+    Throttled(#[from] Throttled),
+    #[error(transparent)]
     Backend(#[from] BackendError),
+}
+
+impl From<LimitError> for ChangePasswordError {
+    fn from(err: LimitError) -> Self {
+        match err {
+            LimitError::Throttled(t) => Self::Throttled(t),
+            LimitError::Backend(b) => Self::Backend(b),
+        }
+    }
 }
 
 impl AuthService {
@@ -85,8 +97,10 @@ impl AuthService {
         }
         let next = self.next_refresh_token(session.id, session.expires_at, now);
         let refresh_token = next.secret.clone();
-        if !self.users.rotate_refresh_token(&hash, next, client).await? {
-            return Err(self.revoke_for_reuse(session).await);
+        match self.users.rotate_refresh_token(&hash, next, client).await? {
+            Rotation::Rotated => {}
+            Rotation::AlreadySpent => return Err(self.revoke_for_reuse(session).await),
+            Rotation::SessionEnded => return Err(RefreshError::InvalidToken),
         }
         let access_token = self.issue_access_token(&record.user, session.id, now)?;
         Ok(self.token_pair(access_token, refresh_token))
@@ -115,13 +129,17 @@ impl AuthService {
         Ok(())
     }
 
-    /// The caller's live sessions, newest first.
+    /// The caller's live sessions, newest first; never more than `max_sessions_per_user`.
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.
     pub async fn list_sessions(&self, principal: &Principal) -> Result<Vec<Session>, BackendError> {
         self.users
-            .list_live_sessions(principal.user.id, self.clock.now())
+            .list_live_sessions(
+                principal.user.id,
+                self.clock.now(),
+                self.policy.max_sessions_per_user,
+            )
             .await
     }
 
@@ -149,18 +167,16 @@ impl AuthService {
     /// session of theirs.
     ///
     /// # Errors
-    /// [`ChangePasswordError::WrongPassword`] when `current` does not match.
+    /// [`ChangePasswordError::WrongPassword`] when `current` does not match;
+    /// [`ChangePasswordError::Throttled`] over a limit or during the account's failure delay.
     pub async fn change_password(
         &self,
         principal: &Principal,
         current: &str,
         new: Password,
+        client: &ClientInfo,
     ) -> Result<(), ChangePasswordError> {
-        if !self
-            .hasher
-            .verify(current, &principal.user.password_hash)
-            .await?
-        {
+        if !self.recheck_password(principal, current, client).await? {
             return Err(ChangePasswordError::WrongPassword);
         }
         let hash = self.hasher.hash(&new).await?;
@@ -173,6 +189,39 @@ impl AuthService {
             )
             .await?;
         Ok(())
+    }
+
+    /// Checks the password of a signed-in caller: the one path for every use case that asks
+    /// for it again. The attempt is limited per client address and per user, and goes through
+    /// the account's failure run shared with login ([`AuthService::verify_password`]). A
+    /// session that gets `free_failures` wrong passwords is ended: whoever holds its token is
+    /// guessing.
+    ///
+    /// # Errors
+    /// [`LimitError::Throttled`] over a limit or during the failure delay, before any hash.
+    pub(super) async fn recheck_password(
+        &self,
+        principal: &Principal,
+        candidate: &str,
+        client: &ClientInfo,
+    ) -> Result<bool, LimitError> {
+        let user = &principal.user;
+        self.throttle(
+            Action::PasswordCheck,
+            client.ip.as_deref(),
+            Some(&user.id.to_string()),
+        )
+        .await?;
+        let right = self
+            .verify_password(user.email.key(), candidate, &user.password_hash)
+            .await?;
+        if !right && self.wrong_rechecks(principal.session_id).await? >= self.limits.free_failures {
+            tracing::warn!(session_id = %principal.session_id, user_id = %user.id, "repeated wrong passwords; ending the session");
+            self.users
+                .end_session(user.id, principal.session_id, self.clock.now())
+                .await?;
+        }
+        Ok(right)
     }
 
     /// Deletes dead sessions and expired refresh tokens; run periodically.
@@ -189,8 +238,10 @@ mod tests {
     use chrono::TimeDelta;
     use mockall::predicate::eq;
 
+    use super::super::limits::subject_key;
     use super::super::test_support::{Mocks, session, user};
     use super::*;
+    use crate::domain::ports::MockRateLimiter;
     use crate::domain::{PasswordHash, RefreshTokenRecord, Role, UserId};
 
     const PRESENTED: &str = "presented-refresh-token";
@@ -229,7 +280,7 @@ mod tests {
                     && client.user_agent.as_deref() == Some("app/2")
             })
             .times(1)
-            .returning(|_, _, _| Ok(true));
+            .returning(|_, _, _| Ok(Rotation::Rotated));
         m.tokens
             .expect_issue()
             .withf(move |c| c.session_id == sid && c.user_id == UserId(5))
@@ -256,7 +307,7 @@ mod tests {
             .expect_rotate_refresh_token()
             .withf(move |_, next, _| next.expires_at == session_end)
             .times(1)
-            .returning(|_, _, _| Ok(true));
+            .returning(|_, _, _| Ok(Rotation::Rotated));
         m.tokens.expect_issue().returning(|_| Ok("access".into()));
         assert!(
             m.service()
@@ -297,7 +348,7 @@ mod tests {
         m.users
             .expect_rotate_refresh_token()
             .times(1)
-            .returning(|_, _, _| Ok(false));
+            .returning(|_, _, _| Ok(Rotation::AlreadySpent));
         m.users
             .expect_end_session()
             .with(eq(UserId(5)), eq(sid), eq(m.now))
@@ -310,6 +361,26 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, RefreshError::Reused));
+    }
+
+    #[tokio::test]
+    async fn a_refresh_that_raced_the_end_of_its_session_issues_nothing() {
+        let mut m = Mocks::new();
+        let sid = SessionId::random();
+        let rec = record(&m, sid);
+        expect_lookup(&mut m, rec);
+        m.users
+            .expect_rotate_refresh_token()
+            .times(1)
+            .returning(|_, _, _| Ok(Rotation::SessionEnded));
+        m.users.expect_end_session().never();
+        m.tokens.expect_issue().never();
+        let err = m
+            .service()
+            .refresh(PRESENTED, ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RefreshError::InvalidToken), "{err:?}");
     }
 
     #[tokio::test]
@@ -392,8 +463,8 @@ mod tests {
         let sid = SessionId::random();
         m.users
             .expect_list_live_sessions()
-            .with(eq(UserId(5)), eq(m.now))
-            .returning(move |_, _| Ok(vec![session(sid, 5)]));
+            .with(eq(UserId(5)), eq(m.now), eq(100))
+            .returning(move |_, _, _| Ok(vec![session(sid, 5)]));
         let sessions = m.service().list_sessions(&principal(sid)).await.unwrap();
         assert_eq!(sessions.len(), 1);
     }
@@ -429,6 +500,7 @@ mod tests {
                 &principal(sid),
                 "old password",
                 Password::parse("new password").unwrap(),
+                &ClientInfo::default(),
             )
             .await
             .unwrap();
@@ -446,9 +518,115 @@ mod tests {
                 &principal(SessionId::random()),
                 "wrong",
                 Password::parse("new password").unwrap(),
+                &ClientInfo::default(),
             )
             .await
             .unwrap_err();
         assert!(matches!(err, ChangePasswordError::WrongPassword));
+    }
+
+    /// A limiter that lets everything through and counts `bucket`s starting with `prefix` as
+    /// `count`.
+    fn limiter_counting(prefix: &'static str, count: u32) -> MockRateLimiter {
+        let mut limiter = MockRateLimiter::new();
+        limiter
+            .expect_increment()
+            .returning(move |bucket, _| Ok(if bucket.starts_with(prefix) { count } else { 1 }));
+        limiter.expect_failures().returning(|_| Ok(None));
+        limiter.expect_swap_failures().returning(|_, _, _| Ok(true));
+        limiter.expect_record_failure().returning(|_, _| Ok(()));
+        limiter.expect_clear_failures().returning(|_| Ok(()));
+        limiter
+    }
+
+    #[tokio::test]
+    async fn a_password_change_over_the_per_user_limit_is_refused_before_any_hash() {
+        let mut m = Mocks::new();
+        m.limiter = Some(limiter_counting("password_check:", 11));
+        m.hasher.expect_verify().never();
+        m.users.expect_set_password().never();
+        let err = m
+            .service()
+            .change_password(
+                &principal(SessionId::random()),
+                "guess",
+                Password::parse("new password").unwrap(),
+                &ClientInfo::new(None, Some("203.0.113.9".into())),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChangePasswordError::Throttled(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_password_change_counts_in_the_failure_run_that_login_uses() {
+        let mut m = Mocks::new();
+        let run = subject_key(
+            "failures",
+            crate::domain::Email::parse("user5@example.com")
+                .unwrap()
+                .key(),
+        );
+        let mut limiter = MockRateLimiter::new();
+        limiter.expect_increment().returning(|_, _| Ok(1));
+        let key = run.clone();
+        limiter
+            .expect_failures()
+            .withf(move |account| account == key)
+            .times(1)
+            .returning(|_| Ok(None));
+        let key = run.clone();
+        limiter
+            .expect_swap_failures()
+            .withf(move |account, _, _| account == key)
+            .times(1)
+            .returning(|_, _, _| Ok(true));
+        limiter
+            .expect_record_failure()
+            .withf(move |account, _| *account == run)
+            .times(1)
+            .returning(|_, _| Ok(()));
+        m.limiter = Some(limiter);
+        m.hasher
+            .expect_verify()
+            .times(1)
+            .returning(|_, _| Ok(false));
+        let err = m
+            .service()
+            .change_password(
+                &principal(SessionId::random()),
+                "guess",
+                Password::parse("new password").unwrap(),
+                &ClientInfo::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ChangePasswordError::WrongPassword));
+    }
+
+    #[tokio::test]
+    async fn the_fifth_wrong_password_of_a_session_ends_it() {
+        let sid = SessionId::random();
+        for (wrong_so_far, ends) in [(4, false), (5, true)] {
+            let mut m = Mocks::new();
+            m.limiter = Some(limiter_counting("password_check_failures:", wrong_so_far));
+            m.hasher.expect_verify().returning(|_, _| Ok(false));
+            m.users
+                .expect_end_session()
+                .with(eq(UserId(5)), eq(sid), eq(m.now))
+                .times(usize::from(ends))
+                .returning(|_, _, _| Ok(true));
+            let err = m
+                .service()
+                .change_password(
+                    &principal(sid),
+                    "guess",
+                    Password::parse("new password").unwrap(),
+                    &ClientInfo::default(),
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ChangePasswordError::WrongPassword));
+        }
     }
 }

@@ -113,6 +113,7 @@ impl From<ChangePasswordError> for Problem {
             ChangePasswordError::WrongPassword => {
                 Problem::unauthorized("Incorrect password", CHALLENGE)
             }
+            ChangePasswordError::Throttled(t) => t.into(),
             ChangePasswordError::Backend(err) => err.into(),
         }
     }

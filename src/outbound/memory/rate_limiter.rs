@@ -52,31 +52,41 @@ impl RateLimiter for MemoryRateLimiter {
         Ok(entry.0)
     }
 
-    async fn record_failure(
+    async fn failures(&self, account: &str) -> Result<Option<FailureRecord>, BackendError> {
+        Ok(self.state()?.failures.get(account).copied())
+    }
+
+    async fn swap_failures(
         &self,
         account: &str,
-        now: DateTime<Utc>,
-        forget_before: DateTime<Utc>,
-    ) -> Result<u32, BackendError> {
+        seen: Option<FailureRecord>,
+        next: FailureRecord,
+    ) -> Result<bool, BackendError> {
         let mut state = self.state()?;
-        let record = state
+        if state.failures.get(account).copied() != seen {
+            return Ok(false);
+        }
+        state.failures.insert(account.to_owned(), next);
+        Ok(true)
+    }
+
+    async fn record_failure(&self, account: &str, now: DateTime<Utc>) -> Result<(), BackendError> {
+        self.state()?
             .failures
             .entry(account.to_owned())
             .or_insert(FailureRecord {
-                count: 0,
+                count: 1,
                 last_at: now,
-            });
-        record.count = if record.last_at < forget_before {
-            1
-        } else {
-            record.count.saturating_add(1)
-        };
-        record.last_at = now;
-        Ok(record.count)
+            })
+            .last_at = now;
+        Ok(())
     }
 
-    async fn failures(&self, account: &str) -> Result<Option<FailureRecord>, BackendError> {
-        Ok(self.state()?.failures.get(account).copied())
+    async fn release_attempt(&self, account: &str) -> Result<(), BackendError> {
+        if let Some(run) = self.state()?.failures.get_mut(account) {
+            run.count = run.count.saturating_sub(1);
+        }
+        Ok(())
     }
 
     async fn clear_failures(&self, account: &str) -> Result<(), BackendError> {

@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::ports::{CreateUserError, UserRepository};
+use crate::domain::ports::{CreateSessionError, CreateUserError, Rotation, UserRepository};
 use crate::domain::{
     BackendError, ClientInfo, Email, NewRefreshToken, NewSession, NewUser, PasswordHash,
     RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, User, UserId,
@@ -65,7 +65,7 @@ impl UserRepository for MemoryUserRepository {
 
     async fn create_user(&self, new: NewUser) -> Result<User, CreateUserError> {
         let mut state = self.state()?;
-        if state.by_email.contains_key(new.email.normalized()) {
+        if state.by_email.contains_key(new.email.key()) {
             return Err(CreateUserError::EmailTaken);
         }
         state.next_id += 1;
@@ -77,10 +77,9 @@ impl UserRepository for MemoryUserRepository {
             is_active: true,
             created_at: new.created_at,
             password_hash: new.password_hash,
+            credential_version: 0,
         };
-        state
-            .by_email
-            .insert(user.email.normalized().to_owned(), user.id);
+        state.by_email.insert(user.email.key().to_owned(), user.id);
         state.users.insert(user.id, user.clone());
         Ok(user)
     }
@@ -89,7 +88,7 @@ impl UserRepository for MemoryUserRepository {
         let state = self.state()?;
         Ok(state
             .by_email
-            .get(email.normalized())
+            .get(email.key())
             .and_then(|id| state.users.get(id))
             .cloned())
     }
@@ -117,6 +116,9 @@ impl UserRepository for MemoryUserRepository {
             return Ok(None);
         };
         user.is_active = active;
+        if !active {
+            user.credential_version += 1;
+        }
         let user = user.clone();
         if !active {
             state.end_sessions(id, None, now);
@@ -134,6 +136,7 @@ impl UserRepository for MemoryUserRepository {
         let mut state = self.state()?;
         if let Some(user) = state.users.get_mut(&id) {
             user.password_hash = hash;
+            user.credential_version += 1;
             state.end_sessions(id, keep, now);
         }
         Ok(())
@@ -143,7 +146,7 @@ impl UserRepository for MemoryUserRepository {
         &self,
         new: NewSession,
         refresh: NewRefreshToken,
-    ) -> Result<Session, BackendError> {
+    ) -> Result<Session, CreateSessionError> {
         let session = Session {
             id: new.id,
             user_id: new.user_id,
@@ -155,7 +158,23 @@ impl UserRepository for MemoryUserRepository {
             client: new.client,
         };
         let mut state = self.state()?;
+        let current = state.users.get(&new.user_id).is_some_and(|user| {
+            user.is_active && user.credential_version == new.credential_version
+        });
+        if !current {
+            return Err(CreateSessionError::Stale);
+        }
         state.sessions.insert(session.id, session.clone());
+        let now = new.created_at;
+        let mut live: Vec<&mut Session> = state
+            .sessions
+            .values_mut()
+            .filter(|s| s.user_id == new.user_id && s.is_live(now))
+            .collect();
+        live.sort_by_key(|s| std::cmp::Reverse((s.last_used_at, s.created_at)));
+        for beyond in live.into_iter().skip(new.live_limit as usize) {
+            beyond.ended_at = Some(now);
+        }
         state.refresh_tokens.insert(
             refresh.hash,
             StoredRefreshToken {
@@ -197,12 +216,20 @@ impl UserRepository for MemoryUserRepository {
         presented: &RefreshTokenHash,
         next: NewRefreshToken,
         client: ClientInfo,
-    ) -> Result<bool, BackendError> {
+    ) -> Result<Rotation, BackendError> {
         let mut state = self.state()?;
         let now = next.created_at;
+        // One lock: the checks and the writes cannot be interleaved.
+        if state
+            .sessions
+            .get(&next.session_id)
+            .is_none_or(|s| s.ended_at.is_some())
+        {
+            return Ok(Rotation::SessionEnded);
+        }
         match state.refresh_tokens.get_mut(presented) {
             Some(token) if token.spent_at.is_none() => token.spent_at = Some(now),
-            _ => return Ok(false),
+            _ => return Ok(Rotation::AlreadySpent),
         }
         if let Some(session) = state.sessions.get_mut(&next.session_id) {
             session.last_used_at = now;
@@ -217,13 +244,14 @@ impl UserRepository for MemoryUserRepository {
                 spent_at: None,
             },
         );
-        Ok(true)
+        Ok(Rotation::Rotated)
     }
 
     async fn list_live_sessions(
         &self,
         user_id: UserId,
         now: DateTime<Utc>,
+        limit: u32,
     ) -> Result<Vec<Session>, BackendError> {
         let state = self.state()?;
         let mut sessions: Vec<Session> = state
@@ -233,6 +261,7 @@ impl UserRepository for MemoryUserRepository {
             .cloned()
             .collect();
         sessions.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+        sessions.truncate(limit as usize);
         Ok(sessions)
     }
 

@@ -11,12 +11,16 @@ pub mod users {
         pub email: String,
         #[sea_orm(unique)]
         pub email_normalized: String,
+        /// The look-alike key (`Email::key`), unique; `None` only before the migration ran.
+        #[sea_orm(unique)]
+        pub email_key: Option<String>,
         pub full_name: Option<String>,
         pub password_hash: String,
         pub role: String,
         pub is_active: bool,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        pub credential_version: i64,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{CaseStatement, Expr, ExprTrait as _, InsertStatement, OnConflict, Query};
+use sea_orm::sea_query::{Expr, ExprTrait as _, InsertStatement, OnConflict, Query};
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use super::entities::{login_failures, rate_limit_counters};
@@ -25,6 +25,16 @@ impl SeaOrmRateLimiter {
         Self {
             bounded: Bounded::new(db, timeout),
         }
+    }
+
+    /// Runs an insert and says how many rows it wrote.
+    async fn execute(&self, insert: &InsertStatement) -> Result<u64, BackendError> {
+        let db = self.bounded.db();
+        let done = self
+            .bounded
+            .run(db.execute_raw(db.get_database_backend().build(insert)))
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Runs an upsert that returns one counter, and reads it.
@@ -66,35 +76,6 @@ impl RateLimiter for SeaOrmRateLimiter {
         self.upsert_returning(&upsert, "count").await
     }
 
-    async fn record_failure(
-        &self,
-        account: &str,
-        now: DateTime<Utc>,
-        forget_before: DateTime<Utc>,
-    ) -> Result<u32, BackendError> {
-        use login_failures::{Column, Entity};
-        // A run whose last failure is older than `forget_before` starts again at one.
-        let next = CaseStatement::new()
-            .case(
-                Expr::col((Entity, Column::LastFailureAt)).lt(forget_before),
-                Expr::val(1i32),
-            )
-            .finally(Expr::col((Entity, Column::Failures)).add(1));
-        let upsert = Query::insert()
-            .into_table(Entity)
-            .columns([Column::Account, Column::Failures, Column::LastFailureAt])
-            .values_panic([account.into(), 1i32.into(), now.into()])
-            .on_conflict(
-                OnConflict::column(Column::Account)
-                    .value(Column::Failures, next)
-                    .value(Column::LastFailureAt, Expr::val(now))
-                    .to_owned(),
-            )
-            .returning_col(Column::Failures)
-            .to_owned();
-        self.upsert_returning(&upsert, "failures").await
-    }
-
     async fn failures(&self, account: &str) -> Result<Option<FailureRecord>, BackendError> {
         let found = self
             .bounded
@@ -108,6 +89,77 @@ impl RateLimiter for SeaOrmRateLimiter {
                 })
             })
             .transpose()
+    }
+
+    async fn swap_failures(
+        &self,
+        account: &str,
+        seen: Option<FailureRecord>,
+        next: FailureRecord,
+    ) -> Result<bool, BackendError> {
+        use login_failures::{Column, Entity};
+        let count = i32::try_from(next.count).map_err(BackendError::unexpected)?;
+        let db = self.bounded.db();
+        // A conditional write either way, so that of concurrent swaps from one `seen` the
+        // database lets exactly one through: an insert that yields to any existing run, or an
+        // update that matches only the run as it was read.
+        let changed = match seen {
+            None => {
+                let insert = Query::insert()
+                    .into_table(Entity)
+                    .columns([Column::Account, Column::Failures, Column::LastFailureAt])
+                    .values_panic([account.into(), count.into(), next.last_at.into()])
+                    .on_conflict(OnConflict::column(Column::Account).do_nothing().to_owned())
+                    .to_owned();
+                self.execute(&insert).await?
+            }
+            Some(seen) => {
+                let seen_count = i32::try_from(seen.count).map_err(BackendError::unexpected)?;
+                self.bounded
+                    .run(
+                        Entity::update_many()
+                            .col_expr(Column::Failures, Expr::val(count))
+                            .col_expr(Column::LastFailureAt, Expr::val(next.last_at))
+                            .filter(Column::Account.eq(account))
+                            .filter(Column::Failures.eq(seen_count))
+                            .filter(Column::LastFailureAt.eq(seen.last_at))
+                            .exec(db),
+                    )
+                    .await?
+                    .rows_affected
+            }
+        };
+        Ok(changed == 1)
+    }
+
+    async fn record_failure(&self, account: &str, now: DateTime<Utc>) -> Result<(), BackendError> {
+        use login_failures::{Column, Entity};
+        let upsert = Query::insert()
+            .into_table(Entity)
+            .columns([Column::Account, Column::Failures, Column::LastFailureAt])
+            .values_panic([account.into(), 1i32.into(), now.into()])
+            .on_conflict(
+                OnConflict::column(Column::Account)
+                    .value(Column::LastFailureAt, Expr::val(now))
+                    .to_owned(),
+            )
+            .to_owned();
+        self.execute(&upsert).await?;
+        Ok(())
+    }
+
+    async fn release_attempt(&self, account: &str) -> Result<(), BackendError> {
+        use login_failures::{Column, Entity};
+        self.bounded
+            .run(
+                Entity::update_many()
+                    .col_expr(Column::Failures, Expr::col(Column::Failures).sub(1))
+                    .filter(Column::Account.eq(account))
+                    .filter(Column::Failures.gt(0))
+                    .exec(self.bounded.db()),
+            )
+            .await?;
+        Ok(())
     }
 
     async fn clear_failures(&self, account: &str) -> Result<(), BackendError> {

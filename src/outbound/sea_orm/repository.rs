@@ -8,20 +8,25 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, ExprTrait as _, SimpleExpr};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
-    DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, RuntimeErr, SqlErr,
-    TransactionTrait,
+    DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, RuntimeErr,
+    SqlErr, TransactionTrait,
 };
+use uuid::Uuid;
 
 use super::entities::{refresh_tokens, sessions, users};
 use super::session_lookups::SessionLookups;
-use crate::domain::ports::{CreateUserError, UserRepository};
+use crate::domain::ports::{CreateSessionError, CreateUserError, Rotation, UserRepository};
 use crate::domain::{
     BackendError, ClientInfo, Email, FullName, NewRefreshToken, NewSession, NewUser, PasswordHash,
     RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, User, UserId,
 };
+
+/// Sessions ended per login when a user holds more than the limit: one normally, more only
+/// after the limit was lowered (the rest go at the next logins).
+const OVER_LIMIT_BATCH: u64 = 1000;
 
 /// A connection pool whose every call is bounded by a timeout and translated into a
 /// [`BackendError`]. Shared by this module's adapters.
@@ -135,6 +140,7 @@ pub(super) fn to_user(model: users::Model) -> Result<User, BackendError> {
         is_active: model.is_active,
         created_at: model.created_at,
         password_hash: PasswordHash::new(model.password_hash),
+        credential_version: model.credential_version,
     })
 }
 
@@ -185,6 +191,11 @@ async fn end_sessions(
     Ok(())
 }
 
+/// `credential_version + 1`.
+fn next_version() -> SimpleExpr {
+    Expr::col(users::Column::CredentialVersion).add(1)
+}
+
 /// The condition of a session that is live at `now`.
 fn live_at(now: DateTime<Utc>) -> Condition {
     Condition::all()
@@ -207,12 +218,14 @@ impl UserRepository for SeaOrmUserRepository {
         let model = users::ActiveModel {
             email: Set(new.email.as_str().to_owned()),
             email_normalized: Set(new.email.normalized().to_owned()),
+            email_key: Set(Some(new.email.key().to_owned())),
             full_name: Set(new.full_name.map(|n| n.as_str().to_owned())),
             password_hash: Set(new.password_hash.as_str().to_owned()),
             role: Set(new.role.as_str().to_owned()),
             is_active: Set(true),
             created_at: Set(new.created_at),
             updated_at: Set(new.created_at),
+            credential_version: Set(0),
             ..Default::default()
         };
         let inserted = match self.bounded.run_raw(model.insert(&self.db)).await? {
@@ -229,7 +242,7 @@ impl UserRepository for SeaOrmUserRepository {
         let found = self
             .bounded(
                 users::Entity::find()
-                    .filter(users::Column::EmailNormalized.eq(email.normalized()))
+                    .filter(users::Column::EmailKey.eq(email.key()))
                     .one(&self.db),
             )
             .await?;
@@ -267,12 +280,14 @@ impl UserRepository for SeaOrmUserRepository {
         let found = self
             .bounded(async {
                 let txn = self.db.begin().await?;
-                users::Entity::update_many()
+                let mut update = users::Entity::update_many()
                     .col_expr(users::Column::IsActive, Expr::value(active))
                     .col_expr(users::Column::UpdatedAt, Expr::value(now))
-                    .filter(users::Column::Id.eq(id.0))
-                    .exec(&txn)
-                    .await?;
+                    .filter(users::Column::Id.eq(id.0));
+                if !active {
+                    update = update.col_expr(users::Column::CredentialVersion, next_version());
+                }
+                update.exec(&txn).await?;
                 if !active {
                     end_sessions(&txn, id, None, now).await?;
                 }
@@ -295,6 +310,7 @@ impl UserRepository for SeaOrmUserRepository {
             let txn = self.db.begin().await?;
             users::Entity::update_many()
                 .col_expr(users::Column::PasswordHash, Expr::value(hash.as_str()))
+                .col_expr(users::Column::CredentialVersion, next_version())
                 .col_expr(users::Column::UpdatedAt, Expr::value(now))
                 .filter(users::Column::Id.eq(id.0))
                 .exec(&txn)
@@ -309,12 +325,14 @@ impl UserRepository for SeaOrmUserRepository {
         &self,
         new: NewSession,
         refresh: NewRefreshToken,
-    ) -> Result<Session, BackendError> {
+    ) -> Result<Session, CreateSessionError> {
+        let (user_id, version, now) = (new.user_id, new.credential_version, new.created_at);
+        let live_limit = u64::from(new.live_limit);
         let session = sessions::ActiveModel {
             id: Set(new.id.0),
-            user_id: Set(new.user_id.0),
-            created_at: Set(new.created_at),
-            last_used_at: Set(new.created_at),
+            user_id: Set(user_id.0),
+            created_at: Set(now),
+            last_used_at: Set(now),
             expires_at: Set(new.expires_at),
             idle_expires_at: Set(refresh.expires_at),
             ended_at: Set(None),
@@ -324,13 +342,48 @@ impl UserRepository for SeaOrmUserRepository {
         let stored = self
             .bounded(async {
                 let txn = self.db.begin().await?;
+                // Locks the user's row, so a password change or deactivation in flight either
+                // commits first (and this matches nothing) or waits for this session and ends it.
+                let current = users::Entity::update_many()
+                    .col_expr(
+                        users::Column::CredentialVersion,
+                        Expr::col(users::Column::CredentialVersion),
+                    )
+                    .filter(users::Column::Id.eq(user_id.0))
+                    .filter(users::Column::CredentialVersion.eq(version))
+                    .filter(users::Column::IsActive.eq(true))
+                    .exec(&txn)
+                    .await?;
+                if current.rows_affected != 1 {
+                    txn.rollback().await?;
+                    return Ok(None);
+                }
                 let stored = session.insert(&txn).await?;
                 refresh_token_model(refresh).insert(&txn).await?;
+                let beyond_limit: Vec<Uuid> = sessions::Entity::find()
+                    .select_only()
+                    .column(sessions::Column::Id)
+                    .filter(sessions::Column::UserId.eq(user_id.0))
+                    .filter(live_at(now))
+                    .order_by_desc(sessions::Column::LastUsedAt)
+                    .order_by_desc(sessions::Column::CreatedAt)
+                    .offset(live_limit)
+                    .limit(OVER_LIMIT_BATCH)
+                    .into_tuple()
+                    .all(&txn)
+                    .await?;
+                if !beyond_limit.is_empty() {
+                    sessions::Entity::update_many()
+                        .col_expr(sessions::Column::EndedAt, Expr::value(now))
+                        .filter(sessions::Column::Id.is_in(beyond_limit))
+                        .exec(&txn)
+                        .await?;
+                }
                 txn.commit().await?;
-                Ok(stored)
+                Ok(Some(stored))
             })
             .await?;
-        Ok(to_session(stored))
+        stored.map(to_session).ok_or(CreateSessionError::Stale)
     }
 
     async fn find_session(&self, id: SessionId) -> Result<Option<(Session, User)>, BackendError> {
@@ -377,12 +430,30 @@ impl UserRepository for SeaOrmUserRepository {
         presented: &RefreshTokenHash,
         next: NewRefreshToken,
         client: ClientInfo,
-    ) -> Result<bool, BackendError> {
+    ) -> Result<Rotation, BackendError> {
         let now = next.created_at;
         let session_id = next.session_id;
         let idle_expires_at = next.expires_at;
         self.bounded(async {
             let txn = self.db.begin().await?;
+            // Locks the session's row: a password change, deactivation or logout that ends it
+            // either commits first (and this matches nothing) or waits for this rotation.
+            let touched = sessions::Entity::update_many()
+                .col_expr(sessions::Column::LastUsedAt, Expr::value(now))
+                .col_expr(
+                    sessions::Column::IdleExpiresAt,
+                    Expr::value(idle_expires_at),
+                )
+                .col_expr(sessions::Column::UserAgent, Expr::value(client.user_agent))
+                .col_expr(sessions::Column::Ip, Expr::value(client.ip))
+                .filter(sessions::Column::Id.eq(session_id.0))
+                .filter(sessions::Column::EndedAt.is_null())
+                .exec(&txn)
+                .await?;
+            if touched.rows_affected != 1 {
+                txn.rollback().await?;
+                return Ok(Rotation::SessionEnded);
+            }
             // The conditional update is the lock: of two rotations of one token, the database
             // lets exactly one see `spent_at IS NULL`.
             let spent = refresh_tokens::Entity::update_many()
@@ -393,22 +464,11 @@ impl UserRepository for SeaOrmUserRepository {
                 .await?;
             if spent.rows_affected != 1 {
                 txn.rollback().await?;
-                return Ok(false);
+                return Ok(Rotation::AlreadySpent);
             }
             refresh_token_model(next).insert(&txn).await?;
-            sessions::Entity::update_many()
-                .col_expr(sessions::Column::LastUsedAt, Expr::value(now))
-                .col_expr(
-                    sessions::Column::IdleExpiresAt,
-                    Expr::value(idle_expires_at),
-                )
-                .col_expr(sessions::Column::UserAgent, Expr::value(client.user_agent))
-                .col_expr(sessions::Column::Ip, Expr::value(client.ip))
-                .filter(sessions::Column::Id.eq(session_id.0))
-                .exec(&txn)
-                .await?;
             txn.commit().await?;
-            Ok(true)
+            Ok(Rotation::Rotated)
         })
         .await
     }
@@ -417,6 +477,7 @@ impl UserRepository for SeaOrmUserRepository {
         &self,
         user_id: UserId,
         now: DateTime<Utc>,
+        limit: u32,
     ) -> Result<Vec<Session>, BackendError> {
         let found = self
             .bounded(
@@ -424,6 +485,7 @@ impl UserRepository for SeaOrmUserRepository {
                     .filter(sessions::Column::UserId.eq(user_id.0))
                     .filter(live_at(now))
                     .order_by_desc(sessions::Column::CreatedAt)
+                    .limit(u64::from(limit))
                     .all(&self.db),
             )
             .await?;

@@ -54,6 +54,7 @@ error_statuses!(
         413 => "The body is too large",
         415 => "The body is not JSON",
         422 => "The new password breaks the policy, or malformed JSON",
+        429 => "Too many attempts from this address or for this user, or the account's failure delay is running",
         503 => "The service is overloaded or the database does not answer"
 );
 
@@ -135,10 +136,12 @@ impl SessionsApi {
     /// Change password
     ///
     /// Checks the current password, applies the registration policy to the new one, and ends
-    /// every other session of the caller.
+    /// every other session of the caller. The check shares the account's failure delay with
+    /// login and is limited per address and per user; five wrong passwords end the session.
     #[oai(path = "/auth/password", method = "post")]
     async fn change_password(
         &self,
+        req: &Request,
         auth: Authenticated,
         body: JsonBody<ChangePasswordRequest>,
     ) -> Result<Done, Failure<PasswordErrors>> {
@@ -147,7 +150,12 @@ impl SessionsApi {
         let new = fields.check("new_password", Password::parse(&request.new_password));
         let new = fields.finish(new)?;
         self.service
-            .change_password(auth.principal(), &request.current_password, new)
+            .change_password(
+                auth.principal(),
+                &request.current_password,
+                new,
+                &self.proxies.client_info(req),
+            )
             .await?;
         Ok(Done::NoContent)
     }
