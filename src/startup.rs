@@ -11,9 +11,9 @@ use anyhow::{Context, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::TimeDelta;
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
-use poem::{EndpointExt, Server};
+use poem::EndpointExt;
 use rand::Rng as _;
+use tokio::net::TcpListener;
 
 use crate::config::{Profile, RateLimitStore, Secret, Settings};
 use crate::domain::ports::{RateLimiter, UserRepository};
@@ -22,6 +22,7 @@ use crate::domain::{AuthPolicy, AuthService};
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::metrics::{self as http_metrics, MetricsExporter, Sampler};
 use crate::inbound::http::middleware::SecurityHeaders;
+use crate::inbound::http::server::{self as http_server, ConnectionLimits};
 use crate::inbound::http::{self, HttpSettings};
 use crate::outbound::bcrypt::{BcryptPasswordHasher, HashPoolLimits};
 use crate::outbound::clock::SystemClock;
@@ -167,7 +168,12 @@ fn development_secret(data_dir: &Path) -> anyhow::Result<Secret> {
             return Ok(Secret::new(existing));
         }
     }
-    std::fs::create_dir_all(data_dir)
+    let mut folder = std::fs::DirBuilder::new();
+    folder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut folder, 0o700);
+    folder
+        .create(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let key = random_key();
     write_private(&path, &key).with_context(|| format!("cannot write {}", path.display()))?;
@@ -237,10 +243,11 @@ pub async fn build_service(
 
 /// A bound, ready-to-run server.
 pub struct Application {
-    acceptor: TcpAcceptor,
+    listener: TcpListener,
     address: SocketAddr,
     service: Arc<AuthService>,
     http: HttpSettings,
+    connections: ConnectionLimits,
     purge_interval: Duration,
     shutdown_timeout: Duration,
 }
@@ -255,21 +262,23 @@ impl Application {
         storage.migrate().await?;
         let service = build_service(settings, &storage).await?;
         let bind = format!("{}:{}", settings.host, settings.port);
-        let acceptor = TcpListener::bind(bind.clone())
-            .into_acceptor()
+        let listener = TcpListener::bind(&bind)
             .await
             .with_context(|| format!("cannot listen on {bind}"))?;
-        let address = acceptor
+        let address = listener
             .local_addr()
-            .first()
-            .and_then(|addr| addr.as_socket_addr().copied())
             .context("the listener has no address")?;
         Ok(Self {
-            acceptor,
+            listener,
             address,
             service,
+            connections: ConnectionLimits {
+                header_read_timeout: Duration::from_secs(settings.header_read_timeout_seconds),
+                max_connections: settings.max_connections,
+            },
             http: HttpSettings {
                 body_limit_bytes: settings.body_limit_bytes,
+                body_read_timeout: Duration::from_secs(settings.body_read_timeout_seconds),
                 cors_origins: settings.cors_origins(),
                 security_headers: SecurityHeaders {
                     hsts_max_age_seconds: settings.hsts_max_age_seconds,
@@ -300,10 +309,14 @@ impl Application {
         let upkeep = tokio::spawn(http_metrics::upkeep_periodically(Duration::from_secs(5)));
         tracing::info!(address = %self.address, "listening");
         let app = http::app(self.service, self.http).map_to_response();
-        let result = Server::new_with_acceptor(self.acceptor)
-            .idle_timeout(Duration::from_secs(60))
-            .run_with_graceful_shutdown(app, shutdown, Some(self.shutdown_timeout))
-            .await;
+        let result = http_server::serve(
+            self.listener,
+            app,
+            self.connections,
+            shutdown,
+            self.shutdown_timeout,
+        )
+        .await;
         purge.abort();
         upkeep.abort();
         result

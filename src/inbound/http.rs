@@ -13,6 +13,7 @@ pub mod middleware;
 pub mod oauth;
 pub mod problem;
 pub mod security;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -28,13 +29,15 @@ use self::api::public::PublicApi;
 use self::api::sessions::SessionsApi;
 use self::client::TrustedProxies;
 use self::metrics::{MetricsExporter, RouteLabels};
-use self::middleware::SecurityHeaders;
+use self::middleware::{BodyLimits, SecurityHeaders};
 use crate::domain::AuthService;
 
 /// What the HTTP layer needs to know besides the core.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub body_limit_bytes: usize,
+    /// The whole body of a request must arrive within this (408 otherwise).
+    pub body_read_timeout: std::time::Duration,
     /// Allowed CORS origins; `*` allows any.
     pub cors_origins: Vec<String>,
     pub security_headers: SecurityHeaders,
@@ -92,16 +95,18 @@ pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
             }),
         )
         .nest("/", api);
-    let limit = settings.body_limit_bytes;
+    let body = BodyLimits {
+        max_bytes: settings.body_limit_bytes,
+        read_timeout: settings.body_read_timeout,
+    };
     let headers = settings.security_headers;
+    let cors_on = !settings.cors_origins.is_empty();
+    let proxies = settings.trusted_proxies.clone();
     routes
-        .around(move |ep, req| middleware::limit_body(limit, ep, req))
+        .around(move |ep, req| middleware::guard_body(body, ep, req))
         // No origins configured: no CORS headers at all, so browsers keep other sites out.
         // (poem's Cors with an empty list would allow every origin.)
-        .with_if(
-            !settings.cors_origins.is_empty(),
-            cors(&settings.cors_origins),
-        )
+        .with_if(cors_on, cors(&settings.cors_origins))
         .data(service)
         .around(move |ep, req| {
             let headers = headers.clone();
@@ -114,6 +119,14 @@ pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
                     .map(poem::IntoResponse::into_response)
                     .unwrap_or_else(problem::into_problem_response);
                 headers.apply(&path, &mut response);
+                if cors_on {
+                    // The CORS headers depend on the Origin sent: caches must keep one answer
+                    // per origin (Fetch standard, "CORS protocol and HTTP caches").
+                    response.headers_mut().append(
+                        poem::http::header::VARY,
+                        poem::http::HeaderValue::from_static("Origin"),
+                    );
+                }
                 if response.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED
                     && let Some(allow) = allowed.allow(&path)
                     && let Ok(value) = poem::http::HeaderValue::from_str(allow)
@@ -128,17 +141,28 @@ pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
         })
         .around(move |ep, req| {
             let labels = Arc::clone(&labels);
-            async move { middleware::observe(&labels, ep, req).await }
+            let proxies = proxies.clone();
+            async move { middleware::observe(&labels, &proxies, ep, req).await }
         })
         .into_endpoint()
 }
 
 /// The OpenAPI document with what poem-openapi leaves out: OpenAPI 3.0 requires `scopes` on
-/// every OAuth flow, even when empty, and strict validators refuse the document without it.
+/// every OAuth flow, even when empty, and strict validators refuse the document without it;
+/// and the email fields of request bodies are `format: email`, so that generated clients
+/// check what the server checks.
 fn complete_spec(spec: &str) -> String {
     let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(spec) else {
         return spec.to_owned();
     };
+    for schema in ["RegisterRequest", "LoginRequest"] {
+        if let Some(email) = doc
+            .pointer_mut(&format!("/components/schemas/{schema}/properties/email"))
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            email.insert("format".into(), "email".into());
+        }
+    }
     if let Some(schemes) = doc
         .pointer_mut("/components/securitySchemes")
         .and_then(serde_json::Value::as_object_mut)

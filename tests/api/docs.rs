@@ -77,6 +77,20 @@ app_test!(
             schemas["UserResponse"]["properties"]["full_name"]["nullable"],
             true
         );
+        // What the server enforces is declared, so generated clients check the same.
+        let register = &schemas["RegisterRequest"]["properties"];
+        assert_eq!(register["email"]["format"], "email");
+        assert_eq!(register["email"]["maxLength"], 254);
+        assert_eq!(
+            schemas["LoginRequest"]["properties"]["email"]["format"],
+            "email"
+        );
+        assert_eq!(register["password"]["minLength"], 8);
+        assert_eq!(register["password"]["maxLength"], 72);
+        assert!(register["password"]["pattern"].is_string());
+        assert_eq!(register["full_name"]["maxLength"], 255);
+        let change = &schemas["ChangePasswordRequest"]["properties"]["new_password"];
+        assert_eq!(change["maxLength"], 72);
         let problem_required = schemas["Problem"]["required"].as_array().unwrap();
         assert!(!problem_required.contains(&Value::from("errors")));
         assert_eq!(

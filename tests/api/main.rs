@@ -6,6 +6,7 @@ mod helpers;
 mod cli;
 mod docs;
 mod errors;
+mod hardening;
 mod instances;
 mod limits;
 mod login;

@@ -1,8 +1,13 @@
-//! Migrations apply up and down on both databases.
+//! Migrations apply up and down on both databases, and carry existing data over.
 
 use std::time::Duration;
 
-use portcullis::outbound::sea_orm::{DatabaseSettings, connect, migrate_down, migrate_up};
+use migration::{Migrator, MigratorTrait};
+use portcullis::domain::Email;
+use portcullis::domain::ports::UserRepository;
+use portcullis::outbound::sea_orm::{
+    DatabaseSettings, SeaOrmUserRepository, connect, migrate_down, migrate_up,
+};
 use sea_orm::{ConnectionTrait, Statement};
 
 use crate::helpers::{Backend, TestDb};
@@ -55,4 +60,126 @@ async fn migrations_apply_up_and_down_on_sqlite() {
 #[tokio::test]
 async fn migrations_apply_up_and_down_on_postgres() {
     up_down_up(Backend::Postgres).await;
+}
+
+/// A database at migration 3 (before look-alike keys) holding users with `emails`.
+async fn before_email_keys(
+    backend: Backend,
+    emails: &[&str],
+) -> Option<(TestDb, sea_orm::DatabaseConnection)> {
+    let db = TestDb::create(backend).await?;
+    let conn = connect(&DatabaseSettings {
+        url: db.url().to_owned(),
+        max_connections: 2,
+        connect_timeout: Duration::from_secs(5),
+    })
+    .await
+    .unwrap();
+    Migrator::up(&conn, Some(3)).await.unwrap();
+    for email in emails {
+        conn.execute_raw(Statement::from_sql_and_values(
+            conn.get_database_backend(),
+            match conn.get_database_backend() {
+                sea_orm::DbBackend::Postgres => {
+                    "INSERT INTO users (email, email_normalized, password_hash, role, is_active, created_at, updated_at) VALUES ($1, $2, 'h', 'user', true, '2026-11-01 00:00:00+00:00', '2026-11-01 00:00:00+00:00')"
+                }
+                _ => {
+                    "INSERT INTO users (email, email_normalized, password_hash, role, is_active, created_at, updated_at) VALUES (?, ?, 'h', 'user', true, '2026-11-01 00:00:00+00:00', '2026-11-01 00:00:00+00:00')"
+                }
+            },
+            [(*email).into(), email.to_lowercase().into()],
+        ))
+        .await
+        .unwrap();
+    }
+    Some((db, conn))
+}
+
+async fn existing_users_are_rekeyed_and_clashes_stop_the_upgrade(backend: Backend) {
+    // Users that read differently keep working, now found by their look-alikes too.
+    let Some((db, conn)) =
+        before_email_keys(backend, &["kelly@example.com", "Bob@Example.com"]).await
+    else {
+        return;
+    };
+    migrate_up(&conn).await.unwrap();
+    let repo = SeaOrmUserRepository::new(conn.clone(), Duration::from_secs(5), 1);
+    let kelly = repo
+        .find_user_by_email(&Email::parse("\u{ff4b}elly@example.com").unwrap())
+        .await
+        .unwrap()
+        .expect("kelly, by a look-alike");
+    assert_eq!(kelly.email.as_str(), "kelly@example.com");
+    assert!(
+        repo.find_user_by_email(&Email::parse("bob@example.com").unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    conn.close().await.unwrap();
+    db.drop_database().await;
+
+    // Two users whose addresses read the same: nothing changes, and both are named.
+    let Some((db, conn)) = before_email_keys(
+        backend,
+        &[
+            "kelly@example.com",
+            "k\u{435}lly@example.com",
+            "ann@example.com",
+        ],
+    )
+    .await
+    else {
+        return;
+    };
+    let err = migrate_up(&conn).await.unwrap_err().to_string();
+    assert!(err.contains("1 <kelly@example.com>"), "{err}");
+    assert!(err.contains("2 <k\\u{435}lly@example.com>"), "{err}");
+    assert!(!err.contains("ann@"), "{err}");
+    let untouched = conn
+        .query_one_raw(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM users",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(untouched.try_get::<i64>("", "n").unwrap(), 3);
+    // The operator tells them apart; the upgrade then goes through.
+    conn.execute_unprepared("DELETE FROM users WHERE id = 2")
+        .await
+        .unwrap();
+    migrate_up(&conn).await.unwrap();
+    conn.close().await.unwrap();
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn existing_users_are_rekeyed_and_clashes_stop_the_upgrade_on_sqlite() {
+    existing_users_are_rekeyed_and_clashes_stop_the_upgrade(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn existing_users_are_rekeyed_and_clashes_stop_the_upgrade_on_postgres() {
+    existing_users_are_rekeyed_and_clashes_stop_the_upgrade(Backend::Postgres).await;
+}
+
+#[test]
+fn the_migrations_frozen_key_agrees_with_the_core() {
+    for address in [
+        "kelly@example.com",
+        "\u{ff4b}elly@example.com",
+        "k\u{435}lly@example.com",
+        "\u{1d424}elly@example.com",
+        "\u{131}kelly@example.com",
+        "Jos\u{e9}@Example.ES",
+        "o'brien+tag@sub.example.org",
+        "rn0l1@example.com",
+    ] {
+        assert_eq!(
+            migration::m20261128_000005_rekey_emails::lookalike_key(address),
+            portcullis::domain::email::lookalike_key(address),
+            "{address}"
+        );
+    }
 }

@@ -8,25 +8,37 @@ use uuid::Uuid;
 use crate::domain::{Role, Session, SessionId, TokenPair, User};
 
 // The validators below document the contract in the schema; the domain types enforce it
-// (bodies are parsed with serde, not by poem-openapi).
+// (bodies are parsed with serde, not by poem-openapi). The patterns say "no control
+// characters" (Unicode category Cc).
 
-/// `POST /auth/register`.
+/// `POST /auth/register`. The email fields of the request bodies are declared `format: email`
+/// in the published document (`http::complete_spec`).
 #[derive(Debug, Deserialize, Object)]
 pub struct RegisterRequest {
-    /// An email address; `Alice@Example.com` and `alice@example.com` are one account.
-    #[oai(validator(max_length = 254))]
+    /// An email address; `Alice@Example.com` and `alice@example.com` are one account, and so
+    /// are addresses that only look alike.
+    #[oai(validator(min_length = 3, max_length = 254))]
     pub email: String,
-    /// 8 characters to 72 bytes.
-    #[oai(validator(min_length = 8))]
+    /// 8 characters to 72 bytes (bcrypt hashes 72 bytes, and nothing is cut off), no control
+    /// characters.
+    #[oai(validator(
+        min_length = 8,
+        max_length = 72,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    ))]
     pub password: String,
-    /// At most 255 characters.
-    #[oai(nullable, validator(max_length = 255))]
+    /// At most 255 characters, no control characters.
+    #[oai(
+        nullable,
+        validator(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")
+    )]
     pub full_name: Option<String>,
 }
 
 /// `POST /auth/login`.
 #[derive(Debug, Deserialize, Object)]
 pub struct LoginRequest {
+    #[oai(validator(min_length = 3, max_length = 254))]
     pub email: String,
     pub password: String,
 }
@@ -42,8 +54,12 @@ pub struct RefreshRequest {
 #[derive(Debug, Deserialize, Object)]
 pub struct ChangePasswordRequest {
     pub current_password: String,
-    /// Same policy as registration: 8 characters to 72 bytes.
-    #[oai(validator(min_length = 8))]
+    /// Same policy as registration: 8 characters to 72 bytes, no control characters.
+    #[oai(validator(
+        min_length = 8,
+        max_length = 72,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    ))]
     pub new_password: String,
 }
 

@@ -174,6 +174,16 @@ pub fn record_rate_limited(route: &str) {
     metrics::counter!("portcullis_rate_limited_total", "route" => route.to_owned()).increment(1);
 }
 
+/// Records a connection closed at once because `max_connections` were open.
+pub fn record_connection_refused() {
+    metrics::counter!("portcullis_connections_refused_total").increment(1);
+}
+
+/// Sets the number of open connections.
+pub fn record_open_connections(open: usize) {
+    metrics::gauge!("portcullis_connections_open").set(open as f64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

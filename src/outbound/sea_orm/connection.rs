@@ -16,15 +16,17 @@ pub struct DatabaseSettings {
     pub connect_timeout: Duration,
 }
 
-/// Opens a pool. For a SQLite file, creates its folder, and switches the file to WAL so that
-/// readers do not wait for writers.
+/// Opens a pool. For a SQLite file, creates its folder (mode 0700) and the file (mode 0600)
+/// when they do not exist, since it holds password hashes, emails and addresses; SQLite gives
+/// its journal files the database file's mode. Then switches the file to WAL so that readers
+/// do not wait for writers.
 ///
 /// # Errors
-/// When the folder cannot be made or the database does not answer within the timeout.
+/// When the folder or file cannot be made or the database does not answer within the timeout.
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
-    if let Some(dir) = sqlite_folder(&settings.url) {
-        std::fs::create_dir_all(dir)
-            .map_err(|err| DbErr::Custom(format!("cannot create {}: {err}", dir.display())))?;
+    if let Some(file) = sqlite_file(&settings.url) {
+        create_private(file)
+            .map_err(|err| DbErr::Custom(format!("cannot create {}: {err}", file.display())))?;
     }
     let mut options = ConnectOptions::new(settings.url.clone());
     options
@@ -44,8 +46,8 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
     Ok(db)
 }
 
-/// The folder of a SQLite file URL such as `sqlite://data/portcullis.db?mode=rwc`.
-fn sqlite_folder(url: &str) -> Option<&Path> {
+/// The file of a SQLite file URL such as `sqlite://data/portcullis.db?mode=rwc`.
+fn sqlite_file(url: &str) -> Option<&Path> {
     let path = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))?;
@@ -53,9 +55,29 @@ fn sqlite_folder(url: &str) -> Option<&Path> {
     if path.is_empty() || path.contains(":memory:") {
         return None;
     }
-    Path::new(path)
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
+    Some(Path::new(path))
+}
+
+/// Creates `file`'s missing folders readable by the owner only, and `file` itself, if it does
+/// not exist, readable and writable by the owner only. Existing ones keep their modes: they
+/// are the operator's.
+fn create_private(file: &Path) -> std::io::Result<()> {
+    if let Some(dir) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(file) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(err),
+    }
 }
 
 /// How many pooled connections exist and how many of them are idle, for metrics.
@@ -94,17 +116,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_folder_of_a_sqlite_file_is_found() {
+    fn the_file_of_a_sqlite_url_is_found() {
         assert_eq!(
-            sqlite_folder("sqlite://data/portcullis.db?mode=rwc"),
-            Some(Path::new("data"))
+            sqlite_file("sqlite://data/portcullis.db?mode=rwc"),
+            Some(Path::new("data/portcullis.db"))
         );
         assert_eq!(
-            sqlite_folder("sqlite:///tmp/x/db.sqlite"),
-            Some(Path::new("/tmp/x"))
+            sqlite_file("sqlite:///tmp/x/db.sqlite"),
+            Some(Path::new("/tmp/x/db.sqlite"))
         );
-        assert_eq!(sqlite_folder("sqlite::memory:"), None);
-        assert_eq!(sqlite_folder("sqlite://portcullis.db"), None);
-        assert_eq!(sqlite_folder("postgres://localhost/db"), None);
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(
+            sqlite_file("sqlite://portcullis.db"),
+            Some(Path::new("portcullis.db"))
+        );
+        assert_eq!(sqlite_file("postgres://localhost/db"), None);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
+        let url = format!("sqlite://{}/portcullis.db?mode=rwc", dir.display());
+        let db = connect(&DatabaseSettings {
+            url,
+            max_connections: 1,
+            connect_timeout: Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+        migrate_up(&db).await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        let files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(files.len() >= 2, "the database and its WAL: {files:?}");
+        for file in files {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        db.close().await.unwrap();
     }
 }
