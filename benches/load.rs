@@ -11,18 +11,19 @@
 //! - `BENCH_LOADS` (default `public,protected,login,register`): which request tables to run;
 //!   the targets table needs all four.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
+
+#[path = "support/server.rs"]
+mod server;
+
+use server::{Result, Server, drop_postgres, fresh_postgres};
 
 const PASSWORD: &str = "benchmark password 1";
 const CONCURRENCIES: [usize; 3] = [1, 8, 32];
-
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Latencies and counts of one measurement.
 struct Sample {
@@ -141,68 +142,6 @@ async fn drive(
     sample
 }
 
-/// The server under test.
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    async fn start(database_url: &str) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-            .arg("serve")
-            .env("PORTCULLIS_PROFILE", "production")
-            .env("DATABASE_URL", database_url)
-            .env("SECRET_KEY", "benchmark-secret-key-0123456789abcdef0123")
-            .env("PORT", port.to_string())
-            .env("LOG_LEVEL", "warn")
-            // The benchmark floods logins from one address on purpose.
-            .env("RATE_LIMITS_ENABLED", "false")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let server = Self {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        };
-        let client = reqwest::Client::new();
-        for _ in 0..200 {
-            if let Ok(r) = client.get(format!("{}/health", server.base)).send().await
-                && r.status().is_success()
-            {
-                return Ok(server);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err("the server did not start".into())
-    }
-
-    /// Resident memory now and at its peak, in MiB, from /proc.
-    fn memory(&self) -> (f64, f64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-                .map_or(f64::NAN, |kb| kb / 1024.0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
@@ -224,7 +163,8 @@ async fn bench_backend(
     seconds: u64,
     bcrypt_limit: f64,
 ) -> Result<()> {
-    let server = Server::start(database_url).await?;
+    // The benchmark floods logins from one address on purpose.
+    let server = Server::start(database_url, &[("RATE_LIMITS_ENABLED", "false")]).await?;
     let (idle_rss, _) = server.memory();
     let client = reqwest::Client::new();
     let base = server.base.clone();
@@ -331,31 +271,6 @@ async fn bench_backend(
     );
     println!("| resident memory idle | {idle_rss:.1} MiB | |");
     println!("| resident memory peak | {peak_rss:.1} MiB | under 48 MiB |");
-    Ok(())
-}
-
-async fn fresh_postgres(admin_url: &str) -> Result<(String, String)> {
-    let admin = Database::connect(admin_url).await?;
-    let name = format!("portcullis_bench_{}", std::process::id());
-    admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\""))
-        .await?;
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-        .await?;
-    admin.close().await?;
-    let (base, _) = admin_url
-        .rsplit_once('/')
-        .ok_or("the URL names no database")?;
-    Ok((format!("{base}/{name}"), name))
-}
-
-async fn drop_postgres(admin_url: &str, name: &str) -> Result<()> {
-    let admin = Database::connect(admin_url).await?;
-    admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await?;
-    admin.close().await?;
     Ok(())
 }
 

@@ -1,0 +1,98 @@
+//! What the benchmarks share: the release binary as a child process, and a PostgreSQL
+//! database made for one run.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, Database};
+
+pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// The server under test.
+pub struct Server {
+    child: Child,
+    pub base: String,
+}
+
+impl Server {
+    /// Starts the release binary in the production profile on `database_url`, with `env` on
+    /// top, and waits until it answers.
+    pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("serve")
+            .env("PORTCULLIS_PROFILE", "production")
+            .env("DATABASE_URL", database_url)
+            .env("SECRET_KEY", "benchmark-secret-key-0123456789abcdef0123")
+            .env("PORT", port.to_string())
+            .env("LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let server = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(r) = client.get(format!("{}/health", server.base)).send().await
+                && r.status().is_success()
+            {
+                return Ok(server);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("the server did not start".into())
+    }
+
+    /// Resident memory now and at its peak, in MiB, from /proc.
+    pub fn memory(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+                .map_or(f64::NAN, |kb| kb / 1024.0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A new database on the server of `admin_url`: its URL and name.
+pub async fn fresh_postgres(admin_url: &str) -> Result<(String, String)> {
+    let admin = Database::connect(admin_url).await?;
+    let name = format!("portcullis_bench_{}", std::process::id());
+    admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\""))
+        .await?;
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+        .await?;
+    admin.close().await?;
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .ok_or("the URL names no database")?;
+    Ok((format!("{base}/{name}"), name))
+}
+
+pub async fn drop_postgres(admin_url: &str, name: &str) -> Result<()> {
+    let admin = Database::connect(admin_url).await?;
+    admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await?;
+    admin.close().await?;
+    Ok(())
+}
