@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 #[path = "support/server.rs"]
 mod server;
 
-use server::{Result, Server, drop_postgres, fresh_postgres};
+use server::{Result, Server, on_fresh_postgres};
 
 const PASSWORD: &str = "benchmark password 1";
 
@@ -261,16 +261,12 @@ async fn main() -> Result<()> {
                 let url = format!("sqlite://{}/attacks.db?mode=rwc", dir.path().display());
                 on_backend("SQLite", &url, logins).await?;
             }
-            "postgres" => match fresh_postgres(&postgres_url).await {
-                Ok((url, name)) => {
-                    let result = on_backend("PostgreSQL", &url, logins).await;
-                    drop_postgres(&postgres_url, &name).await?;
-                    result?;
-                }
-                Err(err) => {
-                    println!("\n### PostgreSQL\n\nskipped: cannot use {postgres_url}: {err}")
-                }
-            },
+            "postgres" => {
+                on_fresh_postgres(&postgres_url, |url| async move {
+                    on_backend("PostgreSQL", &url, logins).await
+                })
+                .await?
+            }
             other => return Err(format!("unknown backend {other:?}").into()),
         }
     }

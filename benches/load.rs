@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 #[path = "support/server.rs"]
 mod server;
 
-use server::{Result, Server, drop_postgres, fresh_postgres};
+use server::{Result, Server, on_fresh_postgres};
 
 const PASSWORD: &str = "benchmark password 1";
 const CONCURRENCIES: [usize; 3] = [1, 8, 32];
@@ -318,16 +318,12 @@ async fn main() -> Result<()> {
             "memory" => {
                 bench_backend("in-memory storage", "memory://", seconds, bcrypt_limit).await?
             }
-            "postgres" => match fresh_postgres(&postgres_url).await {
-                Ok((url, name)) => {
-                    let result = bench_backend("PostgreSQL", &url, seconds, bcrypt_limit).await;
-                    drop_postgres(&postgres_url, &name).await?;
-                    result?;
-                }
-                Err(err) => {
-                    println!("\n### PostgreSQL\n\nskipped: cannot use {postgres_url}: {err}")
-                }
-            },
+            "postgres" => {
+                on_fresh_postgres(&postgres_url, |url| async move {
+                    bench_backend("PostgreSQL", &url, seconds, bcrypt_limit).await
+                })
+                .await?
+            }
             other => return Err(format!("unknown backend {other:?}").into()),
         }
     }

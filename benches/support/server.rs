@@ -72,7 +72,7 @@ impl Drop for Server {
 }
 
 /// A new database on the server of `admin_url`: its URL and name.
-pub async fn fresh_postgres(admin_url: &str) -> Result<(String, String)> {
+async fn fresh_postgres(admin_url: &str) -> Result<(String, String)> {
     let admin = Database::connect(admin_url).await?;
     let name = format!("portcullis_bench_{}", std::process::id());
     admin
@@ -88,11 +88,31 @@ pub async fn fresh_postgres(admin_url: &str) -> Result<(String, String)> {
     Ok((format!("{base}/{name}"), name))
 }
 
-pub async fn drop_postgres(admin_url: &str, name: &str) -> Result<()> {
+async fn drop_postgres(admin_url: &str, name: &str) -> Result<()> {
     let admin = Database::connect(admin_url).await?;
     admin
         .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .await?;
     admin.close().await?;
     Ok(())
+}
+
+/// Runs `bench` on a database made for it on the server of `admin_url`, and drops it after;
+/// says so and skips, when that server cannot be used.
+pub async fn on_fresh_postgres<F, Fut>(admin_url: &str, bench: F) -> Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    match fresh_postgres(admin_url).await {
+        Ok((url, name)) => {
+            let result = bench(url).await;
+            drop_postgres(admin_url, &name).await?;
+            result
+        }
+        Err(err) => {
+            println!("\n### PostgreSQL\n\nskipped: cannot use {admin_url}: {err}");
+            Ok(())
+        }
+    }
 }
