@@ -1,4 +1,4 @@
-//! The command line: `serve` (the default), `migrate`, and user administration.
+//! The command line: `serve` (the default), `migrate`, user administration, and a mail check.
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +39,16 @@ pub enum Command {
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Check the mail transport.
+    #[command(subcommand)]
+    Mail(MailCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MailCommand {
+    /// Send a test message through the configured transport now, and print the server's
+    /// answer.
+    Test { address: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,4 +68,8 @@ pub enum UserCommand {
     Deactivate { email: String },
     /// Reactivate a user.
     Activate { email: String },
+    /// Mark a user's address verified.
+    Verify { email: String },
+    /// Print a fresh password-reset link for a user (for when mail is down).
+    ResetLink { email: String },
 }

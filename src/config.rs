@@ -100,6 +100,16 @@ pub enum RateLimitStore {
     Memory,
 }
 
+/// How mail leaves the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailTransport {
+    /// Each whole message, link included, goes to the log at info level.
+    Log,
+    /// An SMTP server, at `smtp_url`.
+    Smtp,
+}
+
 /// Every setting, with the names of `config/default.toml`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
@@ -146,6 +156,23 @@ pub struct Settings {
     pub cors_allowed_origins: String,
     pub hsts_max_age_seconds: u64,
     pub trusted_proxies: String,
+    pub mail_transport: Option<MailTransport>,
+    pub smtp_url: Option<Secret>,
+    #[serde(deserialize_with = "lenient_string")]
+    pub mail_from: String,
+    pub public_url: Option<String>,
+    pub mail_templates_dir: Option<PathBuf>,
+    pub password_reset_ttl_minutes: i64,
+    pub email_verification_ttl_hours: i64,
+    pub require_verified_email: bool,
+    pub verify_email_on_register: bool,
+    pub reset_link_template: String,
+    pub verify_link_template: String,
+    pub email_change_link_template: String,
+    pub mail_max_attempts: u32,
+    pub mail_retry_base_seconds: i64,
+    pub mail_limit_per_ip: u32,
+    pub mail_limit_per_account: u32,
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -193,6 +220,22 @@ const KEYS: &[&str] = &[
     "cors_allowed_origins",
     "hsts_max_age_seconds",
     "trusted_proxies",
+    "mail_transport",
+    "smtp_url",
+    "mail_from",
+    "public_url",
+    "mail_templates_dir",
+    "password_reset_ttl_minutes",
+    "email_verification_ttl_hours",
+    "require_verified_email",
+    "verify_email_on_register",
+    "reset_link_template",
+    "verify_link_template",
+    "email_change_link_template",
+    "mail_max_attempts",
+    "mail_retry_base_seconds",
+    "mail_limit_per_ip",
+    "mail_limit_per_account",
     "data_dir",
     "log_format",
     "log_level",
@@ -281,6 +324,7 @@ impl Settings {
         if self.max_connections == 0 {
             return fail("MAX_CONNECTIONS must be at least 1");
         }
+        self.validate_mail()?;
         if self.session_lookup_queries == 0 {
             return fail("SESSION_LOOKUP_QUERIES must be at least 1");
         }
@@ -309,6 +353,47 @@ impl Settings {
             }
         }
         self.trusted_proxy_addrs().map(|_| ())
+    }
+
+    fn validate_mail(&self) -> Result<(), ConfigError> {
+        let fail = |msg: &str| Err(ConfigError(msg.to_owned()));
+        if self.mail_transport == Some(MailTransport::Smtp) && self.smtp_url.is_none() {
+            return fail("MAIL_TRANSPORT=smtp needs SMTP_URL (smtp://host:port or smtps://...)");
+        }
+        if self.require_verified_email && self.mail_transport.is_none() {
+            return fail(
+                "REQUIRE_VERIFIED_EMAIL needs a mail transport (MAIL_TRANSPORT), or nobody could \
+                 verify an address",
+            );
+        }
+        if self.password_reset_ttl_minutes < 1 || self.email_verification_ttl_hours < 1 {
+            return fail(
+                "PASSWORD_RESET_TTL_MINUTES and EMAIL_VERIFICATION_TTL_HOURS must be at least 1",
+            );
+        }
+        if self.mail_max_attempts == 0 || self.mail_retry_base_seconds < 1 {
+            return fail("MAIL_MAX_ATTEMPTS and MAIL_RETRY_BASE_SECONDS must be at least 1");
+        }
+        for (name, template) in [
+            ("RESET_LINK_TEMPLATE", &self.reset_link_template),
+            ("VERIFY_LINK_TEMPLATE", &self.verify_link_template),
+            (
+                "EMAIL_CHANGE_LINK_TEMPLATE",
+                &self.email_change_link_template,
+            ),
+        ] {
+            if !template.contains("{token}") {
+                return Err(ConfigError(format!("{name} must contain {{token}}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the service is reached from outside: `public_url`, or `http://{host}:{port}`.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:{}", self.host, self.port))
     }
 
     /// The CORS origins, parsed from their comma-separated form.
@@ -376,9 +461,10 @@ mod tests {
         let mut figment = Settings::defaults();
         for (key, value) in pairs {
             // As the environment layer would: numbers arrive as numbers.
-            figment = match value.parse::<i64>() {
-                Ok(number) => figment.merge(Serialized::default(key, number)),
-                Err(_) => figment.merge(Serialized::default(key, value)),
+            figment = match (value.parse::<i64>(), value.parse::<bool>()) {
+                (Ok(number), _) => figment.merge(Serialized::default(key, number)),
+                (_, Ok(flag)) => figment.merge(Serialized::default(key, flag)),
+                _ => figment.merge(Serialized::default(key, value)),
             };
         }
         Settings::from_figment(profile, &figment)
@@ -505,6 +591,19 @@ mod tests {
                 "BODY_READ_TIMEOUT_SECONDS",
             ),
             ("max_connections", "0", "MAX_CONNECTIONS"),
+            ("mail_transport", "smtp", "SMTP_URL"),
+            ("require_verified_email", "true", "MAIL_TRANSPORT"),
+            (
+                "password_reset_ttl_minutes",
+                "0",
+                "PASSWORD_RESET_TTL_MINUTES",
+            ),
+            ("mail_max_attempts", "0", "MAIL_MAX_ATTEMPTS"),
+            (
+                "reset_link_template",
+                "https://x/reset",
+                "RESET_LINK_TEMPLATE",
+            ),
         ] {
             let err = with(Profile::Development, &[(key, value)]).unwrap_err();
             assert!(err.0.contains(named), "{key}={value}: {}", err.0);

@@ -5,6 +5,7 @@
 
 pub mod email;
 pub mod error;
+pub mod mail;
 pub mod password;
 pub mod ports;
 pub mod service;
@@ -13,6 +14,10 @@ pub mod user;
 
 pub use email::{Email, EmailError};
 pub use error::BackendError;
+pub use mail::{
+    EmailTokenHash, EmailTokenKind, EmailTokenRecord, Mail, MailJob, MailKind, NewEmailToken,
+    OutboxDepth, QueuedMail,
+};
 pub use password::{Password, PasswordError, PasswordHash};
 pub use service::{AuthPolicy, AuthService};
 pub use session::{

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use portcullis::cli::{Cli, Command, UserCommand};
+use portcullis::cli::{Cli, Command, MailCommand, UserCommand};
 use portcullis::config::Settings;
 use portcullis::domain::{Email, Password, Role};
 use portcullis::startup::{self, Application, Storage};
@@ -46,6 +46,14 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(command) => administer(command, settings).await,
+        Command::Mail(MailCommand::Test { address }) => {
+            let storage = Storage::open(settings).await?;
+            let service = startup::build_service(settings, &storage).await?;
+            let to = Email::parse(&address).with_context(|| format!("{address:?}"))?;
+            let answer = service.send_test_mail(&to).await?;
+            println!("sent to {to}: {answer}");
+            Ok(())
+        }
     }
 }
 
@@ -67,13 +75,27 @@ async fn administer(command: UserCommand, settings: &Settings) -> anyhow::Result
         UserCommand::Demote { email } => service.set_role(&parse(&email)?, Role::User).await?,
         UserCommand::Deactivate { email } => service.set_active(&parse(&email)?, false).await?,
         UserCommand::Activate { email } => service.set_active(&parse(&email)?, true).await?,
+        UserCommand::Verify { email } => service.set_email_verified(&parse(&email)?, true).await?,
+        UserCommand::ResetLink { email } => {
+            let link = service
+                .reset_link(&parse(&email)?)
+                .await
+                .with_context(|| format!("no active user has the address {email:?}"))?;
+            println!("{link}");
+            return Ok(());
+        }
     };
     println!(
-        "{} (id {}): role {}, {}",
+        "{} (id {}): role {}, {}, {}",
         user.email,
         user.id,
         user.role,
-        if user.is_active { "active" } else { "inactive" }
+        if user.is_active { "active" } else { "inactive" },
+        if user.email_verified {
+            "verified"
+        } else {
+            "unverified"
+        }
     );
     Ok(())
 }

@@ -3,5 +3,6 @@
 pub mod bcrypt;
 pub mod clock;
 pub mod jwt;
+pub mod mail;
 pub mod memory;
 pub mod sea_orm;

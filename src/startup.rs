@@ -15,9 +15,9 @@ use poem::EndpointExt;
 use rand::Rng as _;
 use tokio::net::TcpListener;
 
-use crate::config::{Profile, RateLimitStore, Secret, Settings};
-use crate::domain::ports::{RateLimiter, UserRepository};
-use crate::domain::service::{LimitPolicy, Ports, Quota};
+use crate::config::{MailTransport, Profile, RateLimitStore, Secret, Settings};
+use crate::domain::ports::{MailOutbox, Mailer, RateLimiter, UserRepository};
+use crate::domain::service::{DeliveryOutcome, LimitPolicy, MailPolicy, Ports, Quota};
 use crate::domain::{AuthPolicy, AuthService};
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::metrics::{self as http_metrics, MetricsExporter, Sampler};
@@ -27,6 +27,7 @@ use crate::inbound::http::{self, HttpSettings};
 use crate::outbound::bcrypt::{BcryptPasswordHasher, HashPoolLimits};
 use crate::outbound::clock::SystemClock;
 use crate::outbound::jwt::JwtTokenIssuer;
+use crate::outbound::mail::{LogMailer, MailTemplates, SmtpMailer};
 use crate::outbound::memory::{MemoryRateLimiter, MemoryUserRepository};
 use crate::outbound::sea_orm::{
     self as db, DatabaseSettings, SeaOrmRateLimiter, SeaOrmUserRepository,
@@ -77,14 +78,21 @@ impl Storage {
         Ok(())
     }
 
-    fn repository(&self, settings: &Settings) -> Arc<dyn UserRepository> {
+    /// The repository, and the outbox it fills (the same store).
+    fn repository(&self, settings: &Settings) -> (Arc<dyn UserRepository>, Arc<dyn MailOutbox>) {
         match self {
-            Self::Memory => Arc::new(MemoryUserRepository::new()),
-            Self::Database(db) => Arc::new(SeaOrmUserRepository::new(
-                db.clone(),
-                Duration::from_secs(settings.database_timeout_seconds),
-                settings.session_lookup_queries,
-            )),
+            Self::Memory => {
+                let memory = Arc::new(MemoryUserRepository::new());
+                (memory.clone(), memory)
+            }
+            Self::Database(db) => {
+                let sea_orm = Arc::new(SeaOrmUserRepository::new(
+                    db.clone(),
+                    Duration::from_secs(settings.database_timeout_seconds),
+                    settings.session_lookup_queries,
+                ));
+                (sea_orm.clone(), sea_orm)
+            }
         }
     }
 
@@ -132,11 +140,57 @@ fn limit_policy(settings: &Settings) -> LimitPolicy {
         refresh_per_account: quota(settings.refresh_limit_per_account),
         password_check_per_ip: quota(settings.password_check_limit_per_ip),
         password_check_per_account: quota(settings.password_check_limit_per_account),
+        mail_per_ip: quota(settings.mail_limit_per_ip),
+        mail_per_account: quota(settings.mail_limit_per_account),
         ipv6_prefix_len: settings.ipv6_prefix_length,
         free_failures: settings.login_free_failures,
         max_delay: TimeDelta::seconds(settings.login_failure_delay_max_seconds),
         ..LimitPolicy::default()
     }
+}
+
+fn mail_policy(settings: &Settings) -> MailPolicy {
+    MailPolicy {
+        public_url: settings.public_url(),
+        reset_link: settings.reset_link_template.clone(),
+        verify_link: settings.verify_link_template.clone(),
+        email_change_link: settings.email_change_link_template.clone(),
+        reset_ttl: TimeDelta::minutes(settings.password_reset_ttl_minutes),
+        verification_ttl: TimeDelta::hours(settings.email_verification_ttl_hours),
+        require_verified: settings.require_verified_email,
+        verify_on_register: settings.verify_email_on_register,
+        max_attempts: settings.mail_max_attempts,
+        retry_base: TimeDelta::seconds(settings.mail_retry_base_seconds),
+    }
+}
+
+/// The configured mail transport, or `None` (with a warning) when there is none.
+///
+/// # Errors
+/// When the templates or the SMTP settings cannot be used.
+pub fn mailer(settings: &Settings) -> anyhow::Result<Option<Arc<dyn Mailer>>> {
+    let Some(transport) = settings.mail_transport else {
+        tracing::warn!(
+            "mail is not configured (MAIL_TRANSPORT): password reset, email verification and \
+             email change answer 503"
+        );
+        return Ok(None);
+    };
+    let templates =
+        MailTemplates::load(settings.mail_templates_dir.as_deref()).map_err(anyhow::Error::msg)?;
+    Ok(Some(match transport {
+        MailTransport::Log => Arc::new(LogMailer::new(templates)),
+        MailTransport::Smtp => {
+            let url = settings
+                .smtp_url
+                .as_ref()
+                .context("MAIL_TRANSPORT=smtp needs SMTP_URL")?;
+            Arc::new(
+                SmtpMailer::new(url.expose(), &settings.mail_from, templates)
+                    .map_err(anyhow::Error::msg)?,
+            )
+        }
+    }))
 }
 
 /// The signing key: configured, or (development only) generated once and kept in the data
@@ -230,9 +284,13 @@ pub async fn build_service(
         session_max_age: TimeDelta::days(settings.session_max_age_days),
         max_sessions_per_user: settings.max_sessions_per_user,
         limits: limit_policy(settings),
+        mail: mail_policy(settings),
     };
+    let (users, outbox) = storage.repository(settings);
     let ports = Ports {
-        users: storage.repository(settings),
+        users,
+        outbox,
+        mailer: mailer(settings)?,
         hasher,
         tokens: Arc::new(tokens),
         clock: Arc::new(SystemClock),
@@ -307,6 +365,10 @@ impl Application {
             self.purge_interval,
         ));
         let upkeep = tokio::spawn(http_metrics::upkeep_periodically(Duration::from_secs(5)));
+        let delivery = tokio::spawn(deliver_mail_periodically(
+            Arc::clone(&self.service),
+            MAIL_POLL,
+        ));
         tracing::info!(address = %self.address, "listening");
         let app = http::app(self.service, self.http).map_to_response();
         let result = http_server::serve(
@@ -319,6 +381,7 @@ impl Application {
         .await;
         purge.abort();
         upkeep.abort();
+        delivery.abort();
         result
     }
 }
@@ -334,6 +397,52 @@ async fn purge_periodically(service: Arc<AuthService>, every: Duration) {
         }
         if let Err(err) = service.purge_expired_limits().await {
             tracing::warn!(error = %err, "rate-limit purge failed; will retry");
+        }
+    }
+}
+
+/// How often each instance looks for mail to deliver.
+const MAIL_POLL: Duration = Duration::from_millis(500);
+/// How often the outbox depth is sampled for `/metrics`.
+const MAIL_DEPTH_EVERY: Duration = Duration::from_secs(5);
+
+/// Delivers queued mail every `every`, and records what became of it.
+async fn deliver_mail_periodically(service: Arc<AuthService>, every: Duration) {
+    if !service.mail_configured() {
+        return;
+    }
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sampled = std::time::Instant::now() - MAIL_DEPTH_EVERY;
+    loop {
+        ticks.tick().await;
+        match service.deliver_mail().await {
+            Ok(deliveries) => {
+                for delivery in deliveries {
+                    let outcome = match delivery.outcome {
+                        DeliveryOutcome::Sent => "sent",
+                        DeliveryOutcome::Dropped => "dropped",
+                        DeliveryOutcome::Retrying => "retrying",
+                        DeliveryOutcome::Failed => "failed",
+                    };
+                    metrics::counter!("portcullis_mail_jobs_total", "job" => delivery.job, "outcome" => outcome)
+                        .increment(1);
+                    if delivery.outcome == DeliveryOutcome::Sent {
+                        metrics::histogram!("portcullis_mail_delivery_seconds", "job" => delivery.job)
+                            .record(delivery.waited.as_seconds_f64());
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "mail delivery failed; will retry"),
+        }
+        if sampled.elapsed() >= MAIL_DEPTH_EVERY {
+            sampled = std::time::Instant::now();
+            if let Ok(depth) = service.mail_depth().await {
+                metrics::gauge!("portcullis_mail_outbox", "state" => "pending")
+                    .set(depth.pending as f64);
+                metrics::gauge!("portcullis_mail_outbox", "state" => "failed")
+                    .set(depth.failed as f64);
+            }
         }
     }
 }

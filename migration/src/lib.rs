@@ -8,6 +8,7 @@ mod m20261127_000002_create_sessions;
 mod m20261127_000003_create_rate_limits;
 mod m20261128_000004_add_credential_version;
 pub mod m20261128_000005_rekey_emails;
+mod m20261128_000006_create_mail;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000003_create_rate_limits::Migration),
             Box::new(m20261128_000004_add_credential_version::Migration),
             Box::new(m20261128_000005_rekey_emails::Migration),
+            Box::new(m20261128_000006_create_mail::Migration),
         ]
     }
 }

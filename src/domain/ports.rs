@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    BackendError, Email, NewRefreshToken, NewSession, NewUser, Password, PasswordHash,
+    BackendError, Email, EmailTokenHash, EmailTokenRecord, Mail, MailJob, NewEmailToken,
+    NewRefreshToken, NewSession, NewUser, OutboxDepth, Password, PasswordHash, QueuedMail,
     RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, User, UserId,
 };
 
@@ -26,7 +27,8 @@ pub trait UserRepository: Send + Sync + 'static {
     /// [`BackendError::Unavailable`] when it does not, within the adapter's timeout.
     async fn ping(&self) -> Result<(), BackendError>;
 
-    /// Stores a new user and returns it with its id.
+    /// Stores a new user and returns it with its id; with `send_verification`, queues a
+    /// [`MailJob::Verification`] for it in the same transaction.
     ///
     /// # Errors
     /// [`CreateUserError::EmailTaken`] when a user with the same normalised email exists, also
@@ -150,6 +152,85 @@ pub trait UserRepository: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool, BackendError>;
 
+    /// Sets whether a user's address is verified. Returns the updated user, or `None` for an
+    /// unknown id.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn set_email_verified(
+        &self,
+        id: UserId,
+        verified: bool,
+    ) -> Result<Option<User>, BackendError>;
+
+    /// Queues `job` for the delivery worker, queued at `now`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; then nothing was queued.
+    async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError>;
+
+    /// Stores a one-time token (its hash only).
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn store_email_token(&self, token: NewEmailToken) -> Result<(), BackendError>;
+
+    /// Loads a one-time token, spent or not, with its user.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; an unknown hash is `Ok(None)`.
+    async fn find_email_token(
+        &self,
+        hash: &EmailTokenHash,
+    ) -> Result<Option<EmailTokenRecord>, BackendError>;
+
+    /// Redeems a password-reset token, in one transaction: spends `token` if it is unspent,
+    /// requires the user to be active at `credential_version`, sets `hash`, moves the version
+    /// on, ends every session of the user, spends their other reset and email-change tokens,
+    /// and marks their address verified (the link proved it). Returns `false`, changing
+    /// nothing, when the token was spent or the user changed meanwhile.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; then nothing has changed.
+    async fn reset_password(
+        &self,
+        token: &EmailTokenHash,
+        user: &User,
+        hash: PasswordHash,
+        now: DateTime<Utc>,
+    ) -> Result<bool, BackendError>;
+
+    /// Redeems a verification token: spends it if unspent and marks the user's address
+    /// verified, if the user's address is still `email`. Returns the updated user, or `None`,
+    /// changing nothing.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn verify_email(
+        &self,
+        token: &EmailTokenHash,
+        user_id: UserId,
+        email: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, BackendError>;
+
+    /// Redeems an email-change token, in one transaction: spends it if unspent, moves the user
+    /// (still active at `user.credential_version`) to `new_email`, verified, moves the version
+    /// on, and ends every session of theirs but `keep`. Returns the updated user, or `None`,
+    /// changing nothing.
+    ///
+    /// # Errors
+    /// [`CreateUserError::EmailTaken`] when `new_email` belongs to someone else now (the unique
+    /// index decides); then nothing has changed.
+    async fn change_email(
+        &self,
+        token: &EmailTokenHash,
+        user: &User,
+        new_email: &Email,
+        keep: Option<SessionId>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, CreateUserError>;
+
     /// Deletes sessions that are no longer live at `now`, and refresh tokens past their expiry.
     /// Returns how many sessions were deleted.
     ///
@@ -186,6 +267,80 @@ pub enum Rotation {
     AlreadySpent,
     /// The session has ended; nothing changed.
     SessionEnded,
+}
+
+/// The delivery side of the mail outbox that [`UserRepository::enqueue_mail`] fills.
+///
+/// With several instances on one database, a job is claimed by one of them at a time.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait MailOutbox: Send + Sync + 'static {
+    /// Claims up to `limit` jobs that are due at `now` and not claimed by anyone, for `lease`:
+    /// no other claim returns them until the lease ends, so a worker that dies mid-delivery
+    /// leaves its jobs to the next one.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn claim_mail(
+        &self,
+        now: DateTime<Utc>,
+        lease: chrono::TimeDelta,
+        limit: u32,
+    ) -> Result<Vec<QueuedMail>, BackendError>;
+
+    /// Marks a claimed job done at `now`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn finish_mail(&self, id: i64, now: DateTime<Utc>) -> Result<(), BackendError>;
+
+    /// Puts a claimed job back, due again at `retry_at`, with `attempts` made and the last
+    /// `error`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn retry_mail(
+        &self,
+        id: i64,
+        attempts: u32,
+        retry_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), BackendError>;
+
+    /// Gives a claimed job up after `attempts`, keeping it with its last `error` for the
+    /// operator.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn fail_mail(&self, id: i64, attempts: u32, error: &str) -> Result<(), BackendError>;
+
+    /// How many jobs wait, and how many were given up.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn mail_depth(&self) -> Result<OutboxDepth, BackendError>;
+}
+
+/// Why a mail was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    /// Worth another try later: the server is down, busy, or answered 4xx.
+    #[error("mail not delivered, will retry: {0}")]
+    Transient(String),
+    /// Refused for good (a 5xx answer, a malformed address): retrying cannot help.
+    #[error("mail refused: {0}")]
+    Rejected(String),
+}
+
+/// Composes a [`Mail`] from its template and delivers it.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait Mailer: Send + Sync + 'static {
+    /// Delivers `mail` and returns the server's answer.
+    ///
+    /// # Errors
+    /// [`MailError`] saying whether a retry can help.
+    async fn send(&self, mail: &Mail) -> Result<String, MailError>;
 }
 
 /// Password hashing: slow on purpose, so adapters must keep it off the async workers.

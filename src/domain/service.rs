@@ -5,6 +5,7 @@
 
 mod accounts;
 mod admin;
+mod email;
 mod limits;
 mod sessions;
 
@@ -15,12 +16,13 @@ use uuid::Uuid;
 
 pub use accounts::{AuthError, LoginError, RegisterError};
 pub use admin::AdminError;
+pub use email::{Delivery, DeliveryOutcome, MailPolicy, MailRequestError, RedeemError};
 pub use limits::{LimitError, LimitPolicy, Quota, Throttled, backoff_delay};
 pub use sessions::{ChangePasswordError, EndSessionError, RefreshError};
 
 use super::ports::{
-    AccessClaims, Clock, CreateSessionError, PasswordHasher, RateLimiter, TokenError, TokenIssuer,
-    UserRepository,
+    AccessClaims, Clock, CreateSessionError, MailOutbox, Mailer, PasswordHasher, RateLimiter,
+    TokenError, TokenIssuer, UserRepository,
 };
 use super::{
     BackendError, ClientInfo, NewRefreshToken, NewSession, Password, PasswordHash, SessionId,
@@ -28,7 +30,7 @@ use super::{
 };
 
 /// Lifetimes and tolerances that the use cases enforce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthPolicy {
     /// How long an access token is valid.
     pub access_token_ttl: TimeDelta,
@@ -42,6 +44,8 @@ pub struct AuthPolicy {
     pub max_sessions_per_user: u32,
     /// Abuse limits on login, registration and refresh.
     pub limits: LimitPolicy,
+    /// Mail, its links and their tokens.
+    pub mail: MailPolicy,
 }
 
 impl Default for AuthPolicy {
@@ -53,6 +57,7 @@ impl Default for AuthPolicy {
             session_max_age: TimeDelta::days(90),
             max_sessions_per_user: 100,
             limits: LimitPolicy::default(),
+            mail: MailPolicy::default(),
         }
     }
 }
@@ -65,6 +70,9 @@ pub struct Ports {
     pub tokens: Arc<dyn TokenIssuer>,
     pub clock: Arc<dyn Clock>,
     pub limiter: Arc<dyn RateLimiter>,
+    pub outbox: Arc<dyn MailOutbox>,
+    /// `None`: no mail transport is configured, and the routes that send mail say so.
+    pub mailer: Option<Arc<dyn Mailer>>,
 }
 
 /// Every use case of the service. Cheap to share: it holds only `Arc`s and plain values.
@@ -74,6 +82,8 @@ pub struct AuthService {
     tokens: Arc<dyn TokenIssuer>,
     clock: Arc<dyn Clock>,
     limiter: Arc<dyn RateLimiter>,
+    outbox: Arc<dyn MailOutbox>,
+    mailer: Option<Arc<dyn Mailer>>,
     policy: AuthPolicy,
     limits: LimitPolicy,
     /// Verified against when an email is unknown, so that a miss costs a full hash like a hit.
@@ -90,6 +100,8 @@ impl AuthService {
             tokens: ports.tokens,
             clock: ports.clock,
             limiter: ports.limiter,
+            outbox: ports.outbox,
+            mailer: ports.mailer,
             limits: policy.limits,
             policy,
             dummy_hash,
@@ -197,7 +209,8 @@ pub(crate) mod test_support {
 
     use super::{AuthPolicy, AuthService, Ports};
     use crate::domain::ports::{
-        MockClock, MockPasswordHasher, MockRateLimiter, MockTokenIssuer, MockUserRepository,
+        MockClock, MockMailOutbox, MockMailer, MockPasswordHasher, MockRateLimiter,
+        MockTokenIssuer, MockUserRepository,
     };
     use crate::domain::{ClientInfo, Email, PasswordHash, Role, Session, SessionId, User, UserId};
 
@@ -209,6 +222,10 @@ pub(crate) mod test_support {
         pub tokens: MockTokenIssuer,
         /// `None`: a limiter that lets everything through.
         pub limiter: Option<MockRateLimiter>,
+        pub outbox: MockMailOutbox,
+        /// `None`: no mail transport configured.
+        pub mailer: Option<MockMailer>,
+        pub policy: AuthPolicy,
         pub now: DateTime<Utc>,
     }
 
@@ -220,6 +237,9 @@ pub(crate) mod test_support {
                 hasher: MockPasswordHasher::new(),
                 tokens: MockTokenIssuer::new(),
                 limiter: None,
+                outbox: MockMailOutbox::new(),
+                mailer: None,
+                policy: AuthPolicy::default(),
                 now: now(),
             }
         }
@@ -245,8 +265,12 @@ pub(crate) mod test_support {
                     tokens: Arc::new(self.tokens),
                     clock: Arc::new(clock),
                     limiter: Arc::new(limiter),
+                    outbox: Arc::new(self.outbox),
+                    mailer: self
+                        .mailer
+                        .map(|mailer| Arc::new(mailer) as Arc<dyn crate::domain::ports::Mailer>),
                 },
-                AuthPolicy::default(),
+                self.policy,
                 PasswordHash::new(DUMMY_HASH.into()),
             )
         }
@@ -263,6 +287,7 @@ pub(crate) mod test_support {
             full_name: None,
             role,
             is_active,
+            email_verified: false,
             created_at: now(),
             password_hash: PasswordHash::new(format!("hash-of-user-{id}")),
             credential_version: 0,

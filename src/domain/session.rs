@@ -99,9 +99,24 @@ pub struct RefreshTokenHash(pub String);
 
 impl RefreshTokenHash {
     pub fn of(token: &str) -> Self {
-        let digest = Sha256::digest(token.as_bytes());
-        Self(digest.iter().map(|b| format!("{b:02x}")).collect())
+        Self(sha256_hex(token))
     }
+}
+
+/// The hex SHA-256 of a token: enough to store, since a token carries 256 random bits.
+pub(crate) fn sha256_hex(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// 256 bits from a cryptographically secure generator seeded by the operating system, in
+/// unpadded base64url (43 characters).
+pub(crate) fn random_secret() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// A fresh refresh token: the secret for the client, and what gets stored.
@@ -122,9 +137,7 @@ impl NewRefreshToken {
         created_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Self {
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        let secret = URL_SAFE_NO_PAD.encode(bytes);
+        let secret = random_secret();
         let hash = RefreshTokenHash::of(&secret);
         Self {
             secret,

@@ -105,6 +105,8 @@ pub struct User {
     pub full_name: Option<FullName>,
     pub role: Role,
     pub is_active: bool,
+    /// Whether the user has proved the address, by a verification link or a reset link.
+    pub email_verified: bool,
     pub created_at: DateTime<Utc>,
     pub password_hash: PasswordHash,
     /// Moves on with every change that must end what the old state allowed (a new password, a
@@ -121,6 +123,8 @@ pub struct NewUser {
     pub role: Role,
     pub password_hash: PasswordHash,
     pub created_at: DateTime<Utc>,
+    /// Queue a verification mail in the same transaction as the user.
+    pub send_verification: bool,
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use poem::{Endpoint, EndpointExt, IntoEndpoint, Route};
 use poem_openapi::OpenApiService;
 
 use self::api::auth::AuthApi;
+use self::api::email::EmailApi;
 use self::api::protected::ProtectedApi;
 use self::api::public::PublicApi;
 use self::api::sessions::SessionsApi;
@@ -45,7 +46,7 @@ pub struct HttpSettings {
     pub metrics: MetricsExporter,
 }
 
-type Apis = (PublicApi, AuthApi, SessionsApi, ProtectedApi);
+type Apis = (PublicApi, AuthApi, EmailApi, SessionsApi, ProtectedApi);
 
 /// The OpenAPI service: every route, documented.
 pub fn openapi(service: &Arc<AuthService>, settings: &HttpSettings) -> OpenApiService<Apis, ()> {
@@ -56,6 +57,10 @@ pub fn openapi(service: &Arc<AuthService>, settings: &HttpSettings) -> OpenApiSe
             metrics: settings.metrics.clone(),
         },
         AuthApi {
+            service: Arc::clone(service),
+            proxies: proxies.clone(),
+        },
+        EmailApi {
             service: Arc::clone(service),
             proxies: proxies.clone(),
         },
@@ -155,9 +160,14 @@ fn complete_spec(spec: &str) -> String {
     let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(spec) else {
         return spec.to_owned();
     };
-    for schema in ["RegisterRequest", "LoginRequest"] {
+    for (schema, field) in [
+        ("RegisterRequest", "email"),
+        ("LoginRequest", "email"),
+        ("ForgotPasswordRequest", "email"),
+        ("ChangeEmailRequest", "new_email"),
+    ] {
         if let Some(email) = doc
-            .pointer_mut(&format!("/components/schemas/{schema}/properties/email"))
+            .pointer_mut(&format!("/components/schemas/{schema}/properties/{field}"))
             .and_then(serde_json::Value::as_object_mut)
         {
             email.insert("format".into(), "email".into());

@@ -5,6 +5,7 @@
 
 pub mod connection;
 mod entities;
+mod mail;
 mod rate_limiter;
 mod repository;
 mod session_lookups;

@@ -87,6 +87,7 @@ async fn user(repo: &dyn UserRepository, email: &str) -> User {
         role: Role::User,
         password_hash: PasswordHash::new(format!("hash-of-{email}")),
         created_at: t0(),
+        send_verification: false,
     })
     .await
     .unwrap()
@@ -129,6 +130,7 @@ async fn users_are_unique_by_normalised_email_and_found_by_either_key() {
                 role: Role::User,
                 password_hash: PasswordHash::new("h".into()),
                 created_at: t0(),
+                send_verification: false,
             })
             .await;
         assert!(matches!(duplicate, Err(CreateUserError::EmailTaken)));

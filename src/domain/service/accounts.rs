@@ -26,6 +26,10 @@ pub enum LoginError {
     /// Only ever returned after the password was verified.
     #[error("inactive user account")]
     Inactive,
+    /// Only ever returned after the password was verified, for an active account, when
+    /// verified addresses are required.
+    #[error("email not verified")]
+    Unverified,
     #[error(transparent)]
     Throttled(#[from] Throttled),
     #[error(transparent)]
@@ -80,7 +84,8 @@ impl AuthService {
     ) -> Result<User, RegisterError> {
         self.throttle(Action::Register, client.ip.as_deref(), Some(email.key()))
             .await?;
-        self.create_user(email, password, full_name, Role::User)
+        let verify = self.policy.mail.verify_on_register && self.mail_configured();
+        self.create_user(email, password, full_name, Role::User, verify)
             .await
             .map_err(|err| match err {
                 CreateUserError::EmailTaken => RegisterError::EmailTaken,
@@ -94,6 +99,7 @@ impl AuthService {
         password: Password,
         full_name: Option<FullName>,
         role: Role,
+        send_verification: bool,
     ) -> Result<User, CreateUserError> {
         let password_hash = self.hasher.hash(&password).await?;
         let new_user = NewUser {
@@ -102,6 +108,7 @@ impl AuthService {
             role,
             password_hash,
             created_at: self.clock.now(),
+            send_verification,
         };
         self.users.create_user(new_user).await
     }
@@ -133,6 +140,9 @@ impl AuthService {
         };
         if !user.is_active {
             return Err(LoginError::Inactive);
+        }
+        if self.policy.mail.require_verified && !user.email_verified {
+            return Err(LoginError::Unverified);
         }
         self.start_session(&user, client)
             .await

@@ -35,7 +35,7 @@ impl AuthService {
         password: Password,
         role: Role,
     ) -> Result<User, AdminError> {
-        Ok(self.create_user(email, password, None, role).await?)
+        Ok(self.create_user(email, password, None, role, false).await?)
     }
 
     /// Gives the user with `email` the role `role`; it applies to their next request.
@@ -58,6 +58,22 @@ impl AuthService {
         let user = self.find_by_email(email).await?;
         self.users
             .set_active(user.id, active, self.clock.now())
+            .await?
+            .ok_or(AdminError::UnknownUser)
+    }
+
+    /// Marks the address of the user with `email` verified or not.
+    ///
+    /// # Errors
+    /// [`AdminError::UnknownUser`] when nobody has that email.
+    pub async fn set_email_verified(
+        &self,
+        email: &Email,
+        verified: bool,
+    ) -> Result<User, AdminError> {
+        let user = self.find_by_email(email).await?;
+        self.users
+            .set_email_verified(user.id, verified)
             .await?
             .ok_or(AdminError::UnknownUser)
     }

@@ -46,6 +46,10 @@ pub struct LimitPolicy {
     /// asks for the current password); the account is the user.
     pub password_check_per_ip: Quota,
     pub password_check_per_account: Quota,
+    /// Requests for mail (reset, verification, email change): one budget per address for all
+    /// three; the account is the email for a reset and the user otherwise.
+    pub mail_per_ip: Quota,
+    pub mail_per_account: Quota,
     /// Failed password checks of one account allowed before the delay starts.
     pub free_failures: u32,
     /// The delay after the first failure beyond the free ones; it doubles with each further one.
@@ -72,6 +76,8 @@ impl Default for LimitPolicy {
             refresh_per_account: Quota::per_minute(60),
             password_check_per_ip: Quota::per_minute(30),
             password_check_per_account: Quota::per_minute(10),
+            mail_per_ip: Quota::per_minute(10),
+            mail_per_account: Quota::per_minute(3),
             free_failures: 5,
             first_delay: TimeDelta::seconds(1),
             max_delay: TimeDelta::minutes(15),
@@ -105,6 +111,7 @@ pub(super) enum Action {
     Register,
     Refresh,
     PasswordCheck,
+    Mail,
 }
 
 impl Action {
@@ -114,6 +121,7 @@ impl Action {
             Self::Register => "register",
             Self::Refresh => "refresh",
             Self::PasswordCheck => "password_check",
+            Self::Mail => "mail",
         }
     }
 
@@ -126,6 +134,7 @@ impl Action {
                 policy.password_check_per_ip,
                 policy.password_check_per_account,
             ),
+            Self::Mail => (policy.mail_per_ip, policy.mail_per_account),
         }
     }
 }

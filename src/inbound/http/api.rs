@@ -2,6 +2,7 @@
 //! types, call one use case, turn its result into a response.
 
 pub mod auth;
+pub mod email;
 pub mod protected;
 pub mod public;
 pub mod sessions;
@@ -15,6 +16,8 @@ pub enum ApiTags {
     Public,
     /// Registration, login and the caller's account.
     Auth,
+    /// Password reset, email verification and email change: the flows that send mail.
+    Email,
     /// Refresh tokens, logout, the caller's sessions, password change.
     Sessions,
     /// Demo routes that need a token.

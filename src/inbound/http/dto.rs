@@ -63,6 +63,42 @@ pub struct ChangePasswordRequest {
     pub new_password: String,
 }
 
+/// `POST /auth/password/forgot`.
+#[derive(Debug, Deserialize, Object)]
+pub struct ForgotPasswordRequest {
+    #[oai(validator(min_length = 3, max_length = 254))]
+    pub email: String,
+}
+
+/// `POST /auth/password/reset`.
+#[derive(Debug, Deserialize, Object)]
+pub struct ResetPasswordRequest {
+    /// The token of the reset link.
+    pub token: String,
+    /// Same policy as registration: 8 characters to 72 bytes, no control characters.
+    #[oai(validator(
+        min_length = 8,
+        max_length = 72,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    ))]
+    pub new_password: String,
+}
+
+/// `POST /auth/verify` and `POST /auth/email/confirm`.
+#[derive(Debug, Deserialize, Object)]
+pub struct LinkTokenRequest {
+    /// The token of the link.
+    pub token: String,
+}
+
+/// `POST /auth/email`.
+#[derive(Debug, Deserialize, Object)]
+pub struct ChangeEmailRequest {
+    #[oai(validator(min_length = 3, max_length = 254))]
+    pub new_email: String,
+    pub current_password: String,
+}
+
 /// A role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
@@ -89,6 +125,8 @@ pub struct UserResponse {
     pub full_name: Option<String>,
     pub role: RoleName,
     pub is_active: bool,
+    /// Whether the address was proved, by a verification or a reset link.
+    pub email_verified: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -100,6 +138,7 @@ impl From<User> for UserResponse {
             full_name: user.full_name.map(|n| n.as_str().to_owned()),
             role: user.role.into(),
             is_active: user.is_active,
+            email_verified: user.email_verified,
             created_at: user.created_at,
         }
     }

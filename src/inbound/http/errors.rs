@@ -5,12 +5,14 @@ use poem::http::StatusCode;
 use super::problem::{CHALLENGE, CHALLENGE_INVALID_TOKEN, Failure, Problem};
 use crate::domain::BackendError;
 use crate::domain::service::{
-    AuthError, ChangePasswordError, EndSessionError, LoginError, RefreshError, RegisterError,
-    Throttled,
+    AuthError, ChangePasswordError, EndSessionError, LoginError, MailRequestError, RedeemError,
+    RefreshError, RegisterError, Throttled,
 };
 
 /// Seconds a client is asked to wait after a 503.
 const RETRY_AFTER_SECONDS: u64 = 1;
+/// Mail that is not configured stays so until an operator acts: retrying soon is pointless.
+const MAIL_RETRY_AFTER_SECONDS: u64 = 3600;
 
 pub const INVALID_CREDENTIALS: &str = "Could not validate credentials";
 
@@ -63,6 +65,7 @@ impl From<LoginError> for Problem {
                 Problem::unauthorized("Incorrect email or password", CHALLENGE)
             }
             LoginError::Inactive => Problem::unauthorized("Inactive user account", CHALLENGE),
+            LoginError::Unverified => Problem::new(StatusCode::FORBIDDEN, "Email not verified"),
             LoginError::Throttled(t) => t.into(),
             LoginError::Backend(err) => err.into(),
         }
@@ -119,6 +122,39 @@ impl From<ChangePasswordError> for Problem {
     }
 }
 
+impl From<MailRequestError> for Problem {
+    fn from(err: MailRequestError) -> Self {
+        match err {
+            // The same for every address: nothing about the account shows.
+            MailRequestError::NotConfigured => {
+                Problem::unavailable("Mail is not configured", MAIL_RETRY_AFTER_SECONDS)
+            }
+            MailRequestError::AlreadyVerified => {
+                Problem::new(StatusCode::CONFLICT, "Email already verified")
+            }
+            MailRequestError::WrongPassword => {
+                Problem::unauthorized("Incorrect password", CHALLENGE)
+            }
+            MailRequestError::Throttled(t) => t.into(),
+            MailRequestError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<RedeemError> for Problem {
+    fn from(err: RedeemError) -> Self {
+        match err {
+            RedeemError::InvalidToken => {
+                Problem::new(StatusCode::BAD_REQUEST, "Invalid or expired token")
+            }
+            RedeemError::EmailTaken => {
+                Problem::new(StatusCode::CONFLICT, "Email already registered")
+            }
+            RedeemError::Backend(err) => err.into(),
+        }
+    }
+}
+
 /// Lets handlers use `?` on core errors whatever their operation's [`Failure`] type.
 macro_rules! into_failure {
     ($($error:ty),+) => {$(
@@ -137,7 +173,9 @@ into_failure!(
     AuthError,
     RefreshError,
     EndSessionError,
-    ChangePasswordError
+    ChangePasswordError,
+    MailRequestError,
+    RedeemError
 );
 
 #[cfg(test)]

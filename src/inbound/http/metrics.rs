@@ -163,7 +163,7 @@ pub fn record_request(route: &str, method: &str, status: u16, seconds: f64) {
     .record(seconds);
 }
 
-/// Records a login attempt's outcome: `success`, `invalid_credentials`, `inactive`,
+/// Records a login attempt's outcome: `success`, `invalid_credentials`, `inactive`, `unverified`,
 /// `rate_limited`, `error`.
 pub fn record_login(outcome: &'static str) {
     metrics::counter!("portcullis_logins_total", "outcome" => outcome).increment(1);

@@ -1,14 +1,18 @@
-//! [`UserRepository`] in a mutex-guarded map.
+//! [`UserRepository`] and [`MailOutbox`] in mutex-guarded maps: one state, so that a job queued
+//! with a user is there for the worker.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::ports::{CreateSessionError, CreateUserError, Rotation, UserRepository};
+use crate::domain::ports::{
+    CreateSessionError, CreateUserError, MailOutbox, Rotation, UserRepository,
+};
 use crate::domain::{
-    BackendError, ClientInfo, Email, NewRefreshToken, NewSession, NewUser, PasswordHash,
+    BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind, EmailTokenRecord, MailJob,
+    NewEmailToken, NewRefreshToken, NewSession, NewUser, OutboxDepth, PasswordHash, QueuedMail,
     RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, User, UserId,
 };
 
@@ -19,6 +23,26 @@ struct State {
     by_email: HashMap<String, UserId>,
     sessions: HashMap<SessionId, Session>,
     refresh_tokens: HashMap<RefreshTokenHash, StoredRefreshToken>,
+    email_tokens: HashMap<EmailTokenHash, NewEmailToken>,
+    spent_email_tokens: HashMap<EmailTokenHash, DateTime<Utc>>,
+    next_mail_id: i64,
+    outbox: BTreeMap<i64, StoredMail>,
+}
+
+struct StoredMail {
+    job: MailJob,
+    queued_at: DateTime<Utc>,
+    attempts: u32,
+    due_at: DateTime<Utc>,
+    claimed_until: Option<DateTime<Utc>>,
+    state: MailState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MailState {
+    Pending,
+    Sent,
+    Failed,
 }
 
 struct StoredRefreshToken {
@@ -28,6 +52,55 @@ struct StoredRefreshToken {
 }
 
 impl State {
+    fn enqueue(&mut self, job: MailJob, now: DateTime<Utc>) {
+        self.next_mail_id += 1;
+        self.outbox.insert(
+            self.next_mail_id,
+            StoredMail {
+                job,
+                queued_at: now,
+                attempts: 0,
+                due_at: now,
+                claimed_until: None,
+                state: MailState::Pending,
+            },
+        );
+    }
+
+    /// Spends every unspent token of `user_id` of one of `kinds`.
+    fn spend_tokens(&mut self, user_id: UserId, kinds: &[EmailTokenKind], now: DateTime<Utc>) {
+        let State {
+            email_tokens,
+            spent_email_tokens,
+            ..
+        } = self;
+        for (hash, token) in email_tokens.iter() {
+            if token.user_id == user_id && kinds.contains(&token.kind) {
+                spent_email_tokens.entry(hash.clone()).or_insert(now);
+            }
+        }
+    }
+
+    /// Spends `token` if it is unspent and of `user_id`; says whether it did.
+    fn spend(&mut self, token: &EmailTokenHash, user_id: UserId, now: DateTime<Utc>) -> bool {
+        let ours = self
+            .email_tokens
+            .get(token)
+            .is_some_and(|t| t.user_id == user_id);
+        if !ours || self.spent_email_tokens.contains_key(token) {
+            return false;
+        }
+        self.spent_email_tokens.insert(token.clone(), now);
+        true
+    }
+
+    /// The user `id` if active at `version`.
+    fn current_user(&mut self, id: UserId, version: i64) -> Option<&mut User> {
+        self.users
+            .get_mut(&id)
+            .filter(|u| u.is_active && u.credential_version == version)
+    }
+
     fn end_sessions(&mut self, user_id: UserId, keep: Option<SessionId>, now: DateTime<Utc>) {
         for session in self.sessions.values_mut() {
             if session.user_id == user_id && Some(session.id) != keep && session.ended_at.is_none()
@@ -38,7 +111,10 @@ impl State {
     }
 }
 
-/// [`UserRepository`] in a mutex-guarded map.
+/// How long delivered mail stays in the outbox before the purge deletes it.
+const SENT_MAIL_KEPT: chrono::TimeDelta = chrono::TimeDelta::days(7);
+
+/// [`UserRepository`] and [`MailOutbox`] in mutex-guarded maps.
 #[derive(Default)]
 pub struct MemoryUserRepository {
     state: Mutex<State>,
@@ -75,12 +151,16 @@ impl UserRepository for MemoryUserRepository {
             full_name: new.full_name,
             role: new.role,
             is_active: true,
+            email_verified: false,
             created_at: new.created_at,
             password_hash: new.password_hash,
             credential_version: 0,
         };
         state.by_email.insert(user.email.key().to_owned(), user.id);
         state.users.insert(user.id, user.clone());
+        if new.send_verification {
+            state.enqueue(MailJob::Verification { user_id: user.id }, new.created_at);
+        }
         Ok(user)
     }
 
@@ -281,6 +361,141 @@ impl UserRepository for MemoryUserRepository {
         }
     }
 
+    async fn set_email_verified(
+        &self,
+        id: UserId,
+        verified: bool,
+    ) -> Result<Option<User>, BackendError> {
+        let mut state = self.state()?;
+        Ok(state.users.get_mut(&id).map(|user| {
+            user.email_verified = verified;
+            user.clone()
+        }))
+    }
+
+    async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError> {
+        self.state()?.enqueue(job, now);
+        Ok(())
+    }
+
+    async fn store_email_token(&self, token: NewEmailToken) -> Result<(), BackendError> {
+        self.state()?.email_tokens.insert(token.hash.clone(), token);
+        Ok(())
+    }
+
+    async fn find_email_token(
+        &self,
+        hash: &EmailTokenHash,
+    ) -> Result<Option<EmailTokenRecord>, BackendError> {
+        let state = self.state()?;
+        Ok(state.email_tokens.get(hash).and_then(|token| {
+            Some(EmailTokenRecord {
+                kind: token.kind,
+                user: state.users.get(&token.user_id)?.clone(),
+                email: token.email.clone(),
+                new_email: token.new_email.clone(),
+                keep_session: token.keep_session,
+                expires_at: token.expires_at,
+                spent_at: state.spent_email_tokens.get(hash).copied(),
+            })
+        }))
+    }
+
+    async fn reset_password(
+        &self,
+        token: &EmailTokenHash,
+        user: &User,
+        hash: PasswordHash,
+        now: DateTime<Utc>,
+    ) -> Result<bool, BackendError> {
+        let mut state = self.state()?;
+        // One lock: the checks and the writes cannot be interleaved.
+        if state
+            .current_user(user.id, user.credential_version)
+            .is_none()
+            || !state.spend(token, user.id, now)
+        {
+            return Ok(false);
+        }
+        if let Some(stored) = state.current_user(user.id, user.credential_version) {
+            stored.password_hash = hash;
+            stored.credential_version += 1;
+            stored.email_verified = true;
+        }
+        state.end_sessions(user.id, None, now);
+        state.spend_tokens(
+            user.id,
+            &[EmailTokenKind::PasswordReset, EmailTokenKind::EmailChange],
+            now,
+        );
+        Ok(true)
+    }
+
+    async fn verify_email(
+        &self,
+        token: &EmailTokenHash,
+        user_id: UserId,
+        email: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, BackendError> {
+        let mut state = self.state()?;
+        let same_address = state
+            .users
+            .get(&user_id)
+            .is_some_and(|u| u.email.as_str() == email);
+        if !same_address || !state.spend(token, user_id, now) {
+            return Ok(None);
+        }
+        Ok(state.users.get_mut(&user_id).map(|user| {
+            user.email_verified = true;
+            user.clone()
+        }))
+    }
+
+    async fn change_email(
+        &self,
+        token: &EmailTokenHash,
+        user: &User,
+        new_email: &Email,
+        keep: Option<SessionId>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, CreateUserError> {
+        let mut state = self.state()?;
+        if state
+            .current_user(user.id, user.credential_version)
+            .is_none()
+        {
+            return Ok(None);
+        }
+        if state
+            .by_email
+            .get(new_email.key())
+            .is_some_and(|owner| *owner != user.id)
+        {
+            return Err(CreateUserError::EmailTaken);
+        }
+        if !state.spend(token, user.id, now) {
+            return Ok(None);
+        }
+        let Some(stored) = state.current_user(user.id, user.credential_version) else {
+            return Ok(None);
+        };
+        let old_key = stored.email.key().to_owned();
+        stored.email = new_email.clone();
+        stored.email_verified = true;
+        stored.credential_version += 1;
+        let changed = stored.clone();
+        state.by_email.remove(&old_key);
+        state.by_email.insert(new_email.key().to_owned(), user.id);
+        state.end_sessions(user.id, keep, now);
+        state.spend_tokens(
+            user.id,
+            &[EmailTokenKind::Verification, EmailTokenKind::EmailChange],
+            now,
+        );
+        Ok(Some(changed))
+    }
+
     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, BackendError> {
         let mut state = self.state()?;
         let before = state.sessions.len();
@@ -291,6 +506,95 @@ impl UserRepository for MemoryUserRepository {
             ..
         } = &mut *state;
         refresh_tokens.retain(|_, t| t.expires_at > now && sessions.contains_key(&t.session_id));
+        let State {
+            email_tokens,
+            spent_email_tokens,
+            outbox,
+            ..
+        } = &mut *state;
+        email_tokens.retain(|_, t| t.expires_at > now);
+        spent_email_tokens.retain(|hash, _| email_tokens.contains_key(hash));
+        outbox.retain(|_, mail| {
+            mail.state != MailState::Sent || mail.queued_at > now - SENT_MAIL_KEPT
+        });
         Ok((before - state.sessions.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl MailOutbox for MemoryUserRepository {
+    async fn claim_mail(
+        &self,
+        now: DateTime<Utc>,
+        lease: chrono::TimeDelta,
+        limit: u32,
+    ) -> Result<Vec<QueuedMail>, BackendError> {
+        let mut state = self.state()?;
+        Ok(state
+            .outbox
+            .iter_mut()
+            .filter(|(_, mail)| {
+                mail.state == MailState::Pending
+                    && mail.due_at <= now
+                    && mail.claimed_until.is_none_or(|until| until <= now)
+            })
+            .take(limit as usize)
+            .map(|(id, mail)| {
+                mail.claimed_until = Some(now + lease);
+                QueuedMail {
+                    id: *id,
+                    job: mail.job.clone(),
+                    attempts: mail.attempts,
+                    queued_at: mail.queued_at,
+                }
+            })
+            .collect())
+    }
+
+    async fn finish_mail(&self, id: i64, _now: DateTime<Utc>) -> Result<(), BackendError> {
+        if let Some(mail) = self.state()?.outbox.get_mut(&id) {
+            mail.state = MailState::Sent;
+            mail.claimed_until = None;
+        }
+        Ok(())
+    }
+
+    async fn retry_mail(
+        &self,
+        id: i64,
+        attempts: u32,
+        retry_at: DateTime<Utc>,
+        _error: &str,
+    ) -> Result<(), BackendError> {
+        if let Some(mail) = self.state()?.outbox.get_mut(&id) {
+            mail.attempts = attempts;
+            mail.due_at = retry_at;
+            mail.claimed_until = None;
+        }
+        Ok(())
+    }
+
+    async fn fail_mail(&self, id: i64, attempts: u32, _error: &str) -> Result<(), BackendError> {
+        if let Some(mail) = self.state()?.outbox.get_mut(&id) {
+            mail.attempts = attempts;
+            mail.state = MailState::Failed;
+            mail.claimed_until = None;
+        }
+        Ok(())
+    }
+
+    async fn mail_depth(&self) -> Result<OutboxDepth, BackendError> {
+        let state = self.state()?;
+        let count = |wanted: MailState| {
+            state
+                .outbox
+                .values()
+                .filter(|mail| mail.state == wanted)
+                .count() as u64
+        };
+        Ok(OutboxDepth {
+            pending: count(MailState::Pending),
+            failed: count(MailState::Failed),
+        })
     }
 }

@@ -16,12 +16,14 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::entities::{refresh_tokens, sessions, users};
+use super::entities::{email_tokens, refresh_tokens, sessions, users};
+use super::mail;
 use super::session_lookups::SessionLookups;
 use crate::domain::ports::{CreateSessionError, CreateUserError, Rotation, UserRepository};
 use crate::domain::{
-    BackendError, ClientInfo, Email, FullName, NewRefreshToken, NewSession, NewUser, PasswordHash,
-    RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, User, UserId,
+    BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind, EmailTokenRecord, FullName,
+    MailJob, NewEmailToken, NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshTokenHash,
+    RefreshTokenRecord, Role, Session, SessionId, User, UserId,
 };
 
 /// Sessions ended per login when a user holds more than the limit: one normally, more only
@@ -89,12 +91,57 @@ impl SeaOrmUserRepository {
         }
     }
 
-    async fn bounded<T>(
+    pub(super) async fn bounded<T>(
         &self,
         call: impl Future<Output = Result<T, DbErr>>,
     ) -> Result<T, BackendError> {
         self.bounded.run(call).await
     }
+
+    pub(super) fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Runs `change` in a transaction that first locks `user`'s row, provided the user is
+    /// still active at the version that was read; `Ok(None)` when not (nothing changed).
+    async fn with_current_user<T, F>(&self, user: &User, change: F) -> Result<Option<T>, DbErr>
+    where
+        F: for<'t> FnOnce(
+            &'t sea_orm::DatabaseTransaction,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = Result<Option<T>, DbErr>> + Send + 't>,
+        >,
+    {
+        let txn = self.db.begin().await?;
+        if !lock_current(&txn, user.id, user.credential_version).await? {
+            txn.rollback().await?;
+            return Ok(None);
+        }
+        let done = change(&txn).await?;
+        if done.is_some() {
+            txn.commit().await?;
+        } else {
+            txn.rollback().await?;
+        }
+        Ok(done)
+    }
+}
+
+/// Locks the row of user `id` if the user is active at `version`, and says whether it is: a
+/// password change or a deactivation in flight either commits first (and this matches nothing)
+/// or waits for the caller's transaction.
+async fn lock_current(txn: &impl ConnectionTrait, id: UserId, version: i64) -> Result<bool, DbErr> {
+    let current = users::Entity::update_many()
+        .col_expr(
+            users::Column::CredentialVersion,
+            Expr::col(users::Column::CredentialVersion),
+        )
+        .filter(users::Column::Id.eq(id.0))
+        .filter(users::Column::CredentialVersion.eq(version))
+        .filter(users::Column::IsActive.eq(true))
+        .exec(txn)
+        .await?;
+    Ok(current.rows_affected == 1)
 }
 
 /// Outages (no connection, a dropped one, a busy SQLite file) are worth a retry; anything else
@@ -138,6 +185,7 @@ pub(super) fn to_user(model: users::Model) -> Result<User, BackendError> {
             .parse::<Role>()
             .map_err(BackendError::unexpected)?,
         is_active: model.is_active,
+        email_verified: model.email_verified,
         created_at: model.created_at,
         password_hash: PasswordHash::new(model.password_hash),
         credential_version: model.credential_version,
@@ -226,9 +274,23 @@ impl UserRepository for SeaOrmUserRepository {
             created_at: Set(new.created_at),
             updated_at: Set(new.created_at),
             credential_version: Set(0),
+            email_verified: Set(false),
             ..Default::default()
         };
-        let inserted = match self.bounded.run_raw(model.insert(&self.db)).await? {
+        let (send_verification, now) = (new.send_verification, new.created_at);
+        let insert = async {
+            let txn = self.db.begin().await?;
+            let user = model.insert(&txn).await?;
+            if send_verification {
+                let job = MailJob::Verification {
+                    user_id: UserId(user.id),
+                };
+                mail::enqueue(&txn, job, now).await?;
+            }
+            txn.commit().await?;
+            Ok(user)
+        };
+        let inserted = match self.bounded.run_raw(insert).await? {
             Ok(model) => model,
             Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
                 return Err(CreateUserError::EmailTaken);
@@ -342,19 +404,7 @@ impl UserRepository for SeaOrmUserRepository {
         let stored = self
             .bounded(async {
                 let txn = self.db.begin().await?;
-                // Locks the user's row, so a password change or deactivation in flight either
-                // commits first (and this matches nothing) or waits for this session and ends it.
-                let current = users::Entity::update_many()
-                    .col_expr(
-                        users::Column::CredentialVersion,
-                        Expr::col(users::Column::CredentialVersion),
-                    )
-                    .filter(users::Column::Id.eq(user_id.0))
-                    .filter(users::Column::CredentialVersion.eq(version))
-                    .filter(users::Column::IsActive.eq(true))
-                    .exec(&txn)
-                    .await?;
-                if current.rows_affected != 1 {
+                if !lock_current(&txn, user_id, version).await? {
                     txn.rollback().await?;
                     return Ok(None);
                 }
@@ -511,6 +561,173 @@ impl UserRepository for SeaOrmUserRepository {
         Ok(ended.rows_affected == 1)
     }
 
+    async fn set_email_verified(
+        &self,
+        id: UserId,
+        verified: bool,
+    ) -> Result<Option<User>, BackendError> {
+        let found = self
+            .bounded(async {
+                users::Entity::update_many()
+                    .col_expr(users::Column::EmailVerified, Expr::value(verified))
+                    .col_expr(users::Column::UpdatedAt, Expr::value(Utc::now()))
+                    .filter(users::Column::Id.eq(id.0))
+                    .exec(&self.db)
+                    .await?;
+                users::Entity::find_by_id(id.0).one(&self.db).await
+            })
+            .await?;
+        found.map(to_user).transpose()
+    }
+
+    async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError> {
+        self.bounded(mail::enqueue(&self.db, job, now)).await
+    }
+
+    async fn store_email_token(&self, token: NewEmailToken) -> Result<(), BackendError> {
+        self.bounded(mail::token_row(token).insert(&self.db))
+            .await
+            .map(drop)
+    }
+
+    async fn find_email_token(
+        &self,
+        hash: &EmailTokenHash,
+    ) -> Result<Option<EmailTokenRecord>, BackendError> {
+        let found = self
+            .bounded(
+                email_tokens::Entity::find_by_id(hash.0.clone())
+                    .find_also_related(users::Entity)
+                    .one(&self.db),
+            )
+            .await?;
+        let Some((token, Some(user))) = found else {
+            return Ok(None);
+        };
+        Ok(Some(mail::to_token(token, to_user(user)?)?))
+    }
+
+    async fn reset_password(
+        &self,
+        token: &EmailTokenHash,
+        user: &User,
+        hash: PasswordHash,
+        now: DateTime<Utc>,
+    ) -> Result<bool, BackendError> {
+        let (token, id) = (token.0.clone(), user.id);
+        let hash = hash.as_str().to_owned();
+        let done = self
+            .bounded(self.with_current_user(user, move |txn| {
+                Box::pin(async move {
+                    if !mail::spend(txn, &token, id, now).await? {
+                        return Ok(None);
+                    }
+                    users::Entity::update_many()
+                        .col_expr(users::Column::PasswordHash, Expr::value(hash))
+                        .col_expr(users::Column::CredentialVersion, next_version())
+                        .col_expr(users::Column::EmailVerified, Expr::value(true))
+                        .col_expr(users::Column::UpdatedAt, Expr::value(now))
+                        .filter(users::Column::Id.eq(id.0))
+                        .exec(txn)
+                        .await?;
+                    end_sessions(txn, id, None, now).await?;
+                    mail::spend_all(
+                        txn,
+                        id,
+                        &[EmailTokenKind::PasswordReset, EmailTokenKind::EmailChange],
+                        now,
+                    )
+                    .await?;
+                    Ok(Some(()))
+                })
+            }))
+            .await?;
+        Ok(done.is_some())
+    }
+
+    async fn verify_email(
+        &self,
+        token: &EmailTokenHash,
+        user_id: UserId,
+        email: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, BackendError> {
+        let found = self
+            .bounded(async {
+                let txn = self.db.begin().await?;
+                // Only the address the link was sent to is proved by it.
+                let verified = users::Entity::update_many()
+                    .col_expr(users::Column::EmailVerified, Expr::value(true))
+                    .col_expr(users::Column::UpdatedAt, Expr::value(now))
+                    .filter(users::Column::Id.eq(user_id.0))
+                    .filter(users::Column::Email.eq(email))
+                    .exec(&txn)
+                    .await?;
+                if verified.rows_affected != 1 || !mail::spend(&txn, &token.0, user_id, now).await?
+                {
+                    txn.rollback().await?;
+                    return Ok(None);
+                }
+                let user = users::Entity::find_by_id(user_id.0).one(&txn).await?;
+                txn.commit().await?;
+                Ok(user)
+            })
+            .await?;
+        found.map(to_user).transpose()
+    }
+
+    async fn change_email(
+        &self,
+        token: &EmailTokenHash,
+        user: &User,
+        new_email: &Email,
+        keep: Option<SessionId>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<User>, CreateUserError> {
+        let (token, id) = (token.0.clone(), user.id);
+        let new_email = new_email.clone();
+        let changed = self
+            .bounded
+            .run_raw(self.with_current_user(user, move |txn| {
+                Box::pin(async move {
+                    if !mail::spend(txn, &token, id, now).await? {
+                        return Ok(None);
+                    }
+                    // The unique index on the key decides whether the address is free now.
+                    users::Entity::update_many()
+                        .col_expr(users::Column::Email, Expr::value(new_email.as_str()))
+                        .col_expr(
+                            users::Column::EmailNormalized,
+                            Expr::value(new_email.normalized()),
+                        )
+                        .col_expr(users::Column::EmailKey, Expr::value(new_email.key()))
+                        .col_expr(users::Column::EmailVerified, Expr::value(true))
+                        .col_expr(users::Column::CredentialVersion, next_version())
+                        .col_expr(users::Column::UpdatedAt, Expr::value(now))
+                        .filter(users::Column::Id.eq(id.0))
+                        .exec(txn)
+                        .await?;
+                    end_sessions(txn, id, keep, now).await?;
+                    mail::spend_all(
+                        txn,
+                        id,
+                        &[EmailTokenKind::Verification, EmailTokenKind::EmailChange],
+                        now,
+                    )
+                    .await?;
+                    users::Entity::find_by_id(id.0).one(txn).await
+                })
+            }))
+            .await?;
+        match changed {
+            Ok(found) => Ok(found.map(to_user).transpose()?),
+            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                Err(CreateUserError::EmailTaken)
+            }
+            Err(err) => Err(backend_error(err).into()),
+        }
+    }
+
     async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, BackendError> {
         self.bounded(async {
             refresh_tokens::Entity::delete_many()
@@ -518,6 +735,7 @@ impl UserRepository for SeaOrmUserRepository {
                 .exec(&self.db)
                 .await?;
             // Refresh tokens of these sessions go with them (ON DELETE CASCADE).
+            mail::purge(&self.db, now).await?;
             let deleted = sessions::Entity::delete_many()
                 .filter(
                     Condition::any()

@@ -33,6 +33,7 @@ error_statuses!(
     /// Errors of `POST /auth/login`.
     LoginErrors:
         401 => "Incorrect email or password; or, after a correct password, an inactive account",
+        403 => "After a correct password: the address is not verified, and require_verified_email is set",
         413 => "The body is too large",
         415 => "The body is not JSON",
         422 => "Malformed JSON or email",
@@ -71,6 +72,7 @@ fn record_login<T>(result: &Result<T, LoginError>) {
         Ok(_) => "success",
         Err(LoginError::InvalidCredentials) => "invalid_credentials",
         Err(LoginError::Inactive) => "inactive",
+        Err(LoginError::Unverified) => "unverified",
         Err(LoginError::Throttled(_)) => "rate_limited",
         Err(LoginError::Backend(_)) => "error",
     });
@@ -179,6 +181,9 @@ impl AuthApi {
                 "invalid_grant",
                 "Inactive user account",
             )),
+            Err(LoginError::Unverified) => {
+                Err(TokenFailure::oauth("invalid_grant", "Email not verified"))
+            }
             Err(err @ LoginError::Throttled(_)) => Err(err.into()),
             Err(LoginError::Backend(err)) => Err(err.into()),
         }
