@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, Database};
 
+/// The signing key every benchmark server runs with.
+pub const SECRET: &str = "benchmark-secret-key-0123456789abcdef0123";
+
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// The server under test.
@@ -25,7 +28,7 @@ impl Server {
             .arg("serve")
             .env("PORTCULLIS_PROFILE", "production")
             .env("DATABASE_URL", database_url)
-            .env("SECRET_KEY", "benchmark-secret-key-0123456789abcdef0123")
+            .env("SECRET_KEY", SECRET)
             .env("PORT", port.to_string())
             .env("LOG_LEVEL", "warn")
             .envs(env.iter().copied())

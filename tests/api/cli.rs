@@ -92,3 +92,69 @@ fn production_refuses_to_start_naming_what_is_missing() {
         String::from_utf8_lossy(&output.stderr).contains("SECRET_KEY must be at least 32 bytes")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_prints_reset_links_marks_addresses_verified_and_tests_mail() {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    let url = db.url().to_owned();
+    let mut app = TestApp::spawn(settings(&url, serde_json::json!({}))).await;
+    assert_eq!(
+        app.register("lost@example.com", PASSWORD).await.status(),
+        201
+    );
+
+    // A reset link while mail is down: it works at the reset route.
+    let printed = portcullis(&url, &["user", "reset-link", "lost@example.com"], "");
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    let link = String::from_utf8_lossy(&printed.stdout).trim().to_owned();
+    let token = link
+        .split_once("/console/reset?token=")
+        .map(|(_, token)| token.to_owned())
+        .unwrap_or_else(|| panic!("a reset link: {link}"));
+    let reset = app
+        .post_json(
+            "/auth/password/reset",
+            &serde_json::json!({"token": token, "new_password": "a brand new passphrase"}),
+        )
+        .await;
+    assert_eq!(reset.status(), 204);
+    let unknown = portcullis(&url, &["user", "reset-link", "ghost@example.com"], "");
+    assert!(!unknown.status.success());
+
+    // Marking verified, for users that predate verification.
+    let verified = portcullis(&url, &["user", "verify", "lost@example.com"], "");
+    assert!(String::from_utf8_lossy(&verified.stdout).contains(", verified"));
+
+    // The test message goes through the configured transport and reports the answer.
+    let smtp = crate::smtp::SmtpServer::start().await;
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["mail", "test", "ops@example.com"])
+        .env("PORTCULLIS_PROFILE", "test")
+        .env("DATABASE_URL", &url)
+        .env("SECRET_KEY", SECRET)
+        .env("BCRYPT_COST", "4")
+        .env("MAIL_TRANSPORT", "smtp")
+        .env("SMTP_URL", smtp.url())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("250"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let received = smtp
+        .wait_for("ops@example.com", std::time::Duration::from_secs(5))
+        .await;
+    assert_eq!(received.subject(), "Portcullis test message");
+    app.stop().await;
+    db.drop_database().await;
+}

@@ -5,6 +5,7 @@ mod helpers;
 
 mod cli;
 mod docs;
+mod email;
 mod errors;
 mod hardening;
 mod instances;
@@ -16,4 +17,5 @@ mod protected;
 mod registration;
 mod repository;
 mod sessions;
+mod smtp;
 mod tokens;

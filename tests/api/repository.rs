@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use portcullis::domain::ports::{
-    CreateSessionError, CreateUserError, FailureRecord, RateLimiter, Rotation, UserRepository,
+    CreateSessionError, CreateUserError, FailureRecord, MailOutbox, RateLimiter, Rotation,
+    UserRepository,
 };
 use portcullis::domain::{
-    ClientInfo, Email, NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshTokenHash, Role,
-    SessionId, User, UserId,
+    ClientInfo, Email, EmailTokenKind, MailJob, NewEmailToken, NewRefreshToken, NewSession,
+    NewUser, OutboxDepth, PasswordHash, RefreshTokenHash, Role, SessionId, User, UserId,
 };
 use portcullis::outbound::memory::{MemoryRateLimiter, MemoryUserRepository};
 use portcullis::outbound::sea_orm::{
@@ -64,6 +65,37 @@ where
         test,
     )
     .await;
+}
+
+/// [`on_every_adapter`] for the repositories as their own mail outboxes.
+async fn on_every_store<F, Fut>(test: F)
+where
+    F: Fn(Arc<dyn UserRepository>, Arc<dyn MailOutbox>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let memory = Arc::new(MemoryUserRepository::new());
+    test(memory.clone(), memory).await;
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(db) = TestDb::create(backend).await else {
+            continue;
+        };
+        let conn = connect(&DatabaseSettings {
+            url: db.url().to_owned(),
+            max_connections: 5,
+            connect_timeout: Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+        migrate_up(&conn).await.unwrap();
+        let store = Arc::new(SeaOrmUserRepository::new(
+            conn.clone(),
+            Duration::from_secs(5),
+            1,
+        ));
+        test(store.clone(), store).await;
+        conn.close().await.unwrap();
+        db.drop_database().await;
+    }
 }
 
 /// [`on_every_adapter`] for the rate limiters.
@@ -592,6 +624,254 @@ async fn concurrent_session_lookups_each_get_their_own_answer() {
             });
             assert_eq!(found, *owner, "session {sid}");
         }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_hands_each_due_job_to_one_claimer_and_keeps_what_failed() {
+    on_every_store(|repo, outbox| async move {
+        let alice = user(repo.as_ref(), "alice@example.com").await;
+        for _ in 0..10 {
+            repo.enqueue_mail(MailJob::Verification { user_id: alice.id }, t0())
+                .await
+                .unwrap();
+        }
+        let lease = TimeDelta::minutes(5);
+        // Twenty workers at once, one job each at most: every job goes to exactly one.
+        let claims = (0..20).map(|_| outbox.claim_mail(t0(), lease, 1));
+        let mut ids: Vec<i64> = futures::future::join_all(claims)
+            .await
+            .into_iter()
+            .flat_map(Result::unwrap)
+            .map(|mail| mail.id)
+            .collect();
+        ids.sort_unstable();
+        let before = ids.len();
+        ids.dedup();
+        assert_eq!((before, ids.len()), (10, 10));
+        // Claimed jobs are nobody else's until the lease ends.
+        assert!(
+            outbox
+                .claim_mail(t0(), lease, 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        outbox.finish_mail(ids[0], t0()).await.unwrap();
+        outbox
+            .retry_mail(ids[1], 1, t0() + TimeDelta::hours(1), "connection refused")
+            .await
+            .unwrap();
+        outbox
+            .fail_mail(ids[2], 8, "550 no such user")
+            .await
+            .unwrap();
+        assert_eq!(
+            outbox.mail_depth().await.unwrap(),
+            OutboxDepth {
+                pending: 8,
+                failed: 1
+            }
+        );
+        // After the lease, the unsettled jobs are due again; the retried one when its time comes.
+        let later = t0() + lease + TimeDelta::seconds(1);
+        let again = outbox.claim_mail(later, lease, 100).await.unwrap();
+        assert_eq!(again.len(), 7);
+        assert!(
+            again
+                .iter()
+                .all(|m| m.job == MailJob::Verification { user_id: alice.id })
+        );
+        for mail in &again {
+            outbox.finish_mail(mail.id, later).await.unwrap();
+        }
+        let retried = outbox
+            .claim_mail(t0() + TimeDelta::hours(2), lease, 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            retried
+                .iter()
+                .map(|m| (m.id, m.attempts))
+                .collect::<Vec<_>>(),
+            [(ids[1], 1)]
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reset_token_works_once_and_spends_the_others() {
+    on_every_store(|repo, _| async move {
+        let alice = user(repo.as_ref(), "alice@example.com").await;
+        let (session_id, _) = session(repo.as_ref(), &alice).await;
+        let token = |kind| NewEmailToken::generate(kind, &alice, t0(), TimeDelta::minutes(30));
+        let first = token(EmailTokenKind::PasswordReset);
+        let second = token(EmailTokenKind::PasswordReset);
+        for t in [&first, &second] {
+            repo.store_email_token(t.clone()).await.unwrap();
+        }
+        let found = repo.find_email_token(&first.hash).await.unwrap().unwrap();
+        assert_eq!(found.user.id, alice.id);
+        assert!(found.usable_for(EmailTokenKind::PasswordReset, t0()));
+        let now = t0() + TimeDelta::minutes(1);
+        assert!(
+            repo.reset_password(&first.hash, &alice, PasswordHash::new("new".into()), now)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !repo
+                .reset_password(&first.hash, &alice, PasswordHash::new("again".into()), now)
+                .await
+                .unwrap()
+        );
+        let after = repo.find_user_by_id(alice.id).await.unwrap().unwrap();
+        assert_eq!(after.password_hash, PasswordHash::new("new".into()));
+        assert!(after.email_verified);
+        assert_ne!(after.credential_version, alice.credential_version);
+        assert!(
+            repo.find_session(session_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+                .ended_at
+                .is_some()
+        );
+        let other = repo.find_email_token(&second.hash).await.unwrap().unwrap();
+        assert!(other.spent_at.is_some(), "the other reset token is spent");
+        // The user as read before the reset is stale now: a reset with it changes nothing.
+        let third = token(EmailTokenKind::PasswordReset);
+        repo.store_email_token(third.clone()).await.unwrap();
+        assert!(
+            !repo
+                .reset_password(&third.hash, &alice, PasswordHash::new("x".into()), now)
+                .await
+                .unwrap()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_verification_proves_only_the_address_it_was_sent_to() {
+    on_every_store(|repo, _| async move {
+        let alice = user(repo.as_ref(), "alice@example.com").await;
+        let token = NewEmailToken::generate(
+            EmailTokenKind::Verification,
+            &alice,
+            t0(),
+            TimeDelta::hours(1),
+        );
+        repo.store_email_token(token.clone()).await.unwrap();
+        assert!(
+            repo.verify_email(&token.hash, alice.id, "elsewhere@example.com", t0())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let verified = repo
+            .verify_email(&token.hash, alice.id, "alice@example.com", t0())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(verified.email_verified);
+        assert!(
+            repo.verify_email(&token.hash, alice.id, "alice@example.com", t0())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_email_change_moves_the_account_unless_the_address_was_taken() {
+    on_every_store(|repo, _| async move {
+        let alice = user(repo.as_ref(), "alice@example.com").await;
+        let (keep, _) = session(repo.as_ref(), &alice).await;
+        let (other, _) = session(repo.as_ref(), &alice).await;
+        let change = |to: &str| {
+            let mut token = NewEmailToken::generate(
+                EmailTokenKind::EmailChange,
+                &alice,
+                t0(),
+                TimeDelta::hours(1),
+            );
+            token.new_email = Some(Email::parse(to).unwrap());
+            token.keep_session = Some(keep);
+            token
+        };
+        user(repo.as_ref(), "taken@example.com").await;
+        let taken = change("TAKEN@example.com");
+        repo.store_email_token(taken.clone()).await.unwrap();
+        let now = t0() + TimeDelta::minutes(1);
+        assert!(matches!(
+            repo.change_email(
+                &taken.hash,
+                &alice,
+                &Email::parse("TAKEN@example.com").unwrap(),
+                Some(keep),
+                now
+            )
+            .await,
+            Err(CreateUserError::EmailTaken)
+        ));
+        let unchanged = repo.find_user_by_id(alice.id).await.unwrap().unwrap();
+        assert_eq!(unchanged.email.as_str(), "alice@example.com");
+        assert!(
+            repo.find_email_token(&taken.hash)
+                .await
+                .unwrap()
+                .unwrap()
+                .spent_at
+                .is_none()
+        );
+
+        let free = change("alice.new@example.com");
+        repo.store_email_token(free.clone()).await.unwrap();
+        let moved = repo
+            .change_email(
+                &free.hash,
+                &alice,
+                &Email::parse("alice.new@example.com").unwrap(),
+                Some(keep),
+                now,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved.email.as_str(), "alice.new@example.com");
+        assert!(moved.email_verified);
+        assert!(
+            repo.find_user_by_email(&Email::parse("alice@example.com").unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            repo.find_session(keep)
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+                .ended_at
+                .is_none()
+        );
+        assert!(
+            repo.find_session(other)
+                .await
+                .unwrap()
+                .unwrap()
+                .0
+                .ended_at
+                .is_some()
+        );
+        // The old address is free again.
+        user(repo.as_ref(), "alice@example.com").await;
     })
     .await;
 }

@@ -587,3 +587,479 @@ fn retry_delay(base: TimeDelta, attempts: u32) -> TimeDelta {
         .unwrap_or(MAX_RETRY_DELAY)
         .min(MAX_RETRY_DELAY)
 }
+
+#[cfg(test)]
+mod tests {
+    use mockall::predicate::{always, eq};
+
+    use super::super::test_support::{Mocks, session, user};
+    use super::*;
+    use crate::domain::ports::MockMailer;
+    use crate::domain::{EmailTokenRecord, PasswordHash, Role, SessionId, UserId};
+
+    fn email(address: &str) -> Email {
+        Email::parse(address).unwrap()
+    }
+
+    fn client() -> ClientInfo {
+        ClientInfo::new(None, Some("203.0.113.7".into()))
+    }
+
+    /// Mocks with a mailer that accepts everything.
+    fn with_mail() -> Mocks {
+        let mut m = Mocks::new();
+        let mut mailer = MockMailer::new();
+        mailer.expect_send().returning(|_| Ok("250 OK".into()));
+        m.mailer = Some(mailer);
+        m
+    }
+
+    fn record(m: &Mocks, kind: EmailTokenKind) -> EmailTokenRecord {
+        EmailTokenRecord {
+            kind,
+            user: user(5, Role::User, true),
+            email: "user5@example.com".into(),
+            new_email: None,
+            keep_session: None,
+            expires_at: m.now + TimeDelta::minutes(10),
+            spent_at: None,
+        }
+    }
+
+    fn principal() -> Principal {
+        Principal {
+            user: user(5, Role::User, true),
+            session_id: SessionId::random(),
+        }
+    }
+
+    #[tokio::test]
+    async fn forgot_queues_one_job_for_any_address_and_looks_nothing_up() {
+        let mut m = with_mail();
+        m.users.expect_find_user_by_email().never();
+        m.users
+            .expect_enqueue_mail()
+            .with(
+                eq(MailJob::PasswordReset {
+                    email: email("nobody@example.com"),
+                }),
+                always(),
+            )
+            .times(1)
+            .returning(|_, _| Ok(()));
+        m.service()
+            .forgot_password(email("nobody@example.com"), &client())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_a_transport_forgot_is_refused_before_any_limit_or_write() {
+        let mut m = Mocks::new();
+        m.users.expect_enqueue_mail().never();
+        let mut limiter = crate::domain::ports::MockRateLimiter::new();
+        limiter.expect_increment().never();
+        m.limiter = Some(limiter);
+        let err = m
+            .service()
+            .forgot_password(email("ann@example.com"), &client())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MailRequestError::NotConfigured));
+    }
+
+    #[tokio::test]
+    async fn forgot_over_the_mail_limit_queues_nothing() {
+        let mut m = with_mail();
+        let mut limiter = crate::domain::ports::MockRateLimiter::new();
+        limiter
+            .expect_increment()
+            .returning(|bucket, _| Ok(if bucket.starts_with("mail:") { 99 } else { 1 }));
+        m.limiter = Some(limiter);
+        m.users.expect_enqueue_mail().never();
+        let err = m
+            .service()
+            .forgot_password(email("ann@example.com"), &client())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MailRequestError::Throttled(_)));
+    }
+
+    #[tokio::test]
+    async fn a_reset_token_is_refused_when_unknown_spent_expired_or_of_another_kind() {
+        type Spoil = fn(&mut EmailTokenRecord, DateTime);
+        type DateTime = chrono::DateTime<chrono::Utc>;
+        let spoils: [(&str, Spoil); 5] = [
+            ("another kind", |r, _| r.kind = EmailTokenKind::Verification),
+            ("spent", |r, now| r.spent_at = Some(now)),
+            ("expired", |r, now| r.expires_at = now),
+            ("user deactivated", |r, _| r.user.is_active = false),
+            ("address changed", |r, _| r.email = "old@example.com".into()),
+        ];
+        for (case, spoil) in spoils {
+            let mut m = with_mail();
+            let mut rec = record(&m, EmailTokenKind::PasswordReset);
+            spoil(&mut rec, m.now);
+            m.users
+                .expect_find_email_token()
+                .returning(move |_| Ok(Some(rec.clone())));
+            m.hasher.expect_hash().never();
+            m.users.expect_reset_password().never();
+            let err = m
+                .service()
+                .reset_password("token", Password::parse("new password").unwrap())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, RedeemError::InvalidToken), "{case}");
+        }
+        let mut m = with_mail();
+        m.users.expect_find_email_token().returning(|_| Ok(None));
+        m.hasher.expect_hash().never();
+        let err = m
+            .service()
+            .reset_password("unknown", Password::parse("new password").unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RedeemError::InvalidToken));
+        // Huge or empty tokens are not even looked up.
+        let mut m = with_mail();
+        m.users.expect_find_email_token().never();
+        let service = m.service();
+        for token in [String::new(), "x".repeat(129)] {
+            assert!(matches!(
+                service
+                    .reset_password(&token, Password::parse("new password").unwrap())
+                    .await,
+                Err(RedeemError::InvalidToken)
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_sets_the_password_atomically_and_clears_the_failure_delay() {
+        let mut m = with_mail();
+        let rec = record(&m, EmailTokenKind::PasswordReset);
+        m.users
+            .expect_find_email_token()
+            .with(eq(EmailTokenHash::of("token")))
+            .returning(move |_| Ok(Some(rec.clone())));
+        m.hasher
+            .expect_hash()
+            .times(1)
+            .returning(|_| Ok(PasswordHash::new("new-hash".into())));
+        m.users
+            .expect_reset_password()
+            .withf(|token, user, hash, _| {
+                *token == EmailTokenHash::of("token")
+                    && user.id == UserId(5)
+                    && hash.as_str() == "new-hash"
+            })
+            .times(1)
+            .returning(|_, _, _, _| Ok(true));
+        let mut limiter = crate::domain::ports::MockRateLimiter::new();
+        limiter
+            .expect_clear_failures()
+            .withf(|key| {
+                *key == super::super::limits::subject_key(
+                    "failures",
+                    email("user5@example.com").key(),
+                )
+            })
+            .times(1)
+            .returning(|_| Ok(()));
+        m.limiter = Some(limiter);
+        m.service()
+            .reset_password("token", Password::parse("new password").unwrap())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reset_that_loses_a_race_for_its_token_is_refused() {
+        let mut m = with_mail();
+        let rec = record(&m, EmailTokenKind::PasswordReset);
+        m.users
+            .expect_find_email_token()
+            .returning(move |_| Ok(Some(rec.clone())));
+        m.hasher
+            .expect_hash()
+            .returning(|_| Ok(PasswordHash::new("h".into())));
+        m.users
+            .expect_reset_password()
+            .returning(|_, _, _, _| Ok(false));
+        let err = m
+            .service()
+            .reset_password("token", Password::parse("new password").unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RedeemError::InvalidToken));
+    }
+
+    #[tokio::test]
+    async fn a_verified_address_needs_no_verification_mail() {
+        let mut m = with_mail();
+        m.users.expect_enqueue_mail().never();
+        let mut verified = principal();
+        verified.user.email_verified = true;
+        let err = m
+            .service()
+            .request_verification(&verified, &client())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MailRequestError::AlreadyVerified));
+    }
+
+    #[tokio::test]
+    async fn an_email_change_with_a_wrong_password_queues_nothing() {
+        let mut m = with_mail();
+        m.hasher.expect_verify().returning(|_, _| Ok(false));
+        m.users.expect_enqueue_mail().never();
+        let err = m
+            .service()
+            .request_email_change(&principal(), email("new@example.com"), "wrong", &client())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MailRequestError::WrongPassword));
+    }
+
+    /// Mocks whose outbox hands out `job` once, and records how it was settled.
+    fn delivering(job: MailJob, attempts: u32) -> Mocks {
+        let mut m = Mocks::new();
+        let queued_at = m.now;
+        m.outbox
+            .expect_claim_mail()
+            .times(1)
+            .returning(move |_, _, _| {
+                Ok(vec![QueuedMail {
+                    id: 1,
+                    job: job.clone(),
+                    attempts,
+                    queued_at,
+                }])
+            });
+        m
+    }
+
+    #[tokio::test]
+    async fn a_reset_job_for_an_unknown_or_inactive_address_sends_nothing() {
+        for found in [None, Some(user(5, Role::User, false))] {
+            let mut m = delivering(
+                MailJob::PasswordReset {
+                    email: email("who@example.com"),
+                },
+                0,
+            );
+            m.users
+                .expect_find_user_by_email()
+                .returning(move |_| Ok(found.clone()));
+            m.users.expect_store_email_token().never();
+            let mut mailer = MockMailer::new();
+            mailer.expect_send().never();
+            m.mailer = Some(mailer);
+            m.outbox
+                .expect_finish_mail()
+                .times(1)
+                .returning(|_, _| Ok(()));
+            let done = m.service().deliver_mail().await.unwrap();
+            assert_eq!(done[0].outcome, DeliveryOutcome::Dropped);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_link_goes_to_the_address_on_the_account_not_the_look_alike_typed() {
+        let mut m = delivering(
+            MailJob::PasswordReset {
+                email: email("us\u{435}r5@example.com"),
+            },
+            0,
+        );
+        m.users
+            .expect_find_user_by_email()
+            .returning(|_| Ok(Some(user(5, Role::User, true))));
+        let now = m.now;
+        m.users
+            .expect_store_email_token()
+            .withf(move |t| {
+                t.kind == EmailTokenKind::PasswordReset
+                    && t.user_id == UserId(5)
+                    && t.expires_at == now + TimeDelta::minutes(30)
+            })
+            .times(1)
+            .returning(|_| Ok(()));
+        let mut mailer = MockMailer::new();
+        mailer
+            .expect_send()
+            .withf(|mail| {
+                mail.to == "user5@example.com"
+                    && mail.kind == MailKind::PasswordReset
+                    && mail.link.as_deref().is_some_and(|l| {
+                        l.starts_with("http://127.0.0.1:8000/console/reset?token=") && l.len() > 43
+                    })
+            })
+            .times(1)
+            .returning(|_| Ok("250 OK".into()));
+        m.mailer = Some(mailer);
+        m.outbox
+            .expect_finish_mail()
+            .times(1)
+            .returning(|_, _| Ok(()));
+        let done = m.service().deliver_mail().await.unwrap();
+        assert_eq!(done[0].outcome, DeliveryOutcome::Sent);
+    }
+
+    #[tokio::test]
+    async fn a_failed_delivery_is_retried_later_and_given_up_after_the_limit() {
+        for (attempts_before, rejected, expected) in [
+            (0, false, DeliveryOutcome::Retrying),
+            (7, false, DeliveryOutcome::Failed),
+            (0, true, DeliveryOutcome::Failed),
+        ] {
+            let mut m = delivering(
+                MailJob::Verification { user_id: UserId(5) },
+                attempts_before,
+            );
+            m.users
+                .expect_find_user_by_id()
+                .returning(|_| Ok(Some(user(5, Role::User, true))));
+            m.users.expect_store_email_token().returning(|_| Ok(()));
+            let mut mailer = MockMailer::new();
+            mailer.expect_send().returning(move |_| {
+                Err(if rejected {
+                    MailError::Rejected("550 no such user".into())
+                } else {
+                    MailError::Transient("connection refused".into())
+                })
+            });
+            m.mailer = Some(mailer);
+            let now = m.now;
+            m.outbox
+                .expect_retry_mail()
+                .with(eq(1), eq(1), eq(now + TimeDelta::seconds(30)), always())
+                .times(usize::from(expected == DeliveryOutcome::Retrying))
+                .returning(|_, _, _, _| Ok(()));
+            m.outbox
+                .expect_fail_mail()
+                .times(usize::from(expected == DeliveryOutcome::Failed))
+                .returning(|_, _, _| Ok(()));
+            let done = m.service().deliver_mail().await.unwrap();
+            assert_eq!(done[0].outcome, expected, "{attempts_before} {rejected}");
+        }
+    }
+
+    #[test]
+    fn retries_wait_twice_as_long_each_time_up_to_an_hour() {
+        let base = TimeDelta::seconds(30);
+        assert_eq!(retry_delay(base, 1), TimeDelta::seconds(30));
+        assert_eq!(retry_delay(base, 2), TimeDelta::seconds(60));
+        assert_eq!(retry_delay(base, 4), TimeDelta::seconds(240));
+        assert_eq!(retry_delay(base, 30), MAX_RETRY_DELAY);
+    }
+
+    #[tokio::test]
+    async fn a_change_to_a_taken_address_warns_its_owner_instead_of_sending_a_link() {
+        let keep = SessionId::random();
+        let mut m = delivering(
+            MailJob::EmailChange {
+                user_id: UserId(5),
+                new_email: email("user6@example.com"),
+                keep,
+            },
+            0,
+        );
+        m.users
+            .expect_find_user_by_id()
+            .returning(|_| Ok(Some(user(5, Role::User, true))));
+        m.users
+            .expect_find_user_by_email()
+            .returning(|_| Ok(Some(user(6, Role::User, true))));
+        m.users.expect_store_email_token().never();
+        let mut mailer = MockMailer::new();
+        let mut seq = mockall::Sequence::new();
+        mailer
+            .expect_send()
+            .withf(|mail| {
+                mail.kind == MailKind::EmailChangeNotice && mail.to == "user5@example.com"
+            })
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Ok("250".into()));
+        mailer
+            .expect_send()
+            .withf(|mail| {
+                mail.kind == MailKind::EmailInUse
+                    && mail.to == "user6@example.com"
+                    && mail.link.is_none()
+            })
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Ok("250".into()));
+        m.mailer = Some(mailer);
+        m.outbox.expect_finish_mail().returning(|_, _| Ok(()));
+        m.service().deliver_mail().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_change_to_a_free_address_sends_its_link_there_bound_to_the_asking_session() {
+        let keep = SessionId::random();
+        let mut m = delivering(
+            MailJob::EmailChange {
+                user_id: UserId(5),
+                new_email: email("fresh@example.com"),
+                keep,
+            },
+            0,
+        );
+        m.users
+            .expect_find_user_by_id()
+            .returning(|_| Ok(Some(user(5, Role::User, true))));
+        m.users.expect_find_user_by_email().returning(|_| Ok(None));
+        m.users
+            .expect_store_email_token()
+            .withf(move |t| {
+                t.kind == EmailTokenKind::EmailChange
+                    && t.new_email == Some(email("fresh@example.com"))
+                    && t.keep_session == Some(keep)
+                    && t.email == "user5@example.com"
+            })
+            .times(1)
+            .returning(|_| Ok(()));
+        let mut mailer = MockMailer::new();
+        mailer
+            .expect_send()
+            .withf(|mail| mail.kind == MailKind::EmailChangeNotice)
+            .times(1)
+            .returning(|_| Ok("250".into()));
+        mailer
+            .expect_send()
+            .withf(|mail| mail.kind == MailKind::EmailChange && mail.to == "fresh@example.com")
+            .times(1)
+            .returning(|_| Ok("250".into()));
+        m.mailer = Some(mailer);
+        m.outbox.expect_finish_mail().returning(|_, _| Ok(()));
+        m.service().deliver_mail().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unverified_login_is_refused_only_when_verification_is_required() {
+        for required in [false, true] {
+            let mut m = Mocks::new();
+            m.policy.mail.require_verified = required;
+            m.users
+                .expect_find_user_by_email()
+                .returning(|_| Ok(Some(user(5, Role::User, true))));
+            m.hasher.expect_verify().returning(|_, _| Ok(true));
+            m.users
+                .expect_create_session()
+                .returning(|s, _| Ok(session(s.id, 5)));
+            m.tokens.expect_issue().returning(|_| Ok("t".into()));
+            let result = m
+                .service()
+                .login(&email("user5@example.com"), "right", client())
+                .await;
+            assert_eq!(
+                matches!(result, Err(crate::domain::service::LoginError::Unverified)),
+                required
+            );
+        }
+    }
+}

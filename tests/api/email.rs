@@ -1,0 +1,616 @@
+//! The email flows over real SMTP: the service's SMTP adapter delivers to the test server in
+//! `smtp.rs`, and the tests follow the links in what arrives.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    Backend, PASSWORD, TestApp, TestDb, access_token, app_test, assert_problem,
+    assert_unauthorized, settings,
+};
+use crate::smtp::SmtpServer;
+
+/// How long a queued mail may take to arrive: the worker looks every half second.
+const ARRIVES: Duration = Duration::from_secs(10);
+
+/// Settings for mail through `smtp`, with `extra` on top.
+fn mail_settings(smtp: &SmtpServer, extra: Value) -> Value {
+    let mut overrides = json!({
+        "mail_transport": "smtp",
+        "smtp_url": smtp.url(),
+        "mail_retry_base_seconds": 1,
+    });
+    if let (Value::Object(map), Value::Object(extra)) = (&mut overrides, extra) {
+        map.extend(extra);
+    }
+    overrides
+}
+
+/// Runs `test` on SQLite and on PostgreSQL, each with an SMTP server of its own.
+macro_rules! mail_test {
+    ($name:ident, $extra:expr, |$app:ident, $smtp:ident| $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn run(backend: Backend) {
+                let $smtp = Arc::new(SmtpServer::start().await);
+                let overrides = mail_settings(&$smtp, $extra);
+                let smtp = Arc::clone(&$smtp);
+                crate::helpers::with_app(backend, overrides, move |$app| async move {
+                    let $smtp = smtp;
+                    $body
+                    $app
+                })
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                run(Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                run(Backend::Postgres).await;
+            }
+        }
+    };
+}
+
+async fn post(app: &TestApp, path: &str, body: Value) -> reqwest::Response {
+    app.post_json(path, &body).await
+}
+
+async fn post_auth(app: &TestApp, path: &str, token: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+mail_test!(
+    a_newcomer_registers_verifies_forgets_and_resets_over_smtp,
+    json!({}),
+    |app, smtp| {
+        assert_eq!(
+            app.register("ann@example.com", PASSWORD).await.status(),
+            201
+        );
+        let welcome = smtp.wait_for("ann@example.com", ARRIVES).await;
+        assert_eq!(welcome.subject(), "Confirm your email address");
+        assert!(
+            welcome.data.contains("text/html"),
+            "both parts: {}",
+            welcome.data
+        );
+        let token = welcome
+            .token("/console/verify")
+            .expect("a verification link");
+        let verified: Value = post(&app, "/auth/verify", json!({"token": token}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(verified["email_verified"], true);
+        // Used once.
+        assert_problem(
+            post(&app, "/auth/verify", json!({"token": token})).await,
+            400,
+            "Invalid or expired token",
+        )
+        .await;
+
+        let old_session = app.token_for_existing("ann@example.com").await;
+        let forgot = post(
+            &app,
+            "/auth/password/forgot",
+            json!({"email": "ann@example.com"}),
+        )
+        .await;
+        assert_eq!(forgot.status(), 202);
+        let sent_before = smtp.received().len();
+        let reset_mail = loop {
+            let mail = smtp.wait_for("ann@example.com", ARRIVES).await;
+            if mail.subject() == "Reset your password" {
+                break mail;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(smtp.received().len() > sent_before);
+        let token = reset_mail.token("/console/reset").expect("a reset link");
+        let reset = post(
+            &app,
+            "/auth/password/reset",
+            json!({"token": token, "new_password": "a brand new passphrase"}),
+        )
+        .await;
+        assert_eq!(reset.status(), 204);
+        // Every session ended; the new password works, the old one does not.
+        assert_unauthorized(app.get_auth("/auth/me", &old_session).await, "").await;
+        assert_eq!(app.login("ann@example.com", PASSWORD).await.status(), 401);
+        assert_eq!(
+            app.login("ann@example.com", "a brand new passphrase")
+                .await
+                .status(),
+            200
+        );
+        // The link is spent.
+        assert_problem(
+            post(
+                &app,
+                "/auth/password/reset",
+                json!({"token": token, "new_password": "yet another passphrase"}),
+            )
+            .await,
+            400,
+            "Invalid or expired token",
+        )
+        .await;
+    }
+);
+
+mail_test!(
+    forgot_answers_the_same_for_every_address_and_mails_only_active_accounts,
+    json!({"mail_limit_per_ip": 100}),
+    |app, smtp| {
+        assert_eq!(
+            app.register("known@example.com", PASSWORD).await.status(),
+            201
+        );
+        assert_eq!(
+            app.register("gone@example.com", PASSWORD).await.status(),
+            201
+        );
+        app.operator()
+            .await
+            .set_active(
+                &portcullis::domain::Email::parse("gone@example.com").unwrap(),
+                false,
+            )
+            .await
+            .unwrap();
+        let mut answers = Vec::new();
+        for email in [
+            "known@example.com",
+            "nobody@example.com",
+            "gone@example.com",
+        ] {
+            let response = post(&app, "/auth/password/forgot", json!({"email": email})).await;
+            let status = response.status().as_u16();
+            answers.push((status, response.text().await.unwrap()));
+        }
+        assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+        assert_eq!(answers[0].0, 202);
+        assert_eq!(
+            serde_json::from_str::<Value>(&answers[0].1).unwrap()["message"],
+            "If the address is registered, a reset link has been sent"
+        );
+        let reset = loop {
+            let mail = smtp.wait_for("known@example.com", ARRIVES).await;
+            if mail.subject() == "Reset your password" {
+                break mail;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(reset.token("/console/reset").is_some());
+        // Give the worker time for the other two jobs: neither sends anything.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let to: Vec<Vec<String>> = smtp.received().into_iter().map(|m| m.to).collect();
+        assert!(
+            !to.iter()
+                .flatten()
+                .any(|r| r.contains("nobody") || r.contains("gone")),
+            "{to:?}"
+        );
+    }
+);
+
+mail_test!(
+    an_email_change_needs_the_password_and_the_link_and_keeps_only_the_asking_session,
+    json!({}),
+    |app, smtp| {
+        let asking = app.token_for("old@example.com").await;
+        let other = app.token_for_existing("old@example.com").await;
+        assert_unauthorized(
+            post_auth(
+                &app,
+                "/auth/email",
+                &asking,
+                json!({"new_email": "new@example.com", "current_password": "wrong"}),
+            )
+            .await,
+            "Incorrect password",
+        )
+        .await;
+        let asked = post_auth(
+            &app,
+            "/auth/email",
+            &asking,
+            json!({"new_email": "new@example.com", "current_password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(asked.status(), 202);
+        let confirm = smtp.wait_for("new@example.com", ARRIVES).await;
+        let notice = smtp.wait_for("old@example.com", ARRIVES).await;
+        assert!(notice.text().contains("new@example.com"));
+        let token = confirm
+            .token("/console/email")
+            .expect("a confirmation link");
+        // Nothing changed yet.
+        let me: Value = app
+            .get_auth("/auth/me", &asking)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(me["email"], "old@example.com");
+        let moved: Value = post(&app, "/auth/email/confirm", json!({"token": token}))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(moved["email"], "new@example.com");
+        assert_eq!(moved["email_verified"], true);
+        assert_eq!(app.get_auth("/auth/me", &asking).await.status(), 200);
+        assert_unauthorized(app.get_auth("/auth/me", &other).await, "").await;
+        assert_eq!(app.login("new@example.com", PASSWORD).await.status(), 200);
+        assert_eq!(app.login("old@example.com", PASSWORD).await.status(), 401);
+    }
+);
+
+mail_test!(
+    a_change_to_a_taken_address_answers_the_same_and_warns_its_owner,
+    json!({}),
+    |app, smtp| {
+        assert_eq!(
+            app.register("owner@example.com", PASSWORD).await.status(),
+            201
+        );
+        let token = app.token_for("mover@example.com").await;
+        let asked = post_auth(
+            &app,
+            "/auth/email",
+            &token,
+            json!({"new_email": "OWNER@example.com", "current_password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(asked.status(), 202);
+        let body: Value = asked.json().await.unwrap();
+        assert_eq!(body["message"], "Confirmation sent to the new address");
+        let warned = loop {
+            let mail = smtp.wait_for("owner@example.com", ARRIVES).await;
+            if mail.subject() == "Someone tried to use your email address" {
+                break mail;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(warned.token("/console/email").is_none());
+        smtp.wait_for("mover@example.com", ARRIVES).await;
+    }
+);
+
+mail_test!(
+    tokens_of_another_kind_or_malformed_are_refused_and_change_nothing,
+    json!({}),
+    |app, smtp| {
+        assert_eq!(
+            app.register("kind@example.com", PASSWORD).await.status(),
+            201
+        );
+        let verification = smtp
+            .wait_for("kind@example.com", ARRIVES)
+            .await
+            .token("/console/verify")
+            .unwrap();
+        for token in [
+            verification.clone(),
+            String::new(),
+            "x".repeat(10_000),
+            "not-a-token".into(),
+        ] {
+            assert_problem(
+                post(
+                    &app,
+                    "/auth/password/reset",
+                    json!({"token": token, "new_password": "a brand new passphrase"}),
+                )
+                .await,
+                400,
+                "Invalid or expired token",
+            )
+            .await;
+            assert_problem(
+                post(&app, "/auth/email/confirm", json!({"token": token})).await,
+                400,
+                "Invalid or expired token",
+            )
+            .await;
+        }
+        assert_eq!(app.login("kind@example.com", PASSWORD).await.status(), 200);
+        // The verification token still works for what it is.
+        assert_eq!(
+            post(&app, "/auth/verify", json!({"token": verification}))
+                .await
+                .status(),
+            200
+        );
+        for (path, body) in [
+            ("/auth/password/forgot", json!({"email": "not an email"})),
+            ("/auth/password/forgot", json!({})),
+            (
+                "/auth/password/reset",
+                json!({"token": "t", "new_password": "short"}),
+            ),
+            ("/auth/verify", json!({"token": 5})),
+        ] {
+            assert_eq!(post(&app, path, body).await.status(), 422, "{path}");
+        }
+    }
+);
+
+mail_test!(
+    verified_addresses_can_be_required_at_login,
+    json!({"require_verified_email": true}),
+    |app, smtp| {
+        assert_eq!(
+            app.register("fresh@example.com", PASSWORD).await.status(),
+            201
+        );
+        assert_problem(
+            app.login("fresh@example.com", PASSWORD).await,
+            403,
+            "Email not verified",
+        )
+        .await;
+        assert_eq!(
+            app.login("fresh@example.com", "wrong password")
+                .await
+                .status(),
+            401
+        );
+        let grant: Value = app
+            .client
+            .post(app.url("/auth/token"))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", "fresh@example.com"),
+                ("password", PASSWORD),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(grant["error"], "invalid_grant");
+        assert_eq!(grant["error_description"], "Email not verified");
+        let token = smtp
+            .wait_for("fresh@example.com", ARRIVES)
+            .await
+            .token("/console/verify")
+            .unwrap();
+        assert_eq!(
+            post(&app, "/auth/verify", json!({"token": token}))
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(app.login("fresh@example.com", PASSWORD).await.status(), 200);
+    }
+);
+
+mail_test!(
+    a_signed_in_user_asks_for_verification_again_once_it_is_due,
+    json!({"verify_email_on_register": false}),
+    |app, smtp| {
+        let token = app.token_for("later@example.com").await;
+        let asked = post_auth(&app, "/auth/verify/request", &token, json!(null)).await;
+        assert_eq!(asked.status(), 202);
+        assert_eq!(
+            asked.json::<Value>().await.unwrap()["message"],
+            "Verification email sent"
+        );
+        let link = smtp
+            .wait_for("later@example.com", ARRIVES)
+            .await
+            .token("/console/verify")
+            .unwrap();
+        assert_eq!(
+            post(&app, "/auth/verify", json!({"token": link}))
+                .await
+                .status(),
+            200
+        );
+        assert_problem(
+            post_auth(&app, "/auth/verify/request", &token, json!(null)).await,
+            409,
+            "Email already verified",
+        )
+        .await;
+    }
+);
+
+mail_test!(
+    mail_requests_are_limited_per_account,
+    json!({"mail_limit_per_account": 2}),
+    |app, smtp| {
+        for _ in 0..2 {
+            assert_eq!(
+                post(
+                    &app,
+                    "/auth/password/forgot",
+                    json!({"email": "x@example.com"})
+                )
+                .await
+                .status(),
+                202
+            );
+        }
+        let refused = post(
+            &app,
+            "/auth/password/forgot",
+            json!({"email": "X@example.com"}),
+        )
+        .await;
+        assert!(refused.headers().contains_key("retry-after"));
+        assert_problem(refused, 429, "Too many attempts").await;
+        assert!(smtp.received().is_empty());
+    }
+);
+
+app_test!(
+    without_a_transport_mail_routes_say_so_and_registration_works,
+    |app| {
+        let token = app.token_for("plain@example.com").await;
+        for response in [
+            post(
+                &app,
+                "/auth/password/forgot",
+                json!({"email": "plain@example.com"}),
+            )
+            .await,
+            post(
+                &app,
+                "/auth/password/forgot",
+                json!({"email": "nobody@example.com"}),
+            )
+            .await,
+            post_auth(&app, "/auth/verify/request", &token, json!(null)).await,
+            post_auth(
+                &app,
+                "/auth/email",
+                &token,
+                json!({"new_email": "other@example.com", "current_password": PASSWORD}),
+            )
+            .await,
+        ] {
+            assert!(response.headers().contains_key("retry-after"));
+            assert_problem(response, 503, "Mail is not configured").await;
+        }
+        // Input is still checked first.
+        assert_eq!(
+            post(&app, "/auth/password/forgot", json!({"email": "bad"}))
+                .await
+                .status(),
+            422
+        );
+    }
+);
+
+/// With the mail server down, a reset is still accepted at once; when it comes back, the mail
+/// arrives; with two instances on one database it arrives once.
+async fn the_outbox_survives_an_outage(backend: Backend) {
+    let Some(db) = TestDb::create(backend).await else {
+        return;
+    };
+    let mut smtp = SmtpServer::start().await;
+    let port = smtp.port;
+    let overrides = mail_settings(&smtp, json!({}));
+    smtp.stop();
+    let mut first = TestApp::spawn(settings(db.url(), overrides.clone())).await;
+    let mut second = TestApp::spawn(settings(db.url(), overrides)).await;
+    assert_eq!(
+        first
+            .register("patient@example.com", PASSWORD)
+            .await
+            .status(),
+        201
+    );
+
+    let started = Instant::now();
+    let forgot = post(
+        &second,
+        "/auth/password/forgot",
+        json!({"email": "patient@example.com"}),
+    )
+    .await;
+    assert_eq!(forgot.status(), 202);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // Let both workers fail at least once.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let smtp = SmtpServer::on(port).await;
+    let reset = loop {
+        let mail = smtp
+            .wait_for("patient@example.com", Duration::from_secs(30))
+            .await;
+        if mail.subject() == "Reset your password" {
+            break mail;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(reset.token("/console/reset").is_some());
+    // Both instances keep polling; the two jobs (verification, reset) arrive once each.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let subjects: Vec<String> = smtp.received().iter().map(|m| m.subject()).collect();
+    assert_eq!(
+        subjects
+            .iter()
+            .filter(|s| *s == "Reset your password")
+            .count(),
+        1,
+        "{subjects:?}"
+    );
+    assert_eq!(
+        subjects
+            .iter()
+            .filter(|s| *s == "Confirm your email address")
+            .count(),
+        1,
+        "{subjects:?}"
+    );
+    first.stop().await;
+    second.stop().await;
+    db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_survives_an_outage_and_delivers_once_on_sqlite() {
+    the_outbox_survives_an_outage(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_survives_an_outage_and_delivers_once_on_postgres() {
+    the_outbox_survives_an_outage(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_refresh_token_is_no_reset_token() {
+    // A refresh token is not a reset token either, whatever its shape.
+    let Some(db) = TestDb::create(Backend::Sqlite).await else {
+        return;
+    };
+    let smtp = SmtpServer::start().await;
+    let mut app = TestApp::spawn(settings(db.url(), mail_settings(&smtp, json!({})))).await;
+    let tokens = app.signed_up("refresh@example.com").await;
+    let refresh = tokens["refresh_token"].as_str().unwrap();
+    assert_problem(
+        post(
+            &app,
+            "/auth/password/reset",
+            json!({"token": refresh, "new_password": "a brand new passphrase"}),
+        )
+        .await,
+        400,
+        "Invalid or expired token",
+    )
+    .await;
+    assert_eq!(
+        app.get_auth("/auth/me", &access_token(&tokens))
+            .await
+            .status(),
+        200
+    );
+    app.stop().await;
+    db.drop_database().await;
+}
