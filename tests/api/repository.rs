@@ -67,35 +67,34 @@ where
     .await;
 }
 
+/// A repository and the outbox it fills: one store behind two ports.
+struct Store {
+    users: Arc<dyn UserRepository>,
+    outbox: Arc<dyn MailOutbox>,
+}
+
+impl Store {
+    fn of<S: UserRepository + MailOutbox>(store: S) -> Arc<Self> {
+        let store = Arc::new(store);
+        Arc::new(Self {
+            users: store.clone(),
+            outbox: store,
+        })
+    }
+}
+
 /// [`on_every_adapter`] for the repositories as their own mail outboxes.
 async fn on_every_store<F, Fut>(test: F)
 where
     F: Fn(Arc<dyn UserRepository>, Arc<dyn MailOutbox>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let memory = Arc::new(MemoryUserRepository::new());
-    test(memory.clone(), memory).await;
-    for backend in [Backend::Sqlite, Backend::Postgres] {
-        let Some(db) = TestDb::create(backend).await else {
-            continue;
-        };
-        let conn = connect(&DatabaseSettings {
-            url: db.url().to_owned(),
-            max_connections: 5,
-            connect_timeout: Duration::from_secs(5),
-        })
-        .await
-        .unwrap();
-        migrate_up(&conn).await.unwrap();
-        let store = Arc::new(SeaOrmUserRepository::new(
-            conn.clone(),
-            Duration::from_secs(5),
-            1,
-        ));
-        test(store.clone(), store).await;
-        conn.close().await.unwrap();
-        db.drop_database().await;
-    }
+    on_every_adapter(
+        Store::of(MemoryUserRepository::new()),
+        |conn| Store::of(SeaOrmUserRepository::new(conn, Duration::from_secs(5), 1)),
+        |store| test(Arc::clone(&store.users), Arc::clone(&store.outbox)),
+    )
+    .await;
 }
 
 /// [`on_every_adapter`] for the rate limiters.
