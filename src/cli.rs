@@ -42,6 +42,24 @@ pub enum Command {
     /// Check the mail transport.
     #[command(subcommand)]
     Mail(MailCommand),
+    /// Show the audit trail, newest first.
+    Audit {
+        /// Only events of the user with this email.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only events of this kind, such as login.failed.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only events at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,4 +90,150 @@ pub enum UserCommand {
     Verify { email: String },
     /// Print a fresh password-reset link for a user (for when mail is down).
     ResetLink { email: String },
+    /// List users, newest first.
+    List {
+        /// Only users whose email or full name contains this text (any case).
+        #[arg(long)]
+        q: Option<String>,
+        /// Only users of this role: user or admin.
+        #[arg(long)]
+        role: Option<String>,
+        /// At most this many users.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a user, their sessions and tokens; their audit events stay.
+    Delete { email: String },
+}
+
+/// What the listing commands print: an aligned table for people, or JSON for scripts.
+pub mod report {
+    use serde_json::json;
+
+    use crate::domain::{AuditEvent, User};
+
+    /// `rows` under `header`, each column as wide as its widest cell.
+    fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+        let widths: Vec<usize> = (0..header.len())
+            .map(|i| {
+                rows.iter()
+                    .map(|row| row[i].chars().count())
+                    .chain([header[i].len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: Vec<String>| {
+            let padded: Vec<String> = cells
+                .iter()
+                .zip(&widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            format!("{}\n", padded.join("  ").trim_end())
+        };
+        let mut out = line(header.iter().map(|h| (*h).to_owned()).collect());
+        for row in rows {
+            out.push_str(&line(row.clone()));
+        }
+        out
+    }
+
+    fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
+        t.map_or_else(|| "-".into(), |t| t.to_rfc3339())
+    }
+
+    /// Users as a table, or as a JSON array.
+    pub fn users(users: &[User], as_json: bool) -> String {
+        if as_json {
+            let items: Vec<_> = users
+                .iter()
+                .map(|u| {
+                    json!({
+                        "id": u.id.0,
+                        "email": u.email.as_str(),
+                        "full_name": u.full_name.as_ref().map(|n| n.as_str()),
+                        "role": u.role.as_str(),
+                        "is_active": u.is_active,
+                        "email_verified": u.email_verified,
+                        "created_at": u.created_at.to_rfc3339(),
+                        "last_login_at": u.last_login_at.map(|t| t.to_rfc3339()),
+                    })
+                })
+                .collect();
+            return format!("{}\n", serde_json::Value::from(items));
+        }
+        let rows: Vec<Vec<String>> = users
+            .iter()
+            .map(|u| {
+                vec![
+                    u.id.to_string(),
+                    u.email.to_string(),
+                    u.role.to_string(),
+                    if u.is_active { "yes" } else { "no" }.into(),
+                    if u.email_verified { "yes" } else { "no" }.into(),
+                    time(u.last_login_at),
+                ]
+            })
+            .collect();
+        table(
+            &["ID", "EMAIL", "ROLE", "ACTIVE", "VERIFIED", "LAST LOGIN"],
+            &rows,
+        )
+    }
+
+    /// Audit events as a table, or as a JSON array.
+    pub fn audit(events: &[AuditEvent], as_json: bool) -> String {
+        if as_json {
+            let items: Vec<_> = events
+                .iter()
+                .map(|e| {
+                    let event = &e.event;
+                    json!({
+                        "id": e.id,
+                        "at": event.at.to_rfc3339(),
+                        "kind": event.kind.as_str(),
+                        "outcome": if event.success { "success" } else { "failure" },
+                        "user_id": event.user_id.map(|id| id.0),
+                        "actor_id": event.actor_id.map(|id| id.0),
+                        "ip": event.client.ip,
+                        "user_agent": event.client.user_agent,
+                        "detail": event.detail,
+                    })
+                })
+                .collect();
+            return format!("{}\n", serde_json::Value::from(items));
+        }
+        let id =
+            |id: Option<crate::domain::UserId>| id.map_or_else(|| "-".into(), |id| id.to_string());
+        let rows: Vec<Vec<String>> = events
+            .iter()
+            .map(|e| {
+                let event = &e.event;
+                vec![
+                    e.id.to_string(),
+                    event.at.to_rfc3339(),
+                    event.kind.as_str().into(),
+                    if event.success { "success" } else { "failure" }.into(),
+                    id(event.user_id),
+                    id(event.actor_id),
+                    event.client.ip.clone().unwrap_or_else(|| "-".into()),
+                    event
+                        .detail
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "ID", "AT", "KIND", "OUTCOME", "USER", "ACTOR", "IP", "DETAIL",
+            ],
+            &rows,
+        )
+    }
 }

@@ -164,6 +164,8 @@ pub struct Settings {
     pub mail_templates_dir: Option<PathBuf>,
     pub password_reset_ttl_minutes: i64,
     pub email_verification_ttl_hours: i64,
+    pub invitation_ttl_hours: i64,
+    pub audit_retention_days: i64,
     pub require_verified_email: bool,
     pub verify_email_on_register: bool,
     pub reset_link_template: String,
@@ -227,6 +229,8 @@ const KEYS: &[&str] = &[
     "mail_templates_dir",
     "password_reset_ttl_minutes",
     "email_verification_ttl_hours",
+    "invitation_ttl_hours",
+    "audit_retention_days",
     "require_verified_email",
     "verify_email_on_register",
     "reset_link_template",
@@ -366,10 +370,17 @@ impl Settings {
                  verify an address",
             );
         }
-        if self.password_reset_ttl_minutes < 1 || self.email_verification_ttl_hours < 1 {
+        if self.password_reset_ttl_minutes < 1
+            || self.email_verification_ttl_hours < 1
+            || self.invitation_ttl_hours < 1
+        {
             return fail(
-                "PASSWORD_RESET_TTL_MINUTES and EMAIL_VERIFICATION_TTL_HOURS must be at least 1",
+                "PASSWORD_RESET_TTL_MINUTES, EMAIL_VERIFICATION_TTL_HOURS and INVITATION_TTL_HOURS \
+                 must be at least 1",
             );
+        }
+        if self.audit_retention_days < 1 {
+            return fail("AUDIT_RETENTION_DAYS must be at least 1");
         }
         if self.mail_max_attempts == 0 || self.mail_retry_base_seconds < 1 {
             return fail("MAIL_MAX_ATTEMPTS and MAIL_RETRY_BASE_SECONDS must be at least 1");

@@ -3,6 +3,7 @@
 //! Nothing here knows HTTP, SQL, JWT or bcrypt. Adapters implement the traits in [`ports`];
 //! the use cases in [`service`] only ever see those traits.
 
+pub mod audit;
 pub mod email;
 pub mod error;
 pub mod mail;
@@ -12,6 +13,7 @@ pub mod service;
 pub mod session;
 pub mod user;
 
+pub use audit::{AuditEvent, AuditKind, AuditQuery, NewAuditEvent};
 pub use email::{Email, EmailError};
 pub use error::BackendError;
 pub use mail::{
@@ -24,4 +26,4 @@ pub use session::{
     ClientInfo, NewRefreshToken, NewSession, Principal, RefreshTokenHash, RefreshTokenRecord,
     Session, SessionId, TokenPair,
 };
-pub use user::{FullName, FullNameError, NewUser, Role, User, UserId};
+pub use user::{FullName, FullNameError, NewUser, Role, User, UserChanges, UserId, UserQuery};

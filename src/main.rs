@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use portcullis::cli::report;
 use portcullis::cli::{Cli, Command, MailCommand, UserCommand};
 use portcullis::config::Settings;
-use portcullis::domain::{Email, Password, Role};
+use portcullis::domain::{AuditKind, AuditQuery, Email, Password, Role, UserQuery};
 use portcullis::startup::{self, Application, Storage};
 
 #[tokio::main]
@@ -46,6 +47,43 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::User(command) => administer(command, settings).await,
+        Command::Audit {
+            user,
+            kind,
+            since,
+            limit,
+            json,
+        } => {
+            let storage = Storage::open(settings).await?;
+            storage.migrate().await?;
+            let service = startup::build_service(settings, &storage).await?;
+            let user_id = match user {
+                Some(email) => {
+                    let email = Email::parse(&email).with_context(|| format!("{email:?}"))?;
+                    let user = service.find_user(&email).await?;
+                    Some(user.id)
+                }
+                None => None,
+            };
+            let query = AuditQuery {
+                user_id,
+                kind: kind
+                    .map(|k| AuditKind::parse(&k).with_context(|| format!("unknown kind {k:?}")))
+                    .transpose()?,
+                since: since
+                    .map(|s| {
+                        chrono::DateTime::parse_from_rfc3339(&s)
+                            .map(|t| t.with_timezone(&chrono::Utc))
+                            .with_context(|| format!("--since {s:?} is not an RFC 3339 time"))
+                    })
+                    .transpose()?,
+                limit: limit.clamp(1, 10_000),
+                ..AuditQuery::default()
+            };
+            let events = service.audit_events(&query).await?;
+            print!("{}", report::audit(&events, json));
+            Ok(())
+        }
         Command::Mail(MailCommand::Test { address }) => {
             let storage = Storage::open(settings).await?;
             let service = startup::build_service(settings, &storage).await?;
@@ -76,6 +114,25 @@ async fn administer(command: UserCommand, settings: &Settings) -> anyhow::Result
         UserCommand::Deactivate { email } => service.set_active(&parse(&email)?, false).await?,
         UserCommand::Activate { email } => service.set_active(&parse(&email)?, true).await?,
         UserCommand::Verify { email } => service.set_email_verified(&parse(&email)?, true).await?,
+        UserCommand::List {
+            q,
+            role,
+            limit,
+            json,
+        } => {
+            let query = UserQuery {
+                search: q.map(|q| q.to_lowercase()),
+                role: role
+                    .map(|r| r.parse::<Role>().context("--role must be user or admin"))
+                    .transpose()?,
+                limit: limit.clamp(1, 10_000),
+                ..UserQuery::default()
+            };
+            let users = service.list_accounts(&query).await?;
+            print!("{}", report::users(&users, json));
+            return Ok(());
+        }
+        UserCommand::Delete { email } => service.delete_by_email(&parse(&email)?).await?,
         UserCommand::ResetLink { email } => {
             let link = service
                 .reset_link(&parse(&email)?)

@@ -156,6 +156,7 @@ fn mail_policy(settings: &Settings) -> MailPolicy {
         verify_link: settings.verify_link_template.clone(),
         email_change_link: settings.email_change_link_template.clone(),
         reset_ttl: TimeDelta::minutes(settings.password_reset_ttl_minutes),
+        invitation_ttl: TimeDelta::hours(settings.invitation_ttl_hours),
         verification_ttl: TimeDelta::hours(settings.email_verification_ttl_hours),
         require_verified: settings.require_verified_email,
         verify_on_register: settings.verify_email_on_register,
@@ -283,6 +284,7 @@ pub async fn build_service(
         refresh_token_ttl: TimeDelta::days(settings.refresh_token_expire_days),
         session_max_age: TimeDelta::days(settings.session_max_age_days),
         max_sessions_per_user: settings.max_sessions_per_user,
+        audit_retention: TimeDelta::days(settings.audit_retention_days),
         limits: limit_policy(settings),
         mail: mail_policy(settings),
     };

@@ -9,6 +9,8 @@ mod m20261127_000003_create_rate_limits;
 mod m20261128_000004_add_credential_version;
 pub mod m20261128_000005_rekey_emails;
 mod m20261128_000006_create_mail;
+mod m20261128_000007_create_audit;
+mod m20261128_000008_index_user_search;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -23,6 +25,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_add_credential_version::Migration),
             Box::new(m20261128_000005_rekey_emails::Migration),
             Box::new(m20261128_000006_create_mail::Migration),
+            Box::new(m20261128_000007_create_audit::Migration),
+            Box::new(m20261128_000008_index_user_search::Migration),
         ]
     }
 }

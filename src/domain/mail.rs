@@ -18,6 +18,8 @@ use super::{Email, SessionId, User, UserId};
 pub enum MailKind {
     /// A link to choose a new password.
     PasswordReset,
+    /// A link to choose the first password of an account an admin created.
+    Invitation,
     /// A link that proves the address.
     Verification,
     /// A link, sent to the new address, that moves the account there.
@@ -35,6 +37,7 @@ impl MailKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PasswordReset => "reset",
+            Self::Invitation => "invitation",
             Self::Verification => "verify",
             Self::EmailChange => "email_change",
             Self::EmailChangeNotice => "email_change_notice",
@@ -52,6 +55,8 @@ pub enum MailJob {
     PasswordReset { email: Email },
     /// The user's address is to be proved.
     Verification { user_id: UserId },
+    /// An admin created the user without a password: a set-password link.
+    Invitation { user_id: UserId },
     /// The user asked, from session `keep`, to move the account to `new_email`.
     EmailChange {
         user_id: UserId,
@@ -226,6 +231,8 @@ mod tests {
             is_active: true,
             email_verified: false,
             created_at: Utc::now(),
+            updated_at: Utc::now(),
+            last_login_at: None,
             password_hash: PasswordHash::new("h".into()),
             credential_version: 0,
         }

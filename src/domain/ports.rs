@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    BackendError, Email, EmailTokenHash, EmailTokenRecord, Mail, MailJob, NewEmailToken,
-    NewRefreshToken, NewSession, NewUser, OutboxDepth, Password, PasswordHash, QueuedMail,
-    RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, User, UserId,
+    AuditEvent, AuditQuery, BackendError, Email, EmailTokenHash, EmailTokenRecord, Mail, MailJob,
+    NewAuditEvent, NewEmailToken, NewRefreshToken, NewSession, NewUser, OutboxDepth, Password,
+    PasswordHash, QueuedMail, RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, User,
+    UserChanges, UserId, UserQuery,
 };
 
 /// Storage of users and of their sessions.
@@ -27,8 +28,9 @@ pub trait UserRepository: Send + Sync + 'static {
     /// [`BackendError::Unavailable`] when it does not, within the adapter's timeout.
     async fn ping(&self) -> Result<(), BackendError>;
 
-    /// Stores a new user and returns it with its id; with `send_verification`, queues a
-    /// [`MailJob::Verification`] for it in the same transaction.
+    /// Stores a new user and returns it with its id, and records `user.audit` (whose
+    /// `user_id`, when `None`, becomes the new id); with `send_verification`, queues a
+    /// [`MailJob::Verification`] for it; all in one transaction.
     ///
     /// # Errors
     /// [`CreateUserError::EmailTaken`] when a user with the same normalised email exists, also
@@ -48,24 +50,59 @@ pub trait UserRepository: Send + Sync + 'static {
     /// [`BackendError`] when storage fails; an unknown id is `Ok(None)`.
     async fn find_user_by_id(&self, id: UserId) -> Result<Option<User>, BackendError>;
 
-    /// Sets a user's role. Returns the updated user, or `None` for an unknown id.
+    /// Applies an administrator's `changes` to user `id` and records `audit`, in one
+    /// transaction. A deactivation ends every session of the user and moves their
+    /// [`User::credential_version`] on. Returns the updated user, or `None` for an unknown id.
+    ///
+    /// The last-admin rule is enforced here, atomically: a change that would leave no active
+    /// admin changes nothing, however many such changes run at once.
+    ///
+    /// # Errors
+    /// [`AdminWriteError::LastAdmin`]; [`AdminWriteError::Backend`] when storage fails.
+    async fn update_user(
+        &self,
+        id: UserId,
+        changes: UserChanges,
+        now: DateTime<Utc>,
+        audit: NewAuditEvent,
+    ) -> Result<Option<User>, AdminWriteError>;
+
+    /// Deletes user `id` with their sessions and tokens, keeping their audit events, and
+    /// records `audit`, in one transaction. Returns `false` for an unknown id.
+    ///
+    /// # Errors
+    /// [`AdminWriteError::LastAdmin`] for the last active admin.
+    async fn delete_user(&self, id: UserId, audit: NewAuditEvent) -> Result<bool, AdminWriteError>;
+
+    /// Ends every session of user `id` at `now` and records `audit`. Returns `false` for an
+    /// unknown id.
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.
-    async fn set_role(&self, id: UserId, role: Role) -> Result<Option<User>, BackendError>;
-
-    /// Activates or deactivates a user; deactivating ends all their sessions at `now` and moves
-    /// their [`User::credential_version`] on, in the same transaction. Returns the updated
-    /// user, or `None` for an unknown id.
-    ///
-    /// # Errors
-    /// [`BackendError`] when storage fails; then nothing has changed.
-    async fn set_active(
+    async fn end_all_sessions(
         &self,
         id: UserId,
-        active: bool,
         now: DateTime<Utc>,
-    ) -> Result<Option<User>, BackendError>;
+        audit: NewAuditEvent,
+    ) -> Result<bool, BackendError>;
+
+    /// Users matching `query`, newest first (by id, descending), at most `query.limit`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, BackendError>;
+
+    /// Records an event that changes nothing else (a failed login).
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn record_audit(&self, event: NewAuditEvent) -> Result<(), BackendError>;
+
+    /// Events matching `query`, newest first, at most `query.limit`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, BackendError>;
 
     /// Replaces a user's password hash, moves their [`User::credential_version`] on, and ends
     /// every session of theirs but `keep` at `now`, in one transaction.
@@ -78,11 +115,13 @@ pub trait UserRepository: Send + Sync + 'static {
         hash: PasswordHash,
         keep: Option<SessionId>,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<(), BackendError>;
 
     /// Stores a new session with its first refresh token, in one transaction, if the user is
-    /// still active at `session.credential_version`; in the same transaction, ends the user's
-    /// least recently used live sessions beyond `session.live_limit`.
+    /// still active at `session.credential_version`; in the same transaction, sets the user's
+    /// last login to `session.created_at`, records `session.audit`, and ends the user's least
+    /// recently used live sessions beyond `session.live_limit`.
     ///
     /// The version check and the insert must be atomic against [`UserRepository::set_password`]
     /// and [`UserRepository::set_active`]: a session is either refused, or stored before the
@@ -140,8 +179,9 @@ pub trait UserRepository: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Session>, BackendError>;
 
-    /// Ends one session of `user_id` at `now`. Returns `false` when no live session of that
-    /// user has this id (someone else's session is not touched).
+    /// Ends one session of `user_id` at `now`, recording `audit` with it. Returns `false`,
+    /// recording nothing, when no live session of that user has this id (someone else's
+    /// session is not touched).
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.
@@ -150,18 +190,8 @@ pub trait UserRepository: Send + Sync + 'static {
         user_id: UserId,
         id: SessionId,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<bool, BackendError>;
-
-    /// Sets whether a user's address is verified. Returns the updated user, or `None` for an
-    /// unknown id.
-    ///
-    /// # Errors
-    /// [`BackendError`] when storage fails.
-    async fn set_email_verified(
-        &self,
-        id: UserId,
-        verified: bool,
-    ) -> Result<Option<User>, BackendError>;
 
     /// Queues `job` for the delivery worker, queued at `now`.
     ///
@@ -169,11 +199,15 @@ pub trait UserRepository: Send + Sync + 'static {
     /// [`BackendError`] when storage fails; then nothing was queued.
     async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError>;
 
-    /// Stores a one-time token (its hash only).
+    /// Stores a one-time token (its hash only), with `audit` when given.
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.
-    async fn store_email_token(&self, token: NewEmailToken) -> Result<(), BackendError>;
+    async fn store_email_token(
+        &self,
+        token: NewEmailToken,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<(), BackendError>;
 
     /// Loads a one-time token, spent or not, with its user.
     ///
@@ -198,6 +232,7 @@ pub trait UserRepository: Send + Sync + 'static {
         user: &User,
         hash: PasswordHash,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<bool, BackendError>;
 
     /// Redeems a verification token: spends it if unspent and marks the user's address
@@ -212,6 +247,7 @@ pub trait UserRepository: Send + Sync + 'static {
         user_id: UserId,
         email: &str,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<Option<User>, BackendError>;
 
     /// Redeems an email-change token, in one transaction: spends it if unspent, moves the user
@@ -229,14 +265,20 @@ pub trait UserRepository: Send + Sync + 'static {
         new_email: &Email,
         keep: Option<SessionId>,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<Option<User>, CreateUserError>;
 
-    /// Deletes sessions that are no longer live at `now`, and refresh tokens past their expiry.
+    /// Deletes sessions that are no longer live at `now`, refresh and link tokens past their
+    /// expiry, delivered mail kept long enough, and audit events older than `audit_before`.
     /// Returns how many sessions were deleted.
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.
-    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, BackendError>;
+    async fn purge_expired(
+        &self,
+        now: DateTime<Utc>,
+        audit_before: DateTime<Utc>,
+    ) -> Result<u64, BackendError>;
 }
 
 /// Why a user could not be created.
@@ -244,6 +286,16 @@ pub trait UserRepository: Send + Sync + 'static {
 pub enum CreateUserError {
     #[error("email already registered")]
     EmailTaken,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Why an administrator's change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminWriteError {
+    /// It would leave no active admin.
+    #[error("would leave no active admin")]
+    LastAdmin,
     #[error(transparent)]
     Backend(#[from] BackendError),
 }

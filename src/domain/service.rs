@@ -15,7 +15,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
 
 pub use accounts::{AuthError, LoginError, RegisterError};
-pub use admin::AdminError;
+pub use admin::{Actor, AdminError, NewAccount};
 pub use email::{Delivery, DeliveryOutcome, MailPolicy, MailRequestError, RedeemError};
 pub use limits::{LimitError, LimitPolicy, Quota, Throttled, backoff_delay};
 pub use sessions::{ChangePasswordError, EndSessionError, RefreshError};
@@ -25,8 +25,8 @@ use super::ports::{
     TokenError, TokenIssuer, UserRepository,
 };
 use super::{
-    BackendError, ClientInfo, NewRefreshToken, NewSession, Password, PasswordHash, SessionId,
-    TokenPair, User,
+    AuditKind, BackendError, ClientInfo, NewAuditEvent, NewRefreshToken, NewSession, Password,
+    PasswordHash, SessionId, TokenPair, User,
 };
 
 /// Lifetimes and tolerances that the use cases enforce.
@@ -42,6 +42,8 @@ pub struct AuthPolicy {
     pub session_max_age: TimeDelta,
     /// Live sessions one user may hold; a new one ends the least recently used beyond it.
     pub max_sessions_per_user: u32,
+    /// How long audit events are kept.
+    pub audit_retention: TimeDelta,
     /// Abuse limits on login, registration and refresh.
     pub limits: LimitPolicy,
     /// Mail, its links and their tokens.
@@ -56,6 +58,7 @@ impl Default for AuthPolicy {
             refresh_token_ttl: TimeDelta::days(14),
             session_max_age: TimeDelta::days(90),
             max_sessions_per_user: 100,
+            audit_retention: TimeDelta::days(365),
             limits: LimitPolicy::default(),
             mail: MailPolicy::default(),
         }
@@ -143,11 +146,15 @@ impl AuthService {
         client: ClientInfo,
     ) -> Result<TokenPair, CreateSessionError> {
         let now = self.clock.now();
+        let id = SessionId::random();
+        let audit = NewAuditEvent::new(AuditKind::LoginSucceeded, Some(user.id), &client, now)
+            .with("session_id", id);
         let session = NewSession {
-            id: SessionId::random(),
+            id,
             user_id: user.id,
             created_at: now,
             expires_at: now + self.policy.session_max_age,
+            audit,
             client,
             credential_version: user.credential_version,
             live_limit: self.policy.max_sessions_per_user,
@@ -244,7 +251,9 @@ pub(crate) mod test_support {
             }
         }
 
-        pub fn service(self) -> AuthService {
+        pub fn service(mut self) -> AuthService {
+            // Audit writes of their own (failed logins) are allowed unless a test says more.
+            self.users.expect_record_audit().returning(|_| Ok(()));
             let mut clock = MockClock::new();
             let now = self.now;
             clock.expect_now().returning(move || now);
@@ -289,6 +298,8 @@ pub(crate) mod test_support {
             is_active,
             email_verified: false,
             created_at: now(),
+            updated_at: now(),
+            last_login_at: None,
             password_hash: PasswordHash::new(format!("hash-of-user-{id}")),
             credential_version: 0,
         }

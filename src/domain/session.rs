@@ -88,6 +88,8 @@ pub struct NewSession {
     /// Live sessions the user may hold: opening this one ends the least recently used ones
     /// beyond it.
     pub live_limit: u32,
+    /// Recorded with the session (`login.succeeded`).
+    pub audit: super::NewAuditEvent,
 }
 
 /// The SHA-256 of a refresh token, hex encoded: the only form that is ever stored.

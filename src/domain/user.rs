@@ -108,6 +108,9 @@ pub struct User {
     /// Whether the user has proved the address, by a verification link or a reset link.
     pub email_verified: bool,
     pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The last successful login, if any.
+    pub last_login_at: Option<DateTime<Utc>>,
     pub password_hash: PasswordHash,
     /// Moves on with every change that must end what the old state allowed (a new password, a
     /// deactivation). A session opens only while it is still the version the login read, so a
@@ -125,6 +128,38 @@ pub struct NewUser {
     pub created_at: DateTime<Utc>,
     /// Queue a verification mail in the same transaction as the user.
     pub send_verification: bool,
+    /// Recorded with the user (`user.registered` or `user.created`).
+    pub audit: super::NewAuditEvent,
+}
+
+/// Which users to list, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserQuery {
+    /// Lower-cased literal text, found anywhere in the email or the full name.
+    pub search: Option<String>,
+    pub role: Option<Role>,
+    pub is_active: Option<bool>,
+    pub email_verified: Option<bool>,
+    /// Only users with a smaller id (keyset pagination).
+    pub before: Option<UserId>,
+    pub limit: u32,
+}
+
+/// What an administrator changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserChanges {
+    pub role: Option<Role>,
+    pub is_active: Option<bool>,
+    /// `Some(None)` clears the name.
+    pub full_name: Option<Option<FullName>>,
+    pub email_verified: Option<bool>,
+}
+
+impl UserChanges {
+    /// Whether the change could leave fewer active admins.
+    pub fn may_remove_an_admin(&self) -> bool {
+        self.role == Some(Role::User) || self.is_active == Some(false)
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use poem::web::Html;
 use poem::{Endpoint, EndpointExt, IntoEndpoint, Route};
 use poem_openapi::OpenApiService;
 
+use self::api::admin::AdminApi;
 use self::api::auth::AuthApi;
 use self::api::email::EmailApi;
 use self::api::protected::ProtectedApi;
@@ -46,7 +47,14 @@ pub struct HttpSettings {
     pub metrics: MetricsExporter,
 }
 
-type Apis = (PublicApi, AuthApi, EmailApi, SessionsApi, ProtectedApi);
+type Apis = (
+    PublicApi,
+    AuthApi,
+    EmailApi,
+    SessionsApi,
+    ProtectedApi,
+    AdminApi,
+);
 
 /// The OpenAPI service: every route, documented.
 pub fn openapi(service: &Arc<AuthService>, settings: &HttpSettings) -> OpenApiService<Apis, ()> {
@@ -70,6 +78,10 @@ pub fn openapi(service: &Arc<AuthService>, settings: &HttpSettings) -> OpenApiSe
         },
         ProtectedApi {
             service: Arc::clone(service),
+        },
+        AdminApi {
+            service: Arc::clone(service),
+            proxies: proxies.clone(),
         },
     );
     OpenApiService::new(apis, "Portcullis", env!("CARGO_PKG_VERSION"))

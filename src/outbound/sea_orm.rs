@@ -3,6 +3,7 @@
 //! The differences between the two engines stay in here (connection set-up in
 //! [`connection`]); the core sees neither SQL nor `DbErr`.
 
+mod admin;
 pub mod connection;
 mod entities;
 mod mail;

@@ -75,6 +75,8 @@ app_test!(an_admin_may_use_both_routes_and_a_user_only_one, |app| {
 app_test!(
     role_changes_and_deactivation_apply_to_the_next_request,
     |app| {
+        // Another admin stays, so that demoting this one leaves an admin (the last-admin rule).
+        app.admin_token("keeper@example.com").await;
         let token = app.token_for("flip@example.com").await;
         let email = Email::parse("flip@example.com").unwrap();
         let operator = app.operator().await;

@@ -9,8 +9,9 @@ use portcullis::domain::ports::{
     UserRepository,
 };
 use portcullis::domain::{
-    ClientInfo, Email, EmailTokenKind, MailJob, NewEmailToken, NewRefreshToken, NewSession,
-    NewUser, OutboxDepth, PasswordHash, RefreshTokenHash, Role, SessionId, User, UserId,
+    AuditKind, ClientInfo, Email, EmailTokenKind, MailJob, NewAuditEvent, NewEmailToken,
+    NewRefreshToken, NewSession, NewUser, OutboxDepth, PasswordHash, RefreshTokenHash, Role,
+    SessionId, User, UserChanges, UserId,
 };
 use portcullis::outbound::memory::{MemoryRateLimiter, MemoryUserRepository};
 use portcullis::outbound::sea_orm::{
@@ -21,6 +22,25 @@ use crate::helpers::{Backend, TestDb};
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
+}
+
+/// An audit event for the writes that record one.
+fn event() -> NewAuditEvent {
+    NewAuditEvent::new(AuditKind::UserUpdated, None, &ClientInfo::default(), t0())
+}
+
+fn set_role(role: Role) -> UserChanges {
+    UserChanges {
+        role: Some(role),
+        ..UserChanges::default()
+    }
+}
+
+fn set_active(active: bool) -> UserChanges {
+    UserChanges {
+        is_active: Some(active),
+        ..UserChanges::default()
+    }
 }
 
 /// Runs `test` on the in-memory adapter, then on the database adapter over SQLite and (when
@@ -119,6 +139,7 @@ async fn user(repo: &dyn UserRepository, email: &str) -> User {
         password_hash: PasswordHash::new(format!("hash-of-{email}")),
         created_at: t0(),
         send_verification: false,
+        audit: event(),
     })
     .await
     .unwrap()
@@ -137,6 +158,7 @@ fn new_session(user: &User, at: DateTime<Utc>, live_limit: u32) -> (NewSession, 
         client: ClientInfo::new(Some("agent"), Some("192.0.2.1".into())),
         credential_version: user.credential_version,
         live_limit,
+        audit: event(),
     };
     (session, refresh)
 }
@@ -162,6 +184,7 @@ async fn users_are_unique_by_normalised_email_and_found_by_either_key() {
                 password_hash: PasswordHash::new("h".into()),
                 created_at: t0(),
                 send_verification: false,
+                audit: event(),
             })
             .await;
         assert!(matches!(duplicate, Err(CreateUserError::EmailTaken)));
@@ -181,10 +204,14 @@ async fn users_are_unique_by_normalised_email_and_found_by_either_key() {
                 .unwrap()
                 .is_none()
         );
-        let promoted = repo.set_role(alice.id, Role::Admin).await.unwrap().unwrap();
+        let promoted = repo
+            .update_user(alice.id, set_role(Role::Admin), t0(), event())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(promoted.role, Role::Admin);
         assert!(
-            repo.set_role(UserId(424242), Role::Admin)
+            repo.update_user(UserId(424242), set_role(Role::Admin), t0(), event())
                 .await
                 .unwrap()
                 .is_none()
@@ -265,9 +292,14 @@ async fn only_the_owner_ends_a_session_and_ended_ones_are_not_listed() {
                 .len(),
             2
         );
-        assert!(!repo.end_session(mallory.id, a1, now).await.unwrap());
-        assert!(repo.end_session(alice.id, a1, now).await.unwrap());
-        assert!(!repo.end_session(alice.id, a1, now).await.unwrap());
+        assert!(
+            !repo
+                .end_session(mallory.id, a1, now, event())
+                .await
+                .unwrap()
+        );
+        assert!(repo.end_session(alice.id, a1, now, event()).await.unwrap());
+        assert!(!repo.end_session(alice.id, a1, now, event()).await.unwrap());
         let live = repo.list_live_sessions(alice.id, now, 100).await.unwrap();
         assert_eq!(live.iter().map(|s| s.id).collect::<Vec<_>>(), [a2]);
         let (ended, _) = repo.find_session(a1).await.unwrap().unwrap();
@@ -291,9 +323,15 @@ async fn a_password_change_keeps_one_session_and_deactivation_ends_all() {
         let (keep, _) = session(repo.as_ref(), &alice).await;
         let (other, _) = session(repo.as_ref(), &alice).await;
         let now = t0() + TimeDelta::minutes(1);
-        repo.set_password(alice.id, PasswordHash::new("new".into()), Some(keep), now)
-            .await
-            .unwrap();
+        repo.set_password(
+            alice.id,
+            PasswordHash::new("new".into()),
+            Some(keep),
+            now,
+            event(),
+        )
+        .await
+        .unwrap();
         let stored = repo.find_user_by_id(alice.id).await.unwrap().unwrap();
         assert_eq!(stored.password_hash, PasswordHash::new("new".into()));
         let live = repo.list_live_sessions(alice.id, now, 100).await.unwrap();
@@ -309,7 +347,7 @@ async fn a_password_change_keeps_one_session_and_deactivation_ends_all() {
         );
 
         let off = repo
-            .set_active(alice.id, false, now)
+            .update_user(alice.id, set_active(false), now, event())
             .await
             .unwrap()
             .unwrap();
@@ -321,7 +359,7 @@ async fn a_password_change_keeps_one_session_and_deactivation_ends_all() {
                 .is_empty()
         );
         assert!(
-            repo.set_active(UserId(424242), false, now)
+            repo.update_user(UserId(424242), set_active(false), now, event())
                 .await
                 .unwrap()
                 .is_none()
@@ -337,8 +375,15 @@ async fn the_purge_deletes_dead_sessions_and_expired_tokens_only() {
         let (live, live_token) = session(repo.as_ref(), &alice).await;
         let (ended, ended_token) = session(repo.as_ref(), &alice).await;
         let now = t0() + TimeDelta::minutes(1);
-        repo.end_session(alice.id, ended, now).await.unwrap();
-        assert_eq!(repo.purge_expired(now).await.unwrap(), 1);
+        repo.end_session(alice.id, ended, now, event())
+            .await
+            .unwrap();
+        assert_eq!(
+            repo.purge_expired(now, t0() - TimeDelta::days(1000))
+                .await
+                .unwrap(),
+            1
+        );
         assert!(repo.find_session(ended).await.unwrap().is_none());
         assert!(
             repo.find_refresh_token(&ended_token.hash)
@@ -355,7 +400,9 @@ async fn the_purge_deletes_dead_sessions_and_expired_tokens_only() {
         );
         // A day later the idle session is dead too.
         assert_eq!(
-            repo.purge_expired(t0() + TimeDelta::days(2)).await.unwrap(),
+            repo.purge_expired(t0() + TimeDelta::days(2), t0() - TimeDelta::days(1000))
+                .await
+                .unwrap(),
             1
         );
         assert!(repo.find_session(live).await.unwrap().is_none());
@@ -479,9 +526,15 @@ async fn a_session_opens_only_on_the_credentials_the_login_read() {
         let now = t0() + TimeDelta::minutes(1);
         // A password change between the read and the insert: refused, nothing stored.
         let alice = user(repo.as_ref(), "alice@example.com").await;
-        repo.set_password(alice.id, PasswordHash::new("new".into()), None, now)
-            .await
-            .unwrap();
+        repo.set_password(
+            alice.id,
+            PasswordHash::new("new".into()),
+            None,
+            now,
+            event(),
+        )
+        .await
+        .unwrap();
         let (stale, refresh) = new_session(&alice, now, 100);
         let (sid, hash) = (stale.id, refresh.hash.clone());
         assert!(matches!(
@@ -498,13 +551,19 @@ async fn a_session_opens_only_on_the_credentials_the_login_read() {
 
         // A deactivation, even one undone since, voids what was read before it.
         let bob = user(repo.as_ref(), "bob@example.com").await;
-        repo.set_active(bob.id, false, now).await.unwrap();
+        repo.update_user(bob.id, set_active(false), now, event())
+            .await
+            .unwrap();
         let (inactive, refresh) = new_session(&bob, now, 100);
         assert!(matches!(
             repo.create_session(inactive, refresh).await,
             Err(CreateSessionError::Stale)
         ));
-        let again = repo.set_active(bob.id, true, now).await.unwrap().unwrap();
+        let again = repo
+            .update_user(bob.id, set_active(true), now, event())
+            .await
+            .unwrap()
+            .unwrap();
         let (before, refresh) = new_session(&bob, now, 100);
         assert!(matches!(
             repo.create_session(before, refresh).await,
@@ -530,9 +589,15 @@ async fn a_rotation_never_revives_an_ended_session() {
         let (sid, first) = session(repo.as_ref(), &alice).await;
         let now = t0() + TimeDelta::minutes(1);
         // The password change lands between the refresh's read and its rotation.
-        repo.set_password(alice.id, PasswordHash::new("new".into()), None, now)
-            .await
-            .unwrap();
+        repo.set_password(
+            alice.id,
+            PasswordHash::new("new".into()),
+            None,
+            now,
+            event(),
+        )
+        .await
+        .unwrap();
         let next = NewRefreshToken::generate(sid, now, now + TimeDelta::days(1));
         assert_eq!(
             repo.rotate_refresh_token(&first.hash, next.clone(), ClientInfo::default())
@@ -709,20 +774,32 @@ async fn a_reset_token_works_once_and_spends_the_others() {
         let first = token(EmailTokenKind::PasswordReset);
         let second = token(EmailTokenKind::PasswordReset);
         for t in [&first, &second] {
-            repo.store_email_token(t.clone()).await.unwrap();
+            repo.store_email_token(t.clone(), None).await.unwrap();
         }
         let found = repo.find_email_token(&first.hash).await.unwrap().unwrap();
         assert_eq!(found.user.id, alice.id);
         assert!(found.usable_for(EmailTokenKind::PasswordReset, t0()));
         let now = t0() + TimeDelta::minutes(1);
         assert!(
-            repo.reset_password(&first.hash, &alice, PasswordHash::new("new".into()), now)
-                .await
-                .unwrap()
+            repo.reset_password(
+                &first.hash,
+                &alice,
+                PasswordHash::new("new".into()),
+                now,
+                event()
+            )
+            .await
+            .unwrap()
         );
         assert!(
             !repo
-                .reset_password(&first.hash, &alice, PasswordHash::new("again".into()), now)
+                .reset_password(
+                    &first.hash,
+                    &alice,
+                    PasswordHash::new("again".into()),
+                    now,
+                    event()
+                )
                 .await
                 .unwrap()
         );
@@ -743,10 +820,16 @@ async fn a_reset_token_works_once_and_spends_the_others() {
         assert!(other.spent_at.is_some(), "the other reset token is spent");
         // The user as read before the reset is stale now: a reset with it changes nothing.
         let third = token(EmailTokenKind::PasswordReset);
-        repo.store_email_token(third.clone()).await.unwrap();
+        repo.store_email_token(third.clone(), None).await.unwrap();
         assert!(
             !repo
-                .reset_password(&third.hash, &alice, PasswordHash::new("x".into()), now)
+                .reset_password(
+                    &third.hash,
+                    &alice,
+                    PasswordHash::new("x".into()),
+                    now,
+                    event()
+                )
                 .await
                 .unwrap()
         );
@@ -764,21 +847,27 @@ async fn a_verification_proves_only_the_address_it_was_sent_to() {
             t0(),
             TimeDelta::hours(1),
         );
-        repo.store_email_token(token.clone()).await.unwrap();
+        repo.store_email_token(token.clone(), None).await.unwrap();
         assert!(
-            repo.verify_email(&token.hash, alice.id, "elsewhere@example.com", t0())
-                .await
-                .unwrap()
-                .is_none()
+            repo.verify_email(
+                &token.hash,
+                alice.id,
+                "elsewhere@example.com",
+                t0(),
+                event()
+            )
+            .await
+            .unwrap()
+            .is_none()
         );
         let verified = repo
-            .verify_email(&token.hash, alice.id, "alice@example.com", t0())
+            .verify_email(&token.hash, alice.id, "alice@example.com", t0(), event())
             .await
             .unwrap()
             .unwrap();
         assert!(verified.email_verified);
         assert!(
-            repo.verify_email(&token.hash, alice.id, "alice@example.com", t0())
+            repo.verify_email(&token.hash, alice.id, "alice@example.com", t0(), event())
                 .await
                 .unwrap()
                 .is_none()
@@ -806,7 +895,7 @@ async fn an_email_change_moves_the_account_unless_the_address_was_taken() {
         };
         user(repo.as_ref(), "taken@example.com").await;
         let taken = change("TAKEN@example.com");
-        repo.store_email_token(taken.clone()).await.unwrap();
+        repo.store_email_token(taken.clone(), None).await.unwrap();
         let now = t0() + TimeDelta::minutes(1);
         assert!(matches!(
             repo.change_email(
@@ -814,7 +903,8 @@ async fn an_email_change_moves_the_account_unless_the_address_was_taken() {
                 &alice,
                 &Email::parse("TAKEN@example.com").unwrap(),
                 Some(keep),
-                now
+                now,
+                event(),
             )
             .await,
             Err(CreateUserError::EmailTaken)
@@ -831,7 +921,7 @@ async fn an_email_change_moves_the_account_unless_the_address_was_taken() {
         );
 
         let free = change("alice.new@example.com");
-        repo.store_email_token(free.clone()).await.unwrap();
+        repo.store_email_token(free.clone(), None).await.unwrap();
         let moved = repo
             .change_email(
                 &free.hash,
@@ -839,6 +929,7 @@ async fn an_email_change_moves_the_account_unless_the_address_was_taken() {
                 &Email::parse("alice.new@example.com").unwrap(),
                 Some(keep),
                 now,
+                event(),
             )
             .await
             .unwrap()

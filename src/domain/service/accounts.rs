@@ -4,7 +4,8 @@ use super::AuthService;
 use super::limits::{Action, LimitError, Throttled};
 use crate::domain::ports::{CreateSessionError, CreateUserError, TokenError};
 use crate::domain::{
-    BackendError, ClientInfo, Email, FullName, NewUser, Password, Principal, Role, TokenPair, User,
+    AuditKind, BackendError, ClientInfo, Email, FullName, NewAuditEvent, NewUser, Password,
+    Principal, Role, TokenPair, User,
 };
 
 /// Why a registration failed.
@@ -85,7 +86,8 @@ impl AuthService {
         self.throttle(Action::Register, client.ip.as_deref(), Some(email.key()))
             .await?;
         let verify = self.policy.mail.verify_on_register && self.mail_configured();
-        self.create_user(email, password, full_name, Role::User, verify)
+        let audit = NewAuditEvent::new(AuditKind::UserRegistered, None, client, self.clock.now());
+        self.create_user(email, password, full_name, Role::User, verify, audit)
             .await
             .map_err(|err| match err {
                 CreateUserError::EmailTaken => RegisterError::EmailTaken,
@@ -100,6 +102,7 @@ impl AuthService {
         full_name: Option<FullName>,
         role: Role,
         send_verification: bool,
+        audit: NewAuditEvent,
     ) -> Result<User, CreateUserError> {
         let password_hash = self.hasher.hash(&password).await?;
         let new_user = NewUser {
@@ -109,6 +112,7 @@ impl AuthService {
             password_hash,
             created_at: self.clock.now(),
             send_verification,
+            audit,
         };
         self.users.create_user(new_user).await
     }
@@ -135,6 +139,17 @@ impl AuthService {
         // An unknown email is checked against the dummy hash and counted like a wrong password.
         let hash = user.as_ref().map_or(&self.dummy_hash, |u| &u.password_hash);
         let right = self.verify_password(account, password, hash).await?;
+        if !right {
+            // A registered email's failures name its user; an unknown one's name nobody.
+            let failed = NewAuditEvent::new(
+                AuditKind::LoginFailed,
+                user.as_ref().map(|u| u.id),
+                &client,
+                self.clock.now(),
+            )
+            .failed();
+            self.users.record_audit(failed).await?;
+        }
         let Some(user) = user.filter(|_| right) else {
             return Err(LoginError::InvalidCredentials);
         };

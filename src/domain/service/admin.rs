@@ -1,16 +1,28 @@
-//! The operator's commands: create a user, change a role, (de)activate.
+//! Administration: the operator's commands (by email, from the command line) and the admin
+//! API's use cases (by id, for a signed-in admin), with an audit event for every change.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use super::AuthService;
-use crate::domain::ports::CreateUserError;
-use crate::domain::{BackendError, Email, Password, Role, User};
+use crate::domain::ports::{AdminWriteError, CreateUserError};
+use crate::domain::{
+    AuditEvent, AuditKind, AuditQuery, BackendError, ClientInfo, Email, FullName, MailJob,
+    NewAuditEvent, Password, Principal, Role, Session, User, UserChanges, UserId, UserQuery,
+};
 
 /// Why an administrative command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("no user with that email")]
+    #[error("no user with that email or id")]
     UnknownUser,
     #[error("email already registered")]
     EmailTaken,
+    #[error("would leave no active admin")]
+    LastAdmin,
+    /// A set-password or reset link was asked for, and no mail transport is configured.
+    #[error("mail is not configured")]
+    MailNotConfigured,
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -24,8 +36,69 @@ impl From<CreateUserError> for AdminError {
     }
 }
 
+impl From<AdminWriteError> for AdminError {
+    fn from(err: AdminWriteError) -> Self {
+        match err {
+            AdminWriteError::LastAdmin => Self::LastAdmin,
+            AdminWriteError::Backend(err) => Self::Backend(err),
+        }
+    }
+}
+
+/// A new user, as an admin asks for one.
+pub struct NewAccount {
+    pub email: Email,
+    pub full_name: Option<FullName>,
+    pub role: Role,
+    /// `None`: the user chooses one through a set-password link sent by mail.
+    pub password: Option<Password>,
+}
+
+/// Who asks for an administrative change: an admin of the API, or the operator's shell.
+#[derive(Debug, Clone, Copy)]
+pub enum Actor<'a> {
+    Admin(&'a Principal, &'a ClientInfo),
+    Operator,
+}
+
+impl Actor<'_> {
+    /// `kind` of `user`, done by this actor at `at`.
+    fn event(self, kind: AuditKind, user: Option<UserId>, at: DateTime<Utc>) -> NewAuditEvent {
+        match self {
+            Self::Admin(admin, client) => {
+                NewAuditEvent::new(kind, user, client, at).by(admin.user.id)
+            }
+            Self::Operator => {
+                NewAuditEvent::new(kind, user, &ClientInfo::default(), at).with("via", "cli")
+            }
+        }
+    }
+}
+
+/// A description of `changes`, for the audit trail.
+fn describe(changes: &UserChanges) -> String {
+    let mut parts = Vec::new();
+    if let Some(role) = changes.role {
+        parts.push(format!("role={role}"));
+    }
+    if let Some(active) = changes.is_active {
+        parts.push(format!("is_active={active}"));
+    }
+    if let Some(name) = &changes.full_name {
+        parts.push(format!(
+            "full_name={}",
+            name.as_ref().map_or("", |n| n.as_str())
+        ));
+    }
+    if let Some(verified) = changes.email_verified {
+        parts.push(format!("email_verified={verified}"));
+    }
+    parts.join(",")
+}
+
 impl AuthService {
-    /// Creates a user with any role (the operator's way to make the first admin).
+    /// Creates a user with any role and a password (the operator's way to make the first
+    /// admin).
     ///
     /// # Errors
     /// [`AdminError::EmailTaken`] when the email is registered already.
@@ -35,47 +108,129 @@ impl AuthService {
         password: Password,
         role: Role,
     ) -> Result<User, AdminError> {
-        Ok(self.create_user(email, password, None, role, false).await?)
+        self.create_account(
+            Actor::Operator,
+            NewAccount {
+                email,
+                full_name: None,
+                role,
+                password: Some(password),
+            },
+        )
+        .await
+    }
+
+    /// Creates a user for `actor`. Without a password, the user gets a set-password link by
+    /// mail (valid `invitation_ttl_hours`), queued with the user.
+    ///
+    /// # Errors
+    /// [`AdminError::EmailTaken`]; [`AdminError::MailNotConfigured`] without a password and
+    /// without mail (nothing is created then).
+    pub async fn create_account(
+        &self,
+        actor: Actor<'_>,
+        account: NewAccount,
+    ) -> Result<User, AdminError> {
+        let invite = account.password.is_none();
+        if invite && !self.mail_configured() {
+            return Err(AdminError::MailNotConfigured);
+        }
+        // An invited user's password is one nobody knows until the link sets another.
+        let password = match account.password {
+            Some(password) => password,
+            None => Password::parse(&format!(
+                "{}{}",
+                Uuid::new_v4().simple(),
+                Uuid::new_v4().simple()
+            ))
+            .map_err(BackendError::unexpected)?,
+        };
+        let audit = actor
+            .event(AuditKind::UserCreated, None, self.clock.now())
+            .with("role", account.role);
+        let user = self
+            .create_user(
+                account.email,
+                password,
+                account.full_name,
+                account.role,
+                false,
+                audit,
+            )
+            .await?;
+        if invite {
+            self.users
+                .enqueue_mail(MailJob::Invitation { user_id: user.id }, self.clock.now())
+                .await?;
+        }
+        Ok(user)
     }
 
     /// Gives the user with `email` the role `role`; it applies to their next request.
     ///
     /// # Errors
-    /// [`AdminError::UnknownUser`] when nobody has that email.
+    /// [`AdminError::UnknownUser`]; [`AdminError::LastAdmin`] for the last active admin.
     pub async fn set_role(&self, email: &Email, role: Role) -> Result<User, AdminError> {
-        let user = self.find_by_email(email).await?;
-        self.users
-            .set_role(user.id, role)
-            .await?
-            .ok_or(AdminError::UnknownUser)
+        let changes = UserChanges {
+            role: Some(role),
+            ..UserChanges::default()
+        };
+        self.change_by_email(email, changes).await
     }
 
     /// Activates or deactivates the user with `email`; deactivation ends all their sessions.
     ///
     /// # Errors
-    /// [`AdminError::UnknownUser`] when nobody has that email.
+    /// As [`AuthService::set_role`].
     pub async fn set_active(&self, email: &Email, active: bool) -> Result<User, AdminError> {
-        let user = self.find_by_email(email).await?;
-        self.users
-            .set_active(user.id, active, self.clock.now())
-            .await?
-            .ok_or(AdminError::UnknownUser)
+        let changes = UserChanges {
+            is_active: Some(active),
+            ..UserChanges::default()
+        };
+        self.change_by_email(email, changes).await
     }
 
     /// Marks the address of the user with `email` verified or not.
     ///
     /// # Errors
-    /// [`AdminError::UnknownUser`] when nobody has that email.
+    /// [`AdminError::UnknownUser`].
     pub async fn set_email_verified(
         &self,
         email: &Email,
         verified: bool,
     ) -> Result<User, AdminError> {
+        let changes = UserChanges {
+            email_verified: Some(verified),
+            ..UserChanges::default()
+        };
+        self.change_by_email(email, changes).await
+    }
+
+    /// Deletes the user with `email`.
+    ///
+    /// # Errors
+    /// As [`AuthService::set_role`].
+    pub async fn delete_by_email(&self, email: &Email) -> Result<User, AdminError> {
         let user = self.find_by_email(email).await?;
-        self.users
-            .set_email_verified(user.id, verified)
-            .await?
-            .ok_or(AdminError::UnknownUser)
+        self.delete_account(Actor::Operator, user.id).await?;
+        Ok(user)
+    }
+
+    async fn change_by_email(
+        &self,
+        email: &Email,
+        changes: UserChanges,
+    ) -> Result<User, AdminError> {
+        let user = self.find_by_email(email).await?;
+        self.update_account(Actor::Operator, user.id, changes).await
+    }
+
+    /// The user with `email`.
+    ///
+    /// # Errors
+    /// [`AdminError::UnknownUser`].
+    pub async fn find_user(&self, email: &Email) -> Result<User, AdminError> {
+        self.find_by_email(email).await
     }
 
     async fn find_by_email(&self, email: &Email) -> Result<User, AdminError> {
@@ -84,60 +239,255 @@ impl AuthService {
             .await?
             .ok_or(AdminError::UnknownUser)
     }
+
+    /// The user with `id`.
+    ///
+    /// # Errors
+    /// [`AdminError::UnknownUser`].
+    pub async fn account(&self, id: UserId) -> Result<User, AdminError> {
+        self.users
+            .find_user_by_id(id)
+            .await?
+            .ok_or(AdminError::UnknownUser)
+    }
+
+    /// Users matching `query`, newest first.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    pub async fn list_accounts(&self, query: &UserQuery) -> Result<Vec<User>, BackendError> {
+        self.users.list_users(query).await
+    }
+
+    /// Applies `changes` to user `id`; a deactivation ends their sessions.
+    ///
+    /// # Errors
+    /// [`AdminError::UnknownUser`]; [`AdminError::LastAdmin`] when no active admin would be
+    /// left (decided by storage, atomically).
+    pub async fn update_account(
+        &self,
+        actor: Actor<'_>,
+        id: UserId,
+        changes: UserChanges,
+    ) -> Result<User, AdminError> {
+        let now = self.clock.now();
+        let audit = actor
+            .event(AuditKind::UserUpdated, Some(id), now)
+            .with("changes", describe(&changes));
+        self.users
+            .update_user(id, changes, now, audit)
+            .await?
+            .ok_or(AdminError::UnknownUser)
+    }
+
+    /// Deletes user `id`, their sessions and tokens; their audit events stay.
+    ///
+    /// # Errors
+    /// As [`AuthService::update_account`].
+    pub async fn delete_account(&self, actor: Actor<'_>, id: UserId) -> Result<(), AdminError> {
+        let audit = actor.event(AuditKind::UserDeleted, Some(id), self.clock.now());
+        if self.users.delete_user(id, audit).await? {
+            Ok(())
+        } else {
+            Err(AdminError::UnknownUser)
+        }
+    }
+
+    /// The live sessions of user `id`, newest first.
+    ///
+    /// # Errors
+    /// [`AdminError::UnknownUser`].
+    pub async fn account_sessions(&self, id: UserId) -> Result<Vec<Session>, AdminError> {
+        let user = self.account(id).await?;
+        Ok(self
+            .users
+            .list_live_sessions(user.id, self.clock.now(), self.policy.max_sessions_per_user)
+            .await?)
+    }
+
+    /// Ends every session of user `id`.
+    ///
+    /// # Errors
+    /// [`AdminError::UnknownUser`].
+    pub async fn end_account_sessions(
+        &self,
+        actor: Actor<'_>,
+        id: UserId,
+    ) -> Result<(), AdminError> {
+        let now = self.clock.now();
+        let audit = actor.event(AuditKind::AdminSessionsEnded, Some(id), now);
+        if self.users.end_all_sessions(id, now, audit).await? {
+            Ok(())
+        } else {
+            Err(AdminError::UnknownUser)
+        }
+    }
+
+    /// Mails user `id` a reset link.
+    ///
+    /// # Errors
+    /// [`AdminError::UnknownUser`]; [`AdminError::MailNotConfigured`].
+    pub async fn send_reset_link(&self, id: UserId) -> Result<(), AdminError> {
+        if !self.mail_configured() {
+            return Err(AdminError::MailNotConfigured);
+        }
+        let user = self.account(id).await?;
+        self.users
+            .enqueue_mail(
+                MailJob::PasswordReset { email: user.email },
+                self.clock.now(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Audit events matching `query`, newest first.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    pub async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, BackendError> {
+        self.users.list_audit(query).await
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use mockall::predicate::eq;
+    use mockall::predicate::{always, eq};
 
     use super::super::test_support::{Mocks, user};
     use super::*;
-    use crate::domain::UserId;
+    use crate::domain::SessionId;
+    use crate::domain::ports::MockMailer;
+
+    fn admin() -> Principal {
+        Principal {
+            user: user(1, Role::Admin, true),
+            session_id: SessionId::random(),
+        }
+    }
 
     #[tokio::test]
     async fn promoting_an_unknown_email_fails_and_changes_nothing() {
         let mut m = Mocks::new();
         m.users.expect_find_user_by_email().returning(|_| Ok(None));
-        m.users.expect_set_role().never();
+        m.users.expect_update_user().never();
         let email = Email::parse("ghost@example.com").unwrap();
         let err = m.service().set_role(&email, Role::Admin).await.unwrap_err();
         assert!(matches!(err, AdminError::UnknownUser));
     }
 
     #[tokio::test]
-    async fn promoting_sets_the_role_of_the_user_found_by_email() {
+    async fn promoting_changes_the_role_of_the_user_found_by_email_and_records_it() {
         let mut m = Mocks::new();
         m.users
             .expect_find_user_by_email()
             .returning(|_| Ok(Some(user(9, Role::User, true))));
         m.users
-            .expect_set_role()
-            .with(eq(UserId(9)), eq(Role::Admin))
+            .expect_update_user()
+            .withf(|id, changes, _, audit| {
+                *id == UserId(9)
+                    && changes.role == Some(Role::Admin)
+                    && changes.is_active.is_none()
+                    && audit.kind == AuditKind::UserUpdated
+                    && audit.user_id == Some(UserId(9))
+                    && audit.detail["changes"] == "role=admin"
+                    && audit.detail["via"] == "cli"
+            })
             .times(1)
-            .returning(|_, _| Ok(Some(user(9, Role::Admin, true))));
+            .returning(|_, _, _, _| Ok(Some(user(9, Role::Admin, true))));
         let email = Email::parse("user9@example.com").unwrap();
         let updated = m.service().set_role(&email, Role::Admin).await.unwrap();
         assert_eq!(updated.role, Role::Admin);
     }
 
     #[tokio::test]
-    async fn deactivating_goes_through_the_repository_with_the_clock() {
+    async fn the_last_admin_rule_of_storage_reaches_the_operator() {
         let mut m = Mocks::new();
         m.users
             .expect_find_user_by_email()
-            .returning(|_| Ok(Some(user(9, Role::User, true))));
+            .returning(|_| Ok(Some(user(1, Role::Admin, true))));
         m.users
-            .expect_set_active()
-            .with(eq(UserId(9)), eq(false), eq(m.now))
+            .expect_update_user()
+            .returning(|_, _, _, _| Err(AdminWriteError::LastAdmin));
+        let email = Email::parse("user1@example.com").unwrap();
+        let err = m.service().set_active(&email, false).await.unwrap_err();
+        assert!(matches!(err, AdminError::LastAdmin));
+    }
+
+    #[tokio::test]
+    async fn an_admins_change_names_the_admin_and_the_address_it_came_from() {
+        let mut m = Mocks::new();
+        m.users
+            .expect_update_user()
+            .withf(|_, _, _, audit| {
+                audit.actor_id == Some(UserId(1))
+                    && audit.user_id == Some(UserId(9))
+                    && audit.client.ip.as_deref() == Some("198.51.100.4")
+            })
             .times(1)
-            .returning(|_, _, _| Ok(Some(user(9, Role::User, false))));
-        let email = Email::parse("user9@example.com").unwrap();
-        assert!(
-            !m.service()
-                .set_active(&email, false)
-                .await
-                .unwrap()
-                .is_active
-        );
+            .returning(|_, _, _, _| Ok(Some(user(9, Role::User, false))));
+        let admin = admin();
+        let client = ClientInfo::new(None, Some("198.51.100.4".into()));
+        let changes = UserChanges {
+            is_active: Some(false),
+            ..UserChanges::default()
+        };
+        m.service()
+            .update_account(Actor::Admin(&admin, &client), UserId(9), changes)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_invited_user_gets_a_set_password_link_and_needs_mail() {
+        let mut m = Mocks::new();
+        m.users.expect_create_user().never();
+        let invite = || NewAccount {
+            email: Email::parse("new@example.com").unwrap(),
+            full_name: None,
+            role: Role::User,
+            password: None,
+        };
+        let admin = admin();
+        let client = ClientInfo::default();
+        let err = m
+            .service()
+            .create_account(Actor::Admin(&admin, &client), invite())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AdminError::MailNotConfigured));
+
+        let mut m = Mocks::new();
+        m.mailer = Some(MockMailer::new());
+        m.hasher
+            .expect_hash()
+            .returning(|_| Ok(crate::domain::PasswordHash::new("h".into())));
+        m.users
+            .expect_create_user()
+            .withf(|u| !u.send_verification && u.audit.kind == AuditKind::UserCreated)
+            .returning(|_| Ok(user(7, Role::User, true)));
+        m.users
+            .expect_enqueue_mail()
+            .with(eq(MailJob::Invitation { user_id: UserId(7) }), always())
+            .times(1)
+            .returning(|_, _| Ok(()));
+        m.service()
+            .create_account(Actor::Admin(&admin, &client), invite())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn deleting_an_unknown_id_is_not_found() {
+        let mut m = Mocks::new();
+        m.users.expect_delete_user().returning(|_, _| Ok(false));
+        let admin = admin();
+        let client = ClientInfo::default();
+        let err = m
+            .service()
+            .delete_account(Actor::Admin(&admin, &client), UserId(404))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AdminError::UnknownUser));
     }
 }

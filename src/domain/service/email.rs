@@ -11,8 +11,8 @@ use super::AuthService;
 use super::limits::{Action, LimitError, Throttled, subject_key};
 use crate::domain::ports::{CreateUserError, MailError};
 use crate::domain::{
-    BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind, Mail, MailJob, MailKind,
-    NewEmailToken, Password, Principal, QueuedMail, User,
+    AuditKind, BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind, Mail, MailJob,
+    MailKind, NewAuditEvent, NewEmailToken, Password, Principal, QueuedMail, User,
 };
 
 /// The longest token worth looking up: ours are 43 characters.
@@ -34,6 +34,8 @@ pub struct MailPolicy {
     pub verify_link: String,
     pub email_change_link: String,
     pub reset_ttl: TimeDelta,
+    /// For the set-password link of a user an admin created.
+    pub invitation_ttl: TimeDelta,
     /// For verification and email-change links.
     pub verification_ttl: TimeDelta,
     /// Refuse logins of unverified addresses (after the right password).
@@ -54,6 +56,7 @@ impl Default for MailPolicy {
             verify_link: "{public_url}/console/verify?token={token}".into(),
             email_change_link: "{public_url}/console/email?token={token}".into(),
             reset_ttl: TimeDelta::minutes(30),
+            invitation_ttl: TimeDelta::hours(72),
             verification_ttl: TimeDelta::hours(24),
             require_verified: false,
             verify_on_register: true,
@@ -128,6 +131,7 @@ fn job_name(job: &MailJob) -> &'static str {
     match job {
         MailJob::PasswordReset { .. } => "password_reset",
         MailJob::Verification { .. } => "verification",
+        MailJob::Invitation { .. } => "invitation",
         MailJob::EmailChange { .. } => "email_change",
     }
 }
@@ -178,14 +182,11 @@ impl AuthService {
             .usable_token(token, EmailTokenKind::PasswordReset)
             .await?;
         let hash = self.hasher.hash(&new).await?;
+        let now = self.clock.now();
+        let audit = self.event(AuditKind::PasswordReset, &record.user, now);
         let reset = self
             .users
-            .reset_password(
-                &EmailTokenHash::of(token),
-                &record.user,
-                hash,
-                self.clock.now(),
-            )
+            .reset_password(&EmailTokenHash::of(token), &record.user, hash, now, audit)
             .await?;
         if !reset {
             return Err(RedeemError::InvalidToken);
@@ -232,12 +233,15 @@ impl AuthService {
         let record = self
             .usable_token(token, EmailTokenKind::Verification)
             .await?;
+        let now = self.clock.now();
+        let audit = self.event(AuditKind::EmailVerified, &record.user, now);
         self.users
             .verify_email(
                 &EmailTokenHash::of(token),
                 record.user.id,
                 &record.email,
-                self.clock.now(),
+                now,
+                audit,
             )
             .await?
             .ok_or(RedeemError::InvalidToken)
@@ -290,13 +294,19 @@ impl AuthService {
             .usable_token(token, EmailTokenKind::EmailChange)
             .await?;
         let new_email = record.new_email.ok_or(RedeemError::InvalidToken)?;
+        let now = self.clock.now();
+        let audit = self
+            .event(AuditKind::EmailChanged, &record.user, now)
+            .with("from", record.user.email.as_str())
+            .with("to", new_email.as_str());
         self.users
             .change_email(
                 &EmailTokenHash::of(token),
                 &record.user,
                 &new_email,
                 record.keep_session,
-                self.clock.now(),
+                now,
+                audit,
             )
             .await
             .map_err(|err| match err {
@@ -382,8 +392,28 @@ impl AuthService {
         };
         let link = crate::domain::mail::link(template, &policy.public_url, &token.secret);
         let ttl = token.expires_at - token.created_at;
-        self.users.store_email_token(token).await?;
+        // A reset link handed out is worth a line in the trail; the others are routine.
+        let audit = (token.kind == EmailTokenKind::PasswordReset).then(|| NewAuditEvent {
+            user_id: Some(token.user_id),
+            ..NewAuditEvent::new(
+                AuditKind::PasswordResetRequested,
+                None,
+                &ClientInfo::default(),
+                token.created_at,
+            )
+        });
+        self.users.store_email_token(token, audit).await?;
         Ok((link, ttl))
+    }
+
+    /// `kind` of `user` at `now`, by a link (no client of a request to name).
+    fn event(
+        &self,
+        kind: AuditKind,
+        user: &User,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> NewAuditEvent {
+        NewAuditEvent::new(kind, Some(user.id), &ClientInfo::default(), now)
     }
 
     fn ttl_of(&self, kind: EmailTokenKind) -> TimeDelta {
@@ -503,6 +533,26 @@ impl AuthService {
                     .issue_link(EmailTokenKind::PasswordReset, &user)
                     .await?;
                 Ok(vec![link_mail(MailKind::PasswordReset, &user, link, ttl)])
+            }
+            MailJob::Invitation { user_id } => {
+                let Some(user) = self
+                    .users
+                    .find_user_by_id(*user_id)
+                    .await?
+                    .filter(|user| user.is_active)
+                else {
+                    return Ok(Vec::new());
+                };
+                // A reset token that lives longer: the account waits for its first password.
+                let (link, ttl) = self
+                    .issue_token(NewEmailToken::generate(
+                        EmailTokenKind::PasswordReset,
+                        &user,
+                        self.clock.now(),
+                        self.policy.mail.invitation_ttl,
+                    ))
+                    .await?;
+                Ok(vec![link_mail(MailKind::Invitation, &user, link, ttl)])
             }
             MailJob::Verification { user_id } => {
                 let Some(user) = self
@@ -749,13 +799,13 @@ mod tests {
             .returning(|_| Ok(PasswordHash::new("new-hash".into())));
         m.users
             .expect_reset_password()
-            .withf(|token, user, hash, _| {
+            .withf(|token, user, hash, _, _| {
                 *token == EmailTokenHash::of("token")
                     && user.id == UserId(5)
                     && hash.as_str() == "new-hash"
             })
             .times(1)
-            .returning(|_, _, _, _| Ok(true));
+            .returning(|_, _, _, _, _| Ok(true));
         let mut limiter = crate::domain::ports::MockRateLimiter::new();
         limiter
             .expect_clear_failures()
@@ -786,7 +836,7 @@ mod tests {
             .returning(|_| Ok(PasswordHash::new("h".into())));
         m.users
             .expect_reset_password()
-            .returning(|_, _, _, _| Ok(false));
+            .returning(|_, _, _, _, _| Ok(false));
         let err = m
             .service()
             .reset_password("token", Password::parse("new password").unwrap())
@@ -879,13 +929,13 @@ mod tests {
         let now = m.now;
         m.users
             .expect_store_email_token()
-            .withf(move |t| {
+            .withf(move |t, _| {
                 t.kind == EmailTokenKind::PasswordReset
                     && t.user_id == UserId(5)
                     && t.expires_at == now + TimeDelta::minutes(30)
             })
             .times(1)
-            .returning(|_| Ok(()));
+            .returning(|_, _| Ok(()));
         let mut mailer = MockMailer::new();
         mailer
             .expect_send()
@@ -921,7 +971,7 @@ mod tests {
             m.users
                 .expect_find_user_by_id()
                 .returning(|_| Ok(Some(user(5, Role::User, true))));
-            m.users.expect_store_email_token().returning(|_| Ok(()));
+            m.users.expect_store_email_token().returning(|_, _| Ok(()));
             let mut mailer = MockMailer::new();
             mailer.expect_send().returning(move |_| {
                 Err(if rejected {
@@ -1015,14 +1065,14 @@ mod tests {
         m.users.expect_find_user_by_email().returning(|_| Ok(None));
         m.users
             .expect_store_email_token()
-            .withf(move |t| {
+            .withf(move |t, _| {
                 t.kind == EmailTokenKind::EmailChange
                     && t.new_email == Some(email("fresh@example.com"))
                     && t.keep_session == Some(keep)
                     && t.email == "user5@example.com"
             })
             .times(1)
-            .returning(|_| Ok(()));
+            .returning(|_, _| Ok(()));
         let mut mailer = MockMailer::new();
         mailer
             .expect_send()

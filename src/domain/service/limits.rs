@@ -576,7 +576,7 @@ mod tests {
         m.users
             .expect_end_session()
             .times(1)
-            .returning(|_, _, _| Ok(true));
+            .returning(|_, _, _, _| Ok(true));
         let err = m.service().refresh("replayed", client()).await.unwrap_err();
         assert!(
             matches!(err, crate::domain::service::RefreshError::Reused),

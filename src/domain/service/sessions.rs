@@ -4,7 +4,8 @@ use super::AuthService;
 use super::limits::{Action, LimitError, Throttled};
 use crate::domain::ports::Rotation;
 use crate::domain::{
-    BackendError, ClientInfo, Password, Principal, RefreshTokenHash, Session, SessionId, TokenPair,
+    AuditKind, BackendError, ClientInfo, NewAuditEvent, Password, Principal, RefreshTokenHash,
+    Session, SessionId, TokenPair,
 };
 
 /// Why a refresh was refused. Every variant answers 401 to the client.
@@ -88,7 +89,7 @@ impl AuthService {
         // Reuse is acted on before any per-account limit: a thief's replay must end the
         // session even while the account's refresh budget is spent.
         if record.spent_at.is_some() {
-            return Err(self.revoke_for_reuse(session).await);
+            return Err(self.revoke_for_reuse(session, &client).await);
         }
         let account = record.user.id.to_string();
         self.throttle(Action::Refresh, None, Some(&account)).await?;
@@ -97,20 +98,32 @@ impl AuthService {
         }
         let next = self.next_refresh_token(session.id, session.expires_at, now);
         let refresh_token = next.secret.clone();
-        match self.users.rotate_refresh_token(&hash, next, client).await? {
+        match self
+            .users
+            .rotate_refresh_token(&hash, next, client.clone())
+            .await?
+        {
             Rotation::Rotated => {}
-            Rotation::AlreadySpent => return Err(self.revoke_for_reuse(session).await),
+            Rotation::AlreadySpent => return Err(self.revoke_for_reuse(session, &client).await),
             Rotation::SessionEnded => return Err(RefreshError::InvalidToken),
         }
         let access_token = self.issue_access_token(&record.user, session.id, now)?;
         Ok(self.token_pair(access_token, refresh_token))
     }
 
-    async fn revoke_for_reuse(&self, session: &Session) -> RefreshError {
+    async fn revoke_for_reuse(&self, session: &Session, client: &ClientInfo) -> RefreshError {
         tracing::warn!(session_id = %session.id, user_id = %session.user_id, "refresh token reuse detected; ending the session");
+        let now = self.clock.now();
+        let audit = NewAuditEvent::new(
+            AuditKind::SessionRefreshReused,
+            Some(session.user_id),
+            client,
+            now,
+        )
+        .with("session_id", session.id);
         match self
             .users
-            .end_session(session.user_id, session.id, self.clock.now())
+            .end_session(session.user_id, session.id, now, audit)
             .await
         {
             Ok(_) => RefreshError::Reused,
@@ -122,11 +135,39 @@ impl AuthService {
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.
-    pub async fn logout(&self, principal: &Principal) -> Result<(), BackendError> {
+    pub async fn logout(
+        &self,
+        principal: &Principal,
+        client: &ClientInfo,
+    ) -> Result<(), BackendError> {
+        let audit = self.session_ended(principal, principal.session_id, "logout", client);
         self.users
-            .end_session(principal.user.id, principal.session_id, self.clock.now())
+            .end_session(
+                principal.user.id,
+                principal.session_id,
+                self.clock.now(),
+                audit,
+            )
             .await?;
         Ok(())
+    }
+
+    /// The record of `principal` ending session `id`, for `reason`.
+    fn session_ended(
+        &self,
+        principal: &Principal,
+        id: SessionId,
+        reason: &str,
+        client: &ClientInfo,
+    ) -> NewAuditEvent {
+        NewAuditEvent::new(
+            AuditKind::SessionEnded,
+            Some(principal.user.id),
+            client,
+            self.clock.now(),
+        )
+        .with("session_id", id)
+        .with("reason", reason)
     }
 
     /// The caller's live sessions, newest first; never more than `max_sessions_per_user`.
@@ -151,10 +192,12 @@ impl AuthService {
         &self,
         principal: &Principal,
         id: SessionId,
+        client: &ClientInfo,
     ) -> Result<(), EndSessionError> {
+        let audit = self.session_ended(principal, id, "ended by the user", client);
         if self
             .users
-            .end_session(principal.user.id, id, self.clock.now())
+            .end_session(principal.user.id, id, self.clock.now(), audit)
             .await?
         {
             Ok(())
@@ -180,12 +223,20 @@ impl AuthService {
             return Err(ChangePasswordError::WrongPassword);
         }
         let hash = self.hasher.hash(&new).await?;
+        let now = self.clock.now();
+        let audit = NewAuditEvent::new(
+            AuditKind::PasswordChanged,
+            Some(principal.user.id),
+            client,
+            now,
+        );
         self.users
             .set_password(
                 principal.user.id,
                 hash,
                 Some(principal.session_id),
-                self.clock.now(),
+                now,
+                audit,
             )
             .await?;
         Ok(())
@@ -217,8 +268,14 @@ impl AuthService {
             .await?;
         if !right && self.wrong_rechecks(principal.session_id).await? >= self.limits.free_failures {
             tracing::warn!(session_id = %principal.session_id, user_id = %user.id, "repeated wrong passwords; ending the session");
+            let audit = self.session_ended(
+                principal,
+                principal.session_id,
+                "repeated wrong passwords",
+                client,
+            );
             self.users
-                .end_session(user.id, principal.session_id, self.clock.now())
+                .end_session(user.id, principal.session_id, self.clock.now(), audit)
                 .await?;
         }
         Ok(right)
@@ -229,14 +286,17 @@ impl AuthService {
     /// # Errors
     /// [`BackendError`] when storage fails.
     pub async fn purge_expired_sessions(&self) -> Result<u64, BackendError> {
-        self.users.purge_expired(self.clock.now()).await
+        let now = self.clock.now();
+        self.users
+            .purge_expired(now, now - self.policy.audit_retention)
+            .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use chrono::TimeDelta;
-    use mockall::predicate::eq;
+    use mockall::predicate::{always, eq};
 
     use super::super::limits::subject_key;
     use super::super::test_support::{Mocks, session, user};
@@ -327,9 +387,9 @@ mod tests {
         m.users.expect_rotate_refresh_token().never();
         m.users
             .expect_end_session()
-            .with(eq(UserId(5)), eq(sid), eq(m.now))
+            .with(eq(UserId(5)), eq(sid), eq(m.now), always())
             .times(1)
-            .returning(|_, _, _| Ok(true));
+            .returning(|_, _, _, _| Ok(true));
         m.tokens.expect_issue().never();
         let err = m
             .service()
@@ -351,9 +411,9 @@ mod tests {
             .returning(|_, _, _| Ok(Rotation::AlreadySpent));
         m.users
             .expect_end_session()
-            .with(eq(UserId(5)), eq(sid), eq(m.now))
+            .with(eq(UserId(5)), eq(sid), eq(m.now), always())
             .times(1)
-            .returning(|_, _, _| Ok(true));
+            .returning(|_, _, _, _| Ok(true));
         m.tokens.expect_issue().never();
         let err = m
             .service()
@@ -435,10 +495,13 @@ mod tests {
         let sid = SessionId::random();
         m.users
             .expect_end_session()
-            .with(eq(UserId(5)), eq(sid), eq(m.now))
+            .with(eq(UserId(5)), eq(sid), eq(m.now), always())
             .times(1)
-            .returning(|_, _, _| Ok(true));
-        m.service().logout(&principal(sid)).await.unwrap();
+            .returning(|_, _, _, _| Ok(true));
+        m.service()
+            .logout(&principal(sid), &ClientInfo::default())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -447,11 +510,15 @@ mod tests {
         let other = SessionId::random();
         m.users
             .expect_end_session()
-            .with(eq(UserId(5)), eq(other), eq(m.now))
-            .returning(|_, _, _| Ok(false));
+            .with(eq(UserId(5)), eq(other), eq(m.now), always())
+            .returning(|_, _, _, _| Ok(false));
         let err = m
             .service()
-            .end_session(&principal(SessionId::random()), other)
+            .end_session(
+                &principal(SessionId::random()),
+                other,
+                &ClientInfo::default(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, EndSessionError::NotFound));
@@ -492,9 +559,10 @@ mod tests {
                 eq(PasswordHash::new("new-hash".into())),
                 eq(Some(sid)),
                 eq(m.now),
+                always(),
             )
             .times(1)
-            .returning(|_, _, _, _| Ok(()));
+            .returning(|_, _, _, _, _| Ok(()));
         m.service()
             .change_password(
                 &principal(sid),
@@ -613,9 +681,9 @@ mod tests {
             m.hasher.expect_verify().returning(|_, _| Ok(false));
             m.users
                 .expect_end_session()
-                .with(eq(UserId(5)), eq(sid), eq(m.now))
+                .with(eq(UserId(5)), eq(sid), eq(m.now), always())
                 .times(usize::from(ends))
-                .returning(|_, _, _| Ok(true));
+                .returning(|_, _, _, _| Ok(true));
             let err = m
                 .service()
                 .change_password(

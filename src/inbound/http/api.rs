@@ -1,6 +1,7 @@
 //! The poem-openapi APIs, one module per tag. Handlers are thin: parse the DTO into domain
 //! types, call one use case, turn its result into a response.
 
+pub mod admin;
 pub mod auth;
 pub mod email;
 pub mod protected;
@@ -22,4 +23,6 @@ pub enum ApiTags {
     Sessions,
     /// Demo routes that need a token.
     Protected,
+    /// Users and the audit trail, for admins.
+    Admin,
 }

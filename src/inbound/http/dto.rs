@@ -229,3 +229,157 @@ impl SessionResponse {
         }
     }
 }
+
+/// A user as an administrator sees one: `UserResponse` and two more times.
+#[derive(Debug, Object)]
+pub struct AdminUser {
+    pub id: i64,
+    pub email: String,
+    #[oai(nullable)]
+    pub full_name: Option<String>,
+    pub role: RoleName,
+    pub is_active: bool,
+    pub email_verified: bool,
+    pub created_at: DateTime<Utc>,
+    /// The last successful login.
+    #[oai(nullable)]
+    pub last_login_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<User> for AdminUser {
+    fn from(user: User) -> Self {
+        Self {
+            id: user.id.0,
+            email: user.email.as_str().to_owned(),
+            full_name: user.full_name.map(|n| n.as_str().to_owned()),
+            role: user.role.into(),
+            is_active: user.is_active,
+            email_verified: user.email_verified,
+            created_at: user.created_at,
+            last_login_at: user.last_login_at,
+            updated_at: user.updated_at,
+        }
+    }
+}
+
+/// One page of users, newest first.
+#[derive(Debug, Object)]
+pub struct AdminUserPage {
+    pub items: Vec<AdminUser>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    #[oai(nullable)]
+    pub next_cursor: Option<String>,
+}
+
+/// `POST /admin/users`.
+#[derive(Debug, Deserialize, Object)]
+pub struct CreateUserRequest {
+    #[oai(validator(min_length = 3, max_length = 254))]
+    pub email: String,
+    #[oai(validator(max_length = 255))]
+    pub full_name: Option<String>,
+    /// `user` (the default) or `admin`.
+    pub role: Option<String>,
+    /// Without one, the user gets a link by mail to choose it.
+    #[oai(validator(min_length = 8, max_length = 72))]
+    pub password: Option<String>,
+}
+
+/// `PATCH /admin/users/{id}`: absent fields stay as they are; `full_name: null` clears it.
+#[derive(Debug, Deserialize, Object)]
+pub struct UpdateUserRequest {
+    /// `user` or `admin`.
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub is_active: Option<bool>,
+    #[serde(default)]
+    #[oai(validator(max_length = 255))]
+    pub full_name: poem_openapi::types::MaybeUndefined<String>,
+    #[serde(default)]
+    pub email_verified: Option<bool>,
+}
+
+/// A session as an administrator sees one.
+#[derive(Debug, Object)]
+pub struct AdminSession {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    #[oai(nullable)]
+    pub user_agent: Option<String>,
+    #[oai(nullable)]
+    pub ip: Option<String>,
+}
+
+impl From<Session> for AdminSession {
+    fn from(session: Session) -> Self {
+        Self {
+            id: session.id.0,
+            created_at: session.created_at,
+            last_used_at: session.last_used_at,
+            user_agent: session.client.user_agent,
+            ip: session.client.ip,
+        }
+    }
+}
+
+/// Whether a recorded action worked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+/// One event of the audit trail.
+#[derive(Debug, Object)]
+pub struct AuditEventResponse {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// `user.registered`, `login.succeeded`, `login.failed`, `session.ended`, ...
+    pub kind: String,
+    pub outcome: Outcome,
+    /// The account concerned; kept after the account is deleted.
+    #[oai(nullable)]
+    pub user_id: Option<i64>,
+    /// The admin who acted, when not the user.
+    #[oai(nullable)]
+    pub actor_id: Option<i64>,
+    #[oai(nullable)]
+    pub ip: Option<String>,
+    #[oai(nullable)]
+    pub user_agent: Option<String>,
+    /// Never a password, a token or a hash.
+    pub detail: std::collections::BTreeMap<String, String>,
+}
+
+impl From<crate::domain::AuditEvent> for AuditEventResponse {
+    fn from(recorded: crate::domain::AuditEvent) -> Self {
+        let event = recorded.event;
+        Self {
+            id: recorded.id,
+            at: event.at,
+            kind: event.kind.as_str().to_owned(),
+            outcome: if event.success {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            },
+            user_id: event.user_id.map(|id| id.0),
+            actor_id: event.actor_id.map(|id| id.0),
+            ip: event.client.ip,
+            user_agent: event.client.user_agent,
+            detail: event.detail,
+        }
+    }
+}
+
+/// One page of audit events, newest first.
+#[derive(Debug, Object)]
+pub struct AuditPage {
+    pub items: Vec<AuditEventResponse>,
+    #[oai(nullable)]
+    pub next_cursor: Option<String>,
+}

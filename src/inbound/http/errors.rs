@@ -5,8 +5,8 @@ use poem::http::StatusCode;
 use super::problem::{CHALLENGE, CHALLENGE_INVALID_TOKEN, Failure, Problem};
 use crate::domain::BackendError;
 use crate::domain::service::{
-    AuthError, ChangePasswordError, EndSessionError, LoginError, MailRequestError, RedeemError,
-    RefreshError, RegisterError, Throttled,
+    AdminError, AuthError, ChangePasswordError, EndSessionError, LoginError, MailRequestError,
+    RedeemError, RefreshError, RegisterError, Throttled,
 };
 
 /// Seconds a client is asked to wait after a 503.
@@ -155,6 +155,24 @@ impl From<RedeemError> for Problem {
     }
 }
 
+impl From<AdminError> for Problem {
+    fn from(err: AdminError) -> Self {
+        match err {
+            AdminError::UnknownUser => Problem::new(StatusCode::NOT_FOUND, "User not found"),
+            AdminError::EmailTaken => {
+                Problem::new(StatusCode::BAD_REQUEST, "Email already registered")
+            }
+            AdminError::LastAdmin => {
+                Problem::new(StatusCode::CONFLICT, "Would leave no active admin")
+            }
+            AdminError::MailNotConfigured => {
+                Problem::unavailable("Mail is not configured", MAIL_RETRY_AFTER_SECONDS)
+            }
+            AdminError::Backend(err) => err.into(),
+        }
+    }
+}
+
 /// Lets handlers use `?` on core errors whatever their operation's [`Failure`] type.
 macro_rules! into_failure {
     ($($error:ty),+) => {$(
@@ -175,7 +193,8 @@ into_failure!(
     EndSessionError,
     ChangePasswordError,
     MailRequestError,
-    RedeemError
+    RedeemError,
+    AdminError
 );
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use chrono::TimeDelta;
 
 use crate::domain::{Mail, MailKind};
 
-const KINDS: [MailKind; 6] = [
+const KINDS: [MailKind; 7] = [
     MailKind::PasswordReset,
+    MailKind::Invitation,
     MailKind::Verification,
     MailKind::EmailChange,
     MailKind::EmailChangeNotice,
@@ -25,6 +26,10 @@ fn builtin(kind: MailKind) -> (&'static str, &'static str) {
         MailKind::PasswordReset => (
             include_str!("templates/reset.txt"),
             include_str!("templates/reset.html"),
+        ),
+        MailKind::Invitation => (
+            include_str!("templates/invitation.txt"),
+            include_str!("templates/invitation.html"),
         ),
         MailKind::Verification => (
             include_str!("templates/verify.txt"),

@@ -8,12 +8,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::ports::{
-    CreateSessionError, CreateUserError, MailOutbox, Rotation, UserRepository,
+    AdminWriteError, CreateSessionError, CreateUserError, MailOutbox, Rotation, UserRepository,
 };
 use crate::domain::{
-    BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind, EmailTokenRecord, MailJob,
-    NewEmailToken, NewRefreshToken, NewSession, NewUser, OutboxDepth, PasswordHash, QueuedMail,
-    RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, User, UserId,
+    AuditEvent, AuditQuery, BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind,
+    EmailTokenRecord, MailJob, NewAuditEvent, NewEmailToken, NewRefreshToken, NewSession, NewUser,
+    OutboxDepth, PasswordHash, QueuedMail, RefreshTokenHash, RefreshTokenRecord, Role, Session,
+    SessionId, User, UserChanges, UserId, UserQuery,
 };
 
 #[derive(Default)]
@@ -27,6 +28,7 @@ struct State {
     spent_email_tokens: HashMap<EmailTokenHash, DateTime<Utc>>,
     next_mail_id: i64,
     outbox: BTreeMap<i64, StoredMail>,
+    audit: BTreeMap<i64, NewAuditEvent>,
 }
 
 struct StoredMail {
@@ -52,6 +54,19 @@ struct StoredRefreshToken {
 }
 
 impl State {
+    fn record(&mut self, event: NewAuditEvent) {
+        let id = self.audit.keys().next_back().map_or(1, |last| last + 1);
+        self.audit.insert(id, event);
+    }
+
+    /// Active admins other than `id`.
+    fn other_admins(&self, id: UserId) -> usize {
+        self.users
+            .values()
+            .filter(|u| u.id != id && u.role == Role::Admin && u.is_active)
+            .count()
+    }
+
     fn enqueue(&mut self, job: MailJob, now: DateTime<Utc>) {
         self.next_mail_id += 1;
         self.outbox.insert(
@@ -153,11 +168,16 @@ impl UserRepository for MemoryUserRepository {
             is_active: true,
             email_verified: false,
             created_at: new.created_at,
+            updated_at: new.created_at,
+            last_login_at: None,
             password_hash: new.password_hash,
             credential_version: 0,
         };
         state.by_email.insert(user.email.key().to_owned(), user.id);
         state.users.insert(user.id, user.clone());
+        let mut audit = new.audit;
+        audit.user_id = audit.user_id.or(Some(user.id));
+        state.record(audit);
         if new.send_verification {
             state.enqueue(MailJob::Verification { user_id: user.id }, new.created_at);
         }
@@ -177,33 +197,141 @@ impl UserRepository for MemoryUserRepository {
         Ok(self.state()?.users.get(&id).cloned())
     }
 
-    async fn set_role(&self, id: UserId, role: Role) -> Result<Option<User>, BackendError> {
-        let mut state = self.state()?;
-        Ok(state.users.get_mut(&id).map(|user| {
-            user.role = role;
-            user.clone()
-        }))
-    }
-
-    async fn set_active(
+    async fn update_user(
         &self,
         id: UserId,
-        active: bool,
+        changes: UserChanges,
         now: DateTime<Utc>,
-    ) -> Result<Option<User>, BackendError> {
+        audit: NewAuditEvent,
+    ) -> Result<Option<User>, AdminWriteError> {
         let mut state = self.state()?;
+        let Some(user) = state.users.get(&id) else {
+            return Ok(None);
+        };
+        let stays_admin = changes.role.unwrap_or(user.role) == Role::Admin
+            && changes.is_active.unwrap_or(user.is_active);
+        if !stays_admin && state.other_admins(id) == 0 && user.role == Role::Admin && user.is_active
+        {
+            return Err(AdminWriteError::LastAdmin);
+        }
         let Some(user) = state.users.get_mut(&id) else {
             return Ok(None);
         };
-        user.is_active = active;
-        if !active {
+        let deactivated = user.is_active && changes.is_active == Some(false);
+        user.role = changes.role.unwrap_or(user.role);
+        user.is_active = changes.is_active.unwrap_or(user.is_active);
+        user.email_verified = changes.email_verified.unwrap_or(user.email_verified);
+        if let Some(name) = changes.full_name {
+            user.full_name = name;
+        }
+        if deactivated {
             user.credential_version += 1;
         }
-        let user = user.clone();
-        if !active {
+        user.updated_at = now;
+        let updated = user.clone();
+        if deactivated {
             state.end_sessions(id, None, now);
         }
-        Ok(Some(user))
+        state.record(audit);
+        Ok(Some(updated))
+    }
+
+    async fn delete_user(&self, id: UserId, audit: NewAuditEvent) -> Result<bool, AdminWriteError> {
+        let mut state = self.state()?;
+        let Some(user) = state.users.get(&id) else {
+            return Ok(false);
+        };
+        if user.role == Role::Admin && user.is_active && state.other_admins(id) == 0 {
+            return Err(AdminWriteError::LastAdmin);
+        }
+        let key = user.email.key().to_owned();
+        state.users.remove(&id);
+        state.by_email.remove(&key);
+        state.sessions.retain(|_, s| s.user_id != id);
+        let State {
+            sessions,
+            refresh_tokens,
+            email_tokens,
+            ..
+        } = &mut *state;
+        refresh_tokens.retain(|_, t| sessions.contains_key(&t.session_id));
+        email_tokens.retain(|_, t| t.user_id != id);
+        state.record(audit);
+        Ok(true)
+    }
+
+    async fn end_all_sessions(
+        &self,
+        id: UserId,
+        now: DateTime<Utc>,
+        audit: NewAuditEvent,
+    ) -> Result<bool, BackendError> {
+        let mut state = self.state()?;
+        if !state.users.contains_key(&id) {
+            return Ok(false);
+        }
+        state.end_sessions(id, None, now);
+        state.record(audit);
+        Ok(true)
+    }
+
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, BackendError> {
+        let state = self.state()?;
+        let matches = |user: &User| {
+            query.before.is_none_or(|before| user.id < before)
+                && query.role.is_none_or(|role| user.role == role)
+                && query
+                    .is_active
+                    .is_none_or(|active| user.is_active == active)
+                && query
+                    .email_verified
+                    .is_none_or(|verified| user.email_verified == verified)
+                && query.search.as_deref().is_none_or(|text| {
+                    user.email.normalized().contains(text)
+                        || user
+                            .full_name
+                            .as_ref()
+                            .is_some_and(|n| n.as_str().to_lowercase().contains(text))
+                })
+        };
+        let mut found: Vec<User> = state
+            .users
+            .values()
+            .filter(|user| matches(user))
+            .cloned()
+            .collect();
+        found.sort_by_key(|user| std::cmp::Reverse(user.id));
+        found.truncate(query.limit as usize);
+        Ok(found)
+    }
+
+    async fn record_audit(&self, event: NewAuditEvent) -> Result<(), BackendError> {
+        self.state()?.record(event);
+        Ok(())
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, BackendError> {
+        let state = self.state()?;
+        Ok(state
+            .audit
+            .iter()
+            .rev()
+            .filter(|(id, event)| {
+                query.before.is_none_or(|before| **id < before)
+                    && query.user_id.is_none_or(|user| event.user_id == Some(user))
+                    && query
+                        .actor_id
+                        .is_none_or(|actor| event.actor_id == Some(actor))
+                    && query.kind.is_none_or(|kind| event.kind == kind)
+                    && query.since.is_none_or(|since| event.at >= since)
+                    && query.until.is_none_or(|until| event.at <= until)
+            })
+            .take(query.limit as usize)
+            .map(|(id, event)| AuditEvent {
+                id: *id,
+                event: event.clone(),
+            })
+            .collect())
     }
 
     async fn set_password(
@@ -212,12 +340,15 @@ impl UserRepository for MemoryUserRepository {
         hash: PasswordHash,
         keep: Option<SessionId>,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<(), BackendError> {
         let mut state = self.state()?;
         if let Some(user) = state.users.get_mut(&id) {
             user.password_hash = hash;
             user.credential_version += 1;
+            user.updated_at = now;
             state.end_sessions(id, keep, now);
+            state.record(audit);
         }
         Ok(())
     }
@@ -244,6 +375,10 @@ impl UserRepository for MemoryUserRepository {
         if !current {
             return Err(CreateSessionError::Stale);
         }
+        if let Some(user) = state.users.get_mut(&new.user_id) {
+            user.last_login_at = Some(new.created_at);
+        }
+        state.record(new.audit);
         state.sessions.insert(session.id, session.clone());
         let now = new.created_at;
         let mut live: Vec<&mut Session> = state
@@ -350,27 +485,17 @@ impl UserRepository for MemoryUserRepository {
         user_id: UserId,
         id: SessionId,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<bool, BackendError> {
         let mut state = self.state()?;
         match state.sessions.get_mut(&id) {
             Some(session) if session.user_id == user_id && session.is_live(now) => {
                 session.ended_at = Some(now);
+                state.record(audit);
                 Ok(true)
             }
             _ => Ok(false),
         }
-    }
-
-    async fn set_email_verified(
-        &self,
-        id: UserId,
-        verified: bool,
-    ) -> Result<Option<User>, BackendError> {
-        let mut state = self.state()?;
-        Ok(state.users.get_mut(&id).map(|user| {
-            user.email_verified = verified;
-            user.clone()
-        }))
     }
 
     async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError> {
@@ -378,8 +503,16 @@ impl UserRepository for MemoryUserRepository {
         Ok(())
     }
 
-    async fn store_email_token(&self, token: NewEmailToken) -> Result<(), BackendError> {
-        self.state()?.email_tokens.insert(token.hash.clone(), token);
+    async fn store_email_token(
+        &self,
+        token: NewEmailToken,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<(), BackendError> {
+        let mut state = self.state()?;
+        state.email_tokens.insert(token.hash.clone(), token);
+        if let Some(audit) = audit {
+            state.record(audit);
+        }
         Ok(())
     }
 
@@ -407,6 +540,7 @@ impl UserRepository for MemoryUserRepository {
         user: &User,
         hash: PasswordHash,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<bool, BackendError> {
         let mut state = self.state()?;
         // One lock: the checks and the writes cannot be interleaved.
@@ -421,7 +555,9 @@ impl UserRepository for MemoryUserRepository {
             stored.password_hash = hash;
             stored.credential_version += 1;
             stored.email_verified = true;
+            stored.updated_at = now;
         }
+        state.record(audit);
         state.end_sessions(user.id, None, now);
         state.spend_tokens(
             user.id,
@@ -437,6 +573,7 @@ impl UserRepository for MemoryUserRepository {
         user_id: UserId,
         email: &str,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<Option<User>, BackendError> {
         let mut state = self.state()?;
         let same_address = state
@@ -446,8 +583,10 @@ impl UserRepository for MemoryUserRepository {
         if !same_address || !state.spend(token, user_id, now) {
             return Ok(None);
         }
+        state.record(audit);
         Ok(state.users.get_mut(&user_id).map(|user| {
             user.email_verified = true;
+            user.updated_at = now;
             user.clone()
         }))
     }
@@ -459,6 +598,7 @@ impl UserRepository for MemoryUserRepository {
         new_email: &Email,
         keep: Option<SessionId>,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<Option<User>, CreateUserError> {
         let mut state = self.state()?;
         if state
@@ -484,7 +624,9 @@ impl UserRepository for MemoryUserRepository {
         stored.email = new_email.clone();
         stored.email_verified = true;
         stored.credential_version += 1;
+        stored.updated_at = now;
         let changed = stored.clone();
+        state.record(audit);
         state.by_email.remove(&old_key);
         state.by_email.insert(new_email.key().to_owned(), user.id);
         state.end_sessions(user.id, keep, now);
@@ -496,8 +638,13 @@ impl UserRepository for MemoryUserRepository {
         Ok(Some(changed))
     }
 
-    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, BackendError> {
+    async fn purge_expired(
+        &self,
+        now: DateTime<Utc>,
+        audit_before: DateTime<Utc>,
+    ) -> Result<u64, BackendError> {
         let mut state = self.state()?;
+        state.audit.retain(|_, event| event.at >= audit_before);
         let before = state.sessions.len();
         state.sessions.retain(|_, s| s.is_live(now));
         let State {

@@ -22,6 +22,7 @@ pub mod users {
         pub updated_at: DateTimeUtc,
         pub credential_version: i64,
         pub email_verified: bool,
+        pub last_login_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -212,6 +213,31 @@ pub mod mail_outbox {
         pub claimed_until: Option<DateTimeUtc>,
         pub finished_at: Option<DateTimeUtc>,
         pub last_error: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod audit_events {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit_events")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub at: DateTimeUtc,
+        pub kind: String,
+        pub success: bool,
+        pub user_id: Option<i64>,
+        pub actor_id: Option<i64>,
+        pub ip: Option<String>,
+        pub user_agent: Option<String>,
+        /// A JSON object of strings.
+        pub detail: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

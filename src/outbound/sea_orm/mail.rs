@@ -35,6 +35,7 @@ pub(super) fn outbox_row(job: MailJob, now: DateTime<Utc>) -> mail_outbox::Activ
     let (name, email, user_id, session_id) = match job {
         MailJob::PasswordReset { email } => ("password_reset", Some(email), None, None),
         MailJob::Verification { user_id } => ("verification", None, Some(user_id), None),
+        MailJob::Invitation { user_id } => ("invitation", None, Some(user_id), None),
         MailJob::EmailChange {
             user_id,
             new_email,
@@ -82,6 +83,9 @@ fn to_job(row: &mail_outbox::Model) -> Result<MailJob, BackendError> {
     match row.job.as_str() {
         "password_reset" => Ok(MailJob::PasswordReset { email: email()? }),
         "verification" => Ok(MailJob::Verification {
+            user_id: user_id()?,
+        }),
+        "invitation" => Ok(MailJob::Invitation {
             user_id: user_id()?,
         }),
         "email_change" => Ok(MailJob::EmailChange {

@@ -17,13 +17,16 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::entities::{email_tokens, refresh_tokens, sessions, users};
-use super::mail;
 use super::session_lookups::SessionLookups;
-use crate::domain::ports::{CreateSessionError, CreateUserError, Rotation, UserRepository};
+use super::{admin, mail};
+use crate::domain::ports::{
+    AdminWriteError, CreateSessionError, CreateUserError, Rotation, UserRepository,
+};
 use crate::domain::{
-    BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind, EmailTokenRecord, FullName,
-    MailJob, NewEmailToken, NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshTokenHash,
-    RefreshTokenRecord, Role, Session, SessionId, User, UserId,
+    AuditEvent, AuditQuery, BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind,
+    EmailTokenRecord, FullName, MailJob, NewAuditEvent, NewEmailToken, NewRefreshToken, NewSession,
+    NewUser, PasswordHash, RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, User,
+    UserChanges, UserId, UserQuery,
 };
 
 /// Sessions ended per login when a user holds more than the limit: one normally, more only
@@ -102,6 +105,19 @@ impl SeaOrmUserRepository {
         &self.db
     }
 
+    /// A transaction that writes. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`), waiting its turn under the busy timeout: a deferred transaction that read
+    /// first and then wrote could instead fail at once with `SQLITE_BUSY` when another writer
+    /// got in between. PostgreSQL ignores the mode.
+    async fn write_transaction(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+        self.db
+            .begin_with_options(sea_orm::TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
+    }
+
     /// Runs `change` in a transaction that first locks `user`'s row, provided the user is
     /// still active at the version that was read; `Ok(None)` when not (nothing changed).
     async fn with_current_user<T, F>(&self, user: &User, change: F) -> Result<Option<T>, DbErr>
@@ -112,8 +128,8 @@ impl SeaOrmUserRepository {
             Box<dyn Future<Output = Result<Option<T>, DbErr>> + Send + 't>,
         >,
     {
-        let txn = self.db.begin().await?;
-        if !lock_current(&txn, user.id, user.credential_version).await? {
+        let txn = self.write_transaction().await?;
+        if !lock_current(&txn, user.id, user.credential_version, None).await? {
             txn.rollback().await?;
             return Ok(None);
         }
@@ -130,12 +146,24 @@ impl SeaOrmUserRepository {
 /// Locks the row of user `id` if the user is active at `version`, and says whether it is: a
 /// password change or a deactivation in flight either commits first (and this matches nothing)
 /// or waits for the caller's transaction.
-async fn lock_current(txn: &impl ConnectionTrait, id: UserId, version: i64) -> Result<bool, DbErr> {
-    let current = users::Entity::update_many()
-        .col_expr(
+///
+/// A login passes `login_at`, which becomes the user's last login in the same statement.
+async fn lock_current(
+    txn: &impl ConnectionTrait,
+    id: UserId,
+    version: i64,
+    login_at: Option<DateTime<Utc>>,
+) -> Result<bool, DbErr> {
+    let touch = match login_at {
+        Some(at) => {
+            users::Entity::update_many().col_expr(users::Column::LastLoginAt, Expr::value(at))
+        }
+        None => users::Entity::update_many().col_expr(
             users::Column::CredentialVersion,
             Expr::col(users::Column::CredentialVersion),
-        )
+        ),
+    };
+    let current = touch
         .filter(users::Column::Id.eq(id.0))
         .filter(users::Column::CredentialVersion.eq(version))
         .filter(users::Column::IsActive.eq(true))
@@ -187,6 +215,8 @@ pub(super) fn to_user(model: users::Model) -> Result<User, BackendError> {
         is_active: model.is_active,
         email_verified: model.email_verified,
         created_at: model.created_at,
+        updated_at: model.updated_at,
+        last_login_at: model.last_login_at,
         password_hash: PasswordHash::new(model.password_hash),
         credential_version: model.credential_version,
     })
@@ -275,12 +305,24 @@ impl UserRepository for SeaOrmUserRepository {
             updated_at: Set(new.created_at),
             credential_version: Set(0),
             email_verified: Set(false),
+            last_login_at: Set(None),
             ..Default::default()
         };
         let (send_verification, now) = (new.send_verification, new.created_at);
+        let mut audit = new.audit;
         let insert = async {
-            let txn = self.db.begin().await?;
-            let user = model.insert(&txn).await?;
+            let txn = self.write_transaction().await?;
+            let user = match model.insert(&txn).await {
+                Ok(user) => user,
+                Err(err) => {
+                    // Now, not when the dropped transaction gets round to it: on SQLite the
+                    // failed insert holds the write lock until the transaction ends.
+                    txn.rollback().await?;
+                    return Err(err);
+                }
+            };
+            audit.user_id = audit.user_id.or(Some(UserId(user.id)));
+            admin::record(&txn, audit).await?;
             if send_verification {
                 let job = MailJob::Verification {
                     user_id: UserId(user.id),
@@ -318,47 +360,117 @@ impl UserRepository for SeaOrmUserRepository {
         found.map(to_user).transpose()
     }
 
-    async fn set_role(&self, id: UserId, role: Role) -> Result<Option<User>, BackendError> {
-        let found = self
-            .bounded(async {
-                users::Entity::update_many()
-                    .col_expr(users::Column::Role, Expr::value(role.as_str()))
-                    .col_expr(users::Column::UpdatedAt, Expr::value(Utc::now()))
-                    .filter(users::Column::Id.eq(id.0))
-                    .exec(&self.db)
-                    .await?;
-                users::Entity::find_by_id(id.0).one(&self.db).await
-            })
-            .await?;
-        found.map(to_user).transpose()
-    }
-
-    async fn set_active(
+    async fn update_user(
         &self,
         id: UserId,
-        active: bool,
+        changes: UserChanges,
         now: DateTime<Utc>,
-    ) -> Result<Option<User>, BackendError> {
-        let found = self
+        audit: NewAuditEvent,
+    ) -> Result<Option<User>, AdminWriteError> {
+        let guard = changes.may_remove_an_admin();
+        let outcome = self
             .bounded(async {
-                let txn = self.db.begin().await?;
+                let txn = self.write_transaction().await?;
+                if guard {
+                    admin::lock_admins(&txn).await?;
+                }
+                let Some(before) = users::Entity::find_by_id(id.0).one(&txn).await? else {
+                    txn.rollback().await?;
+                    return Ok(Ok(None));
+                };
+                let deactivating = before.is_active && changes.is_active == Some(false);
+                let was_admin = before.is_active && before.role == Role::Admin.as_str();
                 let mut update = users::Entity::update_many()
-                    .col_expr(users::Column::IsActive, Expr::value(active))
                     .col_expr(users::Column::UpdatedAt, Expr::value(now))
                     .filter(users::Column::Id.eq(id.0));
-                if !active {
+                if let Some(role) = changes.role {
+                    update = update.col_expr(users::Column::Role, Expr::value(role.as_str()));
+                }
+                if let Some(active) = changes.is_active {
+                    update = update.col_expr(users::Column::IsActive, Expr::value(active));
+                }
+                if let Some(verified) = changes.email_verified {
+                    update = update.col_expr(users::Column::EmailVerified, Expr::value(verified));
+                }
+                if let Some(name) = &changes.full_name {
+                    update = update.col_expr(
+                        users::Column::FullName,
+                        Expr::value(name.as_ref().map(|n| n.as_str().to_owned())),
+                    );
+                }
+                if deactivating {
                     update = update.col_expr(users::Column::CredentialVersion, next_version());
                 }
                 update.exec(&txn).await?;
-                if !active {
+                if guard && was_admin && !admin::any_admin_left(&txn).await? {
+                    txn.rollback().await?;
+                    return Ok(Err(AdminWriteError::LastAdmin));
+                }
+                if deactivating {
                     end_sessions(&txn, id, None, now).await?;
                 }
+                admin::record(&txn, audit).await?;
                 let found = users::Entity::find_by_id(id.0).one(&txn).await?;
                 txn.commit().await?;
-                Ok(found)
+                Ok(Ok(found))
             })
             .await?;
-        found.map(to_user).transpose()
+        Ok(outcome?.map(to_user).transpose()?)
+    }
+
+    async fn delete_user(&self, id: UserId, audit: NewAuditEvent) -> Result<bool, AdminWriteError> {
+        self.bounded(async {
+            let txn = self.write_transaction().await?;
+            admin::lock_admins(&txn).await?;
+            let Some(before) = users::Entity::find_by_id(id.0).one(&txn).await? else {
+                txn.rollback().await?;
+                return Ok(Ok(false));
+            };
+            // Sessions, refresh and link tokens go with the user (ON DELETE CASCADE).
+            users::Entity::delete_by_id(id.0).exec(&txn).await?;
+            let was_admin = before.is_active && before.role == Role::Admin.as_str();
+            if was_admin && !admin::any_admin_left(&txn).await? {
+                txn.rollback().await?;
+                return Ok(Err(AdminWriteError::LastAdmin));
+            }
+            admin::record(&txn, audit).await?;
+            txn.commit().await?;
+            Ok(Ok(true))
+        })
+        .await?
+    }
+
+    async fn end_all_sessions(
+        &self,
+        id: UserId,
+        now: DateTime<Utc>,
+        audit: NewAuditEvent,
+    ) -> Result<bool, BackendError> {
+        self.bounded(async {
+            let txn = self.write_transaction().await?;
+            if users::Entity::find_by_id(id.0).one(&txn).await?.is_none() {
+                txn.rollback().await?;
+                return Ok(false);
+            }
+            end_sessions(&txn, id, None, now).await?;
+            admin::record(&txn, audit).await?;
+            txn.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, BackendError> {
+        let found = self.bounded(admin::list_users(&self.db, query)).await?;
+        found.into_iter().map(to_user).collect()
+    }
+
+    async fn record_audit(&self, event: NewAuditEvent) -> Result<(), BackendError> {
+        self.bounded(admin::record(&self.db, event)).await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, BackendError> {
+        self.bounded(admin::list_audit(&self.db, query)).await
     }
 
     async fn set_password(
@@ -367,9 +479,10 @@ impl UserRepository for SeaOrmUserRepository {
         hash: PasswordHash,
         keep: Option<SessionId>,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<(), BackendError> {
         self.bounded(async {
-            let txn = self.db.begin().await?;
+            let txn = self.write_transaction().await?;
             users::Entity::update_many()
                 .col_expr(users::Column::PasswordHash, Expr::value(hash.as_str()))
                 .col_expr(users::Column::CredentialVersion, next_version())
@@ -378,6 +491,7 @@ impl UserRepository for SeaOrmUserRepository {
                 .exec(&txn)
                 .await?;
             end_sessions(&txn, id, keep, now).await?;
+            admin::record(&txn, audit).await?;
             txn.commit().await
         })
         .await
@@ -389,6 +503,7 @@ impl UserRepository for SeaOrmUserRepository {
         refresh: NewRefreshToken,
     ) -> Result<Session, CreateSessionError> {
         let (user_id, version, now) = (new.user_id, new.credential_version, new.created_at);
+        let audit = new.audit;
         let live_limit = u64::from(new.live_limit);
         let session = sessions::ActiveModel {
             id: Set(new.id.0),
@@ -403,12 +518,13 @@ impl UserRepository for SeaOrmUserRepository {
         };
         let stored = self
             .bounded(async {
-                let txn = self.db.begin().await?;
-                if !lock_current(&txn, user_id, version).await? {
+                let txn = self.write_transaction().await?;
+                if !lock_current(&txn, user_id, version, Some(now)).await? {
                     txn.rollback().await?;
                     return Ok(None);
                 }
                 let stored = session.insert(&txn).await?;
+                admin::record(&txn, audit).await?;
                 refresh_token_model(refresh).insert(&txn).await?;
                 let beyond_limit: Vec<Uuid> = sessions::Entity::find()
                     .select_only()
@@ -485,7 +601,7 @@ impl UserRepository for SeaOrmUserRepository {
         let session_id = next.session_id;
         let idle_expires_at = next.expires_at;
         self.bounded(async {
-            let txn = self.db.begin().await?;
+            let txn = self.write_transaction().await?;
             // Locks the session's row: a password change, deactivation or logout that ends it
             // either commits first (and this matches nothing) or waits for this rotation.
             let touched = sessions::Entity::update_many()
@@ -547,47 +663,46 @@ impl UserRepository for SeaOrmUserRepository {
         user_id: UserId,
         id: SessionId,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<bool, BackendError> {
-        let ended = self
-            .bounded(
-                sessions::Entity::update_many()
-                    .col_expr(sessions::Column::EndedAt, Expr::value(now))
-                    .filter(sessions::Column::Id.eq(id.0))
-                    .filter(sessions::Column::UserId.eq(user_id.0))
-                    .filter(live_at(now))
-                    .exec(&self.db),
-            )
-            .await?;
-        Ok(ended.rows_affected == 1)
-    }
-
-    async fn set_email_verified(
-        &self,
-        id: UserId,
-        verified: bool,
-    ) -> Result<Option<User>, BackendError> {
-        let found = self
-            .bounded(async {
-                users::Entity::update_many()
-                    .col_expr(users::Column::EmailVerified, Expr::value(verified))
-                    .col_expr(users::Column::UpdatedAt, Expr::value(Utc::now()))
-                    .filter(users::Column::Id.eq(id.0))
-                    .exec(&self.db)
-                    .await?;
-                users::Entity::find_by_id(id.0).one(&self.db).await
-            })
-            .await?;
-        found.map(to_user).transpose()
+        self.bounded(async {
+            let txn = self.write_transaction().await?;
+            let ended = sessions::Entity::update_many()
+                .col_expr(sessions::Column::EndedAt, Expr::value(now))
+                .filter(sessions::Column::Id.eq(id.0))
+                .filter(sessions::Column::UserId.eq(user_id.0))
+                .filter(live_at(now))
+                .exec(&txn)
+                .await?;
+            if ended.rows_affected != 1 {
+                txn.rollback().await?;
+                return Ok(false);
+            }
+            admin::record(&txn, audit).await?;
+            txn.commit().await?;
+            Ok(true)
+        })
+        .await
     }
 
     async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError> {
         self.bounded(mail::enqueue(&self.db, job, now)).await
     }
 
-    async fn store_email_token(&self, token: NewEmailToken) -> Result<(), BackendError> {
-        self.bounded(mail::token_row(token).insert(&self.db))
-            .await
-            .map(drop)
+    async fn store_email_token(
+        &self,
+        token: NewEmailToken,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<(), BackendError> {
+        self.bounded(async {
+            let txn = self.write_transaction().await?;
+            mail::token_row(token).insert(&txn).await?;
+            if let Some(audit) = audit {
+                admin::record(&txn, audit).await?;
+            }
+            txn.commit().await
+        })
+        .await
     }
 
     async fn find_email_token(
@@ -613,6 +728,7 @@ impl UserRepository for SeaOrmUserRepository {
         user: &User,
         hash: PasswordHash,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<bool, BackendError> {
         let (token, id) = (token.0.clone(), user.id);
         let hash = hash.as_str().to_owned();
@@ -638,6 +754,7 @@ impl UserRepository for SeaOrmUserRepository {
                         now,
                     )
                     .await?;
+                    admin::record(txn, audit).await?;
                     Ok(Some(()))
                 })
             }))
@@ -651,10 +768,11 @@ impl UserRepository for SeaOrmUserRepository {
         user_id: UserId,
         email: &str,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<Option<User>, BackendError> {
         let found = self
             .bounded(async {
-                let txn = self.db.begin().await?;
+                let txn = self.write_transaction().await?;
                 // Only the address the link was sent to is proved by it.
                 let verified = users::Entity::update_many()
                     .col_expr(users::Column::EmailVerified, Expr::value(true))
@@ -668,6 +786,7 @@ impl UserRepository for SeaOrmUserRepository {
                     txn.rollback().await?;
                     return Ok(None);
                 }
+                admin::record(&txn, audit).await?;
                 let user = users::Entity::find_by_id(user_id.0).one(&txn).await?;
                 txn.commit().await?;
                 Ok(user)
@@ -683,6 +802,7 @@ impl UserRepository for SeaOrmUserRepository {
         new_email: &Email,
         keep: Option<SessionId>,
         now: DateTime<Utc>,
+        audit: NewAuditEvent,
     ) -> Result<Option<User>, CreateUserError> {
         let (token, id) = (token.0.clone(), user.id);
         let new_email = new_email.clone();
@@ -715,6 +835,7 @@ impl UserRepository for SeaOrmUserRepository {
                         now,
                     )
                     .await?;
+                    admin::record(txn, audit).await?;
                     users::Entity::find_by_id(id.0).one(txn).await
                 })
             }))
@@ -728,8 +849,13 @@ impl UserRepository for SeaOrmUserRepository {
         }
     }
 
-    async fn purge_expired(&self, now: DateTime<Utc>) -> Result<u64, BackendError> {
+    async fn purge_expired(
+        &self,
+        now: DateTime<Utc>,
+        audit_before: DateTime<Utc>,
+    ) -> Result<u64, BackendError> {
         self.bounded(async {
+            admin::purge_audit(&self.db, audit_before).await?;
             refresh_tokens::Entity::delete_many()
                 .filter(refresh_tokens::Column::ExpiresAt.lte(now))
                 .exec(&self.db)

@@ -93,8 +93,14 @@ impl SessionsApi {
     ///
     /// Ends the current session: its refresh token and access tokens stop working at once.
     #[oai(path = "/auth/logout", method = "post")]
-    async fn logout(&self, auth: Authenticated) -> Result<Done, Failure<TokenErrors>> {
-        self.service.logout(auth.principal()).await?;
+    async fn logout(
+        &self,
+        req: &Request,
+        auth: Authenticated,
+    ) -> Result<Done, Failure<TokenErrors>> {
+        self.service
+            .logout(auth.principal(), &self.proxies.client_info(req))
+            .await?;
         Ok(Done::NoContent)
     }
 
@@ -122,13 +128,18 @@ impl SessionsApi {
     #[oai(path = "/auth/sessions/:id", method = "delete")]
     async fn end_session(
         &self,
+        req: &Request,
         auth: Authenticated,
         id: Path<String>,
     ) -> Result<Done, Failure<EndSessionErrors>> {
         let id = Uuid::parse_str(&id.0)
             .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "Session not found"))?;
         self.service
-            .end_session(auth.principal(), SessionId(id))
+            .end_session(
+                auth.principal(),
+                SessionId(id),
+                &self.proxies.client_info(req),
+            )
             .await?;
         Ok(Done::NoContent)
     }
