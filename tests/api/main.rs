@@ -3,6 +3,8 @@
 
 mod helpers;
 
+mod admin;
+
 mod cli;
 mod docs;
 mod email;

@@ -965,3 +965,64 @@ async fn an_email_change_moves_the_account_unless_the_address_was_taken() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_demotions_deactivations_and_deletions_leave_an_admin() {
+    on_every_repository(|repo| async move {
+        let mut survivor: Option<UserId> = None;
+        for round in 0..8 {
+            // Exactly two active admins: a and b (the last round's survivor steps down).
+            let a = user(repo.as_ref(), &format!("a{round}@example.com")).await;
+            let b = user(repo.as_ref(), &format!("b{round}@example.com")).await;
+            repo.update_user(a.id, set_role(Role::Admin), t0(), event())
+                .await
+                .unwrap();
+            if let Some(previous) = survivor {
+                repo.update_user(previous, set_role(Role::User), t0(), event())
+                    .await
+                    .unwrap();
+            }
+            repo.update_user(b.id, set_role(Role::Admin), t0(), event())
+                .await
+                .unwrap();
+            // Every way to remove the two, all at once, in an order that varies by round.
+            let mut attempts = vec![
+                (a.id, Some(set_role(Role::User))),
+                (b.id, Some(set_role(Role::User))),
+                (a.id, Some(set_active(false))),
+                (b.id, None),
+            ];
+            attempts.rotate_left(round % 4);
+            let changes = attempts.into_iter().map(|(id, change)| {
+                let repo = Arc::clone(&repo);
+                async move {
+                    match change {
+                        Some(change) => repo.update_user(id, change, t0(), event()).await.map(drop),
+                        None => repo.delete_user(id, event()).await.map(drop),
+                    }
+                }
+            });
+            for outcome in futures::future::join_all(changes).await {
+                assert!(
+                    matches!(
+                        outcome,
+                        Ok(()) | Err(portcullis::domain::ports::AdminWriteError::LastAdmin)
+                    ),
+                    "{outcome:?}"
+                );
+            }
+            let left = repo
+                .list_users(&portcullis::domain::UserQuery {
+                    role: Some(Role::Admin),
+                    is_active: Some(true),
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(left.len(), 1, "round {round}: {left:?}");
+            survivor = Some(left[0].id);
+        }
+    })
+    .await;
+}

@@ -127,10 +127,17 @@ fn search_condition(backend: DbBackend, text: &str) -> sea_orm::sea_query::Simpl
             [phrase, pattern.clone(), pattern],
         );
     }
-    Expr::cust_with_values(
-        "(users.email_normalized LIKE ? ESCAPE '\\' OR lower(users.full_name) LIKE ? ESCAPE '\\')",
-        [pattern.clone(), pattern],
-    )
+    match backend {
+        // Numbered, because sea-query's PostgreSQL builder takes `$n`, not `?`.
+        DbBackend::Postgres => Expr::cust_with_values(
+            "(users.email_normalized LIKE $1 ESCAPE '\\' OR lower(users.full_name) LIKE $1 ESCAPE '\\')",
+            [pattern],
+        ),
+        _ => Expr::cust_with_values(
+            "(users.email_normalized LIKE ? ESCAPE '\\' OR lower(users.full_name) LIKE ? ESCAPE '\\')",
+            [pattern.clone(), pattern],
+        ),
+    }
 }
 
 /// Users matching `query`, newest first.
