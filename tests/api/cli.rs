@@ -158,3 +158,56 @@ async fn an_operator_prints_reset_links_marks_addresses_verified_and_tests_mail(
     app.stop().await;
     db.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_lists_deletes_and_reads_the_trail() {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    let url = db.url().to_owned();
+    for email in ["ann@example.com", "bob@example.com"] {
+        let created = portcullis(&url, &["user", "create", email], &format!("{PASSWORD}\n"));
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+    }
+    let table = portcullis(&url, &["user", "list"], "");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains("ann@example.com") && table.contains("bob@example.com"));
+
+    let json = portcullis(&url, &["user", "list", "--q", "ANN", "--json"], "");
+    let users: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(users.as_array().unwrap().len(), 1);
+    assert_eq!(users[0]["email"], "ann@example.com");
+
+    // The last admin is kept, from the shell too.
+    let promoted = portcullis(&url, &["user", "promote", "ann@example.com"], "");
+    assert!(promoted.status.success());
+    let refused = portcullis(&url, &["user", "delete", "ann@example.com"], "");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("would leave no active admin"));
+
+    let deleted = portcullis(&url, &["user", "delete", "bob@example.com"], "");
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    let trail = portcullis(&url, &["audit", "--json", "--kind", "user.deleted"], "");
+    let events: serde_json::Value = serde_json::from_slice(&trail.stdout).unwrap();
+    assert_eq!(events.as_array().unwrap().len(), 1);
+    assert_eq!(events[0]["detail"]["via"], "cli");
+    let ann = portcullis(&url, &["audit", "--user", "ann@example.com"], "");
+    let ann = String::from_utf8_lossy(&ann.stdout);
+    assert!(
+        ann.contains("user.updated") && ann.contains("user.created"),
+        "{ann}"
+    );
+    assert!(
+        !portcullis(&url, &["audit", "--since", "yesterday"], "")
+            .status
+            .success()
+    );
+    db.drop_database().await;
+}
