@@ -353,6 +353,9 @@ mod tests {
                     && r.session_id == s.id
                     && r.expires_at == now + TimeDelta::days(14)
                     && r.hash == crate::domain::RefreshTokenHash::of(&r.secret)
+                    && s.audit.kind == crate::domain::AuditKind::LoginSucceeded
+                    && s.audit.user_id == Some(UserId(7))
+                    && s.audit.detail["session_id"] == s.id.to_string()
             })
             .times(1)
             .returning(|s, _| Ok(session(s.id, s.user_id.0)));
@@ -641,5 +644,53 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(pair.access_token, "access-for-2");
+    }
+
+    #[tokio::test]
+    async fn a_failed_login_is_recorded_with_the_user_of_a_known_email_only() {
+        for known in [true, false] {
+            let mut m = Mocks::new();
+            m.users
+                .expect_find_user_by_email()
+                .returning(move |_| Ok(known.then(|| user(7, Role::User, true))));
+            m.hasher.expect_verify().returning(|_, _| Ok(false));
+            m.users
+                .expect_record_audit()
+                .withf(move |event| {
+                    event.kind == crate::domain::AuditKind::LoginFailed
+                        && !event.success
+                        && event.user_id == known.then_some(UserId(7))
+                        && event.client.ip.as_deref() == Some("198.51.100.9")
+                })
+                .times(1)
+                .returning(|_| Ok(()));
+            let client = ClientInfo::new(None, Some("198.51.100.9".into()));
+            let err = m
+                .service()
+                .login(&email(7), "wrong", client)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, LoginError::InvalidCredentials));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_registration_is_recorded_with_the_new_user() {
+        let mut m = Mocks::new();
+        m.hasher
+            .expect_hash()
+            .returning(|_| Ok(PasswordHash::new("h".into())));
+        m.users
+            .expect_create_user()
+            .withf(|u| {
+                u.audit.kind == crate::domain::AuditKind::UserRegistered
+                    && u.audit.user_id.is_none()
+            })
+            .times(1)
+            .returning(|_| Ok(user(1, Role::User, true)));
+        m.service()
+            .register(email(1), password(), None, &ClientInfo::default())
+            .await
+            .unwrap();
     }
 }

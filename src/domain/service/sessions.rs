@@ -697,4 +697,66 @@ mod tests {
             assert!(matches!(err, ChangePasswordError::WrongPassword));
         }
     }
+
+    #[tokio::test]
+    async fn session_ends_and_password_changes_are_recorded_with_their_reason() {
+        let mut m = Mocks::new();
+        let sid = SessionId::random();
+        m.users
+            .expect_end_session()
+            .withf(move |_, id, _, audit| {
+                *id == sid
+                    && audit.kind == crate::domain::AuditKind::SessionEnded
+                    && audit.detail["reason"] == "logout"
+            })
+            .times(1)
+            .returning(|_, _, _, _| Ok(true));
+        m.service()
+            .logout(&principal(sid), &ClientInfo::default())
+            .await
+            .unwrap();
+
+        let mut m = Mocks::new();
+        m.hasher.expect_verify().returning(|_, _| Ok(true));
+        m.hasher
+            .expect_hash()
+            .returning(|_| Ok(PasswordHash::new("new".into())));
+        m.users
+            .expect_set_password()
+            .withf(|_, _, _, _, audit| {
+                audit.kind == crate::domain::AuditKind::PasswordChanged
+                    && audit.user_id == Some(UserId(5))
+            })
+            .times(1)
+            .returning(|_, _, _, _, _| Ok(()));
+        m.service()
+            .change_password(
+                &principal(sid),
+                "old password",
+                Password::parse("new password").unwrap(),
+                &ClientInfo::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reused_refresh_token_is_recorded_as_such() {
+        let mut m = Mocks::new();
+        let sid = SessionId::random();
+        let mut rec = record(&m, sid);
+        rec.spent_at = Some(m.now);
+        expect_lookup(&mut m, rec);
+        m.users
+            .expect_end_session()
+            .withf(|_, _, _, audit| audit.kind == crate::domain::AuditKind::SessionRefreshReused)
+            .times(1)
+            .returning(|_, _, _, _| Ok(true));
+        let err = m
+            .service()
+            .refresh(PRESENTED, ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RefreshError::Reused));
+    }
 }
