@@ -163,8 +163,17 @@ async fn bench_backend(
     seconds: u64,
     bcrypt_limit: f64,
 ) -> Result<()> {
-    // The benchmark floods logins from one address on purpose.
-    let server = Server::start(database_url, &[("RATE_LIMITS_ENABLED", "false")]).await?;
+    // The benchmark floods logins from one address into one account on purpose: no limits,
+    // and no cap on the account's sessions (it would end the session whose token the
+    // protected-route measurements use).
+    let server = Server::start(
+        database_url,
+        &[
+            ("RATE_LIMITS_ENABLED", "false"),
+            ("MAX_SESSIONS_PER_USER", "1000000"),
+        ],
+    )
+    .await?;
     let (idle_rss, _) = server.memory();
     let client = reqwest::Client::new();
     let base = server.base.clone();
