@@ -144,12 +144,8 @@ app_test!(
         let codes: Vec<u16> = answers.iter().map(|(status, _)| *status).collect();
         assert_eq!(count(&codes, 503), 0, "{answers:?}");
         assert_eq!(count(&codes, 401) + count(&codes, 429), 100, "{answers:?}");
-        // The guessing session is over, and the account serves the delay login serves.
+        // The guessing session is over.
         assert_unauthorized(app.get_auth("/auth/me", &stolen).await, "").await;
-        assert_eq!(
-            app.login("victim@example.com", PASSWORD).await.status(),
-            429
-        );
     }
 );
 
@@ -171,6 +167,11 @@ app_test!(
         assert_eq!(app.get_auth("/auth/me", &token).await.status(), 200);
         assert_unauthorized(change("wrong").await.unwrap(), "Incorrect password").await;
         assert_unauthorized(app.get_auth("/auth/me", &token).await, "").await;
+        // Those five count in the run that login uses: a sixth failure, at the login form this
+        // time, starts the delay, which then refuses even the right password.
+        assert_eq!(app.login("owner@example.com", "wrong").await.status(), 401);
+        let refused = app.login("owner@example.com", PASSWORD).await;
+        assert_problem(refused, 429, "Too many attempts").await;
     }
 );
 
@@ -417,13 +418,21 @@ app_test!(
         .await;
         assert!(closed && answer.is_empty(), "{answer:?}");
         drop((first, second));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let (answer, _) = raw_exchange(
-            &app,
-            b"GET /public HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            Duration::from_secs(5),
-        )
-        .await;
+        // The server notices the two closing in its own time; then there is room again.
+        let mut answer = String::new();
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            answer = raw_exchange(
+                &app,
+                b"GET /public HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                Duration::from_secs(5),
+            )
+            .await
+            .0;
+            if !answer.is_empty() {
+                break;
+            }
+        }
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     }
 );
