@@ -525,15 +525,12 @@ async fn an_invited_user_sets_a_password_through_the_mailed_link() {
         .await
         .unwrap();
     assert_eq!(sent.status(), 202);
-    loop {
-        let mail = smtp
-            .wait_for("invited@example.com", Duration::from_secs(10))
-            .await;
-        if mail.subject() == "Reset your password" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    smtp.wait_for_subject(
+        "invited@example.com",
+        "Reset your password",
+        Duration::from_secs(10),
+    )
+    .await;
     app.stop().await;
     db.drop_database().await;
 }

@@ -115,13 +115,9 @@ mail_test!(
         .await;
         assert_eq!(forgot.status(), 202);
         let sent_before = smtp.received().len();
-        let reset_mail = loop {
-            let mail = smtp.wait_for("ann@example.com", ARRIVES).await;
-            if mail.subject() == "Reset your password" {
-                break mail;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let reset_mail = smtp
+            .wait_for_subject("ann@example.com", "Reset your password", ARRIVES)
+            .await;
         assert!(smtp.received().len() > sent_before);
         let token = reset_mail.token("/console/reset").expect("a reset link");
         let reset = post(
@@ -191,13 +187,9 @@ mail_test!(
             serde_json::from_str::<Value>(&answers[0].1).unwrap()["message"],
             "If the address is registered, a reset link has been sent"
         );
-        let reset = loop {
-            let mail = smtp.wait_for("known@example.com", ARRIVES).await;
-            if mail.subject() == "Reset your password" {
-                break mail;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let reset = smtp
+            .wait_for_subject("known@example.com", "Reset your password", ARRIVES)
+            .await;
         assert!(reset.token("/console/reset").is_some());
         // Give the worker time for the other two jobs: neither sends anything.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -283,13 +275,13 @@ mail_test!(
         assert_eq!(asked.status(), 202);
         let body: Value = asked.json().await.unwrap();
         assert_eq!(body["message"], "Confirmation sent to the new address");
-        let warned = loop {
-            let mail = smtp.wait_for("owner@example.com", ARRIVES).await;
-            if mail.subject() == "Someone tried to use your email address" {
-                break mail;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let warned = smtp
+            .wait_for_subject(
+                "owner@example.com",
+                "Someone tried to use your email address",
+                ARRIVES,
+            )
+            .await;
         assert!(warned.token("/console/email").is_none());
         smtp.wait_for("mover@example.com", ARRIVES).await;
     }
@@ -540,15 +532,13 @@ async fn the_outbox_survives_an_outage(backend: Backend) {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let smtp = SmtpServer::on(port).await;
-    let reset = loop {
-        let mail = smtp
-            .wait_for("patient@example.com", Duration::from_secs(30))
-            .await;
-        if mail.subject() == "Reset your password" {
-            break mail;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let reset = smtp
+        .wait_for_subject(
+            "patient@example.com",
+            "Reset your password",
+            Duration::from_secs(30),
+        )
+        .await;
     assert!(reset.token("/console/reset").is_some());
     // Both instances keep polling; the two jobs (verification, reset) arrive once each.
     tokio::time::sleep(Duration::from_secs(3)).await;

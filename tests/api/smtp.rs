@@ -123,6 +123,28 @@ impl SmtpServer {
         self.received.lock().expect("received").clone()
     }
 
+    /// Waits until a message to `to` with `subject` has arrived (at most `within`), and returns
+    /// the last such one.
+    pub async fn wait_for_subject(&self, to: &str, subject: &str, within: Duration) -> Received {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.arrived.notified();
+            if let Some(found) =
+                self.received().into_iter().rev().find(|m| {
+                    m.subject() == subject && m.to.iter().any(|r| r.eq_ignore_ascii_case(to))
+                })
+            {
+                return found;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "no mail to {to} about {subject:?} within {within:?}; got {:?}",
+                    self.received()
+                );
+            }
+        }
+    }
+
     /// Waits until a message to `to` has arrived (at most `within`), and returns the last one.
     pub async fn wait_for(&self, to: &str, within: Duration) -> Received {
         let deadline = tokio::time::Instant::now() + within;
