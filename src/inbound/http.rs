@@ -177,6 +177,7 @@ fn complete_spec(spec: &str) -> String {
         ("LoginRequest", "email"),
         ("ForgotPasswordRequest", "email"),
         ("ChangeEmailRequest", "new_email"),
+        ("CreateUserRequest", "email"),
     ] {
         if let Some(email) = doc
             .pointer_mut(&format!("/components/schemas/{schema}/properties/{field}"))

@@ -237,15 +237,28 @@ app_test!(bad_parameters_are_422_naming_them, |app| {
         "User not found",
     )
     .await;
-    let bad_patch = app
-        .client
-        .patch(app.url("/admin/users/1"))
-        .bearer_auth(&admin)
-        .json(&json!({"role": "owner"}))
-        .send()
-        .await
-        .unwrap();
-    assert_problem(bad_patch, 422, "").await;
+    for body in [json!({"role": "owner"}), json!([null, null]), json!("text")] {
+        let bad_patch = app
+            .client
+            .patch(app.url("/admin/users/1"))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(bad_patch, 422, "").await;
+    }
+    // Empty values, as a form sends unset fields, are no values.
+    let all = json_of(
+        get(
+            &app,
+            "/admin/users?limit=&cursor=&q=&role=&is_active=",
+            &admin,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 1);
 });
 
 app_test!(

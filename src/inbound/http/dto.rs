@@ -100,11 +100,21 @@ pub struct ChangeEmailRequest {
 }
 
 /// A role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize)]
 #[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum RoleName {
     User,
     Admin,
+}
+
+impl From<RoleName> for Role {
+    fn from(role: RoleName) -> Self {
+        match role {
+            RoleName::User => Self::User,
+            RoleName::Admin => Self::Admin,
+        }
+    }
 }
 
 impl From<Role> for RoleName {
@@ -277,25 +287,29 @@ pub struct AdminUserPage {
 pub struct CreateUserRequest {
     #[oai(validator(min_length = 3, max_length = 254))]
     pub email: String,
-    #[oai(validator(max_length = 255))]
+    #[oai(validator(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"))]
     pub full_name: Option<String>,
     /// `user` (the default) or `admin`.
-    pub role: Option<String>,
-    /// Without one, the user gets a link by mail to choose it.
-    #[oai(validator(min_length = 8, max_length = 72))]
+    pub role: Option<RoleName>,
+    /// Without one, the user gets a link by mail to choose it. 8 characters to 72 bytes, no
+    /// control characters.
+    #[oai(validator(
+        min_length = 8,
+        max_length = 72,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"
+    ))]
     pub password: Option<String>,
 }
 
 /// `PATCH /admin/users/{id}`: absent fields stay as they are; `full_name: null` clears it.
 #[derive(Debug, Deserialize, Object)]
 pub struct UpdateUserRequest {
-    /// `user` or `admin`.
     #[serde(default)]
-    pub role: Option<String>,
+    pub role: Option<RoleName>,
     #[serde(default)]
     pub is_active: Option<bool>,
     #[serde(default)]
-    #[oai(validator(max_length = 255))]
+    #[oai(validator(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"))]
     pub full_name: poem_openapi::types::MaybeUndefined<String>,
     #[serde(default)]
     pub email_verified: Option<bool>,

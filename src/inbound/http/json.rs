@@ -88,8 +88,12 @@ impl<'a, T: Type + DeserializeOwned + Send> ApiExtractor<'a> for JsonBody<T> {
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let invalid =
         |field: String, message: String| Problem::validation(vec![FieldError { field, message }]);
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
         return Err(invalid("body".into(), "a JSON body is required".into()));
+    };
+    // Every body of the API is an object; serde would also read a struct from an array.
+    if *first != b'{' {
+        return Err(invalid("body".into(), "must be a JSON object".into()));
     }
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(deserializer).map_err(|err| {

@@ -111,7 +111,7 @@ fn parse_cursor(listing: &str, cursor: &str) -> Result<i64, &'static str> {
 }
 
 fn parse_limit(limit: Option<&str>) -> Result<u32, String> {
-    match limit {
+    match limit.filter(|text| !text.is_empty()) {
         None => Ok(DEFAULT_LIMIT),
         Some(text) => text
             .parse::<u32>()
@@ -146,14 +146,17 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, &'static str> {
         .map_err(|_| "must be an RFC 3339 time, such as 2026-11-28T09:00:00Z")
 }
 
-/// Parses an optional parameter with `parse`, noting a failure under `name`.
+/// Parses an optional parameter with `parse`, noting a failure under `name`. An empty value
+/// (`?role=`, as a form sends an unset field) is no value.
 fn optional<T, E: std::fmt::Display>(
     fields: &mut FieldErrors,
     name: &str,
     value: Option<&str>,
     parse: impl FnOnce(&str) -> Result<T, E>,
 ) -> Option<T> {
-    value.and_then(|text| fields.check(name, parse(text)))
+    value
+        .filter(|text| !text.is_empty())
+        .and_then(|text| fields.check(name, parse(text)))
 }
 
 /// A user id from a path: anything else is an unknown user.
@@ -264,7 +267,6 @@ impl AdminApi {
             request.full_name.as_deref(),
             FullName::parse,
         );
-        let role = optional(&mut fields, "role", request.role.as_deref(), parse_role);
         let password = optional(
             &mut fields,
             "password",
@@ -276,7 +278,7 @@ impl AdminApi {
         let account = NewAccount {
             email,
             full_name,
-            role: role.unwrap_or(Role::User),
+            role: request.role.map_or(Role::User, Role::from),
             password,
         };
         let user = self
@@ -314,7 +316,6 @@ impl AdminApi {
         let id = user_id(&id.0)?;
         let request = body.0;
         let mut fields = FieldErrors::default();
-        let role = optional(&mut fields, "role", request.role.as_deref(), parse_role);
         let full_name = match request.full_name {
             MaybeUndefined::Undefined => None,
             MaybeUndefined::Null => Some(None),
@@ -324,7 +325,7 @@ impl AdminApi {
         };
         fields.finish(Some(()))?;
         let changes = UserChanges {
-            role,
+            role: request.role.map(Role::from),
             is_active: request.is_active,
             full_name,
             email_verified: request.email_verified,
