@@ -186,6 +186,7 @@ fn complete_spec(spec: &str) -> String {
             email.insert("format".into(), "email".into());
         }
     }
+    declare_query_types(&mut doc);
     if let Some(schemes) = doc
         .pointer_mut("/components/securitySchemes")
         .and_then(serde_json::Value::as_object_mut)
@@ -201,6 +202,57 @@ fn complete_spec(spec: &str) -> String {
         }
     }
     doc.to_string()
+}
+
+/// The admin listings take their query parameters as text and parse them themselves (so that
+/// a bad one is a 422 naming it); the document declares the types they accept.
+fn declare_query_types(doc: &mut serde_json::Value) {
+    let types = [
+        (
+            "limit",
+            serde_json::json!({"type": "integer", "minimum": 1, "maximum": 200}),
+        ),
+        ("is_active", serde_json::json!({"type": "boolean"})),
+        ("email_verified", serde_json::json!({"type": "boolean"})),
+        (
+            "role",
+            serde_json::json!({"type": "string", "enum": ["user", "admin"]}),
+        ),
+        ("q", serde_json::json!({"type": "string", "maxLength": 200})),
+        (
+            "user_id",
+            serde_json::json!({"type": "integer", "minimum": 1}),
+        ),
+        (
+            "actor_id",
+            serde_json::json!({"type": "integer", "minimum": 1}),
+        ),
+        (
+            "since",
+            serde_json::json!({"type": "string", "format": "date-time"}),
+        ),
+        (
+            "until",
+            serde_json::json!({"type": "string", "format": "date-time"}),
+        ),
+    ];
+    for path in ["/admin/users", "/admin/audit"] {
+        let Some(parameters) = doc
+            .pointer_mut(&format!(
+                "/paths/{}/get/parameters",
+                path.replace('/', "~1")
+            ))
+            .and_then(serde_json::Value::as_array_mut)
+        else {
+            continue;
+        };
+        for parameter in parameters {
+            let name = parameter["name"].as_str().unwrap_or_default().to_owned();
+            if let Some((_, schema)) = types.iter().find(|(known, _)| *known == name) {
+                parameter["schema"] = schema.clone();
+            }
+        }
+    }
 }
 
 /// The route templates of the OpenAPI document with their methods, as metric labels and for

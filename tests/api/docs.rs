@@ -1,6 +1,6 @@
 //! The OpenAPI document, Swagger UI and ReDoc.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::app_test;
 
@@ -91,6 +91,13 @@ app_test!(
         assert_eq!(register["full_name"]["maxLength"], 255);
         let change = &schemas["ChangePasswordRequest"]["properties"]["new_password"];
         assert_eq!(change["maxLength"], 72);
+        // The admin listings parse their parameters themselves; the document says their types.
+        let listed = paths["/admin/users"]["get"]["parameters"].as_array().unwrap();
+        let limit = listed.iter().find(|p| p["name"] == "limit").unwrap();
+        assert_eq!(limit["schema"]["type"], "integer");
+        assert_eq!(limit["schema"]["maximum"], 200);
+        let role = listed.iter().find(|p| p["name"] == "role").unwrap();
+        assert_eq!(role["schema"]["enum"], json!(["user", "admin"]));
         let problem_required = schemas["Problem"]["required"].as_array().unwrap();
         assert!(!problem_required.contains(&Value::from("errors")));
         assert_eq!(
