@@ -92,7 +92,9 @@ app_test!(
         let change = &schemas["ChangePasswordRequest"]["properties"]["new_password"];
         assert_eq!(change["maxLength"], 72);
         // The admin listings parse their parameters themselves; the document says their types.
-        let listed = paths["/admin/users"]["get"]["parameters"].as_array().unwrap();
+        let listed = paths["/admin/users"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
         let limit = listed.iter().find(|p| p["name"] == "limit").unwrap();
         assert_eq!(limit["schema"]["type"], "integer");
         assert_eq!(limit["schema"]["maximum"], 200);
