@@ -1,7 +1,7 @@
 //! Register, log in, authenticate an access token, authorise a role.
 
 use super::AuthService;
-use super::limits::{Action, LimitError, Throttled};
+use super::limits::{Action, Throttled};
 use crate::domain::ports::{CreateSessionError, CreateUserError, TokenError};
 use crate::domain::{
     AuditKind, BackendError, ClientInfo, Email, FullName, NewAuditEvent, NewUser, Password,
@@ -35,24 +35,6 @@ pub enum LoginError {
     Throttled(#[from] Throttled),
     #[error(transparent)]
     Backend(#[from] BackendError),
-}
-
-impl From<LimitError> for RegisterError {
-    fn from(err: LimitError) -> Self {
-        match err {
-            LimitError::Throttled(t) => Self::Throttled(t),
-            LimitError::Backend(b) => Self::Backend(b),
-        }
-    }
-}
-
-impl From<LimitError> for LoginError {
-    fn from(err: LimitError) -> Self {
-        match err {
-            LimitError::Throttled(t) => Self::Throttled(t),
-            LimitError::Backend(b) => Self::Backend(b),
-        }
-    }
 }
 
 /// Why an access token does not grant what was asked.

@@ -8,7 +8,7 @@
 use chrono::TimeDelta;
 
 use super::AuthService;
-use super::limits::{Action, LimitError, Throttled, subject_key};
+use super::limits::{Action, Throttled, subject_key};
 use crate::domain::ports::{CreateUserError, MailError};
 use crate::domain::{
     AuditKind, BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind, Mail, MailJob,
@@ -81,15 +81,6 @@ pub enum MailRequestError {
     Throttled(#[from] Throttled),
     #[error(transparent)]
     Backend(#[from] BackendError),
-}
-
-impl From<LimitError> for MailRequestError {
-    fn from(err: LimitError) -> Self {
-        match err {
-            LimitError::Throttled(t) => Self::Throttled(t),
-            LimitError::Backend(b) => Self::Backend(b),
-        }
-    }
 }
 
 /// Why a link's token was not accepted.

@@ -104,6 +104,29 @@ pub enum LimitError {
     Backend(#[from] BackendError),
 }
 
+/// Gives each error enum with `Throttled` and `Backend` variants its conversion from a
+/// [`LimitError`], so use cases can `?` a limit check.
+macro_rules! from_limit_error {
+    ($($error:ty),+ $(,)?) => {$(
+        impl From<LimitError> for $error {
+            fn from(err: LimitError) -> Self {
+                match err {
+                    LimitError::Throttled(t) => Self::Throttled(t),
+                    LimitError::Backend(b) => Self::Backend(b),
+                }
+            }
+        }
+    )+};
+}
+
+from_limit_error!(
+    super::RegisterError,
+    super::LoginError,
+    super::RefreshError,
+    super::ChangePasswordError,
+    super::MailRequestError,
+);
+
 /// The limited actions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Action {

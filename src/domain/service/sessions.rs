@@ -23,15 +23,6 @@ pub enum RefreshError {
     Backend(#[from] BackendError),
 }
 
-impl From<LimitError> for RefreshError {
-    fn from(err: LimitError) -> Self {
-        match err {
-            LimitError::Throttled(t) => Self::Throttled(t),
-            LimitError::Backend(b) => Self::Backend(b),
-        }
-    }
-}
-
 /// Why ending a session failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EndSessionError {
@@ -51,15 +42,6 @@ pub enum ChangePasswordError {
     Throttled(#[from] Throttled),
     #[error(transparent)]
     Backend(#[from] BackendError),
-}
-
-impl From<LimitError> for ChangePasswordError {
-    fn from(err: LimitError) -> Self {
-        match err {
-            LimitError::Throttled(t) => Self::Throttled(t),
-            LimitError::Backend(b) => Self::Backend(b),
-        }
-    }
 }
 
 impl AuthService {
