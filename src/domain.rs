@@ -11,6 +11,7 @@ pub mod password;
 pub mod ports;
 pub mod service;
 pub mod session;
+pub mod signing_key;
 pub mod user;
 
 pub use audit::{AuditEvent, AuditKind, AuditQuery, NewAuditEvent};
@@ -25,5 +26,9 @@ pub use service::{AuthPolicy, AuthService};
 pub use session::{
     ClientInfo, NewRefreshToken, NewSession, Principal, RefreshTokenHash, RefreshTokenRecord,
     Session, SessionId, TokenPair,
+};
+pub use signing_key::{
+    GeneratedKey, Hs256Acceptance, KeyAlgorithm, KeyChange, KeyMove, KeyPolicy, KeySet, KeyState,
+    SigningKey,
 };
 pub use user::{FullName, FullNameError, NewUser, Role, User, UserChanges, UserId, UserQuery};

@@ -258,8 +258,9 @@ pub async fn build_service(
     storage: &Storage,
 ) -> anyhow::Result<Arc<AuthService>> {
     let secret = signing_secret(settings)?;
-    let tokens = JwtTokenIssuer::hs256(
+    let tokens = JwtTokenIssuer::new(
         secret.expose().as_bytes(),
+        None,
         &settings.jwt_issuer,
         &settings.jwt_audience,
     )

@@ -8,10 +8,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    AuditEvent, AuditQuery, BackendError, Email, EmailTokenHash, EmailTokenRecord, Mail, MailJob,
-    NewAuditEvent, NewEmailToken, NewRefreshToken, NewSession, NewUser, OutboxDepth, Password,
-    PasswordHash, QueuedMail, RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, User,
-    UserChanges, UserId, UserQuery,
+    AuditEvent, AuditQuery, BackendError, Email, EmailTokenHash, EmailTokenRecord, GeneratedKey,
+    Hs256Acceptance, KeyAlgorithm, KeyChange, KeySet, Mail, MailJob, NewAuditEvent, NewEmailToken,
+    NewRefreshToken, NewSession, NewUser, OutboxDepth, Password, PasswordHash, QueuedMail,
+    RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, SigningKey, User, UserChanges,
+    UserId, UserQuery,
 };
 
 /// Storage of users and of their sessions.
@@ -533,4 +534,45 @@ pub trait RateLimiter: Send + Sync + 'static {
         now: DateTime<Utc>,
         forget_before: DateTime<Utc>,
     ) -> Result<(), BackendError>;
+}
+
+/// Storage of the signing keys, shared by every instance.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait SigningKeyStore: Send + Sync + 'static {
+    /// Every key, retired ones included, oldest first.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn list_keys(&self) -> Result<Vec<SigningKey>, BackendError>;
+
+    /// Applies `change` all or nothing. `Ok(false)`, with nothing changed, when a move finds its
+    /// key no longer in its `from` state, or the insert would make a second `next` or
+    /// `current` key: another instance (or the CLI) got there first.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn apply_key_change(&self, change: &KeyChange) -> Result<bool, BackendError>;
+}
+
+/// Makes key pairs, and seals their private halves for storage.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait KeyForge: Send + Sync + 'static {
+    /// A new key pair of `algorithm`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the generator or the sealing fails.
+    fn generate(&self, algorithm: KeyAlgorithm) -> Result<GeneratedKey, BackendError>;
+}
+
+/// Where the token issuer takes its keys from: the core installs each new state of the key
+/// table, and the issuer signs and verifies with it until the next one.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait KeyRing: Send + Sync + 'static {
+    /// Replaces the keys in use.
+    ///
+    /// # Errors
+    /// [`BackendError`] when a key cannot be opened (a different `SECRET_KEY` sealed it); the
+    /// keys in use stay as they were.
+    fn install(&self, keys: &KeySet, hs256: Hs256Acceptance) -> Result<(), BackendError>;
 }

@@ -2,10 +2,13 @@
 //!
 //! Split by theme: [`accounts`] (register, login, authenticate, authorise), [`sessions`]
 //! (refresh, logout, list, end, change password) and [`admin`] (the operator's commands).
+//! The signing keys' lifecycle is a use case of its own, [`SigningKeys`]: it shares no port
+//! with the rest, and the token issuer it feeds is the one [`AuthService`] signs with.
 
 mod accounts;
 mod admin;
 mod email;
+mod keys;
 mod limits;
 mod sessions;
 
@@ -17,6 +20,7 @@ use uuid::Uuid;
 pub use accounts::{AuthError, LoginError, RegisterError};
 pub use admin::{Actor, AdminError, NewAccount};
 pub use email::{Delivery, DeliveryOutcome, MailPolicy, MailRequestError, RedeemError};
+pub use keys::{KeyError, KeyPorts, Retired, Rotated, SigningKeys};
 pub use limits::{LimitError, LimitPolicy, Quota, Throttled, backoff_delay};
 pub use sessions::{ChangePasswordError, EndSessionError, RefreshError};
 

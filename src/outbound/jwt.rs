@@ -1,25 +1,62 @@
-//! Access tokens as HS256 JWTs (RFC 7519), with the algorithm pinned.
+//! Access tokens as JWTs (RFC 7519): HS256 with the shared secret, or EdDSA / ES256 with the
+//! keys of the shared key table, each pinned to its algorithm.
 
-use std::collections::HashSet;
+mod forge;
+mod sealing;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::domain::ports::{AccessClaims, TokenError, TokenIssuer};
-use crate::domain::{BackendError, SessionId, UserId};
+pub use forge::RingKeyForge;
+pub use sealing::Sealer;
+
+use crate::domain::ports::{AccessClaims, KeyRing, TokenError, TokenIssuer};
+use crate::domain::{
+    BackendError, Hs256Acceptance, KeyAlgorithm, KeySet, KeyState, SessionId, SigningKey, UserId,
+};
 
 /// The shortest HMAC key accepted: 256 bits, the size of HS256's output.
 pub const MIN_SECRET_BYTES: usize = 32;
 
-/// [`TokenIssuer`] signing with HMAC-SHA256 and a shared secret.
+/// [`TokenIssuer`] and [`KeyRing`]: signs with HS256 and the shared secret, or with the
+/// asymmetric key the installed key set says signs at the token's time; verifies with the
+/// key the token's `kid` names, at that key's algorithm only.
 pub struct JwtTokenIssuer {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
+    /// `None`: HS256 signs.
+    algorithm: Option<KeyAlgorithm>,
+    secret: (EncodingKey, DecodingKey),
+    sealer: Arc<Sealer>,
     issuer: String,
     audience: String,
+    keys: RwLock<Arc<Installed>>,
+    /// Woken by a token naming a `kid` this instance does not know: another instance may have
+    /// made a key since the last refresh.
+    unknown_kid: Notify,
+}
+
+/// The key set in the form signing and verification use.
+#[derive(Default)]
+struct Installed {
+    source: KeySet,
+    /// `None`: HS256 tokens are refused.
+    hs256: Option<Hs256Acceptance>,
+    current: Option<Signer>,
+    next: Option<Signer>,
+    verifiers: HashMap<String, (DecodingKey, Validation)>,
+}
+
+struct Signer {
+    kid: String,
+    algorithm: Algorithm,
+    activates_at: DateTime<Utc>,
+    key: EncodingKey,
 }
 
 /// The claims as they travel.
@@ -35,33 +72,125 @@ struct WireClaims {
     aud: String,
 }
 
+fn jose(algorithm: KeyAlgorithm) -> Algorithm {
+    match algorithm {
+        KeyAlgorithm::EdDsa => Algorithm::EdDSA,
+        KeyAlgorithm::Es256 => Algorithm::ES256,
+    }
+}
+
 impl JwtTokenIssuer {
+    /// An issuer signing with `algorithm` (`None`: HS256 with `secret`). Asymmetric keys
+    /// arrive through [`KeyRing::install`]; until then, only HS256 tokens are made or accepted,
+    /// and only when HS256 is the configured algorithm.
+    ///
     /// # Errors
     /// When the secret is shorter than [`MIN_SECRET_BYTES`].
-    pub fn hs256(secret: &[u8], issuer: &str, audience: &str) -> Result<Self, String> {
+    pub fn new(
+        secret: &[u8],
+        algorithm: Option<KeyAlgorithm>,
+        issuer: &str,
+        audience: &str,
+    ) -> Result<Self, String> {
         if secret.len() < MIN_SECRET_BYTES {
             return Err(format!(
                 "the signing secret must be at least {MIN_SECRET_BYTES} bytes"
             ));
         }
-        // Only HS256 is accepted, whatever the token's header says: this is what stops `none`
-        // and algorithm-confusion forgeries.
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
+        let installed = Installed {
+            hs256: algorithm.is_none().then_some(Hs256Acceptance::Always),
+            ..Installed::default()
+        };
+        Ok(Self {
+            algorithm,
+            secret: (
+                EncodingKey::from_secret(secret),
+                DecodingKey::from_secret(secret),
+            ),
+            sealer: Arc::new(Sealer::derive(secret)),
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            keys: RwLock::new(Arc::new(installed)),
+            unknown_kid: Notify::new(),
+        })
+    }
+
+    /// The sealer of this issuer's secret, for the forge that makes its keys.
+    pub fn sealer(&self) -> Arc<Sealer> {
+        Arc::clone(&self.sealer)
+    }
+
+    /// Completes when a token named a `kid` this instance does not know.
+    pub async fn unknown_kid_seen(&self) {
+        self.unknown_kid.notified().await;
+    }
+
+    /// The only algorithm a key may verify, with the claims every token must carry. Expiry is
+    /// checked by the core against its Clock, with its configured leeway.
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
         validation.required_spec_claims = ["sub", "iat", "exp", "iss", "aud"]
             .into_iter()
             .map(String::from)
             .collect::<HashSet<_>>();
-        // Expiry is checked by the core against its Clock, with its configured leeway.
         validation.validate_exp = false;
-        Ok(Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
-            issuer: issuer.to_owned(),
-            audience: audience.to_owned(),
+        validation
+    }
+
+    fn installed(&self) -> Arc<Installed> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn signer(&self, key: &SigningKey) -> Result<Signer, BackendError> {
+        let der = self.sealer.open(
+            &key.sealed_private,
+            &forge::binding(&key.kid, key.algorithm),
+        )?;
+        Ok(Signer {
+            kid: key.kid.clone(),
+            algorithm: jose(key.algorithm),
+            activates_at: key.activates_at,
+            key: match key.algorithm {
+                KeyAlgorithm::EdDsa => EncodingKey::from_ed_der(&der),
+                KeyAlgorithm::Es256 => EncodingKey::from_ec_der(&der),
+            },
         })
+    }
+
+    fn verifier(&self, key: &SigningKey) -> Result<(DecodingKey, Validation), BackendError> {
+        let jwk: Jwk = serde_json::from_str(&key.public_jwk).map_err(BackendError::unexpected)?;
+        let decoding = DecodingKey::from_jwk(&jwk).map_err(BackendError::unexpected)?;
+        Ok((decoding, self.validation(jose(key.algorithm))))
+    }
+}
+
+impl KeyRing for JwtTokenIssuer {
+    fn install(&self, keys: &KeySet, hs256: Hs256Acceptance) -> Result<(), BackendError> {
+        let installed = self.installed();
+        if installed.source == *keys && installed.hs256 == Some(hs256) {
+            return Ok(());
+        }
+        let signer = |state| {
+            keys.keys()
+                .iter()
+                .find(|key| key.state == state)
+                .map(|key| self.signer(key))
+                .transpose()
+        };
+        let fresh = Installed {
+            source: keys.clone(),
+            hs256: Some(hs256),
+            current: signer(KeyState::Current)?,
+            next: signer(KeyState::Next)?,
+            verifiers: keys
+                .published()
+                .map(|key| Ok((key.kid.clone(), self.verifier(key)?)))
+                .collect::<Result<_, BackendError>>()?,
+        };
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(())
     }
 }
 
@@ -77,15 +206,70 @@ impl TokenIssuer for JwtTokenIssuer {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &wire, &self.encoding)
+        let installed;
+        let (header, key) = if self.algorithm.is_none() {
+            (Header::new(Algorithm::HS256), &self.secret.0)
+        } else {
+            installed = self.installed();
+            // Every instance switches to the next key at its time, promoted or not yet.
+            let signer = match (&installed.next, &installed.current) {
+                (Some(next), _) if next.activates_at <= claims.issued_at => next,
+                (_, Some(current)) => current,
+                (Some(_), None) | (None, None) => {
+                    return Err(TokenError::Backend(BackendError::unexpected(
+                        "no signing key is loaded",
+                    )));
+                }
+            };
+            let mut header = Header::new(signer.algorithm);
+            header.kid = Some(signer.kid.clone());
+            (header, &signer.key)
+        };
+        jsonwebtoken::encode(&header, &wire, key)
             .map_err(|err| TokenError::Backend(BackendError::unexpected(err)))
     }
 
     fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let reject = |what: &str| TokenError::Rejected(what.to_owned());
-        let data = jsonwebtoken::decode::<WireClaims>(token, &self.decoding, &self.validation)
+        let header = jsonwebtoken::decode_header(token)
             .map_err(|err| TokenError::Rejected(err.to_string()))?;
-        let wire = data.claims;
+        let installed = self.installed();
+        let wire = match &header.kid {
+            Some(kid) => {
+                let Some((key, validation)) = installed.verifiers.get(kid) else {
+                    if installed.source.find(kid).is_none() {
+                        self.unknown_kid.notify_one();
+                    }
+                    return Err(reject("unknown or retired kid"));
+                };
+                jsonwebtoken::decode::<WireClaims>(token, key, validation)
+            }
+            None => {
+                let acceptance = installed
+                    .hs256
+                    .ok_or_else(|| reject("HS256 is not accepted"))?;
+                let wire = jsonwebtoken::decode::<WireClaims>(
+                    token,
+                    &self.secret.1,
+                    &self.validation(Algorithm::HS256),
+                );
+                if let (
+                    Ok(data),
+                    Hs256Acceptance::IssuedBefore {
+                        issued_before,
+                        expiring_by,
+                    },
+                ) = (&wire, acceptance)
+                    && (data.claims.iat >= issued_before.timestamp()
+                        || data.claims.exp > expiring_by.timestamp())
+                {
+                    return Err(reject("HS256 token from after the switch of algorithm"));
+                }
+                wire
+            }
+        }
+        .map_err(|err| TokenError::Rejected(err.to_string()))?
+        .claims;
         let timestamp = |secs| {
             DateTime::<Utc>::from_timestamp(secs, 0).ok_or_else(|| reject("time out of range"))
         };
@@ -112,7 +296,7 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     fn issuer() -> JwtTokenIssuer {
-        JwtTokenIssuer::hs256(SECRET, "portcullis", "portcullis-api").unwrap()
+        JwtTokenIssuer::new(SECRET, None, "portcullis", "portcullis-api").unwrap()
     }
 
     fn claims() -> AccessClaims {
@@ -151,20 +335,21 @@ mod tests {
 
     #[test]
     fn short_secrets_are_refused() {
-        assert!(JwtTokenIssuer::hs256(b"short", "i", "a").is_err());
+        assert!(JwtTokenIssuer::new(b"short", None, "i", "a").is_err());
     }
 
     #[test]
     fn tokens_of_another_key_issuer_or_audience_are_rejected() {
         let token = issuer().issue(&claims()).unwrap();
         for other in [
-            JwtTokenIssuer::hs256(
+            JwtTokenIssuer::new(
                 b"another-secret-another-secret-xx",
+                None,
                 "portcullis",
                 "portcullis-api",
             ),
-            JwtTokenIssuer::hs256(SECRET, "someone-else", "portcullis-api"),
-            JwtTokenIssuer::hs256(SECRET, "portcullis", "another-api"),
+            JwtTokenIssuer::new(SECRET, None, "someone-else", "portcullis-api"),
+            JwtTokenIssuer::new(SECRET, None, "portcullis", "another-api"),
         ] {
             assert!(matches!(
                 other.unwrap().verify(&token),
@@ -211,6 +396,173 @@ mod tests {
                 issuer().verify(garbage),
                 Err(TokenError::Rejected(_))
             ));
+        }
+    }
+
+    mod key_sets {
+        use super::*;
+        use crate::domain::ports::KeyForge as _;
+        use crate::domain::{KeyState, SigningKey};
+
+        fn asymmetric(algorithm: KeyAlgorithm) -> (JwtTokenIssuer, RingKeyForge) {
+            let issuer =
+                JwtTokenIssuer::new(SECRET, Some(algorithm), "portcullis", "portcullis-api")
+                    .unwrap();
+            let forge = RingKeyForge::new(issuer.sealer());
+            (issuer, forge)
+        }
+
+        fn key(
+            forge: &RingKeyForge,
+            algorithm: KeyAlgorithm,
+            state: KeyState,
+            activates_at: DateTime<Utc>,
+        ) -> SigningKey {
+            let generated = forge.generate(algorithm).unwrap();
+            SigningKey::new(generated, algorithm, state, activates_at, activates_at)
+        }
+
+        fn header(token: &str) -> serde_json::Value {
+            let part = token.split('.').next().unwrap();
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+        }
+
+        fn switched_at(at: DateTime<Utc>) -> Hs256Acceptance {
+            Hs256Acceptance::IssuedBefore {
+                issued_before: at,
+                expiring_by: at + TimeDelta::minutes(15),
+            }
+        }
+
+        #[test]
+        fn tokens_carry_the_kid_and_verify_with_its_key_only() {
+            for algorithm in [KeyAlgorithm::EdDsa, KeyAlgorithm::Es256] {
+                let (issuer, forge) = asymmetric(algorithm);
+                let c = claims();
+                assert!(matches!(issuer.issue(&c), Err(TokenError::Backend(_))));
+                let current = key(&forge, algorithm, KeyState::Current, c.issued_at);
+                let set = KeySet::new(vec![current.clone()]);
+                issuer.install(&set, switched_at(c.issued_at)).unwrap();
+                let token = issuer.issue(&c).unwrap();
+                assert_eq!(header(&token)["kid"], current.kid.as_str());
+                assert_eq!(header(&token)["alg"], algorithm.as_str());
+                assert_eq!(issuer.verify(&token).unwrap(), c);
+                // Another instance with the same keys verifies it; one without them does not.
+                let (other, _) = asymmetric(algorithm);
+                assert!(other.verify(&token).is_err());
+                other.install(&set, switched_at(c.issued_at)).unwrap();
+                assert_eq!(other.verify(&token).unwrap(), c);
+            }
+        }
+
+        #[test]
+        fn the_next_key_signs_from_its_time_and_retired_keys_stop_verifying() {
+            let (issuer, forge) = asymmetric(KeyAlgorithm::EdDsa);
+            let c = claims();
+            let current = key(&forge, KeyAlgorithm::EdDsa, KeyState::Current, c.issued_at);
+            let next = key(
+                &forge,
+                KeyAlgorithm::EdDsa,
+                KeyState::Next,
+                c.issued_at + TimeDelta::minutes(20),
+            );
+            let hs = switched_at(c.issued_at);
+            issuer
+                .install(&KeySet::new(vec![current.clone(), next.clone()]), hs)
+                .unwrap();
+            let old = issuer.issue(&c).unwrap();
+            assert_eq!(header(&old)["kid"], current.kid.as_str());
+            let later = AccessClaims {
+                issued_at: next.activates_at,
+                expires_at: next.activates_at + TimeDelta::minutes(15),
+                ..claims()
+            };
+            let new = issuer.issue(&later).unwrap();
+            assert_eq!(header(&new)["kid"], next.kid.as_str());
+            assert!(issuer.verify(&old).is_ok() && issuer.verify(&new).is_ok());
+            let retired = SigningKey {
+                state: KeyState::Retired,
+                ..current
+            };
+            issuer
+                .install(&KeySet::new(vec![retired, next]), hs)
+                .unwrap();
+            assert!(matches!(issuer.verify(&old), Err(TokenError::Rejected(_))));
+            assert!(issuer.verify(&new).is_ok());
+        }
+
+        #[test]
+        fn the_public_key_used_as_an_hmac_secret_forges_nothing() {
+            let (issuer, forge) = asymmetric(KeyAlgorithm::EdDsa);
+            let c = claims();
+            let current = key(&forge, KeyAlgorithm::EdDsa, KeyState::Current, c.issued_at);
+            issuer
+                .install(
+                    &KeySet::new(vec![current.clone()]),
+                    switched_at(c.issued_at),
+                )
+                .unwrap();
+            let payload = issuer
+                .issue(&c)
+                .unwrap()
+                .split('.')
+                .nth(1)
+                .unwrap()
+                .to_owned();
+            for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+                for secret in [current.public_jwk.as_bytes(), SECRET] {
+                    let mut forged_header = Header::new(alg);
+                    forged_header.kid = Some(current.kid.clone());
+                    let claims: serde_json::Value =
+                        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&payload).unwrap()).unwrap();
+                    let forged = jsonwebtoken::encode(
+                        &forged_header,
+                        &claims,
+                        &EncodingKey::from_secret(secret),
+                    )
+                    .unwrap();
+                    assert!(
+                        matches!(issuer.verify(&forged), Err(TokenError::Rejected(_))),
+                        "{alg:?} accepted"
+                    );
+                }
+            }
+            let none = format!(
+                "{}.{payload}.",
+                b64(&serde_json::json!({"alg": "none", "kid": current.kid}))
+            );
+            assert!(issuer.verify(&none).is_err());
+        }
+
+        #[test]
+        fn hs256_tokens_verify_only_when_issued_before_the_switch() {
+            let c = claims();
+            let before = JwtTokenIssuer::new(SECRET, None, "portcullis", "portcullis-api")
+                .unwrap()
+                .issue(&c)
+                .unwrap();
+            let (issuer, forge) = asymmetric(KeyAlgorithm::EdDsa);
+            // Until keys are installed, an asymmetric issuer accepts no HS256 token at all.
+            assert!(issuer.verify(&before).is_err());
+            let current = key(&forge, KeyAlgorithm::EdDsa, KeyState::Current, c.issued_at);
+            let set = KeySet::new(vec![current]);
+            let switch = c.issued_at + TimeDelta::seconds(1);
+            issuer.install(&set, switched_at(switch)).unwrap();
+            assert_eq!(issuer.verify(&before).unwrap(), c);
+            issuer.install(&set, switched_at(c.issued_at)).unwrap();
+            assert!(issuer.verify(&before).is_err(), "issued at the switch");
+            // Backdated by someone holding SECRET_KEY, but expiring after the window closes.
+            let backdated = AccessClaims {
+                issued_at: switch - TimeDelta::minutes(1),
+                expires_at: switch + TimeDelta::days(1),
+                ..claims()
+            };
+            let forged = JwtTokenIssuer::new(SECRET, None, "portcullis", "portcullis-api")
+                .unwrap()
+                .issue(&backdated)
+                .unwrap();
+            issuer.install(&set, switched_at(switch)).unwrap();
+            assert!(issuer.verify(&forged).is_err());
         }
     }
 }
