@@ -42,6 +42,9 @@ pub enum Command {
     /// Check the mail transport.
     #[command(subcommand)]
     Mail(MailCommand),
+    /// The asymmetric keys that sign access tokens (jwt_algorithm EdDSA or ES256).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Show the audit trail, newest first.
     Audit {
         /// Only events of the user with this email.
@@ -67,6 +70,28 @@ pub enum MailCommand {
     /// Send a test message through the configured transport now, and print the server's
     /// answer.
     Test { address: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Every key: kid, algorithm, state, when it was made, when it signs, when it retires.
+    List {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a rotation: a new key is published now and signs after the publication delay
+    /// (jwks_max_age + the access-token lifetime + signing_key_refresh_seconds).
+    Rotate {
+        /// Sign with the new key at once. Resource servers holding a cached key set will
+        /// refetch it when they meet its kid; those that do not will refuse its tokens until
+        /// their cache expires.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Emergency revocation: tokens signed by the key stop verifying on every instance within
+    /// signing_key_refresh_seconds. Retiring the signing key puts another in its place at once.
+    Retire { kid: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,7 +138,7 @@ pub enum UserCommand {
 pub mod report {
     use serde_json::json;
 
-    use crate::domain::{AuditEvent, User};
+    use crate::domain::{AuditEvent, KeyState, SigningKey, User};
 
     /// `rows` under `header`, each column as wide as its widest cell.
     fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -232,6 +257,54 @@ pub mod report {
         table(
             &[
                 "ID", "AT", "KIND", "OUTCOME", "USER", "ACTOR", "IP", "DETAIL",
+            ],
+            &rows,
+        )
+    }
+
+    /// Signing keys as a table, or as a JSON array (public parts only).
+    pub fn keys(keys: &[SigningKey], as_json: bool) -> String {
+        let retires = |key: &SigningKey| match key.state {
+            KeyState::Retired => key.retired_at,
+            _ => key.retires_at,
+        };
+        if as_json {
+            let items: Vec<_> = keys
+                .iter()
+                .map(|k| {
+                    json!({
+                        "kid": k.kid,
+                        "algorithm": k.algorithm.as_str(),
+                        "state": k.state.as_str(),
+                        "created_at": k.created_at.to_rfc3339(),
+                        "activates_at": k.activates_at.to_rfc3339(),
+                        "retires_at": retires(k).map(|t| t.to_rfc3339()),
+                    })
+                })
+                .collect();
+            return format!("{}\n", serde_json::Value::from(items));
+        }
+        let rows: Vec<Vec<String>> = keys
+            .iter()
+            .map(|k| {
+                vec![
+                    k.kid.clone(),
+                    k.algorithm.to_string(),
+                    k.state.to_string(),
+                    k.created_at.to_rfc3339(),
+                    k.activates_at.to_rfc3339(),
+                    time(retires(k)),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "KID",
+                "ALGORITHM",
+                "STATE",
+                "CREATED",
+                "ACTIVATES",
+                "RETIRES",
             ],
             &rows,
         )

@@ -11,6 +11,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+use crate::domain::KeyAlgorithm;
+
 /// The defaults and the profiles ship inside the binary, so it runs from any folder; files
 /// in the config folder, when present, are layered on top.
 const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -100,6 +102,35 @@ pub enum RateLimitStore {
     Memory,
 }
 
+/// What signs access tokens: the JOSE names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with `SECRET_KEY`, as the old service did.
+    #[serde(rename = "HS256", alias = "hs256")]
+    Hs256,
+    /// Ed25519 keys from the key table, published in the JWKS.
+    #[serde(rename = "EdDSA", alias = "eddsa", alias = "EDDSA")]
+    EdDsa,
+    /// P-256 keys from the key table, published in the JWKS.
+    #[serde(rename = "ES256", alias = "es256")]
+    Es256,
+}
+
+impl JwtAlgorithm {
+    /// The asymmetric algorithm, or `None` for HS256.
+    pub fn asymmetric(self) -> Option<KeyAlgorithm> {
+        match self {
+            Self::Hs256 => None,
+            Self::EdDsa => Some(KeyAlgorithm::EdDsa),
+            Self::Es256 => Some(KeyAlgorithm::Es256),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.asymmetric().map_or("HS256", KeyAlgorithm::as_str)
+    }
+}
+
 /// How mail leaves the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -128,6 +159,10 @@ pub struct Settings {
     #[serde(deserialize_with = "lenient_string")]
     pub jwt_audience: String,
     pub jwt_leeway_seconds: i64,
+    pub jwt_algorithm: JwtAlgorithm,
+    pub signing_key_rotation_days: i64,
+    pub jwks_max_age: i64,
+    pub signing_key_refresh_seconds: u64,
     pub refresh_token_expire_days: i64,
     pub session_max_age_days: i64,
     pub session_purge_interval_seconds: u64,
@@ -194,6 +229,10 @@ const KEYS: &[&str] = &[
     "jwt_issuer",
     "jwt_audience",
     "jwt_leeway_seconds",
+    "jwt_algorithm",
+    "signing_key_rotation_days",
+    "jwks_max_age",
+    "signing_key_refresh_seconds",
     "refresh_token_expire_days",
     "session_max_age_days",
     "session_purge_interval_seconds",
@@ -304,6 +343,14 @@ impl Settings {
         }
         if self.jwt_leeway_seconds < 0 {
             return fail("JWT_LEEWAY_SECONDS must not be negative");
+        }
+        if self.signing_key_rotation_days < 1 || self.signing_key_refresh_seconds == 0 {
+            return fail(
+                "SIGNING_KEY_ROTATION_DAYS and SIGNING_KEY_REFRESH_SECONDS must be at least 1",
+            );
+        }
+        if self.jwks_max_age < 0 {
+            return fail("JWKS_MAX_AGE must not be negative");
         }
         if self.rate_limit_window_seconds < 1 {
             return fail("RATE_LIMIT_WINDOW_SECONDS must be at least 1");

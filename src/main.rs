@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use portcullis::cli::report;
-use portcullis::cli::{Cli, Command, MailCommand, UserCommand};
+use portcullis::cli::{Cli, Command, KeysCommand, MailCommand, UserCommand};
 use portcullis::config::Settings;
+use portcullis::domain::service::{Retired, Rotated};
 use portcullis::domain::{AuditKind, AuditQuery, Email, Password, Role, UserQuery};
 use portcullis::startup::{self, Application, Storage};
 
@@ -43,9 +44,12 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         Command::Migrate => {
             let storage = Storage::open(settings).await?;
             storage.migrate().await?;
+            // Makes the first signing key when an asymmetric algorithm is configured.
+            startup::build(settings, &storage).await?;
             println!("migrations applied");
             Ok(())
         }
+        Command::Keys(command) => manage_keys(command, settings).await,
         Command::User(command) => administer(command, settings).await,
         Command::Audit {
             user,
@@ -93,6 +97,50 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn manage_keys(command: KeysCommand, settings: &Settings) -> anyhow::Result<()> {
+    let storage = Storage::open(settings).await?;
+    storage.migrate().await?;
+    let keys = startup::build(settings, &storage).await?.keys;
+    match command {
+        KeysCommand::List { json } => print!("{}", report::keys(&keys.list().await?, json)),
+        KeysCommand::Rotate { now } => match keys.rotate(now).await? {
+            Rotated::Scheduled(key) => println!(
+                "published {} ({}); it signs from {}",
+                key.kid, key.algorithm, key.activates_at
+            ),
+            Rotated::AlreadyScheduled(key) => println!(
+                "a rotation is under way already: {} signs from {}",
+                key.kid, key.activates_at
+            ),
+            Rotated::Immediately(key) => {
+                eprintln!(
+                    "warning: {} signs now, before resource servers' cached key sets know it; \
+                     those that do not refetch the JWKS on an unknown kid refuse its tokens \
+                     until their cache expires",
+                    key.kid
+                );
+                println!("{} ({}) signs from now on", key.kid, key.algorithm);
+            }
+        },
+        KeysCommand::Retire { kid } => match keys.retire(&kid).await? {
+            Retired::Already => println!("{kid} was retired already"),
+            Retired::Done { replacement } => {
+                println!(
+                    "retired {kid}: its tokens stop verifying on every instance within {} s",
+                    settings.signing_key_refresh_seconds
+                );
+                if let Some(key) = replacement {
+                    eprintln!(
+                        "warning: {kid} was the signing key; {} signs in its place from now on",
+                        key.kid
+                    );
+                }
+            }
+        },
+    }
+    Ok(())
 }
 
 async fn administer(command: UserCommand, settings: &Settings) -> anyhow::Result<()> {

@@ -16,9 +16,12 @@ use rand::Rng as _;
 use tokio::net::TcpListener;
 
 use crate::config::{MailTransport, Profile, RateLimitStore, Secret, Settings};
-use crate::domain::ports::{MailOutbox, Mailer, RateLimiter, UserRepository};
-use crate::domain::service::{DeliveryOutcome, LimitPolicy, MailPolicy, Ports, Quota};
-use crate::domain::{AuthPolicy, AuthService};
+use crate::domain::ports::{MailOutbox, Mailer, RateLimiter, SigningKeyStore, UserRepository};
+use crate::domain::service::{
+    DeliveryOutcome, KeyPorts, LimitPolicy, MailPolicy, Ports, Quota, SigningKeys,
+};
+use crate::domain::{AuthPolicy, AuthService, KeyPolicy};
+use crate::inbound::http::api::keys::Discovery;
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::metrics::{self as http_metrics, MetricsExporter, Sampler};
 use crate::inbound::http::middleware::SecurityHeaders;
@@ -26,11 +29,11 @@ use crate::inbound::http::server::{self as http_server, ConnectionLimits};
 use crate::inbound::http::{self, HttpSettings};
 use crate::outbound::bcrypt::{BcryptPasswordHasher, HashPoolLimits};
 use crate::outbound::clock::SystemClock;
-use crate::outbound::jwt::JwtTokenIssuer;
+use crate::outbound::jwt::{JwtTokenIssuer, RingKeyForge};
 use crate::outbound::mail::{LogMailer, MailTemplates, SmtpMailer};
-use crate::outbound::memory::{MemoryRateLimiter, MemoryUserRepository};
+use crate::outbound::memory::{MemoryRateLimiter, MemorySigningKeyStore, MemoryUserRepository};
 use crate::outbound::sea_orm::{
-    self as db, DatabaseSettings, SeaOrmRateLimiter, SeaOrmUserRepository,
+    self as db, DatabaseSettings, SeaOrmRateLimiter, SeaOrmSigningKeyStore, SeaOrmUserRepository,
 };
 
 /// Where users and sessions live, as chosen by `DATABASE_URL`.
@@ -93,6 +96,16 @@ impl Storage {
                 ));
                 (sea_orm.clone(), sea_orm)
             }
+        }
+    }
+
+    fn key_store(&self, settings: &Settings) -> Arc<dyn SigningKeyStore> {
+        match self {
+            Self::Memory => Arc::new(MemorySigningKeyStore::new()),
+            Self::Database(db) => Arc::new(SeaOrmSigningKeyStore::new(
+                db.clone(),
+                Duration::from_secs(settings.database_timeout_seconds),
+            )),
         }
     }
 
@@ -249,22 +262,55 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     options.open(path)?.write_all(contents.as_bytes())
 }
 
-/// Builds the core on the adapters the settings name.
+fn key_policy(settings: &Settings) -> KeyPolicy {
+    let token_ttl = TimeDelta::minutes(settings.access_token_expire_minutes);
+    let refresh = TimeDelta::seconds(settings.signing_key_refresh_seconds.cast_signed());
+    KeyPolicy {
+        rotation_period: TimeDelta::days(settings.signing_key_rotation_days),
+        publication_delay: TimeDelta::seconds(settings.jwks_max_age) + token_ttl + refresh,
+        verification_hold: token_ttl + TimeDelta::seconds(settings.jwt_leeway_seconds) + refresh,
+    }
+}
+
+/// The core's use cases, wired on one token issuer.
+pub struct Core {
+    pub auth: Arc<AuthService>,
+    pub keys: Arc<SigningKeys>,
+    issuer: Arc<JwtTokenIssuer>,
+}
+
+/// Builds the core on the adapters the settings name, and loads the signing keys (making the
+/// first one when an asymmetric algorithm is configured and none of it exists).
 ///
 /// # Errors
 /// When a key, the database or the hasher cannot be set up.
-pub async fn build_service(
-    settings: &Settings,
-    storage: &Storage,
-) -> anyhow::Result<Arc<AuthService>> {
+pub async fn build(settings: &Settings, storage: &Storage) -> anyhow::Result<Core> {
     let secret = signing_secret(settings)?;
-    let tokens = JwtTokenIssuer::new(
-        secret.expose().as_bytes(),
-        None,
-        &settings.jwt_issuer,
-        &settings.jwt_audience,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let algorithm = settings.jwt_algorithm.asymmetric();
+    let issuer = Arc::new(
+        JwtTokenIssuer::new(
+            secret.expose().as_bytes(),
+            algorithm,
+            &settings.jwt_issuer,
+            &settings.jwt_audience,
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
+    let clock = Arc::new(SystemClock);
+    let keys = Arc::new(SigningKeys::new(
+        KeyPorts {
+            store: storage.key_store(settings),
+            forge: Arc::new(RingKeyForge::new(issuer.sealer())),
+            ring: issuer.clone(),
+            clock: clock.clone(),
+        },
+        key_policy(settings),
+        algorithm,
+        TimeDelta::minutes(settings.access_token_expire_minutes),
+    ));
+    if let Some(key) = keys.start().await.context("cannot load the signing keys")? {
+        tracing::info!(kid = %key.kid, algorithm = %key.algorithm, "made a signing key; it signs from now on");
+    }
     let workers = match settings.hash_workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
@@ -295,19 +341,35 @@ pub async fn build_service(
         outbox,
         mailer: mailer(settings)?,
         hasher,
-        tokens: Arc::new(tokens),
-        clock: Arc::new(SystemClock),
+        tokens: issuer.clone(),
+        clock,
         limiter: storage.rate_limiter(settings),
     };
-    Ok(Arc::new(AuthService::new(ports, policy, dummy_hash)))
+    Ok(Core {
+        auth: Arc::new(AuthService::new(ports, policy, dummy_hash)),
+        keys,
+        issuer,
+    })
+}
+
+/// The account use cases alone, as the operator's commands use them.
+///
+/// # Errors
+/// As [`build`].
+pub async fn build_service(
+    settings: &Settings,
+    storage: &Storage,
+) -> anyhow::Result<Arc<AuthService>> {
+    Ok(build(settings, storage).await?.auth)
 }
 
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
-    service: Arc<AuthService>,
+    core: Core,
     http: HttpSettings,
+    key_refresh: Duration,
     connections: ConnectionLimits,
     purge_interval: Duration,
     shutdown_timeout: Duration,
@@ -321,7 +383,7 @@ impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let storage = Storage::open(settings).await?;
         storage.migrate().await?;
-        let service = build_service(settings, &storage).await?;
+        let core = build(settings, &storage).await?;
         let bind = format!("{}:{}", settings.host, settings.port);
         let listener = TcpListener::bind(&bind)
             .await
@@ -332,7 +394,8 @@ impl Application {
         Ok(Self {
             listener,
             address,
-            service,
+            core,
+            key_refresh: Duration::from_secs(settings.signing_key_refresh_seconds),
             connections: ConnectionLimits {
                 header_read_timeout: Duration::from_secs(settings.header_read_timeout_seconds),
                 max_connections: settings.max_connections,
@@ -346,6 +409,16 @@ impl Application {
                 },
                 trusted_proxies: TrustedProxies(settings.trusted_proxy_addrs()?),
                 metrics: MetricsExporter::new(storage.pool_sampler()),
+                discovery: Discovery {
+                    issuer: settings.jwt_issuer.clone(),
+                    // Unset, it names the address actually bound (port 0 becomes a real port).
+                    public_url: settings
+                        .public_url
+                        .clone()
+                        .unwrap_or_else(|| format!("http://{address}")),
+                    algorithm: settings.jwt_algorithm.as_str(),
+                    jwks_max_age: settings.jwks_max_age,
+                },
             },
             purge_interval: Duration::from_secs(settings.session_purge_interval_seconds.max(1)),
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_seconds),
@@ -363,17 +436,20 @@ impl Application {
     /// # Errors
     /// When the server fails.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+        let service = self.core.auth;
         let purge = tokio::spawn(purge_periodically(
-            Arc::clone(&self.service),
+            Arc::clone(&service),
             self.purge_interval,
         ));
         let upkeep = tokio::spawn(http_metrics::upkeep_periodically(Duration::from_secs(5)));
-        let delivery = tokio::spawn(deliver_mail_periodically(
-            Arc::clone(&self.service),
-            MAIL_POLL,
+        let delivery = tokio::spawn(deliver_mail_periodically(Arc::clone(&service), MAIL_POLL));
+        let refresher = tokio::spawn(refresh_keys_periodically(
+            Arc::clone(&self.core.keys),
+            Arc::clone(&self.core.issuer),
+            self.key_refresh,
         ));
         tracing::info!(address = %self.address, "listening");
-        let app = http::app(self.service, self.http).map_to_response();
+        let app = http::app(service, self.core.keys, self.http).map_to_response();
         let result = http_server::serve(
             self.listener,
             app,
@@ -385,6 +461,7 @@ impl Application {
         purge.abort();
         upkeep.abort();
         delivery.abort();
+        refresher.abort();
         result
     }
 }
@@ -400,6 +477,34 @@ async fn purge_periodically(service: Arc<AuthService>, every: Duration) {
         }
         if let Err(err) = service.purge_expired_limits().await {
             tracing::warn!(error = %err, "rate-limit purge failed; will retry");
+        }
+    }
+}
+
+/// The least time between two refreshes of the keys set off by unknown `kid`s, so that tokens
+/// with made-up `kid`s cannot make an instance hammer the database.
+const UNKNOWN_KID_PAUSE: Duration = Duration::from_secs(1);
+
+/// Keeps this instance's keys in step with the key table: every `every`, and soon after a
+/// token names a `kid` this instance does not know (another instance may have just made it).
+async fn refresh_keys_periodically(
+    keys: Arc<SigningKeys>,
+    issuer: Arc<JwtTokenIssuer>,
+    every: Duration,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await; // the first tick is immediate, and the keys were just loaded
+    loop {
+        let unknown_kid = tokio::select! {
+            _ = ticks.tick() => false,
+            () = issuer.unknown_kid_seen() => true,
+        };
+        if let Err(err) = keys.refresh().await {
+            tracing::warn!(error = %err, "signing key refresh failed; will retry");
+        }
+        if unknown_kid {
+            tokio::time::sleep(UNKNOWN_KID_PAUSE).await;
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod m20261128_000005_rekey_emails;
 mod m20261128_000006_create_mail;
 mod m20261128_000007_create_audit;
 mod m20261128_000008_index_user_search;
+mod m20261128_000009_create_signing_keys;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000006_create_mail::Migration),
             Box::new(m20261128_000007_create_audit::Migration),
             Box::new(m20261128_000008_index_user_search::Migration),
+            Box::new(m20261128_000009_create_signing_keys::Migration),
         ]
     }
 }

@@ -270,6 +270,32 @@ impl KeySet {
         self.keys.iter().find(|key| key.state == state)
     }
 
+    /// Applies `change` all or nothing, as a store must: `false`, with nothing changed, when a
+    /// move finds its key no longer in its `from` state, or the result would hold two `next`
+    /// or two `current` keys.
+    pub fn apply(&mut self, change: &KeyChange) -> bool {
+        let mut draft = self.keys.clone();
+        for step in &change.moves {
+            let Some(key) = draft
+                .iter_mut()
+                .find(|key| key.kid == step.kid && key.state == step.from)
+            else {
+                return false;
+            };
+            key.state = step.to;
+            key.activates_at = step.activates_at.unwrap_or(key.activates_at);
+            key.retires_at = step.retires_at.or(key.retires_at);
+            key.retired_at = step.retired_at.or(key.retired_at);
+        }
+        draft.extend(change.insert.clone());
+        let twice = |state| draft.iter().filter(|key| key.state == state).count() > 1;
+        if twice(KeyState::Next) || twice(KeyState::Current) {
+            return false;
+        }
+        self.keys = draft;
+        true
+    }
+
     /// The keys resource servers are shown, and that verify tokens.
     pub fn published(&self) -> impl Iterator<Item = &SigningKey> {
         self.keys.iter().filter(|key| key.state.is_published())

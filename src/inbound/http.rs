@@ -26,6 +26,7 @@ use poem_openapi::OpenApiService;
 use self::api::admin::AdminApi;
 use self::api::auth::AuthApi;
 use self::api::email::EmailApi;
+use self::api::keys::{Discovery, KeysApi};
 use self::api::protected::ProtectedApi;
 use self::api::public::PublicApi;
 use self::api::sessions::SessionsApi;
@@ -33,6 +34,7 @@ use self::client::TrustedProxies;
 use self::metrics::{MetricsExporter, RouteLabels};
 use self::middleware::{BodyLimits, SecurityHeaders};
 use crate::domain::AuthService;
+use crate::domain::service::SigningKeys;
 
 /// What the HTTP layer needs to know besides the core.
 #[derive(Debug, Clone)]
@@ -45,6 +47,8 @@ pub struct HttpSettings {
     pub security_headers: SecurityHeaders,
     pub trusted_proxies: TrustedProxies,
     pub metrics: MetricsExporter,
+    /// What the discovery documents say.
+    pub discovery: Discovery,
 }
 
 type Apis = (
@@ -54,10 +58,15 @@ type Apis = (
     SessionsApi,
     ProtectedApi,
     AdminApi,
+    KeysApi,
 );
 
 /// The OpenAPI service: every route, documented.
-pub fn openapi(service: &Arc<AuthService>, settings: &HttpSettings) -> OpenApiService<Apis, ()> {
+pub fn openapi(
+    service: &Arc<AuthService>,
+    keys: &Arc<SigningKeys>,
+    settings: &HttpSettings,
+) -> OpenApiService<Apis, ()> {
     let proxies = &settings.trusted_proxies;
     let apis = (
         PublicApi {
@@ -83,6 +92,10 @@ pub fn openapi(service: &Arc<AuthService>, settings: &HttpSettings) -> OpenApiSe
             service: Arc::clone(service),
             proxies: proxies.clone(),
         },
+        KeysApi {
+            keys: Arc::clone(keys),
+            discovery: settings.discovery.clone(),
+        },
     );
     OpenApiService::new(apis, "Portcullis", env!("CARGO_PKG_VERSION"))
         .description(
@@ -94,8 +107,12 @@ pub fn openapi(service: &Arc<AuthService>, settings: &HttpSettings) -> OpenApiSe
 }
 
 /// The whole HTTP application, middleware included.
-pub fn app(service: Arc<AuthService>, settings: HttpSettings) -> impl Endpoint {
-    let api = openapi(&service, &settings);
+pub fn app(
+    service: Arc<AuthService>,
+    keys: Arc<SigningKeys>,
+    settings: HttpSettings,
+) -> impl Endpoint {
+    let api = openapi(&service, &keys, &settings);
     let spec = complete_spec(&api.spec());
     let labels = Arc::new(route_labels(&spec));
     let allowed = Arc::clone(&labels);

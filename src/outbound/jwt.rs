@@ -260,6 +260,8 @@ impl TokenIssuer for JwtTokenIssuer {
                         expiring_by,
                     },
                 ) = (&wire, acceptance)
+                    // Whole seconds: a token from the switch's own second is refused, as one
+                    // SECRET_KEY could have minted after it (its client refreshes).
                     && (data.claims.iat >= issued_before.timestamp()
                         || data.claims.exp > expiring_by.timestamp())
                 {
@@ -550,7 +552,10 @@ mod tests {
             issuer.install(&set, switched_at(switch)).unwrap();
             assert_eq!(issuer.verify(&before).unwrap(), c);
             issuer.install(&set, switched_at(c.issued_at)).unwrap();
-            assert!(issuer.verify(&before).is_err(), "issued at the switch");
+            assert!(
+                issuer.verify(&before).is_err(),
+                "issued in the second of the switch"
+            );
             // Backdated by someone holding SECRET_KEY, but expiring after the window closes.
             let backdated = AccessClaims {
                 issued_at: switch - TimeDelta::minutes(1),

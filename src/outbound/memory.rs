@@ -4,7 +4,9 @@
 //! on restart; several instances need the database adapters.
 
 mod rate_limiter;
+mod signing_keys;
 mod user_repository;
 
 pub use rate_limiter::MemoryRateLimiter;
+pub use signing_keys::MemorySigningKeyStore;
 pub use user_repository::MemoryUserRepository;

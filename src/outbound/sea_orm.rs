@@ -10,7 +10,9 @@ mod mail;
 mod rate_limiter;
 mod repository;
 mod session_lookups;
+mod signing_keys;
 
 pub use connection::{DatabaseSettings, connect, migrate_down, migrate_up, pool_usage};
 pub use rate_limiter::SeaOrmRateLimiter;
 pub use repository::SeaOrmUserRepository;
+pub use signing_keys::SeaOrmSigningKeyStore;

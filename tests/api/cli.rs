@@ -1,29 +1,11 @@
 //! The `portcullis` binary's operator commands, run as an operator would.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::helpers::{Backend, PASSWORD, SECRET, TestApp, TestDb, settings};
+use crate::helpers::{Backend, PASSWORD, SECRET, TestApp, TestDb, run_cli, settings};
 
 fn portcullis(db_url: &str, args: &[&str], stdin: &str) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(args)
-        .env("PORTCULLIS_PROFILE", "test")
-        .env("DATABASE_URL", db_url)
-        .env("SECRET_KEY", SECRET)
-        .env("BCRYPT_COST", "4")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run portcullis");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    run_cli(db_url, &[], args, stdin)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,6 +122,37 @@ pub fn settings(url: &str, overrides: Value) -> Settings {
     Settings::from_figment(Profile::Test, &figment).expect("valid test settings")
 }
 
+/// Runs the `portcullis` binary on `db_url` as an operator would, with `env` on top of the
+/// test settings and `stdin` as its input.
+pub fn run_cli(
+    db_url: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env("PORTCULLIS_PROFILE", "test")
+        .env("DATABASE_URL", db_url)
+        .env("SECRET_KEY", SECRET)
+        .env("BCRYPT_COST", "4")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run portcullis");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// A running app.
 pub struct TestApp {
     pub address: String,

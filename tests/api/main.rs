@@ -11,6 +11,7 @@ mod email;
 mod errors;
 mod hardening;
 mod instances;
+mod keys;
 mod limits;
 mod login;
 mod migrations;

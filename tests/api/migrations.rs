@@ -15,10 +15,10 @@ use crate::helpers::{Backend, TestDb};
 async fn table_count(conn: &sea_orm::DatabaseConnection) -> i64 {
     let sql = match conn.get_database_backend() {
         sea_orm::DbBackend::Sqlite => {
-            "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name IN ('users', 'sessions', 'refresh_tokens', 'rate_limit_counters', 'login_failures', 'email_tokens', 'mail_outbox')"
+            "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name IN ('users', 'sessions', 'refresh_tokens', 'rate_limit_counters', 'login_failures', 'email_tokens', 'mail_outbox', 'signing_keys')"
         }
         _ => {
-            "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = 'public' AND table_name IN ('users', 'sessions', 'refresh_tokens', 'rate_limit_counters', 'login_failures', 'email_tokens', 'mail_outbox')"
+            "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = 'public' AND table_name IN ('users', 'sessions', 'refresh_tokens', 'rate_limit_counters', 'login_failures', 'email_tokens', 'mail_outbox', 'signing_keys')"
         }
     };
     let row = conn
@@ -41,13 +41,13 @@ async fn up_down_up(backend: Backend) {
     .await
     .unwrap();
     migrate_up(&conn).await.unwrap();
-    assert_eq!(table_count(&conn).await, 7);
+    assert_eq!(table_count(&conn).await, 8);
     // Applying again is a no-op.
     migrate_up(&conn).await.unwrap();
     migrate_down(&conn).await.unwrap();
     assert_eq!(table_count(&conn).await, 0);
     migrate_up(&conn).await.unwrap();
-    assert_eq!(table_count(&conn).await, 7);
+    assert_eq!(table_count(&conn).await, 8);
     conn.close().await.unwrap();
     db.drop_database().await;
 }

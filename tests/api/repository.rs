@@ -6,16 +6,20 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use portcullis::domain::ports::{
     CreateSessionError, CreateUserError, FailureRecord, MailOutbox, RateLimiter, Rotation,
-    UserRepository,
+    SigningKeyStore, UserRepository,
 };
 use portcullis::domain::{
     AuditKind, ClientInfo, Email, EmailTokenKind, MailJob, NewAuditEvent, NewEmailToken,
     NewRefreshToken, NewSession, NewUser, OutboxDepth, PasswordHash, RefreshTokenHash, Role,
     SessionId, User, UserChanges, UserId,
 };
-use portcullis::outbound::memory::{MemoryRateLimiter, MemoryUserRepository};
+use portcullis::domain::{GeneratedKey, KeyAlgorithm, KeyChange, KeyMove, KeyState, SigningKey};
+use portcullis::outbound::memory::{
+    MemoryRateLimiter, MemorySigningKeyStore, MemoryUserRepository,
+};
 use portcullis::outbound::sea_orm::{
-    DatabaseSettings, SeaOrmRateLimiter, SeaOrmUserRepository, connect, migrate_up,
+    DatabaseSettings, SeaOrmRateLimiter, SeaOrmSigningKeyStore, SeaOrmUserRepository, connect,
+    migrate_up,
 };
 
 use crate::helpers::{Backend, TestDb};
@@ -1024,5 +1028,95 @@ async fn concurrent_demotions_deactivations_and_deletions_leave_an_admin() {
             survivor = Some(left[0].id);
         }
     })
+    .await;
+}
+
+fn signing_key(kid: &str, state: KeyState, at: DateTime<Utc>) -> SigningKey {
+    let generated = GeneratedKey {
+        kid: kid.to_owned(),
+        public_jwk: format!("{{\"kid\":\"{kid}\"}}"),
+        sealed_private: vec![1, 2, 3, kid.len() as u8],
+    };
+    SigningKey::new(generated, KeyAlgorithm::EdDsa, state, at, at)
+}
+
+fn insert(key: SigningKey) -> KeyChange {
+    KeyChange {
+        moves: Vec::new(),
+        insert: Some(key),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_changes_are_conditional_all_or_nothing_and_one_racer_wins() {
+    on_every_adapter(
+        Arc::new(MemorySigningKeyStore::new()) as Arc<dyn SigningKeyStore>,
+        |conn| Arc::new(SeaOrmSigningKeyStore::new(conn, Duration::from_secs(5))),
+        |store| async move {
+            let a = signing_key("a", KeyState::Current, t0());
+            assert!(store.apply_key_change(&insert(a.clone())).await.unwrap());
+            assert_eq!(store.list_keys().await.unwrap(), std::slice::from_ref(&a));
+            // A second current key is refused, and nothing changes.
+            let rival = signing_key("rival", KeyState::Current, t0());
+            assert!(!store.apply_key_change(&insert(rival)).await.unwrap());
+
+            // Ten instances start the same rotation at once: exactly one next key is made.
+            let racers = (0..10).map(|i| {
+                let store = Arc::clone(&store);
+                let next =
+                    signing_key(&format!("n{i}"), KeyState::Next, t0() + TimeDelta::hours(1));
+                async move { store.apply_key_change(&insert(next)).await.unwrap() }
+            });
+            let won = futures::future::join_all(racers).await;
+            assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+            let keys = store.list_keys().await.unwrap();
+            assert_eq!(keys.len(), 2);
+            let next = keys
+                .iter()
+                .find(|k| k.state == KeyState::Next)
+                .unwrap()
+                .clone();
+            assert_eq!(
+                next.sealed_private.len(),
+                4,
+                "sealed bytes kept as they are"
+            );
+
+            // The promotion, raced: one instance makes it, the other's moves find nothing.
+            let at = t0() + TimeDelta::hours(2);
+            let promotion = KeyChange {
+                moves: vec![
+                    KeyMove::demote(&a, at, TimeDelta::minutes(16)),
+                    KeyMove::promote(&next, at),
+                ],
+                insert: None,
+            };
+            let (x, y) = tokio::join!(
+                store.apply_key_change(&promotion),
+                store.apply_key_change(&promotion)
+            );
+            assert_eq!([x.unwrap(), y.unwrap()].iter().filter(|w| **w).count(), 1);
+            let keys = store.list_keys().await.unwrap();
+            let old = keys.iter().find(|k| k.kid == "a").unwrap();
+            assert_eq!(old.state, KeyState::Previous);
+            assert_eq!(old.retires_at, Some(at + TimeDelta::minutes(16)));
+            assert_eq!(
+                keys.iter().find(|k| k.kid == next.kid).unwrap().state,
+                KeyState::Current
+            );
+
+            // A change whose second move fails leaves the first undone too.
+            let half = KeyChange {
+                moves: vec![KeyMove::retire(old, at), KeyMove::promote(&next, at)],
+                insert: None,
+            };
+            assert!(!store.apply_key_change(&half).await.unwrap());
+            let keys = store.list_keys().await.unwrap();
+            assert_eq!(
+                keys.iter().find(|k| k.kid == "a").unwrap().state,
+                KeyState::Previous
+            );
+        },
+    )
     .await;
 }

@@ -314,39 +314,18 @@ mod tests {
     use super::*;
     use crate::domain::{GeneratedKey, Hs256Acceptance};
 
-    /// A key table with the adapters' constraints: conditional moves, one `next`, one `current`.
+    /// A key table with the adapters' constraints.
     #[derive(Default)]
-    struct Table(Mutex<Vec<SigningKey>>);
+    struct Table(Mutex<KeySet>);
 
     #[async_trait]
     impl SigningKeyStore for Table {
         async fn list_keys(&self) -> Result<Vec<SigningKey>, BackendError> {
-            Ok(self.0.lock().unwrap().clone())
+            Ok(self.0.lock().unwrap().keys().to_vec())
         }
 
         async fn apply_key_change(&self, change: &KeyChange) -> Result<bool, BackendError> {
-            let mut keys = self.0.lock().unwrap();
-            let mut draft = keys.clone();
-            for step in &change.moves {
-                let Some(key) = draft
-                    .iter_mut()
-                    .find(|k| k.kid == step.kid && k.state == step.from)
-                else {
-                    return Ok(false);
-                };
-                key.state = step.to;
-                key.activates_at = step.activates_at.unwrap_or(key.activates_at);
-                key.retires_at = step.retires_at.or(key.retires_at);
-                key.retired_at = step.retired_at.or(key.retired_at);
-            }
-            draft.extend(change.insert.clone());
-            for state in [KeyState::Next, KeyState::Current] {
-                if draft.iter().filter(|k| k.state == state).count() > 1 {
-                    return Ok(false);
-                }
-            }
-            *keys = draft;
-            Ok(true)
+            Ok(self.0.lock().unwrap().apply(change))
         }
     }
 
@@ -451,7 +430,7 @@ mod tests {
         }
 
         fn table(&self) -> KeySet {
-            KeySet::new(self.table.0.lock().unwrap().clone())
+            self.table.0.lock().unwrap().clone()
         }
     }
 

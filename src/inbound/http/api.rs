@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod email;
+pub mod keys;
 pub mod protected;
 pub mod public;
 pub mod sessions;
@@ -25,4 +26,6 @@ pub enum ApiTags {
     Protected,
     /// Users and the audit trail, for admins.
     Admin,
+    /// The public keys and discovery documents, for services that verify tokens.
+    Keys,
 }

@@ -141,7 +141,9 @@ fn is_docs_page(path: &str) -> bool {
 /// The documents that are the same for everyone: the documentation pages and the OpenAPI
 /// document. Every other answer may carry personal data.
 fn is_cacheable(path: &str) -> bool {
-    is_docs_page(path) || path == "/openapi.json"
+    // The key set and the discovery documents are public and meant to be cached; the JWKS
+    // route says for how long.
+    is_docs_page(path) || path == "/openapi.json" || path.starts_with("/.well-known/")
 }
 
 /// What a request's body may be.
@@ -299,6 +301,11 @@ mod tests {
             ("/redoc", true, "frame-ancestors 'none'"),
             (
                 "/openapi.json",
+                true,
+                "default-src 'none'; frame-ancestors 'none'",
+            ),
+            (
+                "/.well-known/jwks.json",
                 true,
                 "default-src 'none'; frame-ancestors 'none'",
             ),

@@ -245,3 +245,28 @@ pub mod audit_events {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod signing_keys {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "signing_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub kid: String,
+        pub algorithm: String,
+        pub state: String,
+        pub public_jwk: String,
+        /// Sealed by the JWT adapter; never readable from the database alone.
+        pub private_key: Vec<u8>,
+        pub created_at: DateTimeUtc,
+        pub activates_at: DateTimeUtc,
+        pub retires_at: Option<DateTimeUtc>,
+        pub retired_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -54,6 +54,19 @@ impl Bounded {
         self.timeout
     }
 
+    /// A transaction that writes. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`), waiting its turn under the busy timeout: a deferred transaction that read
+    /// first and then wrote could instead fail at once with `SQLITE_BUSY` when another writer
+    /// got in between. PostgreSQL ignores the mode.
+    pub(super) async fn write_transaction(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+        self.db
+            .begin_with_options(sea_orm::TransactionOptions {
+                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+                ..Default::default()
+            })
+            .await
+    }
+
     /// Runs one storage call under the timeout, translating its error.
     pub(super) async fn run<T>(
         &self,
@@ -105,17 +118,8 @@ impl SeaOrmUserRepository {
         &self.db
     }
 
-    /// A transaction that writes. On SQLite it takes the write lock at once (`BEGIN
-    /// IMMEDIATE`), waiting its turn under the busy timeout: a deferred transaction that read
-    /// first and then wrote could instead fail at once with `SQLITE_BUSY` when another writer
-    /// got in between. PostgreSQL ignores the mode.
     async fn write_transaction(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
-        self.db
-            .begin_with_options(sea_orm::TransactionOptions {
-                sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
-                ..Default::default()
-            })
-            .await
+        self.bounded.write_transaction().await
     }
 
     /// Runs `change` in a transaction that first locks `user`'s row, provided the user is

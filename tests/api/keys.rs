@@ -1,0 +1,576 @@
+//! Signing keys: the JWKS and discovery documents, EdDSA and ES256 tokens verified by a standard
+//! library and by the example resource server, rotation and retirement through the CLI, the
+//! switch from HS256, forgeries.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    PASSWORD, SECRET, TestApp, access_token, app_test, assert_unauthorized, run_cli,
+};
+
+/// EdDSA, keys reloaded every second, and room for the many logins of the polling below.
+const EDDSA: &str = r#"{"jwt_algorithm": "EdDSA", "signing_key_refresh_seconds": 1,
+    "login_limit_per_account": 1000, "login_limit_per_ip": 1000}"#;
+
+fn overrides(json: &str) -> Value {
+    serde_json::from_str(json).unwrap()
+}
+
+fn header(token: &str) -> Value {
+    let part = token.split('.').next().unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+fn kid(token: &str) -> String {
+    header(token)["kid"].as_str().expect("kid").to_owned()
+}
+
+async fn jwks(app: &TestApp) -> JwkSet {
+    let response = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+fn kids(set: &JwkSet) -> Vec<String> {
+    set.keys
+        .iter()
+        .filter_map(|k| k.common.key_id.clone())
+        .collect()
+}
+
+/// Verifies `token` as any library would: the key from the JWKS by `kid`, at its `alg`.
+fn verify_with(set: &JwkSet, token: &str) -> Result<Value, jsonwebtoken::errors::Error> {
+    let kid = kid(token);
+    let jwk = set.find(&kid).expect("kid in the JWKS");
+    let alg: Algorithm = jwk
+        .common
+        .key_algorithm
+        .unwrap()
+        .to_string()
+        .parse()
+        .unwrap();
+    let mut validation = Validation::new(alg);
+    validation.set_issuer(&["portcullis"]);
+    validation.set_audience(&["portcullis"]);
+    jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk)?, &validation)
+        .map(|d| d.claims)
+}
+
+fn keys_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let output = run_cli(
+        app.settings.database_url(),
+        &[("JWT_ALGORITHM", "EdDSA")],
+        args,
+        "",
+    );
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn listed(app: &TestApp) -> Vec<Value> {
+    let out = keys_cli(app, &["keys", "list", "--json"]);
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Polls `check` for up to five seconds: instances pick up key changes on their refresh.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..50 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not happen within 5 s");
+}
+
+app_test!(
+    hs256_publishes_no_key_and_the_discovery_documents_point_at_the_jwks,
+    |app| {
+        let response = app
+            .client
+            .get(app.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["cache-control"], "public, max-age=300");
+        assert_eq!(response.json::<Value>().await.unwrap(), json!({"keys": []}));
+        let token = app.token_for("iss@example.com").await;
+        assert!(
+            header(&token).get("kid").is_none(),
+            "HS256 tokens stay as pyauth's"
+        );
+        let payload: Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(token.split('.').nth(1).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let base = app.address.clone();
+        let mut documents = Vec::new();
+        for path in [
+            "/.well-known/oauth-authorization-server",
+            "/.well-known/openid-configuration",
+        ] {
+            let response = app.client.get(app.url(path)).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            documents.push(response.json::<Value>().await.unwrap());
+        }
+        assert_eq!(documents[0], documents[1]);
+        let doc = &documents[0];
+        assert_eq!(doc["issuer"], payload["iss"]);
+        assert_eq!(doc["jwks_uri"], format!("{base}/.well-known/jwks.json"));
+        assert_eq!(doc["token_endpoint"], format!("{base}/auth/token"));
+        assert_eq!(
+            doc["grant_types_supported"],
+            json!(["password", "refresh_token"])
+        );
+        assert_eq!(
+            doc["token_endpoint_auth_methods_supported"],
+            json!(["none"])
+        );
+        assert_eq!(doc["response_types_supported"], json!(["token"]));
+        assert_eq!(
+            doc["id_token_signing_alg_values_supported"],
+            json!(["HS256"])
+        );
+    }
+);
+
+app_test!(
+    discovery_urls_come_from_public_url,
+    json!({"public_url": "https://auth.example.com", "jwt_issuer": "https://auth.example.com", "jwt_algorithm": "ES256", "jwks_max_age": 60}),
+    |app| {
+        let doc: Value = app
+            .client
+            .get(app.url("/.well-known/openid-configuration"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(doc["issuer"], "https://auth.example.com");
+        assert_eq!(
+            doc["jwks_uri"],
+            "https://auth.example.com/.well-known/jwks.json"
+        );
+        assert_eq!(
+            doc["id_token_signing_alg_values_supported"],
+            json!(["ES256"])
+        );
+        let response = app
+            .client
+            .get(app.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["cache-control"], "public, max-age=60");
+    }
+);
+
+async fn asymmetric_tokens_verify_with_the_jwks(app: &TestApp, alg: &str, crv: &str) {
+    let tokens = app
+        .signed_up(&format!("{}@example.com", alg.to_lowercase()))
+        .await;
+    let token = access_token(&tokens);
+    assert_eq!(header(&token)["alg"], alg);
+    let set = jwks(app).await;
+    assert_eq!(kids(&set), [kid(&token)]);
+    let raw: Value = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwk = &raw["keys"][0];
+    assert_eq!(
+        (jwk["alg"].as_str(), jwk["use"].as_str()),
+        (Some(alg), Some("sig"))
+    );
+    assert_eq!(jwk["crv"], crv);
+    assert!(
+        jwk.get("d").is_none() && jwk.get("k").is_none(),
+        "no private or HMAC key"
+    );
+    let claims = verify_with(&set, &token).expect("verifies with the JWKS");
+    assert_eq!(claims["role"], "user");
+    assert_eq!(app.get_auth("/protected/user", &token).await.status(), 200);
+    // Refresh and /auth/token issue the same kind of token.
+    let refreshed = app
+        .post_json(
+            "/auth/refresh",
+            &json!({"refresh_token": tokens["refresh_token"]}),
+        )
+        .await;
+    let refreshed = access_token(&refreshed.json().await.unwrap());
+    assert_eq!(kid(&refreshed), kid(&token));
+    verify_with(&set, &refreshed).unwrap();
+}
+
+app_test!(eddsa_tokens_verify_with_the_jwks, overrides(EDDSA), |app| {
+    asymmetric_tokens_verify_with_the_jwks(&app, "EdDSA", "Ed25519").await;
+});
+
+app_test!(
+    es256_tokens_verify_with_the_jwks,
+    json!({"jwt_algorithm": "ES256"}),
+    |app| {
+        asymmetric_tokens_verify_with_the_jwks(&app, "ES256", "P-256").await;
+    }
+);
+
+app_test!(forged_tokens_are_refused, overrides(EDDSA), |app| {
+    let token = app.token_for("forge@example.com").await;
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    let set = jwks(&app).await;
+    let jwk = serde_json::to_string(&set.keys[0]).unwrap();
+    let x = serde_json::from_str::<Value>(&jwk).unwrap()["x"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sign = |alg, kid: Option<String>, secret: &[u8]| {
+        let mut header = Header::new(alg);
+        header.kid = kid;
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap()
+    };
+    let forgeries = [
+        // The public key as an HMAC secret, under the key's own kid: algorithm confusion.
+        sign(Algorithm::HS256, Some(kid(&token)), jwk.as_bytes()),
+        sign(Algorithm::HS256, Some(kid(&token)), x.as_bytes()),
+        sign(
+            Algorithm::HS256,
+            Some(kid(&token)),
+            &URL_SAFE_NO_PAD.decode(&x).unwrap(),
+        ),
+        // SECRET_KEY can no longer mint tokens once EdDSA signs.
+        sign(Algorithm::HS256, None, SECRET.as_bytes()),
+        sign(Algorithm::HS256, Some(kid(&token)), SECRET.as_bytes()),
+        // alg none under the right kid.
+        format!(
+            "{}.{}.",
+            URL_SAFE_NO_PAD.encode(json!({"alg": "none", "kid": kid(&token)}).to_string()),
+            token.split('.').nth(1).unwrap()
+        ),
+        // A kid nobody made.
+        sign(Algorithm::HS256, Some("made-up".into()), SECRET.as_bytes()),
+    ];
+    for forged in forgeries {
+        assert_unauthorized(app.get_auth("/protected/user", &forged).await, "").await;
+    }
+    assert_eq!(app.get_auth("/protected/user", &token).await.status(), 200);
+});
+
+app_test!(migrate_makes_the_first_key_and_it_signs_at_once, |app| {
+    let url = app.settings.database_url().to_owned();
+    let out = run_cli(&url, &[("JWT_ALGORITHM", "ES256")], &["migrate"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_cli(
+        &url,
+        &[("JWT_ALGORITHM", "ES256")],
+        &["keys", "list", "--json"],
+        "",
+    );
+    let keys: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(keys[0]["state"], "current");
+    assert_eq!(keys[0]["algorithm"], "ES256");
+    assert_eq!(keys[0]["created_at"], keys[0]["activates_at"]);
+    // Another run makes no second key.
+    run_cli(&url, &[("JWT_ALGORITHM", "ES256")], &["migrate"], "");
+    let out = run_cli(
+        &url,
+        &[("JWT_ALGORITHM", "ES256")],
+        &["keys", "list", "--json"],
+        "",
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+});
+
+app_test!(
+    rotation_and_retirement_through_the_cli,
+    overrides(EDDSA),
+    |app| {
+        let first = app.token_for("rotate@example.com").await;
+        let first_kid = kid(&first);
+
+        // A scheduled rotation publishes the new key and keeps signing with the old one.
+        let out = keys_cli(&app, &["keys", "rotate"]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("signs from"));
+        eventually("the next key is published", async || {
+            jwks(&app).await.keys.len() == 2
+        })
+        .await;
+        let during = app.token_for_existing("rotate@example.com").await;
+        assert_eq!(kid(&during), first_kid);
+        let keys = listed(&app);
+        let states: Vec<&str> = keys.iter().map(|k| k["state"].as_str().unwrap()).collect();
+        assert_eq!(states, ["current", "next"]);
+
+        // --now: the published next key signs at once, with a warning on stderr.
+        let out = keys_cli(&app, &["keys", "rotate", "--now"]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("warning"));
+        let second_kid = keys[1]["kid"].as_str().unwrap().to_owned();
+        eventually("the new key signs", async || {
+            kid(&app.token_for_existing("rotate@example.com").await) == second_kid
+        })
+        .await;
+        let second = app.token_for_existing("rotate@example.com").await;
+        // Old tokens still verify, by Portcullis and by the JWKS.
+        assert_eq!(app.get_auth("/protected/user", &first).await.status(), 200);
+        let set = jwks(&app).await;
+        verify_with(&set, &first).unwrap();
+        verify_with(&set, &second).unwrap();
+        let states: Vec<String> = listed(&app)
+            .iter()
+            .map(|k| k["state"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(states, ["previous", "current"]);
+
+        // Emergency retirement: the old key's tokens are refused within the refresh interval.
+        let out = keys_cli(&app, &["keys", "retire", &first_kid]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("retired"));
+        eventually("the retired key's tokens are refused", async || {
+            app.get_auth("/protected/user", &first).await.status() == 401
+        })
+        .await;
+        assert_eq!(app.get_auth("/protected/user", &second).await.status(), 200);
+        assert_eq!(kids(&jwks(&app).await), std::slice::from_ref(&second_kid));
+
+        // Retiring the signing key puts a fresh one in its place.
+        let out = keys_cli(&app, &["keys", "retire", &second_kid]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("signs in its place"));
+        eventually("a fresh key signs", async || {
+            let token = app.token_for_existing("rotate@example.com").await;
+            kid(&token) != second_kid
+                && app.get_auth("/protected/user", &token).await.status() == 200
+        })
+        .await;
+        eventually("the second key's tokens are refused", async || {
+            app.get_auth("/protected/user", &second).await.status() == 401
+        })
+        .await;
+        let unknown = run_cli(
+            app.settings.database_url(),
+            &[],
+            &["keys", "retire", "no-such-kid"],
+            "",
+        );
+        assert!(!unknown.status.success());
+        assert!(String::from_utf8_lossy(&unknown.stderr).contains("no signing key"));
+    }
+);
+
+app_test!(switching_from_hs256_logs_nobody_out, |app| {
+    let tokens = app.signed_up("switch@example.com").await;
+    let old = access_token(&tokens);
+    // `iat` counts whole seconds: a token from the switch's own second is refused (its
+    // client refreshes), so switch in the next one.
+    tokio::time::sleep(Duration::from_millis(1001)).await;
+    // The same database and SECRET_KEY, now configured for EdDSA.
+    let mut settings = app.settings.clone();
+    settings.jwt_algorithm = portcullis::config::JwtAlgorithm::EdDsa;
+    let mut eddsa = TestApp::spawn(settings).await;
+    // The HS256 token from before the switch still works, and its refresh brings EdDSA.
+    assert_eq!(eddsa.get_auth("/protected/user", &old).await.status(), 200);
+    let refreshed = eddsa
+        .post_json(
+            "/auth/refresh",
+            &json!({"refresh_token": tokens["refresh_token"]}),
+        )
+        .await;
+    assert_eq!(refreshed.status(), 200);
+    let new = access_token(&refreshed.json().await.unwrap());
+    assert_eq!(header(&new)["alg"], "EdDSA");
+    assert_eq!(eddsa.get_auth("/protected/user", &new).await.status(), 200);
+    // SECRET_KEY mints nothing accepted any more: an HS256 token issued now is refused.
+    let login = eddsa.login("switch@example.com", PASSWORD).await;
+    let mut claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(
+                access_token(&login.json().await.unwrap())
+                    .split('.')
+                    .nth(1)
+                    .unwrap(),
+            )
+            .unwrap(),
+    )
+    .unwrap();
+    claims["role"] = "admin".into();
+    let minted = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    assert_unauthorized(eddsa.get_auth("/protected/user", &minted).await, "").await;
+    eddsa.stop().await;
+});
+
+app_test!(
+    two_instances_share_one_key_set_and_see_each_others_rotations,
+    overrides(EDDSA),
+    |app| {
+        let mut other = TestApp::spawn(app.settings.clone()).await;
+        assert_eq!(kids(&jwks(&app).await), kids(&jwks(&other).await));
+        let token = app.token_for("fleet@example.com").await;
+        assert_eq!(
+            other.get_auth("/protected/user", &token).await.status(),
+            200
+        );
+        keys_cli(&app, &["keys", "rotate", "--now"]);
+        eventually("both instances publish the same two keys", async || {
+            let (a, b) = (kids(&jwks(&app).await), kids(&jwks(&other).await));
+            a.len() == 2 && a == b
+        })
+        .await;
+        let fresh = other.token_for_existing("fleet@example.com").await;
+        assert_ne!(kid(&fresh), kid(&token));
+        assert_eq!(app.get_auth("/protected/user", &fresh).await.status(), 200);
+        assert_eq!(app.get_auth("/protected/user", &token).await.status(), 200);
+        other.stop().await;
+    }
+);
+
+/// The example resource server, started on a free port and stopped when dropped.
+struct ResourceServer {
+    child: Child,
+    address: String,
+}
+
+impl ResourceServer {
+    fn start(app: &TestApp) -> Self {
+        // `cargo test` builds the examples next to the test binaries' folder.
+        let exe = std::env::current_exe().unwrap();
+        let path = exe
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("examples/resource_server");
+        assert!(
+            path.exists(),
+            "{} is missing: run `cargo test` (which builds the examples), or `cargo build --example resource_server`",
+            path.display()
+        );
+        let mut child = Command::new(path)
+            .env("JWKS_URL", app.url("/.well-known/jwks.json"))
+            .env("TOKEN_ISSUER", "portcullis")
+            .env("TOKEN_AUDIENCE", "portcullis")
+            .env("JWKS_MIN_REFETCH_SECONDS", "1")
+            .env("PORT", "0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the example");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("address line")
+            .to_owned();
+        Self { child, address }
+    }
+
+    async fn hello(&self, token: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .get(format!("{}/hello", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for ResourceServer {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+app_test!(
+    the_example_resource_server_verifies_from_the_jwks_alone,
+    overrides(EDDSA),
+    |app| {
+        let server = ResourceServer::start(&app);
+        let token = app.token_for("resource@example.com").await;
+        let response = server.hello(&token).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["role"], "user");
+        assert_eq!(body["kid"], kid(&token));
+        let mut tampered = token.clone();
+        tampered.pop();
+        tampered.push(if token.ends_with('A') { 'B' } else { 'A' });
+        assert_eq!(server.hello(&tampered).await.status(), 401);
+        let hs256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "1", "role": "admin", "iss": "portcullis", "aud": "portcullis", "exp": 4_000_000_000u64}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+        assert_eq!(server.hello(&hs256).await.status(), 401);
+
+        // A key that signs at once is unknown to its cache: it refetches and accepts the token.
+        keys_cli(&app, &["keys", "rotate", "--now"]);
+        let mut fresh = token.clone();
+        eventually("Portcullis signs with the new key", async || {
+            fresh = app.token_for_existing("resource@example.com").await;
+            kid(&fresh) != kid(&token)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let response = server.hello(&fresh).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.json::<Value>().await.unwrap()["kid"], kid(&fresh));
+        assert_eq!(
+            server.hello(&token).await.status(),
+            200,
+            "the previous key stays published"
+        );
+    }
+);
