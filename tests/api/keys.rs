@@ -473,6 +473,30 @@ app_test!(
     }
 );
 
+app_test!(
+    an_instance_reloads_the_keys_when_a_token_names_an_unknown_kid,
+    overrides(EDDSA),
+    |app| {
+        // The other instance would not reload on its own for an hour.
+        let mut slow = app.settings.clone();
+        slow.signing_key_refresh_seconds = 3600;
+        let mut other = TestApp::spawn(slow).await;
+        let token = app.token_for("unknown-kid@example.com").await;
+        keys_cli(&app, &["keys", "rotate", "--now"]);
+        let mut fresh = token.clone();
+        eventually("the first instance signs with the new key", async || {
+            fresh = app.token_for_existing("unknown-kid@example.com").await;
+            kid(&fresh) != kid(&token)
+        })
+        .await;
+        eventually("the other instance accepts the new kid", async || {
+            other.get_auth("/protected/user", &fresh).await.status() == 200
+        })
+        .await;
+        other.stop().await;
+    }
+);
+
 /// The example resource server, started on a free port and stopped when dropped.
 struct ResourceServer {
     child: Child,

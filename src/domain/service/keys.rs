@@ -227,6 +227,14 @@ impl SigningKeys {
             }
         };
         self.apply(&change).await?;
+        match &rotated {
+            Rotated::Immediately(key) => {
+                tracing::warn!(kid = %key.kid, "rotated signing keys: the new key signs at once");
+            }
+            Rotated::Scheduled(key) | Rotated::AlreadyScheduled(key) => {
+                tracing::info!(kid = %key.kid, signs_from = %key.activates_at, "rotation started");
+            }
+        }
         Ok(rotated)
     }
 
@@ -268,6 +276,11 @@ impl SigningKeys {
             }),
         };
         self.apply(&change).await?;
+        tracing::warn!(
+            kid,
+            replacement = replacement.as_ref().map(|key| key.kid.as_str()),
+            "retired a signing key"
+        );
         Ok(Retired::Done { replacement })
     }
 
