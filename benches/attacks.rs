@@ -89,18 +89,6 @@ fn login(
         .json(&json!({"email": email, "password": password}))
 }
 
-async fn token(client: &reqwest::Client, base: &str, email: &str) -> Result<String> {
-    let tokens: Value = login(client, base, email, PASSWORD)
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(tokens["access_token"]
-        .as_str()
-        .ok_or("no token")?
-        .to_owned())
-}
-
 /// Findings 1 and 2, with the production limits.
 async fn guessing(database_url: &str) -> Result<()> {
     let server = Server::start(database_url, &[]).await?;
@@ -109,7 +97,7 @@ async fn guessing(database_url: &str) -> Result<()> {
 
     register(&client, &base, "victim@example.com").await?;
     register(&client, &base, "bystander@example.com").await?;
-    let stolen = token(&client, &base, "victim@example.com").await?;
+    let stolen = server.access_token("victim@example.com", PASSWORD).await?;
     let guesses = (0..100)
         .map(|n| {
             client

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[path = "support/server.rs"]
 mod server;
@@ -157,20 +157,6 @@ fn bcrypt_seconds(cost: u32) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-async fn access_token(client: &reqwest::Client, base: &str, email: &str) -> Result<String> {
-    let tokens: Value = client
-        .post(format!("{base}/auth/login"))
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(tokens["access_token"]
-        .as_str()
-        .ok_or("no token")?
-        .to_owned())
-}
-
 /// The benchmark floods logins from one address into one account on purpose: no limits, and no
 /// cap on the account's sessions (it would end the session whose token the protected-route
 /// measurements use).
@@ -188,7 +174,7 @@ async fn public_and_protected(
     duration: Duration,
 ) -> Result<(Sample, Sample)> {
     let server = Server::start(database_url, &[UNLIMITED[0], UNLIMITED[1], algorithm]).await?;
-    let token = access_token(&reqwest::Client::new(), &server.base, email).await?;
+    let token = server.access_token(email, PASSWORD).await?;
     let public = drive(&server.base, &Load::Public, 32, warmup, duration).await;
     let user = drive(
         &server.base,
@@ -217,7 +203,7 @@ async fn bench_backend(
         .json(&json!({"email": email, "password": PASSWORD}))
         .send()
         .await?;
-    let token = access_token(&client, &base, &email).await?;
+    let token = server.access_token(&email, PASSWORD).await?;
 
     let warmup = Duration::from_secs(1);
     let duration = Duration::from_secs(seconds);

@@ -18,6 +18,22 @@ pub struct Server {
 }
 
 impl Server {
+    /// Logs `email` in and returns the access token.
+    #[allow(dead_code)] // not every benchmark logs in
+    pub async fn access_token(&self, email: &str, password: &str) -> Result<String> {
+        let tokens: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/auth/login", self.base))
+            .json(&serde_json::json!({"email": email, "password": password}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(tokens["access_token"]
+            .as_str()
+            .ok_or("no token")?
+            .to_owned())
+    }
+
     /// Starts the release binary in the production profile on `database_url`, with `env` on
     /// top, and waits until it answers.
     pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Result<Self> {

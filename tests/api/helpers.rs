@@ -212,6 +212,18 @@ impl TestApp {
             .expect("request")
     }
 
+    /// GETs `path` without credentials, expecting 200, and reads its JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        response.json().await.expect("json body")
+    }
+
     pub async fn get_auth(&self, path: &str, token: &str) -> Response {
         self.client
             .get(self.url(path))

@@ -34,14 +34,21 @@ fn kid(token: &str) -> String {
 }
 
 async fn jwks(app: &TestApp) -> JwkSet {
+    serde_json::from_value(app.get_json("/.well-known/jwks.json").await).unwrap()
+}
+
+/// The JWKS route's `Cache-Control`.
+async fn jwks_cache_control(app: &TestApp) -> String {
     let response = app
         .client
         .get(app.url("/.well-known/jwks.json"))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
+    response.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 fn kids(set: &JwkSet) -> Vec<String> {
@@ -107,15 +114,11 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 app_test!(
     hs256_publishes_no_key_and_the_discovery_documents_point_at_the_jwks,
     |app| {
-        let response = app
-            .client
-            .get(app.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["cache-control"], "public, max-age=300");
-        assert_eq!(response.json::<Value>().await.unwrap(), json!({"keys": []}));
+        assert_eq!(jwks_cache_control(&app).await, "public, max-age=300");
+        assert_eq!(
+            app.get_json("/.well-known/jwks.json").await,
+            json!({"keys": []})
+        );
         let token = app.token_for("iss@example.com").await;
         assert!(
             header(&token).get("kid").is_none(),
@@ -162,15 +165,7 @@ app_test!(
     discovery_urls_come_from_public_url,
     json!({"public_url": "https://auth.example.com", "jwt_issuer": "https://auth.example.com", "jwt_algorithm": "ES256", "jwks_max_age": 60}),
     |app| {
-        let doc: Value = app
-            .client
-            .get(app.url("/.well-known/openid-configuration"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let doc: Value = app.get_json("/.well-known/openid-configuration").await;
         assert_eq!(doc["issuer"], "https://auth.example.com");
         assert_eq!(
             doc["jwks_uri"],
@@ -180,13 +175,7 @@ app_test!(
             doc["id_token_signing_alg_values_supported"],
             json!(["ES256"])
         );
-        let response = app
-            .client
-            .get(app.url("/.well-known/jwks.json"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.headers()["cache-control"], "public, max-age=60");
+        assert_eq!(jwks_cache_control(&app).await, "public, max-age=60");
     }
 );
 
@@ -198,15 +187,7 @@ async fn asymmetric_tokens_verify_with_the_jwks(app: &TestApp, alg: &str, crv: &
     assert_eq!(header(&token)["alg"], alg);
     let set = jwks(app).await;
     assert_eq!(kids(&set), [kid(&token)]);
-    let raw: Value = app
-        .client
-        .get(app.url("/.well-known/jwks.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let raw: Value = app.get_json("/.well-known/jwks.json").await;
     let jwk = &raw["keys"][0];
     assert_eq!(
         (jwk["alg"].as_str(), jwk["use"].as_str()),
