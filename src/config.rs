@@ -168,6 +168,8 @@ pub struct Settings {
     pub session_purge_interval_seconds: u64,
     pub max_sessions_per_user: u32,
     pub bcrypt_cost: u32,
+    pub password_min_score: u8,
+    pub accept_pyauth_tokens_until: Option<chrono::DateTime<chrono::Utc>>,
     pub hash_workers: usize,
     pub hash_queue: usize,
     pub rate_limits_enabled: bool,
@@ -230,6 +232,8 @@ const KEYS: &[&str] = &[
     "jwt_audience",
     "jwt_leeway_seconds",
     "jwt_algorithm",
+    "password_min_score",
+    "accept_pyauth_tokens_until",
     "signing_key_rotation_days",
     "jwks_max_age",
     "signing_key_refresh_seconds",
@@ -349,6 +353,9 @@ impl Settings {
                 "SIGNING_KEY_ROTATION_DAYS and SIGNING_KEY_REFRESH_SECONDS must be at least 1",
             );
         }
+        if self.password_min_score > crate::domain::password::MAX_SCORE {
+            return fail("PASSWORD_MIN_SCORE must be between 0 and 4");
+        }
         if self.jwks_max_age < 0 {
             return fail("JWKS_MAX_AGE must not be negative");
         }
@@ -398,6 +405,15 @@ impl Settings {
             }
             if self.bcrypt_cost < 10 {
                 return fail("production refuses BCRYPT_COST below 10");
+            }
+            if self
+                .accept_pyauth_tokens_until
+                .is_some_and(|until| until > chrono::Utc::now() + chrono::TimeDelta::days(1))
+            {
+                return fail(
+                    "production refuses ACCEPT_PYAUTH_TOKENS_UNTIL more than a day ahead: pyauth \
+                     tokens belong to no session and cannot be revoked",
+                );
             }
             if self.cors_origins().iter().any(|o| o == "*") {
                 return fail("production refuses CORS_ALLOWED_ORIGINS=\"*\": list the origins");

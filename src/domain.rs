@@ -21,7 +21,7 @@ pub use mail::{
     EmailTokenHash, EmailTokenKind, EmailTokenRecord, Mail, MailJob, MailKind, NewEmailToken,
     OutboxDepth, QueuedMail,
 };
-pub use password::{Password, PasswordError, PasswordHash};
+pub use password::{Password, PasswordError, PasswordHash, PasswordPolicy};
 pub use service::{AuthPolicy, AuthService};
 pub use session::{
     ClientInfo, NewRefreshToken, NewSession, Principal, RefreshTokenHash, RefreshTokenRecord,

@@ -20,7 +20,7 @@ use crate::domain::ports::{MailOutbox, Mailer, RateLimiter, SigningKeyStore, Use
 use crate::domain::service::{
     DeliveryOutcome, KeyPorts, LimitPolicy, MailPolicy, Ports, Quota, SigningKeys,
 };
-use crate::domain::{AuthPolicy, AuthService, KeyPolicy};
+use crate::domain::{AuthPolicy, AuthService, KeyPolicy, PasswordPolicy};
 use crate::inbound::http::api::keys::Discovery;
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::metrics::{self as http_metrics, MetricsExporter, Sampler};
@@ -322,6 +322,7 @@ pub async fn build(settings: &Settings, storage: &Storage) -> anyhow::Result<Cor
             queue: settings.hash_queue,
         },
     ));
+    PasswordPolicy::warm_up();
     let dummy_hash = AuthService::make_dummy_hash(hasher.as_ref())
         .await
         .context("cannot compute the dummy password hash")?;
@@ -334,6 +335,10 @@ pub async fn build(settings: &Settings, storage: &Storage) -> anyhow::Result<Cor
         audit_retention: TimeDelta::days(settings.audit_retention_days),
         limits: limit_policy(settings),
         mail: mail_policy(settings),
+        password: PasswordPolicy {
+            min_score: settings.password_min_score,
+        },
+        pyauth_tokens_until: settings.accept_pyauth_tokens_until,
     };
     let (users, outbox) = storage.repository(settings);
     let ports = Ports {

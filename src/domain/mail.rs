@@ -57,11 +57,12 @@ pub enum MailJob {
     Verification { user_id: UserId },
     /// An admin created the user without a password: a set-password link.
     Invitation { user_id: UserId },
-    /// The user asked, from session `keep`, to move the account to `new_email`.
+    /// The user asked, from session `keep` (`None`: a token of the old service, which has no
+    /// session), to move the account to `new_email`.
     EmailChange {
         user_id: UserId,
         new_email: Email,
-        keep: SessionId,
+        keep: Option<SessionId>,
     },
 }
 

@@ -1,6 +1,10 @@
 //! Passwords and their hashes. Neither type can be printed, so neither can reach a log line.
 
+mod policy;
+
 use std::fmt;
+
+pub use policy::{MAX_SCORE, PasswordPolicy};
 
 /// The shortest password the policy accepts, in characters.
 pub const MIN_CHARS: usize = 8;
@@ -20,6 +24,13 @@ pub enum PasswordError {
     TooLong,
     #[error("must not contain control characters")]
     ControlCharacter,
+    #[error("is one of the most commonly used passwords; choose another")]
+    Common,
+    #[error("must not be the email address or its local part")]
+    SameAsEmail,
+    /// Below `password_min_score`, with zxcvbn's advice.
+    #[error("is too easy to guess: {0}")]
+    Guessable(String),
 }
 
 impl Password {

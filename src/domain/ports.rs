@@ -105,6 +105,20 @@ pub trait UserRepository: Send + Sync + 'static {
     /// [`BackendError`] when storage fails.
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, BackendError>;
 
+    /// Replaces user `id`'s password hash by `new`, provided it is still `old`: the same password
+    /// hashed again, so sessions and [`User::credential_version`] stay. `Ok(false)`, with
+    /// nothing changed, when the hash changed meanwhile (a password change won) or the user is
+    /// gone.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn rehash_password(
+        &self,
+        id: UserId,
+        old: &PasswordHash,
+        new: PasswordHash,
+    ) -> Result<bool, BackendError>;
+
     /// Replaces a user's password hash, moves their [`User::credential_version`] on, and ends
     /// every session of theirs but `keep` at `now`, in one transaction.
     ///
@@ -414,6 +428,11 @@ pub trait PasswordHasher: Send + Sync + 'static {
     /// # Errors
     /// As [`PasswordHasher::hash`]; a malformed stored hash is `Unexpected`.
     async fn verify(&self, candidate: &str, hash: &PasswordHash) -> Result<bool, BackendError>;
+
+    /// Whether `hash` was made with other parameters than this hasher uses now (another bcrypt
+    /// cost), so that a login that has just verified the password should store a fresh hash.
+    /// A hash of another algorithm is not this hasher's to judge: `false`.
+    fn needs_rehash(&self, hash: &PasswordHash) -> bool;
 }
 
 /// The claims of an access token that the core cares about.
@@ -425,6 +444,14 @@ pub struct AccessClaims {
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub token_id: String,
+}
+
+/// The claims of an access token of the old service (pyauth): HS256 with the shared secret,
+/// `sub`, `role` and `exp` only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PyauthClaims {
+    pub user_id: UserId,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// Why a presented token is not accepted by the issuer.
@@ -453,6 +480,14 @@ pub trait TokenIssuer: Send + Sync + 'static {
     /// # Errors
     /// [`TokenError::Rejected`] for any token this issuer did not sign as it is.
     fn verify(&self, token: &str) -> Result<AccessClaims, TokenError>;
+
+    /// Checks a token in the old service's shape: HS256 with the shared secret, `sub` and
+    /// `exp`, and none of the claims Portcullis adds (`iss`, `aud`, `sid`). Expiry is left to
+    /// the caller.
+    ///
+    /// # Errors
+    /// [`TokenError::Rejected`] for anything else.
+    fn verify_pyauth(&self, token: &str) -> Result<PyauthClaims, TokenError>;
 }
 
 /// The time, as a port, so that expiry can be tested without waiting.

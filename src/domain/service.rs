@@ -29,8 +29,8 @@ use super::ports::{
     TokenError, TokenIssuer, UserRepository,
 };
 use super::{
-    AuditKind, BackendError, ClientInfo, NewAuditEvent, NewRefreshToken, NewSession, Password,
-    PasswordHash, SessionId, TokenPair, User,
+    AuditKind, BackendError, ClientInfo, Email, FullName, NewAuditEvent, NewRefreshToken,
+    NewSession, Password, PasswordError, PasswordHash, PasswordPolicy, SessionId, TokenPair, User,
 };
 
 /// Lifetimes and tolerances that the use cases enforce.
@@ -52,6 +52,10 @@ pub struct AuthPolicy {
     pub limits: LimitPolicy,
     /// Mail, its links and their tokens.
     pub mail: MailPolicy,
+    /// The rules a new password must pass besides its shape.
+    pub password: PasswordPolicy,
+    /// Until when access tokens of the old service (pyauth) are accepted; `None`: never.
+    pub pyauth_tokens_until: Option<DateTime<Utc>>,
 }
 
 impl Default for AuthPolicy {
@@ -65,6 +69,8 @@ impl Default for AuthPolicy {
             audit_retention: TimeDelta::days(365),
             limits: LimitPolicy::default(),
             mail: MailPolicy::default(),
+            password: PasswordPolicy::default(),
+            pyauth_tokens_until: None,
         }
     }
 }
@@ -129,6 +135,20 @@ impl AuthService {
 
     pub fn policy(&self) -> &AuthPolicy {
         &self.policy
+    }
+
+    /// The password rules that need the account (common passwords, the address itself, the
+    /// strength score): the one check for every place a password is set.
+    ///
+    /// # Errors
+    /// The [`PasswordError`] naming the rule that failed.
+    pub fn check_new_password(
+        &self,
+        password: &Password,
+        email: &Email,
+        full_name: Option<&FullName>,
+    ) -> Result<(), PasswordError> {
+        self.policy.password.check(password, email, full_name)
     }
 
     /// Whether storage answers: the readiness check.
@@ -258,6 +278,8 @@ pub(crate) mod test_support {
         pub fn service(mut self) -> AuthService {
             // Audit writes of their own (failed logins) are allowed unless a test says more.
             self.users.expect_record_audit().returning(|_| Ok(()));
+            // Stored hashes are of the configured cost unless a test says otherwise.
+            self.hasher.expect_needs_rehash().returning(|_| false);
             let mut clock = MockClock::new();
             let now = self.now;
             clock.expect_now().returning(move || now);

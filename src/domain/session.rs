@@ -189,7 +189,9 @@ impl fmt::Debug for TokenPair {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
     pub user: User,
-    pub session_id: SessionId,
+    /// `None` for a token of the old service (pyauth), accepted until the cutover deadline:
+    /// it belongs to no session.
+    pub session_id: Option<SessionId>,
 }
 
 #[cfg(test)]

@@ -199,6 +199,18 @@ impl PasswordHasher for BcryptPasswordHasher {
             .await?
             .map_err(BackendError::unexpected)
     }
+
+    fn needs_rehash(&self, hash: &PasswordHash) -> bool {
+        // `$2b$12$<salt and hash>`, and the `2a`, `2x` and `2y` variants: the cost is the third
+        // field.
+        let mut fields = hash.as_str().split('$');
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(""), Some("2a" | "2b" | "2x" | "2y"), Some(cost)) => {
+                cost.parse::<u32>().is_ok_and(|cost| cost != self.cost)
+            }
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -207,6 +219,30 @@ mod tests {
 
     fn hasher(workers: usize, queue: usize) -> BcryptPasswordHasher {
         BcryptPasswordHasher::new(4, HashPoolLimits { workers, queue })
+    }
+
+    #[test]
+    fn hashes_of_another_cost_need_a_rehash_and_foreign_ones_do_not() {
+        let h = hasher(1, 1);
+        let salt_and_hash = "LhayLxezLhK1LhWvKxCyLOj0j1u.Kj0jZ0pEmm134uzrQlFvQJLF6";
+        for (hash, rehash) in [
+            (format!("$2b$04${salt_and_hash}"), false),
+            (format!("$2b$12${salt_and_hash}"), true),
+            (format!("$2a$12${salt_and_hash}"), true),
+            (format!("$2y$05${salt_and_hash}"), true),
+            (format!("$2y$04${salt_and_hash}"), false),
+            (
+                "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHQ$RdescudvJCsgt3ub".to_owned(),
+                false,
+            ),
+            ("garbage".to_owned(), false),
+        ] {
+            assert_eq!(
+                h.needs_rehash(&PasswordHash::new(hash.clone())),
+                rehash,
+                "{hash}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -18,7 +18,7 @@ use uuid::Uuid;
 pub use forge::RingKeyForge;
 pub use sealing::Sealer;
 
-use crate::domain::ports::{AccessClaims, KeyRing, TokenError, TokenIssuer};
+use crate::domain::ports::{AccessClaims, KeyRing, PyauthClaims, TokenError, TokenIssuer};
 use crate::domain::{
     BackendError, Hs256Acceptance, KeyAlgorithm, KeySet, KeyState, SessionId, SigningKey, UserId,
 };
@@ -240,6 +240,26 @@ impl TokenIssuer for JwtTokenIssuer {
             .map_err(|err| TokenError::Backend(BackendError::unexpected(err)))
     }
 
+    fn verify_pyauth(&self, token: &str) -> Result<PyauthClaims, TokenError> {
+        let reject = |what: &str| TokenError::Rejected(what.to_owned());
+        // HS256 only, whatever the header says; no issuer or audience: pyauth set neither.
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.required_spec_claims = ["sub", "exp"].into_iter().map(String::from).collect();
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        let wire = jsonwebtoken::decode::<PyauthWireClaims>(token, &self.secret.1, &validation)
+            .map_err(|err| TokenError::Rejected(err.to_string()))?
+            .claims;
+        if wire.iss.is_some() || wire.aud.is_some() || wire.sid.is_some() {
+            return Err(reject("not in the old service's shape"));
+        }
+        Ok(PyauthClaims {
+            user_id: UserId(wire.sub.parse().map_err(|_| reject("sub"))?),
+            expires_at: DateTime::<Utc>::from_timestamp(wire.exp, 0)
+                .ok_or_else(|| reject("exp out of range"))?,
+        })
+    }
+
     fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let installed = self.installed();
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
@@ -260,6 +280,17 @@ impl TokenIssuer for JwtTokenIssuer {
         verified.insert(digest, claims.clone());
         Ok(claims)
     }
+}
+
+/// The claims of a token of the old service, as its `create_access_token` made them.
+#[derive(Debug, Deserialize)]
+struct PyauthWireClaims {
+    sub: String,
+    exp: i64,
+    /// Present in Portcullis's own tokens, never in pyauth's.
+    iss: Option<serde::de::IgnoredAny>,
+    aud: Option<serde::de::IgnoredAny>,
+    sid: Option<serde::de::IgnoredAny>,
 }
 
 impl JwtTokenIssuer {
@@ -433,6 +464,47 @@ mod tests {
         for garbage in ["", "a.b.c", "not a token", "....", "eyJ.eyJ.sig"] {
             assert!(matches!(
                 issuer().verify(garbage),
+                Err(TokenError::Rejected(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn pyauth_tokens_verify_in_their_shape_only() {
+        let pyauth = |secret: &[u8], claims: serde_json::Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(secret),
+            )
+            .unwrap()
+        };
+        let exp = Utc::now().timestamp() + 900;
+        let token = pyauth(
+            SECRET,
+            serde_json::json!({"sub": "42", "role": "admin", "exp": exp}),
+        );
+        let verified = issuer().verify_pyauth(&token).unwrap();
+        assert_eq!(verified.user_id, UserId(42));
+        assert_eq!(verified.expires_at.timestamp(), exp);
+        // Not by the main path: it has no issuer, audience or session.
+        assert!(issuer().verify(&token).is_err());
+        for refused in [
+            pyauth(
+                b"another-secret-another-secret-xx",
+                serde_json::json!({"sub": "42", "exp": exp}),
+            ),
+            pyauth(SECRET, serde_json::json!({"sub": "42"})),
+            pyauth(SECRET, serde_json::json!({"sub": "x", "exp": exp})),
+            issuer().issue(&claims()).unwrap(),
+            format!(
+                "{}.{}.",
+                b64(&serde_json::json!({"alg": "none"})),
+                token.split('.').nth(1).unwrap()
+            ),
+        ] {
+            assert!(matches!(
+                issuer().verify_pyauth(&refused),
                 Err(TokenError::Rejected(_))
             ));
         }

@@ -1,11 +1,13 @@
 //! Register, log in, authenticate an access token, authorise a role.
 
+use chrono::{DateTime, Utc};
+
 use super::AuthService;
 use super::limits::{Action, Throttled};
 use crate::domain::ports::{CreateSessionError, CreateUserError, TokenError};
 use crate::domain::{
     AuditKind, BackendError, ClientInfo, Email, FullName, NewAuditEvent, NewUser, Password,
-    Principal, Role, TokenPair, User,
+    PasswordError, Principal, Role, TokenPair, User,
 };
 
 /// Why a registration failed.
@@ -13,6 +15,8 @@ use crate::domain::{
 pub enum RegisterError {
     #[error("email already registered")]
     EmailTaken,
+    #[error("password {0}")]
+    WeakPassword(#[from] PasswordError),
     #[error(transparent)]
     Throttled(#[from] Throttled),
     #[error(transparent)]
@@ -65,6 +69,7 @@ impl AuthService {
         full_name: Option<FullName>,
         client: &ClientInfo,
     ) -> Result<User, RegisterError> {
+        self.check_new_password(&password, &email, full_name.as_ref())?;
         self.throttle(Action::Register, client.ip.as_deref(), Some(email.key()))
             .await?;
         let verify = self.policy.mail.verify_on_register && self.mail_configured();
@@ -141,12 +146,35 @@ impl AuthService {
         if self.policy.mail.require_verified && !user.email_verified {
             return Err(LoginError::Unverified);
         }
+        if self.hasher.needs_rehash(&user.password_hash) {
+            self.rehash(&user, password).await;
+        }
         self.start_session(&user, client)
             .await
             .map_err(|err| match err {
                 CreateSessionError::Stale => LoginError::InvalidCredentials,
                 CreateSessionError::Backend(err) => LoginError::Backend(err),
             })
+    }
+
+    /// Stores `password`, just verified, hashed again with the hasher's current parameters (a
+    /// raised or lowered bcrypt cost, or an imported hash): one extra hash on this login, none
+    /// on the next. Best effort: a failure is logged, and the login goes on.
+    async fn rehash(&self, user: &User, password: &str) {
+        let Ok(password) = Password::parse(password) else {
+            return;
+        };
+        let stored = match self.hasher.hash(&password).await {
+            Ok(hash) => {
+                self.users
+                    .rehash_password(user.id, &user.password_hash, hash)
+                    .await
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(err) = stored {
+            tracing::warn!(user_id = %user.id, error = %err, "password rehash failed; the next login tries again");
+        }
     }
 
     /// Turns an access token into the caller, on the user's and session's current state: a
@@ -157,11 +185,20 @@ impl AuthService {
     /// issued in the future, or whose session or user is gone; [`AuthError::Inactive`] for a
     /// deactivated user.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
-        let claims = self.tokens.verify(token).map_err(|err| match err {
-            TokenError::Rejected(_) => AuthError::InvalidToken,
-            TokenError::Backend(err) => AuthError::Backend(err),
-        })?;
         let now = self.clock.now();
+        let claims = match self.tokens.verify(token) {
+            Ok(claims) => claims,
+            Err(TokenError::Rejected(_))
+                if self
+                    .policy
+                    .pyauth_tokens_until
+                    .is_some_and(|until| now < until) =>
+            {
+                return self.authenticate_pyauth(token, now).await;
+            }
+            Err(TokenError::Rejected(_)) => return Err(AuthError::InvalidToken),
+            Err(TokenError::Backend(err)) => return Err(AuthError::Backend(err)),
+        };
         let leeway = self.policy.leeway;
         if claims.expires_at + leeway <= now || claims.issued_at - leeway > now {
             return Err(AuthError::InvalidToken);
@@ -184,7 +221,36 @@ impl AuthService {
         }
         Ok(Principal {
             user,
-            session_id: session.id,
+            session_id: Some(session.id),
+        })
+    }
+
+    /// A token of the old service, during the cutover: as pyauth did, the user is loaded on
+    /// every request (so deactivation and role changes apply at once), and the token belongs to
+    /// no session. The deadline itself has no leeway: the caller checked it.
+    async fn authenticate_pyauth(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Principal, AuthError> {
+        let claims = self.tokens.verify_pyauth(token).map_err(|err| match err {
+            TokenError::Rejected(_) => AuthError::InvalidToken,
+            TokenError::Backend(err) => AuthError::Backend(err),
+        })?;
+        if claims.expires_at + self.policy.leeway <= now {
+            return Err(AuthError::InvalidToken);
+        }
+        let user = self
+            .users
+            .find_user_by_id(claims.user_id)
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
+        if !user.is_active {
+            return Err(AuthError::Inactive);
+        }
+        Ok(Principal {
+            user,
+            session_id: None,
         })
     }
 
@@ -361,6 +427,98 @@ mod tests {
         assert_eq!(pair.refresh_token.len(), 43);
     }
 
+    /// A login whose stored hash has another cost: the tests below make it need a rehash.
+    fn login_needing_a_rehash(m: &mut Mocks, right: bool) {
+        m.users
+            .expect_find_user_by_email()
+            .returning(|_| Ok(Some(user(7, Role::User, true))));
+        m.hasher.expect_verify().returning(move |_, _| Ok(right));
+        m.hasher.expect_needs_rehash().returning(|_| true);
+        m.users
+            .expect_create_session()
+            .returning(|s, _| Ok(session(s.id, s.user_id.0)));
+        m.tokens.expect_issue().returning(|_| Ok("signed".into()));
+    }
+
+    #[tokio::test]
+    async fn a_login_stores_the_password_rehashed_when_its_hash_has_another_cost() {
+        let mut m = Mocks::new();
+        login_needing_a_rehash(&mut m, true);
+        m.hasher
+            .expect_hash()
+            .withf(|p| p.expose() == "correct horse")
+            .times(1)
+            .returning(|_| Ok(PasswordHash::new("rehashed".into())));
+        m.users
+            .expect_rehash_password()
+            .withf(|id, old, new| {
+                *id == UserId(7) && old.as_str() == "hash-of-user-7" && new.as_str() == "rehashed"
+            })
+            .times(1)
+            .returning(|_, _, _| Ok(true));
+        let service = m.service();
+        assert!(
+            service
+                .login(&email(7), "correct horse", ClientInfo::default())
+                .await
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_rehash_does_not_fail_the_login_and_a_wrong_password_rehashes_nothing() {
+        let mut m = Mocks::new();
+        login_needing_a_rehash(&mut m, true);
+        m.hasher
+            .expect_hash()
+            .returning(|_| Err(BackendError::Overloaded));
+        m.users.expect_rehash_password().never();
+        let service = m.service();
+        assert!(
+            service
+                .login(&email(7), "correct horse", ClientInfo::default())
+                .await
+                .is_ok()
+        );
+
+        let mut m = Mocks::new();
+        login_needing_a_rehash(&mut m, false);
+        m.hasher.expect_hash().never();
+        m.users.expect_rehash_password().never();
+        let err = m
+            .service()
+            .login(&email(7), "wrong password", ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoginError::InvalidCredentials));
+    }
+
+    #[tokio::test]
+    async fn registration_refuses_common_passwords_and_the_address_before_anything_else() {
+        for (candidate, rule) in [
+            ("Password1", PasswordError::Common),
+            ("USER1@example.com", PasswordError::SameAsEmail),
+        ] {
+            let mut m = Mocks::new();
+            m.hasher.expect_hash().never();
+            m.users.expect_create_user().never();
+            let err = m
+                .service()
+                .register(
+                    email(1),
+                    Password::parse(candidate).unwrap(),
+                    None,
+                    &ClientInfo::default(),
+                )
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, RegisterError::WeakPassword(e) if *e == rule),
+                "{candidate}: {err:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn login_with_a_wrong_password_is_rejected() {
         let mut m = Mocks::new();
@@ -437,6 +595,68 @@ mod tests {
         }
     }
 
+    /// `authenticate` of a token the issuer rejects, with pyauth tokens accepted until
+    /// `until` and the token's own expiry at `expires_at`.
+    async fn pyauth_authentication(
+        until: Option<TimeDelta>,
+        expires_in: TimeDelta,
+        active: bool,
+    ) -> Result<Principal, AuthError> {
+        let mut m = Mocks::new();
+        let now = m.now;
+        m.policy.pyauth_tokens_until = until.map(|d| now + d);
+        m.tokens
+            .expect_verify()
+            .returning(|_| Err(TokenError::Rejected("no kid, no sid".into())));
+        m.tokens.expect_verify_pyauth().returning(move |_| {
+            Ok(crate::domain::ports::PyauthClaims {
+                user_id: UserId(7),
+                expires_at: now + expires_in,
+            })
+        });
+        m.users
+            .expect_find_user_by_id()
+            .returning(move |_| Ok(Some(user(7, Role::Admin, active))));
+        m.service().authenticate("pyauth-token").await
+    }
+
+    #[tokio::test]
+    async fn pyauth_tokens_pass_until_the_deadline_on_the_users_current_state_with_no_session() {
+        let minute = TimeDelta::minutes(1);
+        let principal = pyauth_authentication(Some(minute), minute, true)
+            .await
+            .unwrap();
+        assert_eq!(principal.user.id, UserId(7));
+        assert_eq!(
+            principal.user.role,
+            Role::Admin,
+            "the role of the database, not the token"
+        );
+        assert_eq!(principal.session_id, None);
+        // Expired beyond the leeway; a deactivated user; no deadline; the deadline passed
+        // (with no leeway, whatever the token's expiry).
+        for (until, expires_in, active, expected) in [
+            (Some(minute), -minute, true, AuthError::InvalidToken),
+            (Some(minute), minute, false, AuthError::Inactive),
+            (None, minute, true, AuthError::InvalidToken),
+            (
+                Some(TimeDelta::zero()),
+                minute * 60,
+                true,
+                AuthError::InvalidToken,
+            ),
+        ] {
+            let err = pyauth_authentication(until, expires_in, active)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                std::mem::discriminant(&err),
+                std::mem::discriminant(&expected),
+                "{until:?} {expires_in:?} {active}: {err:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn authenticate_loads_the_current_user_through_the_session() {
         let mut m = Mocks::new();
@@ -454,7 +674,7 @@ mod tests {
             .returning(|id| Ok(Some((session(id, 3), user(3, Role::Admin, true)))));
         let principal = m.service().authenticate("tok").await.unwrap();
         assert_eq!(principal.user.role, Role::Admin);
-        assert_eq!(principal.session_id, sid);
+        assert_eq!(principal.session_id, Some(sid));
     }
 
     #[tokio::test]
@@ -550,7 +770,7 @@ mod tests {
         let service = Mocks::new().service();
         let as_role = |role| Principal {
             user: user(1, role, true),
-            session_id: SessionId::random(),
+            session_id: Some(SessionId::random()),
         };
         assert!(service.authorize(&as_role(Role::User), Role::User).is_ok());
         assert!(service.authorize(&as_role(Role::Admin), Role::User).is_ok());

@@ -8,7 +8,8 @@ use super::AuthService;
 use crate::domain::ports::{AdminWriteError, CreateUserError};
 use crate::domain::{
     AuditEvent, AuditKind, AuditQuery, BackendError, ClientInfo, Email, FullName, MailJob,
-    NewAuditEvent, Password, Principal, Role, Session, User, UserChanges, UserId, UserQuery,
+    NewAuditEvent, Password, PasswordError, Principal, Role, Session, User, UserChanges, UserId,
+    UserQuery,
 };
 
 /// Why an administrative command failed.
@@ -20,6 +21,8 @@ pub enum AdminError {
     EmailTaken,
     #[error("would leave no active admin")]
     LastAdmin,
+    #[error("password {0}")]
+    WeakPassword(#[from] PasswordError),
     /// A set-password or reset link was asked for, and no mail transport is configured.
     #[error("mail is not configured")]
     MailNotConfigured,
@@ -131,6 +134,9 @@ impl AuthService {
         actor: Actor<'_>,
         account: NewAccount,
     ) -> Result<User, AdminError> {
+        if let Some(password) = &account.password {
+            self.check_new_password(password, &account.email, account.full_name.as_ref())?;
+        }
         let invite = account.password.is_none();
         if invite && !self.mail_configured() {
             return Err(AdminError::MailNotConfigured);
@@ -362,7 +368,7 @@ mod tests {
     fn admin() -> Principal {
         Principal {
             user: user(1, Role::Admin, true),
-            session_id: SessionId::random(),
+            session_id: Some(SessionId::random()),
         }
     }
 

@@ -12,7 +12,7 @@ use super::limits::{Action, Throttled, subject_key};
 use crate::domain::ports::{CreateUserError, MailError};
 use crate::domain::{
     AuditKind, BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind, Mail, MailJob,
-    MailKind, NewAuditEvent, NewEmailToken, Password, Principal, QueuedMail, User,
+    MailKind, NewAuditEvent, NewEmailToken, Password, PasswordError, Principal, QueuedMail, User,
 };
 
 /// The longest token worth looking up: ours are 43 characters.
@@ -92,6 +92,9 @@ pub enum RedeemError {
     /// The new address of an email change was taken meanwhile.
     #[error("email already registered")]
     EmailTaken,
+    /// The new password of a reset breaks the rules (nothing is spent then).
+    #[error("password {0}")]
+    WeakPassword(#[from] PasswordError),
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -172,6 +175,8 @@ impl AuthService {
         let record = self
             .usable_token(token, EmailTokenKind::PasswordReset)
             .await?;
+        let user = &record.user;
+        self.check_new_password(&new, &user.email, user.full_name.as_ref())?;
         let hash = self.hasher.hash(&new).await?;
         let now = self.clock.now();
         let audit = self.event(AuditKind::PasswordReset, &record.user, now);
@@ -594,7 +599,7 @@ impl AuthService {
                     self.policy.mail.verification_ttl,
                 );
                 token.new_email = Some(new_email.clone());
-                token.keep_session = Some(*keep);
+                token.keep_session = *keep;
                 let (link, ttl) = self.issue_token(token).await?;
                 let confirm = Mail {
                     kind: MailKind::EmailChange,
@@ -670,7 +675,7 @@ mod tests {
     fn principal() -> Principal {
         Principal {
             user: user(5, Role::User, true),
-            session_id: SessionId::random(),
+            session_id: Some(SessionId::random()),
         }
     }
 
@@ -1003,7 +1008,7 @@ mod tests {
             MailJob::EmailChange {
                 user_id: UserId(5),
                 new_email: email("user6@example.com"),
-                keep,
+                keep: Some(keep),
             },
             0,
         );
@@ -1046,7 +1051,7 @@ mod tests {
             MailJob::EmailChange {
                 user_id: UserId(5),
                 new_email: email("fresh@example.com"),
-                keep,
+                keep: Some(keep),
             },
             0,
         );

@@ -4,8 +4,8 @@ use super::AuthService;
 use super::limits::{Action, LimitError, Throttled};
 use crate::domain::ports::Rotation;
 use crate::domain::{
-    AuditKind, BackendError, ClientInfo, NewAuditEvent, Password, Principal, RefreshTokenHash,
-    Session, SessionId, TokenPair,
+    AuditKind, BackendError, ClientInfo, NewAuditEvent, Password, PasswordError, Principal,
+    RefreshTokenHash, Session, SessionId, TokenPair,
 };
 
 /// Why a refresh was refused. Every variant answers 401 to the client.
@@ -38,6 +38,8 @@ pub enum EndSessionError {
 pub enum ChangePasswordError {
     #[error("current password is incorrect")]
     WrongPassword,
+    #[error("new password {0}")]
+    WeakPassword(#[from] PasswordError),
     #[error(transparent)]
     Throttled(#[from] Throttled),
     #[error(transparent)]
@@ -122,14 +124,13 @@ impl AuthService {
         principal: &Principal,
         client: &ClientInfo,
     ) -> Result<(), BackendError> {
-        let audit = self.session_ended(principal, principal.session_id, "logout", client);
+        // A token of the old service belongs to no session: there is nothing to end.
+        let Some(session_id) = principal.session_id else {
+            return Ok(());
+        };
+        let audit = self.session_ended(principal, session_id, "logout", client);
         self.users
-            .end_session(
-                principal.user.id,
-                principal.session_id,
-                self.clock.now(),
-                audit,
-            )
+            .end_session(principal.user.id, session_id, self.clock.now(), audit)
             .await?;
         Ok(())
     }
@@ -201,6 +202,8 @@ impl AuthService {
         new: Password,
         client: &ClientInfo,
     ) -> Result<(), ChangePasswordError> {
+        let user = &principal.user;
+        self.check_new_password(&new, &user.email, user.full_name.as_ref())?;
         if !self.recheck_password(principal, current, client).await? {
             return Err(ChangePasswordError::WrongPassword);
         }
@@ -213,13 +216,7 @@ impl AuthService {
             now,
         );
         self.users
-            .set_password(
-                principal.user.id,
-                hash,
-                Some(principal.session_id),
-                now,
-                audit,
-            )
+            .set_password(principal.user.id, hash, principal.session_id, now, audit)
             .await?;
         Ok(())
     }
@@ -248,16 +245,16 @@ impl AuthService {
         let right = self
             .verify_password(user.email.key(), candidate, &user.password_hash)
             .await?;
-        if !right && self.wrong_rechecks(principal.session_id).await? >= self.limits.free_failures {
-            tracing::warn!(session_id = %principal.session_id, user_id = %user.id, "repeated wrong passwords; ending the session");
-            let audit = self.session_ended(
-                principal,
-                principal.session_id,
-                "repeated wrong passwords",
-                client,
-            );
+        // A token of the old service has no session to end; the failure run and the limits
+        // above still apply to it.
+        if let (false, Some(session_id)) = (right, principal.session_id)
+            && self.wrong_rechecks(session_id).await? >= self.limits.free_failures
+        {
+            tracing::warn!(%session_id, user_id = %user.id, "repeated wrong passwords; ending the session");
+            let audit =
+                self.session_ended(principal, session_id, "repeated wrong passwords", client);
             self.users
-                .end_session(user.id, principal.session_id, self.clock.now(), audit)
+                .end_session(user.id, session_id, self.clock.now(), audit)
                 .await?;
         }
         Ok(right)
@@ -467,7 +464,7 @@ mod tests {
     fn principal(sid: SessionId) -> Principal {
         Principal {
             user: user(5, Role::User, true),
-            session_id: sid,
+            session_id: Some(sid),
         }
     }
 

@@ -228,14 +228,15 @@ pub struct SessionResponse {
 }
 
 impl SessionResponse {
-    pub fn new(session: Session, current: SessionId) -> Self {
+    /// `current`: the caller's session, if its token has one.
+    pub fn new(session: Session, current: Option<SessionId>) -> Self {
         Self {
             id: session.id.0,
             created_at: session.created_at,
             last_used_at: session.last_used_at,
             user_agent: session.client.user_agent,
             ip: session.client.ip,
-            current: session.id == current,
+            current: Some(session.id) == current,
         }
     }
 }

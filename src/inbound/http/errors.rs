@@ -2,12 +2,12 @@
 
 use poem::http::StatusCode;
 
-use super::problem::{CHALLENGE, CHALLENGE_INVALID_TOKEN, Failure, Problem};
-use crate::domain::BackendError;
+use super::problem::{CHALLENGE, CHALLENGE_INVALID_TOKEN, Failure, FieldError, Problem};
 use crate::domain::service::{
     AdminError, AuthError, ChangePasswordError, EndSessionError, LoginError, MailRequestError,
     RedeemError, RefreshError, RegisterError, Throttled,
 };
+use crate::domain::{BackendError, PasswordError};
 
 /// Seconds a client is asked to wait after a 503.
 const RETRY_AFTER_SECONDS: u64 = 1;
@@ -46,12 +46,22 @@ impl From<Throttled> for Problem {
     }
 }
 
+/// A 422 naming the password `field` and the rule of the core's policy it breaks, as the
+/// shape checks at the edge do.
+fn weak_password(field: &str, err: &PasswordError) -> Problem {
+    Problem::validation(vec![FieldError {
+        field: field.to_owned(),
+        message: err.to_string(),
+    }])
+}
+
 impl From<RegisterError> for Problem {
     fn from(err: RegisterError) -> Self {
         match err {
             RegisterError::EmailTaken => {
                 Problem::new(StatusCode::BAD_REQUEST, "Email already registered")
             }
+            RegisterError::WeakPassword(err) => weak_password("password", &err),
             RegisterError::Throttled(t) => t.into(),
             RegisterError::Backend(err) => err.into(),
         }
@@ -116,6 +126,7 @@ impl From<ChangePasswordError> for Problem {
             ChangePasswordError::WrongPassword => {
                 Problem::unauthorized("Incorrect password", CHALLENGE)
             }
+            ChangePasswordError::WeakPassword(err) => weak_password("new_password", &err),
             ChangePasswordError::Throttled(t) => t.into(),
             ChangePasswordError::Backend(err) => err.into(),
         }
@@ -150,6 +161,7 @@ impl From<RedeemError> for Problem {
             RedeemError::EmailTaken => {
                 Problem::new(StatusCode::CONFLICT, "Email already registered")
             }
+            RedeemError::WeakPassword(err) => weak_password("new_password", &err),
             RedeemError::Backend(err) => err.into(),
         }
     }
@@ -168,6 +180,7 @@ impl From<AdminError> for Problem {
             AdminError::MailNotConfigured => {
                 Problem::unavailable("Mail is not configured", MAIL_RETRY_AFTER_SECONDS)
             }
+            AdminError::WeakPassword(err) => weak_password("password", &err),
             AdminError::Backend(err) => err.into(),
         }
     }

@@ -334,6 +334,22 @@ impl UserRepository for MemoryUserRepository {
             .collect())
     }
 
+    async fn rehash_password(
+        &self,
+        id: UserId,
+        old: &PasswordHash,
+        new: PasswordHash,
+    ) -> Result<bool, BackendError> {
+        let mut state = self.state()?;
+        match state.users.get_mut(&id) {
+            Some(user) if user.password_hash == *old => {
+                user.password_hash = new;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn set_password(
         &self,
         id: UserId,

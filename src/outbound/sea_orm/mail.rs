@@ -40,7 +40,7 @@ pub(super) fn outbox_row(job: MailJob, now: DateTime<Utc>) -> mail_outbox::Activ
             user_id,
             new_email,
             keep,
-        } => ("email_change", Some(new_email), Some(user_id), Some(keep)),
+        } => ("email_change", Some(new_email), Some(user_id), keep),
     };
     mail_outbox::ActiveModel {
         job: Set(name.to_owned()),
@@ -91,10 +91,7 @@ fn to_job(row: &mail_outbox::Model) -> Result<MailJob, BackendError> {
         "email_change" => Ok(MailJob::EmailChange {
             user_id: user_id()?,
             new_email: email()?,
-            keep: row
-                .session_id
-                .map(SessionId)
-                .ok_or_else(|| BackendError::unexpected("an email change without its session"))?,
+            keep: row.session_id.map(SessionId),
         }),
         other => Err(BackendError::unexpected(format!(
             "unknown mail job {other:?}"

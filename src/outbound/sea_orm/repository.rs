@@ -477,6 +477,20 @@ impl UserRepository for SeaOrmUserRepository {
         self.bounded(admin::list_audit(&self.db, query)).await
     }
 
+    async fn rehash_password(
+        &self,
+        id: UserId,
+        old: &PasswordHash,
+        new: PasswordHash,
+    ) -> Result<bool, BackendError> {
+        let update = users::Entity::update_many()
+            .col_expr(users::Column::PasswordHash, Expr::value(new.as_str()))
+            .filter(users::Column::Id.eq(id.0))
+            .filter(users::Column::PasswordHash.eq(old.as_str()))
+            .exec(&self.db);
+        Ok(self.bounded(update).await?.rows_affected == 1)
+    }
+
     async fn set_password(
         &self,
         id: UserId,
