@@ -42,6 +42,9 @@ pub enum Command {
     /// Check the mail transport.
     #[command(subcommand)]
     Mail(MailCommand),
+    /// Bring users over from another service, passwords included.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// The asymmetric keys that sign access tokens (jwt_algorithm EdDSA or ES256).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -70,6 +73,44 @@ pub enum MailCommand {
     /// Send a test message through the configured transport now, and print the server's
     /// answer.
     Test { address: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Import pyauth's users (ids, bcrypt hashes, roles, active flags, names, creation times)
+    /// in one transaction. Repeatable: a re-run adds new users and updates imported ones.
+    Pyauth {
+        /// pyauth's DATABASE_URL: postgresql://, postgres:// or postgresql+psycopg2://.
+        #[arg(long = "from")]
+        from: String,
+        /// Source users that are one address here (pyauth compared case-sensitively).
+        #[arg(long, value_enum, default_value_t = OnConflictArg::Fail)]
+        on_conflict: OnConflictArg,
+        /// Print what a run would do, write nothing, and exit as the run would.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// `--on-conflict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnConflictArg {
+    /// Import nothing, and list every conflict.
+    Fail,
+    /// Keep the user with the smallest id.
+    KeepOldest,
+    /// Keep the user created last.
+    KeepNewest,
+}
+
+impl From<OnConflictArg> for crate::domain::import::OnConflict {
+    fn from(arg: OnConflictArg) -> Self {
+        match arg {
+            OnConflictArg::Fail => Self::Fail,
+            OnConflictArg::KeepOldest => Self::KeepOldest,
+            OnConflictArg::KeepNewest => Self::KeepNewest,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -138,6 +179,7 @@ pub enum UserCommand {
 pub mod report {
     use serde_json::json;
 
+    use crate::domain::import::ImportPlan;
     use crate::domain::{AuditEvent, KeyState, SigningKey, User};
 
     /// `rows` under `header`, each column as wide as its widest cell.
@@ -260,6 +302,42 @@ pub mod report {
             ],
             &rows,
         )
+    }
+
+    /// What an import did (or, `dry_run`, would do): each conflict and skipped row, then the
+    /// counts.
+    pub fn import(plan: &ImportPlan, dry_run: bool) -> String {
+        let mut out = String::new();
+        for c in &plan.conflicts {
+            out.push_str(&format!(
+                "conflict: source id {} ({}): {}\n",
+                c.source_id, c.email, c.reason
+            ));
+        }
+        for s in &plan.skipped {
+            out.push_str(&format!(
+                "skipped: source id {} ({}): {}\n",
+                s.source_id, s.email, s.reason
+            ));
+        }
+        let would = if dry_run { "would be " } else { "" };
+        let imported = if plan.refused { 0 } else { plan.inserts.len() };
+        let updated = if plan.refused { 0 } else { plan.updates.len() };
+        out.push_str(&format!(
+            "{imported} {would}imported, {updated} {would}updated, {} unchanged, {} conflicts, {} skipped\n",
+            plan.unchanged,
+            plan.conflicts.len(),
+            plan.skipped.len()
+        ));
+        if plan.refused {
+            out.push_str(
+                "nothing imported: resolve the conflicts in pyauth, or choose with \
+                 --on-conflict keep-oldest or keep-newest\n",
+            );
+        } else if !plan.writes() {
+            out.push_str("nothing to do: no user is new or changed\n");
+        }
+        out
     }
 
     /// Signing keys as a table, or as a JSON array (public parts only).

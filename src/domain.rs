@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod email;
 pub mod error;
+pub mod import;
 pub mod mail;
 pub mod password;
 pub mod ports;

@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use portcullis::cli::report;
-use portcullis::cli::{Cli, Command, KeysCommand, MailCommand, UserCommand};
+use portcullis::cli::{Cli, Command, ImportCommand, KeysCommand, MailCommand, UserCommand};
 use portcullis::config::Settings;
+use portcullis::domain::import;
 use portcullis::domain::service::{Retired, Rotated};
 use portcullis::domain::{AuditKind, AuditQuery, Email, Password, Role, UserQuery};
+use portcullis::outbound::sea_orm::PyauthDatabase;
 use portcullis::startup::{self, Application, Storage};
 
 #[tokio::main]
@@ -50,6 +52,33 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(command) => manage_keys(command, settings).await,
+        Command::Import(ImportCommand::Pyauth {
+            from,
+            on_conflict,
+            dry_run,
+        }) => {
+            let storage = Storage::open(settings).await?;
+            storage.migrate().await?;
+            let target = storage
+                .import_target(settings)
+                .context("an import needs a database (DATABASE_URL postgres:// or sqlite:)")?;
+            let source = PyauthDatabase::connect(&from).await?;
+            let progress = Progress::new();
+            let plan = import::import_users(
+                &source,
+                target.as_ref(),
+                on_conflict.into(),
+                dry_run,
+                &|done| progress.show(done),
+            )
+            .await?;
+            progress.finish();
+            print!("{}", report::import(&plan, dry_run));
+            if plan.refused {
+                anyhow::bail!("{} conflicts", plan.conflicts.len());
+            }
+            Ok(())
+        }
         Command::User(command) => administer(command, settings).await,
         Command::Audit {
             user,
@@ -95,6 +124,34 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
             let answer = service.send_test_mail(&to).await?;
             println!("sent to {to}: {answer}");
             Ok(())
+        }
+    }
+}
+
+/// How far an import's write has come: a bar on a terminal, a line every 10,000 users
+/// otherwise.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new() -> Self {
+        Self(std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message("users written");
+            bar
+        }))
+    }
+
+    fn show(&self, done: usize) {
+        match &self.0 {
+            Some(bar) => bar.set_position(done as u64),
+            None if done.is_multiple_of(10_000) => eprintln!("{done} users written"),
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
         }
     }
 }

@@ -16,7 +16,9 @@ use rand::Rng as _;
 use tokio::net::TcpListener;
 
 use crate::config::{MailTransport, Profile, RateLimitStore, Secret, Settings};
-use crate::domain::ports::{MailOutbox, Mailer, RateLimiter, SigningKeyStore, UserRepository};
+use crate::domain::ports::{
+    ImportTarget, MailOutbox, Mailer, RateLimiter, SigningKeyStore, UserRepository,
+};
 use crate::domain::service::{
     DeliveryOutcome, KeyPorts, LimitPolicy, MailPolicy, Ports, Quota, SigningKeys,
 };
@@ -96,6 +98,18 @@ impl Storage {
                 ));
                 (sea_orm.clone(), sea_orm)
             }
+        }
+    }
+
+    /// The store an import writes into; `None` for `memory://`, which no other process sees.
+    pub fn import_target(&self, settings: &Settings) -> Option<Arc<dyn ImportTarget>> {
+        match self {
+            Self::Memory => None,
+            Self::Database(db) => Some(Arc::new(SeaOrmUserRepository::new(
+                db.clone(),
+                Duration::from_secs(settings.database_timeout_seconds),
+                1,
+            ))),
         }
     }
 

@@ -7,6 +7,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::import::{ImportError, ImportPlan, SourceUser, TargetUser};
 use super::{
     AuditEvent, AuditQuery, BackendError, Email, EmailTokenHash, EmailTokenRecord, GeneratedKey,
     Hs256Acceptance, KeyAlgorithm, KeyChange, KeySet, Mail, MailJob, NewAuditEvent, NewEmailToken,
@@ -610,4 +611,37 @@ pub trait KeyRing: Send + Sync + 'static {
     /// [`BackendError`] when a key cannot be opened (a different `SECRET_KEY` sealed it); the
     /// keys in use stay as they were.
     fn install(&self, keys: &KeySet, hs256: Hs256Acceptance) -> Result<(), BackendError>;
+}
+
+/// pyauth's database, read-only.
+#[async_trait]
+pub trait ImportSource: Send + Sync {
+    /// Every row of pyauth's `users` table, by id.
+    ///
+    /// # Errors
+    /// [`ImportError::Source`] when it cannot be reached or is not pyauth's schema.
+    async fn pyauth_users(&self) -> Result<Vec<SourceUser>, ImportError>;
+}
+
+/// The store users are imported into.
+#[async_trait]
+pub trait ImportTarget: Send + Sync {
+    /// Every user, as far as an import cares.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn import_snapshot(&self) -> Result<Vec<TargetUser>, BackendError>;
+
+    /// Writes `plan`'s inserts (with their ids, marked imported) and updates in one
+    /// transaction, moves the id sequence past the largest id, and reports progress in users
+    /// written so far.
+    ///
+    /// # Errors
+    /// [`ImportError::TargetChanged`] when a write meets a user that was not in the snapshot;
+    /// nothing is written then.
+    async fn apply_import(
+        &self,
+        plan: &ImportPlan,
+        progress: &(dyn Fn(usize) + Send + Sync),
+    ) -> Result<(), ImportError>;
 }

@@ -6,6 +6,7 @@
 mod admin;
 pub mod connection;
 mod entities;
+mod import;
 mod mail;
 mod rate_limiter;
 mod repository;
@@ -13,6 +14,7 @@ mod session_lookups;
 mod signing_keys;
 
 pub use connection::{DatabaseSettings, connect, migrate_down, migrate_up, pool_usage};
+pub use import::PyauthDatabase;
 pub use rate_limiter::SeaOrmRateLimiter;
 pub use repository::SeaOrmUserRepository;
 pub use signing_keys::SeaOrmSigningKeyStore;

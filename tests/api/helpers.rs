@@ -386,7 +386,12 @@ pub(crate) use app_test;
 impl TestApp {
     /// Logs in a user that exists already: their access token.
     pub async fn token_for_existing(&self, email: &str) -> String {
-        let response = self.login(email, PASSWORD).await;
+        self.token_for_existing_with(email, PASSWORD).await
+    }
+
+    /// Logs in a user that exists already with `password`: their access token.
+    pub async fn token_for_existing_with(&self, email: &str, password: &str) -> String {
+        let response = self.login(email, password).await;
         assert_eq!(response.status(), StatusCode::OK);
         access_token(&response.json().await.expect("token json"))
     }

@@ -10,6 +10,7 @@ mod docs;
 mod email;
 mod errors;
 mod hardening;
+mod import;
 mod instances;
 mod keys;
 mod limits;

@@ -23,6 +23,10 @@ pub mod users {
         pub credential_version: i64,
         pub email_verified: bool,
         pub last_login_at: Option<DateTimeUtc>,
+        /// `pyauth` for a user made by `portcullis import pyauth`.
+        pub imported_from: Option<String>,
+        /// The source row's digest as last imported (`ImportedUser::digest`).
+        pub imported_digest: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -253,7 +253,7 @@ fn refresh_token_model(token: NewRefreshToken) -> refresh_tokens::ActiveModel {
 }
 
 /// Ends, at `now`, the sessions of `user_id` still open, except `keep`.
-async fn end_sessions(
+pub(super) async fn end_sessions(
     conn: &impl ConnectionTrait,
     user_id: UserId,
     keep: Option<SessionId>,
@@ -274,7 +274,7 @@ async fn end_sessions(
 }
 
 /// `credential_version + 1`.
-fn next_version() -> SimpleExpr {
+pub(super) fn next_version() -> SimpleExpr {
     Expr::col(users::Column::CredentialVersion).add(1)
 }
 

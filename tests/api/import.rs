@@ -1,0 +1,290 @@
+//! `portcullis import pyauth` against a real pyauth schema on PostgreSQL, built from pyauth's
+//! own migration SQL and holding hashes made by passlib (tests/fixtures/pyauth/README.md), into
+//! a SQLite and a PostgreSQL target.
+
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, TestDb, run_cli, settings};
+
+const SCHEMA: &str = include_str!("../fixtures/pyauth/schema.sql");
+const USERS: &str = include_str!("../fixtures/pyauth/users.sql");
+
+/// A pyauth database as its migration and sign-ups leave it.
+async fn pyauth_source() -> Option<(TestDb, DatabaseConnection)> {
+    let db = TestDb::create(Backend::Postgres).await?;
+    let conn = Database::connect(db.url()).await.expect("source");
+    conn.execute_unprepared(SCHEMA)
+        .await
+        .expect("pyauth schema");
+    conn.execute_unprepared(USERS).await.expect("pyauth users");
+    Some((db, conn))
+}
+
+/// The source URL in the form pyauth's `.env` has it.
+fn psycopg2(url: &str) -> String {
+    url.replacen("postgres://", "postgresql+psycopg2://", 1)
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn import(target: &str, from: &str, flags: &[&str]) -> Run {
+    let mut args = vec!["import", "pyauth", "--from", from];
+    args.extend(flags);
+    let out = run_cli(target, &[], &args, "");
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn count_users(target: &str) -> i64 {
+    let conn = Database::connect(target).await.unwrap();
+    let row = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT COUNT(*) AS n FROM users",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    conn.close().await.ok();
+    row.try_get::<i64>("", "n").unwrap()
+}
+
+pub async fn stored_hash(target: &str, id: i64) -> String {
+    let conn = Database::connect(target).await.unwrap();
+    let row = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            conn.get_database_backend(),
+            format!("SELECT password_hash FROM users WHERE id = {id}"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    conn.close().await.ok();
+    row.try_get::<String>("", "password_hash").unwrap()
+}
+
+async fn login_status(app: &TestApp, email: &str, password: &str) -> u16 {
+    app.login(email, password).await.status().as_u16()
+}
+
+async fn import_into(target_backend: Backend) {
+    let Some((source_db, source)) = pyauth_source().await else {
+        return;
+    };
+    let Some(target_db) = TestDb::create(target_backend).await else {
+        return;
+    };
+    let from = psycopg2(source_db.url());
+    let target = target_db.url().to_owned();
+
+    // The default refuses the case-variant pair, lists everything, and writes nothing.
+    let refused = import(&target, &from, &[]);
+    assert!(!refused.ok, "{}", refused.stdout);
+    for line in [
+        "conflict: source id 1 (ann@example.com): one address here for source ids 1, 2",
+        "conflict: source id 2 (Ann@Example.com)",
+        "skipped: source id 7 (argon@example.com): a password hash that is not bcrypt",
+        "skipped: source id 8 (not-an-email): an email Portcullis refuses",
+        "nothing imported",
+    ] {
+        assert!(
+            refused.stdout.contains(line),
+            "{line:?} not in\n{}",
+            refused.stdout
+        );
+    }
+    assert_eq!(count_users(&target).await, 0);
+
+    // A dry run says what would happen, and writes nothing.
+    let dry = import(
+        &target,
+        &from,
+        &["--on-conflict", "keep-oldest", "--dry-run"],
+    );
+    assert!(dry.ok, "{}{}", dry.stdout, dry.stderr);
+    assert!(
+        dry.stdout.contains(
+            "5 would be imported, 0 would be updated, 0 unchanged, 1 conflicts, 2 skipped"
+        ),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(count_users(&target).await, 0);
+
+    let run = import(&target, &from, &["--on-conflict", "keep-oldest"]);
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("5 imported, 0 updated, 0 unchanged, 1 conflicts, 2 skipped"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("kept 1"), "{}", run.stdout);
+
+    // The users log in with their pyauth passwords, keep their ids, roles and flags; the first
+    // login rehashes cost 12 to the configured cost (4 in tests).
+    let app = TestApp::spawn(settings(&target, json!({}))).await;
+    assert!(stored_hash(&target, 1).await.starts_with("$2b$12$"));
+    let ann = app.login("ann@example.com", "ann password 1").await;
+    assert_eq!(ann.status(), 200);
+    let token = ann.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me: Value = app.get_auth("/auth/me", &token).await.json().await.unwrap();
+    assert_eq!(
+        (me["id"].as_i64(), me["full_name"].as_str()),
+        (Some(1), Some("Ann Example"))
+    );
+    assert_eq!(
+        me["created_at"].as_str().unwrap()[..19],
+        *"2025-01-02T03:04:05"
+    );
+    assert!(stored_hash(&target, 1).await.starts_with("$2b$04$"));
+    for (email, password) in [
+        ("admin@example.com", "admin password 1"),
+        ("twoa@example.com", "two a password"),
+        ("twoy@example.com", "two y password"),
+    ] {
+        assert_eq!(login_status(&app, email, password).await, 200, "{email}");
+    }
+    assert_eq!(
+        login_status(&app, "Ann@Example.com", "ann password 2").await,
+        401
+    );
+    let inactive = app.login("inactive@example.com", "inactive password").await;
+    assert_eq!(inactive.status(), 401);
+    assert_eq!(
+        inactive.json::<Value>().await.unwrap()["detail"],
+        "Inactive user account"
+    );
+    let admin = app
+        .token_for_existing_with("admin@example.com", "admin password 1")
+        .await;
+    assert_eq!(app.get_auth("/protected/admin", &admin).await.status(), 200);
+
+    // A second run with nothing changed writes nothing, rehashed passwords included.
+    let again = import(&target, &from, &["--on-conflict", "keep-oldest"]);
+    assert!(again.ok);
+    assert!(
+        again.stdout.contains("0 imported, 0 updated, 5 unchanged"),
+        "{}",
+        again.stdout
+    );
+    assert!(again.stdout.contains("nothing to do"), "{}", again.stdout);
+    assert!(stored_hash(&target, 1).await.starts_with("$2b$04$"));
+
+    // The sequence moved past every source id (7 and 8 were skipped, but a later run may bring
+    // them): a registration here gets a fresh one.
+    let registered = app.register("local@example.com", "local password 1").await;
+    let local_id = registered.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    assert!(local_id > 8, "{local_id}");
+
+    // During the cutover pyauth goes on: a changed row is updated (a deactivation ends the
+    // sessions here), a new one imported, and one clashing with a local user is reported.
+    source
+        .execute_unprepared(
+            "UPDATE users SET is_active = false WHERE id = 5; \
+             INSERT INTO users (id, email, hashed_password, full_name, role, is_active) \
+             SELECT 20, 'new@example.com', hashed_password, NULL, 'USER', true FROM users WHERE id = 1; \
+             INSERT INTO users (id, email, hashed_password, full_name, role, is_active) \
+             SELECT 21, 'local@example.com', hashed_password, NULL, 'USER', true FROM users WHERE id = 1",
+        )
+        .await
+        .unwrap();
+    let twoa = app
+        .token_for_existing_with("twoa@example.com", "two a password")
+        .await;
+    let third = import(&target, &from, &["--on-conflict", "keep-oldest"]);
+    assert!(third.ok, "{}{}", third.stdout, third.stderr);
+    assert!(
+        third
+            .stdout
+            .contains("1 imported, 1 updated, 4 unchanged, 2 conflicts"),
+        "{}",
+        third.stdout
+    );
+    assert!(
+        third.stdout.contains(&format!(
+            "source id 21 (local@example.com): its address belongs to user {local_id} here"
+        )),
+        "{}",
+        third.stdout
+    );
+    assert_eq!(app.get_auth("/protected/user", &twoa).await.status(), 401);
+    assert_eq!(
+        login_status(&app, "new@example.com", "ann password 1").await,
+        200
+    );
+
+    // The source was only read.
+    let row = source
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT COUNT(*) AS n FROM users",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get::<i64>("", "n").unwrap(), 10);
+
+    let mut app = app;
+    app.stop().await;
+    source.close().await.ok();
+    source_db.drop_database().await;
+    target_db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyauth_users_come_over_with_their_passwords_into_sqlite() {
+    import_into(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyauth_users_come_over_with_their_passwords_into_postgres() {
+    import_into(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_source_gives_one_line_and_writes_nothing() {
+    let Some(empty) = TestDb::create(Backend::Postgres).await else {
+        return;
+    };
+    let target = TestDb::create(Backend::Sqlite).await.unwrap();
+    let conn = Database::connect(empty.url()).await.unwrap();
+    conn.execute_unprepared("CREATE TABLE users (id serial primary key, email text)")
+        .await
+        .unwrap();
+    let (base, _) = empty.url().rsplit_once('/').unwrap();
+    let unreachable = "postgres://nobody:secret@127.0.0.1:1/pyauth".to_owned();
+    for (from, says) in [
+        (format!("{base}/no_such_database_here"), "cannot connect to"),
+        (unreachable, "cannot connect to"),
+        (empty.url().to_owned(), "is not a pyauth database"),
+        ("mysql://x/y".to_owned(), "must be a PostgreSQL URL"),
+    ] {
+        let run = import(target.url(), &from, &[]);
+        assert!(!run.ok, "{from}");
+        let lines: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        assert_eq!(lines.len(), 1, "{from}: {:?}", run.stderr);
+        assert!(lines[0].contains(says), "{from}: {}", lines[0]);
+        assert!(!lines[0].contains("secret"), "a password in {}", lines[0]);
+    }
+    assert_eq!(count_users(target.url()).await, 0);
+    conn.close().await.ok();
+    empty.drop_database().await;
+}
