@@ -93,7 +93,10 @@ impl Drop for Server {
 /// A new database on the server of `admin_url`: its URL and name.
 async fn fresh_postgres(admin_url: &str) -> Result<(String, String)> {
     let admin = Database::connect(admin_url).await?;
-    let name = format!("portcullis_bench_{}", std::process::id());
+    // Several at once in one benchmark (the import's source and target) need distinct names.
+    static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("portcullis_bench_{}_{n}", std::process::id());
     admin
         .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\""))
         .await?;
