@@ -544,6 +544,44 @@ mod tests {
         Settings::from_figment(profile, &figment)
     }
 
+    #[test]
+    fn production_refuses_a_pyauth_cutover_more_than_a_day_ahead() {
+        let base = [("database_url", "postgres://x/y"), ("secret_key", KEY)];
+        let at = |delta: chrono::TimeDelta| (chrono::Utc::now() + delta).to_rfc3339();
+        let soon = at(chrono::TimeDelta::hours(23));
+        let late = at(chrono::TimeDelta::hours(25));
+        let ok = with(
+            Profile::Production,
+            &[base[0], base[1], ("accept_pyauth_tokens_until", &soon)],
+        );
+        assert!(ok.unwrap().accept_pyauth_tokens_until.is_some());
+        let err = with(
+            Profile::Production,
+            &[base[0], base[1], ("accept_pyauth_tokens_until", &late)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("ACCEPT_PYAUTH_TOKENS_UNTIL") && !err.contains('\n'),
+            "{err}"
+        );
+        assert!(
+            with(
+                Profile::Development,
+                &[("accept_pyauth_tokens_until", &late)]
+            )
+            .is_ok()
+        );
+        assert!(
+            with(
+                Profile::Development,
+                &[("accept_pyauth_tokens_until", "tomorrow")]
+            )
+            .is_err()
+        );
+        assert!(with(Profile::Development, &[("password_min_score", "5")]).is_err());
+    }
+
     const KEY: &str = "0123456789abcdef0123456789abcdef";
 
     #[test]

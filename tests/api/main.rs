@@ -17,6 +17,7 @@ mod limits;
 mod login;
 mod migrations;
 mod overload;
+mod passwords;
 mod protected;
 mod registration;
 mod repository;
