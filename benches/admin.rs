@@ -203,17 +203,9 @@ async fn measure(database_url: String, users: u64, repeats: usize) -> Result<()>
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let users: u64 = std::env::var("BENCH_USERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
-    let repeats: usize = std::env::var("BENCH_REPEATS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
-    let postgres_url = std::env::var("BENCH_POSTGRES_URL")
-        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let users: u64 = server::setting("BENCH_USERS", 1_000_000);
+    let repeats: usize = server::setting("BENCH_REPEATS", 200);
+    let postgres_url = server::postgres_admin_url();
     println!("# The admin API among {users} users (PostgreSQL)\n");
     println!(
         "Release build; client, server and database on this machine; {repeats} requests each."

@@ -231,13 +231,8 @@ async fn on_backend(name: &str, url: &str, logins: usize) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
-    let logins: usize = std::env::var("BENCH_LOGINS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
-    let postgres_url = std::env::var("BENCH_POSTGRES_URL")
-        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let logins: usize = server::setting("BENCH_LOGINS", 300);
+    let postgres_url = server::postgres_admin_url();
     println!("# The attacks of issue 7, after the fixes\n");
     println!(
         "Release build, production profile, bcrypt cost 12, default limits (part 4 raises the login limits)."

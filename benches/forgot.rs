@@ -116,14 +116,9 @@ async fn measure(name: &str, database_url: &str, rounds: usize) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let rounds: usize = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300);
+    let rounds: usize = server::setting("BENCH_ROUNDS", 300);
     let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
-    let postgres_url = std::env::var("BENCH_POSTGRES_URL")
-        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let postgres_url = server::postgres_admin_url();
     println!("# Timing of POST /auth/password/forgot by kind of address\n");
     println!(
         "Release build, production profile, mail to the log; requests in turn, one at a time."

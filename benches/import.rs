@@ -66,13 +66,8 @@ async fn measure(source: &str, target: &str, name: &str) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let users: u64 = std::env::var("BENCH_USERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
-    let admin_url = std::env::var("BENCH_POSTGRES_URL")
-        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let users: u64 = server::setting("BENCH_USERS", 100_000);
+    let admin_url = server::postgres_admin_url();
     println!("# Importing {users} pyauth users\n");
     let inner = admin_url.clone();
     on_fresh_postgres(&admin_url, |source| async move {

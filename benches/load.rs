@@ -311,14 +311,9 @@ async fn bench_backend(
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+    let seconds: u64 = server::setting("BENCH_SECONDS", 5);
     let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
-    let postgres_url = std::env::var("BENCH_POSTGRES_URL")
-        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let postgres_url = server::postgres_admin_url();
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let cost = 12;
     let hash = bcrypt_seconds(cost);

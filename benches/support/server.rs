@@ -119,6 +119,22 @@ async fn drop_postgres(admin_url: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The number in the environment variable `name`, or `default`.
+pub fn setting<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The PostgreSQL server a benchmark may create and drop databases on: `BENCH_POSTGRES_URL`,
+/// else `TEST_DATABASE_URL`, else the local one.
+pub fn postgres_admin_url() -> String {
+    std::env::var("BENCH_POSTGRES_URL")
+        .or_else(|_| std::env::var("TEST_DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
 /// Runs `bench` on a database made for it on the server of `admin_url`, and drops it after;
 /// says so and skips, when that server cannot be used.
 pub async fn on_fresh_postgres<F, Fut>(admin_url: &str, bench: F) -> Result<()>
