@@ -132,7 +132,11 @@ pub enum KeysCommand {
     },
     /// Emergency revocation: tokens signed by the key stop verifying on every instance within
     /// signing_key_refresh_seconds. Retiring the signing key puts another in its place at once.
-    Retire { kid: String },
+    Retire {
+        /// Key ids are base64url and may begin with `-`: taken as the id, not an option.
+        #[arg(allow_hyphen_values = true)]
+        kid: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -386,5 +390,56 @@ pub mod report {
             ],
             &rows,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn a_kid_that_begins_with_a_hyphen_is_an_id_not_an_option() {
+        let cli = Cli::try_parse_from(["portcullis", "keys", "retire", "-P34tfY59qOm"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Keys(KeysCommand::Retire { kid })) if kid == "-P34tfY59qOm"
+        ));
+    }
+
+    #[test]
+    fn the_import_takes_pyauths_url_and_a_conflict_mode() {
+        let cli = Cli::try_parse_from([
+            "portcullis",
+            "import",
+            "pyauth",
+            "--from",
+            "postgresql+psycopg2://u@h/db",
+            "--on-conflict",
+            "keep-newest",
+            "--dry-run",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Import(ImportCommand::Pyauth {
+                on_conflict: OnConflictArg::KeepNewest,
+                dry_run: true,
+                ..
+            }))
+        ));
+        assert!(
+            Cli::try_parse_from([
+                "portcullis",
+                "import",
+                "pyauth",
+                "--from",
+                "x",
+                "--on-conflict",
+                "merge"
+            ])
+            .is_err()
+        );
     }
 }

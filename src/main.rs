@@ -69,6 +69,7 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
                 target.as_ref(),
                 on_conflict.into(),
                 dry_run,
+                chrono::Utc::now(),
                 &|done| progress.show(done),
             )
             .await?;

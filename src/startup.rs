@@ -311,12 +311,14 @@ pub async fn build(settings: &Settings, storage: &Storage) -> anyhow::Result<Cor
         .map_err(anyhow::Error::msg)?,
     );
     let clock = Arc::new(SystemClock);
+    let (users, outbox) = storage.repository(settings);
     let keys = Arc::new(SigningKeys::new(
         KeyPorts {
             store: storage.key_store(settings),
             forge: Arc::new(RingKeyForge::new(issuer.sealer())),
             ring: issuer.clone(),
             clock: clock.clone(),
+            audit: users.clone(),
         },
         key_policy(settings),
         algorithm,
@@ -354,7 +356,6 @@ pub async fn build(settings: &Settings, storage: &Storage) -> anyhow::Result<Cor
         },
         pyauth_tokens_until: settings.accept_pyauth_tokens_until,
     };
-    let (users, outbox) = storage.repository(settings);
     let ports = Ports {
         users,
         outbox,

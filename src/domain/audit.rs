@@ -27,10 +27,16 @@ pub enum AuditKind {
     UserUpdated,
     UserDeleted,
     AdminSessionsEnded,
+    /// A signing key was made: the first, or the next of a rotation.
+    KeyPublished,
+    /// A signing key was retired by an operator.
+    KeyRetired,
+    /// A run of `portcullis import pyauth` wrote users.
+    UsersImported,
 }
 
 impl AuditKind {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 17] = [
         Self::UserRegistered,
         Self::LoginSucceeded,
         Self::LoginFailed,
@@ -45,6 +51,9 @@ impl AuditKind {
         Self::UserUpdated,
         Self::UserDeleted,
         Self::AdminSessionsEnded,
+        Self::KeyPublished,
+        Self::KeyRetired,
+        Self::UsersImported,
     ];
 
     /// The wire and storage name.
@@ -64,6 +73,9 @@ impl AuditKind {
             Self::UserUpdated => "user.updated",
             Self::UserDeleted => "user.deleted",
             Self::AdminSessionsEnded => "admin.sessions_ended",
+            Self::KeyPublished => "key.published",
+            Self::KeyRetired => "key.retired",
+            Self::UsersImported => "users.imported",
         }
     }
 

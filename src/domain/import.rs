@@ -13,7 +13,9 @@ use chrono::{DateTime, Utc};
 
 use super::ports::{ImportSource, ImportTarget};
 use super::session::sha256_hex;
-use super::{BackendError, Email, FullName, PasswordHash, Role, UserId};
+use super::{
+    AuditKind, BackendError, ClientInfo, Email, FullName, NewAuditEvent, PasswordHash, Role, UserId,
+};
 
 /// Where imported users come from: the value of `users.imported_from`.
 pub const PYAUTH: &str = "pyauth";
@@ -316,13 +318,21 @@ pub async fn import_users(
     target: &dyn ImportTarget,
     on_conflict: OnConflict,
     dry_run: bool,
+    now: DateTime<Utc>,
     progress: &(dyn Fn(usize) + Send + Sync),
 ) -> Result<ImportPlan, ImportError> {
     let rows = source.pyauth_users().await?;
     let existing = target.import_snapshot().await?;
     let plan = plan(&rows, &existing, on_conflict);
     if !dry_run && plan.writes() {
-        target.apply_import(&plan, progress).await?;
+        let audit = NewAuditEvent::new(AuditKind::UsersImported, None, &ClientInfo::default(), now)
+            .with("source", PYAUTH)
+            .with("imported", plan.inserts.len())
+            .with("updated", plan.updates.len())
+            .with("unchanged", plan.unchanged)
+            .with("conflicts", plan.conflicts.len())
+            .with("skipped", plan.skipped.len());
+        target.apply_import(&plan, audit, progress).await?;
     }
     Ok(plan)
 }

@@ -632,9 +632,9 @@ pub trait ImportTarget: Send + Sync {
     /// [`BackendError`] when storage fails.
     async fn import_snapshot(&self) -> Result<Vec<TargetUser>, BackendError>;
 
-    /// Writes `plan`'s inserts (with their ids, marked imported) and updates in one
-    /// transaction, moves the id sequence past the largest id, and reports progress in users
-    /// written so far.
+    /// Writes `plan`'s inserts (with their ids, marked imported) and updates, and records
+    /// `audit`, in one transaction, moves the id sequence past the largest id, and reports
+    /// progress in users written so far. `audit.at` is the time of the writes.
     ///
     /// # Errors
     /// [`ImportError::TargetChanged`] when a write meets a user that was not in the snapshot;
@@ -642,6 +642,7 @@ pub trait ImportTarget: Send + Sync {
     async fn apply_import(
         &self,
         plan: &ImportPlan,
+        audit: NewAuditEvent,
         progress: &(dyn Fn(usize) + Send + Sync),
     ) -> Result<(), ImportError>;
 }

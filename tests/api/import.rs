@@ -128,6 +128,20 @@ async fn import_into(target_backend: Backend) {
         run.stdout
     );
     assert!(run.stdout.contains("kept 1"), "{}", run.stdout);
+    let trail = run_cli(
+        &target,
+        &[],
+        &["audit", "--kind", "users.imported", "--json"],
+        "",
+    );
+    let events: Value = serde_json::from_slice(&trail.stdout).unwrap();
+    assert_eq!(
+        events.as_array().unwrap().len(),
+        1,
+        "one event, written with the users"
+    );
+    assert_eq!(events[0]["detail"]["imported"], "5");
+    assert_eq!(events[0]["detail"]["conflicts"], "1");
 
     // The users log in with their pyauth passwords, keep their ids, roles and flags; the first
     // login rehashes cost 12 to the configured cost (4 in tests).

@@ -358,6 +358,13 @@ app_test!(
         .await;
         assert_eq!(app.get_auth("/protected/user", &second).await.status(), 200);
         assert_eq!(kids(&jwks(&app).await), std::slice::from_ref(&second_kid));
+        let trail = keys_cli(&app, &["audit", "--kind", "key.retired", "--json"]);
+        let events: Value = serde_json::from_slice(&trail.stdout).unwrap();
+        assert_eq!(events[0]["detail"]["kid"], first_kid.as_str());
+        assert_eq!(events[0]["detail"]["was"], "previous");
+        let trail = keys_cli(&app, &["audit", "--kind", "key.published", "--json"]);
+        let published: Value = serde_json::from_slice(&trail.stdout).unwrap();
+        assert_eq!(published.as_array().unwrap().len(), 3, "{published}");
 
         // Retiring the signing key puts a fresh one in its place.
         let out = keys_cli(&app, &["keys", "retire", &second_kid]);

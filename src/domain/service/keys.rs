@@ -5,9 +5,10 @@ use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::domain::ports::{Clock, KeyForge, KeyRing, SigningKeyStore};
+use crate::domain::ports::{Clock, KeyForge, KeyRing, SigningKeyStore, UserRepository};
 use crate::domain::{
-    BackendError, KeyAlgorithm, KeyChange, KeyMove, KeyPolicy, KeySet, KeyState, SigningKey,
+    AuditKind, BackendError, ClientInfo, KeyAlgorithm, KeyChange, KeyMove, KeyPolicy, KeySet,
+    KeyState, NewAuditEvent, SigningKey,
 };
 
 /// Attempts at a change that another instance keeps beating us to.
@@ -20,6 +21,8 @@ pub struct KeyPorts {
     pub forge: Arc<dyn KeyForge>,
     pub ring: Arc<dyn KeyRing>,
     pub clock: Arc<dyn Clock>,
+    /// Where key events are recorded: the audit trail.
+    pub audit: Arc<dyn UserRepository>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,7 @@ pub struct SigningKeys {
     forge: Arc<dyn KeyForge>,
     ring: Arc<dyn KeyRing>,
     clock: Arc<dyn Clock>,
+    audit: Arc<dyn UserRepository>,
     policy: KeyPolicy,
     /// The configured algorithm; `None` when HS256 signs.
     algorithm: Option<KeyAlgorithm>,
@@ -80,6 +84,7 @@ impl SigningKeys {
             forge: ports.forge,
             ring: ports.ring,
             clock: ports.clock,
+            audit: ports.audit,
             policy,
             algorithm,
             token_ttl,
@@ -128,10 +133,34 @@ impl SigningKeys {
                 insert: Some(key.clone()),
             };
             if self.store.apply_key_change(&change).await? {
+                self.record_published(&key, "first key of the configured algorithm")
+                    .await;
                 return Ok(Some(key));
             }
         }
         Err(KeyError::Contended)
+    }
+
+    /// Records that `key` was made (or, promoted early, signs), and why. The key change is
+    /// made already: a failure to record is logged, not returned.
+    async fn record_published(&self, key: &SigningKey, reason: &str) {
+        let event = NewAuditEvent::new(
+            AuditKind::KeyPublished,
+            None,
+            &ClientInfo::default(),
+            self.clock.now(),
+        )
+        .with("kid", &key.kid)
+        .with("algorithm", key.algorithm)
+        .with("signs_from", key.activates_at.to_rfc3339())
+        .with("reason", reason);
+        self.record(event).await;
+    }
+
+    async fn record(&self, event: NewAuditEvent) {
+        if let Err(err) = self.audit.record_audit(event).await {
+            tracing::warn!(error = %err, "could not record a signing key event");
+        }
     }
 
     /// Makes the moves that are due (a rotation to publish, a key to promote, a key to retire;
@@ -156,6 +185,7 @@ impl SigningKeys {
                 && let Some(key) = &change.insert
             {
                 tracing::info!(kid = %key.kid, signs_from = %key.activates_at, "published the next signing key");
+                self.record_published(key, "scheduled rotation").await;
             }
             keys = self.load().await?;
         }
@@ -230,9 +260,12 @@ impl SigningKeys {
         match &rotated {
             Rotated::Immediately(key) => {
                 tracing::warn!(kid = %key.kid, "rotated signing keys: the new key signs at once");
+                self.record_published(key, "rotation by an operator, signing at once")
+                    .await;
             }
             Rotated::Scheduled(key) | Rotated::AlreadyScheduled(key) => {
                 tracing::info!(kid = %key.kid, signs_from = %key.activates_at, "rotation started");
+                self.record_published(key, "rotation by an operator").await;
             }
         }
         Ok(rotated)
@@ -281,6 +314,14 @@ impl SigningKeys {
             replacement = replacement.as_ref().map(|key| key.kid.as_str()),
             "retired a signing key"
         );
+        let mut event =
+            NewAuditEvent::new(AuditKind::KeyRetired, None, &ClientInfo::default(), now)
+                .with("kid", kid)
+                .with("was", key.state);
+        if let Some(replacement) = &replacement {
+            event = event.with("replacement", &replacement.kid);
+        }
+        self.record(event).await;
         Ok(Retired::Done { replacement })
     }
 
@@ -325,6 +366,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
+    use crate::domain::ports::MockUserRepository;
     use crate::domain::{GeneratedKey, Hs256Acceptance};
 
     /// A key table with the adapters' constraints.
@@ -405,6 +447,8 @@ mod tests {
         clock: Arc<FakeClock>,
         forge: Arc<Forge>,
         instances: Vec<(SigningKeys, Arc<Ring>)>,
+        /// The events every instance recorded.
+        trail: Arc<Mutex<Vec<NewAuditEvent>>>,
     }
 
     impl Fleet {
@@ -415,6 +459,7 @@ mod tests {
                 clock: Arc::new(FakeClock(Mutex::new(start))),
                 forge: Arc::default(),
                 instances: Vec::new(),
+                trail: Arc::default(),
             };
             for _ in 0..size {
                 fleet.add(algorithm);
@@ -424,11 +469,18 @@ mod tests {
 
         fn add(&mut self, algorithm: Option<KeyAlgorithm>) {
             let ring = Arc::new(Ring::default());
+            let mut audit = MockUserRepository::new();
+            let trail = Arc::clone(&self.trail);
+            audit.expect_record_audit().returning(move |event| {
+                trail.lock().unwrap().push(event);
+                Ok(())
+            });
             let ports = KeyPorts {
                 store: self.table.clone(),
                 forge: self.forge.clone(),
                 ring: ring.clone(),
                 clock: self.clock.clone(),
+                audit: Arc::new(audit),
             };
             let keys = SigningKeys::new(ports, policy(), algorithm, TTL);
             self.instances.push((keys, ring));
@@ -622,6 +674,22 @@ mod tests {
         assert_eq!(
             fleet.ring(1).signing_at(fleet.clock.now()).unwrap().kid,
             replacement.kid
+        );
+        let trail = fleet.trail.lock().unwrap().clone();
+        let retired = trail
+            .iter()
+            .find(|e| e.kind == AuditKind::KeyRetired)
+            .unwrap();
+        assert_eq!(retired.detail["kid"], "k1");
+        assert_eq!(retired.detail["was"], "current");
+        assert_eq!(retired.detail["replacement"], replacement.kid);
+        assert_eq!(
+            trail
+                .iter()
+                .filter(|e| e.kind == AuditKind::KeyPublished)
+                .count(),
+            1,
+            "the first key, made once for two instances"
         );
         // Retiring a previous or next key needs no replacement.
         fleet.keys(0).rotate(false).await.unwrap();

@@ -13,13 +13,14 @@ use sea_orm::{
     TransactionTrait,
 };
 
+use super::admin;
 use super::entities::users;
 use super::repository::{SeaOrmUserRepository, end_sessions, next_version};
 use crate::domain::import::{
     ImportError, ImportPlan, ImportedUser, PYAUTH, SourceUser, TargetUser,
 };
 use crate::domain::ports::{ImportSource, ImportTarget};
-use crate::domain::{BackendError, UserId};
+use crate::domain::{BackendError, NewAuditEvent, UserId};
 
 /// Rows per `INSERT`: large enough to make 100,000 users a hundred statements, small enough to
 /// stay far below PostgreSQL's 65,535 bind parameters (14 columns a row).
@@ -155,9 +156,10 @@ fn imported_model(user: &ImportedUser, now: DateTime<Utc>) -> users::ActiveModel
 async fn write(
     txn: &sea_orm::DatabaseTransaction,
     plan: &ImportPlan,
+    audit: NewAuditEvent,
     progress: &(dyn Fn(usize) + Send + Sync),
 ) -> Result<(), DbErr> {
-    let now = Utc::now();
+    let now = audit.at;
     let mut written = 0;
     for batch in plan.inserts.chunks(BATCH) {
         users::Entity::insert_many(batch.iter().map(|u| imported_model(u, now)))
@@ -216,7 +218,7 @@ async fn write(
         _ => format!("UPDATE sqlite_sequence SET seq = MAX(seq, {reserved}) WHERE name = 'users'"),
     };
     txn.execute_unprepared(&sql).await?;
-    Ok(())
+    admin::record(txn, audit).await
 }
 
 #[async_trait]
@@ -248,11 +250,12 @@ impl ImportTarget for SeaOrmUserRepository {
     async fn apply_import(
         &self,
         plan: &ImportPlan,
+        audit: NewAuditEvent,
         progress: &(dyn Fn(usize) + Send + Sync),
     ) -> Result<(), ImportError> {
         let run = async {
             let txn = self.db().begin().await?;
-            write(&txn, plan, progress).await?;
+            write(&txn, plan, audit, progress).await?;
             txn.commit().await
         };
         run.await.map_err(|err| match err.sql_err() {
