@@ -520,9 +520,16 @@ async fn refresh_keys_periodically(
             _ = ticks.tick() => false,
             () = issuer.unknown_kid_seen() => true,
         };
-        if let Err(err) = keys.refresh().await {
-            tracing::warn!(error = %err, "signing key refresh failed; will retry");
-        }
+        let outcome = match keys.refresh().await {
+            Ok(()) => "ok",
+            Err(err) => {
+                tracing::warn!(error = %err, "signing key refresh failed; will retry");
+                "failed"
+            }
+        };
+        metrics::counter!("portcullis_signing_key_refreshes_total", "outcome" => outcome)
+            .increment(1);
+        metrics::gauge!("portcullis_signing_keys_published").set(keys.published().len() as f64);
         if unknown_kid {
             tokio::time::sleep(UNKNOWN_KID_PAUSE).await;
         }

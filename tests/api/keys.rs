@@ -215,6 +215,14 @@ async fn asymmetric_tokens_verify_with_the_jwks(app: &TestApp, alg: &str, crv: &
 
 app_test!(eddsa_tokens_verify_with_the_jwks, overrides(EDDSA), |app| {
     asymmetric_tokens_verify_with_the_jwks(&app, "EdDSA", "Ed25519").await;
+    // The reloads are counted (every second here), for alerts on failed ones.
+    eventually("a reload is counted", async || {
+        let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+        let text = metrics.text().await.unwrap();
+        text.contains("portcullis_signing_key_refreshes_total{outcome=\"ok\"}")
+            && text.contains("portcullis_signing_keys_published")
+    })
+    .await;
 });
 
 app_test!(
