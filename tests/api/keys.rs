@@ -233,6 +233,66 @@ app_test!(
     }
 );
 
+/// What a Python service does with the discovery document and PyJWT's `PyJWKClient`.
+const PYJWT: &str = r#"
+import json, sys, urllib.request
+import jwt
+base, token = sys.argv[1], sys.argv[2]
+conf = json.load(urllib.request.urlopen(base + "/.well-known/openid-configuration"))
+key = jwt.PyJWKClient(conf["jwks_uri"]).get_signing_key_from_jwt(token)
+claims = jwt.decode(token, key.key, algorithms=[key.algorithm_name],
+                    audience="portcullis", issuer=conf["issuer"])
+print(key.algorithm_name, claims["sub"], claims["role"])
+"#;
+
+/// Verifies `token` with PyJWT; `None` when Python or PyJWT is missing on a laptop (`.ci/run`
+/// installs them, and in CI their absence fails the test).
+fn pyjwt(app: &TestApp, token: &str) -> Option<String> {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import jwt, cryptography"])
+        .output();
+    if !probe.is_ok_and(|out| out.status.success()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3 with PyJWT and cryptography is needed in CI (.ci/run installs it)"
+        );
+        eprintln!("skipped: python3 with PyJWT is not installed");
+        return None;
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", PYJWT, &app.address, token])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+app_test!(
+    pyjwt_verifies_eddsa_and_es256_tokens_from_the_jwks,
+    overrides(EDDSA),
+    |app| {
+        let eddsa = app.token_for("python@example.com").await;
+        let Some(verified) = pyjwt(&app, &eddsa) else {
+            return app;
+        };
+        let me: Value = app.get_auth("/auth/me", &eddsa).await.json().await.unwrap();
+        assert_eq!(verified, format!("EdDSA {} user", me["id"]));
+        let mut settings = app.settings.clone();
+        settings.jwt_algorithm = portcullis::config::JwtAlgorithm::Es256;
+        let mut es256 = TestApp::spawn(settings).await;
+        let token = es256.token_for_existing("python@example.com").await;
+        assert_eq!(
+            pyjwt(&es256, &token).unwrap(),
+            format!("ES256 {} user", me["id"])
+        );
+        es256.stop().await;
+    }
+);
+
 app_test!(forged_tokens_are_refused, overrides(EDDSA), |app| {
     let token = app.token_for("forge@example.com").await;
     let claims: Value = serde_json::from_slice(
