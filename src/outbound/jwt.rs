@@ -33,6 +33,10 @@ pub struct JwtTokenIssuer {
     /// `None`: HS256 signs.
     algorithm: Option<KeyAlgorithm>,
     secret: (EncodingKey, DecodingKey),
+    /// Built once: HS256 tokens are checked on every request that misses the verified set.
+    secret_validation: Validation,
+    /// The rules of a pyauth token: HS256, `sub` and `exp`, no issuer or audience.
+    pyauth_validation: Validation,
     sealer: Arc<Sealer>,
     issuer: String,
     audience: String,
@@ -82,6 +86,20 @@ struct WireClaims {
     aud: String,
 }
 
+/// The only algorithm a key may verify, with the claims every token must carry. Expiry is
+/// checked by the core against its Clock, with its configured leeway.
+fn validation(algorithm: Algorithm, issuer: &str, audience: &str) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.required_spec_claims = ["sub", "iat", "exp", "iss", "aud"]
+        .into_iter()
+        .map(String::from)
+        .collect::<HashSet<_>>();
+    validation.validate_exp = false;
+    validation
+}
+
 fn jose(algorithm: KeyAlgorithm) -> Algorithm {
     match algorithm {
         KeyAlgorithm::EdDsa => Algorithm::EdDSA,
@@ -111,12 +129,19 @@ impl JwtTokenIssuer {
             hs256: algorithm.is_none().then_some(Hs256Acceptance::Always),
             ..Installed::default()
         };
+        let mut pyauth_validation = Validation::new(Algorithm::HS256);
+        pyauth_validation.required_spec_claims =
+            ["sub", "exp"].into_iter().map(String::from).collect();
+        pyauth_validation.validate_exp = false;
+        pyauth_validation.validate_aud = false;
         Ok(Self {
             algorithm,
             secret: (
                 EncodingKey::from_secret(secret),
                 DecodingKey::from_secret(secret),
             ),
+            secret_validation: validation(Algorithm::HS256, issuer, audience),
+            pyauth_validation,
             sealer: Arc::new(Sealer::derive(secret)),
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
@@ -133,20 +158,6 @@ impl JwtTokenIssuer {
     /// Completes when a token named a `kid` this instance does not know.
     pub async fn unknown_kid_seen(&self) {
         self.unknown_kid.notified().await;
-    }
-
-    /// The only algorithm a key may verify, with the claims every token must carry. Expiry is
-    /// checked by the core against its Clock, with its configured leeway.
-    fn validation(&self, algorithm: Algorithm) -> Validation {
-        let mut validation = Validation::new(algorithm);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.audience]);
-        validation.required_spec_claims = ["sub", "iat", "exp", "iss", "aud"]
-            .into_iter()
-            .map(String::from)
-            .collect::<HashSet<_>>();
-        validation.validate_exp = false;
-        validation
     }
 
     fn installed(&self) -> Arc<Installed> {
@@ -172,7 +183,11 @@ impl JwtTokenIssuer {
     fn verifier(&self, key: &SigningKey) -> Result<(DecodingKey, Validation), BackendError> {
         let jwk: Jwk = serde_json::from_str(&key.public_jwk).map_err(BackendError::unexpected)?;
         let decoding = DecodingKey::from_jwk(&jwk).map_err(BackendError::unexpected)?;
-        Ok((decoding, self.validation(jose(key.algorithm))))
+        let algorithm = jose(key.algorithm);
+        Ok((
+            decoding,
+            validation(algorithm, &self.issuer, &self.audience),
+        ))
     }
 }
 
@@ -243,13 +258,13 @@ impl TokenIssuer for JwtTokenIssuer {
     fn verify_pyauth(&self, token: &str) -> Result<PyauthClaims, TokenError> {
         let reject = |what: &str| TokenError::Rejected(what.to_owned());
         // HS256 only, whatever the header says; no issuer or audience: pyauth set neither.
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.required_spec_claims = ["sub", "exp"].into_iter().map(String::from).collect();
-        validation.validate_exp = false;
-        validation.validate_aud = false;
-        let wire = jsonwebtoken::decode::<PyauthWireClaims>(token, &self.secret.1, &validation)
-            .map_err(|err| TokenError::Rejected(err.to_string()))?
-            .claims;
+        let wire = jsonwebtoken::decode::<PyauthWireClaims>(
+            token,
+            &self.secret.1,
+            &self.pyauth_validation,
+        )
+        .map_err(|err| TokenError::Rejected(err.to_string()))?
+        .claims;
         if wire.iss.is_some() || wire.aud.is_some() || wire.sid.is_some() {
             return Err(reject("not in the old service's shape"));
         }
@@ -317,7 +332,7 @@ impl JwtTokenIssuer {
                 let wire = jsonwebtoken::decode::<WireClaims>(
                     token,
                     &self.secret.1,
-                    &self.validation(Algorithm::HS256),
+                    &self.secret_validation,
                 );
                 if let (
                     Ok(data),
