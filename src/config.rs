@@ -545,6 +545,28 @@ mod tests {
     }
 
     #[test]
+    fn signing_key_settings_refuse_bad_values() {
+        let ok = with(Profile::Development, &[("jwt_algorithm", "EdDSA")]).unwrap();
+        assert_eq!(ok.jwt_algorithm, JwtAlgorithm::EdDsa);
+        assert_eq!(
+            with(Profile::Development, &[]).unwrap().jwt_algorithm,
+            JwtAlgorithm::Hs256
+        );
+        for bad in [
+            ("jwt_algorithm", "RS256"),
+            ("jwt_algorithm", "none"),
+            ("signing_key_rotation_days", "0"),
+            ("signing_key_refresh_seconds", "0"),
+            ("jwks_max_age", "-1"),
+        ] {
+            assert!(
+                with(Profile::Development, &[bad]).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
     fn production_refuses_a_pyauth_cutover_more_than_a_day_ahead() {
         let base = [("database_url", "postgres://x/y"), ("secret_key", KEY)];
         let at = |delta: chrono::TimeDelta| (chrono::Utc::now() + delta).to_rfc3339();
