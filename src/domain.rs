@@ -25,8 +25,8 @@ pub use mail::{
 pub use password::{Password, PasswordError, PasswordHash, PasswordPolicy};
 pub use service::{AuthPolicy, AuthService};
 pub use session::{
-    ClientInfo, NewRefreshToken, NewSession, Principal, RefreshTokenHash, RefreshTokenRecord,
-    Session, SessionId, TokenPair,
+    ClientInfo, CookieHash, NewRefreshToken, NewSession, NewSessionCookie, Principal,
+    RefreshTokenHash, RefreshTokenRecord, Session, SessionId, SessionKey, TokenPair,
 };
 pub use signing_key::{
     GeneratedKey, Hs256Acceptance, KeyAlgorithm, KeyChange, KeyMove, KeyPolicy, KeySet, KeyState,

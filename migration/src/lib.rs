@@ -13,6 +13,7 @@ mod m20261128_000007_create_audit;
 mod m20261128_000008_index_user_search;
 mod m20261128_000009_create_signing_keys;
 mod m20261128_000010_add_imported_from;
+mod m20261128_000011_add_session_cookie;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000008_index_user_search::Migration),
             Box::new(m20261128_000009_create_signing_keys::Migration),
             Box::new(m20261128_000010_add_imported_from::Migration),
+            Box::new(m20261128_000011_add_session_cookie::Migration),
         ]
     }
 }

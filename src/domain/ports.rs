@@ -9,11 +9,11 @@ use chrono::{DateTime, Utc};
 
 use super::import::{ImportError, ImportPlan, SourceUser, TargetUser};
 use super::{
-    AuditEvent, AuditQuery, BackendError, Email, EmailTokenHash, EmailTokenRecord, GeneratedKey,
-    Hs256Acceptance, KeyAlgorithm, KeyChange, KeySet, Mail, MailJob, NewAuditEvent, NewEmailToken,
-    NewRefreshToken, NewSession, NewUser, OutboxDepth, Password, PasswordHash, QueuedMail,
-    RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, SigningKey, User, UserChanges,
-    UserId, UserQuery,
+    AuditEvent, AuditQuery, BackendError, CookieHash, Email, EmailTokenHash, EmailTokenRecord,
+    GeneratedKey, Hs256Acceptance, KeyAlgorithm, KeyChange, KeySet, Mail, MailJob, NewAuditEvent,
+    NewEmailToken, NewRefreshToken, NewSession, NewUser, OutboxDepth, Password, PasswordHash,
+    QueuedMail, RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, SessionKey,
+    SigningKey, User, UserChanges, UserId, UserQuery,
 };
 
 /// Storage of users and of their sessions.
@@ -134,7 +134,8 @@ pub trait UserRepository: Send + Sync + 'static {
         audit: NewAuditEvent,
     ) -> Result<(), BackendError>;
 
-    /// Stores a new session with its first refresh token, in one transaction, if the user is
+    /// Stores a new session with its key (its first refresh token, or the hash of its console
+    /// cookie; the idle end is the key's), in one transaction, if the user is
     /// still active at `session.credential_version`; in the same transaction, sets the user's
     /// last login to `session.created_at`, records `session.audit`, and ends the user's least
     /// recently used live sessions beyond `session.live_limit`.
@@ -149,7 +150,7 @@ pub trait UserRepository: Send + Sync + 'static {
     async fn create_session(
         &self,
         session: NewSession,
-        refresh: NewRefreshToken,
+        key: SessionKey,
     ) -> Result<Session, CreateSessionError>;
 
     /// Loads a session and its user in one indexed lookup: the check behind every
@@ -158,6 +159,28 @@ pub trait UserRepository: Send + Sync + 'static {
     /// # Errors
     /// [`BackendError`] when storage fails; an unknown id is `Ok(None)`.
     async fn find_session(&self, id: SessionId) -> Result<Option<(Session, User)>, BackendError>;
+
+    /// Loads the session of a console cookie, with its user. Ended and expired sessions are
+    /// returned too; the core decides.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; an unknown hash is `Ok(None)`.
+    async fn find_cookie_session(
+        &self,
+        hash: &CookieHash,
+    ) -> Result<Option<(Session, User)>, BackendError>;
+
+    /// Records a use of a live session at `now` and moves its idle end to `idle_expires_at`;
+    /// an ended session is left as it is.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn touch_session(
+        &self,
+        id: SessionId,
+        now: DateTime<Utc>,
+        idle_expires_at: DateTime<Utc>,
+    ) -> Result<(), BackendError>;
 
     /// Loads a refresh token, spent or not, with its session and user.
     ///

@@ -7,6 +7,7 @@
 
 mod accounts;
 mod admin;
+mod cookie_sessions;
 mod email;
 mod keys;
 mod limits;
@@ -19,6 +20,7 @@ use uuid::Uuid;
 
 pub use accounts::{AuthError, LoginError, RegisterError};
 pub use admin::{Actor, AdminError, NewAccount};
+pub use cookie_sessions::CookieSession;
 pub use email::{Delivery, DeliveryOutcome, MailPolicy, MailRequestError, RedeemError};
 pub use keys::{KeyError, KeyPorts, Retired, Rotated, SigningKeys};
 pub use limits::{LimitError, LimitPolicy, Quota, Throttled, backoff_delay};
@@ -30,7 +32,8 @@ use super::ports::{
 };
 use super::{
     AuditKind, BackendError, ClientInfo, Email, FullName, NewAuditEvent, NewRefreshToken,
-    NewSession, Password, PasswordError, PasswordHash, PasswordPolicy, SessionId, TokenPair, User,
+    NewSession, Password, PasswordError, PasswordHash, PasswordPolicy, Session, SessionId,
+    SessionKey, TokenPair, User,
 };
 
 /// Lifetimes and tolerances that the use cases enforce.
@@ -171,6 +174,26 @@ impl AuthService {
     ) -> Result<TokenPair, CreateSessionError> {
         let now = self.clock.now();
         let id = SessionId::random();
+        let expires_at = now + self.policy.session_max_age;
+        let refresh = self.next_refresh_token(id, expires_at, now);
+        let refresh_token = refresh.secret.clone();
+        let session = self
+            .open_session(user, id, now, client, SessionKey::RefreshToken(refresh))
+            .await?;
+        let access_token = self.issue_access_token(user, session.id, now)?;
+        Ok(self.token_pair(access_token, refresh_token))
+    }
+
+    /// Stores a session `id` for `user`, opened at `now` and held with `key`, recording the
+    /// login with it.
+    async fn open_session(
+        &self,
+        user: &User,
+        id: SessionId,
+        now: DateTime<Utc>,
+        client: ClientInfo,
+        key: SessionKey,
+    ) -> Result<Session, CreateSessionError> {
         let audit = NewAuditEvent::new(AuditKind::LoginSucceeded, Some(user.id), &client, now)
             .with("session_id", id);
         let session = NewSession {
@@ -183,11 +206,7 @@ impl AuthService {
             credential_version: user.credential_version,
             live_limit: self.policy.max_sessions_per_user,
         };
-        let refresh = self.next_refresh_token(session.id, session.expires_at, now);
-        let refresh_token = refresh.secret.clone();
-        let session = self.users.create_session(session, refresh).await?;
-        let access_token = self.issue_access_token(user, session.id, now)?;
-        Ok(self.token_pair(access_token, refresh_token))
+        self.users.create_session(session, key).await
     }
 
     /// A refresh token valid for its own lifetime, but never beyond the session's end.

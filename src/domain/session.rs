@@ -160,6 +160,66 @@ impl fmt::Debug for NewRefreshToken {
     }
 }
 
+/// The SHA-256 of a console session cookie, hex encoded: the only form that is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CookieHash(pub String);
+
+impl CookieHash {
+    pub fn of(cookie: &str) -> Self {
+        Self(sha256_hex(cookie))
+    }
+}
+
+/// A fresh console session cookie: 256 random bits for the browser, and what gets stored.
+/// Unlike a refresh token it is not rotated: the browser keeps it in an `HttpOnly` cookie,
+/// where no page script can read it, and it is good for nothing but the console.
+#[derive(Clone, PartialEq)]
+pub struct NewSessionCookie {
+    /// Set in the browser once, never stored.
+    pub secret: String,
+    pub hash: CookieHash,
+    /// The idle end of the session; each use moves it on.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl NewSessionCookie {
+    pub fn generate(expires_at: DateTime<Utc>) -> Self {
+        let secret = random_secret();
+        let hash = CookieHash::of(&secret);
+        Self {
+            secret,
+            hash,
+            expires_at,
+        }
+    }
+}
+
+impl fmt::Debug for NewSessionCookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewSessionCookie")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the client of a new session holds to use it: API clients a refresh token (with access
+/// tokens), the console's browser a cookie.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionKey {
+    RefreshToken(NewRefreshToken),
+    Cookie(NewSessionCookie),
+}
+
+impl SessionKey {
+    /// When the session dies if it is not used.
+    pub fn idle_expires_at(&self) -> DateTime<Utc> {
+        match self {
+            Self::RefreshToken(token) => token.expires_at,
+            Self::Cookie(cookie) => cookie.expires_at,
+        }
+    }
+}
+
 /// A stored refresh token with the session and user it belongs to.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RefreshTokenRecord {
@@ -209,6 +269,18 @@ mod tests {
         assert_eq!(a.hash.0.len(), 64);
         assert!(!a.hash.0.contains(&a.secret));
         assert!(!format!("{a:?}").contains(&a.secret));
+    }
+
+    #[test]
+    fn session_cookies_carry_256_random_bits_and_are_stored_only_as_their_hash() {
+        let now = Utc::now();
+        let a = NewSessionCookie::generate(now);
+        let b = NewSessionCookie::generate(now);
+        assert_eq!(a.secret.len(), 43);
+        assert_ne!(a.secret, b.secret);
+        assert_eq!(a.hash, CookieHash::of(&a.secret));
+        assert!(!format!("{a:?}").contains(&a.secret));
+        assert_eq!(SessionKey::Cookie(a).idle_expires_at(), now);
     }
 
     #[test]

@@ -9,9 +9,9 @@ use portcullis::domain::ports::{
     SigningKeyStore, UserRepository,
 };
 use portcullis::domain::{
-    AuditKind, ClientInfo, Email, EmailTokenKind, MailJob, NewAuditEvent, NewEmailToken,
-    NewRefreshToken, NewSession, NewUser, OutboxDepth, PasswordHash, RefreshTokenHash, Role,
-    SessionId, User, UserChanges, UserId,
+    AuditKind, ClientInfo, CookieHash, Email, EmailTokenKind, MailJob, NewAuditEvent,
+    NewEmailToken, NewRefreshToken, NewSession, NewSessionCookie, NewUser, OutboxDepth,
+    PasswordHash, RefreshTokenHash, Role, SessionId, SessionKey, User, UserChanges, UserId,
 };
 use portcullis::domain::{GeneratedKey, KeyAlgorithm, KeyChange, KeyMove, KeyState, SigningKey};
 use portcullis::outbound::memory::{
@@ -171,7 +171,9 @@ fn new_session(user: &User, at: DateTime<Utc>, live_limit: u32) -> (NewSession, 
 async fn session(repo: &dyn UserRepository, user: &User) -> (SessionId, NewRefreshToken) {
     let (new, refresh) = new_session(user, t0(), 100);
     let id = new.id;
-    repo.create_session(new, refresh.clone()).await.unwrap();
+    repo.create_session(new, SessionKey::RefreshToken(refresh.clone()))
+        .await
+        .unwrap();
     (id, refresh)
 }
 
@@ -542,7 +544,8 @@ async fn a_session_opens_only_on_the_credentials_the_login_read() {
         let (stale, refresh) = new_session(&alice, now, 100);
         let (sid, hash) = (stale.id, refresh.hash.clone());
         assert!(matches!(
-            repo.create_session(stale, refresh).await,
+            repo.create_session(stale, SessionKey::RefreshToken(refresh))
+                .await,
             Err(CreateSessionError::Stale)
         ));
         assert!(repo.find_session(sid).await.unwrap().is_none());
@@ -551,7 +554,9 @@ async fn a_session_opens_only_on_the_credentials_the_login_read() {
         let current = repo.find_user_by_id(alice.id).await.unwrap().unwrap();
         assert_ne!(current.credential_version, alice.credential_version);
         let (fresh, refresh) = new_session(&current, now, 100);
-        repo.create_session(fresh, refresh).await.unwrap();
+        repo.create_session(fresh, SessionKey::RefreshToken(refresh))
+            .await
+            .unwrap();
 
         // A deactivation, even one undone since, voids what was read before it.
         let bob = user(repo.as_ref(), "bob@example.com").await;
@@ -560,7 +565,8 @@ async fn a_session_opens_only_on_the_credentials_the_login_read() {
             .unwrap();
         let (inactive, refresh) = new_session(&bob, now, 100);
         assert!(matches!(
-            repo.create_session(inactive, refresh).await,
+            repo.create_session(inactive, SessionKey::RefreshToken(refresh))
+                .await,
             Err(CreateSessionError::Stale)
         ));
         let again = repo
@@ -570,17 +576,88 @@ async fn a_session_opens_only_on_the_credentials_the_login_read() {
             .unwrap();
         let (before, refresh) = new_session(&bob, now, 100);
         assert!(matches!(
-            repo.create_session(before, refresh).await,
+            repo.create_session(before, SessionKey::RefreshToken(refresh))
+                .await,
             Err(CreateSessionError::Stale)
         ));
         let (after, refresh) = new_session(&again, now, 100);
-        repo.create_session(after, refresh).await.unwrap();
+        repo.create_session(after, SessionKey::RefreshToken(refresh))
+            .await
+            .unwrap();
         assert!(
             repo.list_live_sessions(bob.id, now, 100)
                 .await
                 .unwrap()
                 .len()
                 == 1
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cookie_session_is_found_by_its_cookie_only_and_touched_only_while_live() {
+    on_every_repository(|repo| async move {
+        let alice = user(repo.as_ref(), "alice@example.com").await;
+        let (new, _) = new_session(&alice, t0(), 100);
+        let sid = new.id;
+        let cookie = NewSessionCookie::generate(t0() + TimeDelta::hours(2));
+        let stored = repo
+            .create_session(new, SessionKey::Cookie(cookie.clone()))
+            .await
+            .unwrap();
+        assert_eq!(stored.idle_expires_at, t0() + TimeDelta::hours(2));
+        let (found, owner) = repo
+            .find_cookie_session(&cookie.hash)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((found.id, owner.id), (sid, alice.id));
+        // The cookie is no refresh token, and nothing else names its session.
+        let as_refresh = RefreshTokenHash(cookie.hash.0.clone());
+        assert!(
+            repo.find_refresh_token(&as_refresh)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let other = CookieHash::of("not the cookie");
+        assert!(repo.find_cookie_session(&other).await.unwrap().is_none());
+        // It is listed with the API's sessions.
+        let live = repo.list_live_sessions(alice.id, t0(), 100).await.unwrap();
+        assert_eq!(live.iter().map(|s| s.id).collect::<Vec<_>>(), [sid]);
+
+        let later = t0() + TimeDelta::hours(1);
+        repo.touch_session(sid, later, later + TimeDelta::hours(2))
+            .await
+            .unwrap();
+        let (touched, _) = repo.find_session(sid).await.unwrap().unwrap();
+        assert_eq!(touched.last_used_at, later);
+        assert_eq!(touched.idle_expires_at, later + TimeDelta::hours(2));
+
+        assert!(
+            repo.end_session(alice.id, sid, later, event())
+                .await
+                .unwrap()
+        );
+        let end = later + TimeDelta::hours(1);
+        repo.touch_session(sid, end, end + TimeDelta::days(1))
+            .await
+            .unwrap();
+        let (ended, _) = repo
+            .find_cookie_session(&cookie.hash)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ended.ended_at, Some(later));
+        assert_eq!(ended.last_used_at, later, "an ended session is not touched");
+
+        repo.purge_expired(end, t0()).await.unwrap();
+        assert!(
+            repo.find_cookie_session(&cookie.hash)
+                .await
+                .unwrap()
+                .is_none()
         );
     })
     .await;
@@ -624,7 +701,9 @@ async fn a_new_session_beyond_the_limit_ends_the_least_recently_used() {
         for minute in 0..3 {
             let (new, refresh) = new_session(&alice, t0() + TimeDelta::minutes(minute), 3);
             opened.push((new.id, refresh.clone()));
-            repo.create_session(new, refresh).await.unwrap();
+            repo.create_session(new, SessionKey::RefreshToken(refresh))
+                .await
+                .unwrap();
         }
         // The oldest one is used again, so the second is now the least recently used.
         let used = t0() + TimeDelta::minutes(5);
@@ -635,7 +714,9 @@ async fn a_new_session_beyond_the_limit_ends_the_least_recently_used() {
         let later = t0() + TimeDelta::minutes(10);
         let (fourth, refresh) = new_session(&alice, later, 3);
         let fourth_id = fourth.id;
-        repo.create_session(fourth, refresh).await.unwrap();
+        repo.create_session(fourth, SessionKey::RefreshToken(refresh))
+            .await
+            .unwrap();
         let mut live: Vec<SessionId> = repo
             .list_live_sessions(alice.id, later, 100)
             .await

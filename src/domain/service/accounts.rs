@@ -55,6 +55,15 @@ pub enum AuthError {
     Backend(#[from] BackendError),
 }
 
+/// A session that could not be stored after a right password: the user changed meanwhile
+/// (password, deactivation), so the password checked is no longer the one that counts.
+pub(super) fn login_session_error(err: CreateSessionError) -> LoginError {
+    match err {
+        CreateSessionError::Stale => LoginError::InvalidCredentials,
+        CreateSessionError::Backend(err) => LoginError::Backend(err),
+    }
+}
+
 impl AuthService {
     /// Registers a user with role `user`, within the registration limits of `client`'s
     /// address and of the email.
@@ -119,6 +128,21 @@ impl AuthService {
         password: &str,
         client: ClientInfo,
     ) -> Result<TokenPair, LoginError> {
+        let user = self.check_login(email, password, &client).await?;
+        self.start_session(&user, client)
+            .await
+            .map_err(login_session_error)
+    }
+
+    /// The checks of a login, in order: abuse limits, the password (at the cost of one hash
+    /// whether or not the email is known), the account's state; then a rehash if one is due.
+    /// Returns the user to open a session for.
+    pub(super) async fn check_login(
+        &self,
+        email: &Email,
+        password: &str,
+        client: &ClientInfo,
+    ) -> Result<User, LoginError> {
         let account = email.key();
         self.throttle(Action::Login, client.ip.as_deref(), Some(account))
             .await?;
@@ -131,7 +155,7 @@ impl AuthService {
             let failed = NewAuditEvent::new(
                 AuditKind::LoginFailed,
                 user.as_ref().map(|u| u.id),
-                &client,
+                client,
                 self.clock.now(),
             )
             .failed();
@@ -149,12 +173,7 @@ impl AuthService {
         if self.hasher.needs_rehash(&user.password_hash) {
             self.rehash(&user, password).await;
         }
-        self.start_session(&user, client)
-            .await
-            .map_err(|err| match err {
-                CreateSessionError::Stale => LoginError::InvalidCredentials,
-                CreateSessionError::Backend(err) => LoginError::Backend(err),
-            })
+        Ok(user)
     }
 
     /// Stores `password`, just verified, hashed again with the hasher's current parameters (a
@@ -395,7 +414,10 @@ mod tests {
         let now = m.now;
         m.users
             .expect_create_session()
-            .withf(move |s, r| {
+            .withf(move |s, key| {
+                let crate::domain::SessionKey::RefreshToken(r) = key else {
+                    return false;
+                };
                 s.user_id == UserId(7)
                     && s.expires_at == now + TimeDelta::days(90)
                     && r.session_id == s.id

@@ -11,10 +11,10 @@ use crate::domain::ports::{
     AdminWriteError, CreateSessionError, CreateUserError, MailOutbox, Rotation, UserRepository,
 };
 use crate::domain::{
-    AuditEvent, AuditQuery, BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind,
-    EmailTokenRecord, MailJob, NewAuditEvent, NewEmailToken, NewRefreshToken, NewSession, NewUser,
-    OutboxDepth, PasswordHash, QueuedMail, RefreshTokenHash, RefreshTokenRecord, Role, Session,
-    SessionId, User, UserChanges, UserId, UserQuery,
+    AuditEvent, AuditQuery, BackendError, ClientInfo, CookieHash, Email, EmailTokenHash,
+    EmailTokenKind, EmailTokenRecord, MailJob, NewAuditEvent, NewEmailToken, NewRefreshToken,
+    NewSession, NewUser, OutboxDepth, PasswordHash, QueuedMail, RefreshTokenHash,
+    RefreshTokenRecord, Role, Session, SessionId, SessionKey, User, UserChanges, UserId, UserQuery,
 };
 
 #[derive(Default)]
@@ -23,6 +23,7 @@ struct State {
     users: HashMap<UserId, User>,
     by_email: HashMap<String, UserId>,
     sessions: HashMap<SessionId, Session>,
+    cookies: HashMap<CookieHash, SessionId>,
     refresh_tokens: HashMap<RefreshTokenHash, StoredRefreshToken>,
     email_tokens: HashMap<EmailTokenHash, NewEmailToken>,
     spent_email_tokens: HashMap<EmailTokenHash, DateTime<Utc>>,
@@ -251,10 +252,12 @@ impl UserRepository for MemoryUserRepository {
         let State {
             sessions,
             refresh_tokens,
+            cookies,
             email_tokens,
             ..
         } = &mut *state;
         refresh_tokens.retain(|_, t| sessions.contains_key(&t.session_id));
+        cookies.retain(|_, session| sessions.contains_key(session));
         email_tokens.retain(|_, t| t.user_id != id);
         state.record(audit);
         Ok(true)
@@ -372,7 +375,7 @@ impl UserRepository for MemoryUserRepository {
     async fn create_session(
         &self,
         new: NewSession,
-        refresh: NewRefreshToken,
+        key: SessionKey,
     ) -> Result<Session, CreateSessionError> {
         let session = Session {
             id: new.id,
@@ -380,7 +383,7 @@ impl UserRepository for MemoryUserRepository {
             created_at: new.created_at,
             last_used_at: new.created_at,
             expires_at: new.expires_at,
-            idle_expires_at: refresh.expires_at,
+            idle_expires_at: key.idle_expires_at(),
             ended_at: None,
             client: new.client,
         };
@@ -406,15 +409,48 @@ impl UserRepository for MemoryUserRepository {
         for beyond in live.into_iter().skip(new.live_limit as usize) {
             beyond.ended_at = Some(now);
         }
-        state.refresh_tokens.insert(
-            refresh.hash,
-            StoredRefreshToken {
-                session_id: session.id,
-                expires_at: refresh.expires_at,
-                spent_at: None,
-            },
-        );
+        match key {
+            SessionKey::RefreshToken(refresh) => {
+                state.refresh_tokens.insert(
+                    refresh.hash,
+                    StoredRefreshToken {
+                        session_id: session.id,
+                        expires_at: refresh.expires_at,
+                        spent_at: None,
+                    },
+                );
+            }
+            SessionKey::Cookie(cookie) => {
+                state.cookies.insert(cookie.hash, session.id);
+            }
+        }
         Ok(session)
+    }
+
+    async fn find_cookie_session(
+        &self,
+        hash: &CookieHash,
+    ) -> Result<Option<(Session, User)>, BackendError> {
+        let state = self.state()?;
+        Ok(state.cookies.get(hash).and_then(|id| {
+            let session = state.sessions.get(id)?;
+            let user = state.users.get(&session.user_id)?;
+            Some((session.clone(), user.clone()))
+        }))
+    }
+
+    async fn touch_session(
+        &self,
+        id: SessionId,
+        now: DateTime<Utc>,
+        idle_expires_at: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
+        let mut state = self.state()?;
+        if let Some(session) = state.sessions.get_mut(&id).filter(|s| s.ended_at.is_none()) {
+            session.last_used_at = now;
+            session.idle_expires_at = idle_expires_at;
+        }
+        Ok(())
     }
 
     async fn find_session(&self, id: SessionId) -> Result<Option<(Session, User)>, BackendError> {
@@ -666,9 +702,11 @@ impl UserRepository for MemoryUserRepository {
         let State {
             sessions,
             refresh_tokens,
+            cookies,
             ..
         } = &mut *state;
         refresh_tokens.retain(|_, t| t.expires_at > now && sessions.contains_key(&t.session_id));
+        cookies.retain(|_, session| sessions.contains_key(session));
         let State {
             email_tokens,
             spent_email_tokens,

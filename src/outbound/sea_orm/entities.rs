@@ -60,6 +60,8 @@ pub mod sessions {
         pub ended_at: Option<DateTimeUtc>,
         pub user_agent: Option<String>,
         pub ip: Option<String>,
+        /// The SHA-256 of the console cookie, for a session opened by the console.
+        pub cookie_hash: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -23,10 +23,10 @@ use crate::domain::ports::{
     AdminWriteError, CreateSessionError, CreateUserError, Rotation, UserRepository,
 };
 use crate::domain::{
-    AuditEvent, AuditQuery, BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind,
-    EmailTokenRecord, FullName, MailJob, NewAuditEvent, NewEmailToken, NewRefreshToken, NewSession,
-    NewUser, PasswordHash, RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, User,
-    UserChanges, UserId, UserQuery,
+    AuditEvent, AuditQuery, BackendError, ClientInfo, CookieHash, Email, EmailTokenHash,
+    EmailTokenKind, EmailTokenRecord, FullName, MailJob, NewAuditEvent, NewEmailToken,
+    NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshTokenHash, RefreshTokenRecord, Role,
+    Session, SessionId, SessionKey, User, UserChanges, UserId, UserQuery,
 };
 
 /// Sessions ended per login when a user holds more than the limit: one normally, more only
@@ -518,7 +518,7 @@ impl UserRepository for SeaOrmUserRepository {
     async fn create_session(
         &self,
         new: NewSession,
-        refresh: NewRefreshToken,
+        key: SessionKey,
     ) -> Result<Session, CreateSessionError> {
         let (user_id, version, now) = (new.user_id, new.credential_version, new.created_at);
         let audit = new.audit;
@@ -529,10 +529,14 @@ impl UserRepository for SeaOrmUserRepository {
             created_at: Set(now),
             last_used_at: Set(now),
             expires_at: Set(new.expires_at),
-            idle_expires_at: Set(refresh.expires_at),
+            idle_expires_at: Set(key.idle_expires_at()),
             ended_at: Set(None),
             user_agent: Set(new.client.user_agent),
             ip: Set(new.client.ip),
+            cookie_hash: Set(match &key {
+                SessionKey::Cookie(cookie) => Some(cookie.hash.0.clone()),
+                SessionKey::RefreshToken(_) => None,
+            }),
         };
         let stored = self
             .bounded(async {
@@ -543,7 +547,9 @@ impl UserRepository for SeaOrmUserRepository {
                 }
                 let stored = session.insert(&txn).await?;
                 admin::record(&txn, audit).await?;
-                refresh_token_model(refresh).insert(&txn).await?;
+                if let SessionKey::RefreshToken(refresh) = key {
+                    refresh_token_model(refresh).insert(&txn).await?;
+                }
                 let beyond_limit: Vec<Uuid> = sessions::Entity::find()
                     .select_only()
                     .column(sessions::Column::Id)
@@ -576,6 +582,45 @@ impl UserRepository for SeaOrmUserRepository {
         tokio::time::timeout(self.bounded.timeout(), self.sessions.find(id))
             .await
             .map_err(|elapsed| BackendError::Unavailable(Box::new(elapsed)))?
+    }
+
+    async fn find_cookie_session(
+        &self,
+        hash: &CookieHash,
+    ) -> Result<Option<(Session, User)>, BackendError> {
+        let found = self
+            .bounded(
+                sessions::Entity::find()
+                    .filter(sessions::Column::CookieHash.eq(hash.0.as_str()))
+                    .find_also_related(users::Entity)
+                    .one(&self.db),
+            )
+            .await?;
+        match found {
+            Some((session, Some(user))) => Ok(Some((to_session(session), to_user(user)?))),
+            _ => Ok(None),
+        }
+    }
+
+    async fn touch_session(
+        &self,
+        id: SessionId,
+        now: DateTime<Utc>,
+        idle_expires_at: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
+        self.bounded(
+            sessions::Entity::update_many()
+                .col_expr(sessions::Column::LastUsedAt, Expr::value(now))
+                .col_expr(
+                    sessions::Column::IdleExpiresAt,
+                    Expr::value(idle_expires_at),
+                )
+                .filter(sessions::Column::Id.eq(id.0))
+                .filter(sessions::Column::EndedAt.is_null())
+                .exec(&self.db),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn find_refresh_token(
