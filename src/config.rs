@@ -193,6 +193,8 @@ pub struct Settings {
     pub cors_allowed_origins: String,
     pub hsts_max_age_seconds: u64,
     pub trusted_proxies: String,
+    /// Serve the web console under `/console`.
+    pub console_enabled: bool,
     pub mail_transport: Option<MailTransport>,
     pub smtp_url: Option<Secret>,
     #[serde(deserialize_with = "lenient_string")]
@@ -265,6 +267,7 @@ const KEYS: &[&str] = &[
     "cors_allowed_origins",
     "hsts_max_age_seconds",
     "trusted_proxies",
+    "console_enabled",
     "mail_transport",
     "smtp_url",
     "mail_from",

@@ -23,6 +23,7 @@ use crate::domain::service::{
     DeliveryOutcome, KeyPorts, LimitPolicy, MailPolicy, Ports, Quota, SigningKeys,
 };
 use crate::domain::{AuthPolicy, AuthService, KeyPolicy, PasswordPolicy};
+use crate::inbound::console::guard::ConsoleSettings;
 use crate::inbound::http::api::keys::Discovery;
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::metrics::{self as http_metrics, MetricsExporter, Sampler};
@@ -439,6 +440,9 @@ impl Application {
                     algorithm: settings.jwt_algorithm.as_str(),
                     jwks_max_age: settings.jwks_max_age,
                 },
+                console: settings
+                    .console_enabled
+                    .then(|| ConsoleSettings::new(settings.public_url.as_deref())),
             },
             purge_interval: Duration::from_secs(settings.session_purge_interval_seconds.max(1)),
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_seconds),

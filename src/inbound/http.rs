@@ -35,6 +35,7 @@ use self::metrics::{MetricsExporter, RouteLabels};
 use self::middleware::{BodyLimits, SecurityHeaders};
 use crate::domain::AuthService;
 use crate::domain::service::SigningKeys;
+use crate::inbound::console::{self, guard::ConsoleSettings};
 
 /// What the HTTP layer needs to know besides the core.
 #[derive(Debug, Clone)]
@@ -49,6 +50,8 @@ pub struct HttpSettings {
     pub metrics: MetricsExporter,
     /// What the discovery documents say.
     pub discovery: Discovery,
+    /// The web console under `/console`; `None` when `console_enabled` is false.
+    pub console: Option<ConsoleSettings>,
 }
 
 type Apis = (
@@ -129,6 +132,17 @@ pub fn app(
             }),
         )
         .nest("/", api);
+    let routes = match settings.console.clone() {
+        Some(console_settings) => routes.nest(
+            "/console",
+            console::routes(
+                Arc::clone(&service),
+                settings.trusted_proxies.clone(),
+                console_settings,
+            ),
+        ),
+        None => routes,
+    };
     let body = BodyLimits {
         max_bytes: settings.body_limit_bytes,
         read_timeout: settings.body_read_timeout,

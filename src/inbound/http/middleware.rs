@@ -108,6 +108,11 @@ impl SecurityHeaders {
         headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         let policy = if is_docs_page(path) {
             "frame-ancestors 'none'"
+        } else if is_console_page(path) {
+            // Server-rendered pages with one stylesheet of their own and no script at all;
+            // forms may only post back to this origin.
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'"
         } else {
             "default-src 'none'; frame-ancestors 'none'"
         };
@@ -138,12 +143,19 @@ fn is_docs_page(path: &str) -> bool {
         .any(|prefix| path == *prefix || path.starts_with(&format!("{prefix}/")))
 }
 
+fn is_console_page(path: &str) -> bool {
+    path == "/console" || path.starts_with("/console/")
+}
+
 /// The documents that are the same for everyone: the documentation pages and the OpenAPI
 /// document. Every other answer may carry personal data.
 fn is_cacheable(path: &str) -> bool {
     // The key set and the discovery documents are public and meant to be cached; the JWKS
     // route says for how long.
-    is_docs_page(path) || path == "/openapi.json" || path.starts_with("/.well-known/")
+    is_docs_page(path)
+        || path == "/openapi.json"
+        || path.starts_with("/.well-known/")
+        || path.starts_with("/console/assets/")
 }
 
 /// What a request's body may be.
@@ -298,6 +310,18 @@ mod tests {
                 "default-src 'none'; frame-ancestors 'none'",
             ),
             ("/docs", true, "frame-ancestors 'none'"),
+            (
+                "/console/account",
+                false,
+                "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                 frame-ancestors 'none'; base-uri 'none'",
+            ),
+            (
+                "/console/assets/console.css",
+                true,
+                "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                 frame-ancestors 'none'; base-uri 'none'",
+            ),
             ("/redoc", true, "frame-ancestors 'none'"),
             (
                 "/openapi.json",

@@ -121,7 +121,16 @@ fn parse_limit(limit: Option<&str>) -> Result<u32, String> {
     }
 }
 
-fn parse_bool(text: &str) -> Result<bool, &'static str> {
+/// The text to find in emails and names, lower-cased; bounded, since it is matched anywhere.
+pub(crate) fn parse_search(text: &str) -> Result<String, String> {
+    if text.chars().count() > MAX_QUERY_CHARS {
+        Err(format!("must be at most {MAX_QUERY_CHARS} characters"))
+    } else {
+        Ok(text.to_lowercase())
+    }
+}
+
+pub(crate) fn parse_bool(text: &str) -> Result<bool, &'static str> {
     match text {
         "true" => Ok(true),
         "false" => Ok(false),
@@ -129,11 +138,11 @@ fn parse_bool(text: &str) -> Result<bool, &'static str> {
     }
 }
 
-fn parse_role(text: &str) -> Result<Role, &'static str> {
+pub(crate) fn parse_role(text: &str) -> Result<Role, &'static str> {
     text.parse::<Role>().map_err(|_| "must be user or admin")
 }
 
-fn parse_id(text: &str) -> Result<i64, &'static str> {
+pub(crate) fn parse_id(text: &str) -> Result<i64, &'static str> {
     text.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
@@ -148,7 +157,7 @@ fn parse_time(text: &str) -> Result<DateTime<Utc>, &'static str> {
 
 /// Parses an optional parameter with `parse`, noting a failure under `name`. An empty value
 /// (`?role=`, as a form sends an unset field) is no value.
-fn optional<T, E: std::fmt::Display>(
+pub(crate) fn optional<T, E: std::fmt::Display>(
     fields: &mut FieldErrors,
     name: &str,
     value: Option<&str>,
@@ -160,7 +169,7 @@ fn optional<T, E: std::fmt::Display>(
 }
 
 /// A user id from a path: anything else is an unknown user.
-fn user_id(id: &str) -> Result<UserId, Problem> {
+pub(crate) fn user_id(id: &str) -> Result<UserId, Problem> {
     parse_id(id)
         .map(UserId)
         .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "User not found"))
@@ -210,13 +219,7 @@ impl AdminApi {
         let before = optional(&mut fields, "cursor", cursor.0.as_deref(), |c| {
             parse_cursor("users", c)
         });
-        let search = optional(&mut fields, "q", q.0.as_deref(), |text| {
-            if text.chars().count() > MAX_QUERY_CHARS {
-                Err(format!("must be at most {MAX_QUERY_CHARS} characters"))
-            } else {
-                Ok(text.to_lowercase())
-            }
-        });
+        let search = optional(&mut fields, "q", q.0.as_deref(), parse_search);
         let role = optional(&mut fields, "role", role.0.as_deref(), parse_role);
         let is_active = optional(&mut fields, "is_active", is_active.0.as_deref(), parse_bool);
         let email_verified = optional(

@@ -67,7 +67,7 @@ struct TokenForm {
     scope: Option<String>,
 }
 
-fn record_login<T>(result: &Result<T, LoginError>) {
+pub(crate) fn record_login<T>(result: &Result<T, LoginError>) {
     metrics::record_login(match result {
         Ok(_) => "success",
         Err(LoginError::InvalidCredentials) => "invalid_credentials",

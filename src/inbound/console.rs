@@ -1,0 +1,159 @@
+//! The web console: server-rendered pages under `/console` for people, a second inbound
+//! adapter beside the JSON API and the command line.
+//!
+//! It calls the same use cases as the API and adds no rule of its own: sign-in opens a core
+//! session held by a cookie ([`AuthService::sign_in_with_cookie`]), every error is turned into
+//! words by the API's own mapping (`http::errors`), and the pages are askama templates
+//! compiled into the binary. What is its own is what a browser needs: cookies, CSRF tokens,
+//! the `Origin` check ([`guard`]), and HTML.
+
+// The console's helpers fail with the page to answer (`Result<_, Response>`), once per
+// request, straight back to poem: boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
+mod account;
+mod admin;
+mod assets;
+mod forms;
+pub mod guard;
+mod pages;
+mod public;
+
+use std::sync::Arc;
+
+use askama::Template;
+use poem::http::StatusCode;
+use poem::{EndpointExt, IntoEndpoint, Request, Response, Route, get, post};
+
+use self::guard::{ConsoleSettings, Visitor, see_other};
+use self::pages::{Chrome, message, render};
+use crate::domain::{AuthService, ClientInfo, Principal, Role};
+use crate::inbound::http::client::TrustedProxies;
+use crate::inbound::http::problem::Problem;
+
+/// What every console handler holds.
+pub(crate) struct Console {
+    service: Arc<AuthService>,
+    proxies: TrustedProxies,
+    settings: ConsoleSettings,
+}
+
+impl Console {
+    /// Who sent `req`; or, when the database does not answer, the page that says so.
+    async fn visitor(&self, req: &Request) -> Result<Visitor, Response> {
+        Visitor::read(self, req).await.map_err(|err| {
+            let problem = Problem::from(err.0);
+            message(
+                problem.status,
+                Chrome::anonymous("Unavailable"),
+                &forms::alert(&problem),
+            )
+        })
+    }
+
+    /// The signed-in visitor of `req`; anyone else is sent to sign in, and comes back here
+    /// after (for a page they asked for by GET).
+    async fn signed_in(&self, req: &Request) -> Result<(Visitor, Principal), Response> {
+        let visitor = self.visitor(req).await?;
+        match visitor.principal().cloned() {
+            Some(principal) => Ok((visitor, principal)),
+            None => {
+                let target = if req.method() == poem::http::Method::GET {
+                    // Nested at `/console`, the handlers see the path below it.
+                    let below = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                    let path = format!("/console{below}");
+                    format!("/console/sign-in?next={}", pages::encode(&path))
+                } else {
+                    "/console/sign-in".to_owned()
+                };
+                let mut response = see_other(&target);
+                visitor.finish(&self.settings, &mut response);
+                Err(response)
+            }
+        }
+    }
+
+    /// The signed-in admin of `req`; a user who is no admin gets a 403 page.
+    async fn admin(&self, req: &Request) -> Result<(Visitor, Principal), Response> {
+        let (visitor, principal) = self.signed_in(req).await?;
+        if principal.user.role != Role::Admin {
+            return Err(self.page(
+                &visitor,
+                &pages::Message {
+                    chrome: Chrome::new("Administrators only", &visitor),
+                    text: "This page is for administrators.".into(),
+                },
+                StatusCode::FORBIDDEN,
+            ));
+        }
+        Ok((visitor, principal))
+    }
+
+    /// `page` as the answer to `visitor`, with the cookies the visit needs.
+    fn page(&self, visitor: &Visitor, page: &impl Template, status: StatusCode) -> Response {
+        let mut response = render(page, status);
+        visitor.finish(&self.settings, &mut response);
+        response
+    }
+
+    fn client(&self, req: &Request) -> ClientInfo {
+        self.proxies.client_info(req)
+    }
+}
+
+/// The console's routes, to be nested at `/console`.
+pub fn routes(
+    service: Arc<AuthService>,
+    proxies: TrustedProxies,
+    settings: ConsoleSettings,
+) -> impl poem::Endpoint<Output = Response> {
+    let console = Arc::new(Console {
+        service,
+        proxies,
+        settings,
+    });
+    Route::new()
+        .at("/", get(public::home))
+        .at("/assets/console.css", get(assets::stylesheet))
+        .at("/sign-in", get(public::sign_in_page).post(public::sign_in))
+        .at(
+            "/register",
+            get(public::register_page).post(public::register),
+        )
+        .at("/forgot", get(public::forgot_page).post(public::forgot))
+        .at("/reset", get(public::reset_page).post(public::reset))
+        .at("/verify", get(public::verify_page).post(public::verify))
+        .at(
+            "/email",
+            get(public::email_page).post(public::confirm_email),
+        )
+        .at("/sign-out", post(account::sign_out))
+        .at("/account", get(account::overview))
+        .at("/account/verification", post(account::send_verification))
+        .at(
+            "/account/password",
+            get(account::password_page).post(account::change_password),
+        )
+        .at(
+            "/account/email",
+            get(account::email_page).post(account::change_email),
+        )
+        .at("/account/sessions/:id/end", post(account::end_session))
+        .at("/admin/users", get(admin::user_list))
+        .at(
+            "/admin/users/:id",
+            get(admin::user_detail).post(admin::update_user),
+        )
+        .at("/admin/users/:id/sessions/end", post(admin::end_sessions))
+        .at("/admin/users/:id/reset-link", post(admin::send_reset_link))
+        .at(
+            "/admin/users/:id/delete",
+            get(admin::delete_page).post(admin::delete_user),
+        )
+        .at("/admin/audit", get(admin::audit_log))
+        .data(console)
+        .into_endpoint()
+}
+
+#[cfg(test)]
+mod tests;

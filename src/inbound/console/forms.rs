@@ -1,0 +1,144 @@
+//! Forms: reading what a browser sent, checking that it came from our page, and showing what
+//! was wrong with it on the form itself, in the words of the API.
+
+use std::collections::HashMap;
+
+use poem::Request;
+use poem::http::StatusCode;
+use poem::web::Form;
+
+use super::Console;
+use super::guard::Visitor;
+use super::pages::{self, Chrome};
+use crate::inbound::http::problem::{FieldError, Problem};
+
+/// The fields of a submitted form, by name.
+pub(super) struct Fields(HashMap<String, String>);
+
+impl Fields {
+    /// A field's value; an absent field is empty.
+    pub(super) fn get(&self, name: &str) -> &str {
+        self.0.get(name).map_or("", String::as_str)
+    }
+
+    /// A field's value with surrounding white space removed; `None` when that leaves nothing.
+    pub(super) fn trimmed(&self, name: &str) -> Option<&str> {
+        Some(self.get(name).trim()).filter(|v| !v.is_empty())
+    }
+}
+
+/// Which token a form must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Guard {
+    /// A signed-in user's form: the token of their session.
+    Session,
+    /// A form anyone may send: the token of the browser's visitor cookie.
+    Visitor,
+}
+
+/// The form of a POST, once it is known to come from one of our pages: its `Origin` is ours
+/// and it carries the right CSRF token. Anything else gets a 403 page (or a 400 for a body
+/// that is no form at all), and no use case runs.
+pub(super) fn submitted(
+    console: &Console,
+    req: &Request,
+    visitor: &Visitor,
+    form: poem::Result<Form<HashMap<String, String>>>,
+    guard: Guard,
+) -> Result<Fields, poem::Response> {
+    let Ok(Form(fields)) = form else {
+        return Err(pages::message(
+            StatusCode::BAD_REQUEST,
+            Chrome::new("Bad request", visitor),
+            "This request is not a form this page sends.",
+        ));
+    };
+    let fields = Fields(fields);
+    let token = fields.get("csrf");
+    let token_ok = match guard {
+        Guard::Session => visitor.session_token_matches(token),
+        Guard::Visitor => visitor.visitor_token_matches(token),
+    };
+    if console.settings.same_origin(req) && token_ok {
+        return Ok(fields);
+    }
+    tracing::warn!(path = %req.uri().path(), "console form refused: foreign origin or bad CSRF token");
+    Err(pages::message(
+        StatusCode::FORBIDDEN,
+        Chrome::new("Form refused", visitor),
+        "This form was not sent from this site, or it has expired. Go back, reload the page \
+         and try again.",
+    ))
+}
+
+/// A form as a page shows it: what was typed (never a password), and what is wrong with it.
+#[derive(Debug, Default)]
+pub(crate) struct FormState {
+    values: Vec<(&'static str, String)>,
+    errors: Vec<FieldError>,
+    /// What went wrong with the form as a whole.
+    pub alert: Option<String>,
+    status: Option<StatusCode>,
+}
+
+impl FormState {
+    /// `field` shows `value` again.
+    pub(super) fn keep(mut self, field: &'static str, value: &str) -> Self {
+        self.values.push((field, value.to_owned()));
+        self
+    }
+
+    /// The failure of a use case: the fields it names, or one message for the whole form.
+    pub(super) fn failed(mut self, problem: &Problem) -> Self {
+        self.status = Some(problem.status);
+        if problem.errors.is_empty() {
+            self.alert = Some(alert(problem));
+        } else {
+            self.errors.clone_from(&problem.errors);
+        }
+        self
+    }
+
+    pub(crate) fn value(&self, field: &str) -> &str {
+        self.values
+            .iter()
+            .find(|(name, _)| *name == field)
+            .map_or("", |(_, value)| value.as_str())
+    }
+
+    pub(crate) fn error(&self, field: &str) -> Option<&str> {
+        self.errors
+            .iter()
+            .find(|e| e.field == field)
+            .map(|e| e.message.as_str())
+    }
+
+    /// The status of a page showing this form: the API's, but never 401 (a page has no
+    /// authentication challenge to offer); 200 when nothing failed.
+    pub(super) fn status(&self) -> StatusCode {
+        match self.status {
+            Some(StatusCode::UNAUTHORIZED) => StatusCode::BAD_REQUEST,
+            Some(status) => status,
+            None => StatusCode::OK,
+        }
+    }
+
+    /// Whether any field failed: the page says so at the top, for screen readers.
+    pub(crate) fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+}
+
+/// The words for a failure that is not one field's: the API's `detail` (fixed texts of ours,
+/// never a raw error), and not even that for an internal error.
+pub(super) fn alert(problem: &Problem) -> String {
+    if problem.status == StatusCode::INTERNAL_SERVER_ERROR {
+        return "Something went wrong on our side. Please try again in a moment.".into();
+    }
+    match problem.retry_after {
+        Some(seconds) if problem.status == StatusCode::TOO_MANY_REQUESTS => {
+            format!("Too many attempts. Please wait {seconds} seconds and try again.")
+        }
+        _ => format!("{}.", problem.detail.trim_end_matches('.')),
+    }
+}
