@@ -16,7 +16,7 @@ use crate::smtp::SmtpServer;
 const ARRIVES: Duration = Duration::from_secs(10);
 
 /// Settings for mail through `smtp`, with `extra` on top.
-fn mail_settings(smtp: &SmtpServer, extra: Value) -> Value {
+pub(crate) fn mail_settings(smtp: &SmtpServer, extra: Value) -> Value {
     let mut overrides = json!({
         "mail_transport": "smtp",
         "smtp_url": smtp.url(),

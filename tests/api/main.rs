@@ -1,11 +1,13 @@
 //! Black-box tests of the HTTP API: a real server on 127.0.0.1:0, a fresh database per test,
 //! SQLite always and PostgreSQL when `TEST_DATABASE_URL` is set. One binary, to link once.
 
+mod browser;
 mod helpers;
 
 mod admin;
 
 mod cli;
+mod console;
 mod docs;
 mod email;
 mod errors;

@@ -59,10 +59,17 @@ pub(super) fn submitted(
         Guard::Session => visitor.session_token_matches(token),
         Guard::Visitor => visitor.visitor_token_matches(token),
     };
-    if console.settings.same_origin(req) && token_ok {
+    let origin_ok = console.settings.same_origin(req);
+    if origin_ok && token_ok {
         return Ok(fields);
     }
-    tracing::warn!(path = %req.uri().path(), "console form refused: foreign origin or bad CSRF token");
+    tracing::warn!(
+        path = %req.uri().path(),
+        origin_ok,
+        token_ok,
+        origin = ?req.headers().get(poem::http::header::ORIGIN),
+        "console form refused"
+    );
     Err(pages::message(
         StatusCode::FORBIDDEN,
         Chrome::new("Form refused", visitor),

@@ -130,7 +130,11 @@ async fn a_form_from_another_origin_runs_nothing_even_with_the_right_token() {
     ] {
         let mut m = Mocks::new();
         m.users.expect_find_user_by_email().never();
-        let mut req = post("/console/sign-in", &format!("portcullis-visitor={visitor}"), &body);
+        let mut req = post(
+            "/console/sign-in",
+            &format!("portcullis-visitor={visitor}"),
+            &body,
+        );
         req.headers_mut()
             .insert(header::ORIGIN, origin.parse().unwrap());
         req.headers_mut()
@@ -158,7 +162,11 @@ async fn signing_in_sets_only_an_opaque_http_only_strict_cookie_and_follows_a_lo
         let body = format!("email=user1%40example.com&password=pw&csrf={token}&next={next}");
         let response = call(
             m,
-            post("/console/sign-in", &format!("portcullis-visitor={visitor}"), &body),
+            post(
+                "/console/sign-in",
+                &format!("portcullis-visitor={visitor}"),
+                &body,
+            ),
         )
         .await;
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
@@ -190,7 +198,11 @@ async fn a_wrong_password_shows_the_form_again_with_the_apis_words() {
     );
     let response = call(
         m,
-        post("/console/sign-in", &format!("portcullis-visitor={visitor}"), &body),
+        post(
+            "/console/sign-in",
+            &format!("portcullis-visitor={visitor}"),
+            &body,
+        ),
     )
     .await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
@@ -224,7 +236,11 @@ async fn a_cookie_of_an_ended_session_is_cleared_and_grants_nothing() {
         ended.ended_at = Some(now());
         Ok(Some((ended, user(1, Role::User, true))))
     });
-    let response = call(m, get("/console/account", &format!("portcullis-session={secret}"))).await;
+    let response = call(
+        m,
+        get("/console/account", &format!("portcullis-session={secret}")),
+    )
+    .await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert!(location(&response).starts_with("/console/sign-in"));
     assert!(
@@ -247,7 +263,11 @@ async fn a_signed_in_form_needs_the_sessions_token_not_the_visitors() {
     m.users.expect_set_password().never();
     let response = call(
         m,
-        post("/console/account/password", &cookies, &body(&csrf_token(&visitor))),
+        post(
+            "/console/account/password",
+            &cookies,
+            &body(&csrf_token(&visitor)),
+        ),
     )
     .await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
@@ -264,7 +284,11 @@ async fn a_signed_in_form_needs_the_sessions_token_not_the_visitors() {
         .returning(|_, _, _, _, _| Ok(()));
     let response = call(
         m,
-        post("/console/account/password", &cookies, &body(&csrf_token(&secret))),
+        post(
+            "/console/account/password",
+            &cookies,
+            &body(&csrf_token(&secret)),
+        ),
     )
     .await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
@@ -304,7 +328,10 @@ async fn administration_pages_refuse_users_who_are_not_admins() {
     m.users.expect_list_users().never();
     let response = call(
         m,
-        get("/console/admin/users", &format!("portcullis-session={secret}")),
+        get(
+            "/console/admin/users",
+            &format!("portcullis-session={secret}"),
+        ),
     )
     .await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
@@ -314,7 +341,10 @@ async fn administration_pages_refuse_users_who_are_not_admins() {
 async fn notices_come_from_a_fixed_list_never_from_the_link() {
     let response = call(
         Mocks::new(),
-        get("/console/sign-in?done=%3Cscript%3Ealert(1)%3C/script%3E", ""),
+        get(
+            "/console/sign-in?done=%3Cscript%3Ealert(1)%3C/script%3E",
+            "",
+        ),
     )
     .await;
     let html = response.into_body().into_string().await.unwrap();

@@ -101,10 +101,15 @@ impl SecurityHeaders {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
-        headers.insert(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        );
+        // The console's forms need `Origin` on their POSTs, which browsers send as `null`
+        // under `no-referrer`; `same-origin` still gives other sites nothing (no token in a
+        // mailed link's URL leaks).
+        let referrer = if is_console_page(path) {
+            "same-origin"
+        } else {
+            "no-referrer"
+        };
+        headers.insert(header::REFERRER_POLICY, HeaderValue::from_static(referrer));
         headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         let policy = if is_docs_page(path) {
             "frame-ancestors 'none'"
