@@ -11,6 +11,16 @@
 // request, straight back to poem: boxing it would only add an allocation.
 #![allow(clippy::result_large_err)]
 
+/// The value of a `Result<T, Response>`, or an early return of its page: the handlers' `?`.
+macro_rules! or_page {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(page) => return page,
+        }
+    };
+}
+
 mod account;
 mod admin;
 mod assets;
@@ -152,6 +162,14 @@ pub fn routes(
         )
         .at("/admin/audit", get(admin::audit_log))
         .data(console)
+        // A person who mistypes a console address gets a page, not a JSON problem.
+        .catch_error(|_: poem::error::NotFoundError| async {
+            message(
+                StatusCode::NOT_FOUND,
+                Chrome::anonymous("Not found"),
+                "There is no such page.",
+            )
+        })
         .into_endpoint()
 }
 

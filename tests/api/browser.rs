@@ -592,13 +592,19 @@ const UNLABELLED_PAGE: &str = r#"<!doctype html>
 <body><main><h1>Who are you?</h1><form><input type="text"></form></main></body>
 </html>"#;
 
-/// A throwaway HTTP/1.1 server of three fixed pages, every answer under [`CSP`].
-async fn serve_pages() -> String {
+/// A throwaway HTTP/1.1 server on loopback (another origin than the app's): each request's
+/// target is answered with `respond`'s status line, extra header lines and HTML body.
+pub async fn serve_html<F>(respond: F) -> String
+where
+    F: Fn(&str) -> (&'static str, String, String) + Send + Sync + 'static,
+{
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
+    let respond = std::sync::Arc::new(respond);
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            let respond = std::sync::Arc::clone(&respond);
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -610,32 +616,10 @@ async fn serve_pages() -> String {
                 }
                 let head = String::from_utf8_lossy(&head);
                 let target = head.split(' ').nth(1).unwrap_or("/").to_owned();
-                let (status, extra, body) = match target.split_once('?') {
-                    None if target == "/" => (
-                        "200 OK",
-                        "Set-Cookie: harness=1; Path=/; HttpOnly; SameSite=Strict\r\n",
-                        FORM_PAGE.to_owned(),
-                    ),
-                    None if target == "/unlabelled" => ("200 OK", "", UNLABELLED_PAGE.to_owned()),
-                    Some(("/hello", query)) => {
-                        let name: String = query
-                            .strip_prefix("name=")
-                            .unwrap_or("")
-                            .chars()
-                            .filter(char::is_ascii_alphanumeric)
-                            .collect();
-                        let page = FORM_PAGE.replace(
-                            "<h1>Say hello</h1>",
-                            &format!("<h1>Say hello</h1><p id=\"greeting\">Hello, {name}</p>"),
-                        );
-                        ("200 OK", "", page)
-                    }
-                    _ => ("404 Not Found", "", String::new()),
-                };
+                let (status, extra, body) = respond(&target);
                 let response = format!(
                     "HTTP/1.1 {status}\r\nContent-Type: text/html; charset=utf-8\r\n\
-                     Content-Security-Policy: {CSP}\r\n{extra}Content-Length: {}\r\n\
-                     Connection: close\r\n\r\n{body}",
+                     {extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = stream.write_all(response.as_bytes()).await;
@@ -644,6 +628,36 @@ async fn serve_pages() -> String {
         }
     });
     address
+}
+
+/// Three fixed pages, every answer under [`CSP`].
+async fn serve_pages() -> String {
+    serve_html(|target| {
+        let csp = format!("Content-Security-Policy: {CSP}\r\n");
+        match target.split_once('?') {
+            None if target == "/" => (
+                "200 OK",
+                format!("{csp}Set-Cookie: harness=1; Path=/; HttpOnly; SameSite=Strict\r\n"),
+                FORM_PAGE.to_owned(),
+            ),
+            None if target == "/unlabelled" => ("200 OK", csp, UNLABELLED_PAGE.to_owned()),
+            Some(("/hello", query)) => {
+                let name: String = query
+                    .strip_prefix("name=")
+                    .unwrap_or("")
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .collect();
+                let page = FORM_PAGE.replace(
+                    "<h1>Say hello</h1>",
+                    &format!("<h1>Say hello</h1><p id=\"greeting\">Hello, {name}</p>"),
+                );
+                ("200 OK", csp, page)
+            }
+            _ => ("404 Not Found", csp, String::new()),
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use fantoccini::key::Key;
 use serde_json::{Value, json};
 
-use crate::browser::Browser;
+use crate::browser::{Browser, serve_html};
 use crate::email::mail_settings;
 use crate::helpers::{Backend, PASSWORD, TestApp, access_token, with_app};
 use crate::smtp::SmtpServer;
@@ -504,7 +504,6 @@ async fn an_admin_finds_and_deactivates_a_user_and_reads_the_audit_log() {
 
 /// A page of another origin that posts to the console: the attacker's.
 async fn attacker_site(console: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let page = format!(
         r#"<!doctype html><html lang="en"><head><title>Win a prize</title></head><body>
 <form id="signout" method="post" action="{console}/console/sign-out">
@@ -515,30 +514,7 @@ async fn attacker_site(console: &str) -> String {
 <button id="log-in">Claim more</button></form>
 </body></html>"#
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let page = page.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
-                     Content-Length: {}\r\nConnection: close\r\n\r\n{page}",
-                    page.len()
-                );
-                stream.write_all(response.as_bytes()).await.ok();
-            });
-        }
-    });
-    address
+    serve_html(move |_| ("200 OK", String::new(), page.clone())).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,10 +88,7 @@ pub(super) async fn send_verification(
     console: Data<&Arc<Console>>,
     form: Posted,
 ) -> Response {
-    let (visitor, principal, _) = match signed_in_post(req, &console, form).await {
-        Ok(signed_in) => signed_in,
-        Err(page) => return page,
-    };
+    let (visitor, principal, _) = or_page!(signed_in_post(req, &console, form).await);
     match console
         .service
         .request_verification(&principal, &console.client(req))
@@ -113,10 +110,7 @@ pub(super) async fn end_session(
     id: Path<String>,
     form: Posted,
 ) -> Response {
-    let (visitor, principal, _) = match signed_in_post(req, &console, form).await {
-        Ok(signed_in) => signed_in,
-        Err(page) => return page,
-    };
+    let (visitor, principal, _) = or_page!(signed_in_post(req, &console, form).await);
     let ended = match Uuid::parse_str(&id.0) {
         Ok(id) => console
             .service
@@ -141,10 +135,7 @@ pub(super) async fn sign_out(
     console: Data<&Arc<Console>>,
     form: Posted,
 ) -> Response {
-    let (_, principal, _) = match signed_in_post(req, &console, form).await {
-        Ok(signed_in) => signed_in,
-        Err(page) => return page,
-    };
+    let (_, principal, _) = or_page!(signed_in_post(req, &console, form).await);
     if let Err(err) = console
         .service
         .logout(&principal, &console.client(req))
@@ -191,10 +182,7 @@ pub(super) async fn change_password(
     console: Data<&Arc<Console>>,
     form: Posted,
 ) -> Response {
-    let (visitor, principal, fields) = match signed_in_post(req, &console, form).await {
-        Ok(signed_in) => signed_in,
-        Err(page) => return page,
-    };
+    let (visitor, principal, fields) = or_page!(signed_in_post(req, &console, form).await);
     let mut checks = FieldErrors::default();
     let new = checks.check("new_password", Password::parse(fields.get("new_password")));
     let new = match checks.finish(new) {
@@ -255,10 +243,7 @@ pub(super) async fn change_email(
     console: Data<&Arc<Console>>,
     form: Posted,
 ) -> Response {
-    let (visitor, principal, fields) = match signed_in_post(req, &console, form).await {
-        Ok(signed_in) => signed_in,
-        Err(page) => return page,
-    };
+    let (visitor, principal, fields) = or_page!(signed_in_post(req, &console, form).await);
     let typed = fields.get("new_email").trim();
     let shown = FormState::default().keep("new_email", typed);
     let mut checks = FieldErrors::default();

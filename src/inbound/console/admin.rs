@@ -15,7 +15,7 @@ use super::Console;
 use super::forms::{Fields, FormState, Guard, submitted};
 use super::guard::{Visitor, see_other};
 use super::pages::{self, Chrome, EventView, SessionView, UserView, query_string};
-use crate::domain::service::Actor;
+use crate::domain::service::{Actor, AdminError};
 use crate::domain::{AuditKind, AuditQuery, Principal, UserChanges, UserId, UserQuery};
 use crate::inbound::http::api::admin::{
     optional, parse_bool, parse_id, parse_role, parse_search, user_id,
@@ -41,10 +41,7 @@ struct UsersQuery {
 
 #[handler]
 pub(super) async fn user_list(req: &Request, console: Data<&Arc<Console>>) -> Response {
-    let (visitor, _) = match console.admin(req).await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
+    let (visitor, _) = or_page!(console.admin(req).await);
     let query: UsersQuery = req.params().unwrap_or_default();
     let text = |value: &Option<String>| value.as_deref().unwrap_or_default().trim().to_owned();
     let (q, role, active, verified) = (
@@ -163,10 +160,7 @@ pub(super) async fn user_detail(
     console: Data<&Arc<Console>>,
     id: Path<String>,
 ) -> Response {
-    let (visitor, _) = match console.admin(req).await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
+    let (visitor, _) = or_page!(console.admin(req).await);
     let done = super::public::PageQuery::of(req).done;
     match user_id(&id.0) {
         Ok(id) => {
@@ -180,6 +174,24 @@ pub(super) async fn user_detail(
             .await
         }
         Err(problem) => failure_page(&console, &visitor, &problem),
+    }
+}
+
+/// After an admin's change to user `id`: back to the user's page with notice `done`, or the
+/// page again with what failed.
+async fn after_action<T>(
+    console: &Console,
+    visitor: &Visitor,
+    id: UserId,
+    result: Result<T, AdminError>,
+    done: &str,
+) -> Response {
+    match result {
+        Ok(_) => see_other(&format!("/console/admin/users/{}?done={done}", id.0)),
+        Err(err) => {
+            let form = FormState::default().failed(&Problem::from(err));
+            user_page(console, visitor, id, form, None).await
+        }
     }
 }
 
@@ -204,10 +216,7 @@ pub(super) async fn update_user(
     id: Path<String>,
     form: Posted,
 ) -> Response {
-    let (visitor, admin, id, fields) = match admin_post(req, &console, &id.0, form).await {
-        Ok(post) => post,
-        Err(page) => return page,
-    };
+    let (visitor, admin, id, fields) = or_page!(admin_post(req, &console, &id.0, form).await);
     let mut checks = FieldErrors::default();
     let role = checks.check("role", parse_role(fields.get("role")));
     let role = match checks.finish(role) {
@@ -230,17 +239,11 @@ pub(super) async fn update_user(
         ..UserChanges::default()
     };
     let client = console.client(req);
-    match console
+    let result = console
         .service
         .update_account(Actor::Admin(&admin, &client), id, changes)
-        .await
-    {
-        Ok(_) => see_other(&format!("/console/admin/users/{}?done=user-updated", id.0)),
-        Err(err) => {
-            let form = FormState::default().failed(&Problem::from(err));
-            user_page(&console, &visitor, id, form, None).await
-        }
-    }
+        .await;
+    after_action(&console, &visitor, id, result, "user-updated").await
 }
 
 /// Ends every session of the user, as `DELETE /admin/users/{id}/sessions` does.
@@ -251,25 +254,13 @@ pub(super) async fn end_sessions(
     id: Path<String>,
     form: Posted,
 ) -> Response {
-    let (visitor, admin, id, _) = match admin_post(req, &console, &id.0, form).await {
-        Ok(post) => post,
-        Err(page) => return page,
-    };
+    let (visitor, admin, id, _) = or_page!(admin_post(req, &console, &id.0, form).await);
     let client = console.client(req);
-    match console
+    let result = console
         .service
         .end_account_sessions(Actor::Admin(&admin, &client), id)
-        .await
-    {
-        Ok(()) => see_other(&format!(
-            "/console/admin/users/{}?done=sessions-ended",
-            id.0
-        )),
-        Err(err) => {
-            let form = FormState::default().failed(&Problem::from(err));
-            user_page(&console, &visitor, id, form, None).await
-        }
-    }
+        .await;
+    after_action(&console, &visitor, id, result, "sessions-ended").await
 }
 
 /// Mails the user a reset link, as `POST /admin/users/{id}/password-reset` does.
@@ -280,20 +271,9 @@ pub(super) async fn send_reset_link(
     id: Path<String>,
     form: Posted,
 ) -> Response {
-    let (visitor, _, id, _) = match admin_post(req, &console, &id.0, form).await {
-        Ok(post) => post,
-        Err(page) => return page,
-    };
-    match console.service.send_reset_link(id).await {
-        Ok(()) => see_other(&format!(
-            "/console/admin/users/{}?done=reset-link-sent",
-            id.0
-        )),
-        Err(err) => {
-            let form = FormState::default().failed(&Problem::from(err));
-            user_page(&console, &visitor, id, form, None).await
-        }
-    }
+    let (visitor, _, id, _) = or_page!(admin_post(req, &console, &id.0, form).await);
+    let result = console.service.send_reset_link(id).await;
+    after_action(&console, &visitor, id, result, "reset-link-sent").await
 }
 
 async fn delete_form(
@@ -323,10 +303,7 @@ pub(super) async fn delete_page(
     console: Data<&Arc<Console>>,
     id: Path<String>,
 ) -> Response {
-    let (visitor, _) = match console.admin(req).await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
+    let (visitor, _) = or_page!(console.admin(req).await);
     match user_id(&id.0) {
         Ok(id) => delete_form(&console, &visitor, id, FormState::default()).await,
         Err(problem) => failure_page(&console, &visitor, &problem),
@@ -341,10 +318,7 @@ pub(super) async fn delete_user(
     id: Path<String>,
     form: Posted,
 ) -> Response {
-    let (visitor, admin, id, _) = match admin_post(req, &console, &id.0, form).await {
-        Ok(post) => post,
-        Err(page) => return page,
-    };
+    let (visitor, admin, id, _) = or_page!(admin_post(req, &console, &id.0, form).await);
     let client = console.client(req);
     match console
         .service
@@ -388,10 +362,7 @@ fn parse_event_id(text: &str) -> Result<i64, &'static str> {
 
 #[handler]
 pub(super) async fn audit_log(req: &Request, console: Data<&Arc<Console>>) -> Response {
-    let (visitor, _) = match console.admin(req).await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
+    let (visitor, _) = or_page!(console.admin(req).await);
     let filters: AuditFilters = req.params().unwrap_or_default();
     let text = |value: &Option<String>| value.as_deref().unwrap_or_default().trim().to_owned();
     let typed = [

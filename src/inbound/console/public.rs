@@ -39,10 +39,7 @@ impl PageQuery {
 /// `/console`: the account for a signed-in visitor, sign-in for anyone else.
 #[handler]
 pub(super) async fn home(req: &Request, console: Data<&Arc<Console>>) -> Response {
-    let visitor = match console.visitor(req).await {
-        Ok(visitor) => visitor,
-        Err(page) => return page,
-    };
+    let visitor = or_page!(console.visitor(req).await);
     let target = if visitor.principal().is_some() {
         "/console/account"
     } else {
@@ -73,10 +70,7 @@ fn sign_in_form(
 #[handler]
 pub(super) async fn sign_in_page(req: &Request, console: Data<&Arc<Console>>) -> Response {
     let query = PageQuery::of(req);
-    let visitor = match console.visitor(req).await {
-        Ok(visitor) => visitor,
-        Err(page) => return page,
-    };
+    let visitor = or_page!(console.visitor(req).await);
     let next = safe_next(query.next.as_deref());
     if visitor.principal().is_some() {
         return see_other(next);
@@ -94,14 +88,8 @@ pub(super) async fn sign_in_page(req: &Request, console: Data<&Arc<Console>>) ->
 /// and opens a session whose only trace in the browser is an `HttpOnly` cookie.
 #[handler]
 pub(super) async fn sign_in(req: &Request, console: Data<&Arc<Console>>, form: Posted) -> Response {
-    let visitor = match console.visitor(req).await {
-        Ok(visitor) => visitor,
-        Err(page) => return page,
-    };
-    let fields = match submitted(&console, req, &visitor, form, Guard::Visitor) {
-        Ok(fields) => fields,
-        Err(page) => return page,
-    };
+    let visitor = or_page!(console.visitor(req).await);
+    let fields = or_page!(submitted(&console, req, &visitor, form, Guard::Visitor));
     let next = safe_next(fields.trimmed("next"));
     let typed = fields.get("email").trim();
     let shown = FormState::default().keep("email", typed);
@@ -164,14 +152,8 @@ pub(super) async fn register(
     console: Data<&Arc<Console>>,
     form: Posted,
 ) -> Response {
-    let visitor = match console.visitor(req).await {
-        Ok(visitor) => visitor,
-        Err(page) => return page,
-    };
-    let fields = match submitted(&console, req, &visitor, form, Guard::Visitor) {
-        Ok(fields) => fields,
-        Err(page) => return page,
-    };
+    let visitor = or_page!(console.visitor(req).await);
+    let fields = or_page!(submitted(&console, req, &visitor, form, Guard::Visitor));
     let shown = FormState::default()
         .keep("email", fields.get("email").trim())
         .keep("full_name", fields.get("full_name").trim());
@@ -234,14 +216,8 @@ pub(super) async fn forgot_page(req: &Request, console: Data<&Arc<Console>>) -> 
 /// the address has an account.
 #[handler]
 pub(super) async fn forgot(req: &Request, console: Data<&Arc<Console>>, form: Posted) -> Response {
-    let visitor = match console.visitor(req).await {
-        Ok(visitor) => visitor,
-        Err(page) => return page,
-    };
-    let fields = match submitted(&console, req, &visitor, form, Guard::Visitor) {
-        Ok(fields) => fields,
-        Err(page) => return page,
-    };
+    let visitor = or_page!(console.visitor(req).await);
+    let fields = or_page!(submitted(&console, req, &visitor, form, Guard::Visitor));
     let shown = FormState::default().keep("email", fields.get("email").trim());
     let mut checks = FieldErrors::default();
     let email = checks.check("email", Email::parse(fields.get("email").trim()));
@@ -288,10 +264,7 @@ fn reset_form(console: &Console, visitor: &Visitor, form: FormState, token: &str
 #[handler]
 pub(super) async fn reset_page(req: &Request, console: Data<&Arc<Console>>) -> Response {
     let query = PageQuery::of(req);
-    let visitor = match console.visitor(req).await {
-        Ok(visitor) => visitor,
-        Err(page) => return page,
-    };
+    let visitor = or_page!(console.visitor(req).await);
     match query.token.as_deref().filter(|t| !t.is_empty()) {
         Some(token) => reset_form(&console, &visitor, FormState::default(), token),
         None => incomplete_link(&console, &visitor),
@@ -300,14 +273,8 @@ pub(super) async fn reset_page(req: &Request, console: Data<&Arc<Console>>) -> R
 
 #[handler]
 pub(super) async fn reset(req: &Request, console: Data<&Arc<Console>>, form: Posted) -> Response {
-    let visitor = match console.visitor(req).await {
-        Ok(visitor) => visitor,
-        Err(page) => return page,
-    };
-    let fields = match submitted(&console, req, &visitor, form, Guard::Visitor) {
-        Ok(fields) => fields,
-        Err(page) => return page,
-    };
+    let visitor = or_page!(console.visitor(req).await);
+    let fields = or_page!(submitted(&console, req, &visitor, form, Guard::Visitor));
     let token = fields.get("token");
     let mut checks = FieldErrors::default();
     let password = checks.check("new_password", Password::parse(fields.get("new_password")));
@@ -371,10 +338,7 @@ impl LinkKind {
 
 async fn link_page(req: &Request, console: &Console, kind: LinkKind) -> Response {
     let query = PageQuery::of(req);
-    let visitor = match console.visitor(req).await {
-        Ok(visitor) => visitor,
-        Err(page) => return page,
-    };
+    let visitor = or_page!(console.visitor(req).await);
     match query.token.as_deref().filter(|t| !t.is_empty()) {
         Some(token) => console.page(
             &visitor,
@@ -386,14 +350,8 @@ async fn link_page(req: &Request, console: &Console, kind: LinkKind) -> Response
 }
 
 async fn redeem_link(req: &Request, console: &Console, form: Posted, kind: LinkKind) -> Response {
-    let visitor = match console.visitor(req).await {
-        Ok(visitor) => visitor,
-        Err(page) => return page,
-    };
-    let fields = match submitted(console, req, &visitor, form, Guard::Visitor) {
-        Ok(fields) => fields,
-        Err(page) => return page,
-    };
+    let visitor = or_page!(console.visitor(req).await);
+    let fields = or_page!(submitted(console, req, &visitor, form, Guard::Visitor));
     let token = fields.get("token");
     let (result, done) = match kind {
         LinkKind::Verify => (console.service.verify_email(token).await, "verified"),

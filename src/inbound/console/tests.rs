@@ -353,3 +353,15 @@ async fn notices_come_from_a_fixed_list_never_from_the_link() {
     let html = response.into_body().into_string().await.unwrap();
     assert!(html.contains("You are signed out."));
 }
+
+#[tokio::test]
+async fn an_unknown_console_page_is_a_page_not_a_json_problem() {
+    let response = call(Mocks::new(), get("/console/no-such-page", "")).await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        response.headers().get(header::CONTENT_TYPE).unwrap(),
+        "text/html; charset=utf-8"
+    );
+    let html = response.into_body().into_string().await.unwrap();
+    assert!(html.contains("There is no such page."));
+}
