@@ -123,12 +123,14 @@ impl RouteLabels {
     }
 
     /// The template `path` matches; `/docs` and `/redoc` for the documentation pages;
-    /// `unmatched` for anything else.
+    /// `/console` for the web console; `unmatched` for anything else.
     pub fn label(&self, path: &str) -> String {
         match self.find(path) {
             Some(route) => route.template.clone(),
             None if path == "/docs" || path.starts_with("/docs/") => "/docs".into(),
             None if path == "/redoc" || path == "/openapi.json" => path.into(),
+            // The console's pages, as one series: their ids would mint a series each.
+            None if path == "/console" || path.starts_with("/console/") => "/console".into(),
             None => "unmatched".into(),
         }
     }
@@ -202,6 +204,7 @@ mod tests {
         );
         assert_eq!(labels.label("/docs/oauth-receiver.html"), "/docs");
         assert_eq!(labels.label("/auth/me/extra"), "unmatched");
+        assert_eq!(labels.label("/console/admin/users/42"), "/console");
         assert_eq!(labels.label("/../../etc/passwd"), "unmatched");
     }
 
