@@ -160,6 +160,9 @@ pub enum UserCommand {
     Verify { email: String },
     /// Print a fresh password-reset link for a user (for when mail is down).
     ResetLink { email: String },
+    /// Remove every second factor of a user (TOTP, recovery codes, passkeys), for a user who
+    /// lost them: their next login asks for the password alone.
+    MfaReset { email: String },
     /// List users, newest first.
     List {
         /// Only users whose email or full name contains this text (any case).

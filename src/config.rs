@@ -170,6 +170,9 @@ pub struct Settings {
     pub bcrypt_cost: u32,
     pub password_min_score: u8,
     pub accept_pyauth_tokens_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// The issuer authenticator apps show for a TOTP factor.
+    #[serde(deserialize_with = "lenient_string")]
+    pub totp_issuer: String,
     pub hash_workers: usize,
     pub hash_queue: usize,
     pub rate_limits_enabled: bool,
@@ -236,6 +239,7 @@ const KEYS: &[&str] = &[
     "jwt_algorithm",
     "password_min_score",
     "accept_pyauth_tokens_until",
+    "totp_issuer",
     "signing_key_rotation_days",
     "jwks_max_age",
     "signing_key_refresh_seconds",

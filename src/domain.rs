@@ -8,6 +8,7 @@ pub mod email;
 pub mod error;
 pub mod import;
 pub mod mail;
+pub mod mfa;
 pub mod password;
 pub mod ports;
 pub mod service;

@@ -239,6 +239,18 @@ async fn administer(command: UserCommand, settings: &Settings) -> anyhow::Result
             return Ok(());
         }
         UserCommand::Delete { email } => service.delete_by_email(&parse(&email)?).await?,
+        UserCommand::MfaReset { email } => {
+            let removed = service.reset_factors_by_email(&parse(&email)?).await?;
+            println!(
+                "{email}: {}",
+                if removed {
+                    "second factors removed"
+                } else {
+                    "had no second factor"
+                }
+            );
+            return Ok(());
+        }
         UserCommand::ResetLink { email } => {
             let link = service
                 .reset_link(&parse(&email)?)

@@ -6,3 +6,5 @@ pub mod jwt;
 pub mod mail;
 pub mod memory;
 pub mod sea_orm;
+pub mod sealing;
+pub mod webauthn;

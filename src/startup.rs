@@ -17,10 +17,11 @@ use tokio::net::TcpListener;
 
 use crate::config::{MailTransport, Profile, RateLimitStore, Secret, Settings};
 use crate::domain::ports::{
-    ImportTarget, MailOutbox, Mailer, RateLimiter, SigningKeyStore, UserRepository,
+    FactorRepository, ImportTarget, MailOutbox, Mailer, PasskeyCeremonies, RateLimiter,
+    SigningKeyStore, UserRepository,
 };
 use crate::domain::service::{
-    DeliveryOutcome, KeyPorts, LimitPolicy, MailPolicy, Ports, Quota, SigningKeys,
+    DeliveryOutcome, KeyPorts, LimitPolicy, MailPolicy, MfaPolicy, Ports, Quota, SigningKeys,
 };
 use crate::domain::{AuthPolicy, AuthService, KeyPolicy, PasswordPolicy};
 use crate::inbound::console::guard::ConsoleSettings;
@@ -38,6 +39,7 @@ use crate::outbound::memory::{MemoryRateLimiter, MemorySigningKeyStore, MemoryUs
 use crate::outbound::sea_orm::{
     self as db, DatabaseSettings, SeaOrmRateLimiter, SeaOrmSigningKeyStore, SeaOrmUserRepository,
 };
+use crate::outbound::webauthn::WebauthnCeremonies;
 
 /// Where users and sessions live, as chosen by `DATABASE_URL`.
 pub enum Storage {
@@ -84,12 +86,20 @@ impl Storage {
         Ok(())
     }
 
-    /// The repository, and the outbox it fills (the same store).
-    fn repository(&self, settings: &Settings) -> (Arc<dyn UserRepository>, Arc<dyn MailOutbox>) {
+    /// The repository, as the ports of users, of second factors and of the outbox it fills
+    /// (one store).
+    fn repository(
+        &self,
+        settings: &Settings,
+    ) -> (
+        Arc<dyn UserRepository>,
+        Arc<dyn FactorRepository>,
+        Arc<dyn MailOutbox>,
+    ) {
         match self {
             Self::Memory => {
                 let memory = Arc::new(MemoryUserRepository::new());
-                (memory.clone(), memory)
+                (memory.clone(), memory.clone(), memory)
             }
             Self::Database(db) => {
                 let sea_orm = Arc::new(SeaOrmUserRepository::new(
@@ -97,7 +107,7 @@ impl Storage {
                     Duration::from_secs(settings.database_timeout_seconds),
                     settings.session_lookup_queries,
                 ));
-                (sea_orm.clone(), sea_orm)
+                (sea_orm.clone(), sea_orm.clone(), sea_orm)
             }
         }
     }
@@ -312,7 +322,7 @@ pub async fn build(settings: &Settings, storage: &Storage) -> anyhow::Result<Cor
         .map_err(anyhow::Error::msg)?,
     );
     let clock = Arc::new(SystemClock);
-    let (users, outbox) = storage.repository(settings);
+    let (users, factors, outbox) = storage.repository(settings);
     let keys = Arc::new(SigningKeys::new(
         KeyPorts {
             store: storage.key_store(settings),
@@ -356,11 +366,18 @@ pub async fn build(settings: &Settings, storage: &Storage) -> anyhow::Result<Cor
             min_score: settings.password_min_score,
         },
         pyauth_tokens_until: settings.accept_pyauth_tokens_until,
+        mfa: MfaPolicy {
+            issuer: settings.totp_issuer.clone(),
+            ..MfaPolicy::default()
+        },
     };
     let ports = Ports {
         users,
+        factors,
+        sealer: issuer.sealer(),
         outbox,
         mailer: mailer(settings)?,
+        passkeys: passkey_ceremonies(settings),
         hasher,
         tokens: issuer.clone(),
         clock,
@@ -371,6 +388,18 @@ pub async fn build(settings: &Settings, storage: &Storage) -> anyhow::Result<Cor
         keys,
         issuer,
     })
+}
+
+/// WebAuthn for the relying party of `public_url`; `None` when its host cannot be one (an IP
+/// address, as the default `127.0.0.1` is), and the passkey routes say so.
+fn passkey_ceremonies(settings: &Settings) -> Option<Arc<dyn PasskeyCeremonies>> {
+    match WebauthnCeremonies::new(&settings.public_url(), &settings.totp_issuer) {
+        Ok(ceremonies) => Some(Arc::new(ceremonies)),
+        Err(reason) => {
+            tracing::info!(%reason, "passkeys are off");
+            None
+        }
+    }
 }
 
 /// The account use cases alone, as the operator's commands use them.

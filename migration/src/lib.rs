@@ -14,6 +14,7 @@ mod m20261128_000008_index_user_search;
 mod m20261128_000009_create_signing_keys;
 mod m20261128_000010_add_imported_from;
 mod m20261128_000011_add_session_cookie;
+mod m20261204_000012_create_second_factors;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000009_create_signing_keys::Migration),
             Box::new(m20261128_000010_add_imported_from::Migration),
             Box::new(m20261128_000011_add_session_cookie::Migration),
+            Box::new(m20261204_000012_create_second_factors::Migration),
         ]
     }
 }

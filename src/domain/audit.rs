@@ -33,10 +33,22 @@ pub enum AuditKind {
     KeyRetired,
     /// A run of `portcullis import pyauth` wrote users.
     UsersImported,
+    /// A TOTP factor was confirmed (and recovery codes issued).
+    TotpEnabled,
+    /// A TOTP factor was removed by its user.
+    TotpDisabled,
+    /// A wrong code at the second step of a login.
+    MfaFailed,
+    /// A recovery code was spent at the second step of a login.
+    RecoveryCodeUsed,
+    /// Every second factor of a user was removed by an operator.
+    MfaReset,
+    PasskeyAdded,
+    PasskeyRemoved,
 }
 
 impl AuditKind {
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 24] = [
         Self::UserRegistered,
         Self::LoginSucceeded,
         Self::LoginFailed,
@@ -54,6 +66,13 @@ impl AuditKind {
         Self::KeyPublished,
         Self::KeyRetired,
         Self::UsersImported,
+        Self::TotpEnabled,
+        Self::TotpDisabled,
+        Self::MfaFailed,
+        Self::RecoveryCodeUsed,
+        Self::MfaReset,
+        Self::PasskeyAdded,
+        Self::PasskeyRemoved,
     ];
 
     /// The wire and storage name.
@@ -76,6 +95,13 @@ impl AuditKind {
             Self::KeyPublished => "key.published",
             Self::KeyRetired => "key.retired",
             Self::UsersImported => "users.imported",
+            Self::TotpEnabled => "mfa.totp_enabled",
+            Self::TotpDisabled => "mfa.totp_disabled",
+            Self::MfaFailed => "mfa.failed",
+            Self::RecoveryCodeUsed => "mfa.recovery_code_used",
+            Self::MfaReset => "mfa.reset",
+            Self::PasskeyAdded => "passkey.added",
+            Self::PasskeyRemoved => "passkey.removed",
         }
     }
 

@@ -8,6 +8,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::import::{ImportError, ImportPlan, SourceUser, TargetUser};
+use super::mfa::{
+    AuthMethod, Ceremony, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge, Passkey,
+    RecoveryCodeHash, TotpFactor,
+};
 use super::{
     AuditEvent, AuditQuery, BackendError, CookieHash, Email, EmailTokenHash, EmailTokenRecord,
     GeneratedKey, Hs256Acceptance, KeyAlgorithm, KeyChange, KeySet, Mail, MailJob, NewAuditEvent,
@@ -308,7 +312,8 @@ pub trait UserRepository: Send + Sync + 'static {
     ) -> Result<Option<User>, CreateUserError>;
 
     /// Deletes sessions that are no longer live at `now`, refresh and link tokens past their
-    /// expiry, delivered mail kept long enough, and audit events older than `audit_before`.
+    /// expiry, pending second steps and WebAuthn ceremonies past theirs, delivered mail kept
+    /// long enough, and audit events older than `audit_before`.
     /// Returns how many sessions were deleted.
     ///
     /// # Errors
@@ -468,6 +473,8 @@ pub struct AccessClaims {
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub token_id: String,
+    /// How the session's user signed in (`amr`).
+    pub methods: Vec<AuthMethod>,
 }
 
 /// The claims of an access token of the old service (pyauth): HS256 with the shared secret,
@@ -668,4 +675,314 @@ pub trait ImportTarget: Send + Sync {
         audit: NewAuditEvent,
         progress: &(dyn Fn(usize) + Send + Sync),
     ) -> Result<(), ImportError>;
+}
+
+/// Storage of second factors (TOTP secrets, recovery codes, passkeys), of the pending second
+/// steps of logins, and of WebAuthn ceremonies in progress.
+///
+/// Implemented by the same adapter as [`UserRepository`], on the same storage: deleting a user
+/// deletes their factors, and every instance sees every challenge and ceremony.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait FactorRepository: Send + Sync + 'static {
+    /// Which factors user `id` has.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn factors(&self, id: UserId) -> Result<Factors, BackendError>;
+
+    /// User `id`'s TOTP factor, confirmed or not.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn find_totp(&self, id: UserId) -> Result<Option<TotpFactor>, BackendError>;
+
+    /// Stores `sealed_secret` as user `id`'s unconfirmed TOTP secret, replacing an unconfirmed
+    /// one. `Ok(false)`, with nothing changed, when a confirmed one exists.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn store_pending_totp(
+        &self,
+        id: UserId,
+        sealed_secret: Vec<u8>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, BackendError>;
+
+    /// Confirms user `id`'s TOTP factor, if it is still unconfirmed with `sealed_secret` (the
+    /// one a code was checked against), with `step` as its last used step; replaces the user's
+    /// recovery codes by `recovery`, and records `audit`; in one transaction. `Ok(false)`, with
+    /// nothing changed, when the factor changed meanwhile.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn confirm_totp(
+        &self,
+        id: UserId,
+        sealed_secret: &[u8],
+        step: i64,
+        recovery: Vec<RecoveryCodeHash>,
+        audit: NewAuditEvent,
+    ) -> Result<bool, BackendError>;
+
+    /// Records that a code of `step` was accepted for user `id`'s confirmed factor, if no code
+    /// of this step or a later one was: a conditional update, so of two uses of one code
+    /// exactly one returns `true`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn use_totp_step(&self, id: UserId, step: i64) -> Result<bool, BackendError>;
+
+    /// Spends one unused recovery code of user `id` at `now`; `false` when there is none with
+    /// this hash (or it is spent). Of two concurrent uses exactly one returns `true`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn spend_recovery_code(
+        &self,
+        id: UserId,
+        hash: &RecoveryCodeHash,
+        now: DateTime<Utc>,
+    ) -> Result<bool, BackendError>;
+
+    /// Removes user `id`'s TOTP factor and recovery codes, and, with `passkeys`, their
+    /// passkeys; records `audit`; in one transaction. `false` when there was nothing to remove
+    /// (nothing is recorded then).
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn remove_factors(
+        &self,
+        id: UserId,
+        passkeys: bool,
+        audit: NewAuditEvent,
+    ) -> Result<bool, BackendError>;
+
+    /// Stores a pending second step of a login.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn store_mfa_challenge(&self, challenge: NewMfaChallenge) -> Result<(), BackendError>;
+
+    /// Loads a challenge, spent or not.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; an unknown hash is `Ok(None)`.
+    async fn find_mfa_challenge(
+        &self,
+        hash: &MfaTokenHash,
+    ) -> Result<Option<MfaChallenge>, BackendError>;
+
+    /// Counts a wrong code against a challenge, and spends it at `now` when that makes
+    /// `max_failures`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn fail_mfa_challenge(
+        &self,
+        hash: &MfaTokenHash,
+        max_failures: u32,
+        now: DateTime<Utc>,
+    ) -> Result<(), BackendError>;
+
+    /// Spends an unspent challenge at `now`: of two concurrent spends exactly one returns
+    /// `true`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn spend_mfa_challenge(
+        &self,
+        hash: &MfaTokenHash,
+        now: DateTime<Utc>,
+    ) -> Result<bool, BackendError>;
+
+    /// User `id`'s passkeys, oldest first.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn list_passkeys(&self, id: UserId) -> Result<Vec<Passkey>, BackendError>;
+
+    /// Stores a new passkey and records `audit`, in one transaction. `Ok(false)`, storing
+    /// nothing, when its credential id is stored already (for anyone).
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn add_passkey(
+        &self,
+        passkey: Passkey,
+        audit: NewAuditEvent,
+    ) -> Result<bool, BackendError>;
+
+    /// The passkey with WebAuthn credential id `credential_id`, whoever holds it.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn find_passkey(&self, credential_id: &[u8]) -> Result<Option<Passkey>, BackendError>;
+
+    /// Records a sign-in with passkey `id` at `now`, storing its `credential` when the
+    /// authenticator moved its counter or backup state.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn touch_passkey(
+        &self,
+        id: uuid::Uuid,
+        credential: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), BackendError>;
+
+    /// Deletes passkey `id` of user `user_id` and records `audit`; `false`, recording nothing,
+    /// when the user has no such passkey (someone else's is not touched).
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn remove_passkey(
+        &self,
+        user_id: UserId,
+        id: uuid::Uuid,
+        audit: NewAuditEvent,
+    ) -> Result<bool, BackendError>;
+
+    /// Names passkey `id` of user `user_id` `name`; `false` when the user has no such passkey
+    /// (someone else's is not touched).
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn rename_passkey(
+        &self,
+        user_id: UserId,
+        id: uuid::Uuid,
+        name: &str,
+    ) -> Result<bool, BackendError>;
+
+    /// Stores a WebAuthn ceremony until it is finished or expires.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn store_ceremony(&self, ceremony: Ceremony) -> Result<(), BackendError>;
+
+    /// Takes the ceremony of `challenge`: deletes it and returns it, so that it finishes at
+    /// most once, unless it expired by `now` (it is deleted then too).
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn take_ceremony(
+        &self,
+        challenge: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Ceremony>, BackendError>;
+}
+
+/// Encrypts secrets the core must read back (TOTP secrets), so the database alone never
+/// yields them.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait SecretSealer: Send + Sync + 'static {
+    /// Seals `plaintext`, bound to `bound_to`: it opens only with the same binding.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the random generator fails.
+    fn seal(&self, plaintext: &[u8], bound_to: &str) -> Result<Vec<u8>, BackendError>;
+
+    /// # Errors
+    /// [`BackendError`] when `sealed` was not sealed with this key and binding.
+    fn open(&self, sealed: &[u8], bound_to: &str) -> Result<Vec<u8>, BackendError>;
+}
+
+/// A WebAuthn ceremony's start: the options for the browser, and what to keep until it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CeremonyStart {
+    /// JSON text for `navigator.credentials.create` or `.get` (`{"publicKey": {...}}`).
+    pub options: String,
+    /// The challenge, as the browser's answer will carry it: the key to find the state by.
+    pub challenge: String,
+    /// The adapter's state, opaque to the core.
+    pub state: String,
+}
+
+/// A credential a registration ceremony verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredPasskey {
+    pub credential_id: Vec<u8>,
+    /// The credential as the adapter stores it: opaque to the core.
+    pub credential: String,
+}
+
+/// A verified sign-in with a passkey.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedAssertion {
+    pub credential_id: Vec<u8>,
+    /// The stored credential, updated (sign counter, backup state), when it changed.
+    pub updated_credential: Option<String>,
+}
+
+/// Why a WebAuthn answer was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum CeremonyError {
+    /// Malformed, for another challenge or origin, badly signed, a cloned authenticator: the
+    /// caller's answer is refused.
+    #[error("{0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// The WebAuthn ceremonies (passkeys): options for the browser, and the checks of its
+/// answers. The relying party (id and origin) is the adapter's configuration.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait PasskeyCeremonies: Send + Sync + 'static {
+    /// Options to create a discoverable credential for the user with handle `user_handle`,
+    /// shown as `user_name` and `display_name`, excluding the credentials `existing`.
+    ///
+    /// # Errors
+    /// [`CeremonyError::Backend`] when the options cannot be made.
+    fn start_registration(
+        &self,
+        user_handle: uuid::Uuid,
+        user_name: &str,
+        display_name: &str,
+        existing: &[Vec<u8>],
+    ) -> Result<CeremonyStart, CeremonyError>;
+
+    /// Checks the browser's answer (the `PublicKeyCredential` as JSON) to a registration
+    /// against its `state`.
+    ///
+    /// # Errors
+    /// [`CeremonyError::Rejected`] for an answer that does not verify.
+    fn finish_registration(
+        &self,
+        state: &str,
+        response: &str,
+    ) -> Result<RegisteredPasskey, CeremonyError>;
+
+    /// Options for a sign-in with any discoverable credential (no user named beforehand).
+    ///
+    /// # Errors
+    /// [`CeremonyError::Backend`] when the options cannot be made.
+    fn start_authentication(&self) -> Result<CeremonyStart, CeremonyError>;
+
+    /// The challenge a browser's answer carries, to find its ceremony by.
+    ///
+    /// # Errors
+    /// [`CeremonyError::Rejected`] for a malformed answer.
+    fn challenge_of(&self, response: &str) -> Result<String, CeremonyError>;
+
+    /// The credential id an assertion claims to be made with, unverified: which stored
+    /// credential to check it against.
+    ///
+    /// # Errors
+    /// [`CeremonyError::Rejected`] for a malformed answer.
+    fn credential_of(&self, response: &str) -> Result<Vec<u8>, CeremonyError>;
+
+    /// Checks an assertion against the ceremony's `state` and the stored `credential` of the
+    /// user with handle `user_handle`.
+    ///
+    /// # Errors
+    /// [`CeremonyError::Rejected`] for an assertion that does not verify.
+    fn finish_authentication(
+        &self,
+        state: &str,
+        response: &str,
+        user_handle: uuid::Uuid,
+        credential: &str,
+    ) -> Result<VerifiedAssertion, CeremonyError>;
 }

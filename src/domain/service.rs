@@ -11,6 +11,8 @@ mod cookie_sessions;
 mod email;
 mod keys;
 mod limits;
+mod mfa;
+mod passkeys;
 mod sessions;
 
 use std::sync::Arc;
@@ -20,15 +22,21 @@ use uuid::Uuid;
 
 pub use accounts::{AuthError, LoginError, RegisterError};
 pub use admin::{Actor, AdminError, NewAccount};
-pub use cookie_sessions::CookieSession;
+pub use cookie_sessions::{CookieSession, CookieSignIn};
 pub use email::{Delivery, DeliveryOutcome, MailPolicy, MailRequestError, RedeemError};
 pub use keys::{KeyError, KeyPorts, Retired, Rotated, SigningKeys};
 pub use limits::{LimitError, LimitPolicy, Quota, Throttled, backoff_delay};
+pub use mfa::{
+    LoginStep, MfaError, MfaPolicy, PendingLogin, SecondFactor, TotpEnrolment, TotpRemovalProof,
+};
+pub use passkeys::{PasskeyError, user_handle};
 pub use sessions::{ChangePasswordError, EndSessionError, RefreshError};
 
+use super::mfa::AuthMethod;
 use super::ports::{
-    AccessClaims, Clock, CreateSessionError, MailOutbox, Mailer, PasswordHasher, RateLimiter,
-    TokenError, TokenIssuer, UserRepository,
+    AccessClaims, Clock, CreateSessionError, FactorRepository, MailOutbox, Mailer,
+    PasskeyCeremonies, PasswordHasher, RateLimiter, SecretSealer, TokenError, TokenIssuer,
+    UserRepository,
 };
 use super::{
     AuditKind, BackendError, ClientInfo, Email, FullName, NewAuditEvent, NewRefreshToken,
@@ -59,6 +67,8 @@ pub struct AuthPolicy {
     pub password: PasswordPolicy,
     /// Until when access tokens of the old service (pyauth) are accepted; `None`: never.
     pub pyauth_tokens_until: Option<DateTime<Utc>>,
+    /// Second factors.
+    pub mfa: MfaPolicy,
 }
 
 impl Default for AuthPolicy {
@@ -74,6 +84,7 @@ impl Default for AuthPolicy {
             mail: MailPolicy::default(),
             password: PasswordPolicy::default(),
             pyauth_tokens_until: None,
+            mfa: MfaPolicy::default(),
         }
     }
 }
@@ -82,6 +93,9 @@ impl Default for AuthPolicy {
 #[derive(Clone)]
 pub struct Ports {
     pub users: Arc<dyn UserRepository>,
+    /// The same storage as `users`, for second factors.
+    pub factors: Arc<dyn FactorRepository>,
+    pub sealer: Arc<dyn SecretSealer>,
     pub hasher: Arc<dyn PasswordHasher>,
     pub tokens: Arc<dyn TokenIssuer>,
     pub clock: Arc<dyn Clock>,
@@ -89,17 +103,31 @@ pub struct Ports {
     pub outbox: Arc<dyn MailOutbox>,
     /// `None`: no mail transport is configured, and the routes that send mail say so.
     pub mailer: Option<Arc<dyn Mailer>>,
+    /// `None`: `public_url` names no host a passkey can be bound to, and the passkey routes
+    /// say so.
+    pub passkeys: Option<Arc<dyn PasskeyCeremonies>>,
+}
+
+/// A session about to be opened: its id, time, client, and how its user signed in.
+struct SessionOpening {
+    id: SessionId,
+    now: DateTime<Utc>,
+    client: ClientInfo,
+    methods: Vec<AuthMethod>,
 }
 
 /// Every use case of the service. Cheap to share: it holds only `Arc`s and plain values.
 pub struct AuthService {
     users: Arc<dyn UserRepository>,
+    factors: Arc<dyn FactorRepository>,
+    sealer: Arc<dyn SecretSealer>,
     hasher: Arc<dyn PasswordHasher>,
     tokens: Arc<dyn TokenIssuer>,
     clock: Arc<dyn Clock>,
     limiter: Arc<dyn RateLimiter>,
     outbox: Arc<dyn MailOutbox>,
     mailer: Option<Arc<dyn Mailer>>,
+    passkeys: Option<Arc<dyn PasskeyCeremonies>>,
     policy: AuthPolicy,
     limits: LimitPolicy,
     /// Verified against when an email is unknown, so that a miss costs a full hash like a hit.
@@ -112,12 +140,15 @@ impl AuthService {
     pub fn new(ports: Ports, policy: AuthPolicy, dummy_hash: PasswordHash) -> Self {
         Self {
             users: ports.users,
+            factors: ports.factors,
+            sealer: ports.sealer,
             hasher: ports.hasher,
             tokens: ports.tokens,
             clock: ports.clock,
             limiter: ports.limiter,
             outbox: ports.outbox,
             mailer: ports.mailer,
+            passkeys: ports.passkeys,
             limits: policy.limits,
             policy,
             dummy_hash,
@@ -171,31 +202,44 @@ impl AuthService {
         &self,
         user: &User,
         client: ClientInfo,
+        methods: Vec<AuthMethod>,
     ) -> Result<TokenPair, CreateSessionError> {
         let now = self.clock.now();
         let id = SessionId::random();
         let expires_at = now + self.policy.session_max_age;
         let refresh = self.next_refresh_token(id, expires_at, now);
         let refresh_token = refresh.secret.clone();
+        let opened = SessionOpening {
+            id,
+            now,
+            client,
+            methods,
+        };
         let session = self
-            .open_session(user, id, now, client, SessionKey::RefreshToken(refresh))
+            .open_session(user, opened, SessionKey::RefreshToken(refresh))
             .await?;
-        let access_token = self.issue_access_token(user, session.id, now)?;
+        let access_token = self.issue_access_token(user, &session, now)?;
         Ok(self.token_pair(access_token, refresh_token))
     }
 
-    /// Stores a session `id` for `user`, opened at `now` and held with `key`, recording the
-    /// login with it.
+    /// Stores a session for `user` as `opened` says, held with `key`, recording the login
+    /// with it.
     async fn open_session(
         &self,
         user: &User,
-        id: SessionId,
-        now: DateTime<Utc>,
-        client: ClientInfo,
+        opened: SessionOpening,
         key: SessionKey,
     ) -> Result<Session, CreateSessionError> {
+        let SessionOpening {
+            id,
+            now,
+            client,
+            methods,
+        } = opened;
+        let amr: Vec<_> = methods.iter().map(|method| method.as_str()).collect();
         let audit = NewAuditEvent::new(AuditKind::LoginSucceeded, Some(user.id), &client, now)
-            .with("session_id", id);
+            .with("session_id", id)
+            .with("amr", amr.join(" "));
         let session = NewSession {
             id,
             user_id: user.id,
@@ -203,6 +247,7 @@ impl AuthService {
             expires_at: now + self.policy.session_max_age,
             audit,
             client,
+            methods,
             credential_version: user.credential_version,
             live_limit: self.policy.max_sessions_per_user,
         };
@@ -223,16 +268,17 @@ impl AuthService {
     fn issue_access_token(
         &self,
         user: &User,
-        session_id: SessionId,
+        session: &Session,
         now: DateTime<Utc>,
     ) -> Result<String, BackendError> {
         let claims = AccessClaims {
             user_id: user.id,
             role: user.role,
-            session_id,
+            session_id: session.id,
             issued_at: now,
             expires_at: now + self.policy.access_token_ttl,
             token_id: Uuid::new_v4().to_string(),
+            methods: session.methods.clone(),
         };
         self.tokens.issue(&claims).map_err(|err| match err {
             TokenError::Backend(err) => err,
@@ -258,9 +304,10 @@ pub(crate) mod test_support {
     use chrono::{DateTime, TimeZone, Utc};
 
     use super::{AuthPolicy, AuthService, Ports};
+    use crate::domain::mfa::Factors;
     use crate::domain::ports::{
-        MockClock, MockMailOutbox, MockMailer, MockPasswordHasher, MockRateLimiter,
-        MockTokenIssuer, MockUserRepository,
+        MockClock, MockFactorRepository, MockMailOutbox, MockMailer, MockPasskeyCeremonies,
+        MockPasswordHasher, MockRateLimiter, MockSecretSealer, MockTokenIssuer, MockUserRepository,
     };
     use crate::domain::{ClientInfo, Email, PasswordHash, Role, Session, SessionId, User, UserId};
 
@@ -268,6 +315,7 @@ pub(crate) mod test_support {
 
     pub struct Mocks {
         pub users: MockUserRepository,
+        pub factors: MockFactorRepository,
         pub hasher: MockPasswordHasher,
         pub tokens: MockTokenIssuer,
         /// `None`: a limiter that lets everything through.
@@ -275,6 +323,8 @@ pub(crate) mod test_support {
         pub outbox: MockMailOutbox,
         /// `None`: no mail transport configured.
         pub mailer: Option<MockMailer>,
+        /// `None`: passkeys not configured.
+        pub passkeys: Option<MockPasskeyCeremonies>,
         pub policy: AuthPolicy,
         pub now: DateTime<Utc>,
     }
@@ -284,11 +334,13 @@ pub(crate) mod test_support {
         pub fn new() -> Self {
             Self {
                 users: MockUserRepository::new(),
+                factors: MockFactorRepository::new(),
                 hasher: MockPasswordHasher::new(),
                 tokens: MockTokenIssuer::new(),
                 limiter: None,
                 outbox: MockMailOutbox::new(),
                 mailer: None,
+                passkeys: None,
                 policy: AuthPolicy::default(),
                 now: now(),
             }
@@ -299,6 +351,10 @@ pub(crate) mod test_support {
             self.users.expect_record_audit().returning(|_| Ok(()));
             // Stored hashes are of the configured cost unless a test says otherwise.
             self.hasher.expect_needs_rehash().returning(|_| false);
+            // Users have no second factor unless a test says otherwise.
+            self.factors
+                .expect_factors()
+                .returning(|_| Ok(Factors::default()));
             let mut clock = MockClock::new();
             let now = self.now;
             clock.expect_now().returning(move || now);
@@ -315,6 +371,8 @@ pub(crate) mod test_support {
             AuthService::new(
                 Ports {
                     users: Arc::new(self.users),
+                    factors: Arc::new(self.factors),
+                    sealer: Arc::new(sealer()),
                     hasher: Arc::new(self.hasher),
                     tokens: Arc::new(self.tokens),
                     clock: Arc::new(clock),
@@ -323,11 +381,34 @@ pub(crate) mod test_support {
                     mailer: self
                         .mailer
                         .map(|mailer| Arc::new(mailer) as Arc<dyn crate::domain::ports::Mailer>),
+                    passkeys: self.passkeys.map(|ceremonies| {
+                        Arc::new(ceremonies) as Arc<dyn crate::domain::ports::PasskeyCeremonies>
+                    }),
                 },
                 self.policy,
                 PasswordHash::new(DUMMY_HASH.into()),
             )
         }
+    }
+
+    /// A sealer whose sealed form is the binding, a NUL, then the plaintext: enough to see
+    /// that the core seals with the right binding and opens what it sealed.
+    pub fn sealer() -> MockSecretSealer {
+        let mut sealer = MockSecretSealer::new();
+        sealer.expect_seal().returning(|plain, bound| {
+            let mut sealed = bound.as_bytes().to_vec();
+            sealed.push(0);
+            sealed.extend_from_slice(plain);
+            Ok(sealed)
+        });
+        sealer.expect_open().returning(|sealed, bound| {
+            let prefix = [bound.as_bytes(), &[0]].concat();
+            sealed
+                .strip_prefix(prefix.as_slice())
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| crate::domain::BackendError::unexpected("wrong binding"))
+        });
+        sealer
     }
 
     pub fn now() -> DateTime<Utc> {
@@ -360,6 +441,7 @@ pub(crate) mod test_support {
             idle_expires_at: now() + chrono::TimeDelta::days(14),
             ended_at: None,
             client: ClientInfo::default(),
+            methods: vec![crate::domain::mfa::AuthMethod::Password],
         }
     }
 }

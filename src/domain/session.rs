@@ -9,6 +9,7 @@ use rand::Rng as _;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::mfa::AuthMethod;
 use super::{User, UserId};
 
 /// A session's id: random, so that knowing one id says nothing about any other.
@@ -66,6 +67,8 @@ pub struct Session {
     pub idle_expires_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
     pub client: ClientInfo,
+    /// How its user signed in; every access token of the session says so (`amr`).
+    pub methods: Vec<AuthMethod>,
 }
 
 impl Session {
@@ -83,6 +86,7 @@ pub struct NewSession {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub client: ClientInfo,
+    pub methods: Vec<AuthMethod>,
     /// The user's [`User::credential_version`](super::User) when the password was checked.
     pub credential_version: i64,
     /// Live sessions the user may hold: opening this one ends the least recently used ones

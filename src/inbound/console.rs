@@ -5,7 +5,8 @@
 //! session held by a cookie ([`AuthService::sign_in_with_cookie`]), every error is turned into
 //! words by the API's own mapping (`http::errors`), and the pages are askama templates
 //! compiled into the binary. What is its own is what a browser needs: cookies, CSRF tokens,
-//! the `Origin` check ([`guard`]), and HTML.
+//! the `Origin` check ([`guard`]), and HTML, with one small script for what only a browser
+//! can do: WebAuthn ([`passkeys`]).
 
 // The console's helpers fail with the page to answer (`Result<_, Response>`), once per
 // request, straight back to poem: boxing it would only add an allocation.
@@ -27,7 +28,9 @@ mod assets;
 mod forms;
 pub mod guard;
 mod pages;
+mod passkeys;
 mod public;
+mod two_step;
 
 use std::sync::Arc;
 
@@ -99,6 +102,23 @@ impl Console {
         Ok((visitor, principal))
     }
 
+    /// A page that only says what went wrong (an unknown user, an outage).
+    fn failure(&self, visitor: &Visitor, problem: &Problem) -> Response {
+        let title = if problem.status == StatusCode::NOT_FOUND {
+            "Not found"
+        } else {
+            "Something went wrong"
+        };
+        self.page(
+            visitor,
+            &pages::Message {
+                chrome: Chrome::new(title, visitor),
+                text: forms::alert(problem),
+            },
+            problem.status,
+        )
+    }
+
     /// `page` as the answer to `visitor`, with the cookies the visit needs.
     fn page(&self, visitor: &Visitor, page: &impl Template, status: StatusCode) -> Response {
         let mut response = render(page, status);
@@ -125,7 +145,11 @@ pub fn routes(
     Route::new()
         .at("/", get(public::home))
         .at("/assets/console.css", get(assets::stylesheet))
+        .at("/assets/passkeys.js", get(assets::passkeys_script))
         .at("/sign-in", get(public::sign_in_page).post(public::sign_in))
+        .at("/sign-in/verify", post(two_step::verify_sign_in))
+        .at("/sign-in/passkey", post(passkeys::sign_in))
+        .at("/sign-in/passkey/options", post(passkeys::sign_in_options))
         .at(
             "/register",
             get(public::register_page).post(public::register),
@@ -149,6 +173,23 @@ pub fn routes(
             get(account::email_page).post(account::change_email),
         )
         .at("/account/sessions/:id/end", post(account::end_session))
+        .at("/account/two-step", get(two_step::settings))
+        .at("/account/two-step/setup", post(two_step::set_up))
+        .at("/account/two-step/confirm", post(two_step::confirm))
+        .at("/account/two-step/off", post(two_step::turn_off))
+        .at(
+            "/account/passkeys",
+            get(passkeys::settings).post(passkeys::add),
+        )
+        .at(
+            "/account/passkeys/options",
+            post(passkeys::registration_options),
+        )
+        .at(
+            "/account/passkeys/:id/name",
+            get(passkeys::name_page).post(passkeys::rename),
+        )
+        .at("/account/passkeys/:id/remove", post(passkeys::remove))
         .at("/admin/users", get(admin::user_list))
         .at(
             "/admin/users/:id",
@@ -156,6 +197,10 @@ pub fn routes(
         )
         .at("/admin/users/:id/sessions/end", post(admin::end_sessions))
         .at("/admin/users/:id/reset-link", post(admin::send_reset_link))
+        .at(
+            "/admin/users/:id/two-step/reset",
+            post(admin::reset_two_step),
+        )
         .at(
             "/admin/users/:id/delete",
             get(admin::delete_page).post(admin::delete_user),

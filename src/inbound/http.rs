@@ -27,6 +27,8 @@ use self::api::admin::AdminApi;
 use self::api::auth::AuthApi;
 use self::api::email::EmailApi;
 use self::api::keys::{Discovery, KeysApi};
+use self::api::mfa::MfaApi;
+use self::api::passkeys::PasskeysApi;
 use self::api::protected::ProtectedApi;
 use self::api::public::PublicApi;
 use self::api::sessions::SessionsApi;
@@ -59,6 +61,8 @@ type Apis = (
     AuthApi,
     EmailApi,
     SessionsApi,
+    MfaApi,
+    PasskeysApi,
     ProtectedApi,
     AdminApi,
     KeysApi,
@@ -85,6 +89,14 @@ pub fn openapi(
             proxies: proxies.clone(),
         },
         SessionsApi {
+            service: Arc::clone(service),
+            proxies: proxies.clone(),
+        },
+        MfaApi {
+            service: Arc::clone(service),
+            proxies: proxies.clone(),
+        },
+        PasskeysApi {
             service: Arc::clone(service),
             proxies: proxies.clone(),
         },

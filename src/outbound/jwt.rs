@@ -2,7 +2,6 @@
 //! keys of the shared key table, each pinned to its algorithm.
 
 mod forge;
-mod sealing;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -16,8 +15,9 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 pub use forge::RingKeyForge;
-pub use sealing::Sealer;
 
+use super::sealing::Sealer;
+use crate::domain::mfa::AuthMethod;
 use crate::domain::ports::{AccessClaims, KeyRing, PyauthClaims, TokenError, TokenIssuer};
 use crate::domain::{
     BackendError, Hs256Acceptance, KeyAlgorithm, KeySet, KeyState, SessionId, SigningKey, UserId,
@@ -84,6 +84,9 @@ struct WireClaims {
     jti: String,
     iss: String,
     aud: String,
+    /// How the user signed in (RFC 8176); tokens from before it was added have none.
+    #[serde(default)]
+    amr: Vec<String>,
 }
 
 /// The only algorithm a key may verify, with the claims every token must carry. Expiry is
@@ -231,6 +234,11 @@ impl TokenIssuer for JwtTokenIssuer {
             jti: claims.token_id.clone(),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
+            amr: claims
+                .methods
+                .iter()
+                .map(|method| method.as_str().to_owned())
+                .collect(),
         };
         let installed;
         let (header, key) = if self.algorithm.is_none() {
@@ -363,6 +371,11 @@ impl JwtTokenIssuer {
             issued_at: timestamp(wire.iat)?,
             expires_at: timestamp(wire.exp)?,
             token_id: wire.jti,
+            methods: wire
+                .amr
+                .iter()
+                .map(|value| AuthMethod::parse(value).ok_or_else(|| reject("amr")))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -391,6 +404,7 @@ mod tests {
             issued_at: now,
             expires_at: now + TimeDelta::minutes(15),
             token_id: Uuid::new_v4().to_string(),
+            methods: vec![AuthMethod::Password, AuthMethod::Otp],
         }
     }
 
@@ -411,6 +425,7 @@ mod tests {
         assert_eq!(json["iss"], "portcullis");
         assert_eq!(json["aud"], "portcullis-api");
         assert_eq!(json["sid"], c.session_id.to_string());
+        assert_eq!(json["amr"], serde_json::json!(["pwd", "otp"]));
         for claim in ["iat", "exp", "jti"] {
             assert!(json.get(claim).is_some(), "{claim} missing");
         }

@@ -6,6 +6,7 @@
 mod admin;
 pub mod connection;
 mod entities;
+mod factors;
 mod import;
 mod mail;
 mod rate_limiter;

@@ -74,7 +74,9 @@ pub fn axe_core_js() -> PathBuf {
     )
 }
 
-fn free_port() -> u16 {
+/// A loopback port that was free a moment ago: whoever binds it next must retry or accept the
+/// small chance that another process took it meanwhile.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free loopback port")

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use fantoccini::key::Key;
 use serde_json::{Value, json};
 
-use crate::browser::{Browser, serve_html};
+use crate::browser::{Browser, free_port, serve_html};
 use crate::email::mail_settings;
 use crate::helpers::{Backend, PASSWORD, TestApp, access_token, with_app};
+use crate::mfa::App;
 use crate::smtp::SmtpServer;
 
 /// How long a queued mail may take to arrive: the worker looks every half second.
@@ -26,11 +27,16 @@ struct Ui {
 }
 
 impl Ui {
+    /// A browser that opens the app where its `public_url` says it is, else where it listens.
     async fn open(app: &TestApp) -> Option<Self> {
         let browser = Browser::start().await?;
         Some(Self {
             browser,
-            base: app.address.clone(),
+            base: app
+                .settings
+                .public_url
+                .clone()
+                .unwrap_or_else(|| app.address.clone()),
         })
     }
 
@@ -497,6 +503,289 @@ async fn an_admin_finds_and_deactivates_a_user_and_reads_the_audit_log() {
         )
         .await;
         assert!(!ui.text("tbody").await.contains("dave@example.com"));
+        (ui, app)
+    })
+    .await;
+}
+
+/// Another six digits than `code`.
+fn wrong(code: &str) -> String {
+    let code: u32 = code.parse().expect("six digits");
+    format!("{:06}", (code + 500_000) % 1_000_000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_sets_up_an_authenticator_app_signs_in_with_a_code_and_an_admin_resets_it() {
+    with_console(json!({}), |ui, app, _smtp| async move {
+        app.signed_up("tia@example.com").await;
+        ui.sign_in("tia@example.com", PASSWORD).await;
+        assert!(
+            ui.text("main")
+                .await
+                .contains("Your password alone signs you in.")
+        );
+        ui.press(
+            "main a[href='/console/account/two-step']",
+            "/console/account/two-step",
+        )
+        .await;
+        ui.check("two-step-off").await;
+        ui.press(
+            "form[action='/console/account/two-step/setup'] button",
+            "/console/account/two-step/setup",
+        )
+        .await;
+        assert!(ui.browser.exists(".qr svg[role=img][aria-label]").await);
+        let key = ui.text("#secret").await;
+        assert_eq!(key.len(), 39, "32 characters in groups of 4: {key}");
+        ui.check("two-step-setup").await;
+
+        // A wrong code is said on its field; the key shown before still works after it.
+        let confirm = "form[action='/console/account/two-step/confirm'] button";
+        ui.browser
+            .fill("#code", &wrong(&App::new(&key).code(0)))
+            .await;
+        ui.press(confirm, "/console/account/two-step/confirm").await;
+        assert_eq!(ui.text("#code-error").await, "Invalid code.");
+        ui.check("two-step-setup-errors").await;
+        ui.browser.fill("#code", &App::new(&key).code(0)).await;
+        ui.press(confirm, "/console/account/two-step/confirm").await;
+        assert_eq!(ui.text("h1").await, "Save your recovery codes");
+        let codes = ui
+            .browser
+            .execute(
+                "return [...document.querySelectorAll('.codes code')].map((c) => c.textContent);",
+                vec![],
+            )
+            .await;
+        let codes: Vec<String> = serde_json::from_value(codes).unwrap();
+        assert_eq!(codes.len(), 10);
+        ui.check("recovery-codes").await;
+        ui.press(
+            "main a[href='/console/account/two-step']",
+            "/console/account/two-step",
+        )
+        .await;
+        assert!(
+            ui.browser
+                .exists("form[action='/console/account/two-step/off']")
+                .await
+        );
+        ui.check("two-step-on").await;
+
+        // Signing in again: the right password leads to the second step, and no session.
+        ui.press(
+            "form[action='/console/sign-out'] button",
+            "/console/sign-in?done=signed-out",
+        )
+        .await;
+        ui.browser.fill("#email", "tia@example.com").await;
+        ui.browser.fill("#password", PASSWORD).await;
+        ui.press("form[action='/console/sign-in'] button", "/console/sign-in")
+            .await;
+        assert_eq!(ui.text("h1").await, "Two-step verification");
+        assert!(
+            ui.browser
+                .cookies()
+                .await
+                .iter()
+                .all(|c| c.name() != "portcullis-session")
+        );
+        ui.check("sign-in-code").await;
+        let verify = "form[action='/console/sign-in/verify'] button";
+        ui.browser.fill("#code", "000 00").await;
+        ui.press(verify, "/console/sign-in/verify").await;
+        assert_eq!(ui.text("#code-error").await, "Invalid code.");
+        ui.check("sign-in-code-errors").await;
+        // The code of the confirmation was spent; the app's next one is new.
+        ui.browser.fill("#code", &App::new(&key).code(1)).await;
+        ui.press(verify, "/console/account").await;
+        assert_eq!(ui.text("h1").await, "Your account");
+
+        // Without the app: a recovery code, as shown, once.
+        ui.press(
+            "form[action='/console/sign-out'] button",
+            "/console/sign-in?done=signed-out",
+        )
+        .await;
+        ui.browser.fill("#email", "tia@example.com").await;
+        ui.browser.fill("#password", PASSWORD).await;
+        ui.press("form[action='/console/sign-in'] button", "/console/sign-in")
+            .await;
+        ui.browser.fill("#code", &codes[0]).await;
+        ui.press(verify, "/console/account").await;
+        ui.press(
+            "form[action='/console/sign-out'] button",
+            "/console/sign-in?done=signed-out",
+        )
+        .await;
+
+        // Tia lost the app: an admin resets it, and the password alone signs her in.
+        let operator = app.operator().await;
+        operator
+            .create_user_as_operator(
+                portcullis::domain::Email::parse("root@example.com").unwrap(),
+                portcullis::domain::Password::parse(PASSWORD).unwrap(),
+                portcullis::domain::Role::Admin,
+            )
+            .await
+            .unwrap();
+        ui.sign_in("root@example.com", PASSWORD).await;
+        ui.goto("/console/admin/users?q=tia").await;
+        ui.press("tbody a", "/console/admin/users/").await;
+        assert!(ui.text(".facts").await.contains("authenticator app"));
+        ui.check("admin-user-two-step").await;
+        ui.press(
+            "form[action$='/two-step/reset'] button",
+            "/console/admin/users/",
+        )
+        .await;
+        assert!(
+            ui.text(".notice")
+                .await
+                .contains("two-step verification is reset")
+        );
+        assert!(!ui.text(".facts").await.contains("authenticator app"));
+        let tokens: Value = api_login(&app, "tia@example.com", PASSWORD)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(tokens["access_token"].is_string(), "{tokens}");
+        (ui, app)
+    })
+    .await;
+}
+
+/// Settings of an app that browsers reach at `http://localhost:PORT`, its `public_url`: a
+/// WebAuthn relying party must be a domain name, and it is fixed when the app is built, before
+/// port 0 would have become a real port. So the port is picked here, at a small risk that
+/// another test takes it before the app binds it.
+fn on_localhost() -> Value {
+    let port = free_port();
+    json!({"port": port, "public_url": format!("http://localhost:{port}")})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_adds_a_passkey_signs_in_with_it_renames_and_removes_it() {
+    with_console(on_localhost(), |ui, app, _smtp| async move {
+        // A platform authenticator that verifies its user and consents by itself.
+        ui.browser.cdp("WebAuthn.enable", json!({})).await;
+        let authenticator = ui
+            .browser
+            .cdp(
+                "WebAuthn.addVirtualAuthenticator",
+                json!({"options": {
+                    "protocol": "ctap2",
+                    "transport": "internal",
+                    "hasResidentKey": true,
+                    "hasUserVerification": true,
+                    "isUserVerified": true,
+                    "automaticPresenceSimulation": true,
+                }}),
+            )
+            .await;
+        app.signed_up("pia@example.com").await;
+        ui.sign_in("pia@example.com", PASSWORD).await;
+        assert!(ui.text("main").await.contains("You have no passkey."));
+        ui.press(
+            "main a[href='/console/account/passkeys']",
+            "/console/account/passkeys",
+        )
+        .await;
+        assert!(ui.text("main").await.contains("You have no passkey yet."));
+        assert!(
+            !ui.browser
+                .exists("[data-without-passkeys]:not([hidden])")
+                .await,
+            "the script found WebAuthn, and the page says no more that it needs it"
+        );
+        ui.check("passkeys-none").await;
+
+        // The user does not verify: the browser refuses, and the form says so.
+        let user_verified = |verified: bool| {
+            json!({
+                "authenticatorId": authenticator["authenticatorId"],
+                "isUserVerified": verified,
+            })
+        };
+        ui.browser
+            .cdp("WebAuthn.setUserVerified", user_verified(false))
+            .await;
+        ui.browser
+            .click("form[action='/console/account/passkeys'] button")
+            .await;
+        let problem = ui
+            .browser
+            .wait_for("[data-passkey-problem]:not([hidden])")
+            .await;
+        assert!(
+            problem
+                .text()
+                .await
+                .unwrap()
+                .starts_with("No passkey was used"),
+            "{}",
+            problem.text().await.unwrap()
+        );
+        ui.check("passkeys-refused").await;
+        ui.browser
+            .cdp("WebAuthn.setUserVerified", user_verified(true))
+            .await;
+
+        ui.browser.fill("#name", "Laptop").await;
+        ui.press(
+            "form[action='/console/account/passkeys'] button",
+            "/console/account/passkeys?done=passkey-added",
+        )
+        .await;
+        assert_eq!(ui.text(".sessions .client").await, "Laptop");
+        assert!(
+            ui.text(".sessions .muted")
+                .await
+                .contains("last used never")
+        );
+        ui.check("passkeys").await;
+
+        // Signed out, the passkey alone signs Pia in, and `next` is followed.
+        ui.press(
+            "form[action='/console/sign-out'] button",
+            "/console/sign-in?done=signed-out",
+        )
+        .await;
+        ui.goto("/console/sign-in?next=%2Fconsole%2Faccount%2Fpasskeys")
+            .await;
+        ui.check("sign-in-with-passkeys").await;
+        ui.press(
+            "form[action='/console/sign-in/passkey'] button",
+            "/console/account/passkeys",
+        )
+        .await;
+        assert_eq!(ui.text("h1").await, "Passkeys");
+        assert!(
+            !ui.text(".sessions .muted")
+                .await
+                .contains("last used never")
+        );
+
+        ui.press("main a[href$='/name']", "/console/account/passkeys/")
+            .await;
+        assert_eq!(ui.text("h1").await, "Rename a passkey");
+        ui.check("passkey-rename").await;
+        ui.browser.fill("#name", "Work laptop").await;
+        ui.press(
+            "form[action$='/name'] button",
+            "/console/account/passkeys?done=passkey-renamed",
+        )
+        .await;
+        assert_eq!(ui.text(".sessions .client").await, "Work laptop");
+
+        ui.press(
+            "form[action$='/remove'] button",
+            "/console/account/passkeys?done=passkey-removed",
+        )
+        .await;
+        assert!(ui.text("main").await.contains("You have no passkey yet."));
         (ui, app)
     })
     .await;

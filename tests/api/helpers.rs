@@ -287,6 +287,28 @@ pub fn access_token(tokens: &Value) -> String {
         .to_owned()
 }
 
+/// The claims of a JWT, unverified.
+pub fn claims_of(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    serde_json::from_slice(&json).expect("JSON claims")
+}
+
+/// The second factors `GET /auth/me` lists for the user of `token`.
+pub async fn factors(app: &TestApp, token: &str) -> Value {
+    let response = app.get_auth("/auth/me", token).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json::<Value>().await.expect("json body")["factors"].clone()
+}
+
+/// The `amr` claim of a token response's access token.
+pub fn amr(tokens: &Value) -> Value {
+    claims_of(&access_token(tokens))["amr"].clone()
+}
+
 pub fn refresh_token(tokens: &Value) -> String {
     tokens["refresh_token"]
         .as_str()

@@ -12,14 +12,21 @@ use sea_orm::{ConnectionTrait, Statement};
 
 use crate::helpers::{Backend, TestDb};
 
+/// Every table the migrations make.
+const TABLES: &str = "'users', 'sessions', 'refresh_tokens', 'rate_limit_counters', \
+    'login_failures', 'email_tokens', 'mail_outbox', 'signing_keys', 'totp_factors', \
+    'recovery_codes', 'mfa_challenges', 'passkeys', 'webauthn_ceremonies'";
+
 async fn table_count(conn: &sea_orm::DatabaseConnection) -> i64 {
     let sql = match conn.get_database_backend() {
         sea_orm::DbBackend::Sqlite => {
-            "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name IN ('users', 'sessions', 'refresh_tokens', 'rate_limit_counters', 'login_failures', 'email_tokens', 'mail_outbox', 'signing_keys')"
+            format!(
+                "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name IN ({TABLES})"
+            )
         }
-        _ => {
-            "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = 'public' AND table_name IN ('users', 'sessions', 'refresh_tokens', 'rate_limit_counters', 'login_failures', 'email_tokens', 'mail_outbox', 'signing_keys')"
-        }
+        _ => format!(
+            "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = 'public' AND table_name IN ({TABLES})"
+        ),
     };
     let row = conn
         .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
@@ -41,13 +48,13 @@ async fn up_down_up(backend: Backend) {
     .await
     .unwrap();
     migrate_up(&conn).await.unwrap();
-    assert_eq!(table_count(&conn).await, 8);
+    assert_eq!(table_count(&conn).await, 13);
     // Applying again is a no-op.
     migrate_up(&conn).await.unwrap();
     migrate_down(&conn).await.unwrap();
     assert_eq!(table_count(&conn).await, 0);
     migrate_up(&conn).await.unwrap();
-    assert_eq!(table_count(&conn).await, 8);
+    assert_eq!(table_count(&conn).await, 13);
     conn.close().await.unwrap();
     db.drop_database().await;
 }

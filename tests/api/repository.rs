@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use portcullis::domain::mfa::AuthMethod;
 use portcullis::domain::ports::{
-    CreateSessionError, CreateUserError, FailureRecord, MailOutbox, RateLimiter, Rotation,
-    SigningKeyStore, UserRepository,
+    CreateSessionError, CreateUserError, FactorRepository, FailureRecord, MailOutbox, RateLimiter,
+    Rotation, SigningKeyStore, UserRepository,
 };
 use portcullis::domain::{
     AuditKind, ClientInfo, CookieHash, Email, EmailTokenKind, MailJob, NewAuditEvent,
@@ -24,12 +25,12 @@ use portcullis::outbound::sea_orm::{
 
 use crate::helpers::{Backend, TestDb};
 
-fn t0() -> DateTime<Utc> {
+pub(crate) fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 27, 12, 0, 0).unwrap()
 }
 
 /// An audit event for the writes that record one.
-fn event() -> NewAuditEvent {
+pub(crate) fn event() -> NewAuditEvent {
     NewAuditEvent::new(AuditKind::UserUpdated, None, &ClientInfo::default(), t0())
 }
 
@@ -91,20 +92,36 @@ where
     .await;
 }
 
-/// A repository and the outbox it fills: one store behind two ports.
-struct Store {
-    users: Arc<dyn UserRepository>,
-    outbox: Arc<dyn MailOutbox>,
+/// A repository, the outbox it fills and the factors it keeps: one store behind three ports.
+pub(crate) struct Store {
+    pub(crate) users: Arc<dyn UserRepository>,
+    pub(crate) outbox: Arc<dyn MailOutbox>,
+    pub(crate) factors: Arc<dyn FactorRepository>,
 }
 
 impl Store {
-    fn of<S: UserRepository + MailOutbox>(store: S) -> Arc<Self> {
+    fn of<S: UserRepository + MailOutbox + FactorRepository>(store: S) -> Arc<Self> {
         let store = Arc::new(store);
         Arc::new(Self {
             users: store.clone(),
-            outbox: store,
+            outbox: store.clone(),
+            factors: store,
         })
     }
+}
+
+/// [`on_every_adapter`] for the repositories with every port of their store.
+pub(crate) async fn on_every_full_store<F, Fut>(test: F)
+where
+    F: Fn(Arc<Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    on_every_adapter(
+        Store::of(MemoryUserRepository::new()),
+        |conn| Store::of(SeaOrmUserRepository::new(conn, Duration::from_secs(5), 1)),
+        test,
+    )
+    .await;
 }
 
 /// [`on_every_adapter`] for the repositories as their own mail outboxes.
@@ -113,12 +130,7 @@ where
     F: Fn(Arc<dyn UserRepository>, Arc<dyn MailOutbox>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    on_every_adapter(
-        Store::of(MemoryUserRepository::new()),
-        |conn| Store::of(SeaOrmUserRepository::new(conn, Duration::from_secs(5), 1)),
-        |store| test(Arc::clone(&store.users), Arc::clone(&store.outbox)),
-    )
-    .await;
+    on_every_full_store(|store| test(Arc::clone(&store.users), Arc::clone(&store.outbox))).await;
 }
 
 /// [`on_every_adapter`] for the rate limiters.
@@ -135,7 +147,7 @@ where
     .await;
 }
 
-async fn user(repo: &dyn UserRepository, email: &str) -> User {
+pub(crate) async fn user(repo: &dyn UserRepository, email: &str) -> User {
     repo.create_user(NewUser {
         email: Email::parse(email).unwrap(),
         full_name: None,
@@ -151,7 +163,11 @@ async fn user(repo: &dyn UserRepository, email: &str) -> User {
 
 /// A session of `user` as read, opened at `at` (idle expiry one day later), with at most
 /// `live_limit` live sessions.
-fn new_session(user: &User, at: DateTime<Utc>, live_limit: u32) -> (NewSession, NewRefreshToken) {
+pub(crate) fn new_session(
+    user: &User,
+    at: DateTime<Utc>,
+    live_limit: u32,
+) -> (NewSession, NewRefreshToken) {
     let id = SessionId::random();
     let refresh = NewRefreshToken::generate(id, at, at + TimeDelta::days(1));
     let session = NewSession {
@@ -160,6 +176,7 @@ fn new_session(user: &User, at: DateTime<Utc>, live_limit: u32) -> (NewSession, 
         created_at: at,
         expires_at: at + TimeDelta::days(90),
         client: ClientInfo::new(Some("agent"), Some("192.0.2.1".into())),
+        methods: vec![AuthMethod::Password],
         credential_version: user.credential_version,
         live_limit,
         audit: event(),

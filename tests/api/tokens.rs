@@ -5,12 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::helpers::{SECRET, app_test, assert_unauthorized};
-
-fn claims_of(token: &str) -> Value {
-    let payload = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
-}
+use crate::helpers::{SECRET, app_test, assert_unauthorized, claims_of};
 
 fn header_of(token: &str) -> Value {
     let header = token.split('.').next().unwrap();

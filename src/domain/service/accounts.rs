@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 
 use super::AuthService;
 use super::limits::{Action, Throttled};
+use super::mfa::LoginStep;
+use crate::domain::mfa::AuthMethod;
 use crate::domain::ports::{CreateSessionError, CreateUserError, TokenError};
 use crate::domain::{
     AuditKind, BackendError, ClientInfo, Email, FullName, NewAuditEvent, NewUser, Password,
@@ -35,6 +37,10 @@ pub enum LoginError {
     /// verified addresses are required.
     #[error("email not verified")]
     Unverified,
+    /// Only ever returned after the password was verified, by a login that cannot take a
+    /// second step (the OAuth2 password grant), for a user with a second factor.
+    #[error("mfa_required")]
+    SecondFactorRequired,
     #[error(transparent)]
     Throttled(#[from] Throttled),
     #[error(transparent)]
@@ -113,7 +119,8 @@ impl AuthService {
         self.users.create_user(new_user).await
     }
 
-    /// Checks a password and opens a session.
+    /// Checks a password and opens a session, or, for a user with a second factor, a pending
+    /// login that [`AuthService::complete_login`] finishes.
     ///
     /// An unknown email costs one hash verification like a known one, so the response time
     /// does not reveal which emails are registered.
@@ -127,16 +134,43 @@ impl AuthService {
         email: &Email,
         password: &str,
         client: ClientInfo,
+    ) -> Result<LoginStep, LoginError> {
+        let user = self.check_login(email, password, &client).await?;
+        if let Some(pending) = self.second_step_owed(&user).await? {
+            return Ok(LoginStep::SecondFactor(pending));
+        }
+        self.start_session(&user, client, vec![AuthMethod::Password])
+            .await
+            .map(LoginStep::Done)
+            .map_err(login_session_error)
+    }
+
+    /// A login in one step, as the OAuth2 password grant has no room for a second one.
+    ///
+    /// # Errors
+    /// As [`AuthService::login`], and [`LoginError::SecondFactorRequired`] for a user with a
+    /// second factor, only after the right password (a wrong one is
+    /// [`LoginError::InvalidCredentials`] as ever, so the grant tells nothing about enrolment).
+    pub async fn login_without_second_step(
+        &self,
+        email: &Email,
+        password: &str,
+        client: ClientInfo,
     ) -> Result<TokenPair, LoginError> {
         let user = self.check_login(email, password, &client).await?;
-        self.start_session(&user, client)
+        if self.factors.factors(user.id).await?.totp {
+            return Err(LoginError::SecondFactorRequired);
+        }
+        self.clear_failures(user.email.key()).await?;
+        self.start_session(&user, client, vec![AuthMethod::Password])
             .await
             .map_err(login_session_error)
     }
 
     /// The checks of a login, in order: abuse limits, the password (at the cost of one hash
     /// whether or not the email is known), the account's state; then a rehash if one is due.
-    /// Returns the user to open a session for.
+    /// Returns the user to open a session for, or to ask a second factor of. The account's
+    /// failure run is left to the caller to clear.
     pub(super) async fn check_login(
         &self,
         email: &Email,
@@ -164,16 +198,23 @@ impl AuthService {
         let Some(user) = user.filter(|_| right) else {
             return Err(LoginError::InvalidCredentials);
         };
+        self.check_account(&user)?;
+        if self.hasher.needs_rehash(&user.password_hash) {
+            self.rehash(&user, password).await;
+        }
+        Ok(user)
+    }
+
+    /// Whether `user`, who has proved who they are, may sign in: active, and verified when
+    /// verified addresses are required.
+    pub(super) fn check_account(&self, user: &User) -> Result<(), LoginError> {
         if !user.is_active {
             return Err(LoginError::Inactive);
         }
         if self.policy.mail.require_verified && !user.email_verified {
             return Err(LoginError::Unverified);
         }
-        if self.hasher.needs_rehash(&user.password_hash) {
-            self.rehash(&user, password).await;
-        }
-        Ok(user)
+        Ok(())
     }
 
     /// Stores `password`, just verified, hashed again with the hasher's current parameters (a
@@ -439,11 +480,14 @@ mod tests {
             })
             .times(1)
             .returning(|_| Ok("signed".into()));
-        let pair = m
+        let LoginStep::Done(pair) = m
             .service()
             .login(&email(7), "correct horse", ClientInfo::default())
             .await
-            .unwrap();
+            .unwrap()
+        else {
+            panic!("a user without a second factor gets tokens");
+        };
         assert_eq!(pair.access_token, "signed");
         assert_eq!(pair.expires_in_seconds, 900);
         assert_eq!(pair.refresh_token.len(), 43);
@@ -614,6 +658,7 @@ mod tests {
             issued_at: m.now - TimeDelta::minutes(1),
             expires_at: m.now + TimeDelta::minutes(14),
             token_id: "jti".into(),
+            methods: vec![AuthMethod::Password],
         }
     }
 
@@ -862,11 +907,14 @@ mod tests {
             .returning(|_| Ok(Some(user(2, Role::Admin, true))));
         m.hasher.expect_verify().returning(|_, _| Ok(true));
         expect_session_start(&mut m);
-        let pair = m
+        let LoginStep::Done(pair) = m
             .service()
             .login(&email(2), "correct horse", ClientInfo::default())
             .await
-            .unwrap();
+            .unwrap()
+        else {
+            panic!("a user without a second factor gets tokens");
+        };
         assert_eq!(pair.access_token, "access-for-2");
     }
 

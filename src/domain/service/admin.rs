@@ -329,6 +329,27 @@ impl AuthService {
         }
     }
 
+    /// Removes every second factor of user `id` (TOTP, recovery codes, passkeys), for a user
+    /// who lost them; their next login asks for the password alone. Returns whether there was
+    /// anything to remove (only then is an event recorded).
+    ///
+    /// # Errors
+    /// [`AdminError::UnknownUser`].
+    pub async fn reset_factors(&self, actor: Actor<'_>, id: UserId) -> Result<bool, AdminError> {
+        let user = self.account(id).await?;
+        let audit = actor.event(AuditKind::MfaReset, Some(user.id), self.clock.now());
+        Ok(self.factors.remove_factors(user.id, true, audit).await?)
+    }
+
+    /// [`AuthService::reset_factors`] of the user with `email`, for the operator.
+    ///
+    /// # Errors
+    /// [`AdminError::UnknownUser`].
+    pub async fn reset_factors_by_email(&self, email: &Email) -> Result<bool, AdminError> {
+        let user = self.find_by_email(email).await?;
+        self.reset_factors(Actor::Operator, user.id).await
+    }
+
     /// Mails user `id` a reset link.
     ///
     /// # Errors
@@ -481,6 +502,42 @@ mod tests {
             .create_account(Actor::Admin(&admin, &client), invite())
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_admin_resets_every_factor_of_a_user_and_it_is_recorded() {
+        let mut m = Mocks::new();
+        m.users
+            .expect_find_user_by_id()
+            .returning(|id| Ok(Some(user(id.0, Role::User, true))));
+        m.factors
+            .expect_remove_factors()
+            .withf(|id, passkeys, audit| {
+                *id == UserId(9)
+                    && *passkeys
+                    && audit.kind == AuditKind::MfaReset
+                    && audit.actor_id == Some(UserId(1))
+            })
+            .times(1)
+            .returning(|_, _, _| Ok(true));
+        let admin = admin();
+        let client = ClientInfo::default();
+        assert!(
+            m.service()
+                .reset_factors(Actor::Admin(&admin, &client), UserId(9))
+                .await
+                .unwrap()
+        );
+
+        let mut m = Mocks::new();
+        m.users.expect_find_user_by_id().returning(|_| Ok(None));
+        m.factors.expect_remove_factors().never();
+        let err = m
+            .service()
+            .reset_factors(Actor::Operator, UserId(404))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AdminError::UnknownUser));
     }
 
     #[tokio::test]

@@ -6,15 +6,27 @@
 
 use chrono::TimeDelta;
 
-use super::AuthService;
 use super::accounts::{AuthError, LoginError, login_session_error};
+use super::mfa::{MfaError, PendingLogin, SecondFactor};
+use super::{AuthService, SessionOpening};
+use crate::domain::mfa::AuthMethod;
+use crate::domain::ports::CreateSessionError;
 use crate::domain::{
     ClientInfo, CookieHash, Email, NewSessionCookie, Principal, Session, SessionId, SessionKey,
+    User,
 };
 
 /// A use of a cookie session moves its idle end on only when the last recorded use is older
 /// than this: a page view costs no write, and the idle end is at most this much early.
 const TOUCH_EVERY: TimeDelta = TimeDelta::minutes(5);
+
+/// What a console sign-in's password step leads to.
+#[derive(Debug)]
+pub enum CookieSignIn {
+    Done(CookieSession),
+    /// A second factor is owed.
+    SecondFactor(PendingLogin),
+}
 
 /// A session opened by a browser sign-in.
 #[derive(Debug)]
@@ -26,7 +38,9 @@ pub struct CookieSession {
 
 impl AuthService {
     /// Checks a password exactly as [`AuthService::login`] does (limits, failure delay, one
-    /// hash for known and unknown emails alike) and opens a session held by a cookie.
+    /// hash for known and unknown emails alike) and opens a session held by a cookie, or, for
+    /// a user with a second factor, a pending login that
+    /// [`AuthService::complete_sign_in_with_cookie`] finishes.
     ///
     /// # Errors
     /// As [`AuthService::login`].
@@ -35,22 +49,54 @@ impl AuthService {
         email: &Email,
         password: &str,
         client: ClientInfo,
-    ) -> Result<CookieSession, LoginError> {
+    ) -> Result<CookieSignIn, LoginError> {
         let user = self.check_login(email, password, &client).await?;
+        if let Some(pending) = self.second_step_owed(&user).await? {
+            return Ok(CookieSignIn::SecondFactor(pending));
+        }
+        let session = self
+            .open_cookie_session(&user, client, vec![AuthMethod::Password])
+            .await
+            .map_err(login_session_error)?;
+        Ok(CookieSignIn::Done(session))
+    }
+
+    /// The second step of a console sign-in, as [`AuthService::complete_login`] is of a login.
+    ///
+    /// # Errors
+    /// As [`AuthService::complete_login`].
+    pub async fn complete_sign_in_with_cookie(
+        &self,
+        mfa_token: &str,
+        proof: SecondFactor<'_>,
+        client: ClientInfo,
+    ) -> Result<CookieSession, MfaError> {
+        let (user, method) = self.check_second_factor(mfa_token, proof, &client).await?;
+        self.open_cookie_session(&user, client, vec![AuthMethod::Password, method])
+            .await
+            .map_err(|err| login_session_error(err).into())
+    }
+
+    /// Opens a session held by a new cookie for `user`, who proved who they are by `methods`.
+    pub(super) async fn open_cookie_session(
+        &self,
+        user: &User,
+        client: ClientInfo,
+        methods: Vec<AuthMethod>,
+    ) -> Result<CookieSession, CreateSessionError> {
         let now = self.clock.now();
         let idle_end = (now + self.policy.refresh_token_ttl).min(now + self.policy.session_max_age);
         let cookie = NewSessionCookie::generate(idle_end);
         let secret = cookie.secret.clone();
+        let opened = SessionOpening {
+            id: SessionId::random(),
+            now,
+            client,
+            methods,
+        };
         let session = self
-            .open_session(
-                &user,
-                SessionId::random(),
-                now,
-                client,
-                SessionKey::Cookie(cookie),
-            )
-            .await
-            .map_err(login_session_error)?;
+            .open_session(user, opened, SessionKey::Cookie(cookie))
+            .await?;
         Ok(CookieSession { secret, session })
     }
 
@@ -115,10 +161,13 @@ mod tests {
             .returning(|new, _| Ok(session(new.id, 1)));
         m.tokens.expect_issue().never();
         let service = m.service();
-        let signed_in = service
+        let CookieSignIn::Done(signed_in) = service
             .sign_in_with_cookie(&email(), "correct horse", ClientInfo::default())
             .await
-            .unwrap();
+            .unwrap()
+        else {
+            panic!("a user without a second factor gets a session");
+        };
         assert_eq!(signed_in.secret.len(), 43);
     }
 

@@ -125,6 +125,8 @@ from_limit_error!(
     super::RefreshError,
     super::ChangePasswordError,
     super::MailRequestError,
+    super::MfaError,
+    super::PasskeyError,
 );
 
 /// The limited actions.
@@ -256,13 +258,16 @@ impl AuthService {
     }
 
     /// The one way the core checks a password: within `account`'s failure run (the
-    /// normalised email, shared by login, the token grant and every signed-in re-check).
+    /// normalised email, shared by login, the token grant, the second step of a login and
+    /// every signed-in re-check).
     ///
     /// The attempt is admitted and counted as a failure in one atomic swap before the hash
     /// starts, so however many attempts arrive at once, at most `free_failures + 1` hashes
-    /// start before the first delay, on every instance together. When the hash ends, a right
-    /// password clears the run, a wrong one dates the failure, and a hash that could not run
-    /// gives the attempt back.
+    /// start before the first delay, on every instance together. When the hash ends, a wrong
+    /// password dates the failure, and a hash that could not run gives the attempt back. A
+    /// right password leaves the run as it is: the caller clears it
+    /// ([`AuthService::clear_failures`]) once the whole proof is in, which for a user with a
+    /// second factor is only after the code.
     ///
     /// # Errors
     /// [`LimitError::Throttled`] while the account serves a delay (nothing is hashed then);
@@ -273,20 +278,52 @@ impl AuthService {
         candidate: &str,
         hash: &PasswordHash,
     ) -> Result<bool, LimitError> {
-        if !self.limits.enabled {
-            return Ok(self.hasher.verify(candidate, hash).await?);
-        }
-        let key = subject_key("failures", account);
-        self.admit_attempt(&key).await?;
+        self.admit_check(account).await?;
         let verdict = self.hasher.verify(candidate, hash).await;
         match verdict {
-            Ok(true) => self.limiter.clear_failures(&key).await?,
-            Ok(false) => {
-                self.limiter.record_failure(&key, self.clock.now()).await?;
+            Ok(true) => {}
+            Ok(false) => self.record_wrong(account).await?,
+            Err(_) if self.limits.enabled => {
+                self.limiter
+                    .release_attempt(&subject_key("failures", account))
+                    .await?;
             }
-            Err(_) => self.limiter.release_attempt(&key).await?,
+            Err(_) => {}
         }
         Ok(verdict?)
+    }
+
+    /// Admits one check of a secret of `account` (a password, a code) into its failure run,
+    /// counting it as a failure until it proves right, unless the run owes a delay.
+    ///
+    /// # Errors
+    /// [`LimitError::Throttled`] during the delay.
+    pub(super) async fn admit_check(&self, account: &str) -> Result<(), LimitError> {
+        if !self.limits.enabled {
+            return Ok(());
+        }
+        self.admit_attempt(&subject_key("failures", account)).await
+    }
+
+    /// Dates the failure of a check admitted by [`AuthService::admit_check`] that proved
+    /// wrong.
+    pub(super) async fn record_wrong(&self, account: &str) -> Result<(), BackendError> {
+        if !self.limits.enabled {
+            return Ok(());
+        }
+        self.limiter
+            .record_failure(&subject_key("failures", account), self.clock.now())
+            .await
+    }
+
+    /// Forgets `account`'s failure run: the account's owner has proved who they are.
+    pub(super) async fn clear_failures(&self, account: &str) -> Result<(), BackendError> {
+        if !self.limits.enabled {
+            return Ok(());
+        }
+        self.limiter
+            .clear_failures(&subject_key("failures", account))
+            .await
     }
 
     /// Admits one password attempt for the run `key`, counting it, unless the run owes a
@@ -333,6 +370,21 @@ impl AuthService {
             subject_key("session", &session.to_string())
         );
         self.limiter.increment(&bucket, forget_at).await
+    }
+
+    /// Counts one re-check by the signed-in `user` (a password or a code asked again) from
+    /// `client`; refuses it over the re-check quotas.
+    pub(super) async fn throttle_recheck(
+        &self,
+        user: &crate::domain::User,
+        client: &crate::domain::ClientInfo,
+    ) -> Result<(), LimitError> {
+        self.throttle(
+            Action::PasswordCheck,
+            client.ip.as_deref(),
+            Some(&user.id.to_string()),
+        )
+        .await
     }
 
     /// Deletes expired counters and forgotten failure runs; run periodically.

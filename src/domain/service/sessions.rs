@@ -91,7 +91,7 @@ impl AuthService {
             Rotation::AlreadySpent => return Err(self.revoke_for_reuse(session, &client).await),
             Rotation::SessionEnded => return Err(RefreshError::InvalidToken),
         }
-        let access_token = self.issue_access_token(&record.user, session.id, now)?;
+        let access_token = self.issue_access_token(&record.user, session, now)?;
         Ok(self.token_pair(access_token, refresh_token))
     }
 
@@ -236,15 +236,14 @@ impl AuthService {
         client: &ClientInfo,
     ) -> Result<bool, LimitError> {
         let user = &principal.user;
-        self.throttle(
-            Action::PasswordCheck,
-            client.ip.as_deref(),
-            Some(&user.id.to_string()),
-        )
-        .await?;
+        self.throttle_recheck(user, client).await?;
         let right = self
             .verify_password(user.email.key(), candidate, &user.password_hash)
             .await?;
+        if right {
+            // The session passed every factor at its login: the password completes the proof.
+            self.clear_failures(user.email.key()).await?;
+        }
         // A token of the old service has no session to end; the failure run and the limits
         // above still apply to it.
         if let (false, Some(session_id)) = (right, principal.session_id)

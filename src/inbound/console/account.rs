@@ -1,22 +1,19 @@
 //! The signed-in user's pages: the account (profile, sessions), password, email, sign-out.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use poem::http::{StatusCode, header};
-use poem::web::{Data, Form, Path};
+use poem::web::{Data, Path};
 use poem::{Request, Response, handler};
 use uuid::Uuid;
 
 use super::Console;
-use super::forms::{FormState, Guard, submitted};
+use super::forms::{Fields, FormState, Guard, Posted, submitted};
 use super::guard::{Visitor, see_other};
 use super::pages::{self, Chrome, SessionView, UserView};
 use super::public::PageQuery;
 use crate::domain::{Email, Password, Principal, SessionId};
 use crate::inbound::http::problem::{FieldErrors, Problem};
-
-type Posted = poem::Result<Form<HashMap<String, String>>>;
 
 /// The account page, showing `form`'s failure if any.
 async fn account_page(
@@ -28,14 +25,11 @@ async fn account_page(
 ) -> Response {
     let sessions = match console.service.list_sessions(principal).await {
         Ok(sessions) => sessions,
-        Err(err) => {
-            let problem = Problem::from(err);
-            return pages::message(
-                problem.status,
-                Chrome::new("Account", visitor),
-                &super::forms::alert(&problem),
-            );
-        }
+        Err(err) => return console.failure(visitor, &Problem::from(err)),
+    };
+    let factors = match console.service.factors(principal.user.id).await {
+        Ok(factors) => factors,
+        Err(err) => return console.failure(visitor, &Problem::from(err)),
     };
     let status = form.status();
     let page = pages::Account {
@@ -48,16 +42,18 @@ async fn account_page(
             .collect(),
         csrf: visitor.session_csrf().unwrap_or_default(),
         mail: console.service.mail_configured(),
+        two_step: factors.totp,
+        passkeys: factors.passkeys,
     };
     console.page(visitor, &page, status)
 }
 
 /// A signed-in POST: the visitor, the user and the form, once it passed the guard.
-async fn signed_in_post(
+pub(super) async fn signed_in_post(
     req: &Request,
     console: &Console,
     form: Posted,
-) -> Result<(Visitor, Principal, super::forms::Fields), Response> {
+) -> Result<(Visitor, Principal, Fields), Response> {
     let (visitor, principal) = console.signed_in(req).await?;
     let fields = submitted(console, req, &visitor, form, Guard::Session)?;
     Ok((visitor, principal, fields))

@@ -2,17 +2,15 @@
 //! flag, sessions, reset link, deletion), the audit log. The same use cases as `/admin/*`,
 //! with the same parsing of filters.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{NaiveDate, TimeDelta};
-use poem::http::StatusCode;
-use poem::web::{Data, Form, Path};
+use poem::web::{Data, Path};
 use poem::{Request, Response, handler};
 use serde::Deserialize;
 
 use super::Console;
-use super::forms::{Fields, FormState, Guard, submitted};
+use super::forms::{Fields, FormState, Guard, Posted, submitted};
 use super::guard::{Visitor, see_other};
 use super::pages::{self, Chrome, EventView, SessionView, UserView, query_string};
 use crate::domain::service::{Actor, AdminError};
@@ -21,8 +19,6 @@ use crate::inbound::http::api::admin::{
     optional, parse_bool, parse_id, parse_role, parse_search, user_id,
 };
 use crate::inbound::http::problem::{FieldErrors, Problem};
-
-type Posted = poem::Result<Form<HashMap<String, String>>>;
 
 /// Rows on a page of users or events.
 const PAGE_SIZE: u32 = 50;
@@ -114,17 +110,15 @@ async fn user_page(
     form: FormState,
     done: Option<&str>,
 ) -> Response {
-    let found = match console.service.account(id).await {
-        Ok(user) => console
-            .service
-            .account_sessions(id)
-            .await
-            .map(|sessions| (user, sessions)),
-        Err(err) => Err(err),
+    let found = async {
+        let user = console.service.account(id).await?;
+        let sessions = console.service.account_sessions(id).await?;
+        let factors = console.service.factors(id).await?;
+        Ok::<_, AdminError>((user, sessions, factors))
     };
-    let (user, sessions) = match found {
+    let (user, sessions, factors) = match found.await {
         Ok(found) => found,
-        Err(err) => return failure_page(console, visitor, &Problem::from(err)),
+        Err(err) => return console.failure(visitor, &Problem::from(err)),
     };
     let status = form.status();
     let page = pages::AdminUser {
@@ -132,26 +126,10 @@ async fn user_page(
         form,
         user: UserView::from(&user),
         sessions: sessions.iter().map(|s| SessionView::new(s, None)).collect(),
+        factors: pages::factors_text(factors),
         csrf: visitor.session_csrf().unwrap_or_default(),
     };
     console.page(visitor, &page, status)
-}
-
-/// A page that only says what went wrong (an unknown user, an outage).
-fn failure_page(console: &Console, visitor: &Visitor, problem: &Problem) -> Response {
-    let title = if problem.status == StatusCode::NOT_FOUND {
-        "Not found"
-    } else {
-        "Something went wrong"
-    };
-    console.page(
-        visitor,
-        &pages::Message {
-            chrome: Chrome::new(title, visitor),
-            text: super::forms::alert(problem),
-        },
-        problem.status,
-    )
 }
 
 #[handler]
@@ -173,7 +151,7 @@ pub(super) async fn user_detail(
             )
             .await
         }
-        Err(problem) => failure_page(&console, &visitor, &problem),
+        Err(problem) => console.failure(&visitor, &problem),
     }
 }
 
@@ -204,7 +182,7 @@ async fn admin_post(
 ) -> Result<(Visitor, Principal, UserId, Fields), Response> {
     let (visitor, principal) = console.admin(req).await?;
     let fields = submitted(console, req, &visitor, form, Guard::Session)?;
-    let id = user_id(id).map_err(|problem| failure_page(console, &visitor, &problem))?;
+    let id = user_id(id).map_err(|problem| console.failure(&visitor, &problem))?;
     Ok((visitor, principal, id, fields))
 }
 
@@ -276,6 +254,24 @@ pub(super) async fn send_reset_link(
     after_action(&console, &visitor, id, result, "reset-link-sent").await
 }
 
+/// Removes the user's authenticator app, recovery codes and passkeys, as
+/// `DELETE /admin/users/{id}/factors` does.
+#[handler]
+pub(super) async fn reset_two_step(
+    req: &Request,
+    console: Data<&Arc<Console>>,
+    id: Path<String>,
+    form: Posted,
+) -> Response {
+    let (visitor, admin, id, _) = or_page!(admin_post(req, &console, &id.0, form).await);
+    let client = console.client(req);
+    let result = console
+        .service
+        .reset_factors(Actor::Admin(&admin, &client), id)
+        .await;
+    after_action(&console, &visitor, id, result, "two-step-reset").await
+}
+
 async fn delete_form(
     console: &Console,
     visitor: &Visitor,
@@ -284,7 +280,7 @@ async fn delete_form(
 ) -> Response {
     let user = match console.service.account(id).await {
         Ok(user) => user,
-        Err(err) => return failure_page(console, visitor, &Problem::from(err)),
+        Err(err) => return console.failure(visitor, &Problem::from(err)),
     };
     let status = form.status();
     let page = pages::AdminDelete {
@@ -306,7 +302,7 @@ pub(super) async fn delete_page(
     let (visitor, _) = or_page!(console.admin(req).await);
     match user_id(&id.0) {
         Ok(id) => delete_form(&console, &visitor, id, FormState::default()).await,
-        Err(problem) => failure_page(&console, &visitor, &problem),
+        Err(problem) => console.failure(&visitor, &problem),
     }
 }
 

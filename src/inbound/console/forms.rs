@@ -10,7 +10,10 @@ use poem::web::Form;
 use super::Console;
 use super::guard::Visitor;
 use super::pages::{self, Chrome};
-use crate::inbound::http::problem::{FieldError, Problem};
+use crate::inbound::http::problem::Problem;
+
+/// A POST's body, as a handler takes it: a form, or why it is none.
+pub(super) type Posted = poem::Result<Form<HashMap<String, String>>>;
 
 /// The fields of a submitted form, by name.
 pub(super) struct Fields(HashMap<String, String>);
@@ -24,6 +27,12 @@ impl Fields {
     /// A field's value with surrounding white space removed; `None` when that leaves nothing.
     pub(super) fn trimmed(&self, name: &str) -> Option<&str> {
         Some(self.get(name).trim()).filter(|v| !v.is_empty())
+    }
+
+    /// Whether the form has a field `name`, even an empty one: which of two forms posting to
+    /// one place was sent.
+    pub(super) fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
     }
 }
 
@@ -43,7 +52,7 @@ pub(super) fn submitted(
     console: &Console,
     req: &Request,
     visitor: &Visitor,
-    form: poem::Result<Form<HashMap<String, String>>>,
+    form: Posted,
     guard: Guard,
 ) -> Result<Fields, poem::Response> {
     let Ok(Form(fields)) = form else {
@@ -78,11 +87,21 @@ pub(super) fn submitted(
     ))
 }
 
+/// What is wrong with one field.
+#[derive(Debug)]
+struct FieldFailure {
+    field: String,
+    message: String,
+    /// The message is a sentence of its own ("Invalid code."), not what the value must be
+    /// ("must be an email address"), which reads after the field's label.
+    sentence: bool,
+}
+
 /// A form as a page shows it: what was typed (never a password), and what is wrong with it.
 #[derive(Debug, Default)]
 pub(crate) struct FormState {
     values: Vec<(&'static str, String)>,
-    errors: Vec<FieldError>,
+    errors: Vec<FieldFailure>,
     /// What went wrong with the form as a whole.
     pub alert: Option<String>,
     status: Option<StatusCode>,
@@ -101,8 +120,28 @@ impl FormState {
         if problem.errors.is_empty() {
             self.alert = Some(alert(problem));
         } else {
-            self.errors.clone_from(&problem.errors);
+            self.errors = problem
+                .errors
+                .iter()
+                .map(|e| FieldFailure {
+                    field: e.field.clone(),
+                    message: e.message.clone(),
+                    sentence: false,
+                })
+                .collect();
         }
+        self
+    }
+
+    /// The failure of a use case that found `field`'s value wrong and said so for the whole
+    /// request (a wrong code, a wrong password): its words go on the field, where the fix is.
+    pub(super) fn failed_on(mut self, field: &str, problem: &Problem) -> Self {
+        self.status = Some(problem.status);
+        self.errors.push(FieldFailure {
+            field: field.to_owned(),
+            message: alert(problem),
+            sentence: true,
+        });
         self
     }
 
@@ -113,11 +152,15 @@ impl FormState {
             .map_or("", |(_, value)| value.as_str())
     }
 
-    pub(crate) fn error(&self, field: &str) -> Option<&str> {
-        self.errors
-            .iter()
-            .find(|e| e.field == field)
-            .map(|e| e.message.as_str())
+    /// What is wrong with `field`, in words for the page, where the field reads as `label`.
+    pub(crate) fn error(&self, field: &str, label: &str) -> Option<String> {
+        self.errors.iter().find(|e| e.field == field).map(|e| {
+            if e.sentence {
+                e.message.clone()
+            } else {
+                format!("{label} {}", e.message)
+            }
+        })
     }
 
     /// The status of a page showing this form: the API's, but never 401 (a page has no

@@ -8,6 +8,7 @@ use poem::{IntoResponse, Response};
 
 use super::forms::FormState;
 use super::guard::Visitor;
+use crate::domain::mfa::{Factors, Passkey};
 use crate::domain::{AuditEvent, Role, Session, SessionId, User};
 
 /// The frame of every page: its title, the navigation of a signed-in user, a notice.
@@ -77,6 +78,15 @@ fn notice(done: &str) -> Option<&'static str> {
         "sessions-ended" => "Every session of the user is ended.",
         "reset-link-sent" => "A reset link is on its way to the user.",
         "user-deleted" => "The user is deleted.",
+        "two-step-reset" => {
+            "The user's two-step verification is reset: they sign in with their password alone \
+             until they set it up again."
+        }
+        "two-step-on" => "Two-step verification is on.",
+        "two-step-off" => "Two-step verification is off: you sign in with your password alone.",
+        "passkey-added" => "Your passkey is added: sign in with it next time.",
+        "passkey-renamed" => "The passkey is renamed.",
+        "passkey-removed" => "The passkey is removed: it no longer signs you in.",
         _ => return None,
     })
 }
@@ -192,6 +202,37 @@ impl SessionView {
     }
 }
 
+/// A passkey as the pages show one.
+pub(crate) struct PasskeyView {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub last_used: String,
+}
+
+impl From<&Passkey> for PasskeyView {
+    fn from(passkey: &Passkey) -> Self {
+        Self {
+            id: passkey.id.to_string(),
+            name: passkey.name.clone(),
+            created: when(passkey.created_at),
+            last_used: passkey.last_used_at.map_or_else(|| "never".into(), when),
+        }
+    }
+}
+
+/// A user's second factors as the admin's page names them; `None` when there is none.
+pub(crate) fn factors_text(factors: Factors) -> Option<String> {
+    let mut names = Vec::new();
+    if factors.totp {
+        names.push("authenticator app".to_owned());
+    }
+    if factors.passkeys > 0 {
+        names.push(format!("passkeys ({})", factors.passkeys));
+    }
+    (!names.is_empty()).then(|| names.join(", "))
+}
+
 /// An audit event as the log page shows one.
 pub(crate) struct EventView {
     pub at: String,
@@ -278,6 +319,17 @@ pub(crate) struct ConfirmLink {
     pub button: &'static str,
 }
 
+/// The second step of a sign-in: a code for the pending login that `mfa_token` names.
+#[derive(Template)]
+#[template(path = "sign_in_code.html", config = "src/inbound/console/askama.toml")]
+pub(crate) struct SignInCode {
+    pub chrome: Chrome,
+    pub form: FormState,
+    pub csrf: String,
+    pub mfa_token: String,
+    pub next: String,
+}
+
 #[derive(Template)]
 #[template(path = "account.html", config = "src/inbound/console/askama.toml")]
 pub(crate) struct Account {
@@ -288,6 +340,74 @@ pub(crate) struct Account {
     pub csrf: String,
     /// Mail is configured: "send again" can work.
     pub mail: bool,
+    /// An authenticator app is set up.
+    pub two_step: bool,
+    /// How many passkeys the user has.
+    pub passkeys: u32,
+}
+
+/// Two-step verification of the account: set it up, or turn it off.
+#[derive(Template)]
+#[template(path = "two_step.html", config = "src/inbound/console/askama.toml")]
+pub(crate) struct TwoStep {
+    pub chrome: Chrome,
+    pub form: FormState,
+    pub csrf: String,
+    /// An authenticator app is set up.
+    pub enabled: bool,
+}
+
+/// A new TOTP secret as the set-up page shows it.
+pub(crate) struct NewSecret {
+    /// The QR code of the `otpauth://` URI: SVG markup of our own making, for inline use.
+    pub qr: Option<String>,
+    /// The base32 secret in groups of four, for typing into an app.
+    pub key: String,
+}
+
+/// Adding the account to an authenticator app, and confirming it with a first code.
+#[derive(Template)]
+#[template(
+    path = "two_step_setup.html",
+    config = "src/inbound/console/askama.toml"
+)]
+pub(crate) struct TwoStepSetup {
+    pub chrome: Chrome,
+    pub form: FormState,
+    pub csrf: String,
+    /// `None` when a code was wrong: the secret was shown before and is not kept here.
+    pub secret: Option<NewSecret>,
+}
+
+/// The recovery codes, shown once.
+#[derive(Template)]
+#[template(
+    path = "recovery_codes.html",
+    config = "src/inbound/console/askama.toml"
+)]
+pub(crate) struct RecoveryCodes {
+    pub chrome: Chrome,
+    pub codes: Vec<String>,
+}
+
+/// The account's passkeys: the list, and adding one (with the script's help).
+#[derive(Template)]
+#[template(path = "passkeys.html", config = "src/inbound/console/askama.toml")]
+pub(crate) struct Passkeys {
+    pub chrome: Chrome,
+    pub form: FormState,
+    pub csrf: String,
+    pub passkeys: Vec<PasskeyView>,
+}
+
+/// Renaming one passkey.
+#[derive(Template)]
+#[template(path = "passkey_name.html", config = "src/inbound/console/askama.toml")]
+pub(crate) struct PasskeyName {
+    pub chrome: Chrome,
+    pub form: FormState,
+    pub csrf: String,
+    pub id: String,
 }
 
 #[derive(Template)]
@@ -325,6 +445,8 @@ pub(crate) struct AdminUser {
     pub form: FormState,
     pub user: UserView,
     pub sessions: Vec<SessionView>,
+    /// The second factors; `None`: only a password.
+    pub factors: Option<String>,
     pub csrf: String,
 }
 

@@ -1,23 +1,22 @@
 //! The pages anyone may open: sign in, register, forgot password, and the targets of the
 //! mailed links (reset a password, verify an address, confirm a new one).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use poem::http::StatusCode;
-use poem::web::{Data, Form};
+use poem::web::Data;
 use poem::{Request, Response, handler};
 use serde::Deserialize;
 
 use super::Console;
-use super::forms::{FormState, Guard, submitted};
+use super::forms::{FormState, Guard, Posted, submitted};
 use super::guard::{Visitor, safe_next, see_other};
 use super::pages::{self, Chrome, ConfirmLink, Forgot, Register, Reset, SignIn};
+use super::two_step::second_step_form;
+use crate::domain::service::{CookieSession, CookieSignIn};
 use crate::domain::{Email, FullName, Password};
 use crate::inbound::http::api::auth::record_login;
 use crate::inbound::http::problem::{FieldErrors, Problem};
-
-type Posted = poem::Result<Form<HashMap<String, String>>>;
 
 /// What a console page's query may say.
 #[derive(Debug, Default, Deserialize)]
@@ -50,7 +49,7 @@ pub(super) async fn home(req: &Request, console: Data<&Arc<Console>>) -> Respons
     response
 }
 
-fn sign_in_form(
+pub(super) fn sign_in_form(
     console: &Console,
     visitor: &Visitor,
     form: FormState,
@@ -84,8 +83,26 @@ pub(super) async fn sign_in_page(req: &Request, console: Data<&Arc<Console>>) ->
     )
 }
 
+/// Signed in, by password alone or with a second step: the session cookie, and on to `next`.
+pub(super) fn enter(
+    console: &Console,
+    visitor: &Visitor,
+    next: &str,
+    signed_in: &CookieSession,
+) -> Response {
+    let mut response = see_other(next);
+    let settings = &console.settings;
+    response.headers_mut().append(
+        poem::http::header::SET_COOKIE,
+        settings.set_cookie(&settings.session_cookie(), Some(&signed_in.secret)),
+    );
+    visitor.finish(settings, &mut response);
+    response
+}
+
 /// Checks the password as `POST /auth/login` does (same limits, same delay after failures)
-/// and opens a session whose only trace in the browser is an `HttpOnly` cookie.
+/// and opens a session whose only trace in the browser is an `HttpOnly` cookie; a user with
+/// an authenticator app is asked for a code first, on a page that holds the pending login.
 #[handler]
 pub(super) async fn sign_in(req: &Request, console: Data<&Arc<Console>>, form: Posted) -> Response {
     let visitor = or_page!(console.visitor(req).await);
@@ -107,16 +124,14 @@ pub(super) async fn sign_in(req: &Request, console: Data<&Arc<Console>>, form: P
         .await;
     record_login(&result);
     match result {
-        Ok(signed_in) => {
-            let mut response = see_other(next);
-            let settings = &console.settings;
-            response.headers_mut().append(
-                poem::http::header::SET_COOKIE,
-                settings.set_cookie(&settings.session_cookie(), Some(&signed_in.secret)),
-            );
-            visitor.finish(settings, &mut response);
-            response
-        }
+        Ok(CookieSignIn::Done(signed_in)) => enter(&console, &visitor, next, &signed_in),
+        Ok(CookieSignIn::SecondFactor(pending)) => second_step_form(
+            &console,
+            &visitor,
+            FormState::default(),
+            &pending.mfa_token,
+            next,
+        ),
         Err(err) => sign_in_form(
             &console,
             &visitor,

@@ -1,15 +1,23 @@
 //! The console's own rules, with the core's ports mocked: CSRF tokens, the `Origin` check,
 //! cookies and redirects. Each test states which use cases may run; a refused form runs none.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use chrono::TimeDelta;
 use poem::http::{Method, StatusCode, header};
 use poem::{Endpoint, Request, Response};
+use uuid::Uuid;
 
 use super::guard::{ConsoleSettings, csrf_token, new_secret};
 use super::routes;
+use crate::domain::mfa::{
+    AuthMethod, Ceremony, CeremonyKind, Factors, MfaChallenge, MfaTokenHash, Passkey,
+    RecoveryCodeHash, TotpFactor, TotpSecret, totp_step,
+};
+use crate::domain::ports::{CeremonyStart, MockPasskeyCeremonies, VerifiedAssertion};
 use crate::domain::service::test_support::{Mocks, now, session, user};
-use crate::domain::{CookieHash, Role, SessionId, User};
+use crate::domain::service::user_handle;
+use crate::domain::{CookieHash, Role, SessionId, User, UserId};
 use crate::inbound::http::client::TrustedProxies;
 
 const HOST: &str = "console.test";
@@ -364,4 +372,472 @@ async fn an_unknown_console_page_is_a_page_not_a_json_problem() {
     );
     let html = response.into_body().into_string().await.unwrap();
     assert!(html.contains("There is no such page."));
+}
+
+fn session_cookie(response: &Response) -> Option<String> {
+    set_cookies(response)
+        .into_iter()
+        .find(|c| c.starts_with("portcullis-session=") && !c.contains("Max-Age=0"))
+}
+
+/// User 1 has an authenticator app.
+fn has_app(m: &mut Mocks) {
+    m.factors.expect_factors().returning(|_| {
+        Ok(Factors {
+            totp: true,
+            passkeys: 0,
+        })
+    });
+}
+
+#[tokio::test]
+async fn a_right_password_of_a_user_with_an_app_asks_for_a_code_and_sets_no_cookie() {
+    let visitor = new_secret();
+    let mut m = sign_in_mocks();
+    has_app(&mut m);
+    m.factors
+        .expect_store_mfa_challenge()
+        .times(1)
+        .returning(|_| Ok(()));
+    m.users.expect_create_session().never();
+    let body = format!(
+        "email=user1%40example.com&password=pw&csrf={}&next=%2Fconsole%2Fadmin%2Fusers",
+        csrf_token(&visitor)
+    );
+    let response = call(
+        m,
+        post(
+            "/console/sign-in",
+            &format!("portcullis-visitor={visitor}"),
+            &body,
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(session_cookie(&response), None);
+    let html = response.into_body().into_string().await.unwrap();
+    assert!(html.contains("<h1>Two-step verification</h1>"), "{html}");
+    assert!(html.contains(r#"action="/console/sign-in/verify""#));
+    assert!(html.contains(r#"name="next" value="/console/admin/users""#));
+    assert!(html.contains(r#"autocomplete="one-time-code""#));
+    let token = html
+        .split(r#"name="mfa_token" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the pending login's token");
+    assert_eq!(token.len(), 43, "a 256-bit token: {token}");
+}
+
+const MFA_TOKEN: &str = "the-pending-login";
+
+/// Mocks in which `MFA_TOKEN` names a pending login of user 1, still open.
+fn pending_mocks() -> Mocks {
+    let mut m = Mocks::new();
+    m.factors
+        .expect_find_mfa_challenge()
+        .withf(|hash| *hash == MfaTokenHash::of(MFA_TOKEN))
+        .returning(|_| {
+            Ok(Some(MfaChallenge {
+                user_id: UserId(1),
+                credential_version: 0,
+                expires_at: now() + TimeDelta::minutes(5),
+                failures: 0,
+                spent_at: None,
+            }))
+        });
+    m.users
+        .expect_find_user_by_id()
+        .returning(|id| Ok(Some(user(id.0, Role::User, true))));
+    m
+}
+
+fn second_step(visitor: &str, code: &str) -> Request {
+    post(
+        "/console/sign-in/verify",
+        &format!("portcullis-visitor={visitor}"),
+        &format!(
+            "mfa_token={MFA_TOKEN}&next=%2Fconsole%2Fadmin%2Fusers&code={code}&csrf={}",
+            csrf_token(visitor)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_wrong_code_shows_the_step_again_on_its_field_and_sets_no_cookie() {
+    let visitor = new_secret();
+    let mut m = pending_mocks();
+    // Six digits are an app's code (whether this one is right is the core's tests' business).
+    m.factors
+        .expect_find_totp()
+        .times(1)
+        .returning(|_| Ok(None));
+    m.factors.expect_spend_recovery_code().never();
+    m.factors
+        .expect_fail_mfa_challenge()
+        .times(1)
+        .returning(|_, _, _| Ok(()));
+    m.users.expect_create_session().never();
+    let response = call(m, second_step(&visitor, "123+456")).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(session_cookie(&response), None);
+    let html = response.into_body().into_string().await.unwrap();
+    assert!(
+        html.contains(r#"<p class="error" id="code-error">Invalid code.</p>"#),
+        "{html}"
+    );
+    assert!(html.contains(r#"aria-invalid="true" aria-describedby="code-error""#));
+    assert!(html.contains(&format!(r#"name="mfa_token" value="{MFA_TOKEN}""#)));
+    assert!(html.contains(r#"name="next" value="/console/admin/users""#));
+}
+
+#[tokio::test]
+async fn a_right_recovery_code_sets_the_cookie_and_follows_next() {
+    let visitor = new_secret();
+    let mut m = pending_mocks();
+    m.factors.expect_find_totp().never();
+    m.factors
+        .expect_spend_recovery_code()
+        .withf(|id, hash, _| {
+            *id == UserId(1)
+                && Some(hash) == RecoveryCodeHash::of_typed("abcdefghijklmnop").as_ref()
+        })
+        .times(1)
+        .returning(|_, _, _| Ok(true));
+    m.factors
+        .expect_spend_mfa_challenge()
+        .times(1)
+        .returning(|_, _| Ok(true));
+    m.users
+        .expect_create_session()
+        .times(1)
+        .returning(|new, _| Ok(session(new.id, 1)));
+    let response = call(m, second_step(&visitor, "ABCD-efgh-ijkl-mnop")).await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), "/console/admin/users");
+    let cookie = session_cookie(&response).expect("a session cookie");
+    assert!(cookie.ends_with("; Path=/console; HttpOnly; SameSite=Strict"));
+}
+
+#[tokio::test]
+async fn setting_up_shows_a_qr_code_and_the_key_and_a_first_code_shows_ten_recovery_codes() {
+    let secret = new_secret();
+    let cookies = format!("portcullis-session={secret}");
+    let form = |fields: &str| format!("{fields}csrf={}", csrf_token(&secret));
+    let stored: Arc<Mutex<Vec<u8>>> = Arc::default();
+
+    let mut m = signed_in_as(user(1, Role::User, true), &secret);
+    let keep = Arc::clone(&stored);
+    m.factors
+        .expect_store_pending_totp()
+        .times(1)
+        .returning(move |_, sealed, _| {
+            *keep.lock().unwrap() = sealed;
+            Ok(true)
+        });
+    let response = call(
+        m,
+        post("/console/account/two-step/setup", &cookies, &form("")),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let html = response.into_body().into_string().await.unwrap();
+    assert!(
+        html.contains(r#"<svg role="img" aria-label="QR code to add this account"#),
+        "{html}"
+    );
+    assert!(!html.contains("<?xml"));
+    // The test sealer's sealed form ends with the plain secret, after a NUL.
+    let sealed = stored.lock().unwrap().clone();
+    let plain =
+        TotpSecret::from_bytes(sealed[sealed.iter().position(|b| *b == 0).unwrap() + 1..].to_vec());
+    let key = plain.base32();
+    assert_eq!(key.len(), 32);
+    let grouped = format!(
+        "{} {} {} {} {} {} {} {}",
+        &key[0..4],
+        &key[4..8],
+        &key[8..12],
+        &key[12..16],
+        &key[16..20],
+        &key[20..24],
+        &key[24..28],
+        &key[28..32]
+    );
+    assert!(
+        html.contains(&format!(r#"id="secret">{grouped}</code>"#)),
+        "{html}"
+    );
+
+    let mut m = signed_in_as(user(1, Role::User, true), &secret);
+    m.factors.expect_find_totp().returning(move |_| {
+        Ok(Some(TotpFactor {
+            user_id: UserId(1),
+            sealed_secret: sealed.clone(),
+            confirmed_at: None,
+            last_step: None,
+        }))
+    });
+    m.factors
+        .expect_confirm_totp()
+        .times(1)
+        .returning(|_, _, _, _, _| Ok(true));
+    let code = format!("{:06}", plain.code_at(totp_step(now())));
+    let response = call(
+        m,
+        post(
+            "/console/account/two-step/confirm",
+            &cookies,
+            &form(&format!("code={code}&")),
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let html = response.into_body().into_string().await.unwrap();
+    assert!(html.contains("each works once"), "{html}");
+    assert_eq!(html.matches("<li><code>").count(), 10, "{html}");
+}
+
+#[tokio::test]
+async fn turning_the_app_off_with_a_wrong_password_says_so_on_its_field() {
+    let secret = new_secret();
+    let cookies = format!("portcullis-session={secret}");
+    for right in [false, true] {
+        let mut m = signed_in_as(user(1, Role::User, true), &secret);
+        has_app(&mut m);
+        m.factors.expect_find_totp().returning(|id| {
+            Ok(Some(TotpFactor {
+                user_id: id,
+                sealed_secret: Vec::new(),
+                confirmed_at: Some(now()),
+                last_step: None,
+            }))
+        });
+        m.hasher.expect_verify().returning(move |_, _| Ok(right));
+        m.factors
+            .expect_remove_factors()
+            .times(usize::from(right))
+            .returning(|_, _, _| Ok(true));
+        let body = format!("password=guess&csrf={}", csrf_token(&secret));
+        let response = call(m, post("/console/account/two-step/off", &cookies, &body)).await;
+        if right {
+            assert_eq!(response.status(), StatusCode::SEE_OTHER);
+            assert_eq!(
+                location(&response),
+                "/console/account/two-step?done=two-step-off"
+            );
+        } else {
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+            let html = response.into_body().into_string().await.unwrap();
+            assert!(
+                html.contains(r#"<p class="error" id="password-error">Incorrect password.</p>"#),
+                "{html}"
+            );
+            assert!(!html.contains("code-error"));
+        }
+    }
+}
+
+const OPTIONS: &str = r#"{"publicKey":{"challenge":"Y2hhbGxlbmdl"}}"#;
+
+/// Passkeys configured, with ceremonies that start with `OPTIONS` and whose answers carry
+/// the challenge "challenge".
+fn ceremonies(m: &mut Mocks) -> &mut MockPasskeyCeremonies {
+    let mut ceremonies = MockPasskeyCeremonies::new();
+    let start = || {
+        Ok(CeremonyStart {
+            options: OPTIONS.into(),
+            challenge: "challenge".into(),
+            state: "state".into(),
+        })
+    };
+    ceremonies
+        .expect_start_registration()
+        .returning(move |_, _, _, _| start());
+    ceremonies.expect_start_authentication().returning(start);
+    ceremonies
+        .expect_challenge_of()
+        .returning(|_| Ok("challenge".into()));
+    m.factors.expect_list_passkeys().returning(|_| Ok(vec![]));
+    m.passkeys.insert(ceremonies)
+}
+
+async fn json_body(response: Response) -> serde_json::Value {
+    assert_eq!(
+        response.headers().get(header::CONTENT_TYPE).unwrap(),
+        "application/json"
+    );
+    serde_json::from_str(&response.into_body().into_string().await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn passkey_options_need_the_pages_token_and_come_as_json() {
+    let secret = new_secret();
+    let visitor = new_secret();
+    let cookies = format!("portcullis-session={secret}; portcullis-visitor={visitor}");
+    for (path, right) in [
+        ("/console/account/passkeys/options", csrf_token(&secret)),
+        ("/console/sign-in/passkey/options", csrf_token(&visitor)),
+    ] {
+        let another_browsers = csrf_token(&new_secret());
+        for (token, good) in [
+            ("forged", false),
+            (&another_browsers, false),
+            (&right, true),
+        ] {
+            let mut m = signed_in_as(user(1, Role::User, true), &secret);
+            ceremonies(&mut m);
+            m.factors
+                .expect_store_ceremony()
+                .times(usize::from(good))
+                .returning(|_| Ok(()));
+            let response = call(m, post(path, &cookies, &format!("csrf={token}&name="))).await;
+            if !good {
+                assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path}");
+                continue;
+            }
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            let options: serde_json::Value = serde_json::from_str(OPTIONS).unwrap();
+            assert_eq!(json_body(response).await, options);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_passkey_name_the_api_refuses_is_refused_before_the_browser_makes_a_passkey() {
+    let secret = new_secret();
+    let mut m = signed_in_as(user(1, Role::User, true), &secret);
+    ceremonies(&mut m);
+    m.factors.expect_store_ceremony().never();
+    let body = format!("name={}&csrf={}", "x".repeat(65), csrf_token(&secret));
+    let response = call(
+        m,
+        post(
+            "/console/account/passkeys/options",
+            &format!("portcullis-session={secret}"),
+            &body,
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        json_body(response).await,
+        serde_json::json!({"message": "Name must be at most 64 characters."})
+    );
+}
+
+#[tokio::test]
+async fn without_a_relying_party_the_script_is_told_why_in_words() {
+    let visitor = new_secret();
+    let response = call(
+        Mocks::new(),
+        post(
+            "/console/sign-in/passkey/options",
+            &format!("portcullis-visitor={visitor}"),
+            &format!("csrf={}", csrf_token(&visitor)),
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        json_body(response).await,
+        serde_json::json!({"message": "Passkeys are not configured: set public_url."})
+    );
+}
+
+#[tokio::test]
+async fn a_verified_passkey_sets_the_session_cookie_and_follows_next() {
+    let visitor = new_secret();
+    let mut m = Mocks::new();
+    let ceremonies = ceremonies(&mut m);
+    ceremonies
+        .expect_credential_of()
+        .returning(|_| Ok(vec![1, 2, 3]));
+    ceremonies
+        .expect_finish_authentication()
+        .withf(|state, answer, _, _| state == "state" && answer == r#"{"id":"answer"}"#)
+        .times(1)
+        .returning(|_, _, _, _| {
+            Ok(VerifiedAssertion {
+                credential_id: vec![1, 2, 3],
+                updated_credential: None,
+            })
+        });
+    m.factors.expect_take_ceremony().times(1).returning(|_, _| {
+        Ok(Some(Ceremony {
+            challenge: "challenge".into(),
+            kind: CeremonyKind::Authentication,
+            user_id: None,
+            state: "state".into(),
+            expires_at: now() + TimeDelta::minutes(5),
+        }))
+    });
+    m.factors.expect_find_passkey().returning(|id| {
+        Ok(Some(Passkey {
+            id: Uuid::from_u128(1),
+            user_id: UserId(1),
+            name: "Laptop".into(),
+            created_at: now(),
+            last_used_at: None,
+            credential_id: id.to_vec(),
+            credential: "stored".into(),
+            user_handle: user_handle(UserId(1)),
+        }))
+    });
+    m.users
+        .expect_find_user_by_id()
+        .returning(|id| Ok(Some(user(id.0, Role::User, true))));
+    m.factors.expect_touch_passkey().returning(|_, _, _| Ok(()));
+    m.users
+        .expect_create_session()
+        .withf(|new, _| new.methods == [AuthMethod::Webauthn])
+        .times(1)
+        .returning(|new, _| Ok(session(new.id, 1)));
+    let body = format!(
+        "credential=%7B%22id%22%3A%22answer%22%7D&next=%2Fconsole%2Fadmin%2Fusers&csrf={}",
+        csrf_token(&visitor)
+    );
+    let response = call(
+        m,
+        post(
+            "/console/sign-in/passkey",
+            &format!("portcullis-visitor={visitor}"),
+            &body,
+        ),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&response), "/console/admin/users");
+    let cookie = session_cookie(&response).expect("a session cookie");
+    assert!(cookie.ends_with("; Path=/console; HttpOnly; SameSite=Strict"));
+}
+
+#[tokio::test]
+async fn removing_a_passkey_that_is_not_the_users_says_so_on_the_page() {
+    let secret = new_secret();
+    let cookies = format!("portcullis-session={secret}");
+    for (id, asked) in [(Uuid::from_u128(5).to_string(), 1), ("not-an-id".into(), 0)] {
+        let mut m = signed_in_as(user(1, Role::User, true), &secret);
+        m.factors
+            .expect_remove_passkey()
+            .withf(|user, id, _| *user == UserId(1) && *id == Uuid::from_u128(5))
+            .times(asked)
+            .returning(|_, _, _| Ok(false));
+        m.factors.expect_list_passkeys().returning(|_| Ok(vec![]));
+        let response = call(
+            m,
+            post(
+                &format!("/console/account/passkeys/{id}/remove"),
+                &cookies,
+                &format!("csrf={}", csrf_token(&secret)),
+            ),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{id}");
+        let html = response.into_body().into_string().await.unwrap();
+        assert!(
+            html.contains(r#"<p class="alert" role="alert">Passkey not found.</p>"#),
+            "{html}"
+        );
+        assert!(html.contains("<h1>Passkeys</h1>"));
+    }
 }

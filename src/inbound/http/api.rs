@@ -5,6 +5,8 @@ pub mod admin;
 pub mod auth;
 pub mod email;
 pub mod keys;
+pub mod mfa;
+pub mod passkeys;
 pub mod protected;
 pub mod public;
 pub mod sessions;
@@ -20,6 +22,8 @@ pub enum ApiTags {
     Auth,
     /// Password reset, email verification and email change: the flows that send mail.
     Email,
+    /// Second factors: TOTP with recovery codes, the second step of a login, and passkeys.
+    Mfa,
     /// Refresh tokens, logout, the caller's sessions, password change.
     Sessions,
     /// Demo routes that need a token.

@@ -1,10 +1,12 @@
 //! Request and response bodies, exactly as API.md spells them.
 
 use chrono::{DateTime, Utc};
-use poem_openapi::{Enum, Object};
+use poem_openapi::{Enum, Object, Union};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::domain::mfa::{Factor, Factors, Passkey};
+use crate::domain::service::LoginStep;
 use crate::domain::{Role, Session, SessionId, TokenPair, User};
 
 // The validators below document the contract in the schema; the domain types enforce it
@@ -126,6 +128,56 @@ impl From<Role> for RoleName {
     }
 }
 
+/// A second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum FactorName {
+    Totp,
+    Passkey,
+}
+
+impl FactorName {
+    pub fn list(factors: Factors) -> Vec<Self> {
+        factors
+            .list()
+            .into_iter()
+            .map(|factor| match factor {
+                Factor::Totp => Self::Totp,
+                Factor::Passkey => Self::Passkey,
+            })
+            .collect()
+    }
+}
+
+/// A passkey of the caller's.
+#[derive(Debug, Object)]
+pub struct PasskeyResponse {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    /// The last sign-in with it.
+    #[oai(nullable)]
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl From<Passkey> for PasskeyResponse {
+    fn from(passkey: Passkey) -> Self {
+        Self {
+            id: passkey.id,
+            name: passkey.name,
+            created_at: passkey.created_at,
+            last_used_at: passkey.last_used_at,
+        }
+    }
+}
+
+/// A user's second factors, as an admin sees them.
+#[derive(Debug, Object)]
+pub struct FactorsResponse {
+    /// `totp`, `passkey`.
+    pub factors: Vec<FactorName>,
+}
+
 /// A user, as every response shows one. Never a password or a hash.
 #[derive(Debug, Object)]
 pub struct UserResponse {
@@ -138,10 +190,12 @@ pub struct UserResponse {
     /// Whether the address was proved, by a verification or a reset link.
     pub email_verified: bool,
     pub created_at: DateTime<Utc>,
+    /// The second factors the user has: `totp`, `passkey`.
+    pub factors: Vec<FactorName>,
 }
 
-impl From<User> for UserResponse {
-    fn from(user: User) -> Self {
+impl UserResponse {
+    pub fn new(user: User, factors: Factors) -> Self {
         Self {
             id: user.id.0,
             email: user.email.as_str().to_owned(),
@@ -150,6 +204,7 @@ impl From<User> for UserResponse {
             is_active: user.is_active,
             email_verified: user.email_verified,
             created_at: user.created_at,
+            factors: FactorName::list(factors),
         }
     }
 }
@@ -176,6 +231,78 @@ impl From<TokenPair> for TokenResponse {
             refresh_token: pair.refresh_token,
         }
     }
+}
+
+/// What `POST /auth/login` answers a right password of a user with a second factor.
+#[derive(Debug, Object)]
+pub struct MfaRequiredResponse {
+    /// Always `true`.
+    pub mfa_required: bool,
+    /// Opaque, single use, valid 5 minutes: pass it to `POST /auth/mfa/verify` with a code.
+    pub mfa_token: String,
+    /// How the login can be completed: `totp`, `recovery_code`.
+    pub methods: Vec<String>,
+}
+
+/// The answer of `POST /auth/login`: tokens, or the second step it needs.
+#[derive(Debug, Union)]
+#[oai(one_of)]
+pub enum LoginResponse {
+    Tokens(TokenResponse),
+    MfaRequired(MfaRequiredResponse),
+}
+
+impl From<LoginStep> for LoginResponse {
+    fn from(step: LoginStep) -> Self {
+        match step {
+            LoginStep::Done(pair) => Self::Tokens(pair.into()),
+            LoginStep::SecondFactor(pending) => Self::MfaRequired(MfaRequiredResponse {
+                mfa_required: true,
+                mfa_token: pending.mfa_token,
+                methods: pending.methods.into_iter().map(String::from).collect(),
+            }),
+        }
+    }
+}
+
+/// `POST /auth/mfa/totp`: a new secret, active once confirmed.
+#[derive(Debug, Object)]
+pub struct TotpEnrolmentResponse {
+    /// The secret in base32, for apps that take it typed.
+    pub secret: String,
+    /// The `otpauth://totp/...` URI, for apps that scan it.
+    pub otpauth_uri: String,
+}
+
+/// `POST /auth/mfa/totp/confirm` and `DELETE /auth/mfa/totp`.
+#[derive(Debug, Deserialize, Object)]
+pub struct TotpCodeRequest {
+    /// A current 6-digit code of the app.
+    #[oai(validator(max_length = 32))]
+    pub code: Option<String>,
+    /// Instead of a code, to remove the factor: the account's password.
+    pub password: Option<String>,
+}
+
+/// The recovery codes of a new TOTP factor: shown this once, stored only as hashes.
+#[derive(Debug, Object)]
+pub struct RecoveryCodesResponse {
+    /// Ten single-use codes, each good for one login instead of a TOTP code.
+    pub recovery_codes: Vec<String>,
+}
+
+/// `POST /auth/mfa/verify`: the second step of a login.
+#[derive(Debug, Deserialize, Object)]
+pub struct MfaVerifyRequest {
+    /// The `mfa_token` of the login's first step.
+    #[oai(validator(max_length = 256))]
+    pub mfa_token: String,
+    /// A current 6-digit TOTP code; or instead:
+    #[oai(validator(max_length = 32))]
+    pub code: Option<String>,
+    /// one of the recovery codes.
+    #[oai(validator(max_length = 64))]
+    pub recovery_code: Option<String>,
 }
 
 /// A plain message.

@@ -5,14 +5,15 @@ use poem::http::StatusCode;
 use super::problem::{CHALLENGE, CHALLENGE_INVALID_TOKEN, Failure, FieldError, Problem};
 use crate::domain::service::{
     AdminError, AuthError, ChangePasswordError, EndSessionError, LoginError, MailRequestError,
-    RedeemError, RefreshError, RegisterError, Throttled,
+    MfaError, PasskeyError, RedeemError, RefreshError, RegisterError, Throttled,
 };
 use crate::domain::{BackendError, PasswordError};
 
 /// Seconds a client is asked to wait after a 503.
 const RETRY_AFTER_SECONDS: u64 = 1;
-/// Mail that is not configured stays so until an operator acts: retrying soon is pointless.
-const MAIL_RETRY_AFTER_SECONDS: u64 = 3600;
+/// Mail or passkeys that are not configured stay so until an operator acts: retrying soon is
+/// pointless.
+const NOT_CONFIGURED_RETRY_AFTER_SECONDS: u64 = 3600;
 
 pub const INVALID_CREDENTIALS: &str = "Could not validate credentials";
 
@@ -76,8 +77,46 @@ impl From<LoginError> for Problem {
             }
             LoginError::Inactive => Problem::unauthorized("Inactive user account", CHALLENGE),
             LoginError::Unverified => Problem::new(StatusCode::FORBIDDEN, "Email not verified"),
+            // Only the token grant can meet it, and it answers in OAuth's terms.
+            LoginError::SecondFactorRequired => {
+                Problem::new(StatusCode::BAD_REQUEST, "mfa_required")
+            }
             LoginError::Throttled(t) => t.into(),
             LoginError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<MfaError> for Problem {
+    fn from(err: MfaError) -> Self {
+        match err {
+            MfaError::InvalidCode => Problem::new(StatusCode::BAD_REQUEST, "Invalid code"),
+            MfaError::AlreadyEnabled => Problem::new(StatusCode::CONFLICT, "TOTP already enabled"),
+            MfaError::NotEnabled => Problem::new(StatusCode::BAD_REQUEST, "TOTP not enabled"),
+            MfaError::WrongPassword => Problem::unauthorized("Incorrect password", CHALLENGE),
+            MfaError::Throttled(t) => t.into(),
+            MfaError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<PasskeyError> for Problem {
+    fn from(err: PasskeyError) -> Self {
+        match err {
+            PasskeyError::InvalidResponse => {
+                Problem::new(StatusCode::BAD_REQUEST, "Invalid passkey response")
+            }
+            PasskeyError::AlreadyRegistered => {
+                Problem::new(StatusCode::CONFLICT, "Passkey already registered")
+            }
+            PasskeyError::NotFound => Problem::new(StatusCode::NOT_FOUND, "Passkey not found"),
+            PasskeyError::NotConfigured => Problem::unavailable(
+                "Passkeys are not configured: set public_url",
+                NOT_CONFIGURED_RETRY_AFTER_SECONDS,
+            ),
+            PasskeyError::Login(err) => err.into(),
+            PasskeyError::Throttled(t) => t.into(),
+            PasskeyError::Backend(err) => err.into(),
         }
     }
 }
@@ -138,7 +177,7 @@ impl From<MailRequestError> for Problem {
         match err {
             // The same for every address: nothing about the account shows.
             MailRequestError::NotConfigured => {
-                Problem::unavailable("Mail is not configured", MAIL_RETRY_AFTER_SECONDS)
+                Problem::unavailable("Mail is not configured", NOT_CONFIGURED_RETRY_AFTER_SECONDS)
             }
             MailRequestError::AlreadyVerified => {
                 Problem::new(StatusCode::CONFLICT, "Email already verified")
@@ -178,7 +217,7 @@ impl From<AdminError> for Problem {
                 Problem::new(StatusCode::CONFLICT, "Would leave no active admin")
             }
             AdminError::MailNotConfigured => {
-                Problem::unavailable("Mail is not configured", MAIL_RETRY_AFTER_SECONDS)
+                Problem::unavailable("Mail is not configured", NOT_CONFIGURED_RETRY_AFTER_SECONDS)
             }
             AdminError::WeakPassword(err) => weak_password("password", &err),
             AdminError::Backend(err) => err.into(),
@@ -199,6 +238,8 @@ macro_rules! into_failure {
 
 into_failure!(
     BackendError,
+    MfaError,
+    PasskeyError,
     RegisterError,
     LoginError,
     AuthError,

@@ -165,8 +165,9 @@ pub fn record_request(route: &str, method: &str, status: u16, seconds: f64) {
     .record(seconds);
 }
 
-/// Records a login attempt's outcome: `success`, `invalid_credentials`, `inactive`, `unverified`,
-/// `rate_limited`, `error`.
+/// Records a login attempt's outcome: `success`, `second_factor` (a right password, a code
+/// owed), `invalid_credentials`, `inactive`, `unverified`, `mfa_required` (the token grant of a
+/// user with a second factor), `rate_limited`, `error`.
 pub fn record_login(outcome: &'static str) {
     metrics::counter!("portcullis_logins_total", "outcome" => outcome).increment(1);
 }

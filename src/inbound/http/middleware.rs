@@ -114,10 +114,11 @@ impl SecurityHeaders {
         let policy = if is_docs_page(path) {
             "frame-ancestors 'none'"
         } else if is_console_page(path) {
-            // Server-rendered pages with one stylesheet of their own and no script at all;
-            // forms may only post back to this origin.
-            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-             frame-ancestors 'none'; base-uri 'none'"
+            // Server-rendered pages with one stylesheet and one script of their own (passkeys:
+            // it fetches WebAuthn options from the console); nothing inline, and forms may
+            // only post back to this origin.
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; \
+             img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
         } else {
             "default-src 'none'; frame-ancestors 'none'"
         };
@@ -318,14 +319,14 @@ mod tests {
             (
                 "/console/account",
                 false,
-                "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-                 frame-ancestors 'none'; base-uri 'none'",
+                "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; \
+                 img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
             ),
             (
                 "/console/assets/console.css",
                 true,
-                "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
-                 frame-ancestors 'none'; base-uri 'none'",
+                "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; \
+                 img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
             ),
             ("/redoc", true, "frame-ancestors 'none'"),
             (

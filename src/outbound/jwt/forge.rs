@@ -12,9 +12,9 @@ use ring::signature::{
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use super::sealing::Sealer;
 use crate::domain::ports::KeyForge;
 use crate::domain::{BackendError, GeneratedKey, KeyAlgorithm};
+use crate::outbound::sealing::Sealer;
 
 /// [`KeyForge`] on `ring`'s generators.
 pub struct RingKeyForge {

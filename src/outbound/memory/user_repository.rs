@@ -1,5 +1,6 @@
 //! [`UserRepository`] and [`MailOutbox`] in mutex-guarded maps: one state, so that a job queued
-//! with a user is there for the worker.
+//! with a user is there for the worker, and a user's second factors (`factors.rs`) go with the
+//! user.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -7,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::factors::FactorState;
 use crate::domain::ports::{
     AdminWriteError, CreateSessionError, CreateUserError, MailOutbox, Rotation, UserRepository,
 };
@@ -18,9 +20,9 @@ use crate::domain::{
 };
 
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     next_id: i64,
-    users: HashMap<UserId, User>,
+    pub(super) users: HashMap<UserId, User>,
     by_email: HashMap<String, UserId>,
     sessions: HashMap<SessionId, Session>,
     cookies: HashMap<CookieHash, SessionId>,
@@ -30,6 +32,7 @@ struct State {
     next_mail_id: i64,
     outbox: BTreeMap<i64, StoredMail>,
     audit: BTreeMap<i64, NewAuditEvent>,
+    pub(super) factors: FactorState,
 }
 
 struct StoredMail {
@@ -55,7 +58,7 @@ struct StoredRefreshToken {
 }
 
 impl State {
-    fn record(&mut self, event: NewAuditEvent) {
+    pub(super) fn record(&mut self, event: NewAuditEvent) {
         let id = self.audit.keys().next_back().map_or(1, |last| last + 1);
         self.audit.insert(id, event);
     }
@@ -141,7 +144,7 @@ impl MemoryUserRepository {
         Self::default()
     }
 
-    fn state(&self) -> Result<MutexGuard<'_, State>, BackendError> {
+    pub(super) fn state(&self) -> Result<MutexGuard<'_, State>, BackendError> {
         // A poisoned lock means a panic mid-update: the state may be inconsistent.
         self.state
             .lock()
@@ -259,6 +262,7 @@ impl UserRepository for MemoryUserRepository {
         refresh_tokens.retain(|_, t| sessions.contains_key(&t.session_id));
         cookies.retain(|_, session| sessions.contains_key(session));
         email_tokens.retain(|_, t| t.user_id != id);
+        state.factors.forget_user(id);
         state.record(audit);
         Ok(true)
     }
@@ -386,6 +390,7 @@ impl UserRepository for MemoryUserRepository {
             idle_expires_at: key.idle_expires_at(),
             ended_at: None,
             client: new.client,
+            methods: new.methods,
         };
         let mut state = self.state()?;
         let current = state.users.get(&new.user_id).is_some_and(|user| {
@@ -707,6 +712,7 @@ impl UserRepository for MemoryUserRepository {
         } = &mut *state;
         refresh_tokens.retain(|_, t| t.expires_at > now && sessions.contains_key(&t.session_id));
         cookies.retain(|_, session| sessions.contains_key(session));
+        state.factors.purge(now);
         let State {
             email_tokens,
             spent_email_tokens,

@@ -16,9 +16,12 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::entities::{email_tokens, refresh_tokens, sessions, users};
+use super::entities::{
+    email_tokens, mfa_challenges, refresh_tokens, sessions, users, webauthn_ceremonies,
+};
 use super::session_lookups::SessionLookups;
 use super::{admin, mail};
+use crate::domain::mfa::AuthMethod;
 use crate::domain::ports::{
     AdminWriteError, CreateSessionError, CreateUserError, Rotation, UserRepository,
 };
@@ -118,7 +121,7 @@ impl SeaOrmUserRepository {
         &self.db
     }
 
-    async fn write_transaction(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+    pub(super) async fn write_transaction(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
         self.bounded.write_transaction().await
     }
 
@@ -239,6 +242,12 @@ pub(super) fn to_session(model: sessions::Model) -> Session {
             user_agent: model.user_agent,
             ip: model.ip,
         },
+        // A word this version does not know (written by a newer one) claims nothing.
+        methods: model
+            .methods
+            .split_whitespace()
+            .filter_map(AuthMethod::parse)
+            .collect(),
     }
 }
 
@@ -430,7 +439,8 @@ impl UserRepository for SeaOrmUserRepository {
                 txn.rollback().await?;
                 return Ok(Ok(false));
             };
-            // Sessions, refresh and link tokens go with the user (ON DELETE CASCADE).
+            // Sessions, refresh and link tokens, second factors, pending challenges and
+            // ceremonies go with the user (ON DELETE CASCADE).
             users::Entity::delete_by_id(id.0).exec(&txn).await?;
             let was_admin = before.is_active && before.role == Role::Admin.as_str();
             if was_admin && !admin::any_admin_left(&txn).await? {
@@ -537,6 +547,12 @@ impl UserRepository for SeaOrmUserRepository {
                 SessionKey::Cookie(cookie) => Some(cookie.hash.0.clone()),
                 SessionKey::RefreshToken(_) => None,
             }),
+            methods: Set(new
+                .methods
+                .iter()
+                .map(|method| method.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")),
         };
         let stored = self
             .bounded(async {
@@ -921,6 +937,14 @@ impl UserRepository for SeaOrmUserRepository {
             admin::purge_audit(&self.db, audit_before).await?;
             refresh_tokens::Entity::delete_many()
                 .filter(refresh_tokens::Column::ExpiresAt.lte(now))
+                .exec(&self.db)
+                .await?;
+            mfa_challenges::Entity::delete_many()
+                .filter(mfa_challenges::Column::ExpiresAt.lte(now))
+                .exec(&self.db)
+                .await?;
+            webauthn_ceremonies::Entity::delete_many()
+                .filter(webauthn_ceremonies::Column::ExpiresAt.lte(now))
                 .exec(&self.db)
                 .await?;
             // Refresh tokens of these sessions go with them (ON DELETE CASCADE).

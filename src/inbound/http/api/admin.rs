@@ -25,7 +25,7 @@ use crate::domain::{
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::dto::{
     AdminSession, AdminUser, AdminUserPage, AuditEventResponse, AuditPage, CreateUserRequest,
-    MessageResponse, UpdateUserRequest,
+    FactorName, FactorsResponse, MessageResponse, UpdateUserRequest,
 };
 use crate::inbound::http::json::JsonBody;
 use crate::inbound::http::problem::{Failure, FieldErrors, Problem, error_statuses};
@@ -385,6 +385,40 @@ impl AdminApi {
         let client = self.proxies.client_info(req);
         self.service
             .end_account_sessions(Actor::Admin(admin, &client), user_id(&id.0)?)
+            .await?;
+        Ok(Done::NoContent)
+    }
+
+    /// A user's second factors
+    #[oai(path = "/admin/users/:id/factors", method = "get")]
+    async fn user_factors(
+        &self,
+        auth: Authenticated,
+        id: Path<String>,
+    ) -> Result<Json<FactorsResponse>, Failure<UserErrors>> {
+        self.admin(&auth)?;
+        let user = self.service.account(user_id(&id.0)?).await?;
+        let factors = self.service.factors(user.id).await?;
+        Ok(Json(FactorsResponse {
+            factors: FactorName::list(factors),
+        }))
+    }
+
+    /// Reset a user's second factors
+    ///
+    /// Removes their TOTP factor, recovery codes and passkeys, for a user who lost them: the
+    /// next login asks for the password alone. Recorded as `mfa.reset`.
+    #[oai(path = "/admin/users/:id/factors", method = "delete")]
+    async fn reset_user_factors(
+        &self,
+        req: &Request,
+        auth: Authenticated,
+        id: Path<String>,
+    ) -> Result<Done, Failure<UserErrors>> {
+        let admin = self.admin(&auth)?;
+        let client = self.proxies.client_info(req);
+        self.service
+            .reset_factors(Actor::Admin(admin, &client), user_id(&id.0)?)
             .await?;
         Ok(Done::NoContent)
     }

@@ -8,10 +8,13 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 
 use super::ApiTags;
-use crate::domain::service::LoginError;
-use crate::domain::{AuthService, Email, FullName, Password};
+use crate::domain::mfa::Factors;
+use crate::domain::service::{CookieSignIn, LoginError, LoginStep};
+use crate::domain::{AuthService, Email, FullName, Password, TokenPair};
 use crate::inbound::http::client::TrustedProxies;
-use crate::inbound::http::dto::{LoginRequest, RegisterRequest, TokenResponse, UserResponse};
+use crate::inbound::http::dto::{
+    LoginRequest, LoginResponse, RegisterRequest, TokenResponse, UserResponse,
+};
 use crate::inbound::http::json::JsonBody;
 use crate::inbound::http::metrics;
 use crate::inbound::http::oauth::TokenFailure;
@@ -67,12 +70,37 @@ struct TokenForm {
     scope: Option<String>,
 }
 
-pub(crate) fn record_login<T>(result: &Result<T, LoginError>) {
+/// What a right password led to: a session, or a second step still owed.
+pub(crate) trait PasswordStep {
+    fn owes_second_factor(&self) -> bool;
+}
+
+impl PasswordStep for TokenPair {
+    fn owes_second_factor(&self) -> bool {
+        false
+    }
+}
+
+impl PasswordStep for LoginStep {
+    fn owes_second_factor(&self) -> bool {
+        matches!(self, Self::SecondFactor(_))
+    }
+}
+
+impl PasswordStep for CookieSignIn {
+    fn owes_second_factor(&self) -> bool {
+        matches!(self, Self::SecondFactor(_))
+    }
+}
+
+pub(crate) fn record_login<T: PasswordStep>(result: &Result<T, LoginError>) {
     metrics::record_login(match result {
+        Ok(step) if step.owes_second_factor() => "second_factor",
         Ok(_) => "success",
         Err(LoginError::InvalidCredentials) => "invalid_credentials",
         Err(LoginError::Inactive) => "inactive",
         Err(LoginError::Unverified) => "unverified",
+        Err(LoginError::SecondFactorRequired) => "mfa_required",
         Err(LoginError::Throttled(_)) => "rate_limited",
         Err(LoginError::Backend(_)) => "error",
     });
@@ -111,18 +139,23 @@ impl AuthApi {
             .service
             .register(email, password, full_name, &self.proxies.client_info(req))
             .await?;
-        Ok(Registered::Created(Json(user.into())))
+        Ok(Registered::Created(Json(UserResponse::new(
+            user,
+            Factors::default(),
+        ))))
     }
 
     /// Log in
     ///
-    /// Checks the password and opens a session: an access token and a refresh token.
+    /// Checks the password and opens a session: an access token and a refresh token. For a
+    /// user with a second factor, a right password answers `mfa_required` and an `mfa_token`
+    /// instead, for `POST /auth/mfa/verify`.
     #[oai(path = "/auth/login", method = "post")]
     async fn login(
         &self,
         req: &Request,
         body: JsonBody<LoginRequest>,
-    ) -> Result<Json<TokenResponse>, Failure<LoginErrors>> {
+    ) -> Result<Json<LoginResponse>, Failure<LoginErrors>> {
         let request = body.0;
         let mut fields = FieldErrors::default();
         let email = fields.check("email", Email::parse(&request.email));
@@ -138,7 +171,9 @@ impl AuthApi {
     /// Log in with the OAuth2 password grant
     ///
     /// The form of RFC 6749 section 4.3 (`grant_type=password&username=EMAIL&password=...`);
-    /// this is what the Authorize button of the documentation uses.
+    /// this is what the Authorize button of the documentation uses. The grant has no second
+    /// step: for a user with a second factor, the right password answers `invalid_grant` with
+    /// `error_description` `mfa_required` (a wrong one answers as for anyone).
     #[oai(path = "/auth/token", method = "post")]
     async fn token(
         &self,
@@ -171,7 +206,7 @@ impl AuthApi {
         let email = Email::parse(&username).map_err(|_| invalid_grant())?;
         let result = self
             .service
-            .login(&email, &password, self.proxies.client_info(req))
+            .login_without_second_step(&email, &password, self.proxies.client_info(req))
             .await;
         record_login(&result);
         match result {
@@ -184,6 +219,9 @@ impl AuthApi {
             Err(LoginError::Unverified) => {
                 Err(TokenFailure::oauth("invalid_grant", "Email not verified"))
             }
+            Err(LoginError::SecondFactorRequired) => {
+                Err(TokenFailure::oauth("invalid_grant", "mfa_required"))
+            }
             Err(err @ LoginError::Throttled(_)) => Err(err.into()),
             Err(LoginError::Backend(err)) => Err(err.into()),
         }
@@ -192,6 +230,8 @@ impl AuthApi {
     /// The caller
     #[oai(path = "/auth/me", method = "get")]
     async fn me(&self, auth: Authenticated) -> Result<Json<UserResponse>, Failure<MeErrors>> {
-        Ok(Json(auth.principal().user.clone().into()))
+        let user = auth.principal().user.clone();
+        let factors = self.service.factors(user.id).await?;
+        Ok(Json(UserResponse::new(user, factors)))
     }
 }

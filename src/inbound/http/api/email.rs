@@ -172,7 +172,8 @@ impl EmailApi {
         body: JsonBody<LinkTokenRequest>,
     ) -> Result<Json<UserResponse>, Failure<VerifyErrors>> {
         let user = self.service.verify_email(&body.0.token).await?;
-        Ok(Json(user.into()))
+        let factors = self.service.factors(user.id).await?;
+        Ok(Json(UserResponse::new(user, factors)))
     }
 
     /// Change email
@@ -212,7 +213,8 @@ impl EmailApi {
         body: JsonBody<LinkTokenRequest>,
     ) -> Result<Json<UserResponse>, Failure<ConfirmEmailErrors>> {
         let user = self.service.confirm_email_change(&body.0.token).await?;
-        Ok(Json(user.into()))
+        let factors = self.service.factors(user.id).await?;
+        Ok(Json(UserResponse::new(user, factors)))
     }
 }
 

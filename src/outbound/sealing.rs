@@ -1,17 +1,20 @@
-//! Private keys at rest: AES-256-GCM under a key-encryption key derived from `SECRET_KEY` with
-//! HKDF-SHA256, so the database alone (a backup, a replica, a dump) never yields a signing key.
+//! Secrets at rest (private signing keys, TOTP secrets): AES-256-GCM under a key-encryption key
+//! derived from `SECRET_KEY` with HKDF-SHA256, so the database alone (a backup, a replica, a
+//! dump) never yields a signing key or a second factor.
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hkdf::{HKDF_SHA256, Salt};
 use ring::rand::{SecureRandom as _, SystemRandom};
 
 use crate::domain::BackendError;
+use crate::domain::ports::SecretSealer;
 
 /// The layout of a sealed key: this version byte, the nonce, then ciphertext and tag.
 const VERSION: u8 = 1;
 
-/// Seals and opens private keys. Each sealed key is bound to its `kid` and algorithm (the
-/// additional authenticated data), so a sealed key copied onto another row does not open.
+/// Seals and opens secrets. Each sealed secret is bound to what it belongs to (a key's `kid`
+/// and algorithm, a TOTP secret's user) as additional authenticated data, so a sealed secret
+/// copied onto another row does not open.
 pub struct Sealer {
     key: LessSafeKey,
     rng: SystemRandom,
@@ -57,7 +60,7 @@ impl Sealer {
     pub fn open(&self, sealed: &[u8], bound_to: &str) -> Result<Vec<u8>, BackendError> {
         let fail = || {
             BackendError::unexpected(
-                "a signing key does not open: it was sealed under another SECRET_KEY, or altered",
+                "a sealed secret does not open: it was sealed under another SECRET_KEY, or altered",
             )
         };
         let (&version, rest) = sealed.split_first().ok_or_else(fail)?;
@@ -72,6 +75,16 @@ impl Sealer {
             .open_in_place(nonce, Aad::from(bound_to.as_bytes()), &mut buffer)
             .map_err(|_| fail())?;
         Ok(plaintext.to_vec())
+    }
+}
+
+impl SecretSealer for Sealer {
+    fn seal(&self, plaintext: &[u8], bound_to: &str) -> Result<Vec<u8>, BackendError> {
+        Sealer::seal(self, plaintext, bound_to)
+    }
+
+    fn open(&self, sealed: &[u8], bound_to: &str) -> Result<Vec<u8>, BackendError> {
+        Sealer::open(self, sealed, bound_to)
     }
 }
 

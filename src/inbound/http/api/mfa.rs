@@ -1,0 +1,172 @@
+//! The second factor: TOTP enrolment and removal, and the second step of a login.
+
+use std::sync::Arc;
+
+use poem::Request;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+
+use super::ApiTags;
+use crate::domain::AuthService;
+use crate::domain::service::{SecondFactor, TotpRemovalProof};
+use crate::inbound::http::client::TrustedProxies;
+use crate::inbound::http::dto::{
+    MfaVerifyRequest, RecoveryCodesResponse, TokenResponse, TotpCodeRequest, TotpEnrolmentResponse,
+};
+use crate::inbound::http::json::JsonBody;
+use crate::inbound::http::problem::{Failure, FieldError, Problem, error_statuses};
+use crate::inbound::http::security::Authenticated;
+
+error_statuses!(
+    /// Errors of `POST /auth/mfa/totp`.
+    EnrolErrors:
+        401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
+        409 => "TOTP already enabled",
+        413 => "A body was sent, and it is too large",
+        503 => "The database does not answer"
+);
+
+error_statuses!(
+    /// Errors of `POST /auth/mfa/totp/confirm`.
+    ConfirmErrors:
+        400 => "Invalid code (wrong, malformed, or no enrolment is pending)",
+        401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
+        409 => "TOTP already enabled",
+        413 => "The body is too large",
+        415 => "The body is not JSON",
+        422 => "No code, or malformed JSON",
+        429 => "Too many attempts from this address or for this user",
+        503 => "The database does not answer"
+);
+
+error_statuses!(
+    /// Errors of `DELETE /auth/mfa/totp`.
+    DisableErrors:
+        400 => "Invalid code, or TOTP not enabled",
+        401 => "No valid token, or the password is wrong",
+        413 => "The body is too large",
+        415 => "The body is not JSON",
+        422 => "Neither or both of code and password, or malformed JSON",
+        429 => "Too many attempts from this address or for this user, or the account's failure delay is running",
+        503 => "The service is overloaded or the database does not answer"
+);
+
+error_statuses!(
+    /// Errors of `POST /auth/mfa/verify`.
+    VerifyErrors:
+        400 => "Invalid code: a wrong, replayed or malformed code or recovery code, or a spent, expired or unknown mfa_token",
+        413 => "The body is too large",
+        415 => "The body is not JSON",
+        422 => "Neither or both of code and recovery_code, or malformed JSON",
+        429 => "Too many attempts from this address or for this account, or the account is serving a delay after repeated failures",
+        503 => "The database does not answer"
+);
+
+#[derive(ApiResponse)]
+enum Removed {
+    /// The factor and its recovery codes are gone.
+    #[oai(status = 204)]
+    NoContent,
+}
+
+/// A 422 for a body that must hold exactly one of two fields.
+fn exactly_one_of(first: &str, second: &str) -> Problem {
+    Problem::validation(vec![FieldError {
+        field: first.to_owned(),
+        message: format!("give exactly one of {first} and {second}"),
+    }])
+}
+
+pub struct MfaApi {
+    pub service: Arc<AuthService>,
+    pub proxies: TrustedProxies,
+}
+
+#[OpenApi(tag = "ApiTags::Mfa")]
+impl MfaApi {
+    /// Start a TOTP enrolment
+    ///
+    /// A new secret and its `otpauth://` URI, for an authenticator app. It is not active until
+    /// a code confirms it; a second call before that replaces it.
+    #[oai(path = "/auth/mfa/totp", method = "post")]
+    async fn enrol(
+        &self,
+        auth: Authenticated,
+    ) -> Result<Json<TotpEnrolmentResponse>, Failure<EnrolErrors>> {
+        let enrolment = self.service.begin_totp(auth.principal()).await?;
+        Ok(Json(TotpEnrolmentResponse {
+            secret: enrolment.secret.base32(),
+            otpauth_uri: enrolment.uri,
+        }))
+    }
+
+    /// Confirm the TOTP enrolment
+    ///
+    /// A current code of the new secret activates it, and answers ten single-use recovery
+    /// codes: they are shown this once.
+    #[oai(path = "/auth/mfa/totp/confirm", method = "post")]
+    async fn confirm(
+        &self,
+        req: &Request,
+        auth: Authenticated,
+        body: JsonBody<TotpCodeRequest>,
+    ) -> Result<Json<RecoveryCodesResponse>, Failure<ConfirmErrors>> {
+        let Some(code) = body.0.code else {
+            return Err(Problem::validation(vec![FieldError {
+                field: "code".into(),
+                message: "field required".into(),
+            }])
+            .into());
+        };
+        let recovery_codes = self
+            .service
+            .confirm_totp(auth.principal(), &code, &self.proxies.client_info(req))
+            .await?;
+        Ok(Json(RecoveryCodesResponse { recovery_codes }))
+    }
+
+    /// Remove the TOTP factor
+    ///
+    /// With a current code or the account's password; the recovery codes go with it.
+    #[oai(path = "/auth/mfa/totp", method = "delete")]
+    async fn disable(
+        &self,
+        req: &Request,
+        auth: Authenticated,
+        body: JsonBody<TotpCodeRequest>,
+    ) -> Result<Removed, Failure<DisableErrors>> {
+        let request = body.0;
+        let proof = match (&request.code, &request.password) {
+            (Some(code), None) => TotpRemovalProof::Code(code),
+            (None, Some(password)) => TotpRemovalProof::Password(password),
+            _ => return Err(exactly_one_of("code", "password").into()),
+        };
+        self.service
+            .disable_totp(auth.principal(), proof, &self.proxies.client_info(req))
+            .await?;
+        Ok(Removed::NoContent)
+    }
+
+    /// Complete a login with a second factor
+    ///
+    /// The `mfa_token` of the login's first step with a TOTP code or a recovery code. A wrong
+    /// code counts as a failed login of the account; the fifth spends the `mfa_token`.
+    #[oai(path = "/auth/mfa/verify", method = "post")]
+    async fn verify(
+        &self,
+        req: &Request,
+        body: JsonBody<MfaVerifyRequest>,
+    ) -> Result<Json<TokenResponse>, Failure<VerifyErrors>> {
+        let request = body.0;
+        let proof = match (&request.code, &request.recovery_code) {
+            (Some(code), None) => SecondFactor::Code(code),
+            (None, Some(code)) => SecondFactor::RecoveryCode(code),
+            _ => return Err(exactly_one_of("code", "recovery_code").into()),
+        };
+        let pair = self
+            .service
+            .complete_login(&request.mfa_token, proof, self.proxies.client_info(req))
+            .await?;
+        Ok(Json(pair.into()))
+    }
+}

@@ -1,0 +1,242 @@
+//! Passkeys (WebAuthn): adding them, signing in with one, listing and removing them.
+//!
+//! The options and the browser's answers are WebAuthn's own JSON: the options go to
+//! `navigator.credentials.create` / `.get` as they are, and the `PublicKeyCredential` the
+//! browser returns comes back as it is (its `toJSON()`), to the matching `finish` route.
+
+use std::sync::Arc;
+
+use poem::Request;
+use poem::http::StatusCode;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::ApiTags;
+use crate::domain::AuthService;
+use crate::domain::mfa::passkey_name;
+use crate::inbound::http::client::TrustedProxies;
+use crate::inbound::http::dto::{PasskeyResponse, TokenResponse};
+use crate::inbound::http::json::JsonBody;
+use crate::inbound::http::problem::{Failure, FieldError, Problem, error_statuses};
+use crate::inbound::http::security::Authenticated;
+
+error_statuses!(
+    /// Errors of `POST /auth/passkeys/register/start`.
+    RegisterStartErrors:
+        401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
+        413 => "A body was sent, and it is too large",
+        429 => "Too many ceremonies started for this user",
+        503 => "Passkeys are not configured (public_url), or the database does not answer"
+);
+
+error_statuses!(
+    /// Errors of `POST /auth/passkeys/register/finish`.
+    RegisterFinishErrors:
+        400 => "Invalid passkey response: malformed, for an unknown, spent or expired ceremony, another user's, or not verified",
+        401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
+        409 => "Passkey already registered",
+        413 => "The body is too large",
+        415 => "The body is not JSON",
+        422 => "A name over 64 characters or with control characters, or malformed JSON",
+        503 => "Passkeys are not configured (public_url), or the database does not answer"
+);
+
+error_statuses!(
+    /// Errors of `POST /auth/passkeys/login/start`.
+    LoginStartErrors:
+        413 => "A body was sent, and it is too large",
+        429 => "Too many attempts from this address",
+        503 => "Passkeys are not configured (public_url), or the database does not answer"
+);
+
+error_statuses!(
+    /// Errors of `POST /auth/passkeys/login/finish`.
+    LoginFinishErrors:
+        400 => "Invalid passkey response: malformed, for an unknown, spent or expired ceremony, with an unknown passkey, or not verified",
+        401 => "Inactive user account",
+        403 => "The address is not verified, and require_verified_email is set",
+        413 => "The body is too large",
+        415 => "The body is not JSON",
+        422 => "Malformed JSON",
+        429 => "Too many attempts for this account",
+        503 => "Passkeys are not configured (public_url), or the database does not answer"
+);
+
+error_statuses!(
+    /// Errors of `GET /auth/passkeys`.
+    ListErrors:
+        401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
+        503 => "The database does not answer"
+);
+
+error_statuses!(
+    /// Errors of `DELETE /auth/passkeys/{id}`.
+    RemoveErrors:
+        401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
+        404 => "The caller has no passkey with this id",
+        413 => "A body was sent, and it is too large",
+        503 => "The database does not answer"
+);
+
+#[derive(ApiResponse)]
+enum Added {
+    /// The new passkey.
+    #[oai(status = 201)]
+    Created(Json<PasskeyResponse>),
+}
+
+#[derive(ApiResponse)]
+enum Removed {
+    /// The passkey is gone.
+    #[oai(status = 204)]
+    NoContent,
+}
+
+/// WebAuthn options, as JSON for the browser.
+fn options(json: &str) -> Result<Json<Value>, Problem> {
+    serde_json::from_str(json)
+        .map(Json)
+        .map_err(|err| crate::domain::BackendError::unexpected(err).into())
+}
+
+/// The credential of a `finish` body: the `PublicKeyCredential` itself, or wrapped as
+/// `{"credential": ..., "name": ...}`; and the name given, if any.
+fn credential_and_name(body: Value) -> Result<(String, Option<String>), Problem> {
+    let (credential, name) = match body {
+        Value::Object(mut fields) => {
+            let name = fields.remove("name");
+            let credential = match fields.remove("credential") {
+                Some(credential) => credential,
+                None => Value::Object(fields),
+            };
+            (credential, name)
+        }
+        other => (other, None),
+    };
+    let name = match name {
+        None | Some(Value::Null) => None,
+        Some(Value::String(name)) => {
+            passkey_name(&name).map_err(|message| field("name", message))?
+        }
+        Some(_) => return Err(field("name", "must be a string")),
+    };
+    Ok((credential.to_string(), name))
+}
+
+fn field(name: &str, message: &str) -> Problem {
+    Problem::validation(vec![FieldError {
+        field: name.to_owned(),
+        message: message.to_owned(),
+    }])
+}
+
+pub struct PasskeysApi {
+    pub service: Arc<AuthService>,
+    pub proxies: TrustedProxies,
+}
+
+#[OpenApi(tag = "ApiTags::Mfa")]
+impl PasskeysApi {
+    /// Start adding a passkey
+    ///
+    /// The options for `navigator.credentials.create()`; the ceremony must finish within five
+    /// minutes.
+    #[oai(path = "/auth/passkeys/register/start", method = "post")]
+    async fn register_start(
+        &self,
+        auth: Authenticated,
+    ) -> Result<Json<Value>, Failure<RegisterStartErrors>> {
+        let json = self
+            .service
+            .begin_passkey_registration(auth.principal())
+            .await?;
+        Ok(options(&json)?)
+    }
+
+    /// Finish adding a passkey
+    ///
+    /// The browser's `PublicKeyCredential` as JSON, optionally with a `name` beside it (or as
+    /// `{"credential": ..., "name": ...}`).
+    #[oai(path = "/auth/passkeys/register/finish", method = "post")]
+    async fn register_finish(
+        &self,
+        req: &Request,
+        auth: Authenticated,
+        body: JsonBody<Value>,
+    ) -> Result<Added, Failure<RegisterFinishErrors>> {
+        let (credential, name) = credential_and_name(body.0)?;
+        let passkey = self
+            .service
+            .finish_passkey_registration(
+                auth.principal(),
+                &credential,
+                name,
+                &self.proxies.client_info(req),
+            )
+            .await?;
+        Ok(Added::Created(Json(passkey.into())))
+    }
+
+    /// Start a sign-in with a passkey
+    ///
+    /// The options for `navigator.credentials.get()`: any passkey of this site will do.
+    #[oai(path = "/auth/passkeys/login/start", method = "post")]
+    async fn login_start(&self, req: &Request) -> Result<Json<Value>, Failure<LoginStartErrors>> {
+        let json = self
+            .service
+            .begin_passkey_login(&self.proxies.client_info(req))
+            .await?;
+        Ok(options(&json)?)
+    }
+
+    /// Finish a sign-in with a passkey
+    ///
+    /// The browser's `PublicKeyCredential` as JSON. A whole login: the session it opens
+    /// needs no password and no code (`amr` `webauthn`).
+    #[oai(path = "/auth/passkeys/login/finish", method = "post")]
+    async fn login_finish(
+        &self,
+        req: &Request,
+        body: JsonBody<Value>,
+    ) -> Result<Json<TokenResponse>, Failure<LoginFinishErrors>> {
+        let (credential, _) = credential_and_name(body.0)?;
+        let pair = self
+            .service
+            .finish_passkey_login(&credential, self.proxies.client_info(req))
+            .await?;
+        Ok(Json(pair.into()))
+    }
+
+    /// The caller's passkeys
+    #[oai(path = "/auth/passkeys", method = "get")]
+    async fn list(
+        &self,
+        auth: Authenticated,
+    ) -> Result<Json<Vec<PasskeyResponse>>, Failure<ListErrors>> {
+        let passkeys = self.service.passkeys(auth.principal().user.id).await?;
+        Ok(Json(
+            passkeys.into_iter().map(PasskeyResponse::from).collect(),
+        ))
+    }
+
+    /// Remove one of the caller's passkeys
+    ///
+    /// 404 for any id that is not one of the caller's passkeys.
+    #[oai(path = "/auth/passkeys/:id", method = "delete")]
+    async fn remove(
+        &self,
+        req: &Request,
+        auth: Authenticated,
+        id: Path<String>,
+    ) -> Result<Removed, Failure<RemoveErrors>> {
+        let id = Uuid::parse_str(&id.0)
+            .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "Passkey not found"))?;
+        self.service
+            .remove_passkey(auth.principal(), id, &self.proxies.client_info(req))
+            .await?;
+        Ok(Removed::NoContent)
+    }
+}
