@@ -15,14 +15,9 @@ use serde_json::{Value, json};
 #[path = "support/server.rs"]
 mod server;
 
-use server::{Result, SECRET, Server, on_fresh_postgres};
+use server::{Result, SECRET, Server, on_fresh_postgres, percentile};
 
 const PASSWORD: &str = "benchmark password 1";
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank]
-}
 
 async fn seed(database_url: &str, users: u64) -> Result<()> {
     let db = Database::connect(database_url).await?;

@@ -7,14 +7,14 @@
 //! `cargo bench --bench forgot`; `BENCH_BACKENDS` and `BENCH_POSTGRES_URL` as for the others.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::json;
 
 #[path = "support/server.rs"]
 mod server;
 
-use server::{Result, SECRET, Server, on_fresh_postgres};
+use server::{Result, SECRET, Server, on_fresh_postgres, percentile};
 
 const PASSWORD: &str = "benchmark password 1";
 
@@ -32,11 +32,6 @@ fn operator(database_url: &str, args: &[&str]) -> Result<()> {
         return Err(format!("portcullis {args:?} failed").into());
     }
     Ok(())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank]
 }
 
 async fn measure(name: &str, database_url: &str, rounds: usize) -> Result<()> {

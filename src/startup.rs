@@ -350,9 +350,6 @@ pub async fn build(settings: &Settings, storage: &Storage) -> anyhow::Result<Cor
         },
     ));
     PasswordPolicy::warm_up();
-    let dummy_hash = AuthService::make_dummy_hash(hasher.as_ref())
-        .await
-        .context("cannot compute the dummy password hash")?;
     let policy = AuthPolicy {
         access_token_ttl: TimeDelta::minutes(settings.access_token_expire_minutes),
         leeway: TimeDelta::seconds(settings.jwt_leeway_seconds),
@@ -384,7 +381,7 @@ pub async fn build(settings: &Settings, storage: &Storage) -> anyhow::Result<Cor
         limiter: storage.rate_limiter(settings),
     };
     Ok(Core {
-        auth: Arc::new(AuthService::new(ports, policy, dummy_hash)),
+        auth: Arc::new(AuthService::new(ports, policy, None)),
         keys,
         issuer,
     })
@@ -490,6 +487,14 @@ impl Application {
     /// When the server fails.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
         let service = self.core.auth;
+        // Serving does not wait for the dummy hash (a bcrypt hash at full cost): it is made
+        // beside, and a login that needs it first waits for it.
+        let preparing = Arc::clone(&service);
+        tokio::spawn(async move {
+            if let Err(err) = preparing.prepare().await {
+                tracing::warn!(error = %err, "the dummy hash could not be made yet; the first login of an unknown email makes it");
+            }
+        });
         let purge = tokio::spawn(purge_periodically(
             Arc::clone(&service),
             self.purge_interval,

@@ -36,7 +36,17 @@ impl Server {
 
     /// Starts the release binary in the production profile on `database_url`, with `env` on
     /// top, and waits until it answers.
+    #[allow(dead_code)] // the start-up benchmark spawns and waits itself
     pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Result<Self> {
+        let server = Self::spawn(database_url, env)?;
+        server
+            .wait_for("/health", Duration::from_millis(50))
+            .await?;
+        Ok(server)
+    }
+
+    /// Starts the release binary as [`Server::start`] does, without waiting.
+    pub fn spawn(database_url: &str, env: &[(&str, &str)]) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -51,23 +61,29 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()?;
-        let server = Self {
+        Ok(Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
-        };
+        })
+    }
+
+    /// Asks for `path` every `every` until it answers 2xx (for at most 10 s).
+    pub async fn wait_for(&self, path: &str, every: Duration) -> Result<()> {
         let client = reqwest::Client::new();
-        for _ in 0..200 {
-            if let Ok(r) = client.get(format!("{}/health", server.base)).send().await
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(r) = client.get(format!("{}{path}", self.base)).send().await
                 && r.status().is_success()
             {
-                return Ok(server);
+                return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(every).await;
         }
         Err("the server did not start".into())
     }
 
     /// Resident memory now and at its peak, in MiB, from /proc.
+    #[allow(dead_code)] // not every benchmark reads it
     pub fn memory(&self) -> (f64, f64) {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
@@ -117,6 +133,13 @@ async fn drop_postgres(admin_url: &str, name: &str) -> Result<()> {
         .await?;
     admin.close().await?;
     Ok(())
+}
+
+/// The `p`th percentile of `sorted` samples (nearest rank).
+#[allow(dead_code)] // not every benchmark reports percentiles
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank]
 }
 
 /// The number in the environment variable `name`, or `default`.

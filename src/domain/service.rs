@@ -131,13 +131,17 @@ pub struct AuthService {
     policy: AuthPolicy,
     limits: LimitPolicy,
     /// Verified against when an email is unknown, so that a miss costs a full hash like a hit.
-    dummy_hash: PasswordHash,
+    /// Made once, at the hasher's cost, by [`AuthService::prepare`] or the first login that
+    /// needs it; the lock makes a login that comes meanwhile wait for that one hash rather
+    /// than answer early.
+    dummy_hash: futures_util::lock::Mutex<Option<PasswordHash>>,
 }
 
 impl AuthService {
-    /// Builds the service. `dummy_hash` must come from the same hasher at the same cost as real
-    /// hashes (see [`AuthService::make_dummy_hash`]), or the timing of unknown emails differs.
-    pub fn new(ports: Ports, policy: AuthPolicy, dummy_hash: PasswordHash) -> Self {
+    /// Builds the service. A `dummy_hash` given must come from the same hasher at the same cost
+    /// as real hashes, or the timing of unknown emails differs; without one, the service makes
+    /// its own (see [`AuthService::prepare`]), so that start-up does not wait for a hash.
+    pub fn new(ports: Ports, policy: AuthPolicy, dummy_hash: Option<PasswordHash>) -> Self {
         Self {
             users: ports.users,
             factors: ports.factors,
@@ -151,20 +155,30 @@ impl AuthService {
             passkeys: ports.passkeys,
             limits: policy.limits,
             policy,
-            dummy_hash,
+            dummy_hash: futures_util::lock::Mutex::new(dummy_hash),
         }
     }
 
-    /// Hashes a random password once, to serve as the dummy hash.
+    /// Makes the dummy hash now, if it is not made yet: what a server does right after it
+    /// starts serving, so that the first login finds it ready.
     ///
     /// # Errors
-    /// [`BackendError`] from the hasher.
-    pub async fn make_dummy_hash(
-        hasher: &dyn PasswordHasher,
-    ) -> Result<PasswordHash, BackendError> {
+    /// [`BackendError`] from the hasher; the next login that needs the hash tries again.
+    pub async fn prepare(&self) -> Result<(), BackendError> {
+        self.dummy_hash().await.map(drop)
+    }
+
+    /// The dummy hash: a random password hashed once, by the same hasher as real passwords.
+    async fn dummy_hash(&self) -> Result<PasswordHash, BackendError> {
+        let mut slot = self.dummy_hash.lock().await;
+        if let Some(hash) = slot.as_ref() {
+            return Ok(hash.clone());
+        }
         let random = Password::parse(&Uuid::new_v4().simple().to_string())
             .map_err(BackendError::unexpected)?;
-        hasher.hash(&random).await
+        let hash = self.hasher.hash(&random).await?;
+        *slot = Some(hash.clone());
+        Ok(hash)
     }
 
     pub fn policy(&self) -> &AuthPolicy {
@@ -325,6 +339,8 @@ pub(crate) mod test_support {
         pub mailer: Option<MockMailer>,
         /// `None`: passkeys not configured.
         pub passkeys: Option<MockPasskeyCeremonies>,
+        /// `None`: the service makes its own with the hasher.
+        pub dummy_hash: Option<PasswordHash>,
         pub policy: AuthPolicy,
         pub now: DateTime<Utc>,
     }
@@ -341,6 +357,7 @@ pub(crate) mod test_support {
                 outbox: MockMailOutbox::new(),
                 mailer: None,
                 passkeys: None,
+                dummy_hash: Some(PasswordHash::new(DUMMY_HASH.into())),
                 policy: AuthPolicy::default(),
                 now: now(),
             }
@@ -386,7 +403,7 @@ pub(crate) mod test_support {
                     }),
                 },
                 self.policy,
-                PasswordHash::new(DUMMY_HASH.into()),
+                self.dummy_hash,
             )
         }
     }

@@ -182,7 +182,14 @@ impl AuthService {
             .await?;
         let user = self.users.find_user_by_email(email).await?;
         // An unknown email is checked against the dummy hash and counted like a wrong password.
-        let hash = user.as_ref().map_or(&self.dummy_hash, |u| &u.password_hash);
+        let dummy;
+        let hash = match &user {
+            Some(user) => &user.password_hash,
+            None => {
+                dummy = self.dummy_hash().await?;
+                &dummy
+            }
+        };
         let right = self.verify_password(account, password, hash).await?;
         if !right {
             // A registered email's failures name its user; an unknown one's name nobody.
@@ -617,6 +624,53 @@ mod tests {
         let err = m
             .service()
             .login(&email(8), "whatever1", ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoginError::InvalidCredentials));
+    }
+
+    #[tokio::test]
+    async fn the_dummy_hash_is_made_once_by_the_hasher_when_none_was_given() {
+        let mut m = Mocks::new();
+        m.dummy_hash = None;
+        m.users.expect_find_user_by_email().returning(|_| Ok(None));
+        m.hasher
+            .expect_hash()
+            .times(1)
+            .returning(|_| Ok(PasswordHash::new("made-at-full-cost".into())));
+        m.hasher
+            .expect_verify()
+            .withf(|_, hash| hash.as_str() == "made-at-full-cost")
+            .times(2)
+            .returning(|_, _| Ok(false));
+        let service = m.service();
+        service.prepare().await.unwrap();
+        for _ in 0..2 {
+            let err = service
+                .login(&email(404), "guess", ClientInfo::default())
+                .await
+                .unwrap_err();
+            assert!(matches!(err, LoginError::InvalidCredentials));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_login_before_the_dummy_hash_is_made_makes_it_and_still_fails() {
+        let mut m = Mocks::new();
+        m.dummy_hash = None;
+        m.users.expect_find_user_by_email().returning(|_| Ok(None));
+        m.hasher
+            .expect_hash()
+            .times(1)
+            .returning(|_| Ok(PasswordHash::new("made-at-full-cost".into())));
+        m.hasher
+            .expect_verify()
+            .withf(|_, hash| hash.as_str() == "made-at-full-cost")
+            .times(1)
+            .returning(|_, _| Ok(false));
+        let err = m
+            .service()
+            .login(&email(404), "guess", ClientInfo::default())
             .await
             .unwrap_err();
         assert!(matches!(err, LoginError::InvalidCredentials));

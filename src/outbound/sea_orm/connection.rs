@@ -38,8 +38,12 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         // has been busy is known to be alive, and a broken one fails its query, is dropped, and
         // the next request gets a fresh one.
         .test_before_acquire_if_idle_for(Duration::from_secs(5))
-        .sqlx_logging(false);
+        .sqlx_logging(false)
+        // Connections are opened below, together: one at a time, each TLS handshake with
+        // PostgreSQL would add to the start-up.
+        .connect_lazy(true);
     let db = Database::connect(options).await?;
+    open_together(&db, STARTUP_CONNECTIONS.min(settings.max_connections)).await?;
     if db.get_database_backend() == DbBackend::Sqlite && !settings.url.contains(":memory:") {
         db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
     }
@@ -47,6 +51,17 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
 }
 
 /// The file of a SQLite file URL such as `sqlite://data/portcullis.db?mode=rwc`.
+/// Connections start-up uses at once (the migrator holds two while it queries on a third).
+const STARTUP_CONNECTIONS: u32 = 3;
+
+/// Opens `count` connections of the pool at the same time (each answers a `SELECT 1`), so
+/// that a database that cannot be reached fails start-up, as an eager pool would.
+async fn open_together(db: &DatabaseConnection, count: u32) -> Result<(), DbErr> {
+    let pings = (0..count).map(|_| db.execute_unprepared("SELECT 1"));
+    futures_util::future::try_join_all(pings).await?;
+    Ok(())
+}
+
 fn sqlite_file(url: &str) -> Option<&Path> {
     let path = url
         .strip_prefix("sqlite://")
