@@ -223,6 +223,35 @@ app_test!(
         assert_problem(delete(&app, id, &bob).await, 404, "Passkey not found").await;
         sign_in(&app, &mut authenticator).await;
 
+        // Renamed by its owner alone, to a name the rules allow.
+        let rename = |token: &str, body: Value| {
+            app.client
+                .patch(app.url(&format!("/auth/passkeys/{id}")))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+        };
+        let stolen = rename(&bob, json!({"name": "Mine now"})).await.unwrap();
+        assert_problem(stolen, 404, "Passkey not found").await;
+        for bad in [
+            json!({"name": "  "}),
+            json!({"name": "a\u{0}b"}),
+            json!({"name": "x".repeat(65)}),
+            json!({}),
+        ] {
+            assert_eq!(
+                rename(&alice, bad.clone()).await.unwrap().status(),
+                422,
+                "{bad}"
+            );
+        }
+        assert_eq!(passkeys(&app, &alice).await[0]["name"], "Laptop");
+        let renamed = rename(&alice, json!({"name": " Work phone "}))
+            .await
+            .unwrap();
+        assert_eq!(renamed.status(), 204);
+        assert_eq!(passkeys(&app, &alice).await[0]["name"], "Work phone");
+
         assert_eq!(delete(&app, id, &alice).await.status(), 204);
         assert_eq!(passkeys(&app, &alice).await, Vec::<Value>::new());
         assert_eq!(factors(&app, &alice).await, json!([]));

@@ -171,6 +171,14 @@ impl From<Passkey> for PasskeyResponse {
     }
 }
 
+/// `PATCH /auth/passkeys/{id}`.
+#[derive(Debug, Deserialize, Object)]
+pub struct RenamePasskeyRequest {
+    /// 1 to 64 characters, no control characters.
+    #[oai(validator(min_length = 1, max_length = 64))]
+    pub name: String,
+}
+
 /// A user's second factors, as an admin sees them.
 #[derive(Debug, Object)]
 pub struct FactorsResponse {

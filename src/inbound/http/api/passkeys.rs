@@ -18,7 +18,7 @@ use super::ApiTags;
 use crate::domain::AuthService;
 use crate::domain::mfa::passkey_name;
 use crate::inbound::http::client::TrustedProxies;
-use crate::inbound::http::dto::{PasskeyResponse, TokenResponse};
+use crate::inbound::http::dto::{PasskeyResponse, RenamePasskeyRequest, TokenResponse};
 use crate::inbound::http::json::JsonBody;
 use crate::inbound::http::problem::{Failure, FieldError, Problem, error_statuses};
 use crate::inbound::http::security::Authenticated;
@@ -73,6 +73,17 @@ error_statuses!(
 );
 
 error_statuses!(
+    /// Errors of `PATCH /auth/passkeys/{id}`.
+    RenameErrors:
+        401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
+        404 => "The caller has no passkey with this id",
+        413 => "The body is too large",
+        415 => "The body is not JSON",
+        422 => "No name, an empty one, one over 64 characters or with control characters, or malformed JSON",
+        503 => "The database does not answer"
+);
+
+error_statuses!(
     /// Errors of `DELETE /auth/passkeys/{id}`.
     RemoveErrors:
         401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
@@ -89,8 +100,8 @@ enum Added {
 }
 
 #[derive(ApiResponse)]
-enum Removed {
-    /// The passkey is gone.
+enum Done {
+    /// Done.
     #[oai(status = 204)]
     NoContent,
 }
@@ -231,12 +242,35 @@ impl PasskeysApi {
         req: &Request,
         auth: Authenticated,
         id: Path<String>,
-    ) -> Result<Removed, Failure<RemoveErrors>> {
+    ) -> Result<Done, Failure<RemoveErrors>> {
         let id = Uuid::parse_str(&id.0)
             .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "Passkey not found"))?;
         self.service
             .remove_passkey(auth.principal(), id, &self.proxies.client_info(req))
             .await?;
-        Ok(Removed::NoContent)
+        Ok(Done::NoContent)
+    }
+
+    /// Rename one of the caller's passkeys
+    ///
+    /// 404 for any id that is not one of the caller's passkeys.
+    #[oai(path = "/auth/passkeys/:id", method = "patch")]
+    async fn rename(
+        &self,
+        auth: Authenticated,
+        id: Path<String>,
+        body: JsonBody<RenamePasskeyRequest>,
+    ) -> Result<Done, Failure<RenameErrors>> {
+        let name = match passkey_name(&body.0.name) {
+            Ok(Some(name)) => name,
+            Ok(None) => return Err(field("name", "must not be empty").into()),
+            Err(message) => return Err(field("name", message).into()),
+        };
+        let id = Uuid::parse_str(&id.0)
+            .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "Passkey not found"))?;
+        self.service
+            .rename_passkey(auth.principal(), id, &name)
+            .await?;
+        Ok(Done::NoContent)
     }
 }
