@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 #[path = "support/server.rs"]
 mod server;
 
-use server::{Result, Server, on_fresh_postgres};
+use server::{Result, Server};
 
 const PASSWORD: &str = "benchmark password 1";
 
@@ -230,28 +230,10 @@ async fn on_backend(name: &str, url: &str, logins: usize) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
     let logins: usize = server::setting("BENCH_LOGINS", 300);
-    let postgres_url = server::postgres_admin_url();
     println!("# The attacks of issue 7, after the fixes\n");
     println!(
         "Release build, production profile, bcrypt cost 12, default limits (part 4 raises the login limits)."
     );
-    for backend in backends.split(',').map(str::trim) {
-        match backend {
-            "sqlite" => {
-                let dir = tempfile::tempdir()?;
-                let url = format!("sqlite://{}/attacks.db?mode=rwc", dir.path().display());
-                on_backend("SQLite", &url, logins).await?;
-            }
-            "postgres" => {
-                on_fresh_postgres(&postgres_url, |url| async move {
-                    on_backend("PostgreSQL", &url, logins).await
-                })
-                .await?
-            }
-            other => return Err(format!("unknown backend {other:?}").into()),
-        }
-    }
-    Ok(())
+    server::on_each_backend(|name, url| async move { on_backend(name, &url, logins).await }).await
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 #[path = "support/server.rs"]
 mod server;
 
-use server::{Result, SECRET, Server, on_fresh_postgres, percentile};
+use server::{Result, SECRET, Server, percentile};
 
 const PASSWORD: &str = "benchmark password 1";
 
@@ -112,27 +112,9 @@ async fn measure(name: &str, database_url: &str, rounds: usize) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let rounds: usize = server::setting("BENCH_ROUNDS", 300);
-    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
-    let postgres_url = server::postgres_admin_url();
     println!("# Timing of POST /auth/password/forgot by kind of address\n");
     println!(
         "Release build, production profile, mail to the log; requests in turn, one at a time."
     );
-    for backend in backends.split(',').map(str::trim) {
-        match backend {
-            "sqlite" => {
-                let dir = tempfile::tempdir()?;
-                let url = format!("sqlite://{}/forgot.db?mode=rwc", dir.path().display());
-                measure("SQLite", &url, rounds).await?;
-            }
-            "postgres" => {
-                on_fresh_postgres(&postgres_url, |url| async move {
-                    measure("PostgreSQL", &url, rounds).await
-                })
-                .await?
-            }
-            other => return Err(format!("unknown backend {other:?}").into()),
-        }
-    }
-    Ok(())
+    server::on_each_backend(|name, url| async move { measure(name, &url, rounds).await }).await
 }

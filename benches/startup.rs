@@ -16,7 +16,7 @@ use serde_json::json;
 #[path = "support/server.rs"]
 mod server;
 
-use server::{Result, SECRET, Server, on_fresh_postgres, percentile};
+use server::{Result, SECRET, Server, percentile};
 
 /// One unknown-email login: its time, and that it was refused as a wrong password would be.
 async fn unknown_login(client: &reqwest::Client, base: &str) -> Result<Duration> {
@@ -85,25 +85,7 @@ async fn measure(name: &str, database_url: &str, rounds: usize) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let rounds: usize = server::setting("BENCH_ROUNDS", 20);
-    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
-    let postgres_url = server::postgres_admin_url();
     println!("# Start-up: from spawn to ready, and the first logins after\n");
     println!("Release build, production profile.");
-    for backend in backends.split(',').map(str::trim) {
-        match backend {
-            "sqlite" => {
-                let dir = tempfile::tempdir()?;
-                let url = format!("sqlite://{}/startup.db?mode=rwc", dir.path().display());
-                measure("SQLite", &url, rounds).await?;
-            }
-            "postgres" => {
-                on_fresh_postgres(&postgres_url, |url| async move {
-                    measure("PostgreSQL", &url, rounds).await
-                })
-                .await?
-            }
-            other => return Err(format!("unknown backend {other:?}").into()),
-        }
-    }
-    Ok(())
+    server::on_each_backend(|name, url| async move { measure(name, &url, rounds).await }).await
 }

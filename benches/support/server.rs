@@ -158,6 +158,32 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// Runs `bench` on each backend `BENCH_BACKENDS` names (default `sqlite,postgres`), with its
+/// name and URL: a SQLite file in a temporary folder, or a fresh PostgreSQL database on
+/// [`postgres_admin_url`]'s server.
+#[allow(dead_code)] // not every benchmark runs on both
+pub async fn on_each_backend<F, Fut>(mut bench: F) -> Result<()>
+where
+    F: FnMut(&'static str, String) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+    for backend in backends.split(',').map(str::trim) {
+        match backend {
+            "sqlite" => {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}/bench.db?mode=rwc", dir.path().display());
+                bench("SQLite", url).await?;
+            }
+            "postgres" => {
+                on_fresh_postgres(&postgres_admin_url(), |url| bench("PostgreSQL", url)).await?;
+            }
+            other => return Err(format!("unknown backend {other:?}").into()),
+        }
+    }
+    Ok(())
+}
+
 /// Runs `bench` on a database made for it on the server of `admin_url`, and drops it after;
 /// says so and skips, when that server cannot be used.
 pub async fn on_fresh_postgres<F, Fut>(admin_url: &str, bench: F) -> Result<()>
