@@ -131,9 +131,9 @@ pub struct AuthService {
     policy: AuthPolicy,
     limits: LimitPolicy,
     /// Verified against when an email is unknown, so that a miss costs a full hash like a hit.
-    /// Made once, at the hasher's cost, by [`AuthService::prepare`] or the first login that
-    /// needs it; the lock makes a login that comes meanwhile wait for that one hash rather
-    /// than answer early.
+    /// Made once, at the hasher's cost, by [`AuthService::prepare`] or the first login; the
+    /// lock makes every login that comes meanwhile, for a known email or not, wait for that one
+    /// hash, so neither answers early.
     dummy_hash: futures_util::lock::Mutex<Option<PasswordHash>>,
 }
 

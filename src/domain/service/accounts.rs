@@ -182,14 +182,10 @@ impl AuthService {
             .await?;
         let user = self.users.find_user_by_email(email).await?;
         // An unknown email is checked against the dummy hash and counted like a wrong password.
-        let dummy;
-        let hash = match &user {
-            Some(user) => &user.password_hash,
-            None => {
-                dummy = self.dummy_hash().await?;
-                &dummy
-            }
-        };
+        // A known one waits for the dummy hash too: right after a start, while it is still being
+        // made, an unknown email would otherwise answer later than a known one.
+        let dummy = self.dummy_hash().await?;
+        let hash = user.as_ref().map_or(&dummy, |u| &u.password_hash);
         let right = self.verify_password(account, password, hash).await?;
         if !right {
             // A registered email's failures name its user; an unknown one's name nobody.
