@@ -352,6 +352,10 @@ pub struct Passkey {
     pub user_handle: Uuid,
 }
 
+/// Passkeys one user may hold: enough for every device, and a bound on what one account can
+/// store (and on the credentials each new registration's options list).
+pub const MAX_PASSKEYS: usize = 20;
+
 /// The longest passkey name, in characters.
 pub const PASSKEY_NAME_MAX_CHARS: usize = 64;
 

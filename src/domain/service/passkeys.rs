@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::accounts::{LoginError, login_session_error};
 use super::limits::{Action, Throttled};
 use super::{AuthService, CookieSession};
-use crate::domain::mfa::{AuthMethod, Ceremony, CeremonyKind, Passkey};
+use crate::domain::mfa::{AuthMethod, Ceremony, CeremonyKind, MAX_PASSKEYS, Passkey};
 use crate::domain::ports::{CeremonyError, PasskeyCeremonies};
 use crate::domain::{
     AuditKind, BackendError, ClientInfo, NewAuditEvent, Principal, TokenPair, User, UserId,
@@ -28,6 +28,9 @@ pub enum PasskeyError {
     /// The credential is registered already.
     #[error("passkey already registered")]
     AlreadyRegistered,
+    /// The caller holds [`MAX_PASSKEYS`] already.
+    #[error("too many passkeys")]
+    TooMany,
     /// The caller has no passkey with that id.
     #[error("passkey not found")]
     NotFound,
@@ -105,6 +108,9 @@ impl AuthService {
             .into_iter()
             .map(|passkey| passkey.credential_id)
             .collect();
+        if existing.len() >= MAX_PASSKEYS {
+            return Err(PasskeyError::TooMany);
+        }
         let shown = user
             .full_name
             .as_ref()
@@ -148,6 +154,10 @@ impl AuthService {
         }
         let registered = ceremonies.finish_registration(&ceremony.state, response)?;
         let count = self.factors.list_passkeys(user.id).await?.len();
+        // Checked again here: registrations started before the last slot was taken.
+        if count >= MAX_PASSKEYS {
+            return Err(PasskeyError::TooMany);
+        }
         // Storage keeps microseconds: the passkey answered is then the one listed later.
         let now = self.clock.now().trunc_subsecs(6);
         let passkey = Passkey {
@@ -448,6 +458,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(options, "{\"publicKey\":{}}");
+    }
+
+    #[tokio::test]
+    async fn a_user_with_the_most_passkeys_starts_no_registration() {
+        let mut m = Mocks::new();
+        m.factors
+            .expect_list_passkeys()
+            .returning(|id| Ok(vec![stored(id.0); MAX_PASSKEYS]));
+        let mut ceremonies = MockPasskeyCeremonies::new();
+        ceremonies.expect_start_registration().never();
+        m.passkeys = Some(ceremonies);
+        m.factors.expect_store_ceremony().never();
+        let err = m
+            .service()
+            .begin_passkey_registration(&principal())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PasskeyError::TooMany));
     }
 
     #[tokio::test]

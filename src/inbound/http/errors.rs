@@ -110,6 +110,7 @@ impl From<PasskeyError> for Problem {
                 Problem::new(StatusCode::CONFLICT, "Passkey already registered")
             }
             PasskeyError::NotFound => Problem::new(StatusCode::NOT_FOUND, "Passkey not found"),
+            PasskeyError::TooMany => Problem::new(StatusCode::CONFLICT, "Too many passkeys"),
             PasskeyError::NotConfigured => Problem::unavailable(
                 "Passkeys are not configured: set public_url",
                 NOT_CONFIGURED_RETRY_AFTER_SECONDS,

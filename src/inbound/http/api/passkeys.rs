@@ -27,6 +27,7 @@ error_statuses!(
     /// Errors of `POST /auth/passkeys/register/start`.
     RegisterStartErrors:
         401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
+        409 => "Too many passkeys: the caller holds 20",
         413 => "A body was sent, and it is too large",
         429 => "Too many ceremonies started for this user",
         503 => "Passkeys are not configured (public_url), or the database does not answer"
@@ -37,7 +38,7 @@ error_statuses!(
     RegisterFinishErrors:
         400 => "Invalid passkey response: malformed, for an unknown, spent or expired ceremony, another user's, or not verified",
         401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
-        409 => "Passkey already registered",
+        409 => "Passkey already registered, or too many passkeys (20)",
         413 => "The body is too large",
         415 => "The body is not JSON",
         422 => "A name over 64 characters or with control characters, or malformed JSON",
