@@ -363,6 +363,11 @@ impl Settings {
         if self.password_min_score > crate::domain::password::MAX_SCORE {
             return fail("PASSWORD_MIN_SCORE must be between 0 and 4");
         }
+        let issuer = self.totp_issuer.trim();
+        if issuer.is_empty() || issuer.chars().count() > 64 || issuer.chars().any(char::is_control)
+        {
+            return fail("TOTP_ISSUER must be 1 to 64 characters, without control characters");
+        }
         if self.jwks_max_age < 0 {
             return fail("JWKS_MAX_AGE must not be negative");
         }
@@ -609,6 +614,13 @@ mod tests {
             .is_err()
         );
         assert!(with(Profile::Development, &[("password_min_score", "5")]).is_err());
+        for issuer in ["", "   ", "Acme\nCorp", &"x".repeat(65)] {
+            assert!(
+                with(Profile::Development, &[("totp_issuer", issuer)]).is_err(),
+                "{issuer:?}"
+            );
+        }
+        assert!(with(Profile::Development, &[("totp_issuer", "Acme: Staff")]).is_ok());
     }
 
     const KEY: &str = "0123456789abcdef0123456789abcdef";
