@@ -152,6 +152,11 @@ pub struct Settings {
     pub database_max_connections: u32,
     pub database_timeout_seconds: u64,
     pub session_lookup_queries: usize,
+    pub session_cache: bool,
+    pub session_cache_max_entries: usize,
+    pub session_cache_max_bytes: usize,
+    pub session_cache_max_age_seconds: u64,
+    pub session_cache_listen_url: Option<Secret>,
     pub secret_key: Option<Secret>,
     pub access_token_expire_minutes: i64,
     #[serde(deserialize_with = "lenient_string")]
@@ -231,6 +236,11 @@ const KEYS: &[&str] = &[
     "database_max_connections",
     "database_timeout_seconds",
     "session_lookup_queries",
+    "session_cache",
+    "session_cache_max_entries",
+    "session_cache_max_bytes",
+    "session_cache_max_age_seconds",
+    "session_cache_listen_url",
     "secret_key",
     "access_token_expire_minutes",
     "jwt_issuer",
@@ -397,6 +407,23 @@ impl Settings {
         self.validate_mail()?;
         if self.session_lookup_queries == 0 {
             return fail("SESSION_LOOKUP_QUERIES must be at least 1");
+        }
+        if self.session_cache
+            && (self.session_cache_max_entries == 0
+                || self.session_cache_max_bytes == 0
+                || self.session_cache_max_age_seconds == 0)
+        {
+            return fail(
+                "SESSION_CACHE_MAX_ENTRIES, SESSION_CACHE_MAX_BYTES and \
+                 SESSION_CACHE_MAX_AGE_SECONDS must be at least 1 (or SESSION_CACHE=false)",
+            );
+        }
+        if self.session_cache_listen_url.as_ref().is_some_and(|url| {
+            !["postgres://", "postgresql://"]
+                .iter()
+                .any(|scheme| url.expose().starts_with(scheme))
+        }) {
+            return fail("SESSION_CACHE_LISTEN_URL must be a postgres:// URL");
         }
         if self.database_max_connections == 0 || self.database_timeout_seconds == 0 {
             return fail(
@@ -712,6 +739,17 @@ mod tests {
     fn meaningless_values_are_refused_naming_the_setting() {
         for (key, value, named) in [
             ("session_lookup_queries", "0", "SESSION_LOOKUP_QUERIES"),
+            (
+                "session_cache_max_entries",
+                "0",
+                "SESSION_CACHE_MAX_ENTRIES",
+            ),
+            ("session_cache_max_bytes", "0", "SESSION_CACHE_MAX_BYTES"),
+            (
+                "session_cache_max_age_seconds",
+                "0",
+                "SESSION_CACHE_MAX_AGE_SECONDS",
+            ),
             (
                 "rate_limit_window_seconds",
                 "0",

@@ -7,4 +7,5 @@ pub mod mail;
 pub mod memory;
 pub mod sea_orm;
 pub mod sealing;
+pub mod session_cache;
 pub mod webauthn;

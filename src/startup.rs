@@ -38,8 +38,13 @@ use crate::outbound::mail::{LogMailer, MailTemplates, SmtpMailer};
 use crate::outbound::memory::{MemoryRateLimiter, MemorySigningKeyStore, MemoryUserRepository};
 use crate::outbound::sea_orm::{
     self as db, DatabaseSettings, SeaOrmRateLimiter, SeaOrmSigningKeyStore, SeaOrmUserRepository,
+    invalidations,
 };
+use crate::outbound::session_cache::{CacheLimits, CachedSessions, SessionCache};
 use crate::outbound::webauthn::WebauthnCeremonies;
+
+/// The task that keeps a session cache coherent.
+pub type CacheFeed = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Where users and sessions live, as chosen by `DATABASE_URL`.
 pub enum Storage {
@@ -86,11 +91,12 @@ impl Storage {
         Ok(())
     }
 
-    /// The repository, as the ports of users, of second factors and of the outbox it fills
-    /// (one store).
+    /// The repository, as the ports of users (behind `cache`, if any), of second factors and
+    /// of the outbox it fills (one store).
     fn repository(
         &self,
         settings: &Settings,
+        cache: Option<Arc<SessionCache>>,
     ) -> (
         Arc<dyn UserRepository>,
         Arc<dyn FactorRepository>,
@@ -107,9 +113,44 @@ impl Storage {
                     Duration::from_secs(settings.database_timeout_seconds),
                     settings.session_lookup_queries,
                 ));
-                (sea_orm.clone(), sea_orm.clone(), sea_orm)
+                let users: Arc<dyn UserRepository> = match cache {
+                    Some(cache) => Arc::new(CachedSessions::new(sea_orm.clone(), cache)),
+                    None => sea_orm.clone(),
+                };
+                (users, sea_orm.clone(), sea_orm)
             }
         }
+    }
+
+    /// A server's session cache with the task that keeps it coherent (it must run for the
+    /// cache to be used). `None` with `session_cache = false`, and with `memory://`, whose
+    /// lookups are already in memory.
+    pub fn session_cache(&self, settings: &Settings) -> Option<(Arc<SessionCache>, CacheFeed)> {
+        let Self::Database(db) = self else {
+            return None;
+        };
+        if !settings.session_cache {
+            return None;
+        }
+        let cache = Arc::new(SessionCache::new(
+            CacheLimits {
+                max_entries: settings.session_cache_max_entries,
+                max_bytes: settings.session_cache_max_bytes,
+                max_age: Duration::from_secs(settings.session_cache_max_age_seconds),
+            },
+            false,
+        ));
+        let listen_url = settings.session_cache_listen_url.as_ref().map_or_else(
+            || settings.database_url().to_owned(),
+            |url| url.expose().to_owned(),
+        );
+        let feed = Box::pin(invalidations::feed(
+            db.clone(),
+            listen_url,
+            Arc::clone(&cache),
+            Duration::from_secs(settings.database_timeout_seconds),
+        ));
+        Some((cache, feed))
     }
 
     /// The store an import writes into; `None` for `memory://`, which no other process sees.
@@ -310,6 +351,15 @@ pub struct Core {
 /// # Errors
 /// When a key, the database or the hasher cannot be set up.
 pub async fn build(settings: &Settings, storage: &Storage) -> anyhow::Result<Core> {
+    build_with_cache(settings, storage, None).await
+}
+
+/// [`build`], with session checks answered from `cache` when given.
+async fn build_with_cache(
+    settings: &Settings,
+    storage: &Storage,
+    cache: Option<Arc<SessionCache>>,
+) -> anyhow::Result<Core> {
     let secret = signing_secret(settings)?;
     let algorithm = settings.jwt_algorithm.asymmetric();
     let issuer = Arc::new(
@@ -322,7 +372,7 @@ pub async fn build(settings: &Settings, storage: &Storage) -> anyhow::Result<Cor
         .map_err(anyhow::Error::msg)?,
     );
     let clock = Arc::new(SystemClock);
-    let (users, factors, outbox) = storage.repository(settings);
+    let (users, factors, outbox) = storage.repository(settings, cache);
     let keys = Arc::new(SigningKeys::new(
         KeyPorts {
             store: storage.key_store(settings),
@@ -420,6 +470,8 @@ pub struct Application {
     connections: ConnectionLimits,
     purge_interval: Duration,
     shutdown_timeout: Duration,
+    cache_feed: Option<CacheFeed>,
+    session_cache: Option<Arc<SessionCache>>,
 }
 
 impl Application {
@@ -430,7 +482,16 @@ impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let storage = Storage::open(settings).await?;
         storage.migrate().await?;
-        let core = build(settings, &storage).await?;
+        let (cache, cache_feed) = storage.session_cache(settings).unzip();
+        let core = build_with_cache(settings, &storage, cache.clone()).await?;
+        let pool_sampler = storage.pool_sampler();
+        let sampled = cache.clone();
+        let sampler: Sampler = Arc::new(move || {
+            pool_sampler();
+            if let Some(cache) = &sampled {
+                cache.record_metrics();
+            }
+        });
         let bind = format!("{}:{}", settings.host, settings.port);
         let listener = TcpListener::bind(&bind)
             .await
@@ -455,7 +516,7 @@ impl Application {
                     hsts_max_age_seconds: settings.hsts_max_age_seconds,
                 },
                 trusted_proxies: TrustedProxies(settings.trusted_proxy_addrs()?),
-                metrics: MetricsExporter::new(storage.pool_sampler()),
+                metrics: MetricsExporter::new(sampler),
                 discovery: Discovery {
                     issuer: settings.jwt_issuer.clone(),
                     // Unset, it names the address actually bound (port 0 becomes a real port).
@@ -472,12 +533,20 @@ impl Application {
             },
             purge_interval: Duration::from_secs(settings.session_purge_interval_seconds.max(1)),
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_seconds),
+            cache_feed,
+            session_cache: cache,
         })
     }
 
     /// The address actually bound (port 0 becomes a real port).
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// This instance's session cache, if it has one: its counters, for whoever embeds the
+    /// server (`/metrics` shows them too, but a process has one metrics registry).
+    pub fn session_cache(&self) -> Option<Arc<SessionCache>> {
+        self.session_cache.clone()
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish (within the
@@ -500,6 +569,7 @@ impl Application {
             self.purge_interval,
         ));
         let upkeep = tokio::spawn(http_metrics::upkeep_periodically(Duration::from_secs(5)));
+        let cache_feed = self.cache_feed.map(tokio::spawn);
         let delivery = tokio::spawn(deliver_mail_periodically(Arc::clone(&service), MAIL_POLL));
         let refresher = tokio::spawn(refresh_keys_periodically(
             Arc::clone(&self.core.keys),
@@ -520,6 +590,9 @@ impl Application {
         upkeep.abort();
         delivery.abort();
         refresher.abort();
+        if let Some(feed) = cache_feed {
+            feed.abort();
+        }
         result
     }
 }

@@ -15,6 +15,27 @@ mod m20261128_000009_create_signing_keys;
 mod m20261128_000010_add_imported_from;
 mod m20261128_000011_add_session_cookie;
 mod m20261204_000012_create_second_factors;
+mod m20261204_000013_session_cache_invalidations;
+
+/// Runs the statements written for the connected database, in order: for the migrations whose
+/// SQL (extensions, triggers, virtual tables) the portable helpers cannot express.
+async fn run_per_backend(
+    manager: &SchemaManager<'_>,
+    postgres: &[&str],
+    sqlite: &[&str],
+) -> Result<(), DbErr> {
+    use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
+    let statements = match manager.get_database_backend() {
+        DbBackend::Postgres => postgres,
+        DbBackend::Sqlite => sqlite,
+        other => return Err(DbErr::Migration(format!("unsupported database {other:?}"))),
+    };
+    let db = manager.get_connection();
+    for statement in statements {
+        db.execute_unprepared(statement).await?;
+    }
+    Ok(())
+}
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -35,6 +56,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000010_add_imported_from::Migration),
             Box::new(m20261128_000011_add_session_cookie::Migration),
             Box::new(m20261204_000012_create_second_factors::Migration),
+            Box::new(m20261204_000013_session_cache_invalidations::Migration),
         ]
     }
 }

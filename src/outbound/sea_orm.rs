@@ -8,6 +8,7 @@ pub mod connection;
 mod entities;
 mod factors;
 mod import;
+pub mod invalidations;
 mod mail;
 mod rate_limiter;
 mod repository;

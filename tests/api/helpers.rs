@@ -12,10 +12,12 @@ use figment::providers::Serialized;
 use futures::FutureExt as _;
 use portcullis::config::{Profile, Settings};
 use portcullis::domain::AuthService;
+use portcullis::outbound::session_cache::{CacheStats, SessionCache};
 use portcullis::startup::{Application, Storage, build_service};
 use reqwest::{Client, Response, StatusCode};
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -158,6 +160,8 @@ pub struct TestApp {
     pub address: String,
     pub client: Client,
     pub settings: Settings,
+    /// The instance's session cache (`None` with `session_cache = false` or `memory://`).
+    pub cache: Option<Arc<SessionCache>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -166,6 +170,7 @@ impl TestApp {
     pub async fn spawn(settings: Settings) -> Self {
         let app = Application::build(&settings).await.expect("app builds");
         let address = format!("http://{}", app.address());
+        let cache = app.session_cache();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async {
             rx.await.ok();
@@ -177,6 +182,7 @@ impl TestApp {
                 .build()
                 .expect("client"),
             settings,
+            cache,
             shutdown: Some(tx),
             server: Some(server),
         }
@@ -406,6 +412,16 @@ macro_rules! app_test {
 pub(crate) use app_test;
 
 impl TestApp {
+    /// `POST /auth/logout` with `token`.
+    pub async fn logout(&self, token: &str) -> Response {
+        self.client
+            .post(self.url("/auth/logout"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Logs in a user that exists already: their access token.
     pub async fn token_for_existing(&self, email: &str) -> String {
         self.token_for_existing_with(email, PASSWORD).await
@@ -416,5 +432,135 @@ impl TestApp {
         let response = self.login(email, password).await;
         assert_eq!(response.status(), StatusCode::OK);
         access_token(&response.json().await.expect("token json"))
+    }
+}
+
+/// A TCP forwarder to PostgreSQL that the test can cut and restore, to stage an outage.
+pub struct Cable {
+    port: u16,
+    upstream: String,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Cable {
+    /// A cable to the PostgreSQL server of `url`, and `url` through it.
+    pub async fn in_front_of(url: &str) -> (Self, String) {
+        // postgres://[user@]host:port/db: the cable takes the place of host:port.
+        let (scheme, rest) = url.split_once("://").expect("a URL");
+        let (authority, path) = rest.split_once('/').expect("a URL with a database");
+        let (userinfo, upstream) = match authority.rsplit_once('@') {
+            Some((userinfo, host)) => (format!("{userinfo}@"), host.to_owned()),
+            None => (String::new(), authority.to_owned()),
+        };
+        let upstream = if upstream.contains(':') {
+            upstream
+        } else {
+            format!("{upstream}:5432")
+        };
+        let cable = Self::connect(&upstream).await;
+        let via_cable = format!("{scheme}://{userinfo}127.0.0.1:{}/{path}", cable.port);
+        (cable, via_cable)
+    }
+
+    pub async fn connect(upstream: &str) -> Self {
+        let mut cable = Self {
+            port: 0,
+            upstream: upstream.to_owned(),
+            tasks: Vec::new(),
+        };
+        cable.restore().await;
+        cable
+    }
+
+    pub async fn restore(&mut self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        self.port = listener.local_addr().unwrap().port();
+        let upstream = self.upstream.clone();
+        self.tasks.push(tokio::spawn(async move {
+            // Dropped with this task when the cable is cut: that aborts every connection.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                connections.spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Closes the listener and every forwarded connection.
+    pub fn cut(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Requests `path` with `token` on `app` until it answers `status`: how long that took. Panics
+/// after `limit`. For changes made elsewhere (another instance, the CLI), which reach this
+/// instance's session cache within milliseconds rather than before the writer's answer.
+pub async fn status_within(
+    app: &TestApp,
+    path: &str,
+    token: &str,
+    status: u16,
+    limit: std::time::Duration,
+) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    loop {
+        if app.get_auth(path, token).await.status() == status {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{path} did not answer {status} within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+/// The value of the first line of `/metrics` that starts with `series` (a name, with its
+/// labels if any), or `None` when there is none.
+pub async fn metric(app: &TestApp, series: &str) -> Option<f64> {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
+
+impl TestApp {
+    /// The counters of this instance's session cache; panics when it has none.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.as_ref().expect("a session cache").stats()
+    }
+
+    /// Waits until this instance's session cache is trusted (`true`) or not; panics after five
+    /// seconds.
+    pub async fn cache_trusted(&self, trusted: bool) {
+        let started = std::time::Instant::now();
+        while self.cache_stats().trusted != trusted {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "the session cache did not become {}",
+                if trusted { "trusted" } else { "distrusted" }
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 }

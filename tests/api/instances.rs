@@ -20,13 +20,7 @@ app_test!(
         );
 
         // Logged out on the other, refused by the first.
-        let logout = other
-            .client
-            .post(other.url("/auth/logout"))
-            .bearer_auth(&access)
-            .send()
-            .await
-            .unwrap();
+        let logout = other.logout(&access).await;
         assert_eq!(logout.status(), 204);
         assert_unauthorized(app.get_auth("/protected/user", &access).await, "").await;
 

@@ -26,6 +26,7 @@ mod passwords;
 mod protected;
 mod registration;
 mod repository;
+mod session_cache;
 mod sessions;
 mod smtp;
 mod soft_authenticator;

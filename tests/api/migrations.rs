@@ -18,15 +18,21 @@ const TABLES: &str = "'users', 'sessions', 'refresh_tokens', 'rate_limit_counter
     'recovery_codes', 'mfa_challenges', 'passkeys', 'webauthn_ceremonies'";
 
 async fn table_count(conn: &sea_orm::DatabaseConnection) -> i64 {
-    let sql = match conn.get_database_backend() {
-        sea_orm::DbBackend::Sqlite => {
-            format!(
-                "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name IN ({TABLES})"
-            )
-        }
-        _ => format!(
+    count(
+        conn,
+        &format!("SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name IN ({TABLES})"),
+        &format!(
             "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = 'public' AND table_name IN ({TABLES})"
         ),
+    )
+    .await
+}
+
+/// The `n` that `sqlite` or `postgres` counts, as the connection's engine is.
+async fn count(conn: &sea_orm::DatabaseConnection, sqlite: &str, postgres: &str) -> i64 {
+    let sql = match conn.get_database_backend() {
+        sea_orm::DbBackend::Sqlite => sqlite,
+        _ => postgres,
     };
     let row = conn
         .query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
@@ -34,6 +40,19 @@ async fn table_count(conn: &sea_orm::DatabaseConnection) -> i64 {
         .unwrap()
         .unwrap();
     row.try_get::<i64>("", "n").unwrap()
+}
+
+/// The session cache's triggers (migration 13): one per table and event.
+async fn cache_trigger_count(conn: &sea_orm::DatabaseConnection) -> i64 {
+    let names = "'users_changed', 'users_deleted', 'sessions_ended'";
+    count(
+        conn,
+        &format!("SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'trigger' AND name IN ({names})"),
+        &format!(
+            "SELECT COUNT(DISTINCT trigger_name) AS n FROM information_schema.triggers WHERE trigger_name IN ({names})"
+        ),
+    )
+    .await
 }
 
 async fn up_down_up(backend: Backend) {
@@ -49,12 +68,15 @@ async fn up_down_up(backend: Backend) {
     .unwrap();
     migrate_up(&conn).await.unwrap();
     assert_eq!(table_count(&conn).await, 13);
+    assert_eq!(cache_trigger_count(&conn).await, 3);
     // Applying again is a no-op.
     migrate_up(&conn).await.unwrap();
     migrate_down(&conn).await.unwrap();
     assert_eq!(table_count(&conn).await, 0);
+    assert_eq!(cache_trigger_count(&conn).await, 0);
     migrate_up(&conn).await.unwrap();
     assert_eq!(table_count(&conn).await, 13);
+    assert_eq!(cache_trigger_count(&conn).await, 3);
     conn.close().await.unwrap();
     db.drop_database().await;
 }

@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
-use crate::helpers::{Backend, PASSWORD, TestApp, TestDb, app_test, assert_problem, settings};
+use crate::helpers::{
+    Backend, Cable, PASSWORD, TestApp, TestDb, app_test, assert_problem, settings,
+};
 
 app_test!(
     a_full_hash_queue_answers_503_at_once_and_token_requests_still_pass,
@@ -46,72 +46,20 @@ app_test!(
     }
 );
 
-/// A TCP forwarder to PostgreSQL that the test can cut and restore, to stage an outage.
-struct Cable {
-    port: u16,
-    upstream: String,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Cable {
-    async fn connect(upstream: &str) -> Self {
-        let mut cable = Self {
-            port: 0,
-            upstream: upstream.to_owned(),
-            tasks: Vec::new(),
-        };
-        cable.restore().await;
-        cable
-    }
-
-    async fn restore(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
-        self.port = listener.local_addr().unwrap().port();
-        let upstream = self.upstream.clone();
-        self.tasks.push(tokio::spawn(async move {
-            // Dropped with this task when the cable is cut: that aborts every connection.
-            let mut connections = tokio::task::JoinSet::new();
-            while let Ok((mut client, _)) = listener.accept().await {
-                let upstream = upstream.clone();
-                connections.spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        }));
-    }
-
-    /// Closes the listener and every forwarded connection.
-    fn cut(&mut self) {
-        for task in self.tasks.drain(..) {
-            task.abort();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_gives_fast_503s_and_the_service_recovers_by_itself() {
     let Some(db) = TestDb::create(Backend::Postgres).await else {
         return;
     };
-    // postgres://[user@]host:port/db: the cable takes the place of host:port.
-    let url = db.url().to_owned();
-    let (scheme, rest) = url.split_once("://").expect("a URL");
-    let (authority, path) = rest.split_once('/').expect("a URL with a database");
-    let (userinfo, upstream) = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => (format!("{userinfo}@"), host.to_owned()),
-        None => (String::new(), authority.to_owned()),
-    };
-    let upstream = if upstream.contains(':') {
-        upstream
-    } else {
-        format!("{upstream}:5432")
-    };
-    let mut cable = Cable::connect(&upstream).await;
-    let via_cable = format!("{scheme}://{userinfo}127.0.0.1:{}/{path}", cable.port);
-    let mut app =
-        TestApp::spawn(settings(&via_cable, json!({"database_timeout_seconds": 2}))).await;
+    let (mut cable, via_cable) = Cable::in_front_of(db.url()).await;
+    // The session cache would answer the token's check from memory only while its listening
+    // connection (through the same cable) is up; this test is about the pool's outage, and the
+    // listener's has a test of its own (tests/api/session_cache.rs).
+    let mut app = TestApp::spawn(settings(
+        &via_cable,
+        json!({"database_timeout_seconds": 2, "session_cache": false}),
+    ))
+    .await;
     let token = app.token_for("outage@example.com").await;
 
     cable.cut();

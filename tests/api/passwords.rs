@@ -216,13 +216,7 @@ app_test!(
         assert_eq!(sessions.as_array().unwrap().len(), 1);
         assert_eq!(sessions[0]["current"], false);
         // Logout answers 204 and ends nothing: the token carries no session.
-        let logout = app
-            .client
-            .post(app.url("/auth/logout"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let logout = app.logout(&token).await;
         assert_eq!(logout.status(), 204);
         assert_eq!(app.get_auth("/protected/user", &token).await.status(), 200);
         assert_eq!(app.get_auth("/protected/user", &own).await.status(), 200);

@@ -1,7 +1,6 @@
 //! GET /auth/me, /protected/user and /protected/admin.
 
-use portcullis::domain::{Email, Role};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{app_test, assert_problem, assert_unauthorized};
 
@@ -76,16 +75,31 @@ app_test!(
     role_changes_and_deactivation_apply_to_the_next_request,
     |app| {
         // Another admin stays, so that demoting this one leaves an admin (the last-admin rule).
-        app.admin_token("keeper@example.com").await;
+        // The changes go through this instance's admin API: a change made here applies to the
+        // very next request here, cached session checks included (another instance's or the
+        // CLI's changes arrive within milliseconds: tests/api/session_cache.rs).
+        let keeper = app.admin_token("keeper@example.com").await;
         let token = app.token_for("flip@example.com").await;
-        let email = Email::parse("flip@example.com").unwrap();
-        let operator = app.operator().await;
+        let me: Value = app.get_auth("/auth/me", &token).await.json().await.unwrap();
+        let change = |body: Value| {
+            app.client
+                .patch(app.url(&format!("/admin/users/{}", me["id"])))
+                .bearer_auth(&keeper)
+                .json(&body)
+                .send()
+        };
         assert_eq!(app.get_auth("/protected/admin", &token).await.status(), 403);
-        operator.set_role(&email, Role::Admin).await.unwrap();
+        assert_eq!(
+            change(json!({"role": "admin"})).await.unwrap().status(),
+            200
+        );
         assert_eq!(app.get_auth("/protected/admin", &token).await.status(), 200);
-        operator.set_role(&email, Role::User).await.unwrap();
+        assert_eq!(change(json!({"role": "user"})).await.unwrap().status(), 200);
         assert_eq!(app.get_auth("/protected/admin", &token).await.status(), 403);
-        operator.set_active(&email, false).await.unwrap();
+        assert_eq!(
+            change(json!({"is_active": false})).await.unwrap().status(),
+            200
+        );
         assert_unauthorized(app.get_auth("/protected/user", &token).await, "").await;
     }
 );

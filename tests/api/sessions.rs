@@ -100,13 +100,7 @@ app_test!(logout_ends_the_session_and_its_tokens_at_once, |app| {
         .json::<Value>()
         .await
         .unwrap();
-    let response = app
-        .client
-        .post(app.url("/auth/logout"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
+    let response = app.logout(&access).await;
     assert_eq!(response.status(), 204);
     assert_unauthorized(app.get_auth("/auth/me", &access).await, "").await;
     assert_unauthorized(refresh(&app, &refresh_token(&tokens)).await, "").await;

@@ -20,7 +20,7 @@ use super::entities::{
     email_tokens, mfa_challenges, refresh_tokens, sessions, users, webauthn_ceremonies,
 };
 use super::session_lookups::SessionLookups;
-use super::{admin, mail};
+use super::{admin, invalidations, mail};
 use crate::domain::mfa::AuthMethod;
 use crate::domain::ports::{
     AdminWriteError, CreateSessionError, CreateUserError, Rotation, UserRepository,
@@ -949,6 +949,7 @@ impl UserRepository for SeaOrmUserRepository {
                 .await?;
             // Refresh tokens of these sessions go with them (ON DELETE CASCADE).
             mail::purge(&self.db, now).await?;
+            invalidations::purge(&self.db, now).await?;
             let deleted = sessions::Entity::delete_many()
                 .filter(
                     Condition::any()

@@ -1,0 +1,254 @@
+//! The invalidation feed of the session cache: what the database's triggers (migration 13)
+//! announce, handed to [`SessionCache::received`].
+//!
+//! - **PostgreSQL**: a connection of its own `LISTEN`s on `portcullis_session_cache`. A
+//!   notification is delivered only when its transaction commits, so an instance hears of a
+//!   change once the change is visible, and never before. Every second the feed sends itself a
+//!   `NOTIFY` through the pool; the listening connection is trusted only while such pings come
+//!   back (within [`LOST_AFTER`]), so a connection that died without a word (a cut cable, a
+//!   frozen proxy) is noticed too. Lost, the cache is distrusted at once (every check goes to
+//!   the database); found again, it is emptied before it is trusted.
+//! - **SQLite**: the triggers append to `session_cache_invalidations`; the server reads what
+//!   is new every [`POLL_EVERY`]. Writers on the same file in other processes (the CLI) reach a
+//!   running server this way. A failed read distrusts the cache until a read succeeds, and a
+//!   gap in the sequence (rows purged before they were read) empties it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sqlx::postgres::PgListener;
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
+use uuid::Uuid;
+
+use crate::domain::{SessionId, UserId};
+use crate::outbound::session_cache::{Invalidation, SessionCache};
+
+/// The channel the PostgreSQL triggers notify.
+const CHANNEL: &str = "portcullis_session_cache";
+
+/// How often the PostgreSQL feed pings itself.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// A PostgreSQL feed whose last sign of life is older than this is taken as lost.
+pub const LOST_AFTER: Duration = Duration::from_secs(3);
+
+/// The pause before connecting again after a failure.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
+
+/// How often a SQLite server reads the new invalidations.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// How long SQLite keeps an invalidation for readers to see.
+const KEEP_FOR_SECONDS: i64 = 3600;
+
+/// Feeds `cache` with the invalidations of `db` until the task is aborted. On PostgreSQL it
+/// listens on `listen_url` (the database's own URL, or a direct one when the pool goes through
+/// a transaction pooler). `timeout` bounds each connection attempt and query.
+pub async fn feed(
+    db: DatabaseConnection,
+    listen_url: String,
+    cache: Arc<SessionCache>,
+    timeout: Duration,
+) {
+    match db.get_database_backend() {
+        DbBackend::Postgres => listen(&db, &listen_url, &cache, timeout).await,
+        _ => poll(&db, &cache, timeout).await,
+    }
+}
+
+/// Reads one announcement: `u:<user id>`, `s:<session id>`; anything else (a format of a newer
+/// version) is taken as "anything may have changed".
+fn parse(payload: &str) -> Invalidation {
+    let parsed = match payload.split_once(':') {
+        Some(("u", id)) => id.parse().ok().map(|id| Invalidation::User(UserId(id))),
+        Some(("s", id)) => Uuid::parse_str(id)
+            .ok()
+            .map(|id| Invalidation::Session(SessionId(id))),
+        _ => None,
+    };
+    parsed.unwrap_or(Invalidation::Everything)
+}
+
+async fn listen(db: &DatabaseConnection, url: &str, cache: &SessionCache, timeout: Duration) {
+    let ping = format!("p:{}", Uuid::new_v4().simple());
+    loop {
+        match tokio::time::timeout(timeout, subscribe(url)).await {
+            Ok(Ok(listener)) => {
+                // Anything announced before the LISTEN took effect is forgotten here.
+                cache.trust();
+                tracing::info!("session cache: listening for invalidations");
+                metrics::counter!("portcullis_session_cache_feed_connects_total").increment(1);
+                listen_until_lost(listener, db, cache, &ping, timeout).await;
+                cache.distrust();
+                tracing::warn!(
+                    "session cache: the listening connection is lost; every check goes to the \
+                     database until it is back"
+                );
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "session cache: cannot listen; checks go to the database");
+            }
+            Err(_) => {
+                tracing::warn!("session cache: listening timed out; checks go to the database")
+            }
+        }
+        tokio::time::sleep(RETRY_AFTER).await;
+    }
+}
+
+async fn subscribe(url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
+    let mut listener = PgListener::connect(url).await?;
+    // A lost connection must end `try_recv` at once, not be replaced behind our back.
+    listener.eager_reconnect(false);
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Hands every notification to the cache; returns when the connection is lost or stops
+/// proving it is alive.
+async fn listen_until_lost(
+    mut listener: PgListener,
+    db: &DatabaseConnection,
+    cache: &SessionCache,
+    ping: &str,
+    timeout: Duration,
+) {
+    let receive = async {
+        // `Ok(None)`: the connection was lost, and with it perhaps some notifications.
+        while let Ok(Some(notification)) = listener.try_recv().await {
+            cache.confirm();
+            if !notification.payload().starts_with("p:") {
+                cache.received(parse(notification.payload()));
+            }
+        }
+    };
+    let keep_alive = async {
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_notify($1, $2)",
+            [CHANNEL.into(), ping.into()],
+        );
+        let mut ticks = tokio::time::interval(PING_EVERY);
+        loop {
+            ticks.tick().await;
+            // A failed ping shows as silence below; the pool's own errors are not ours.
+            let _ = tokio::time::timeout(timeout, db.execute_raw(statement.clone())).await;
+            if cache
+                .stats()
+                .since_confirmed
+                .is_none_or(|since| since > LOST_AFTER)
+            {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = receive => {}
+        () = keep_alive => {}
+    }
+}
+
+async fn poll(db: &DatabaseConnection, cache: &SessionCache, timeout: Duration) {
+    let mut seen: Option<i64> = None;
+    let mut ticks = tokio::time::interval(POLL_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match tokio::time::timeout(timeout, read_after(db, seen)).await {
+            Ok(Ok(rows)) => {
+                let Some(last) = seen else {
+                    // The first read only learns where the log ends; the cache starts empty.
+                    seen = Some(rows.last().map_or(0, |row| row.0));
+                    cache.trust();
+                    continue;
+                };
+                if rows.first().is_some_and(|row| row.0 != last + 1) {
+                    cache.received(Invalidation::Everything);
+                }
+                for (_, what) in &rows {
+                    cache.received(*what);
+                }
+                seen = rows.last().map(|row| row.0).or(seen);
+                cache.confirm();
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "session cache: cannot read invalidations; checks go to the database");
+                cache.distrust();
+                seen = None;
+            }
+            Err(_) => {
+                cache.distrust();
+                seen = None;
+            }
+        }
+    }
+}
+
+/// The invalidations after `seen`, in order; with `seen` unknown, only the last one (where the
+/// log ends).
+async fn read_after(
+    db: &DatabaseConnection,
+    seen: Option<i64>,
+) -> Result<Vec<(i64, Invalidation)>, DbErr> {
+    let statement = match seen {
+        Some(seen) => Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            "SELECT seq, user_id, session_id FROM session_cache_invalidations \
+             WHERE seq > $1 ORDER BY seq LIMIT 10000",
+            [seen.into()],
+        ),
+        None => Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT seq, user_id, session_id FROM session_cache_invalidations \
+             ORDER BY seq DESC LIMIT 1",
+        ),
+    };
+    db.query_all_raw(statement)
+        .await?
+        .iter()
+        .map(|row| {
+            let seq: i64 = row.try_get("", "seq")?;
+            let user: Option<i64> = row.try_get("", "user_id")?;
+            let session: Option<Uuid> = row.try_get("", "session_id")?;
+            let what = match (user, session) {
+                (Some(user), _) => Invalidation::User(UserId(user)),
+                (None, Some(session)) => Invalidation::Session(SessionId(session)),
+                (None, None) => Invalidation::Everything,
+            };
+            Ok((seq, what))
+        })
+        .collect()
+}
+
+/// Deletes SQLite's invalidations older than an hour: every server has read them long since.
+pub(super) async fn purge(conn: &impl ConnectionTrait, now: DateTime<Utc>) -> Result<(), DbErr> {
+    if conn.get_database_backend() != DbBackend::Sqlite {
+        return Ok(());
+    }
+    conn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        "DELETE FROM session_cache_invalidations WHERE at < $1",
+        [(now.timestamp() - KEEP_FOR_SECONDS).into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_are_read_and_anything_unknown_invalidates_everything() {
+        assert_eq!(parse("u:42"), Invalidation::User(UserId(42)));
+        let id = Uuid::new_v4();
+        assert_eq!(
+            parse(&format!("s:{id}")),
+            Invalidation::Session(SessionId(id))
+        );
+        for odd in ["", "u:", "u:x", "s:not-a-uuid", "x:1", "u42"] {
+            assert_eq!(parse(odd), Invalidation::Everything, "{odd:?}");
+        }
+    }
+}
