@@ -180,6 +180,17 @@ async fn bench(backend: &'static str, database_url: String, trials: usize) -> Re
         patch(true).await?;
     }
     report(backend, "deactivation", deactivations);
+    // B is a process of its own, so its /metrics are its own: proof that the trials measured
+    // a cache, not a database read.
+    let metrics = b.client.get(b.url("/metrics")).send().await?.text().await?;
+    let lookups: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("portcullis_session_cache_lookups_total"))
+        .collect();
+    println!(
+        "| {backend} | B's session cache | {} | | | | |",
+        lookups.join("; ")
+    );
     Ok(())
 }
 
