@@ -89,6 +89,17 @@ impl TestDb {
         }
     }
 
+    /// A pool of `max_connections` on this database.
+    pub async fn pool(&self, max_connections: u32) -> sea_orm::DatabaseConnection {
+        portcullis::outbound::sea_orm::connect(&portcullis::outbound::sea_orm::DatabaseSettings {
+            url: self.url().to_owned(),
+            max_connections,
+            connect_timeout: std::time::Duration::from_secs(5),
+        })
+        .await
+        .expect("connect")
+    }
+
     pub async fn drop_database(self) {
         if let Self::Postgres {
             admin_url, name, ..

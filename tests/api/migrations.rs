@@ -5,9 +5,7 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use portcullis::domain::Email;
 use portcullis::domain::ports::UserRepository;
-use portcullis::outbound::sea_orm::{
-    DatabaseSettings, SeaOrmUserRepository, connect, migrate_down, migrate_up,
-};
+use portcullis::outbound::sea_orm::{SeaOrmUserRepository, migrate_down, migrate_up};
 use sea_orm::{ConnectionTrait, Statement};
 
 use crate::helpers::{Backend, TestDb};
@@ -59,13 +57,7 @@ async fn up_down_up(backend: Backend) {
     let Some(db) = TestDb::create(backend).await else {
         return;
     };
-    let conn = connect(&DatabaseSettings {
-        url: db.url().to_owned(),
-        max_connections: 2,
-        connect_timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
+    let conn = db.pool(2).await;
     migrate_up(&conn).await.unwrap();
     assert_eq!(table_count(&conn).await, 13);
     assert_eq!(cache_trigger_count(&conn).await, 3);
@@ -97,13 +89,7 @@ async fn before_email_keys(
     emails: &[&str],
 ) -> Option<(TestDb, sea_orm::DatabaseConnection)> {
     let db = TestDb::create(backend).await?;
-    let conn = connect(&DatabaseSettings {
-        url: db.url().to_owned(),
-        max_connections: 2,
-        connect_timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
+    let conn = db.pool(2).await;
     Migrator::up(&conn, Some(3)).await.unwrap();
     for email in emails {
         conn.execute_raw(Statement::from_sql_and_values(

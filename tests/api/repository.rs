@@ -19,8 +19,7 @@ use portcullis::outbound::memory::{
     MemoryRateLimiter, MemorySigningKeyStore, MemoryUserRepository,
 };
 use portcullis::outbound::sea_orm::{
-    DatabaseSettings, SeaOrmRateLimiter, SeaOrmSigningKeyStore, SeaOrmUserRepository, connect,
-    migrate_up,
+    SeaOrmRateLimiter, SeaOrmSigningKeyStore, SeaOrmUserRepository, migrate_up,
 };
 
 use crate::helpers::{Backend, TestDb};
@@ -64,13 +63,7 @@ async fn on_every_adapter<P, F, Fut>(
         let Some(db) = TestDb::create(backend).await else {
             continue;
         };
-        let conn = connect(&DatabaseSettings {
-            url: db.url().to_owned(),
-            max_connections: 5,
-            connect_timeout: Duration::from_secs(5),
-        })
-        .await
-        .unwrap();
+        let conn = db.pool(5).await;
         migrate_up(&conn).await.unwrap();
         test(database(conn.clone())).await;
         conn.close().await.unwrap();

@@ -12,9 +12,7 @@ use portcullis::domain::{
     Email, EmailTokenKind, NewEmailToken, PasswordHash, Role, SessionId, SessionKey, User,
     UserChanges,
 };
-use portcullis::outbound::sea_orm::{
-    DatabaseSettings, SeaOrmUserRepository, connect, invalidations, migrate_up,
-};
+use portcullis::outbound::sea_orm::{SeaOrmUserRepository, invalidations, migrate_up};
 use portcullis::outbound::session_cache::{CacheLimits, CachedSessions, SessionCache};
 use serde_json::{Value, json};
 
@@ -449,13 +447,7 @@ async fn every_write_reaches_a_cached_repository(backend: Backend) {
     let Some(db) = TestDb::create(backend).await else {
         return;
     };
-    let conn = connect(&DatabaseSettings {
-        url: db.url().to_owned(),
-        max_connections: 5,
-        connect_timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
+    let conn = db.pool(5).await;
     migrate_up(&conn).await.unwrap();
     let stored = Arc::new(SeaOrmUserRepository::new(
         conn.clone(),
@@ -486,13 +478,7 @@ async fn every_write_reaches_a_cached_repository(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The writer: another repository on its own pool, as another instance or the CLI has.
-    let writer_conn = connect(&DatabaseSettings {
-        url: db.url().to_owned(),
-        max_connections: 2,
-        connect_timeout: Duration::from_secs(5),
-    })
-    .await
-    .unwrap();
+    let writer_conn = db.pool(2).await;
     let writer = SeaOrmUserRepository::new(writer_conn.clone(), Duration::from_secs(5), 1);
 
     for (n, (name, write)) in every_write().into_iter().enumerate() {
