@@ -451,6 +451,8 @@ pub struct Cable {
     port: u16,
     upstream: String,
     tasks: Vec<JoinHandle<()>>,
+    /// While set, nothing passes either way, but every connection stays open: a frozen proxy.
+    frozen: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Cable {
@@ -478,6 +480,7 @@ impl Cable {
             port: 0,
             upstream: upstream.to_owned(),
             tasks: Vec::new(),
+            frozen: Arc::default(),
         };
         cable.restore().await;
         cable
@@ -487,18 +490,35 @@ impl Cable {
         let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
         self.port = listener.local_addr().unwrap().port();
         let upstream = self.upstream.clone();
+        let frozen = Arc::clone(&self.frozen);
         self.tasks.push(tokio::spawn(async move {
             // Dropped with this task when the cable is cut: that aborts every connection.
             let mut connections = tokio::task::JoinSet::new();
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 let upstream = upstream.clone();
+                let frozen = Arc::clone(&frozen);
                 connections.spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = TcpStream::connect(upstream).await {
+                        let (client_in, client_out) = client.into_split();
+                        let (server_in, server_out) = server.into_split();
+                        tokio::join!(
+                            pump(client_in, server_out, &frozen),
+                            pump(server_in, client_out, &frozen)
+                        );
                     }
                 });
             }
         }));
+    }
+
+    /// Holds every byte on the way, keeping the connections open, until [`Cable::thaw`].
+    pub fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn thaw(&self) {
+        self.frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Closes the listener and every forwarded connection.
@@ -507,6 +527,25 @@ impl Cable {
             task.abort();
         }
     }
+}
+
+/// Copies `from` to `to` until either ends, holding what it read while `frozen`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: &std::sync::atomic::AtomicBool,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buffer = vec![0; 16 * 1024];
+    while let Ok(read @ 1..) = from.read(&mut buffer).await {
+        while frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// Requests `path` with `token` on `app` until it answers `status`: how long that took. Panics

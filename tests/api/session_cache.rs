@@ -283,26 +283,54 @@ app_test!(
     }
 );
 
+/// Two instances on one PostgreSQL database: a writer, and a reader whose listening connection
+/// alone goes through a cable (its pool does not); `None` without PostgreSQL.
+struct Cabled {
+    db: TestDb,
+    cable: Cable,
+    writer: TestApp,
+    reader: TestApp,
+}
+
+impl Cabled {
+    async fn start() -> Option<Self> {
+        let db = TestDb::create(Backend::Postgres).await?;
+        let (cable, via_cable) = Cable::in_front_of(db.url()).await;
+        let writer = TestApp::spawn(settings(db.url(), json!({}))).await;
+        let reader = TestApp::spawn(settings(
+            db.url(),
+            json!({"session_cache_listen_url": via_cable, "database_timeout_seconds": 2}),
+        ))
+        .await;
+        reader.cache_trusted(true).await;
+        Some(Self {
+            db,
+            cable,
+            writer,
+            reader,
+        })
+    }
+
+    async fn stop(mut self) {
+        self.reader.stop().await;
+        self.writer.stop().await;
+        self.cable.cut();
+        self.db.drop_database().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_made_while_the_listener_is_down_are_honoured_by_that_instance() {
-    let Some(db) = TestDb::create(Backend::Postgres).await else {
+    let Some(mut pair) = Cabled::start().await else {
         return;
     };
-    let (mut cable, via_cable) = Cable::in_front_of(db.url()).await;
-    let mut writer = TestApp::spawn(settings(db.url(), json!({}))).await;
-    // Only this instance's listening connection goes through the cable; its pool does not.
-    let mut reader = TestApp::spawn(settings(
-        db.url(),
-        json!({"session_cache_listen_url": via_cable}),
-    ))
-    .await;
-    reader.cache_trusted(true).await;
+    let (writer, reader) = (&pair.writer, &pair.reader);
     let revoked = writer.token_for("revoked@example.com").await;
     let kept = writer.token_for("kept@example.com").await;
-    cached(&reader, &revoked, "/protected/user").await;
-    cached(&reader, &kept, "/protected/user").await;
+    cached(reader, &revoked, "/protected/user").await;
+    cached(reader, &kept, "/protected/user").await;
 
-    cable.cut();
+    pair.cable.cut();
     reader.cache_trusted(false).await;
     let logout = writer.logout(&revoked).await;
     assert_eq!(logout.status(), 204);
@@ -319,18 +347,44 @@ async fn revocations_made_while_the_listener_is_down_are_honoured_by_that_instan
     assert_eq!(after.entries, 0);
 
     // Back, it starts empty: nothing cached before the outage survives it.
-    cable.restore().await;
+    pair.cable.restore().await;
     reader.cache_trusted(true).await;
     assert_unauthorized(reader.get_auth("/protected/user", &revoked).await, "").await;
-    cached(&reader, &kept, "/protected/user").await;
+    cached(reader, &kept, "/protected/user").await;
     let logout = writer.logout(&kept).await;
     assert_eq!(logout.status(), 204);
-    status_within(&reader, "/protected/user", &kept, 401, PROPAGATION).await;
+    status_within(reader, "/protected/user", &kept, 401, PROPAGATION).await;
 
-    reader.stop().await;
-    writer.stop().await;
-    cable.cut();
-    db.drop_database().await;
+    pair.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_connection_that_falls_silent_is_taken_as_lost() {
+    let Some(pair) = Cabled::start().await else {
+        return;
+    };
+    let (writer, reader) = (&pair.writer, &pair.reader);
+    let token = writer.token_for("frozen@example.com").await;
+    cached(reader, &token, "/protected/user").await;
+
+    // A proxy that stops passing anything but closes nothing: no error ever reaches the
+    // listener. Its pings stop coming back, and within seconds the cache is no longer used.
+    pair.cable.freeze();
+    let frozen = Instant::now();
+    reader.cache_trusted(false).await;
+    let noticed = frozen.elapsed();
+    assert!(
+        noticed >= Duration::from_secs(2),
+        "noticed after {noticed:?}"
+    );
+    assert_eq!(writer.logout(&token).await.status(), 204);
+    assert_unauthorized(reader.get_auth("/protected/user", &token).await, "").await;
+
+    pair.cable.thaw();
+    reader.cache_trusted(true).await;
+    assert_unauthorized(reader.get_auth("/protected/user", &token).await, "").await;
+    eprintln!("a silent listening connection was noticed after {noticed:?}");
+    pair.stop().await;
 }
 
 // The adapter level: every write of the repository, made by another process's repository (no

@@ -4,17 +4,17 @@
 //! - **PostgreSQL**: a connection of its own `LISTEN`s on `portcullis_session_cache`. A
 //!   notification is delivered only when its transaction commits, so an instance hears of a
 //!   change once the change is visible, and never before. Every second the feed sends itself a
-//!   `NOTIFY` through the pool; the listening connection is trusted only while such pings come
-//!   back (within [`LOST_AFTER`]), so a connection that died without a word (a cut cable, a
-//!   frozen proxy) is noticed too. Lost, the cache is distrusted at once (every check goes to
+//!   `NOTIFY` through the pool; the listening connection is trusted only while the pings the
+//!   database took come back (within [`LOST_AFTER`]), so a connection that died without a word
+//!   (a cut cable, a frozen proxy) is noticed too. Lost, the cache is distrusted at once (every check goes to
 //!   the database); found again, it is emptied before it is trusted.
 //! - **SQLite**: the triggers append to `session_cache_invalidations`; the server reads what
 //!   is new every [`POLL_EVERY`]. Writers on the same file in other processes (the CLI) reach a
 //!   running server this way. A failed read distrusts the cache until a read succeeds, and a
 //!   gap in the sequence (rows purged before they were read) empties it.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx::postgres::PgListener;
@@ -106,7 +106,10 @@ async fn subscribe(url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
 }
 
 /// Hands every notification to the cache; returns when the connection is lost or stops
-/// proving it is alive.
+/// proving it is alive: a ping that the database took has not come back within [`LOST_AFTER`].
+/// A ping the pool could not send (the database down, the pool saturated) proves nothing
+/// either way; the listening connection is not blamed for it, or a busy pool would turn the
+/// cache off just when it saves the most.
 async fn listen_until_lost(
     mut listener: PgListener,
     db: &DatabaseConnection,
@@ -114,11 +117,16 @@ async fn listen_until_lost(
     ping: &str,
     timeout: Duration,
 ) {
+    // Since when a ping the database took is awaited; notifications arrive in commit order, so
+    // receiving one answers every ping sent before it.
+    let unanswered_since: Mutex<Option<Instant>> = Mutex::new(None);
     let receive = async {
         // `Ok(None)`: the connection was lost, and with it perhaps some notifications.
         while let Ok(Some(notification)) = listener.try_recv().await {
             cache.confirm();
-            if !notification.payload().starts_with("p:") {
+            if notification.payload() == ping {
+                *lock(&unanswered_since) = None;
+            } else if !notification.payload().starts_with("p:") {
                 cache.received(parse(notification.payload()));
             }
         }
@@ -132,13 +140,12 @@ async fn listen_until_lost(
         let mut ticks = tokio::time::interval(PING_EVERY);
         loop {
             ticks.tick().await;
-            // A failed ping shows as silence below; the pool's own errors are not ours.
-            let _ = tokio::time::timeout(timeout, db.execute_raw(statement.clone())).await;
-            if cache
-                .stats()
-                .since_confirmed
-                .is_none_or(|since| since > LOST_AFTER)
-            {
+            let sent = tokio::time::timeout(timeout, db.execute_raw(statement.clone())).await;
+            let mut awaited = lock(&unanswered_since);
+            if matches!(sent, Ok(Ok(_))) && awaited.is_none() {
+                *awaited = Some(Instant::now());
+            }
+            if awaited.is_some_and(|since| since.elapsed() > LOST_AFTER) {
                 return;
             }
         }
@@ -147,6 +154,12 @@ async fn listen_until_lost(
         () = receive => {}
         () = keep_alive => {}
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn poll(db: &DatabaseConnection, cache: &SessionCache, timeout: Duration) {
