@@ -486,6 +486,13 @@ mod tests {
     }
 
     /// A pending login of user 7, open for `expires_in`, with the user unchanged.
+    /// Completes the pending login of [`TOKEN`] with `proof`, on the service `m` makes.
+    async fn submit(m: Mocks, proof: SecondFactor<'_>) -> Result<TokenPair, MfaError> {
+        m.service()
+            .complete_login(TOKEN, proof, ClientInfo::default())
+            .await
+    }
+
     fn pending(m: &mut Mocks, expires_in: TimeDelta) {
         m.factors
             .expect_find_mfa_challenge()
@@ -619,13 +626,7 @@ mod tests {
                 .times(1)
                 .returning(|_, _| Ok(true));
             expect_session(&mut m, vec![AuthMethod::Password, AuthMethod::Otp]);
-            let pair = m
-                .service()
-                .complete_login(
-                    TOKEN,
-                    SecondFactor::Code(&code_at(offset)),
-                    ClientInfo::default(),
-                )
+            let pair = submit(m, SecondFactor::Code(&code_at(offset)))
                 .await
                 .unwrap();
             assert_eq!(pair.access_token, "signed");
@@ -666,11 +667,7 @@ mod tests {
                 .expect_find_totp()
                 .returning(move |_| Ok(Some(factor(last_step))));
             m.factors.expect_use_totp_step().never();
-            let err = m
-                .service()
-                .complete_login(TOKEN, SecondFactor::Code(&code), ClientInfo::default())
-                .await
-                .unwrap_err();
+            let err = submit(m, SecondFactor::Code(&code)).await.unwrap_err();
             assert!(matches!(err, MfaError::InvalidCode), "{code}");
         }
     }
@@ -684,13 +681,7 @@ mod tests {
             .expect_find_totp()
             .returning(|_| Ok(Some(factor(None))));
         m.factors.expect_use_totp_step().returning(|_, _| Ok(false));
-        let err = m
-            .service()
-            .complete_login(
-                TOKEN,
-                SecondFactor::Code(&code_at(0)),
-                ClientInfo::default(),
-            )
+        let err = submit(m, SecondFactor::Code(&code_at(0)))
             .await
             .unwrap_err();
         assert!(matches!(err, MfaError::InvalidCode));
@@ -720,13 +711,7 @@ mod tests {
                 .returning(|id| Ok(Some(user(id.0, Role::User, true))));
             m.factors.expect_find_totp().never();
             m.factors.expect_fail_mfa_challenge().never();
-            let err = m
-                .service()
-                .complete_login(
-                    TOKEN,
-                    SecondFactor::Code(&code_at(0)),
-                    ClientInfo::default(),
-                )
+            let err = submit(m, SecondFactor::Code(&code_at(0)))
                 .await
                 .unwrap_err();
             assert!(matches!(err, MfaError::InvalidCode), "case {case}");
@@ -757,14 +742,7 @@ mod tests {
             } else {
                 expect_wrong_code(&mut m);
             }
-            let result = m
-                .service()
-                .complete_login(
-                    TOKEN,
-                    SecondFactor::RecoveryCode(typed),
-                    ClientInfo::default(),
-                )
-                .await;
+            let result = submit(m, SecondFactor::RecoveryCode(typed)).await;
             assert_eq!(result.is_ok(), unused);
         }
     }
@@ -784,13 +762,7 @@ mod tests {
         pending(&mut m, TimeDelta::minutes(5));
         m.factors.expect_find_totp().never();
         m.factors.expect_fail_mfa_challenge().never();
-        let err = m
-            .service()
-            .complete_login(
-                TOKEN,
-                SecondFactor::Code(&code_at(0)),
-                ClientInfo::default(),
-            )
+        let err = submit(m, SecondFactor::Code(&code_at(0)))
             .await
             .unwrap_err();
         assert!(matches!(err, MfaError::Throttled(_)));

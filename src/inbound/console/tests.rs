@@ -51,6 +51,15 @@ fn post(path: &str, cookies: &str, body: &str) -> Request {
         .body(body.to_owned())
 }
 
+/// The sign-in form with `fields`, posted by `visitor` with its CSRF token.
+fn sign_in(visitor: &str, fields: &str) -> Request {
+    post(
+        "/console/sign-in",
+        &format!("portcullis-visitor={visitor}"),
+        &format!("{fields}&csrf={}", csrf_token(visitor)),
+    )
+}
+
 fn get(path: &str, cookies: &str) -> Request {
     Request::builder()
         .uri_str(path)
@@ -126,10 +135,6 @@ async fn a_sign_in_form_without_the_visitor_token_runs_nothing() {
 #[tokio::test]
 async fn a_form_from_another_origin_runs_nothing_even_with_the_right_token() {
     let visitor = new_secret();
-    let body = format!(
-        "email=user1%40example.com&password=pw&csrf={}",
-        csrf_token(&visitor)
-    );
     for (origin, site) in [
         ("https://evil.example", "cross-site"),
         ("http://console.test.evil.example", "cross-site"),
@@ -138,11 +143,7 @@ async fn a_form_from_another_origin_runs_nothing_even_with_the_right_token() {
     ] {
         let mut m = Mocks::new();
         m.users.expect_find_user_by_email().never();
-        let mut req = post(
-            "/console/sign-in",
-            &format!("portcullis-visitor={visitor}"),
-            &body,
-        );
+        let mut req = sign_in(&visitor, "email=user1%40example.com&password=pw");
         req.headers_mut()
             .insert(header::ORIGIN, origin.parse().unwrap());
         req.headers_mut()
@@ -155,7 +156,6 @@ async fn a_form_from_another_origin_runs_nothing_even_with_the_right_token() {
 #[tokio::test]
 async fn signing_in_sets_only_an_opaque_http_only_strict_cookie_and_follows_a_local_next() {
     let visitor = new_secret();
-    let token = csrf_token(&visitor);
     for (next, expected) in [
         ("%2Fconsole%2Fadmin%2Fusers", "/console/admin/users"),
         ("https%3A%2F%2Fevil.example%2F", "/console/account"),
@@ -167,16 +167,8 @@ async fn signing_in_sets_only_an_opaque_http_only_strict_cookie_and_follows_a_lo
             .times(1)
             .returning(|new, _| Ok(session(new.id, 1)));
         m.tokens.expect_issue().never();
-        let body = format!("email=user1%40example.com&password=pw&csrf={token}&next={next}");
-        let response = call(
-            m,
-            post(
-                "/console/sign-in",
-                &format!("portcullis-visitor={visitor}"),
-                &body,
-            ),
-        )
-        .await;
+        let fields = format!("email=user1%40example.com&password=pw&next={next}");
+        let response = call(m, sign_in(&visitor, &fields)).await;
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
         assert_eq!(location(&response), expected);
         let cookies = set_cookies(&response);
@@ -200,17 +192,9 @@ async fn a_wrong_password_shows_the_form_again_with_the_apis_words() {
         .returning(|_| Ok(Some(user(1, Role::User, true))));
     m.hasher.expect_verify().returning(|_, _| Ok(false));
     m.users.expect_create_session().never();
-    let body = format!(
-        "email=user1%40example.com&password=nope&csrf={}",
-        csrf_token(&visitor)
-    );
     let response = call(
         m,
-        post(
-            "/console/sign-in",
-            &format!("portcullis-visitor={visitor}"),
-            &body,
-        ),
+        sign_in(&visitor, "email=user1%40example.com&password=nope"),
     )
     .await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
@@ -400,16 +384,11 @@ async fn a_right_password_of_a_user_with_an_app_asks_for_a_code_and_sets_no_cook
         .times(1)
         .returning(|_| Ok(()));
     m.users.expect_create_session().never();
-    let body = format!(
-        "email=user1%40example.com&password=pw&csrf={}&next=%2Fconsole%2Fadmin%2Fusers",
-        csrf_token(&visitor)
-    );
     let response = call(
         m,
-        post(
-            "/console/sign-in",
-            &format!("portcullis-visitor={visitor}"),
-            &body,
+        sign_in(
+            &visitor,
+            "email=user1%40example.com&password=pw&next=%2Fconsole%2Fadmin%2Fusers",
         ),
     )
     .await;
