@@ -584,3 +584,73 @@ async fn every_repository_write_reaches_a_cached_repository_on_sqlite() {
 async fn every_repository_write_reaches_a_cached_repository_on_postgres() {
     every_write_reaches_a_cached_repository(Backend::Postgres).await;
 }
+
+/// Hammers `path` on `app` with `token` until `stop`; counts the answers 200 to requests sent
+/// after `refused` was set.
+async fn hammer(
+    app: &TestApp,
+    token: &str,
+    refused: &std::sync::atomic::AtomicBool,
+    stop: &std::sync::atomic::AtomicBool,
+) -> usize {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut late_yes = 0;
+    while !stop.load(SeqCst) {
+        let sent_after_refusal = refused.load(SeqCst);
+        match app
+            .get_auth("/protected/user", token)
+            .await
+            .status()
+            .as_u16()
+        {
+            200 if sent_after_refusal => late_yes += 1,
+            401 => refused.store(true, SeqCst),
+            _ => {}
+        }
+    }
+    late_yes
+}
+
+app_test!(
+    checks_racing_a_logout_never_see_the_session_again_once_refused,
+    |app| {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        let mut other = TestApp::spawn(app.settings.clone()).await;
+        other.cache_trusted(true).await;
+        let token = app.token_for("raced@example.com").await;
+        cached(&other, &token, "/protected/user").await;
+        cached(&app, &token, "/protected/user").await;
+        // Here: set when the logout has answered; there: set by the first refusal seen.
+        let (refused_here, refused_there, stop) = (
+            AtomicBool::new(false),
+            AtomicBool::new(false),
+            AtomicBool::new(false),
+        );
+        let checkers = futures::future::join_all((0..8).map(|n| {
+            let (target, refused) = if n % 2 == 0 {
+                (&app, &refused_here)
+            } else {
+                (&other, &refused_there)
+            };
+            hammer(target, &token, refused, &stop)
+        }));
+        let logout = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert_eq!(app.logout(&token).await.status(), 204);
+            refused_here.store(true, SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.store(true, SeqCst);
+        };
+        let (late, ()) = tokio::join!(checkers, logout);
+        assert!(
+            refused_there.load(SeqCst),
+            "the other instance never refused"
+        );
+        assert_eq!(
+            late.iter().sum::<usize>(),
+            0,
+            "a check sent after the refusal was let through: {late:?}"
+        );
+        other.stop().await;
+    }
+);
