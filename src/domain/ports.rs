@@ -56,6 +56,14 @@ pub trait UserRepository: Send + Sync + 'static {
     /// [`BackendError`] when storage fails; an unknown id is `Ok(None)`.
     async fn find_user_by_id(&self, id: UserId) -> Result<Option<User>, BackendError>;
 
+    /// Finds the user that `portcullis import pyauth` made from pyauth's row `pyauth_id`: an
+    /// imported user holding that id. A user who registered here is never it, whatever their
+    /// id, and neither is a row the import skipped or never saw.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails; no such user is `Ok(None)`.
+    async fn find_pyauth_user(&self, pyauth_id: i64) -> Result<Option<User>, BackendError>;
+
     /// Applies an administrator's `changes` to user `id` and records `audit`, in one
     /// transaction. A deactivation ends every session of the user and moves their
     /// [`User::credential_version`] on. Returns the updated user, or `None` for an unknown id.

@@ -1,11 +1,17 @@
 //! `portcullis import pyauth` against a real pyauth schema on PostgreSQL, built from pyauth's
 //! own migration SQL and holding hashes made by passlib (tests/fixtures/pyauth/README.md), into
-//! a SQLite and a PostgreSQL target.
+//! a SQLite and a PostgreSQL target; and pyauth's tokens during the cutover, which name only the
+//! users the import made.
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, TestDb, run_cli, settings};
+use crate::helpers::{
+    Backend, PASSWORD, SECRET, TestApp, TestDb, assert_unauthorized, run_cli, settings,
+};
 
 const SCHEMA: &str = include_str!("../fixtures/pyauth/schema.sql");
 const USERS: &str = include_str!("../fixtures/pyauth/users.sql");
@@ -301,4 +307,221 @@ async fn a_broken_source_gives_one_line_and_writes_nothing() {
     assert_eq!(count_users(target.url()).await, 0);
     conn.close().await.ok();
     empty.drop_database().await;
+}
+
+/// A token exactly as pyauth's `create_access_token` makes it: python-jose, HS256,
+/// `{"sub": str(user.id), "role": user.role.value, "exp": ...}`.
+fn pyauth_token(user_id: i64, role: &str, exp: i64) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": user_id.to_string(), "role": role, "exp": exp}),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn in_fifteen_minutes() -> i64 {
+    chrono::Utc::now().timestamp() + 900
+}
+
+async fn status_of(app: &TestApp, path: &str, token: &str) -> u16 {
+    app.get_auth(path, token).await.status().as_u16()
+}
+
+/// pyauth's tokens during the cutover: they name the users the import made from their rows,
+/// and nobody else, whatever the ids. Both ways ids collide are played: a user who registered
+/// here before the import holds an id pyauth also gave someone (the import skips that row), and
+/// pyauth goes on registering after the import, handing out ids this side hands out too.
+async fn pyauth_tokens_name_only_imported_users(target_backend: Backend) {
+    let Some((source_db, source)) = pyauth_source().await else {
+        return;
+    };
+    let Some(target_db) = TestDb::create(target_backend).await else {
+        return;
+    };
+    let from = psycopg2(source_db.url());
+    let target = target_db.url().to_owned();
+    let until = (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
+    let mut app = TestApp::spawn(settings(
+        &target,
+        json!({"accept_pyauth_tokens_until": until}),
+    ))
+    .await;
+
+    // Someone registers here first and is made an admin: id 1, which pyauth gave Ann.
+    let first = app.register("first@example.com", PASSWORD).await;
+    let first_id = first.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    assert_eq!(first_id, 1);
+    let promoted = run_cli(&target, &[], &["user", "promote", "first@example.com"], "");
+    assert!(promoted.status.success(), "{promoted:?}");
+    let run = import(&target, &from, &["--on-conflict", "keep-oldest"]);
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains(
+            "source id 1 (ann@example.com): its id belongs to a user who registered here"
+        ),
+        "{}",
+        run.stdout
+    );
+
+    // Ann's pyauth token opens nothing: not the admin who holds id 1 here.
+    let ann = pyauth_token(1, "user", in_fifteen_minutes());
+    assert_unauthorized(app.get_auth("/auth/me", &ann).await, "").await;
+    assert_eq!(status_of(&app, "/admin/users", &ann).await, 401);
+    // The admin imported from row 3 is who row 3's token names, with this side's state.
+    let admin = pyauth_token(3, "user", in_fifteen_minutes());
+    let me: Value = app.get_auth("/auth/me", &admin).await.json().await.unwrap();
+    assert_eq!(
+        (me["id"].as_i64(), me["email"].as_str()),
+        (Some(3), Some("admin@example.com"))
+    );
+    assert_eq!(status_of(&app, "/admin/users", &admin).await, 200);
+
+    // pyauth keeps registering during the cutover; so does this side, from the moved sequence:
+    // both hand out the same next id.
+    let local = app.register("local@example.com", PASSWORD).await;
+    let local_id = local.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    source
+        .execute_unprepared(&format!(
+            "INSERT INTO users (id, email, hashed_password, full_name, role, is_active) \
+             SELECT {local_id}, 'later@example.com', hashed_password, NULL, 'ADMIN', true \
+             FROM users WHERE id = 3"
+        ))
+        .await
+        .unwrap();
+    let later = pyauth_token(local_id, "admin", in_fifteen_minutes());
+    assert_unauthorized(app.get_auth("/auth/me", &later).await, "").await;
+    // A later run reports the clash and still maps nothing to the local user.
+    let again = import(&target, &from, &["--on-conflict", "keep-oldest"]);
+    assert!(again.ok, "{}{}", again.stdout, again.stderr);
+    assert!(
+        again.stdout.contains(&format!(
+            "source id {local_id} (later@example.com): its id belongs to a user who registered here"
+        )),
+        "{}",
+        again.stdout
+    );
+    assert_unauthorized(app.get_auth("/auth/me", &later).await, "").await;
+    assert_eq!(status_of(&app, "/protected/user", &later).await, 401);
+
+    app.stop().await;
+    source.close().await.ok();
+    source_db.drop_database().await;
+    target_db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyauth_tokens_name_only_imported_users_on_sqlite() {
+    pyauth_tokens_name_only_imported_users(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyauth_tokens_name_only_imported_users_on_postgres() {
+    pyauth_tokens_name_only_imported_users(Backend::Postgres).await;
+}
+
+/// What a pyauth token of an imported user does: it works until the deadline, on the user's
+/// current state, and belongs to no session.
+async fn pyauth_tokens_of_imported_users_work_until_the_deadline(target_backend: Backend) {
+    let Some((source_db, source)) = pyauth_source().await else {
+        return;
+    };
+    let Some(target_db) = TestDb::create(target_backend).await else {
+        return;
+    };
+    let from = psycopg2(source_db.url());
+    let target = target_db.url().to_owned();
+    let run = import(&target, &from, &["--on-conflict", "keep-oldest"]);
+    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    let until = (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
+    let mut app = TestApp::spawn(settings(
+        &target,
+        json!({"accept_pyauth_tokens_until": until}),
+    ))
+    .await;
+    let own = app
+        .token_for_existing_with("twoy@example.com", "two y password")
+        .await;
+    let exp = in_fifteen_minutes();
+    let token = pyauth_token(6, "user", exp);
+    let header: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(header, json!({"typ": "JWT", "alg": "HS256"}));
+    assert_eq!(status_of(&app, "/protected/user", &token).await, 200);
+    let sessions: Value = app
+        .get_auth("/auth/sessions", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sessions.as_array().unwrap().len(), 1);
+    assert_eq!(sessions[0]["current"], false);
+    // Logout answers 204 and ends nothing: the token carries no session.
+    assert_eq!(app.logout(&token).await.status(), 204);
+    assert_eq!(status_of(&app, "/protected/user", &token).await, 200);
+    assert_eq!(status_of(&app, "/protected/user", &own).await, 200);
+    // The role comes from the database, not the token; a deactivation applies at once.
+    let claims_admin = pyauth_token(6, "admin", exp);
+    assert_eq!(
+        status_of(&app, "/protected/admin", &claims_admin).await,
+        403
+    );
+    let deactivated = run_cli(
+        &target,
+        &[],
+        &["user", "deactivate", "twoy@example.com"],
+        "",
+    );
+    assert!(deactivated.status.success(), "{deactivated:?}");
+    assert_unauthorized(app.get_auth("/auth/me", &token).await, "Inactive user").await;
+    // Expired, forged, or for nobody.
+    for refused in [
+        pyauth_token(5, "user", chrono::Utc::now().timestamp() - 3600),
+        pyauth_token(999_999, "user", exp),
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"sub": "5", "role": "user", "exp": exp}),
+            &EncodingKey::from_secret(b"not the secret key, not at all"),
+        )
+        .unwrap(),
+    ] {
+        assert_eq!(status_of(&app, "/auth/me", &refused).await, 401);
+    }
+    assert_eq!(
+        status_of(&app, "/auth/me", &pyauth_token(5, "user", exp)).await,
+        200
+    );
+    app.stop().await;
+
+    // Without the setting, or once the deadline passed, the same token is refused.
+    let token = pyauth_token(5, "user", exp);
+    let mut never = TestApp::spawn(settings(&target, json!({}))).await;
+    assert_unauthorized(never.get_auth("/auth/me", &token).await, "").await;
+    never.stop().await;
+    let passed = (chrono::Utc::now() - chrono::TimeDelta::seconds(1)).to_rfc3339();
+    let mut late = TestApp::spawn(settings(
+        &target,
+        json!({"accept_pyauth_tokens_until": passed}),
+    ))
+    .await;
+    assert_unauthorized(late.get_auth("/auth/me", &token).await, "").await;
+    late.stop().await;
+
+    source.close().await.ok();
+    source_db.drop_database().await;
+    target_db.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyauth_tokens_of_imported_users_work_until_the_deadline_on_sqlite() {
+    pyauth_tokens_of_imported_users_work_until_the_deadline(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyauth_tokens_of_imported_users_work_until_the_deadline_on_postgres() {
+    pyauth_tokens_of_imported_users_work_until_the_deadline(Backend::Postgres).await;
 }

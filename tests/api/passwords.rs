@@ -1,15 +1,10 @@
-//! The password policy at every place a password is set, rehashing at login, and pyauth's
-//! tokens during a cutover.
+//! The password policy at every place a password is set, and rehashing at login. (pyauth's
+//! tokens during a cutover are in `import.rs`: they name only imported users.)
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Response;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    PASSWORD, SECRET, TestApp, access_token, app_test, assert_unauthorized, run_cli,
-};
+use crate::helpers::{PASSWORD, TestApp, access_token, app_test, run_cli};
 use crate::import::stored_hash;
 
 const COMMON: &str = "is one of the most commonly used passwords; choose another";
@@ -168,99 +163,5 @@ app_test!(
         );
         assert_eq!(stored_hash(&url, id).await, before);
         costlier.stop().await;
-    }
-);
-
-/// A token exactly as pyauth's `create_access_token` makes it: python-jose, HS256,
-/// `{"sub": str(user.id), "role": user.role.value, "exp": ...}`.
-fn pyauth_token(user_id: i64, role: &str, exp: i64) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"sub": user_id.to_string(), "role": role, "exp": exp}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
-
-fn in_an_hour() -> String {
-    (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339()
-}
-
-async fn user_id(app: &TestApp, token: &str) -> i64 {
-    let me: Value = app.get_auth("/auth/me", token).await.json().await.unwrap();
-    me["id"].as_i64().unwrap()
-}
-
-app_test!(
-    pyauth_tokens_work_until_the_deadline_and_belong_to_no_session,
-    json!({"accept_pyauth_tokens_until": in_an_hour()}),
-    |app| {
-        let own = app.token_for("carried@example.com").await;
-        let id = user_id(&app, &own).await;
-        let exp = chrono::Utc::now().timestamp() + 900;
-        let token = pyauth_token(id, "user", exp);
-        let header: Value = serde_json::from_slice(
-            &URL_SAFE_NO_PAD
-                .decode(token.split('.').next().unwrap())
-                .unwrap(),
-        )
-        .unwrap();
-        assert_eq!(header, json!({"typ": "JWT", "alg": "HS256"}));
-        assert_eq!(app.get_auth("/protected/user", &token).await.status(), 200);
-        let sessions: Value = app
-            .get_auth("/auth/sessions", &token)
-            .await
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(sessions.as_array().unwrap().len(), 1);
-        assert_eq!(sessions[0]["current"], false);
-        // Logout answers 204 and ends nothing: the token carries no session.
-        let logout = app.logout(&token).await;
-        assert_eq!(logout.status(), 204);
-        assert_eq!(app.get_auth("/protected/user", &token).await.status(), 200);
-        assert_eq!(app.get_auth("/protected/user", &own).await.status(), 200);
-        // The role comes from the database, not the token; a deactivation applies at once.
-        let claims_admin = pyauth_token(id, "admin", exp);
-        assert_eq!(
-            app.get_auth("/protected/admin", &claims_admin)
-                .await
-                .status(),
-            403
-        );
-        let operator = app.operator().await;
-        let email = portcullis::domain::Email::parse("carried@example.com").unwrap();
-        operator.set_active(&email, false).await.unwrap();
-        assert_unauthorized(app.get_auth("/auth/me", &token).await, "Inactive user").await;
-        // Expired, forged, or for nobody.
-        for refused in [
-            pyauth_token(id, "user", chrono::Utc::now().timestamp() - 3600),
-            pyauth_token(999_999, "user", exp),
-            jsonwebtoken::encode(
-                &Header::new(Algorithm::HS256),
-                &json!({"sub": id.to_string(), "role": "user", "exp": exp}),
-                &EncodingKey::from_secret(b"not the secret key, not at all"),
-            )
-            .unwrap(),
-        ] {
-            assert_eq!(app.get_auth("/auth/me", &refused).await.status(), 401);
-        }
-    }
-);
-
-app_test!(
-    pyauth_tokens_are_refused_without_the_setting_and_after_the_deadline,
-    |app| {
-        let own = app.token_for("late@example.com").await;
-        let id = user_id(&app, &own).await;
-        let exp = chrono::Utc::now().timestamp() + 900;
-        let token = pyauth_token(id, "user", exp);
-        assert_unauthorized(app.get_auth("/auth/me", &token).await, "").await;
-        let mut settings = app.settings.clone();
-        settings.accept_pyauth_tokens_until =
-            Some(chrono::Utc::now() - chrono::TimeDelta::seconds(1));
-        let mut passed = TestApp::spawn(settings).await;
-        assert_unauthorized(passed.get_auth("/auth/me", &token).await, "").await;
-        passed.stop().await;
     }
 );

@@ -291,6 +291,11 @@ impl AuthService {
     /// A token of the old service, during the cutover: as pyauth did, the user is loaded on
     /// every request (so deactivation and role changes apply at once), and the token belongs to
     /// no session. The deadline itself has no leeway: the caller checked it.
+    ///
+    /// The token's `sub` names a row of pyauth's table, not a user here: it maps only to the
+    /// user the import made from that row. Ids are shared by both services only for imported
+    /// users; a user who registered here may hold the same number as a pyauth row the import
+    /// skipped, or one pyauth handed out after the import.
     async fn authenticate_pyauth(
         &self,
         token: &str,
@@ -305,7 +310,7 @@ impl AuthService {
         }
         let user = self
             .users
-            .find_user_by_id(claims.user_id)
+            .find_pyauth_user(claims.user_id.0)
             .await?
             .ok_or(AuthError::InvalidToken)?;
         if !user.is_active {
@@ -715,9 +720,36 @@ mod tests {
             })
         });
         m.users
-            .expect_find_user_by_id()
+            .expect_find_pyauth_user()
+            .with(eq(7))
             .returning(move |_| Ok(Some(user(7, Role::Admin, active))));
+        m.users.expect_find_user_by_id().never();
         m.service().authenticate("pyauth-token").await
+    }
+
+    #[tokio::test]
+    async fn a_pyauth_token_of_a_row_the_import_did_not_bring_names_nobody() {
+        // Whoever holds id 7 here registered here (or the row was skipped): the token of
+        // pyauth's row 7 is another person's and opens nothing.
+        let mut m = Mocks::new();
+        let now = m.now;
+        m.policy.pyauth_tokens_until = Some(now + TimeDelta::hours(1));
+        m.tokens
+            .expect_verify()
+            .returning(|_| Err(TokenError::Rejected("no kid, no sid".into())));
+        m.tokens.expect_verify_pyauth().returning(move |_| {
+            Ok(crate::domain::ports::PyauthClaims {
+                user_id: UserId(7),
+                expires_at: now + TimeDelta::minutes(10),
+            })
+        });
+        m.users
+            .expect_find_pyauth_user()
+            .with(eq(7))
+            .returning(|_| Ok(None));
+        m.users.expect_find_user_by_id().never();
+        let err = m.service().authenticate("pyauth-token").await.unwrap_err();
+        assert!(matches!(err, AuthError::InvalidToken), "{err:?}");
     }
 
     #[tokio::test]

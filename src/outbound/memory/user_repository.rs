@@ -201,6 +201,11 @@ impl UserRepository for MemoryUserRepository {
         Ok(self.state()?.users.get(&id).cloned())
     }
 
+    async fn find_pyauth_user(&self, _pyauth_id: i64) -> Result<Option<User>, BackendError> {
+        // Nothing is ever imported into memory (it has no `ImportTarget`).
+        Ok(None)
+    }
+
     async fn update_user(
         &self,
         id: UserId,

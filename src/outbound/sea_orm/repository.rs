@@ -21,6 +21,7 @@ use super::entities::{
 };
 use super::session_lookups::SessionLookups;
 use super::{admin, invalidations, mail};
+use crate::domain::import::PYAUTH;
 use crate::domain::mfa::AuthMethod;
 use crate::domain::ports::{
     AdminWriteError, CreateSessionError, CreateUserError, Rotation, UserRepository,
@@ -369,6 +370,18 @@ impl UserRepository for SeaOrmUserRepository {
     async fn find_user_by_id(&self, id: UserId) -> Result<Option<User>, BackendError> {
         let found = self
             .bounded(users::Entity::find_by_id(id.0).one(&self.db))
+            .await?;
+        found.map(to_user).transpose()
+    }
+
+    async fn find_pyauth_user(&self, pyauth_id: i64) -> Result<Option<User>, BackendError> {
+        // An import keeps the source row's id and marks the user; nothing else sets the mark.
+        let found = self
+            .bounded(
+                users::Entity::find_by_id(pyauth_id)
+                    .filter(users::Column::ImportedFrom.eq(PYAUTH))
+                    .one(&self.db),
+            )
             .await?;
         found.map(to_user).transpose()
     }

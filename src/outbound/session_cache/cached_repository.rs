@@ -193,6 +193,10 @@ impl UserRepository for CachedSessions {
         self.inner.find_user_by_id(id).await
     }
 
+    async fn find_pyauth_user(&self, pyauth_id: i64) -> Result<Option<User>, BackendError> {
+        self.inner.find_pyauth_user(pyauth_id).await
+    }
+
     async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, BackendError> {
         self.inner.list_users(query).await
     }
