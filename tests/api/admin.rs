@@ -215,6 +215,12 @@ app_test!(bad_parameters_are_422_naming_them, |app| {
         ("/admin/audit?until=2026-13-01T00:00:00Z", "until"),
         ("/admin/audit?kind=login.nope", "kind"),
         ("/admin/audit?user_id=abc", "user_id"),
+        // A NUL or another control character is the caller's mistake on both databases,
+        // never a 5xx (PostgreSQL refuses a NUL in text outright).
+        ("/admin/users?q=a%00b", "q"),
+        ("/admin/users?q=%00", "q"),
+        ("/admin/users?q=line%0Abreak", "q"),
+        ("/admin/audit?kind=login.failed%00", "kind"),
     ] {
         let body = assert_problem(get(&app, path, &admin).await, 422, "").await;
         let fields: Vec<&str> = body["errors"]
@@ -247,6 +253,21 @@ app_test!(bad_parameters_are_422_naming_them, |app| {
             .await
             .unwrap();
         assert_problem(bad_patch, 422, "").await;
+    }
+    // `null` would read as "leave it" and answer 200 having changed nothing: refused, naming
+    // the field (only `full_name: null` means something: clear it).
+    for field in ["role", "is_active", "email_verified"] {
+        let null_patch = app
+            .client
+            .patch(app.url("/admin/users/1"))
+            .bearer_auth(&admin)
+            .json(&json!({ field: null }))
+            .send()
+            .await
+            .unwrap();
+        let body = assert_problem(null_patch, 422, "").await;
+        assert_eq!(body["errors"][0]["field"], field, "{body}");
+        assert_eq!(body["errors"][0]["message"], "must not be null", "{body}");
     }
     // Empty values, as a form sends unset fields, are no values.
     let all = json_of(

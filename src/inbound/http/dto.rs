@@ -437,18 +437,32 @@ pub struct CreateUserRequest {
     pub password: Option<String>,
 }
 
-/// `PATCH /admin/users/{id}`: absent fields stay as they are; `full_name: null` clears it.
+/// `PATCH /admin/users/{id}`: absent fields stay as they are; `full_name: null` clears it, and
+/// `null` for any other field is refused (it would read as "absent" and change nothing).
 #[derive(Debug, Deserialize, Object)]
 pub struct UpdateUserRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     pub role: Option<RoleName>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     pub is_active: Option<bool>,
     #[serde(default)]
     #[oai(validator(max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$"))]
     pub full_name: poem_openapi::types::MaybeUndefined<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
     pub email_verified: Option<bool>,
+}
+
+/// A field that may be left out but is never `null`: serde's `Option` reads `null` as absent,
+/// which would answer a request that asked for nothing with a 200.
+fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    match Option::<T>::deserialize(deserializer)? {
+        Some(value) => Ok(Some(value)),
+        None => Err(serde::de::Error::custom("must not be null")),
+    }
 }
 
 /// A session as an administrator sees one.

@@ -122,9 +122,13 @@ fn parse_limit(limit: Option<&str>) -> Result<u32, String> {
 }
 
 /// The text to find in emails and names, lower-cased; bounded, since it is matched anywhere.
+/// No stored email or name holds a control character, and PostgreSQL refuses a NUL in text
+/// outright, so one is the caller's mistake, not a search.
 pub(crate) fn parse_search(text: &str) -> Result<String, String> {
     if text.chars().count() > MAX_QUERY_CHARS {
         Err(format!("must be at most {MAX_QUERY_CHARS} characters"))
+    } else if text.chars().any(char::is_control) {
+        Err("must not contain control characters".into())
     } else {
         Ok(text.to_lowercase())
     }
@@ -204,7 +208,8 @@ impl AdminApi {
         limit: Query<Option<String>>,
         /// The `next_cursor` of the previous page.
         cursor: Query<Option<String>>,
-        /// Text to find in the email or the full name (at most 200 characters).
+        /// Text to find in the email or the full name (at most 200 characters, no control
+        /// characters).
         q: Query<Option<String>>,
         /// `user` or `admin`.
         role: Query<Option<String>>,
