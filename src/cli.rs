@@ -130,8 +130,10 @@ pub enum KeysCommand {
         #[arg(long)]
         now: bool,
     },
-    /// Emergency revocation: tokens signed by the key stop verifying on every instance within
-    /// signing_key_refresh_seconds. Retiring the signing key puts another in its place at once.
+    /// Emergency revocation. Once it returns, no instance signs with the key; on PostgreSQL
+    /// every instance refuses its tokens and stops publishing it within a second (on SQLite
+    /// within signing_key_refresh_seconds). Retiring the signing key puts another in its place
+    /// at once.
     Retire {
         /// Key ids are base64url and may begin with `-`: taken as the id, not an option.
         #[arg(allow_hyphen_values = true)]

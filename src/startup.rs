@@ -43,8 +43,21 @@ use crate::outbound::sea_orm::{
 use crate::outbound::session_cache::{CacheLimits, CachedSessions, SessionCache};
 use crate::outbound::webauthn::WebauthnCeremonies;
 
-/// The task that keeps a session cache coherent.
-pub type CacheFeed = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+/// The task that listens to the database's announcements.
+pub type Feed = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What the database announces to a server as it happens, and who hears it.
+pub struct Announcements {
+    /// The session cache the invalidations keep coherent; `None` with `session_cache = false`,
+    /// and with `memory://`, whose lookups are already in memory.
+    pub cache: Option<Arc<SessionCache>>,
+    /// Woken when the signing-key table changed (PostgreSQL); elsewhere keys wait for the
+    /// periodic refresh.
+    pub keys_changed: Arc<tokio::sync::Notify>,
+    /// The task that listens: it must run for the cache to be used. `None` when there is
+    /// nothing to hear.
+    pub feed: Option<Feed>,
+}
 
 /// Where users and sessions live, as chosen by `DATABASE_URL`.
 pub enum Storage {
@@ -122,24 +135,27 @@ impl Storage {
         }
     }
 
-    /// A server's session cache with the task that keeps it coherent (it must run for the
-    /// cache to be used). `None` with `session_cache = false`, and with `memory://`, whose
-    /// lookups are already in memory.
-    pub fn session_cache(&self, settings: &Settings) -> Option<(Arc<SessionCache>, CacheFeed)> {
+    /// A server's session cache (if it keeps one) and the task that hears what the database
+    /// announces.
+    pub fn announcements(&self, settings: &Settings) -> Announcements {
+        let keys_changed = Arc::new(tokio::sync::Notify::new());
         let Self::Database(db) = self else {
-            return None;
+            return Announcements {
+                cache: None,
+                keys_changed,
+                feed: None,
+            };
         };
-        if !settings.session_cache {
-            return None;
-        }
-        let cache = Arc::new(SessionCache::new(
-            CacheLimits {
-                max_entries: settings.session_cache_max_entries,
-                max_bytes: settings.session_cache_max_bytes,
-                max_age: Duration::from_secs(settings.session_cache_max_age_seconds),
-            },
-            false,
-        ));
+        let cache = settings.session_cache.then(|| {
+            Arc::new(SessionCache::new(
+                CacheLimits {
+                    max_entries: settings.session_cache_max_entries,
+                    max_bytes: settings.session_cache_max_bytes,
+                    max_age: Duration::from_secs(settings.session_cache_max_age_seconds),
+                },
+                false,
+            ))
+        });
         let listen_url = settings.session_cache_listen_url.as_ref().map_or_else(
             || settings.database_url().to_owned(),
             |url| url.expose().to_owned(),
@@ -147,10 +163,17 @@ impl Storage {
         let feed = Box::pin(invalidations::feed(
             db.clone(),
             listen_url,
-            Arc::clone(&cache),
+            invalidations::Listeners {
+                cache: cache.clone(),
+                keys_changed: Arc::clone(&keys_changed),
+            },
             Duration::from_secs(settings.database_timeout_seconds),
         ));
-        Some((cache, feed))
+        Announcements {
+            cache,
+            keys_changed,
+            feed: Some(feed),
+        }
     }
 
     /// The store an import writes into; `None` for `memory://`, which no other process sees.
@@ -342,7 +365,6 @@ fn key_policy(settings: &Settings) -> KeyPolicy {
 pub struct Core {
     pub auth: Arc<AuthService>,
     pub keys: Arc<SigningKeys>,
-    issuer: Arc<JwtTokenIssuer>,
 }
 
 /// Builds the core on the adapters the settings name, and loads the signing keys (making the
@@ -379,6 +401,7 @@ async fn build_with_cache(
             forge: Arc::new(RingKeyForge::new(issuer.sealer())),
             ring: issuer.clone(),
             clock: clock.clone(),
+            timer: clock.clone(),
             audit: users.clone(),
         },
         key_policy(settings),
@@ -426,14 +449,14 @@ async fn build_with_cache(
         mailer: mailer(settings)?,
         passkeys: passkey_ceremonies(settings),
         hasher,
-        tokens: issuer.clone(),
+        tokens: issuer,
         clock,
         limiter: storage.rate_limiter(settings),
+        keys: Arc::clone(&keys),
     };
     Ok(Core {
         auth: Arc::new(AuthService::new(ports, policy, None)),
         keys,
-        issuer,
     })
 }
 
@@ -470,7 +493,8 @@ pub struct Application {
     connections: ConnectionLimits,
     purge_interval: Duration,
     shutdown_timeout: Duration,
-    cache_feed: Option<CacheFeed>,
+    feed: Option<Feed>,
+    keys_changed: Arc<tokio::sync::Notify>,
     session_cache: Option<Arc<SessionCache>>,
 }
 
@@ -482,7 +506,11 @@ impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         let storage = Storage::open(settings).await?;
         storage.migrate().await?;
-        let (cache, cache_feed) = storage.session_cache(settings).unzip();
+        let Announcements {
+            cache,
+            keys_changed,
+            feed,
+        } = storage.announcements(settings);
         let core = build_with_cache(settings, &storage, cache.clone()).await?;
         let pool_sampler = storage.pool_sampler();
         let sampled = cache.clone();
@@ -533,7 +561,8 @@ impl Application {
             },
             purge_interval: Duration::from_secs(settings.session_purge_interval_seconds.max(1)),
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_seconds),
-            cache_feed,
+            feed,
+            keys_changed,
             session_cache: cache,
         })
     }
@@ -569,11 +598,11 @@ impl Application {
             self.purge_interval,
         ));
         let upkeep = tokio::spawn(http_metrics::upkeep_periodically(Duration::from_secs(5)));
-        let cache_feed = self.cache_feed.map(tokio::spawn);
+        let feed = self.feed.map(tokio::spawn);
         let delivery = tokio::spawn(deliver_mail_periodically(Arc::clone(&service), MAIL_POLL));
         let refresher = tokio::spawn(refresh_keys_periodically(
             Arc::clone(&self.core.keys),
-            Arc::clone(&self.core.issuer),
+            self.keys_changed,
             self.key_refresh,
         ));
         tracing::info!(address = %self.address, "listening");
@@ -590,7 +619,7 @@ impl Application {
         upkeep.abort();
         delivery.abort();
         refresher.abort();
-        if let Some(feed) = cache_feed {
+        if let Some(feed) = feed {
             feed.abort();
         }
         result
@@ -612,25 +641,22 @@ async fn purge_periodically(service: Arc<AuthService>, every: Duration) {
     }
 }
 
-/// The least time between two refreshes of the keys set off by unknown `kid`s, so that tokens
-/// with made-up `kid`s cannot make an instance hammer the database.
-const UNKNOWN_KID_PAUSE: Duration = Duration::from_secs(1);
-
-/// Keeps this instance's keys in step with the key table: every `every`, and soon after a
-/// token names a `kid` this instance does not know (another instance may have just made it).
+/// Keeps this instance's keys in step with the key table: every `every`, and at once when the
+/// database announces a change of the table. (A token naming a `kid` this instance does not
+/// know sets off a reload of its own, in the core, paced by `UNKNOWN_KID_PAUSE`.)
 async fn refresh_keys_periodically(
     keys: Arc<SigningKeys>,
-    issuer: Arc<JwtTokenIssuer>,
+    changed: Arc<tokio::sync::Notify>,
     every: Duration,
 ) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await; // the first tick is immediate, and the keys were just loaded
     loop {
-        let unknown_kid = tokio::select! {
-            _ = ticks.tick() => false,
-            () = issuer.unknown_kid_seen() => true,
-        };
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = changed.notified() => {}
+        }
         let outcome = match keys.refresh().await {
             Ok(()) => "ok",
             Err(err) => {
@@ -641,9 +667,6 @@ async fn refresh_keys_periodically(
         metrics::counter!("portcullis_signing_key_refreshes_total", "outcome" => outcome)
             .increment(1);
         metrics::gauge!("portcullis_signing_keys_published").set(keys.published().len() as f64);
-        if unknown_kid {
-            tokio::time::sleep(UNKNOWN_KID_PAUSE).await;
-        }
     }
 }
 

@@ -499,6 +499,10 @@ pub enum TokenError {
     /// Bad signature, wrong algorithm, issuer or audience, malformed: not ours.
     #[error("token rejected: {0}")]
     Rejected(String),
+    /// The token names a key (this `kid`) the issuer has not loaded: another instance may have
+    /// made it since this one last read the key table.
+    #[error("token names a key this instance has not loaded")]
+    UnknownKey(String),
     /// Signing failed: a key problem, not the caller's.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -517,7 +521,8 @@ pub trait TokenIssuer: Send + Sync + 'static {
     /// Expiry is left to the caller, who owns the clock.
     ///
     /// # Errors
-    /// [`TokenError::Rejected`] for any token this issuer did not sign as it is.
+    /// [`TokenError::UnknownKey`] for a token whose `kid` is not among the keys installed;
+    /// [`TokenError::Rejected`] for any other token this issuer did not sign as it is.
     fn verify(&self, token: &str) -> Result<AccessClaims, TokenError>;
 
     /// Checks a token in the old service's shape: HS256 with the shared secret, `sub` and
@@ -533,6 +538,14 @@ pub trait TokenIssuer: Send + Sync + 'static {
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
+}
+
+/// Waiting, as a port: the core paces work (reloads of the keys) without a runtime of its own.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait Timer: Send + Sync + 'static {
+    /// Completes once `duration` has passed (at once for zero or less).
+    async fn sleep(&self, duration: chrono::TimeDelta);
 }
 
 /// One account's run of failed logins.
@@ -620,6 +633,12 @@ pub trait SigningKeyStore: Send + Sync + 'static {
     /// [`BackendError`] when storage fails.
     async fn list_keys(&self) -> Result<Vec<SigningKey>, BackendError>;
 
+    /// The key `kid` as the table holds it now, if any: one lookup by primary key.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn find_key(&self, kid: &str) -> Result<Option<SigningKey>, BackendError>;
+
     /// Applies `change` all or nothing. `Ok(false)`, with nothing changed, when a move finds its
     /// key no longer in its `from` state, or the insert would make a second `next` or
     /// `current` key: another instance (or the CLI) got there first.
@@ -649,6 +668,10 @@ pub trait KeyRing: Send + Sync + 'static {
     /// [`BackendError`] when a key cannot be opened (a different `SECRET_KEY` sealed it); the
     /// keys in use stay as they were.
     fn install(&self, keys: &KeySet, hs256: Hs256Acceptance) -> Result<(), BackendError>;
+
+    /// The `kid` of the key that signs a token issued at `at` with the keys in use; `None`
+    /// while HS256 signs (the shared secret has no `kid` and cannot be retired).
+    fn signing_kid(&self, at: DateTime<Utc>) -> Option<String>;
 }
 
 /// pyauth's database, read-only.

@@ -24,7 +24,7 @@ pub use accounts::{AuthError, LoginError, RegisterError};
 pub use admin::{Actor, AdminError, NewAccount};
 pub use cookie_sessions::{CookieSession, CookieSignIn};
 pub use email::{Delivery, DeliveryOutcome, MailPolicy, MailRequestError, RedeemError};
-pub use keys::{KeyError, KeyPorts, Retired, Rotated, SigningKeys};
+pub use keys::{KeyError, KeyPorts, Retired, Rotated, SigningKeys, UNKNOWN_KID_PAUSE};
 pub use limits::{LimitError, LimitPolicy, Quota, Throttled, backoff_delay};
 pub use mfa::{
     LoginStep, MfaError, MfaPolicy, PendingLogin, SecondFactor, TotpEnrolment, TotpRemovalProof,
@@ -106,6 +106,10 @@ pub struct Ports {
     /// `None`: `public_url` names no host a passkey can be bound to, and the passkey routes
     /// say so.
     pub passkeys: Option<Arc<dyn PasskeyCeremonies>>,
+    /// The signing keys' use cases, on the same token issuer as `tokens`: a token is signed
+    /// only once they confirm the key may sign, and one naming a key not loaded yet is checked
+    /// again after they reload.
+    pub keys: Arc<SigningKeys>,
 }
 
 /// A session about to be opened: its id, time, client, and how its user signed in.
@@ -128,6 +132,7 @@ pub struct AuthService {
     outbox: Arc<dyn MailOutbox>,
     mailer: Option<Arc<dyn Mailer>>,
     passkeys: Option<Arc<dyn PasskeyCeremonies>>,
+    keys: Arc<SigningKeys>,
     policy: AuthPolicy,
     limits: LimitPolicy,
     /// Verified against when an email is unknown, so that a miss costs a full hash like a hit.
@@ -153,6 +158,7 @@ impl AuthService {
             outbox: ports.outbox,
             mailer: ports.mailer,
             passkeys: ports.passkeys,
+            keys: ports.keys,
             limits: policy.limits,
             policy,
             dummy_hash: futures_util::lock::Mutex::new(dummy_hash),
@@ -232,7 +238,7 @@ impl AuthService {
         let session = self
             .open_session(user, opened, SessionKey::RefreshToken(refresh))
             .await?;
-        let access_token = self.issue_access_token(user, &session, now)?;
+        let access_token = self.issue_access_token(user, &session, now).await?;
         Ok(self.token_pair(access_token, refresh_token))
     }
 
@@ -279,12 +285,18 @@ impl AuthService {
         NewRefreshToken::generate(session_id, now, expires_at)
     }
 
-    fn issue_access_token(
+    /// Signs an access token of `session` for `user`, issued at `now`, once the key table
+    /// confirms that the key in use may still sign.
+    async fn issue_access_token(
         &self,
         user: &User,
         session: &Session,
         now: DateTime<Utc>,
     ) -> Result<String, BackendError> {
+        self.keys
+            .confirm_signing_key(now)
+            .await
+            .map_err(KeyError::into_backend)?;
         let claims = AccessClaims {
             user_id: user.id,
             role: user.role,
@@ -296,7 +308,9 @@ impl AuthService {
         };
         self.tokens.issue(&claims).map_err(|err| match err {
             TokenError::Backend(err) => err,
-            rejected @ TokenError::Rejected(_) => BackendError::unexpected(rejected),
+            rejected @ (TokenError::Rejected(_) | TokenError::UnknownKey(_)) => {
+                BackendError::unexpected(rejected)
+            }
         })
     }
 
@@ -317,11 +331,12 @@ pub(crate) mod test_support {
 
     use chrono::{DateTime, TimeZone, Utc};
 
-    use super::{AuthPolicy, AuthService, Ports};
+    use super::{AuthPolicy, AuthService, KeyPorts, Ports, SigningKeys};
     use crate::domain::mfa::Factors;
     use crate::domain::ports::{
-        MockClock, MockFactorRepository, MockMailOutbox, MockMailer, MockPasskeyCeremonies,
-        MockPasswordHasher, MockRateLimiter, MockSecretSealer, MockTokenIssuer, MockUserRepository,
+        MockClock, MockFactorRepository, MockKeyForge, MockKeyRing, MockMailOutbox, MockMailer,
+        MockPasskeyCeremonies, MockPasswordHasher, MockRateLimiter, MockSecretSealer,
+        MockSigningKeyStore, MockTimer, MockTokenIssuer, MockUserRepository,
     };
     use crate::domain::{ClientInfo, Email, PasswordHash, Role, Session, SessionId, User, UserId};
 
@@ -341,6 +356,9 @@ pub(crate) mod test_support {
         pub passkeys: Option<MockPasskeyCeremonies>,
         /// `None`: the service makes its own with the hasher.
         pub dummy_hash: Option<PasswordHash>,
+        /// The key table and ring of the key use cases; `None`: HS256 signs, and the table is
+        /// never read.
+        pub keys: Option<(MockSigningKeyStore, MockKeyRing)>,
         pub policy: AuthPolicy,
         pub now: DateTime<Utc>,
     }
@@ -358,6 +376,7 @@ pub(crate) mod test_support {
                 mailer: None,
                 passkeys: None,
                 dummy_hash: Some(PasswordHash::new(DUMMY_HASH.into())),
+                keys: None,
                 policy: AuthPolicy::default(),
                 now: now(),
             }
@@ -385,14 +404,17 @@ pub(crate) mod test_support {
                 open.expect_clear_failures().returning(|_| Ok(()));
                 open
             });
+            let users: Arc<dyn crate::domain::ports::UserRepository> = Arc::new(self.users);
+            let clock: Arc<MockClock> = Arc::new(clock);
             AuthService::new(
                 Ports {
-                    users: Arc::new(self.users),
+                    keys: Arc::new(key_use_cases(self.keys, Arc::clone(&users), clock.clone())),
+                    users,
                     factors: Arc::new(self.factors),
                     sealer: Arc::new(sealer()),
                     hasher: Arc::new(self.hasher),
                     tokens: Arc::new(self.tokens),
-                    clock: Arc::new(clock),
+                    clock,
                     limiter: Arc::new(limiter),
                     outbox: Arc::new(self.outbox),
                     mailer: self
@@ -406,6 +428,37 @@ pub(crate) mod test_support {
                 self.dummy_hash,
             )
         }
+    }
+
+    /// The key use cases on `keys`, or, without them, those of a service that signs with
+    /// HS256: they never touch the key table.
+    fn key_use_cases(
+        keys: Option<(MockSigningKeyStore, MockKeyRing)>,
+        audit: Arc<dyn crate::domain::ports::UserRepository>,
+        clock: Arc<MockClock>,
+    ) -> SigningKeys {
+        let (store, ring) = keys.unwrap_or_else(|| {
+            let mut ring = MockKeyRing::new();
+            ring.expect_signing_kid().returning(|_| None);
+            (MockSigningKeyStore::new(), ring)
+        });
+        SigningKeys::new(
+            KeyPorts {
+                store: Arc::new(store),
+                forge: Arc::new(MockKeyForge::new()),
+                ring: Arc::new(ring),
+                clock,
+                timer: Arc::new(MockTimer::new()),
+                audit,
+            },
+            crate::domain::KeyPolicy {
+                rotation_period: chrono::TimeDelta::days(90),
+                publication_delay: chrono::TimeDelta::minutes(20),
+                verification_hold: chrono::TimeDelta::minutes(20),
+            },
+            None,
+            chrono::TimeDelta::minutes(15),
+        )
     }
 
     /// A sealer whose sealed form is the binding, a NUL, then the plaintext: enough to see

@@ -141,6 +141,16 @@ impl SigningKey {
         }
     }
 
+    /// Whether the table lets it sign a token issued at `at`: the current key, or the next one
+    /// once its time has come (every instance switches then, promoted or not yet).
+    pub fn may_sign_at(&self, at: DateTime<Utc>) -> bool {
+        match self.state {
+            KeyState::Current => true,
+            KeyState::Next => self.activates_at <= at,
+            KeyState::Previous | KeyState::Retired => false,
+        }
+    }
+
     /// Whether it ever signed: it became current at some point before it was retired.
     fn has_signed(&self) -> bool {
         match self.state {

@@ -11,7 +11,6 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 pub use forge::RingKeyForge;
@@ -41,9 +40,6 @@ pub struct JwtTokenIssuer {
     issuer: String,
     audience: String,
     keys: RwLock<Arc<Installed>>,
-    /// Woken by a token naming a `kid` this instance does not know: another instance may have
-    /// made a key since the last refresh.
-    unknown_kid: Notify,
 }
 
 /// Tokens remembered as verified, per key-set generation.
@@ -149,18 +145,12 @@ impl JwtTokenIssuer {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             keys: RwLock::new(Arc::new(installed)),
-            unknown_kid: Notify::new(),
         })
     }
 
     /// The sealer of this issuer's secret, for the forge that makes its keys.
     pub fn sealer(&self) -> Arc<Sealer> {
         Arc::clone(&self.sealer)
-    }
-
-    /// Completes when a token named a `kid` this instance does not know.
-    pub async fn unknown_kid_seen(&self) {
-        self.unknown_kid.notified().await;
     }
 
     fn installed(&self) -> Arc<Installed> {
@@ -221,6 +211,24 @@ impl KeyRing for JwtTokenIssuer {
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
         Ok(())
     }
+
+    fn signing_kid(&self, at: DateTime<Utc>) -> Option<String> {
+        self.algorithm?;
+        self.installed()
+            .signer_at(at)
+            .map(|signer| signer.kid.clone())
+    }
+}
+
+impl Installed {
+    /// The key that signs a token issued at `at`: every instance switches to the next key at
+    /// its time, promoted or not yet.
+    fn signer_at(&self, at: DateTime<Utc>) -> Option<&Signer> {
+        match (&self.next, &self.current) {
+            (Some(next), _) if next.activates_at <= at => Some(next),
+            (_, current) => current.as_ref(),
+        }
+    }
 }
 
 impl TokenIssuer for JwtTokenIssuer {
@@ -245,16 +253,9 @@ impl TokenIssuer for JwtTokenIssuer {
             (Header::new(Algorithm::HS256), &self.secret.0)
         } else {
             installed = self.installed();
-            // Every instance switches to the next key at its time, promoted or not yet.
-            let signer = match (&installed.next, &installed.current) {
-                (Some(next), _) if next.activates_at <= claims.issued_at => next,
-                (_, Some(current)) => current,
-                (Some(_), None) | (None, None) => {
-                    return Err(TokenError::Backend(BackendError::unexpected(
-                        "no signing key is loaded",
-                    )));
-                }
-            };
+            let signer = installed.signer_at(claims.issued_at).ok_or_else(|| {
+                TokenError::Backend(BackendError::unexpected("no signing key is loaded"))
+            })?;
             let mut header = Header::new(signer.algorithm);
             header.kid = Some(signer.kid.clone());
             (header, &signer.key)
@@ -327,9 +328,9 @@ impl JwtTokenIssuer {
             Some(kid) => {
                 let Some((key, validation)) = installed.verifiers.get(kid) else {
                     if installed.source.find(kid).is_none() {
-                        self.unknown_kid.notify_one();
+                        return Err(TokenError::UnknownKey(kid.clone()));
                     }
-                    return Err(reject("unknown or retired kid"));
+                    return Err(reject("retired kid"));
                 };
                 jsonwebtoken::decode::<WireClaims>(token, key, validation)
             }

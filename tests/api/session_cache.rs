@@ -519,7 +519,10 @@ async fn every_write_reaches_a_cached_repository(backend: Backend) {
     let feed = tokio::spawn(invalidations::feed(
         conn.clone(),
         db.url().to_owned(),
-        Arc::clone(&cache),
+        invalidations::Listeners {
+            cache: Some(Arc::clone(&cache)),
+            keys_changed: Arc::default(),
+        },
         Duration::from_secs(5),
     ));
     let cached = CachedSessions::new(stored.clone(), Arc::clone(&cache));

@@ -249,7 +249,19 @@ impl AuthService {
     /// deactivated user.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
         let now = self.clock.now();
-        let claims = match self.tokens.verify(token) {
+        let verified = match self.tokens.verify(token) {
+            Err(TokenError::UnknownKey(kid)) => {
+                // Another instance may have made the key since this one last loaded them:
+                // reload (paced), then judge the same token again.
+                self.keys
+                    .reload_for_unknown_kid(&kid)
+                    .await
+                    .map_err(|err| AuthError::Backend(err.into_backend()))?;
+                self.tokens.verify(token)
+            }
+            other => other,
+        };
+        let claims = match verified {
             Ok(claims) => claims,
             Err(TokenError::Rejected(_))
                 if self
@@ -259,7 +271,9 @@ impl AuthService {
             {
                 return self.authenticate_pyauth(token, now).await;
             }
-            Err(TokenError::Rejected(_)) => return Err(AuthError::InvalidToken),
+            Err(TokenError::Rejected(_) | TokenError::UnknownKey(_)) => {
+                return Err(AuthError::InvalidToken);
+            }
             Err(TokenError::Backend(err)) => return Err(AuthError::Backend(err)),
         };
         let leeway = self.policy.leeway;
@@ -302,7 +316,7 @@ impl AuthService {
         now: DateTime<Utc>,
     ) -> Result<Principal, AuthError> {
         let claims = self.tokens.verify_pyauth(token).map_err(|err| match err {
-            TokenError::Rejected(_) => AuthError::InvalidToken,
+            TokenError::Rejected(_) | TokenError::UnknownKey(_) => AuthError::InvalidToken,
             TokenError::Backend(err) => AuthError::Backend(err),
         })?;
         if claims.expires_at + self.policy.leeway <= now {
@@ -725,6 +739,42 @@ mod tests {
             .returning(move |_| Ok(Some(user(7, Role::Admin, active))));
         m.users.expect_find_user_by_id().never();
         m.service().authenticate("pyauth-token").await
+    }
+
+    #[tokio::test]
+    async fn a_token_naming_a_key_not_loaded_yet_is_judged_again_after_the_keys_reload() {
+        let mut m = Mocks::new();
+        let sid = SessionId::random();
+        let c = claims(&m, 3, sid);
+        let mut seq = mockall::Sequence::new();
+        m.tokens
+            .expect_verify()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_| Err(TokenError::UnknownKey("k2".into())));
+        let mut store = crate::domain::ports::MockSigningKeyStore::new();
+        let mut ring = crate::domain::ports::MockKeyRing::new();
+        // One read of the table, installed, before the same token is checked again.
+        store
+            .expect_list_keys()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|| Ok(Vec::new()));
+        ring.expect_install()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(()));
+        m.tokens
+            .expect_verify()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(move |_| Ok(c.clone()));
+        m.keys = Some((store, ring));
+        m.users
+            .expect_find_session()
+            .returning(move |_| Ok(Some((session(sid, 3), user(3, Role::User, true)))));
+        let principal = m.service().authenticate("tok").await.unwrap();
+        assert_eq!(principal.user.id, UserId(3));
     }
 
     #[tokio::test]

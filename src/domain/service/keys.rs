@@ -1,11 +1,12 @@
 //! The signing keys' use cases: the first key, scheduled rotation, the operator's rotation and
 //! retirement, and keeping the token issuer's keys in step with the shared key table.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::domain::ports::{Clock, KeyForge, KeyRing, SigningKeyStore, UserRepository};
+use crate::domain::ports::{Clock, KeyForge, KeyRing, SigningKeyStore, Timer, UserRepository};
 use crate::domain::{
     AuditKind, BackendError, ClientInfo, KeyAlgorithm, KeyChange, KeyMove, KeyPolicy, KeySet,
     KeyState, NewAuditEvent, SigningKey,
@@ -14,6 +15,10 @@ use crate::domain::{
 /// Attempts at a change that another instance keeps beating us to.
 const ATTEMPTS: usize = 3;
 
+/// The least time between two reloads set off by tokens naming a `kid` this instance does not
+/// know, so that made-up `kid`s cannot make an instance hammer the database.
+pub const UNKNOWN_KID_PAUSE: TimeDelta = TimeDelta::seconds(1);
+
 /// The ports the key use cases run on.
 #[derive(Clone)]
 pub struct KeyPorts {
@@ -21,6 +26,8 @@ pub struct KeyPorts {
     pub forge: Arc<dyn KeyForge>,
     pub ring: Arc<dyn KeyRing>,
     pub clock: Arc<dyn Clock>,
+    /// Paces the reloads for unknown `kid`s.
+    pub timer: Arc<dyn Timer>,
     /// Where key events are recorded: the audit trail.
     pub audit: Arc<dyn UserRepository>,
 }
@@ -33,8 +40,22 @@ pub enum KeyError {
     NoCurrentKey,
     #[error("the key table kept changing while this ran; run it again")]
     Contended,
+    /// The key table lets no key sign now, even as just read.
+    #[error("no signing key may sign now")]
+    NoSigningKey,
     #[error(transparent)]
     Backend(#[from] BackendError),
+}
+
+impl KeyError {
+    /// The error as a failure of storage, for use cases that only need a key to sign or verify
+    /// with: anything but an outage is unexpected there.
+    pub fn into_backend(self) -> BackendError {
+        match self {
+            Self::Backend(err) => err,
+            other => BackendError::unexpected(other),
+        }
+    }
 }
 
 /// What `rotate` did.
@@ -70,6 +91,16 @@ pub struct SigningKeys {
     token_ttl: TimeDelta,
     /// The public keys (JWK objects) as last installed, for the JWKS.
     published: RwLock<Arc<[String]>>,
+    /// The key table as last installed.
+    installed: RwLock<KeySet>,
+    timer: Arc<dyn Timer>,
+    /// Loads of the key table begun so far (each takes the next number) ...
+    loads_begun: AtomicU64,
+    /// ... and the highest number of a load installed: a load installed with a number above
+    /// what was begun when a caller asked is newer than anything the caller has seen.
+    loads_installed: AtomicU64,
+    /// Makes the reloads for unknown `kid`s one at a time, and holds when the last one began.
+    unknown_kid_reload: futures_util::lock::Mutex<Option<DateTime<Utc>>>,
 }
 
 impl SigningKeys {
@@ -89,6 +120,11 @@ impl SigningKeys {
             algorithm,
             token_ttl,
             published: RwLock::new(Arc::from([])),
+            installed: RwLock::default(),
+            timer: ports.timer,
+            loads_begun: AtomicU64::new(0),
+            loads_installed: AtomicU64::new(0),
+            unknown_kid_reload: futures_util::lock::Mutex::new(None),
         }
     }
 
@@ -170,6 +206,7 @@ impl SigningKeys {
     /// # Errors
     /// Backend failures, and a key the issuer cannot open; the keys in use stay as they were.
     pub async fn refresh(&self) -> Result<(), KeyError> {
+        let load = self.loads_begun.fetch_add(1, Ordering::SeqCst) + 1;
         let mut keys = self.load().await?;
         let now = self.clock.now();
         let moves = keys.due_moves(now, &self.policy);
@@ -189,7 +226,81 @@ impl SigningKeys {
             }
             keys = self.load().await?;
         }
-        self.install(&keys)
+        self.install(&keys)?;
+        self.loads_installed.fetch_max(load, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Reloads the keys after a token named `kid`, which this instance has not loaded
+    /// (another instance may have just made it), and returns once keys that include it, or
+    /// that were read after this call, are in use: the caller then verifies the token again.
+    /// Reloads of this kind run one at a time and at most once per [`UNKNOWN_KID_PAUSE`]; a
+    /// caller within the pause waits for its end, and every caller waiting meanwhile is served
+    /// by the one reload that follows (or by any other that began after it asked: the periodic
+    /// one, or one the database announced).
+    ///
+    /// # Errors
+    /// As [`SigningKeys::refresh`].
+    pub async fn reload_for_unknown_kid(&self, kid: &str) -> Result<(), KeyError> {
+        let asked = self.loads_begun.load(Ordering::SeqCst);
+        let served = || {
+            self.loads_installed.load(Ordering::SeqCst) > asked
+                || self
+                    .installed
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .find(kid)
+                    .is_some()
+        };
+        let mut last = self.unknown_kid_reload.lock().await;
+        if served() {
+            return Ok(());
+        }
+        if let Some(began) = *last {
+            let wait = began + UNKNOWN_KID_PAUSE - self.clock.now();
+            if wait > TimeDelta::zero() {
+                self.timer.sleep(wait).await;
+                if served() {
+                    return Ok(());
+                }
+            }
+        }
+        *last = Some(self.clock.now());
+        self.refresh().await
+    }
+
+    /// Makes sure the key that signs a token issued at `at` is one the key table still lets
+    /// sign, reloading the keys first when it is not (an operator retired it, or moved signing
+    /// on with `rotate --now`, from another process): once those commands have returned, no
+    /// instance signs with the old key. One lookup by primary key per token; none while
+    /// HS256 signs.
+    ///
+    /// # Errors
+    /// [`KeyError::NoSigningKey`] when, even after a reload, no key may sign; backend failures.
+    pub async fn confirm_signing_key(&self, at: DateTime<Utc>) -> Result<(), KeyError> {
+        let Some(kid) = self.ring.signing_kid(at) else {
+            return Ok(());
+        };
+        if self.may_sign(&kid, at).await? {
+            return Ok(());
+        }
+        tracing::info!(
+            kid,
+            "the signing key was moved on elsewhere; reloading the keys"
+        );
+        self.refresh().await?;
+        match self.ring.signing_kid(at) {
+            Some(kid) if !self.may_sign(&kid, at).await? => Err(KeyError::NoSigningKey),
+            _ => Ok(()),
+        }
+    }
+
+    async fn may_sign(&self, kid: &str, at: DateTime<Utc>) -> Result<bool, BackendError> {
+        Ok(self
+            .store
+            .find_key(kid)
+            .await?
+            .is_some_and(|key| key.may_sign_at(at)))
     }
 
     fn install(&self, keys: &KeySet) -> Result<(), KeyError> {
@@ -197,6 +308,7 @@ impl SigningKeys {
         self.ring.install(keys, hs256)?;
         let published: Arc<[String]> = keys.published().map(|k| k.public_jwk.clone()).collect();
         *self.published.write().unwrap_or_else(|e| e.into_inner()) = published;
+        *self.installed.write().unwrap_or_else(|e| e.into_inner()) = keys.clone();
         Ok(())
     }
 
@@ -369,14 +481,19 @@ mod tests {
     use crate::domain::ports::MockUserRepository;
     use crate::domain::{GeneratedKey, Hs256Acceptance};
 
-    /// A key table with the adapters' constraints.
+    /// A key table with the adapters' constraints, counting the full reads.
     #[derive(Default)]
-    struct Table(Mutex<KeySet>);
+    struct Table(Mutex<KeySet>, std::sync::atomic::AtomicUsize);
 
     #[async_trait]
     impl SigningKeyStore for Table {
         async fn list_keys(&self) -> Result<Vec<SigningKey>, BackendError> {
+            self.1.fetch_add(1, Ordering::SeqCst);
             Ok(self.0.lock().unwrap().keys().to_vec())
+        }
+
+        async fn find_key(&self, kid: &str) -> Result<Option<SigningKey>, BackendError> {
+            Ok(self.0.lock().unwrap().find(kid).cloned())
         }
 
         async fn apply_key_change(&self, change: &KeyChange) -> Result<bool, BackendError> {
@@ -408,6 +525,12 @@ mod tests {
             *self.0.lock().unwrap() = Some((keys.clone(), hs256));
             Ok(())
         }
+
+        fn signing_kid(&self, at: DateTime<Utc>) -> Option<String> {
+            let installed = self.0.lock().unwrap();
+            let (keys, _) = installed.as_ref()?;
+            keys.signing_at(at).map(|key| key.kid.clone())
+        }
     }
 
     impl Ring {
@@ -430,6 +553,17 @@ mod tests {
         }
     }
 
+    /// Waiting moves the fake clock on, and is recorded.
+    struct FakeTimer(Arc<FakeClock>, Mutex<Vec<TimeDelta>>);
+
+    #[async_trait]
+    impl Timer for FakeTimer {
+        async fn sleep(&self, duration: TimeDelta) {
+            self.1.lock().unwrap().push(duration);
+            self.0.advance(duration);
+        }
+    }
+
     const TTL: TimeDelta = TimeDelta::minutes(15);
     const MAX_AGE: TimeDelta = TimeDelta::minutes(5);
     const REFRESH: TimeDelta = TimeDelta::seconds(30);
@@ -445,6 +579,7 @@ mod tests {
     struct Fleet {
         table: Arc<Table>,
         clock: Arc<FakeClock>,
+        timer: Arc<FakeTimer>,
         forge: Arc<Forge>,
         instances: Vec<(SigningKeys, Arc<Ring>)>,
         /// The events every instance recorded.
@@ -454,9 +589,11 @@ mod tests {
     impl Fleet {
         fn new(size: usize, algorithm: Option<KeyAlgorithm>) -> Self {
             let start = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+            let clock = Arc::new(FakeClock(Mutex::new(start)));
             let mut fleet = Self {
                 table: Arc::default(),
-                clock: Arc::new(FakeClock(Mutex::new(start))),
+                timer: Arc::new(FakeTimer(Arc::clone(&clock), Mutex::default())),
+                clock,
                 forge: Arc::default(),
                 instances: Vec::new(),
                 trail: Arc::default(),
@@ -480,6 +617,7 @@ mod tests {
                 forge: self.forge.clone(),
                 ring: ring.clone(),
                 clock: self.clock.clone(),
+                timer: self.timer.clone(),
                 audit: Arc::new(audit),
             };
             let keys = SigningKeys::new(ports, policy(), algorithm, TTL);
@@ -516,6 +654,93 @@ mod tests {
             assert_eq!(fleet.ring(i).signing_at(now).unwrap().kid, "k1");
             assert_eq!(&*fleet.keys(i).published(), ["{\"kid\":\"k1\"}".to_owned()]);
         }
+    }
+
+    #[tokio::test]
+    async fn once_retire_returns_no_instance_signs_with_the_key_even_before_it_hears() {
+        let fleet = Fleet::new(2, Some(KeyAlgorithm::EdDsa));
+        fleet.keys(0).start().await.unwrap();
+        fleet.keys(1).start().await.unwrap();
+        let now = fleet.clock.now();
+        // Instance 1 retires the signing key; instance 0 has not refreshed since.
+        let Retired::Done { replacement } = fleet.keys(1).retire("k1").await.unwrap() else {
+            panic!("k1 was signing");
+        };
+        let replacement = replacement.unwrap().kid;
+        assert_eq!(fleet.ring(0).signing_at(now).unwrap().kid, "k1");
+        // Before it signs, instance 0 asks the table about the key it would use.
+        fleet.keys(0).confirm_signing_key(now).await.unwrap();
+        assert_eq!(fleet.ring(0).signing_at(now).unwrap().kid, replacement);
+        assert!(
+            fleet
+                .ring(0)
+                .find("k1")
+                .is_none_or(|k| k.state == KeyState::Retired)
+        );
+        // A key the table still lets sign costs one lookup and no reload.
+        let reads = fleet.table.1.load(Ordering::SeqCst);
+        fleet.keys(0).confirm_signing_key(now).await.unwrap();
+        assert_eq!(fleet.table.1.load(Ordering::SeqCst), reads);
+    }
+
+    #[tokio::test]
+    async fn rotate_now_elsewhere_moves_signing_on_before_the_next_token() {
+        let fleet = Fleet::new(2, Some(KeyAlgorithm::Es256));
+        fleet.keys(0).start().await.unwrap();
+        fleet.keys(1).start().await.unwrap();
+        let Rotated::Immediately(key) = fleet.keys(1).rotate(true).await.unwrap() else {
+            panic!("rotated at once");
+        };
+        let now = fleet.clock.now();
+        fleet.keys(0).confirm_signing_key(now).await.unwrap();
+        assert_eq!(fleet.ring(0).signing_at(now).unwrap().kid, key.kid);
+    }
+
+    #[tokio::test]
+    async fn reloads_for_unknown_kids_are_paced_and_shared() {
+        let fleet = Fleet::new(2, Some(KeyAlgorithm::EdDsa));
+        fleet.keys(0).start().await.unwrap();
+        let reads = || fleet.table.1.load(Ordering::SeqCst);
+        let before = reads();
+        // The first reload runs at once and brings a key made elsewhere since.
+        fleet.keys(1).start().await.unwrap();
+        fleet.keys(1).rotate(true).await.unwrap();
+        let made = fleet.table().current().unwrap().kid.clone();
+        fleet.keys(0).reload_for_unknown_kid(&made).await.unwrap();
+        assert!(fleet.ring(0).find(&made).is_some());
+        assert!(
+            fleet.timer.1.lock().unwrap().is_empty(),
+            "no wait the first time"
+        );
+        assert!(reads() > before);
+        // A kid loaded meanwhile costs nothing more.
+        let loaded = reads();
+        fleet.keys(0).reload_for_unknown_kid(&made).await.unwrap();
+        assert_eq!(reads(), loaded);
+        // A made-up kid within the pause waits for its end, then reads again, once.
+        fleet.clock.advance(TimeDelta::milliseconds(300));
+        fleet
+            .keys(0)
+            .reload_for_unknown_kid("made-up")
+            .await
+            .unwrap();
+        assert_eq!(
+            *fleet.timer.1.lock().unwrap(),
+            [TimeDelta::milliseconds(700)]
+        );
+        assert_eq!(reads(), loaded + 1);
+        // Another made-up kid right after waits a whole pause: a flood of them reads the table
+        // once a second.
+        fleet
+            .keys(0)
+            .reload_for_unknown_kid("made-up too")
+            .await
+            .unwrap();
+        assert_eq!(
+            fleet.timer.1.lock().unwrap().last(),
+            Some(&UNKNOWN_KID_PAUSE)
+        );
+        assert_eq!(reads(), loaded + 2);
     }
 
     #[tokio::test]

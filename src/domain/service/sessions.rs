@@ -91,7 +91,7 @@ impl AuthService {
             Rotation::AlreadySpent => return Err(self.revoke_for_reuse(session, &client).await),
             Rotation::SessionEnded => return Err(RefreshError::InvalidToken),
         }
-        let access_token = self.issue_access_token(&record.user, session, now)?;
+        let access_token = self.issue_access_token(&record.user, session, now).await?;
         Ok(self.token_pair(access_token, refresh_token))
     }
 

@@ -30,6 +30,15 @@ impl SigningKeyStore for MemorySigningKeyStore {
             .to_vec())
     }
 
+    async fn find_key(&self, kid: &str) -> Result<Option<SigningKey>, BackendError> {
+        Ok(self
+            .keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .find(kid)
+            .cloned())
+    }
+
     async fn apply_key_change(&self, change: &KeyChange) -> Result<bool, BackendError> {
         Ok(self
             .keys

@@ -1,7 +1,12 @@
-//! The invalidation feed of the session cache: what the database's triggers (migration 13)
-//! announce, handed to [`SessionCache::received`].
+//! What the database's triggers announce, handed to whom it concerns: to the session cache
+//! ([`SessionCache::received`]) the users and sessions that changed (migration 13), and to the
+//! key refresh the fact that the signing-key table changed (migration 14, PostgreSQL only).
 //!
-//! - **PostgreSQL**: a connection of its own `LISTEN`s on `portcullis_session_cache`. A
+//! - **PostgreSQL**: a connection of its own `LISTEN`s on `portcullis_session_cache` and
+//!   `portcullis_signing_keys`. Key changes are few (a rotation, an operator's `keys retire`
+//!   or `rotate --now`): each wakes the key refresh, so every instance acts on a retirement
+//!   within milliseconds. After the connection was lost, a refresh runs too, since an
+//!   announcement may have been missed meanwhile. For the session cache: a
 //!   notification is delivered only when its transaction commits, so an instance hears of a
 //!   change once the change is visible, and never before. Every second the feed sends itself a
 //!   `NOTIFY` through the pool; the listening connection is trusted only while the pings the
@@ -16,6 +21,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::Notify;
+
 use chrono::{DateTime, Utc};
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
@@ -24,8 +31,11 @@ use uuid::Uuid;
 use crate::domain::{SessionId, UserId};
 use crate::outbound::session_cache::{Invalidation, SessionCache};
 
-/// The channel the PostgreSQL triggers notify.
+/// The channel the PostgreSQL triggers notify of users and sessions.
 const CHANNEL: &str = "portcullis_session_cache";
+
+/// The channel the PostgreSQL trigger on `signing_keys` notifies.
+const KEYS_CHANNEL: &str = "portcullis_signing_keys";
 
 /// How often the PostgreSQL feed pings itself.
 const PING_EVERY: Duration = Duration::from_secs(1);
@@ -42,18 +52,28 @@ const POLL_EVERY: Duration = Duration::from_millis(20);
 /// How long SQLite keeps an invalidation for readers to see.
 const KEEP_FOR_SECONDS: i64 = 3600;
 
-/// Feeds `cache` with the invalidations of `db` until the task is aborted. On PostgreSQL it
-/// listens on `listen_url` (the database's own URL, or a direct one when the pool goes through
-/// a transaction pooler). `timeout` bounds each connection attempt and query.
+/// Who hears the announcements.
+pub struct Listeners {
+    /// Fed with the invalidations; `None` when the server keeps no session cache.
+    pub cache: Option<Arc<SessionCache>>,
+    /// Woken when the signing-key table changed (PostgreSQL only).
+    pub keys_changed: Arc<Notify>,
+}
+
+/// Hands the announcements of `db` to `listeners` until the task is aborted; returns at once
+/// when there is nothing to hear (SQLite without a cache). On PostgreSQL it listens on
+/// `listen_url` (the database's own URL, or a direct one when the pool goes through a
+/// transaction pooler). `timeout` bounds each connection attempt and query.
 pub async fn feed(
     db: DatabaseConnection,
     listen_url: String,
-    cache: Arc<SessionCache>,
+    listeners: Listeners,
     timeout: Duration,
 ) {
-    match db.get_database_backend() {
-        DbBackend::Postgres => listen(&db, &listen_url, &cache, timeout).await,
-        _ => poll(&db, &cache, timeout).await,
+    match (db.get_database_backend(), &listeners.cache) {
+        (DbBackend::Postgres, _) => listen(&db, &listen_url, &listeners, timeout).await,
+        (_, Some(cache)) => poll(&db, cache, timeout).await,
+        (_, None) => {}
     }
 }
 
@@ -70,20 +90,25 @@ fn parse(payload: &str) -> Invalidation {
     parsed.unwrap_or(Invalidation::Everything)
 }
 
-async fn listen(db: &DatabaseConnection, url: &str, cache: &SessionCache, timeout: Duration) {
+async fn listen(db: &DatabaseConnection, url: &str, listeners: &Listeners, timeout: Duration) {
     let ping = format!("p:{}", Uuid::new_v4().simple());
     loop {
         match tokio::time::timeout(timeout, subscribe(url)).await {
             Ok(Ok(listener)) => {
                 // Anything announced before the LISTEN took effect is forgotten here.
-                cache.trust();
-                tracing::info!("session cache: listening for invalidations");
+                if let Some(cache) = &listeners.cache {
+                    cache.trust();
+                }
+                listeners.keys_changed.notify_one();
+                tracing::info!("listening for the database's announcements");
                 metrics::counter!("portcullis_session_cache_feed_connects_total").increment(1);
-                listen_until_lost(listener, db, cache, &ping, timeout).await;
-                cache.distrust();
+                listen_until_lost(listener, db, listeners, &ping, timeout).await;
+                if let Some(cache) = &listeners.cache {
+                    cache.distrust();
+                }
                 tracing::warn!(
-                    "session cache: the listening connection is lost; every check goes to the \
-                     database until it is back"
+                    "the listening connection is lost; every session check goes to the \
+                     database, and key changes wait for the periodic refresh, until it is back"
                 );
             }
             Ok(Err(err)) => {
@@ -101,7 +126,7 @@ async fn subscribe(url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
     let mut listener = PgListener::connect(url).await?;
     // A lost connection must end `try_recv` at once, not be replaced behind our back.
     listener.eager_reconnect(false);
-    listener.listen(CHANNEL).await?;
+    listener.listen_all([CHANNEL, KEYS_CHANNEL]).await?;
     Ok(listener)
 }
 
@@ -113,7 +138,7 @@ async fn subscribe(url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
 async fn listen_until_lost(
     mut listener: PgListener,
     db: &DatabaseConnection,
-    cache: &SessionCache,
+    listeners: &Listeners,
     ping: &str,
     timeout: Duration,
 ) {
@@ -123,10 +148,16 @@ async fn listen_until_lost(
     let receive = async {
         // `Ok(None)`: the connection was lost, and with it perhaps some notifications.
         while let Ok(Some(notification)) = listener.try_recv().await {
-            cache.confirm();
-            if notification.payload() == ping {
+            if let Some(cache) = &listeners.cache {
+                cache.confirm();
+            }
+            if notification.channel() == KEYS_CHANNEL {
+                listeners.keys_changed.notify_one();
+            } else if notification.payload() == ping {
                 *lock(&unanswered_since) = None;
-            } else if !notification.payload().starts_with("p:") {
+            } else if let (Some(cache), false) =
+                (&listeners.cache, notification.payload().starts_with("p:"))
+            {
                 cache.received(parse(notification.payload()));
             }
         }

@@ -110,6 +110,11 @@ impl SigningKeyStore for SeaOrmSigningKeyStore {
             .collect()
     }
 
+    async fn find_key(&self, kid: &str) -> Result<Option<SigningKey>, BackendError> {
+        let query = signing_keys::Entity::find_by_id(kid.to_owned()).one(self.bounded.db());
+        self.bounded.run(query).await?.map(to_key).transpose()
+    }
+
     async fn apply_key_change(&self, change: &KeyChange) -> Result<bool, BackendError> {
         self.bounded.run(apply(&self.bounded, change)).await
     }
