@@ -503,6 +503,23 @@ impl Settings {
     }
 
     /// Where the service is reached from outside: `public_url`, or `http://{host}:{port}`.
+    /// Settings that are allowed but weaken the service, each with the reason; the server logs
+    /// them at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.profile == Profile::Production && self.public_url().starts_with("http://") {
+            warnings.push(format!(
+                "PUBLIC_URL {} is plain http in production: the console's cookies then cannot be \
+                 Secure or __Host-, and browsers share cookies across the ports of a host, so a \
+                 page served on another port of it can plant one (a forged console session or \
+                 CSRF cookie); serve the service over https (TLS at the proxy) and set PUBLIC_URL \
+                 to its https:// address",
+                self.public_url()
+            ));
+        }
+        warnings
+    }
+
     pub fn public_url(&self) -> String {
         self.public_url
             .clone()
@@ -603,6 +620,36 @@ mod tests {
                 "{bad:?} accepted"
             );
         }
+    }
+
+    #[test]
+    fn a_plain_http_public_url_in_production_is_warned_about_with_the_reason() {
+        let base = [("database_url", "postgres://x/y"), ("secret_key", KEY)];
+        let plain = with(
+            Profile::Production,
+            &[base[0], base[1], ("public_url", "http://auth.example.com")],
+        )
+        .unwrap();
+        let warnings = plain.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("another port"), "{}", warnings[0]);
+        // Unset, it is the bound http address: warned about too.
+        assert_eq!(
+            with(Profile::Production, &base).unwrap().warnings().len(),
+            1
+        );
+        let tls = with(
+            Profile::Production,
+            &[base[0], base[1], ("public_url", "https://auth.example.com")],
+        )
+        .unwrap();
+        assert!(tls.warnings().is_empty());
+        assert!(
+            with(Profile::Development, &[])
+                .unwrap()
+                .warnings()
+                .is_empty()
+        );
     }
 
     #[test]

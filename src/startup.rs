@@ -504,6 +504,9 @@ impl Application {
     /// # Errors
     /// When any of those steps fails; the message says which.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        for warning in settings.warnings() {
+            tracing::warn!("{warning}");
+        }
         let storage = Storage::open(settings).await?;
         storage.migrate().await?;
         let Announcements {

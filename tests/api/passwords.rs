@@ -60,6 +60,14 @@ app_test!(
             )
             .await;
         assert_policy(weak, "password", "is too easy to guess: ").await;
+        // The person's own name, exactly as given, is no password either.
+        let own_name = app
+            .post_json(
+                "/auth/register",
+                &json!({"email": "quill@example.com", "password": "Zanzibar Quill", "full_name": "Zanzibar Quill"}),
+            )
+            .await;
+        assert_policy(own_name, "password", "is too easy to guess: ").await;
         assert_eq!(
             app.register("quill@example.com", "vivid otter cantilever 93")
                 .await

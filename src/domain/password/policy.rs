@@ -58,8 +58,13 @@ impl PasswordPolicy {
         let name = full_name
             .map(|n| n.as_str().to_lowercase())
             .unwrap_or_default();
-        let mut inputs = vec![address.as_str(), local];
-        inputs.extend(name.split_whitespace());
+        // The name whole, as written and run together, besides its words: zxcvbn matches
+        // inputs as dictionary words, and a password that is the name with its spaces or
+        // hyphens is otherwise read as several words joined by a guessable separator.
+        let joined: String = name.chars().filter(|c| c.is_alphanumeric()).collect();
+        let mut inputs = vec![address.as_str(), local, name.as_str(), joined.as_str()];
+        inputs.extend(name.split(|c: char| !c.is_alphanumeric()));
+        inputs.retain(|input| !input.is_empty());
         let estimate = zxcvbn::zxcvbn(password.expose(), &inputs);
         if u8::from(estimate.score()) >= self.min_score {
             return Ok(());
@@ -163,6 +168,22 @@ mod tests {
             )
             .is_err()
         );
+        // So does the name itself, as written, with its spaces and hyphens, in any case.
+        for (name, password) in [
+            ("Zanzibar Quill", "Zanzibar Quill"),
+            ("Zanzibar Quill", "zanzibar quill!"),
+            ("Margaret Thistlewood", "MargaretThistlewood"),
+            ("Jean-Luc Picardeau", "Jean-Luc Picardeau"),
+        ] {
+            assert!(
+                check(3, password, "x@example.com", None).is_ok(),
+                "{password}"
+            );
+            assert!(
+                check(3, password, "x@example.com", Some(name)).is_err(),
+                "{password} for {name}"
+            );
+        }
         assert_eq!(
             check(
                 MAX_SCORE,
