@@ -20,8 +20,8 @@ pub use audit::{AuditEvent, AuditKind, AuditQuery, NewAuditEvent};
 pub use email::{Email, EmailError};
 pub use error::BackendError;
 pub use mail::{
-    EmailTokenHash, EmailTokenKind, EmailTokenRecord, Mail, MailJob, MailKind, NewEmailToken,
-    OutboxDepth, QueuedMail,
+    EmailTokenHash, EmailTokenKind, EmailTokenRecord, FactorChange, Mail, MailJob, MailKind,
+    NewEmailToken, OutboxDepth, QueuedMail,
 };
 pub use password::{Password, PasswordError, PasswordHash, PasswordPolicy};
 pub use service::{AuthPolicy, AuthService};

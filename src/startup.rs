@@ -244,6 +244,7 @@ fn limit_policy(settings: &Settings) -> LimitPolicy {
         password_check_per_account: quota(settings.password_check_limit_per_account),
         mail_per_ip: quota(settings.mail_limit_per_ip),
         mail_per_account: quota(settings.mail_limit_per_account),
+        mail_per_recipient: quota(settings.mail_limit_per_recipient),
         ipv6_prefix_len: settings.ipv6_prefix_length,
         free_failures: settings.login_free_failures,
         max_delay: TimeDelta::seconds(settings.login_failure_delay_max_seconds),

@@ -17,6 +17,7 @@ mod m20261128_000011_add_session_cookie;
 mod m20261204_000012_create_second_factors;
 mod m20261204_000013_session_cache_invalidations;
 mod m20261207_000014_announce_signing_keys;
+mod m20261207_000015_factors_added_unverified;
 
 /// Runs the statements written for the connected database, in order: for the migrations whose
 /// SQL (extensions, triggers, virtual tables) the portable helpers cannot express.
@@ -59,6 +60,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000012_create_second_factors::Migration),
             Box::new(m20261204_000013_session_cache_invalidations::Migration),
             Box::new(m20261207_000014_announce_signing_keys::Migration),
+            Box::new(m20261207_000015_factors_added_unverified::Migration),
         ]
     }
 }

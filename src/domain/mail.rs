@@ -11,7 +11,7 @@ use std::fmt;
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::session::{random_secret, sha256_hex};
-use super::{Email, SessionId, User, UserId};
+use super::{ClientInfo, Email, SessionId, User, UserId};
 
 /// What a mail says; each kind has a template of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,6 +28,13 @@ pub enum MailKind {
     EmailChangeNotice,
     /// To the owner of an address someone tried to move another account to.
     EmailInUse,
+    /// To the account's address: a second factor was added.
+    FactorAdded,
+    /// To the account's address: a second factor was removed.
+    FactorRemoved,
+    /// To the account's address, after a password reset: the factors added while the address
+    /// was unverified were removed.
+    FactorsRemovedByReset,
     /// The operator's test message.
     Test,
 }
@@ -42,6 +49,9 @@ impl MailKind {
             Self::EmailChange => "email_change",
             Self::EmailChangeNotice => "email_change_notice",
             Self::EmailInUse => "email_in_use",
+            Self::FactorAdded => "factor_added",
+            Self::FactorRemoved => "factor_removed",
+            Self::FactorsRemovedByReset => "factors_removed_by_reset",
             Self::Test => "test",
         }
     }
@@ -51,8 +61,13 @@ impl MailKind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum MailJob {
     /// Someone asked to reset the password of the account at `email`, as typed: registered or
-    /// not, the request was queued the same way.
-    PasswordReset { email: Email },
+    /// not, the request was queued the same way. `requested_by`: the client of a `forgot`,
+    /// recorded with `password.reset_requested` when the link goes to a registered address;
+    /// `None` when the request is on record already (an admin's).
+    PasswordReset {
+        email: Email,
+        requested_by: Option<ClientInfo>,
+    },
     /// The user's address is to be proved.
     Verification { user_id: UserId },
     /// An admin created the user without a password: a set-password link.
@@ -64,6 +79,49 @@ pub enum MailJob {
         new_email: Email,
         keep: Option<SessionId>,
     },
+    /// Second factors of the user were added or removed: the account's address hears of it,
+    /// naming each (`factors`, as [`crate::domain::mfa::Passkey::described`] names them).
+    FactorNotice {
+        user_id: UserId,
+        change: FactorChange,
+        factors: Vec<String>,
+    },
+}
+
+/// What a [`MailJob::FactorNotice`] announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactorChange {
+    Added,
+    Removed,
+    /// Removed by a password reset: they were added while the address was unverified.
+    RemovedByReset,
+}
+
+impl FactorChange {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Added => "added",
+            Self::Removed => "removed",
+            Self::RemovedByReset => "removed_by_reset",
+        }
+    }
+
+    /// The change of a stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Added, Self::Removed, Self::RemovedByReset]
+            .into_iter()
+            .find(|change| change.as_str() == name)
+    }
+
+    /// The mail that announces it.
+    pub fn mail_kind(self) -> MailKind {
+        match self {
+            Self::Added => MailKind::FactorAdded,
+            Self::Removed => MailKind::FactorRemoved,
+            Self::RemovedByReset => MailKind::FactorsRemovedByReset,
+        }
+    }
 }
 
 /// A queued job as the worker claims it.
@@ -94,6 +152,8 @@ pub struct Mail {
     pub new_email: Option<String>,
     /// How long the link works.
     pub valid_for: Option<TimeDelta>,
+    /// The second factors a notice names, as one line.
+    pub factors: Option<String>,
 }
 
 impl fmt::Debug for Mail {

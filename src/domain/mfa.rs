@@ -210,6 +210,9 @@ pub struct TotpFactor {
     /// `None` until a first code confirms the enrolment.
     pub confirmed_at: Option<DateTime<Utc>>,
     pub last_step: Option<i64>,
+    /// Confirmed while the account's address was unverified: a password reset (which proves
+    /// the address) removes it, since whoever registered the address first may have added it.
+    pub added_unverified: bool,
 }
 
 /// The SHA-256 of a normalised recovery code, hex encoded: the only form that is stored.
@@ -350,6 +353,43 @@ pub struct Passkey {
     pub credential: String,
     /// The WebAuthn user handle under which it was made; one per user.
     pub user_handle: Uuid,
+    /// Added while the account's address was unverified: a password reset removes it.
+    pub added_unverified: bool,
+}
+
+impl Passkey {
+    /// How a notice names it: `passkey "Work laptop"`.
+    pub fn described(&self) -> String {
+        format!("passkey \"{}\"", self.name)
+    }
+}
+
+/// How a notice names a TOTP factor.
+pub const TOTP_DESCRIBED: &str = "TOTP (authenticator app)";
+
+/// Which second factors a change removes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FactorRemoval {
+    /// The TOTP factor with its recovery codes, and an enrolment not confirmed yet.
+    pub totp: bool,
+    /// These passkeys, by id.
+    pub passkeys: Vec<Uuid>,
+}
+
+impl FactorRemoval {
+    pub fn is_empty(&self) -> bool {
+        !self.totp && self.passkeys.is_empty()
+    }
+
+    /// Whether both name the same factors, in whatever order.
+    pub fn same_as(&self, other: &Self) -> bool {
+        let sorted = |ids: &[Uuid]| {
+            let mut ids = ids.to_vec();
+            ids.sort_unstable();
+            ids
+        };
+        self.totp == other.totp && sorted(&self.passkeys) == sorted(&other.passkeys)
+    }
 }
 
 /// Passkeys one user may hold: enough for every device, and a bound on what one account can

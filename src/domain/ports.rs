@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 
 use super::import::{ImportError, ImportPlan, SourceUser, TargetUser};
 use super::mfa::{
-    AuthMethod, Ceremony, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge, Passkey,
-    RecoveryCodeHash, TotpFactor,
+    AuthMethod, Ceremony, FactorRemoval, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge,
+    Passkey, RecoveryCodeHash, TotpFactor,
 };
 use super::{
     AuditEvent, AuditQuery, BackendError, CookieHash, Email, EmailTokenHash, EmailTokenRecord,
@@ -244,11 +244,17 @@ pub trait UserRepository: Send + Sync + 'static {
         audit: NewAuditEvent,
     ) -> Result<bool, BackendError>;
 
-    /// Queues `job` for the delivery worker, queued at `now`.
+    /// Queues `job` for the delivery worker, queued at `now`, and records `audit` with it when
+    /// given, in one transaction.
     ///
     /// # Errors
-    /// [`BackendError`] when storage fails; then nothing was queued.
-    async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError>;
+    /// [`BackendError`] when storage fails; then nothing was queued or recorded.
+    async fn enqueue_mail(
+        &self,
+        job: MailJob,
+        now: DateTime<Utc>,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<(), BackendError>;
 
     /// Stores a one-time token (its hash only), with `audit` when given.
     ///
@@ -272,11 +278,17 @@ pub trait UserRepository: Send + Sync + 'static {
     /// Redeems a password-reset token, in one transaction: spends `token` if it is unspent,
     /// requires the user to be active at `credential_version`, sets `hash`, moves the version
     /// on, ends every session of the user, spends their other reset and email-change tokens,
-    /// and marks their address verified (the link proved it). Returns `false`, changing
-    /// nothing, when the token was spent or the user changed meanwhile.
+    /// marks their address verified (the link proved it), removes the second factors
+    /// `removal` names, and queues `notice` when given.
+    ///
+    /// `removal` must be exactly the user's factors that were added while the address was
+    /// unverified, with an enrolment not confirmed yet, as the caller read them: when the
+    /// stored ones differ now (one was added meanwhile), nothing changes and the answer is
+    /// [`ResetOutcome::FactorsChanged`], for the caller to read them again.
     ///
     /// # Errors
     /// [`BackendError`] when storage fails; then nothing has changed.
+    #[allow(clippy::too_many_arguments)]
     async fn reset_password(
         &self,
         token: &EmailTokenHash,
@@ -284,7 +296,9 @@ pub trait UserRepository: Send + Sync + 'static {
         hash: PasswordHash,
         now: DateTime<Utc>,
         audit: NewAuditEvent,
-    ) -> Result<bool, BackendError>;
+        removal: FactorRemoval,
+        notice: Option<MailJob>,
+    ) -> Result<ResetOutcome, BackendError>;
 
     /// Redeems a verification token: spends it if unspent and marks the user's address
     /// verified, if the user's address is still `email`. Returns the updated user, or `None`,
@@ -361,6 +375,48 @@ pub enum CreateSessionError {
     Stale,
     #[error(transparent)]
     Backend(#[from] BackendError),
+}
+
+/// What a password reset did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetOutcome {
+    Reset,
+    /// The token was spent, or the user changed (password, deactivation) meanwhile: nothing
+    /// changed.
+    Refused,
+    /// The factors to remove are no longer what the caller read: nothing changed.
+    FactorsChanged,
+}
+
+/// A TOTP enrolment confirmed by a first code, as [`FactorRepository::confirm_totp`] stores it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TotpConfirmation {
+    pub user_id: UserId,
+    /// The user's credential version when the caller authenticated: a password reset or
+    /// change since then refuses the confirmation.
+    pub credential_version: i64,
+    /// The secret the code was checked against.
+    pub sealed_secret: Vec<u8>,
+    /// The step of that code: its last used one.
+    pub step: i64,
+    /// The new recovery codes, replacing any earlier ones.
+    pub recovery: Vec<RecoveryCodeHash>,
+    /// The address was unverified at confirmation (see [`TotpFactor::added_unverified`]).
+    pub added_unverified: bool,
+    pub audit: NewAuditEvent,
+    /// The mail that announces it, if any.
+    pub notice: Option<MailJob>,
+}
+
+/// What storing a new passkey did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasskeyAdded {
+    Added,
+    /// Its credential id is stored already, for someone: nothing stored.
+    CredentialTaken,
+    /// The user changed (password reset or change, deactivation) since the caller read them:
+    /// nothing stored.
+    UserChanged,
 }
 
 /// What a refresh-token rotation did.
@@ -740,21 +796,15 @@ pub trait FactorRepository: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool, BackendError>;
 
-    /// Confirms user `id`'s TOTP factor, if it is still unconfirmed with `sealed_secret` (the
-    /// one a code was checked against), with `step` as its last used step; replaces the user's
-    /// recovery codes by `recovery`, and records `audit`; in one transaction. `Ok(false)`, with
-    /// nothing changed, when the factor changed meanwhile.
+    /// Confirms the user's TOTP factor as `confirmation` says, if it is still unconfirmed with
+    /// the secret the code was checked against and the user still active at its credential
+    /// version (the user's row is locked for it, as a reset locks it): replaces the user's
+    /// recovery codes, records the audit event and queues the notice; in one transaction.
+    /// `Ok(false)`, with nothing changed, when the factor or the user changed meanwhile.
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.
-    async fn confirm_totp(
-        &self,
-        id: UserId,
-        sealed_secret: &[u8],
-        step: i64,
-        recovery: Vec<RecoveryCodeHash>,
-        audit: NewAuditEvent,
-    ) -> Result<bool, BackendError>;
+    async fn confirm_totp(&self, confirmation: TotpConfirmation) -> Result<bool, BackendError>;
 
     /// Records that a code of `step` was accepted for user `id`'s confirmed factor, if no code
     /// of this step or a later one was: a conditional update, so of two uses of one code
@@ -777,8 +827,8 @@ pub trait FactorRepository: Send + Sync + 'static {
     ) -> Result<bool, BackendError>;
 
     /// Removes user `id`'s TOTP factor and recovery codes, and, with `passkeys`, their
-    /// passkeys; records `audit`; in one transaction. `false` when there was nothing to remove
-    /// (nothing is recorded then).
+    /// passkeys; records `audit` and queues `notice`; in one transaction. `false` when there
+    /// was nothing to remove (nothing is recorded or queued then).
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.
@@ -787,6 +837,7 @@ pub trait FactorRepository: Send + Sync + 'static {
         id: UserId,
         passkeys: bool,
         audit: NewAuditEvent,
+        notice: Option<MailJob>,
     ) -> Result<bool, BackendError>;
 
     /// Stores a pending second step of a login.
@@ -833,16 +884,20 @@ pub trait FactorRepository: Send + Sync + 'static {
     /// [`BackendError`] when storage fails.
     async fn list_passkeys(&self, id: UserId) -> Result<Vec<Passkey>, BackendError>;
 
-    /// Stores a new passkey and records `audit`, in one transaction. `Ok(false)`, storing
-    /// nothing, when its credential id is stored already (for anyone).
+    /// Stores a new passkey, records `audit` and queues `notice`, in one transaction, if its
+    /// user is still active at `credential_version` (the user's row is locked for it, as a
+    /// reset locks it, so a passkey is either stored before a reset and seen by it, or
+    /// refused).
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.
     async fn add_passkey(
         &self,
         passkey: Passkey,
+        credential_version: i64,
         audit: NewAuditEvent,
-    ) -> Result<bool, BackendError>;
+        notice: Option<MailJob>,
+    ) -> Result<PasskeyAdded, BackendError>;
 
     /// The passkey with WebAuthn credential id `credential_id`, whoever holds it.
     ///
@@ -862,8 +917,9 @@ pub trait FactorRepository: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<(), BackendError>;
 
-    /// Deletes passkey `id` of user `user_id` and records `audit`; `false`, recording nothing,
-    /// when the user has no such passkey (someone else's is not touched).
+    /// Deletes passkey `id` of user `user_id`, records `audit` and queues `notice`; `false`,
+    /// recording and queueing nothing, when the user has no such passkey (someone else's is
+    /// not touched).
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.
@@ -872,6 +928,7 @@ pub trait FactorRepository: Send + Sync + 'static {
         user_id: UserId,
         id: uuid::Uuid,
         audit: NewAuditEvent,
+        notice: Option<MailJob>,
     ) -> Result<bool, BackendError>;
 
     /// Names passkey `id` of user `user_id` `name`; `false` when the user has no such passkey

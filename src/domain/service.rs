@@ -26,9 +26,7 @@ pub use cookie_sessions::{CookieSession, CookieSignIn};
 pub use email::{Delivery, DeliveryOutcome, MailPolicy, MailRequestError, RedeemError};
 pub use keys::{KeyError, KeyPorts, Retired, Rotated, SigningKeys, UNKNOWN_KID_PAUSE};
 pub use limits::{LimitError, LimitPolicy, Quota, Throttled, backoff_delay};
-pub use mfa::{
-    LoginStep, MfaError, MfaPolicy, PendingLogin, SecondFactor, TotpEnrolment, TotpRemovalProof,
-};
+pub use mfa::{LoginStep, MfaError, MfaPolicy, PendingLogin, Proof, SecondFactor, TotpEnrolment};
 pub use passkeys::{PasskeyError, user_handle};
 pub use sessions::{ChangePasswordError, EndSessionError, RefreshError};
 

@@ -530,6 +530,21 @@ async fn a_person_sets_up_an_authenticator_app_signs_in_with_a_code_and_an_admin
         )
         .await;
         ui.check("two-step-off").await;
+        // A new way in takes the password, asked again.
+        ui.browser
+            .fill("#current_password", "not the password")
+            .await;
+        ui.press(
+            "form[action='/console/account/two-step/setup'] button",
+            "/console/account/two-step/setup",
+        )
+        .await;
+        assert!(
+            ui.text("#current_password-error")
+                .await
+                .contains("Incorrect password")
+        );
+        ui.browser.fill("#current_password", PASSWORD).await;
         ui.press(
             "form[action='/console/account/two-step/setup'] button",
             "/console/account/two-step/setup",
@@ -712,6 +727,8 @@ async fn a_person_adds_a_passkey_signs_in_with_it_renames_and_removes_it() {
         ui.browser
             .cdp("WebAuthn.setUserVerified", user_verified(false))
             .await;
+        // A new way in takes the password, asked again.
+        ui.browser.fill("#current_password", PASSWORD).await;
         ui.browser
             .click("form[action='/console/account/passkeys'] button")
             .await;
@@ -734,6 +751,7 @@ async fn a_person_adds_a_passkey_signs_in_with_it_renames_and_removes_it() {
             .await;
 
         ui.browser.fill("#name", "Laptop").await;
+        ui.browser.fill("#current_password", PASSWORD).await;
         ui.press(
             "form[action='/console/account/passkeys'] button",
             "/console/account/passkeys?done=passkey-added",

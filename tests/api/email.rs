@@ -604,3 +604,170 @@ async fn a_refresh_token_is_no_reset_token() {
     app.stop().await;
     db.drop_database().await;
 }
+
+/// The mails `smtp` received for `to`, once `count` arrived, and after the worker had the
+/// time to send one more had one been queued.
+async fn settled_mail_to(smtp: &SmtpServer, to: &str, count: usize) -> Vec<String> {
+    let of = |smtp: &SmtpServer| -> Vec<String> {
+        smtp.received()
+            .into_iter()
+            .filter(|m| m.to.iter().any(|r| r.eq_ignore_ascii_case(to)))
+            .map(|m| m.subject())
+            .collect()
+    };
+    let deadline = Instant::now() + ARRIVES;
+    while of(smtp).len() < count {
+        assert!(Instant::now() < deadline, "{:?}", of(smtp));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The worker looks every half second: four looks find nothing more.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    of(smtp)
+}
+
+mail_test!(
+    one_address_gets_no_more_than_its_budget_of_mail_whoever_asks_and_however,
+    json!({"mail_limit_per_ip": 100, "mail_limit_per_recipient": 3}),
+    |app, smtp| {
+        // The victim's own registration mails once; then strangers take turns.
+        assert_eq!(
+            app.register("victim@example.com", PASSWORD).await.status(),
+            201
+        );
+        let mut answers = Vec::new();
+        for n in 0..6 {
+            let token = app.token_for(&format!("stranger{n}@example.com")).await;
+            let asked = post_auth(
+                &app,
+                "/auth/email",
+                &token,
+                json!({"new_email": "victim@example.com", "current_password": PASSWORD}),
+            )
+            .await;
+            answers.push(asked.status().as_u16());
+        }
+        for _ in 0..3 {
+            let forgot = post(
+                &app,
+                "/auth/password/forgot",
+                json!({"email": "Victim@Example.com"}),
+            )
+            .await;
+            answers.push(forgot.status().as_u16());
+        }
+        // Every request answered as usual: nothing tells that the budget is spent.
+        assert!(answers.iter().all(|status| *status == 202), "{answers:?}");
+        let received = settled_mail_to(&smtp, "victim@example.com", 3).await;
+        assert_eq!(received.len(), 3, "{received:?}");
+    }
+);
+
+mail_test!(
+    registration_mail_counts_in_the_client_address_budget,
+    json!({"mail_limit_per_ip": 3, "register_limit_per_ip": 100}),
+    |app, smtp| {
+        for n in 0..5 {
+            let email = format!("newcomer{n}@example.com");
+            assert_eq!(
+                app.register(&email, PASSWORD).await.status(),
+                201,
+                "{email}"
+            );
+        }
+        settled_mail_to(&smtp, "newcomer2@example.com", 1).await;
+        let mailed = smtp.received().len();
+        assert_eq!(mailed, 3, "{:?}", smtp.received());
+        // The ones left without a link ask for one later, once the window allows.
+        let token = app.token_for_existing("newcomer4@example.com").await;
+        let status = post_auth(&app, "/auth/verify/request", &token, json!({}))
+            .await
+            .status();
+        assert_eq!(status, 429, "the client address's mail budget is spent");
+    }
+);
+
+mail_test!(
+    an_admins_reset_link_is_on_record_at_once_with_the_admin_and_within_the_budget,
+    json!({"mail_limit_per_ip": 100, "mail_limit_per_recipient": 3}),
+    |app, smtp| {
+        let admin = app.admin_token("root@example.com").await;
+        let admin_id = app.get_json_auth("/auth/me", &admin).await["id"].clone();
+        let created = app
+            .client
+            .post(app.url("/admin/users"))
+            .bearer_auth(&admin)
+            .json(&json!({"email": "forgetful@example.com", "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        let id = created.json::<Value>().await.unwrap()["id"].clone();
+        for _ in 0..5 {
+            let sent = app
+                .client
+                .post(app.url(&format!("/admin/users/{id}/password-reset")))
+                .bearer_auth(&admin)
+                .header("user-agent", "admin-console/1.0")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(sent.status(), 202);
+        }
+        // Recorded at once, by whom and from where, and whether a link went.
+        let trail = app
+            .get_json_auth(
+                &format!("/admin/audit?kind=password.reset_requested&user_id={id}"),
+                &admin,
+            )
+            .await;
+        let events = trail["items"].as_array().unwrap();
+        assert_eq!(events.len(), 5, "{trail}");
+        for event in events {
+            assert_eq!(event["actor_id"], admin_id, "{event}");
+            assert_eq!(event["ip"], "127.0.0.1", "{event}");
+            assert_eq!(event["user_agent"], "admin-console/1.0", "{event}");
+        }
+        let queued = events
+            .iter()
+            .filter(|e| e["detail"]["mail"] == "queued")
+            .count();
+        assert_eq!(queued, 3, "{trail}");
+        let received = settled_mail_to(&smtp, "forgetful@example.com", 3).await;
+        assert_eq!(received.len(), 3, "{received:?}");
+
+        // A stranger's `forgot` is recorded once the link goes to a registered address, with
+        // the stranger's address and user agent, and no actor.
+        assert_eq!(
+            app.register("asker@example.com", PASSWORD).await.status(),
+            201
+        );
+        let forgot = app
+            .client
+            .post(app.url("/auth/password/forgot"))
+            .header("user-agent", "forgot-client/2.0")
+            .json(&json!({"email": "asker@example.com"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(forgot.status(), 202);
+        smtp.wait_for_subject("asker@example.com", "Reset your password", ARRIVES)
+            .await;
+        let asker =
+            app.get_json_auth("/admin/users?q=asker", &admin).await["items"][0]["id"].clone();
+        let trail = app
+            .get_json_auth(
+                &format!("/admin/audit?kind=password.reset_requested&user_id={asker}"),
+                &admin,
+            )
+            .await;
+        let event = &trail["items"][0];
+        assert_eq!(
+            (&event["ip"], &event["user_agent"], &event["actor_id"]),
+            (
+                &json!("127.0.0.1"),
+                &json!("forgot-client/2.0"),
+                &Value::Null
+            ),
+            "{trail}"
+        );
+    }
+);

@@ -7,7 +7,7 @@ use portcullis::domain::mfa::{
     AuthMethod, Ceremony, CeremonyKind, Factors, MfaTokenHash, NewMfaChallenge, Passkey,
     RecoveryCodeHash,
 };
-use portcullis::domain::ports::{FactorRepository, UserRepository};
+use portcullis::domain::ports::{FactorRepository, PasskeyAdded, TotpConfirmation, UserRepository};
 use portcullis::domain::{
     AuditKind, AuditQuery, ClientInfo, NewAuditEvent, NewSessionCookie, SessionKey, User, UserId,
 };
@@ -37,6 +37,26 @@ async fn recorded(users: &dyn UserRepository, kind: AuditKind) -> usize {
         .len()
 }
 
+/// The confirmation of `user`'s pending secret `sealed` by a code of `step`, with `recovery`.
+fn confirmation(
+    user: &User,
+    sealed: &[u8],
+    step: i64,
+    recovery: Vec<RecoveryCodeHash>,
+    audit: NewAuditEvent,
+) -> TotpConfirmation {
+    TotpConfirmation {
+        user_id: user.id,
+        credential_version: user.credential_version,
+        sealed_secret: sealed.to_vec(),
+        step,
+        recovery,
+        added_unverified: false,
+        audit,
+        notice: None,
+    }
+}
+
 /// Enrols and confirms TOTP for `user` with `codes` as recovery codes, at step 100.
 async fn with_totp(factors: &dyn FactorRepository, user: &User, codes: Vec<RecoveryCodeHash>) {
     let sealed = format!("sealed-{}", user.id.0).into_bytes();
@@ -48,7 +68,7 @@ async fn with_totp(factors: &dyn FactorRepository, user: &User, codes: Vec<Recov
     );
     assert!(
         factors
-            .confirm_totp(user.id, &sealed, 100, codes, event())
+            .confirm_totp(confirmation(user, &sealed, 100, codes, event()))
             .await
             .unwrap()
     );
@@ -64,6 +84,7 @@ fn passkey(user: &User, credential_id: &[u8], at: DateTime<Utc>) -> Passkey {
         credential_id: credential_id.to_vec(),
         credential: "{\"counter\":0}".into(),
         user_handle: Uuid::new_v4(),
+        added_unverified: false,
     }
 }
 
@@ -112,21 +133,33 @@ async fn a_pending_totp_secret_is_replaced_until_confirmed_and_kept_after() {
         let enabled = audited(AuditKind::TotpEnabled, &alice);
         assert!(
             !factors
-                .confirm_totp(alice.id, b"first", 7, vec![code(1)], enabled.clone())
+                .confirm_totp(confirmation(
+                    &alice,
+                    b"first",
+                    7,
+                    vec![code(1)],
+                    enabled.clone()
+                ))
                 .await
                 .unwrap()
         );
         assert_eq!(recorded(users, AuditKind::TotpEnabled).await, 0);
         assert!(
             factors
-                .confirm_totp(alice.id, b"second", 7, vec![code(1)], enabled.clone())
+                .confirm_totp(confirmation(
+                    &alice,
+                    b"second",
+                    7,
+                    vec![code(1)],
+                    enabled.clone()
+                ))
                 .await
                 .unwrap()
         );
         assert_eq!(recorded(users, AuditKind::TotpEnabled).await, 1);
         assert!(
             !factors
-                .confirm_totp(alice.id, b"second", 8, vec![code(2)], enabled)
+                .confirm_totp(confirmation(&alice, b"second", 8, vec![code(2)], enabled))
                 .await
                 .unwrap()
         );
@@ -181,7 +214,7 @@ async fn an_enrolment_replaces_the_recovery_codes_and_each_is_spent_once() {
         );
 
         factors
-            .remove_factors(alice.id, false, event())
+            .remove_factors(alice.id, false, event(), None)
             .await
             .unwrap();
         with_totp(factors, &alice, vec![code(3)]).await;
@@ -238,7 +271,7 @@ async fn a_totp_step_is_used_once_and_never_after_a_later_one() {
         );
         assert!(
             factors
-                .confirm_totp(alice.id, b"sealed", 100, vec![], event())
+                .confirm_totp(confirmation(&alice, b"sealed", 100, vec![], event()))
                 .await
                 .unwrap()
         );
@@ -354,15 +387,19 @@ async fn a_credential_id_is_held_by_one_passkey_of_one_user() {
         let newer = passkey(&alice, b"credential-2", t0() + TimeDelta::minutes(1));
         let added = audited(AuditKind::PasskeyAdded, &alice);
         for key in [&newer, &older] {
-            assert!(
+            assert_eq!(
                 factors
-                    .add_passkey(key.clone(), added.clone())
+                    .add_passkey(key.clone(), 0, added.clone(), None)
                     .await
-                    .unwrap()
+                    .unwrap(),
+                PasskeyAdded::Added
             );
         }
         let taken = passkey(&bob, b"credential-1", t0());
-        assert!(!factors.add_passkey(taken, added).await.unwrap());
+        assert_eq!(
+            factors.add_passkey(taken, 0, added, None).await.unwrap(),
+            PasskeyAdded::CredentialTaken
+        );
         assert_eq!(recorded(users, AuditKind::PasskeyAdded).await, 2);
         assert!(factors.list_passkeys(bob.id).await.unwrap().is_empty());
         assert_eq!(
@@ -420,11 +457,14 @@ async fn a_passkey_is_removed_by_its_owner_only() {
         let alice = user(users, "alice@example.com").await;
         let bob = user(users, "bob@example.com").await;
         let key = passkey(&alice, b"credential", t0());
-        factors.add_passkey(key.clone(), event()).await.unwrap();
+        factors
+            .add_passkey(key.clone(), 0, event(), None)
+            .await
+            .unwrap();
         let removed = audited(AuditKind::PasskeyRemoved, &alice);
         assert!(
             !factors
-                .remove_passkey(bob.id, key.id, removed.clone())
+                .remove_passkey(bob.id, key.id, removed.clone(), None)
                 .await
                 .unwrap()
         );
@@ -435,14 +475,14 @@ async fn a_passkey_is_removed_by_its_owner_only() {
         assert_eq!(recorded(users, AuditKind::PasskeyRemoved).await, 0);
         assert!(
             factors
-                .remove_passkey(alice.id, key.id, removed.clone())
+                .remove_passkey(alice.id, key.id, removed.clone(), None)
                 .await
                 .unwrap()
         );
         assert!(factors.list_passkeys(alice.id).await.unwrap().is_empty());
         assert!(
             !factors
-                .remove_passkey(alice.id, key.id, removed)
+                .remove_passkey(alice.id, key.id, removed, None)
                 .await
                 .unwrap()
         );
@@ -458,7 +498,10 @@ async fn a_passkey_is_renamed_by_its_owner_only() {
         let alice = user(users, "alice@example.com").await;
         let bob = user(users, "bob@example.com").await;
         let key = passkey(&alice, b"credential", t0());
-        factors.add_passkey(key.clone(), event()).await.unwrap();
+        factors
+            .add_passkey(key.clone(), 0, event(), None)
+            .await
+            .unwrap();
         assert!(
             !factors
                 .rename_passkey(bob.id, key.id, "Bob's now")
@@ -535,14 +578,14 @@ async fn removing_factors_keeps_passkeys_unless_asked_and_records_only_a_removal
         let alice = user(users, "alice@example.com").await;
         with_totp(factors, &alice, vec![code(1)]).await;
         factors
-            .add_passkey(passkey(&alice, b"credential", t0()), event())
+            .add_passkey(passkey(&alice, b"credential", t0()), 0, event(), None)
             .await
             .unwrap();
         let reset = audited(AuditKind::MfaReset, &alice);
 
         assert!(
             factors
-                .remove_factors(alice.id, false, reset.clone())
+                .remove_factors(alice.id, false, reset.clone(), None)
                 .await
                 .unwrap()
         );
@@ -562,7 +605,7 @@ async fn removing_factors_keeps_passkeys_unless_asked_and_records_only_a_removal
         );
         assert!(
             !factors
-                .remove_factors(alice.id, false, reset.clone())
+                .remove_factors(alice.id, false, reset.clone(), None)
                 .await
                 .unwrap()
         );
@@ -570,12 +613,17 @@ async fn removing_factors_keeps_passkeys_unless_asked_and_records_only_a_removal
 
         assert!(
             factors
-                .remove_factors(alice.id, true, reset.clone())
+                .remove_factors(alice.id, true, reset.clone(), None)
                 .await
                 .unwrap()
         );
         assert_eq!(factors.factors(alice.id).await.unwrap(), Factors::default());
-        assert!(!factors.remove_factors(alice.id, true, reset).await.unwrap());
+        assert!(
+            !factors
+                .remove_factors(alice.id, true, reset, None)
+                .await
+                .unwrap()
+        );
         assert_eq!(recorded(users, AuditKind::MfaReset).await, 2);
     })
     .await;
@@ -591,7 +639,10 @@ async fn deleting_a_user_deletes_their_factors_challenges_and_ceremonies() {
         let alices_key = passkey(&alice, b"alice's", t0());
         let bobs_key = passkey(&bob, b"bob's", t0());
         for key in [&alices_key, &bobs_key] {
-            factors.add_passkey(key.clone(), event()).await.unwrap();
+            factors
+                .add_passkey(key.clone(), 0, event(), None)
+                .await
+                .unwrap();
         }
         let pending = challenge(&alice, TimeDelta::minutes(5));
         factors.store_mfa_challenge(pending.clone()).await.unwrap();
@@ -621,7 +672,10 @@ async fn deleting_a_user_deletes_their_factors_challenges_and_ceremonies() {
         );
         // The credential is free again.
         let reused = passkey(&bob, b"alice's", t0());
-        assert!(factors.add_passkey(reused, event()).await.unwrap());
+        assert_eq!(
+            factors.add_passkey(reused, 0, event(), None).await.unwrap(),
+            PasskeyAdded::Added
+        );
     })
     .await;
 }

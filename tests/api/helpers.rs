@@ -241,6 +241,13 @@ impl TestApp {
         response.json().await.expect("json body")
     }
 
+    /// GETs `path` as the user of `token`, expecting 200, and reads its JSON.
+    pub async fn get_json_auth(&self, path: &str, token: &str) -> Value {
+        let response = self.get_auth(path, token).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        response.json().await.expect("json body")
+    }
+
     pub async fn get_auth(&self, path: &str, token: &str) -> Response {
         self.client
             .get(self.url(path))

@@ -74,9 +74,14 @@ async fn send(
         .unwrap()
 }
 
+/// The body that starts an enrolment: the password, asked again.
+fn with_password() -> Value {
+    json!({"current_password": PASSWORD})
+}
+
 /// Enrols `token`'s user: their authenticator and recovery codes.
-async fn enrol(app: &TestApp, token: &str) -> (App, Vec<String>) {
-    let response = send(app, "POST", "/auth/mfa/totp", token, &json!({})).await;
+pub(crate) async fn enrol(app: &TestApp, token: &str) -> (App, Vec<String>) {
+    let response = send(app, "POST", "/auth/mfa/totp", token, &with_password()).await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     let secret = body["secret"].as_str().unwrap();
@@ -124,14 +129,34 @@ app_test!(an_enrolled_user_logs_in_with_a_code_once_per_code, |app| {
     let token = access_token(&tokens);
     assert_eq!(factors(&app, &token).await, json!([]));
 
+    // An access token alone starts nothing: the password is asked again.
+    assert_problem(
+        send(&app, "POST", "/auth/mfa/totp", &token, &json!({})).await,
+        422,
+        "",
+    )
+    .await;
+    assert_problem(
+        send(
+            &app,
+            "POST",
+            "/auth/mfa/totp",
+            &token,
+            &json!({"current_password": "not the password"}),
+        )
+        .await,
+        401,
+        "Incorrect password",
+    )
+    .await;
     // Enrolling again before confirming replaces the secret: the first one's codes fail.
-    let first: Value = send(&app, "POST", "/auth/mfa/totp", &token, &json!({}))
+    let first: Value = send(&app, "POST", "/auth/mfa/totp", &token, &with_password())
         .await
         .json()
         .await
         .unwrap();
     let stale = App::new(first["secret"].as_str().unwrap());
-    let second: Value = send(&app, "POST", "/auth/mfa/totp", &token, &json!({}))
+    let second: Value = send(&app, "POST", "/auth/mfa/totp", &token, &with_password())
         .await
         .json()
         .await
@@ -162,7 +187,7 @@ app_test!(an_enrolled_user_logs_in_with_a_code_once_per_code, |app| {
     assert_eq!(codes.len(), 10);
     assert_eq!(factors(&app, &token).await, json!(["totp"]));
     assert_problem(
-        send(&app, "POST", "/auth/mfa/totp", &token, &json!({})).await,
+        send(&app, "POST", "/auth/mfa/totp", &token, &with_password()).await,
         409,
         "TOTP already enabled",
     )
@@ -330,7 +355,7 @@ app_test!(bad_second_steps_are_refused_and_change_nothing, |app| {
     let response = verify(&app, &json!({"mfa_token": ann_token, "code": ann.code(1)})).await;
     assert_eq!(response.status(), 200);
     // Without a token, the enrolment routes refuse.
-    assert_unauthorized(app.post_json("/auth/mfa/totp", &json!({})).await, "").await;
+    assert_unauthorized(app.post_json("/auth/mfa/totp", &with_password()).await, "").await;
 });
 
 app_test!(removing_the_factor_takes_a_code_or_the_password, |app| {

@@ -11,9 +11,14 @@ use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
+use crate::email::mail_settings;
 use crate::helpers::{
-    TestApp, access_token, amr, app_test, assert_problem, assert_unauthorized, factors,
+    Backend, PASSWORD, TestApp, access_token, amr, app_test, assert_problem, assert_unauthorized,
+    factors, with_app,
 };
+use crate::smtp::SmtpServer;
 use crate::soft_authenticator::{SoftAuthenticator, tamper};
 
 const ORIGIN: &str = "http://localhost:8123";
@@ -59,13 +64,25 @@ async fn options(app: &TestApp, path: &str, token: Option<&str>) -> String {
     json_of::<Value>(response, 200).await.to_string()
 }
 
+/// The options of a registration the user of `token` starts, with their password.
+async fn registration_options(app: &TestApp, token: &str) -> String {
+    let response = post(
+        app,
+        "/auth/passkeys/register/start",
+        Some(token),
+        &json!({"current_password": PASSWORD}),
+    )
+    .await;
+    json_of::<Value>(response, 200).await.to_string()
+}
+
 /// The authenticator's answer to a registration the user of `token` starts.
 async fn registration_answer(
     app: &TestApp,
     token: &str,
     authenticator: &mut SoftAuthenticator,
 ) -> Result<Value, String> {
-    let options = options(app, "/auth/passkeys/register/start", Some(token)).await;
+    let options = registration_options(app, token).await;
     authenticator.create(&options, ORIGIN)
 }
 
@@ -169,7 +186,7 @@ app_test!(
         let elsewhere = sign_in_answer(&app, &mut authenticator, "http://localhost:9999").await;
         assert_invalid(finish_sign_in(&app, &elsewhere).await).await;
 
-        let registration = options(&app, "/auth/passkeys/register/start", Some(&token)).await;
+        let registration = registration_options(&app, &token).await;
         let elsewhere = SoftAuthenticator::new()
             .create(&registration, "http://localhost:9999")
             .unwrap();
@@ -283,8 +300,183 @@ app_test!(
             ("/auth/passkeys/login/start", None),
             ("/auth/passkeys/register/start", Some(token.as_str())),
         ] {
-            let response = post_to(&app, path, token).send().await.unwrap();
+            let body = json!({"current_password": PASSWORD});
+            let response = post(&app, path, token, &body).await;
             assert_problem(response, 503, "Passkeys are not configured: set public_url").await;
         }
     }
 );
+
+/// The settings of an app that mails through `smtp` and has passkeys; more mail to one
+/// address than the default budget, which the flows below reach within their first minute.
+fn with_mail(smtp: &SmtpServer) -> Value {
+    mail_settings(
+        smtp,
+        json!({"public_url": ORIGIN, "mail_limit_per_recipient": 20}),
+    )
+}
+
+/// Pre-account hijacking, undone: someone registers a victim's address before the victim
+/// does (with the default settings nobody has to prove an address), adds a passkey and an
+/// authenticator app, and waits. The owner takes the account back with "forgot password":
+/// the reset proves the address and removes every factor added before that proof, and the
+/// address hears of each one, both when they were added and when they were removed. A factor
+/// the owner adds afterwards survives the next reset.
+async fn a_reset_removes_the_factors_added_before_the_address_was_proved(backend: Backend) {
+    let smtp = Arc::new(SmtpServer::start().await);
+    let mail = Arc::clone(&smtp);
+    with_app(backend, with_mail(&smtp), move |app| async move {
+        let smtp = mail;
+        let victim = "victim@example.com";
+        // The impostor signs up with the victim's address and a password of their own.
+        let impostor = app.token_for(victim).await;
+        let mut authenticator = SoftAuthenticator::new();
+        let mut answer = registration_answer(&app, &impostor, &mut authenticator)
+            .await
+            .unwrap();
+        answer["name"] = "Impostor's key".into();
+        json_of::<Value>(finish_registration(&app, &impostor, &answer).await, 201).await;
+        crate::mfa::enrol(&app, &impostor).await;
+        // The address hears of each, from the start.
+        let added = mails_about(&smtp, ADDED, 2).await;
+        assert!(
+            added[0].contains("passkey \"Impostor's key\""),
+            "{}",
+            added[0]
+        );
+        assert!(
+            added[1].contains("TOTP (authenticator app)"),
+            "{}",
+            added[1]
+        );
+        assert_eq!(factors(&app, &impostor).await, json!(["totp", "passkey"]));
+
+        // The owner takes the account back with the link mailed to the address.
+        let forgot = app
+            .post_json("/auth/password/forgot", &json!({"email": victim}))
+            .await;
+        assert_eq!(forgot.status(), 202);
+        let link = smtp
+            .wait_for_subject(victim, "Reset your password", ARRIVES)
+            .await;
+        let token = link.token("/console/reset").expect("a reset link");
+        let reset = app
+            .post_json(
+                "/auth/password/reset",
+                &json!({"token": token, "new_password": "the owner's own password"}),
+            )
+            .await;
+        assert_eq!(reset.status(), 204);
+
+        // The impostor's passkey names nobody now, and the owner's password alone signs in.
+        let answer = sign_in_answer(&app, &mut authenticator, ORIGIN).await;
+        assert_invalid(finish_sign_in(&app, &answer).await).await;
+        let owner = app.login(victim, "the owner's own password").await;
+        assert_eq!(owner.status(), 200);
+        let owner: Value = owner.json().await.unwrap();
+        assert!(owner.get("mfa_required").is_none(), "{owner}");
+        let owner = access_token(&owner);
+        assert_eq!(factors(&app, &owner).await, json!([]));
+        let removed = smtp
+            .wait_for_subject(victim, REMOVED_BY_RESET, ARRIVES)
+            .await
+            .text();
+        for named in ["passkey \"Impostor's key\"", "TOTP (authenticator app)"] {
+            assert!(removed.contains(named), "{named} in {removed}");
+        }
+        let admin = app.admin_token("root@example.com").await;
+        let trail: Value = app
+            .get_auth("/admin/audit?kind=password.reset", &admin)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let detail = &trail["items"][0]["detail"];
+        assert!(
+            detail["factors_removed"]
+                .as_str()
+                .is_some_and(|f| f.contains("Impostor's key") && f.contains("TOTP")),
+            "{trail}"
+        );
+
+        // Proved now: what the owner adds stays through the next reset.
+        let mut own = SoftAuthenticator::new();
+        // The password is asked and checked: the impostor's is no longer it.
+        let stale = post(
+            &app,
+            "/auth/passkeys/register/start",
+            Some(&owner),
+            &json!({"current_password": PASSWORD}),
+        )
+        .await;
+        assert_problem(stale, 401, "Incorrect password").await;
+        let start = post(
+            &app,
+            "/auth/passkeys/register/start",
+            Some(&owner),
+            &json!({"current_password": "the owner's own password"}),
+        )
+        .await;
+        let options = json_of::<Value>(start, 200).await.to_string();
+        let created = own.create(&options, ORIGIN).unwrap();
+        json_of::<Value>(finish_registration(&app, &owner, &created).await, 201).await;
+        let forgot = app
+            .post_json("/auth/password/forgot", &json!({"email": victim}))
+            .await;
+        assert_eq!(forgot.status(), 202);
+        let links = mails_about(&smtp, "Reset your password", 2).await;
+        let start = links[1].find("/console/reset?token=").expect("a link") + 21;
+        let token: String = links[1][start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        let reset = app
+            .post_json(
+                "/auth/password/reset",
+                &json!({"token": token, "new_password": "another own password"}),
+            )
+            .await;
+        assert_eq!(reset.status(), 204);
+        let tokens = sign_in(&app, &mut own).await;
+        assert_eq!(amr(&tokens), json!(["webauthn"]));
+        app
+    })
+    .await;
+}
+
+/// The texts of the mails with `subject`, in order, once there are `count` (within
+/// `ARRIVES`).
+async fn mails_about(smtp: &SmtpServer, subject: &str, count: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + ARRIVES;
+    loop {
+        let texts: Vec<String> = smtp
+            .received()
+            .iter()
+            .filter(|m| m.subject() == subject)
+            .map(|m| m.text())
+            .collect();
+        if texts.len() >= count {
+            return texts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {count} mails about {subject:?}",
+            texts.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+const ADDED: &str = "A new way to sign in was added to your account";
+const REMOVED_BY_RESET: &str = "Your password was reset, and unconfirmed sign-in methods removed";
+const ARRIVES: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_removes_the_factors_added_before_the_address_was_proved_on_sqlite() {
+    a_reset_removes_the_factors_added_before_the_address_was_proved(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_removes_the_factors_added_before_the_address_was_proved_on_postgres() {
+    a_reset_removes_the_factors_added_before_the_address_was_proved(Backend::Postgres).await;
+}

@@ -4,15 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use portcullis::domain::mfa::AuthMethod;
+use portcullis::domain::mfa::{AuthMethod, FactorRemoval};
 use portcullis::domain::ports::{
     CreateSessionError, CreateUserError, FactorRepository, FailureRecord, MailOutbox, RateLimiter,
-    Rotation, SigningKeyStore, UserRepository,
+    ResetOutcome, Rotation, SigningKeyStore, UserRepository,
 };
 use portcullis::domain::{
-    AuditKind, ClientInfo, CookieHash, Email, EmailTokenKind, MailJob, NewAuditEvent,
-    NewEmailToken, NewRefreshToken, NewSession, NewSessionCookie, NewUser, OutboxDepth,
-    PasswordHash, RefreshTokenHash, Role, SessionId, SessionKey, User, UserChanges, UserId,
+    AuditKind, ClientInfo, CookieHash, Email, EmailTokenHash, EmailTokenKind, MailJob,
+    NewAuditEvent, NewEmailToken, NewRefreshToken, NewSession, NewSessionCookie, NewUser,
+    OutboxDepth, PasswordHash, RefreshTokenHash, Role, SessionId, SessionKey, User, UserChanges,
+    UserId,
 };
 use portcullis::domain::{GeneratedKey, KeyAlgorithm, KeyChange, KeyMove, KeyState, SigningKey};
 use portcullis::outbound::memory::{
@@ -792,7 +793,7 @@ async fn the_outbox_hands_each_due_job_to_one_claimer_and_keeps_what_failed() {
     on_every_store(|repo, outbox| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         for _ in 0..10 {
-            repo.enqueue_mail(MailJob::Verification { user_id: alice.id }, t0())
+            repo.enqueue_mail(MailJob::Verification { user_id: alice.id }, t0(), None)
                 .await
                 .unwrap();
         }
@@ -875,28 +876,29 @@ async fn a_reset_token_works_once_and_spends_the_others() {
         assert_eq!(found.user.id, alice.id);
         assert!(found.usable_for(EmailTokenKind::PasswordReset, t0()));
         let now = t0() + TimeDelta::minutes(1);
-        assert!(
-            repo.reset_password(
-                &first.hash,
-                &alice,
-                PasswordHash::new("new".into()),
-                now,
-                event()
-            )
-            .await
-            .unwrap()
-        );
-        assert!(
-            !repo
-                .reset_password(
-                    &first.hash,
-                    &alice,
-                    PasswordHash::new("again".into()),
+        let reset = |token: EmailTokenHash, hash: &'static str, user: User| {
+            let repo = Arc::clone(&repo);
+            async move {
+                repo.reset_password(
+                    &token,
+                    &user,
+                    PasswordHash::new(hash.into()),
                     now,
-                    event()
+                    event(),
+                    FactorRemoval::default(),
+                    None,
                 )
                 .await
                 .unwrap()
+            }
+        };
+        assert_eq!(
+            reset(first.hash.clone(), "new", alice.clone()).await,
+            ResetOutcome::Reset
+        );
+        assert_eq!(
+            reset(first.hash.clone(), "again", alice.clone()).await,
+            ResetOutcome::Refused
         );
         let after = repo.find_user_by_id(alice.id).await.unwrap().unwrap();
         assert_eq!(after.password_hash, PasswordHash::new("new".into()));
@@ -916,17 +918,9 @@ async fn a_reset_token_works_once_and_spends_the_others() {
         // The user as read before the reset is stale now: a reset with it changes nothing.
         let third = token(EmailTokenKind::PasswordReset);
         repo.store_email_token(third.clone(), None).await.unwrap();
-        assert!(
-            !repo
-                .reset_password(
-                    &third.hash,
-                    &alice,
-                    PasswordHash::new("x".into()),
-                    now,
-                    event()
-                )
-                .await
-                .unwrap()
+        assert_eq!(
+            reset(third.hash.clone(), "x", alice.clone()).await,
+            ResetOutcome::Refused
         );
     })
     .await;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use portcullis::domain::ports::UserRepository;
+use portcullis::domain::mfa::FactorRemoval;
+use portcullis::domain::ports::{ResetOutcome, UserRepository};
 use portcullis::domain::{
     Email, EmailTokenKind, NewEmailToken, PasswordHash, Role, SessionId, SessionKey, User,
     UserChanges,
@@ -471,8 +472,16 @@ fn every_write() -> Vec<(&'static str, Write)> {
                 let token = token_of(EmailTokenKind::PasswordReset, u);
                 w.store_email_token(token.clone(), None).await.unwrap();
                 let hash = PasswordHash::new("reset".into());
-                let reset = w.reset_password(&token.hash, u, hash, Utc::now(), event());
-                assert!(reset.await.unwrap());
+                let reset = w.reset_password(
+                    &token.hash,
+                    u,
+                    hash,
+                    Utc::now(),
+                    event(),
+                    FactorRemoval::default(),
+                    None,
+                );
+                assert_eq!(reset.await.unwrap(), ResetOutcome::Reset);
             })
         }),
         ("verify_email", |w, u, _| {

@@ -87,7 +87,14 @@ impl AuthService {
         self.check_new_password(&password, &email, full_name.as_ref())?;
         self.throttle(Action::Register, client.ip.as_deref(), Some(email.key()))
             .await?;
-        let verify = self.policy.mail.verify_on_register && self.mail_configured();
+        // The verification mail counts in the address's and the client's mail budgets like any
+        // other; over either, the registration goes through without it (the user asks for
+        // one later at POST /auth/verify/request).
+        let verify = self.policy.mail.verify_on_register
+            && self.mail_configured()
+            && self
+                .within_mail_budget(&[&email], client.ip.as_deref())
+                .await?;
         let audit = NewAuditEvent::new(AuditKind::UserRegistered, None, client, self.clock.now());
         self.create_user(email, password, full_name, Role::User, verify, audit)
             .await
@@ -392,6 +399,42 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(created.id, UserId(1));
+    }
+
+    #[tokio::test]
+    async fn a_registration_sends_its_verification_within_the_mail_budgets_only() {
+        for (spent, mailed) in [("", true), ("mail:", false), ("mail_to:", false)] {
+            let mut m = Mocks::new();
+            m.mailer = Some(crate::domain::ports::MockMailer::new());
+            let mut limiter = crate::domain::ports::MockRateLimiter::new();
+            limiter.expect_increment().returning(move |bucket, _| {
+                Ok(if !spent.is_empty() && bucket.starts_with(spent) {
+                    99
+                } else {
+                    1
+                })
+            });
+            m.limiter = Some(limiter);
+            m.hasher
+                .expect_hash()
+                .returning(|_| Ok(PasswordHash::new("h".into())));
+            // Over the client address's or the address's budget, the user is made all the
+            // same: only the mail is left out.
+            m.users
+                .expect_create_user()
+                .withf(move |u| u.send_verification == mailed)
+                .times(1)
+                .returning(|_| Ok(user(1, Role::User, true)));
+            m.service()
+                .register(
+                    email(1),
+                    password(),
+                    None,
+                    &ClientInfo::new(None, Some("203.0.113.9".into())),
+                )
+                .await
+                .unwrap();
+        }
     }
 
     #[tokio::test]

@@ -5,11 +5,12 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::AuthService;
+use crate::domain::mfa::{Passkey, TOTP_DESCRIBED};
 use crate::domain::ports::{AdminWriteError, CreateUserError};
 use crate::domain::{
-    AuditEvent, AuditKind, AuditQuery, BackendError, ClientInfo, Email, FullName, MailJob,
-    NewAuditEvent, Password, PasswordError, Principal, Role, Session, User, UserChanges, UserId,
-    UserQuery,
+    AuditEvent, AuditKind, AuditQuery, BackendError, ClientInfo, Email, FactorChange, FullName,
+    MailJob, NewAuditEvent, Password, PasswordError, Principal, Role, Session, User, UserChanges,
+    UserId, UserQuery,
 };
 
 /// Why an administrative command failed.
@@ -151,9 +152,19 @@ impl AuthService {
             ))
             .map_err(BackendError::unexpected)?,
         };
-        let audit = actor
+        let mut audit = actor
             .event(AuditKind::UserCreated, None, self.clock.now())
             .with("role", account.role);
+        let invite = invite && {
+            let queued = self.within_mail_budget(&[&account.email], None).await?;
+            if !queued {
+                audit = audit.with(
+                    "invitation",
+                    "not sent: the address's mail budget is spent; send a reset link later",
+                );
+            }
+            queued
+        };
         let user = self
             .create_user(
                 account.email,
@@ -166,7 +177,11 @@ impl AuthService {
             .await?;
         if invite {
             self.users
-                .enqueue_mail(MailJob::Invitation { user_id: user.id }, self.clock.now())
+                .enqueue_mail(
+                    MailJob::Invitation { user_id: user.id },
+                    self.clock.now(),
+                    None,
+                )
                 .await?;
         }
         Ok(user)
@@ -338,7 +353,21 @@ impl AuthService {
     pub async fn reset_factors(&self, actor: Actor<'_>, id: UserId) -> Result<bool, AdminError> {
         let user = self.account(id).await?;
         let audit = actor.event(AuditKind::MfaReset, Some(user.id), self.clock.now());
-        Ok(self.factors.remove_factors(user.id, true, audit).await?)
+        let mut removed = Vec::new();
+        if let Some(totp) = self.factors.find_totp(user.id).await?
+            && totp.confirmed_at.is_some()
+        {
+            removed.push(TOTP_DESCRIBED.to_owned());
+        }
+        let passkeys = self.factors.list_passkeys(user.id).await?;
+        removed.extend(passkeys.iter().map(Passkey::described));
+        let notice = self
+            .factor_notice(&user, FactorChange::Removed, removed, None)
+            .await?;
+        Ok(self
+            .factors
+            .remove_factors(user.id, true, audit, notice)
+            .await?)
     }
 
     /// [`AuthService::reset_factors`] of the user with `email`, for the operator.
@@ -350,20 +379,30 @@ impl AuthService {
         self.reset_factors(Actor::Operator, user.id).await
     }
 
-    /// Mails user `id` a reset link.
+    /// Mails user `id` a reset link, at `actor`'s request, within the address's mail budget.
+    /// The request is recorded at once (`password.reset_requested` by the actor, from their
+    /// client), with whether the link was queued.
     ///
     /// # Errors
     /// [`AdminError::UnknownUser`]; [`AdminError::MailNotConfigured`].
-    pub async fn send_reset_link(&self, id: UserId) -> Result<(), AdminError> {
+    pub async fn send_reset_link(&self, actor: Actor<'_>, id: UserId) -> Result<(), AdminError> {
         if !self.mail_configured() {
             return Err(AdminError::MailNotConfigured);
         }
         let user = self.account(id).await?;
+        let now = self.clock.now();
+        let audit = actor.event(AuditKind::PasswordResetRequested, Some(user.id), now);
+        if !self.within_mail_budget(&[&user.email], None).await? {
+            let audit = audit.with("mail", "not sent: the address's mail budget is spent");
+            self.users.record_audit(audit).await?;
+            return Ok(());
+        }
+        let job = MailJob::PasswordReset {
+            email: user.email,
+            requested_by: None,
+        };
         self.users
-            .enqueue_mail(
-                MailJob::PasswordReset { email: user.email },
-                self.clock.now(),
-            )
+            .enqueue_mail(job, now, Some(audit.with("mail", "queued")))
             .await?;
         Ok(())
     }
@@ -495,13 +534,68 @@ mod tests {
             .returning(|_| Ok(user(7, Role::User, true)));
         m.users
             .expect_enqueue_mail()
-            .with(eq(MailJob::Invitation { user_id: UserId(7) }), always())
+            .with(
+                eq(MailJob::Invitation { user_id: UserId(7) }),
+                always(),
+                eq(None),
+            )
             .times(1)
-            .returning(|_, _| Ok(()));
+            .returning(|_, _, _| Ok(()));
         m.service()
             .create_account(Actor::Admin(&admin, &client), invite())
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_admins_reset_link_is_recorded_at_once_and_sent_within_the_budget() {
+        let admin = admin();
+        let client = ClientInfo::new(Some("console"), Some("198.51.100.4".into()));
+        for (spent, queued) in [(false, true), (true, false)] {
+            let mut m = Mocks::new();
+            m.mailer = Some(MockMailer::new());
+            let mut limiter = crate::domain::ports::MockRateLimiter::new();
+            limiter
+                .expect_increment()
+                .returning(move |_, _| Ok(if spent { 4 } else { 1 }));
+            m.limiter = Some(limiter);
+            m.users
+                .expect_find_user_by_id()
+                .returning(|id| Ok(Some(user(id.0, Role::User, true))));
+            let recorded = |audit: &NewAuditEvent, mail: &str| {
+                audit.kind == AuditKind::PasswordResetRequested
+                    && audit.user_id == Some(UserId(9))
+                    && audit.actor_id == Some(UserId(1))
+                    && audit.client.ip.as_deref() == Some("198.51.100.4")
+                    && audit
+                        .detail
+                        .get("mail")
+                        .is_some_and(|m| m.starts_with(mail))
+            };
+            if queued {
+                m.users
+                    .expect_enqueue_mail()
+                    .withf(move |job, _, audit| {
+                        *job == MailJob::PasswordReset {
+                            email: Email::parse("user9@example.com").unwrap(),
+                            requested_by: None,
+                        } && audit.as_ref().is_some_and(|a| recorded(a, "queued"))
+                    })
+                    .times(1)
+                    .returning(|_, _, _| Ok(()));
+            } else {
+                m.users.expect_enqueue_mail().never();
+                m.users
+                    .expect_record_audit()
+                    .withf(move |audit| recorded(audit, "not sent"))
+                    .times(1)
+                    .returning(|_| Ok(()));
+            }
+            m.service()
+                .send_reset_link(Actor::Admin(&admin, &client), UserId(9))
+                .await
+                .unwrap();
+        }
     }
 
     #[tokio::test]
@@ -510,16 +604,21 @@ mod tests {
         m.users
             .expect_find_user_by_id()
             .returning(|id| Ok(Some(user(id.0, Role::User, true))));
+        m.factors.expect_find_totp().returning(|_| Ok(None));
+        m.factors
+            .expect_list_passkeys()
+            .returning(|_| Ok(Vec::new()));
         m.factors
             .expect_remove_factors()
-            .withf(|id, passkeys, audit| {
+            .withf(|id, passkeys, audit, notice| {
                 *id == UserId(9)
                     && *passkeys
                     && audit.kind == AuditKind::MfaReset
                     && audit.actor_id == Some(UserId(1))
+                    && notice.is_none()
             })
             .times(1)
-            .returning(|_, _, _| Ok(true));
+            .returning(|_, _, _, _| Ok(true));
         let admin = admin();
         let client = ClientInfo::default();
         assert!(

@@ -9,14 +9,18 @@ use chrono::TimeDelta;
 
 use super::AuthService;
 use super::limits::{Action, Throttled, subject_key};
-use crate::domain::ports::{CreateUserError, MailError};
+use crate::domain::mfa::{FactorRemoval, TOTP_DESCRIBED};
+use crate::domain::ports::{CreateUserError, MailError, ResetOutcome};
 use crate::domain::{
-    AuditKind, BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind, Mail, MailJob,
-    MailKind, NewAuditEvent, NewEmailToken, Password, PasswordError, Principal, QueuedMail, User,
+    AuditKind, BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind, FactorChange, Mail,
+    MailJob, MailKind, NewAuditEvent, NewEmailToken, Password, PasswordError, Principal,
+    QueuedMail, User,
 };
 
 /// The longest token worth looking up: ours are 43 characters.
 const MAX_TOKEN_LEN: usize = 128;
+/// Attempts at a reset whose factors to remove keep changing under it.
+const RESET_ATTEMPTS: usize = 3;
 /// Jobs one worker claims at a time.
 const CLAIM_BATCH: u32 = 16;
 /// How long a claimed job is the claimer's: far longer than one delivery may take.
@@ -102,7 +106,8 @@ pub enum RedeemError {
 /// What became of one job, for the worker's metrics and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    /// The job's name: `password_reset`, `verification` or `email_change`.
+    /// The job's name: `password_reset`, `verification`, `invitation`, `email_change` or
+    /// `factor_notice`.
     pub job: &'static str,
     pub outcome: DeliveryOutcome,
     /// From queueing to this outcome.
@@ -127,6 +132,7 @@ fn job_name(job: &MailJob) -> &'static str {
         MailJob::Verification { .. } => "verification",
         MailJob::Invitation { .. } => "invitation",
         MailJob::EmailChange { .. } => "email_change",
+        MailJob::FactorNotice { .. } => "factor_notice",
     }
 }
 
@@ -145,11 +151,12 @@ impl AuthService {
     }
 
     /// Queues a reset link for the account at `email`. Registered, unregistered, inactive or
-    /// unverified: the same checks, the same one write, the same answer.
+    /// unverified: the same checks, the same writes, the same answer; over the address's mail
+    /// budget, the same answer and nothing queued.
     ///
     /// # Errors
     /// [`MailRequestError::NotConfigured`] without a transport; `Throttled` over the mail
-    /// limits of the address or of the email.
+    /// limits of the client address or of the email.
     pub async fn forgot_password(
         &self,
         email: Email,
@@ -158,34 +165,75 @@ impl AuthService {
         self.require_mail()?;
         self.throttle(Action::Mail, client.ip.as_deref(), Some(email.key()))
             .await?;
-        self.users
-            .enqueue_mail(MailJob::PasswordReset { email }, self.clock.now())
-            .await?;
+        if self.within_mail_budget(&[&email], None).await? {
+            let job = MailJob::PasswordReset {
+                email,
+                requested_by: Some(client.clone()),
+            };
+            self.users.enqueue_mail(job, self.clock.now(), None).await?;
+        }
         Ok(())
     }
 
-    /// Sets a new password with a reset link's token. Every session of the user ends, every
-    /// other reset token and any pending email change are spent, the address counts as
-    /// verified, and the account's failure delay is cleared.
+    /// Sets a new password with a reset link's token, asked for by `client`. Every session of
+    /// the user ends, every other reset token and any pending email change are spent, the
+    /// address counts as verified, and the account's failure delay is cleared.
+    ///
+    /// The link proves the address, which nothing did before if it was unverified: whoever
+    /// registered the address first (not its owner, perhaps) may have added second factors,
+    /// and the owner taking the account back must not inherit them. So the second factors
+    /// added while the address was unverified, and an enrolment never confirmed, are removed
+    /// with the reset, and a mail to the address names each removed factor.
     ///
     /// # Errors
     /// [`RedeemError::InvalidToken`] for a token that is unknown, spent, expired, of another
     /// kind, or whose user was deactivated or changed since.
-    pub async fn reset_password(&self, token: &str, new: Password) -> Result<(), RedeemError> {
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        new: Password,
+        client: &ClientInfo,
+    ) -> Result<(), RedeemError> {
         let record = self
             .usable_token(token, EmailTokenKind::PasswordReset)
             .await?;
         let user = &record.user;
         self.check_new_password(&new, &user.email, user.full_name.as_ref())?;
         let hash = self.hasher.hash(&new).await?;
-        let now = self.clock.now();
-        let audit = self.event(AuditKind::PasswordReset, &record.user, now);
-        let reset = self
-            .users
-            .reset_password(&EmailTokenHash::of(token), &record.user, hash, now, audit)
-            .await?;
-        if !reset {
-            return Err(RedeemError::InvalidToken);
+        let token = EmailTokenHash::of(token);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (removal, removed) = self.factors_added_unverified(user).await?;
+            let now = self.clock.now();
+            let mut audit =
+                NewAuditEvent::new(AuditKind::PasswordReset, Some(user.id), client, now);
+            if !removed.is_empty() {
+                audit = audit.with("factors_removed", removed.join(", "));
+            }
+            let notice = self
+                .factor_notice(
+                    user,
+                    FactorChange::RemovedByReset,
+                    removed,
+                    client.ip.as_deref(),
+                )
+                .await?;
+            let outcome = self
+                .users
+                .reset_password(&token, user, hash.clone(), now, audit, removal, notice)
+                .await?;
+            match outcome {
+                ResetOutcome::Reset => break,
+                ResetOutcome::Refused => return Err(RedeemError::InvalidToken),
+                ResetOutcome::FactorsChanged if attempts < RESET_ATTEMPTS => {}
+                ResetOutcome::FactorsChanged => {
+                    return Err(BackendError::unexpected(
+                        "the factors to remove kept changing during a reset",
+                    )
+                    .into());
+                }
+            }
         }
         if self.limits.enabled {
             self.limiter
@@ -215,9 +263,14 @@ impl AuthService {
             Some(&user_id.to_string()),
         )
         .await?;
-        self.users
-            .enqueue_mail(MailJob::Verification { user_id }, self.clock.now())
-            .await?;
+        if self
+            .within_mail_budget(&[&principal.user.email], None)
+            .await?
+        {
+            self.users
+                .enqueue_mail(MailJob::Verification { user_id }, self.clock.now(), None)
+                .await?;
+        }
         Ok(())
     }
 
@@ -270,12 +323,20 @@ impl AuthService {
         {
             return Err(MailRequestError::WrongPassword);
         }
+        // Both addresses hear of it (the link or the notice of an address in use, and the
+        // notice to the old one): both budgets must allow it, or nothing goes.
+        if !self
+            .within_mail_budget(&[&new_email, &principal.user.email], None)
+            .await?
+        {
+            return Ok(());
+        }
         let job = MailJob::EmailChange {
             user_id,
             new_email,
             keep: principal.session_id,
         };
-        self.users.enqueue_mail(job, self.clock.now()).await?;
+        self.users.enqueue_mail(job, self.clock.now(), None).await?;
         Ok(())
     }
 
@@ -324,7 +385,11 @@ impl AuthService {
             .filter(|user| user.is_active)
             .ok_or(RedeemError::InvalidToken)?;
         let (link, _) = self
-            .issue_link(EmailTokenKind::PasswordReset, &user)
+            .issue_link(
+                EmailTokenKind::PasswordReset,
+                &user,
+                Some(self.reset_requested(&user)),
+            )
             .await?;
         Ok(link)
     }
@@ -345,6 +410,7 @@ impl AuthService {
                 link: None,
                 new_email: None,
                 valid_for: None,
+                factors: None,
             })
             .await
     }
@@ -364,22 +430,23 @@ impl AuthService {
             .ok_or(RedeemError::InvalidToken)
     }
 
-    /// Stores a fresh token of `kind` for `user` and returns its link and lifetime.
+    /// Stores a fresh token of `kind` for `user`, recording `audit` with it when given, and
+    /// returns its link and lifetime.
     async fn issue_link(
         &self,
         kind: EmailTokenKind,
         user: &User,
+        audit: Option<NewAuditEvent>,
     ) -> Result<(String, TimeDelta), BackendError> {
-        self.issue_token(NewEmailToken::generate(
-            kind,
-            user,
-            self.clock.now(),
-            self.ttl_of(kind),
-        ))
-        .await
+        let token = NewEmailToken::generate(kind, user, self.clock.now(), self.ttl_of(kind));
+        self.issue_token(token, audit).await
     }
 
-    async fn issue_token(&self, token: NewEmailToken) -> Result<(String, TimeDelta), BackendError> {
+    async fn issue_token(
+        &self,
+        token: NewEmailToken,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<(String, TimeDelta), BackendError> {
         let policy = &self.policy.mail;
         let template = match token.kind {
             EmailTokenKind::PasswordReset => &policy.reset_link,
@@ -388,16 +455,6 @@ impl AuthService {
         };
         let link = crate::domain::mail::link(template, &policy.public_url, &token.secret);
         let ttl = token.expires_at - token.created_at;
-        // A reset link handed out is worth a line in the trail; the others are routine.
-        let audit = (token.kind == EmailTokenKind::PasswordReset).then(|| NewAuditEvent {
-            user_id: Some(token.user_id),
-            ..NewAuditEvent::new(
-                AuditKind::PasswordResetRequested,
-                None,
-                &ClientInfo::default(),
-                token.created_at,
-            )
-        });
         self.users.store_email_token(token, audit).await?;
         Ok((link, ttl))
     }
@@ -410,6 +467,35 @@ impl AuthService {
         now: chrono::DateTime<chrono::Utc>,
     ) -> NewAuditEvent {
         NewAuditEvent::new(kind, Some(user.id), &ClientInfo::default(), now)
+    }
+
+    /// `password.reset_requested` for `user`, now, by nobody named yet.
+    fn reset_requested(&self, user: &User) -> NewAuditEvent {
+        self.event(AuditKind::PasswordResetRequested, user, self.clock.now())
+    }
+
+    /// What a reset removes of `user`'s second factors: those added while the address was
+    /// unverified, and an enrolment never confirmed; with how a notice names the factors.
+    async fn factors_added_unverified(
+        &self,
+        user: &User,
+    ) -> Result<(FactorRemoval, Vec<String>), BackendError> {
+        let mut removal = FactorRemoval::default();
+        let mut named = Vec::new();
+        if let Some(totp) = self.factors.find_totp(user.id).await? {
+            let confirmed = totp.confirmed_at.is_some();
+            removal.totp = !confirmed || totp.added_unverified;
+            if confirmed && totp.added_unverified {
+                named.push(TOTP_DESCRIBED.to_owned());
+            }
+        }
+        for passkey in self.factors.list_passkeys(user.id).await? {
+            if passkey.added_unverified {
+                named.push(passkey.described());
+                removal.passkeys.push(passkey.id);
+            }
+        }
+        Ok((removal, named))
     }
 
     fn ttl_of(&self, kind: EmailTokenKind) -> TimeDelta {
@@ -515,7 +601,10 @@ impl AuthService {
     /// The mail a job amounts to now: none when there is nobody to write to.
     async fn compose(&self, job: &MailJob) -> Result<Vec<Mail>, BackendError> {
         match job {
-            MailJob::PasswordReset { email } => {
+            MailJob::PasswordReset {
+                email,
+                requested_by,
+            } => {
                 let Some(user) = self
                     .users
                     .find_user_by_email(email)
@@ -524,9 +613,15 @@ impl AuthService {
                 else {
                     return Ok(Vec::new());
                 };
+                // Recorded here, not when asked, so that asking costs the same for every
+                // address; an admin's request is on record already.
+                let audit = requested_by.as_ref().map(|client| NewAuditEvent {
+                    client: client.clone(),
+                    ..self.reset_requested(&user)
+                });
                 // To the address on the account, never to the look-alike that was typed.
                 let (link, ttl) = self
-                    .issue_link(EmailTokenKind::PasswordReset, &user)
+                    .issue_link(EmailTokenKind::PasswordReset, &user, audit)
                     .await?;
                 Ok(vec![link_mail(MailKind::PasswordReset, &user, link, ttl)])
             }
@@ -540,13 +635,14 @@ impl AuthService {
                     return Ok(Vec::new());
                 };
                 // A reset token that lives longer: the account waits for its first password.
+                let token = NewEmailToken::generate(
+                    EmailTokenKind::PasswordReset,
+                    &user,
+                    self.clock.now(),
+                    self.policy.mail.invitation_ttl,
+                );
                 let (link, ttl) = self
-                    .issue_token(NewEmailToken::generate(
-                        EmailTokenKind::PasswordReset,
-                        &user,
-                        self.clock.now(),
-                        self.policy.mail.invitation_ttl,
-                    ))
+                    .issue_token(token, Some(self.reset_requested(&user)))
                     .await?;
                 Ok(vec![link_mail(MailKind::Invitation, &user, link, ttl)])
             }
@@ -559,7 +655,9 @@ impl AuthService {
                 else {
                     return Ok(Vec::new());
                 };
-                let (link, ttl) = self.issue_link(EmailTokenKind::Verification, &user).await?;
+                let (link, ttl) = self
+                    .issue_link(EmailTokenKind::Verification, &user, None)
+                    .await?;
                 Ok(vec![link_mail(MailKind::Verification, &user, link, ttl)])
             }
             MailJob::EmailChange {
@@ -576,21 +674,11 @@ impl AuthService {
                     return Ok(Vec::new());
                 };
                 let notice = Mail {
-                    kind: MailKind::EmailChangeNotice,
-                    to: user.email.as_str().to_owned(),
-                    link: None,
                     new_email: Some(new_email.as_str().to_owned()),
-                    valid_for: None,
+                    ..notice_mail(MailKind::EmailChangeNotice, &user)
                 };
                 if let Some(owner) = self.users.find_user_by_email(new_email).await? {
-                    let in_use = Mail {
-                        kind: MailKind::EmailInUse,
-                        to: owner.email.as_str().to_owned(),
-                        link: None,
-                        new_email: None,
-                        valid_for: None,
-                    };
-                    return Ok(vec![notice, in_use]);
+                    return Ok(vec![notice, notice_mail(MailKind::EmailInUse, &owner)]);
                 }
                 let mut token = NewEmailToken::generate(
                     EmailTokenKind::EmailChange,
@@ -600,27 +688,55 @@ impl AuthService {
                 );
                 token.new_email = Some(new_email.clone());
                 token.keep_session = *keep;
-                let (link, ttl) = self.issue_token(token).await?;
+                let (link, ttl) = self.issue_token(token, None).await?;
                 let confirm = Mail {
                     kind: MailKind::EmailChange,
                     to: new_email.as_str().to_owned(),
                     link: Some(link),
-                    new_email: None,
                     valid_for: Some(ttl),
+                    ..notice_mail(MailKind::EmailChange, &user)
                 };
                 Ok(vec![notice, confirm])
+            }
+            MailJob::FactorNotice {
+                user_id,
+                change,
+                factors,
+            } => {
+                let Some(user) = self
+                    .users
+                    .find_user_by_id(*user_id)
+                    .await?
+                    .filter(|user| user.is_active)
+                else {
+                    return Ok(Vec::new());
+                };
+                Ok(vec![Mail {
+                    factors: Some(factors.join(", ")),
+                    ..notice_mail(change.mail_kind(), &user)
+                }])
             }
         }
     }
 }
 
-fn link_mail(kind: MailKind, user: &User, link: String, ttl: TimeDelta) -> Mail {
+/// A mail of `kind` to `user`'s address, carrying nothing yet.
+fn notice_mail(kind: MailKind, user: &User) -> Mail {
     Mail {
         kind,
         to: user.email.as_str().to_owned(),
-        link: Some(link),
+        link: None,
         new_email: None,
+        valid_for: None,
+        factors: None,
+    }
+}
+
+fn link_mail(kind: MailKind, user: &User, link: String, ttl: TimeDelta) -> Mail {
+    Mail {
+        link: Some(link),
         valid_for: Some(ttl),
+        ..notice_mail(kind, user)
     }
 }
 
@@ -640,6 +756,7 @@ mod tests {
 
     use super::super::test_support::{Mocks, session, user};
     use super::*;
+    use crate::domain::mfa::FactorRemoval;
     use crate::domain::ports::MockMailer;
     use crate::domain::{EmailTokenRecord, PasswordHash, Role, SessionId, UserId};
 
@@ -679,6 +796,14 @@ mod tests {
         }
     }
 
+    /// The user has no second factor.
+    fn no_factors(m: &mut Mocks) {
+        m.factors.expect_find_totp().returning(|_| Ok(None));
+        m.factors
+            .expect_list_passkeys()
+            .returning(|_| Ok(Vec::new()));
+    }
+
     #[tokio::test]
     async fn forgot_queues_one_job_for_any_address_and_looks_nothing_up() {
         let mut m = with_mail();
@@ -688,11 +813,13 @@ mod tests {
             .with(
                 eq(MailJob::PasswordReset {
                     email: email("nobody@example.com"),
+                    requested_by: Some(client()),
                 }),
                 always(),
+                eq(None),
             )
             .times(1)
-            .returning(|_, _| Ok(()));
+            .returning(|_, _, _| Ok(()));
         m.service()
             .forgot_password(email("nobody@example.com"), &client())
             .await
@@ -753,7 +880,7 @@ mod tests {
             m.users.expect_reset_password().never();
             let err = m
                 .service()
-                .reset_password("token", Password::parse("new password").unwrap())
+                .reset_password("token", Password::parse("new password").unwrap(), &client())
                 .await
                 .unwrap_err();
             assert!(matches!(err, RedeemError::InvalidToken), "{case}");
@@ -763,7 +890,11 @@ mod tests {
         m.hasher.expect_hash().never();
         let err = m
             .service()
-            .reset_password("unknown", Password::parse("new password").unwrap())
+            .reset_password(
+                "unknown",
+                Password::parse("new password").unwrap(),
+                &client(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, RedeemError::InvalidToken));
@@ -774,7 +905,7 @@ mod tests {
         for token in [String::new(), "x".repeat(129)] {
             assert!(matches!(
                 service
-                    .reset_password(&token, Password::parse("new password").unwrap())
+                    .reset_password(&token, Password::parse("new password").unwrap(), &client())
                     .await,
                 Err(RedeemError::InvalidToken)
             ));
@@ -793,15 +924,19 @@ mod tests {
             .expect_hash()
             .times(1)
             .returning(|_| Ok(PasswordHash::new("new-hash".into())));
+        no_factors(&mut m);
         m.users
             .expect_reset_password()
-            .withf(|token, user, hash, _, _| {
+            .withf(|token, user, hash, _, audit, removal, notice| {
                 *token == EmailTokenHash::of("token")
                     && user.id == UserId(5)
                     && hash.as_str() == "new-hash"
+                    && audit.client == client()
+                    && removal.is_empty()
+                    && notice.is_none()
             })
             .times(1)
-            .returning(|_, _, _, _, _| Ok(true));
+            .returning(|_, _, _, _, _, _, _| Ok(ResetOutcome::Reset));
         let mut limiter = crate::domain::ports::MockRateLimiter::new();
         limiter
             .expect_clear_failures()
@@ -815,7 +950,98 @@ mod tests {
             .returning(|_| Ok(()));
         m.limiter = Some(limiter);
         m.service()
-            .reset_password("token", Password::parse("new password").unwrap())
+            .reset_password("token", Password::parse("new password").unwrap(), &client())
+            .await
+            .unwrap();
+    }
+
+    /// A passkey of user 5 named `name`, added while the address was `unverified` or not.
+    fn passkey(n: u128, name: &str, unverified: bool) -> crate::domain::mfa::Passkey {
+        crate::domain::mfa::Passkey {
+            id: uuid::Uuid::from_u128(n),
+            user_id: UserId(5),
+            name: name.into(),
+            created_at: chrono::Utc::now(),
+            last_used_at: None,
+            credential_id: vec![u8::try_from(n).unwrap()],
+            credential: String::new(),
+            user_handle: uuid::Uuid::nil(),
+            added_unverified: unverified,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_removes_what_was_added_before_the_address_was_proved_and_says_so() {
+        let mut m = with_mail();
+        let rec = record(&m, EmailTokenKind::PasswordReset);
+        m.users
+            .expect_find_email_token()
+            .returning(move |_| Ok(Some(rec.clone())));
+        m.hasher
+            .expect_hash()
+            .returning(|_| Ok(PasswordHash::new("h".into())));
+        m.factors.expect_find_totp().returning(|_| {
+            Ok(Some(crate::domain::mfa::TotpFactor {
+                user_id: UserId(5),
+                sealed_secret: Vec::new(),
+                confirmed_at: Some(chrono::Utc::now()),
+                last_step: None,
+                added_unverified: true,
+            }))
+        });
+        m.factors.expect_list_passkeys().returning(|_| {
+            Ok(vec![
+                passkey(1, "Owner's", false),
+                passkey(2, "Impostor's", true),
+            ])
+        });
+        // The first attempt finds a factor added meanwhile; the second reads again.
+        let mut seq = mockall::Sequence::new();
+        m.users
+            .expect_reset_password()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _, _, _, _, _| Ok(ResetOutcome::FactorsChanged));
+        m.users
+            .expect_reset_password()
+            .withf(|_, _, _, _, audit, removal, notice| {
+                let removed = "TOTP (authenticator app), passkey \"Impostor's\"";
+                *removal
+                    == FactorRemoval {
+                        totp: true,
+                        passkeys: vec![uuid::Uuid::from_u128(2)],
+                    }
+                    && audit.detail.get("factors_removed").map(String::as_str) == Some(removed)
+                    && *notice
+                        == Some(MailJob::FactorNotice {
+                            user_id: UserId(5),
+                            change: FactorChange::RemovedByReset,
+                            factors: vec![
+                                "TOTP (authenticator app)".into(),
+                                "passkey \"Impostor's\"".into(),
+                            ],
+                        })
+            })
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _, _, _, _, _, _| Ok(ResetOutcome::Reset));
+        m.service()
+            .reset_password("token", Password::parse("new password").unwrap(), &client())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn forgot_over_the_addresss_mail_budget_answers_as_usual_and_queues_nothing() {
+        let mut m = with_mail();
+        let mut limiter = crate::domain::ports::MockRateLimiter::new();
+        limiter
+            .expect_increment()
+            .returning(|bucket, _| Ok(if bucket.starts_with("mail_to:") { 4 } else { 1 }));
+        m.limiter = Some(limiter);
+        m.users.expect_enqueue_mail().never();
+        m.service()
+            .forgot_password(email("ann@example.com"), &client())
             .await
             .unwrap();
     }
@@ -830,12 +1056,13 @@ mod tests {
         m.hasher
             .expect_hash()
             .returning(|_| Ok(PasswordHash::new("h".into())));
+        no_factors(&mut m);
         m.users
             .expect_reset_password()
-            .returning(|_, _, _, _, _| Ok(false));
+            .returning(|_, _, _, _, _, _, _| Ok(ResetOutcome::Refused));
         let err = m
             .service()
-            .reset_password("token", Password::parse("new password").unwrap())
+            .reset_password("token", Password::parse("new password").unwrap(), &client())
             .await
             .unwrap_err();
         assert!(matches!(err, RedeemError::InvalidToken));
@@ -892,6 +1119,7 @@ mod tests {
             let mut m = delivering(
                 MailJob::PasswordReset {
                     email: email("who@example.com"),
+                    requested_by: Some(client()),
                 },
                 0,
             );
@@ -916,6 +1144,7 @@ mod tests {
         let mut m = delivering(
             MailJob::PasswordReset {
                 email: email("us\u{435}r5@example.com"),
+                requested_by: Some(client()),
             },
             0,
         );
@@ -925,10 +1154,17 @@ mod tests {
         let now = m.now;
         m.users
             .expect_store_email_token()
-            .withf(move |t, _| {
+            .withf(move |t, audit| {
                 t.kind == EmailTokenKind::PasswordReset
                     && t.user_id == UserId(5)
                     && t.expires_at == now + TimeDelta::minutes(30)
+                    // The request is on record with its client, now that the address is known
+                    // to be registered.
+                    && audit.as_ref().is_some_and(|a| {
+                        a.kind == AuditKind::PasswordResetRequested
+                            && a.user_id == Some(UserId(5))
+                            && a.client == client()
+                    })
             })
             .times(1)
             .returning(|_, _| Ok(()));

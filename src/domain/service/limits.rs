@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::AuthService;
 use crate::domain::ports::FailureRecord;
-use crate::domain::{BackendError, PasswordHash, SessionId};
+use crate::domain::{BackendError, Email, PasswordHash, SessionId};
 
 /// At most `max` attempts per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +50,10 @@ pub struct LimitPolicy {
     /// three; the account is the email for a reset and the user otherwise.
     pub mail_per_ip: Quota,
     pub mail_per_account: Quota,
+    /// Messages to one address, whatever asked for them (a reset, a verification, an email
+    /// change's link or notice, an admin's link, a security notice), by the address's
+    /// look-alike key. Over it nothing more is sent there, and the request answers as usual.
+    pub mail_per_recipient: Quota,
     /// Failed password checks of one account allowed before the delay starts.
     pub free_failures: u32,
     /// The delay after the first failure beyond the free ones; it doubles with each further one.
@@ -78,6 +82,7 @@ impl Default for LimitPolicy {
             password_check_per_account: Quota::per_minute(10),
             mail_per_ip: Quota::per_minute(10),
             mail_per_account: Quota::per_minute(3),
+            mail_per_recipient: Quota::per_minute(3),
             free_failures: 5,
             first_delay: TimeDelta::seconds(1),
             max_delay: TimeDelta::minutes(15),
@@ -243,11 +248,9 @@ impl AuthService {
         quota: Quota,
         now: DateTime<Utc>,
     ) -> Result<(), LimitError> {
-        let window = quota.window.num_seconds().max(1);
-        let start = now.timestamp().div_euclid(window) * window;
-        let ends = DateTime::<Utc>::from_timestamp(start + window, 0).unwrap_or(now);
-        let bucket = format!("{}:{}:{start}", action.name(), subject_key(kind, subject));
-        let count = self.limiter.increment(&bucket, ends).await?;
+        let (count, ends) = self
+            .increment(action.name(), kind, subject, quota, now)
+            .await?;
         if count > quota.max {
             return Err(Throttled {
                 retry_after: ends - now,
@@ -255,6 +258,60 @@ impl AuthService {
             .into());
         }
         Ok(())
+    }
+
+    /// Adds one to the counter of `subject` (of `kind`) for `name` in the window of `quota`
+    /// that holds `now`; returns the count and when the window ends.
+    async fn increment(
+        &self,
+        name: &str,
+        kind: &str,
+        subject: &str,
+        quota: Quota,
+        now: DateTime<Utc>,
+    ) -> Result<(u32, DateTime<Utc>), BackendError> {
+        let window = quota.window.num_seconds().max(1);
+        let start = now.timestamp().div_euclid(window) * window;
+        let ends = DateTime::<Utc>::from_timestamp(start + window, 0).unwrap_or(now);
+        let bucket = format!("{name}:{}:{start}", subject_key(kind, subject));
+        Ok((self.limiter.increment(&bucket, ends).await?, ends))
+    }
+
+    /// Counts the messages a request is about to queue, one to each of `recipients`, against
+    /// each recipient's budget (every route that mails an address shares it), and, with `ip`,
+    /// one against the client address's mail budget (the routes that exist to send mail
+    /// counted it already, with a 429 over it). `false` when any budget is spent: the caller
+    /// then queues nothing and answers as it would have, so the answer tells nothing.
+    pub(super) async fn within_mail_budget(
+        &self,
+        recipients: &[&Email],
+        ip: Option<&str>,
+    ) -> Result<bool, BackendError> {
+        if !self.limits.enabled {
+            return Ok(true);
+        }
+        let now = self.clock.now();
+        if let Some(ip) = ip {
+            let network = address_subject(ip, self.limits.ipv6_prefix_len);
+            let quota = self.limits.mail_per_ip;
+            let (count, _) = self
+                .increment(Action::Mail.name(), "ip", &network, quota, now)
+                .await?;
+            if count > quota.max {
+                return Ok(false);
+            }
+        }
+        for recipient in recipients {
+            let quota = self.limits.mail_per_recipient;
+            let (count, _) = self
+                .increment("mail_to", "recipient", recipient.key(), quota, now)
+                .await?;
+            if count > quota.max {
+                tracing::info!("a message was not queued: its recipient's mail budget is spent");
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The one way the core checks a password: within `account`'s failure run (the

@@ -12,10 +12,12 @@ use super::accounts::{LoginError, login_session_error};
 use super::limits::{Action, Throttled};
 use crate::domain::mfa::{
     AuthMethod, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge, RecoveryCodeHash,
-    RecoveryCodes, TotpCode, TotpSecret,
+    RecoveryCodes, TOTP_DESCRIBED, TotpCode, TotpSecret,
 };
+use crate::domain::ports::TotpConfirmation;
 use crate::domain::{
-    AuditKind, BackendError, ClientInfo, NewAuditEvent, Principal, TokenPair, User, UserId,
+    AuditKind, BackendError, ClientInfo, FactorChange, MailJob, NewAuditEvent, Principal,
+    TokenPair, User, UserId,
 };
 
 /// Second-factor settings.
@@ -287,12 +289,29 @@ impl AuthService {
     }
 
     /// Starts a TOTP enrolment for the caller: a new secret, stored sealed and unconfirmed
-    /// (replacing an unconfirmed one), to be confirmed by a first code.
+    /// (replacing an unconfirmed one), to be confirmed by a first code. The caller proves
+    /// themselves again first (see [`AuthService::prove`]): an access token alone adds no way
+    /// in.
     ///
     /// # Errors
-    /// [`MfaError::AlreadyEnabled`] when the caller has a confirmed factor.
-    pub async fn begin_totp(&self, principal: &Principal) -> Result<TotpEnrolment, MfaError> {
+    /// [`MfaError::AlreadyEnabled`] when the caller has a confirmed factor;
+    /// [`MfaError::WrongPassword`] and the other failures of [`AuthService::prove`].
+    pub async fn begin_totp(
+        &self,
+        principal: &Principal,
+        proof: Proof<'_>,
+        client: &ClientInfo,
+    ) -> Result<TotpEnrolment, MfaError> {
         let user = &principal.user;
+        let enabled = self
+            .factors
+            .find_totp(user.id)
+            .await?
+            .is_some_and(|factor| factor.confirmed_at.is_some());
+        if enabled {
+            return Err(MfaError::AlreadyEnabled);
+        }
+        self.prove(principal, proof, client).await?;
         let secret = TotpSecret::generate();
         let sealed = self
             .sealer
@@ -342,19 +361,33 @@ impl AuthService {
             client,
             self.clock.now(),
         );
-        if !self
-            .factors
-            .confirm_totp(user.id, &factor.sealed_secret, step, recovery.hashes, audit)
-            .await?
-        {
-            // A second enrolment replaced the secret, or another confirmation won.
+        let confirmation = TotpConfirmation {
+            user_id: user.id,
+            credential_version: user.credential_version,
+            sealed_secret: factor.sealed_secret,
+            step,
+            recovery: recovery.hashes,
+            added_unverified: !user.email_verified,
+            audit,
+            notice: self
+                .factor_notice(
+                    user,
+                    FactorChange::Added,
+                    vec![TOTP_DESCRIBED.into()],
+                    client.ip.as_deref(),
+                )
+                .await?,
+        };
+        if !self.factors.confirm_totp(confirmation).await? {
+            // A second enrolment replaced the secret, another confirmation won, or the
+            // password was reset or changed meanwhile.
             return Err(MfaError::InvalidCode);
         }
         Ok(recovery.codes)
     }
 
-    /// Removes the caller's TOTP factor and recovery codes, on a current code or the password.
-    /// Either proof goes through the account's failure run and the re-check limits.
+    /// Removes the caller's TOTP factor and recovery codes, on a current code, a recovery code
+    /// or the password (see [`AuthService::prove`]).
     ///
     /// # Errors
     /// [`MfaError::NotEnabled`] without a confirmed factor; [`MfaError::InvalidCode`] for a
@@ -362,7 +395,7 @@ impl AuthService {
     pub async fn disable_totp(
         &self,
         principal: &Principal,
-        proof: TotpRemovalProof<'_>,
+        proof: Proof<'_>,
         client: &ClientInfo,
     ) -> Result<(), MfaError> {
         let user = &principal.user;
@@ -374,38 +407,99 @@ impl AuthService {
         if !enabled {
             return Err(MfaError::NotEnabled);
         }
-        match proof {
-            TotpRemovalProof::Password(password) => {
-                if !self.recheck_password(principal, password, client).await? {
-                    return Err(MfaError::WrongPassword);
-                }
-            }
-            TotpRemovalProof::Code(code) => {
-                self.throttle_recheck(user, client).await?;
-                self.admit_check(user.email.key()).await?;
-                if !self.use_totp_code(user.id, code).await? {
-                    self.record_wrong(user.email.key()).await?;
-                    return Err(MfaError::InvalidCode);
-                }
-                self.clear_failures(user.email.key()).await?;
-            }
-        }
+        self.prove(principal, proof, client).await?;
         let audit = NewAuditEvent::new(
             AuditKind::TotpDisabled,
             Some(user.id),
             client,
             self.clock.now(),
         );
-        self.factors.remove_factors(user.id, false, audit).await?;
+        let notice = self
+            .factor_notice(
+                user,
+                FactorChange::Removed,
+                vec![TOTP_DESCRIBED.into()],
+                client.ip.as_deref(),
+            )
+            .await?;
+        self.factors
+            .remove_factors(user.id, false, audit, notice)
+            .await?;
         Ok(())
+    }
+
+    /// Checks the proof a signed-in caller gives again before a change that adds or removes a
+    /// way into the account: the password, through the re-check path of a password change
+    /// (its limits, the account's failure run, the session ended after repeated wrong ones),
+    /// or a current TOTP code or an unused recovery code (the same limits and failure run;
+    /// either is spent). A stolen access token alone cannot pass it.
+    ///
+    /// # Errors
+    /// [`MfaError::WrongPassword`]; [`MfaError::InvalidCode`] for a wrong, replayed or
+    /// malformed code; [`MfaError::Throttled`].
+    pub(super) async fn prove(
+        &self,
+        principal: &Principal,
+        proof: Proof<'_>,
+        client: &ClientInfo,
+    ) -> Result<(), MfaError> {
+        let user = &principal.user;
+        match proof {
+            Proof::Password(password) => {
+                if !self.recheck_password(principal, password, client).await? {
+                    return Err(MfaError::WrongPassword);
+                }
+            }
+            Proof::Code(code) => {
+                self.throttle_recheck(user, client).await?;
+                self.admit_check(user.email.key()).await?;
+                let offered = if TotpCode::parse(code).is_some() {
+                    SecondFactor::Code(code)
+                } else {
+                    SecondFactor::RecoveryCode(code)
+                };
+                if self.check_proof(user, offered).await?.is_none() {
+                    self.record_wrong(user.email.key()).await?;
+                    return Err(MfaError::InvalidCode);
+                }
+                self.clear_failures(user.email.key()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The mail that tells `user`'s address of a change of their second factors (`factors`,
+    /// named), caused by a request from the client address `ip` (`None`: by an admin, whose
+    /// mail counts in the recipient's budget alone): `None` without a mail transport, or when
+    /// a budget is spent (the change happens anyway).
+    pub(super) async fn factor_notice(
+        &self,
+        user: &User,
+        change: FactorChange,
+        factors: Vec<String>,
+        ip: Option<&str>,
+    ) -> Result<Option<MailJob>, BackendError> {
+        if !self.mail_configured() || factors.is_empty() {
+            return Ok(None);
+        }
+        if !self.within_mail_budget(&[&user.email], ip).await? {
+            return Ok(None);
+        }
+        Ok(Some(MailJob::FactorNotice {
+            user_id: user.id,
+            change,
+            factors,
+        }))
     }
 }
 
-/// What proves the caller may remove their TOTP factor.
-#[derive(Debug)]
-pub enum TotpRemovalProof<'a> {
-    Code(&'a str),
+/// What a signed-in caller proves themselves with again (see [`AuthService::prove`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Proof<'a> {
+    /// The account's password.
     Password(&'a str),
+    /// A current TOTP code, or an unused recovery code.
+    Code(&'a str),
 }
 
 #[cfg(test)]
@@ -445,6 +539,7 @@ mod tests {
             sealed_secret: sealed(),
             confirmed_at: Some(now() - TimeDelta::days(1)),
             last_step,
+            added_unverified: false,
         }
     }
 
@@ -775,9 +870,22 @@ mod tests {
         }
     }
 
+    /// `begin_totp` with the password `password`, which the hasher finds `right`.
+    async fn enrol(m: Mocks, right: bool) -> Result<TotpEnrolment, MfaError> {
+        let mut m = m;
+        m.hasher
+            .expect_verify()
+            .withf(|candidate, hash| candidate == "pw" && hash.as_str() == "hash-of-user-7")
+            .returning(move |_, _| Ok(right));
+        m.service()
+            .begin_totp(&principal(), Proof::Password("pw"), &ClientInfo::default())
+            .await
+    }
+
     #[tokio::test]
     async fn an_enrolment_stores_the_secret_sealed_to_its_user_and_shows_it_once() {
         let mut m = Mocks::new();
+        m.factors.expect_find_totp().returning(|_| Ok(None));
         m.factors
             .expect_store_pending_totp()
             .withf(|id, sealed, _| {
@@ -785,7 +893,7 @@ mod tests {
             })
             .times(1)
             .returning(|_, _, _| Ok(true));
-        let enrolment = m.service().begin_totp(&principal()).await.unwrap();
+        let enrolment = enrol(m, true).await.unwrap();
         assert!(
             enrolment
                 .uri
@@ -793,12 +901,34 @@ mod tests {
         );
         assert!(enrolment.uri.contains(&enrolment.secret.base32()));
 
+        // Confirmed already, seen before the password is asked, or by the store after it.
         let mut m = Mocks::new();
+        m.factors
+            .expect_find_totp()
+            .returning(|_| Ok(Some(factor(None))));
+        m.hasher.expect_verify().never();
+        let err = m
+            .service()
+            .begin_totp(&principal(), Proof::Password("pw"), &ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MfaError::AlreadyEnabled));
+        let mut m = Mocks::new();
+        m.factors.expect_find_totp().returning(|_| Ok(None));
         m.factors
             .expect_store_pending_totp()
             .returning(|_, _, _| Ok(false));
-        let err = m.service().begin_totp(&principal()).await.unwrap_err();
+        let err = enrol(m, true).await.unwrap_err();
         assert!(matches!(err, MfaError::AlreadyEnabled));
+    }
+
+    #[tokio::test]
+    async fn an_access_token_alone_cannot_start_an_enrolment() {
+        let mut m = Mocks::new();
+        m.factors.expect_find_totp().returning(|_| Ok(None));
+        m.factors.expect_store_pending_totp().never();
+        let err = enrol(m, false).await.unwrap_err();
+        assert!(matches!(err, MfaError::WrongPassword));
     }
 
     fn unconfirmed(m: &mut Mocks) {
@@ -816,15 +946,20 @@ mod tests {
         unconfirmed(&mut m);
         m.factors
             .expect_confirm_totp()
-            .withf(|id, sealed_secret, step, recovery, audit| {
-                *id == UserId(7)
-                    && *sealed_secret == sealed()
-                    && *step == totp_step(now())
-                    && recovery.len() == 10
-                    && audit.kind == AuditKind::TotpEnabled
+            .withf(|c| {
+                c.user_id == UserId(7)
+                    && c.credential_version == 0
+                    && c.sealed_secret == sealed()
+                    && c.step == totp_step(now())
+                    && c.recovery.len() == 10
+                    && c.audit.kind == AuditKind::TotpEnabled
+                    // The address is unverified: a reset will remove it.
+                    && c.added_unverified
+                    // No transport: no notice.
+                    && c.notice.is_none()
             })
             .times(1)
-            .returning(|_, _, _, _, _| Ok(true));
+            .returning(|_| Ok(true));
         let codes = m
             .service()
             .confirm_totp(&principal(), &code_at(0), &ClientInfo::default())
@@ -847,9 +982,7 @@ mod tests {
 
         let mut m = Mocks::new();
         unconfirmed(&mut m);
-        m.factors
-            .expect_confirm_totp()
-            .returning(|_, _, _, _, _| Ok(false));
+        m.factors.expect_confirm_totp().returning(|_| Ok(false));
         let err = m
             .service()
             .confirm_totp(&principal(), &code_at(0), &ClientInfo::default())
@@ -868,15 +1001,15 @@ mod tests {
         m.factors.expect_use_totp_step().returning(|_, _| Ok(true));
         m.factors
             .expect_remove_factors()
-            .withf(|id, passkeys, audit| {
+            .withf(|id, passkeys, audit, _| {
                 *id == UserId(7) && !passkeys && audit.kind == AuditKind::TotpDisabled
             })
             .times(1)
-            .returning(|_, _, _| Ok(true));
+            .returning(|_, _, _, _| Ok(true));
         m.service()
             .disable_totp(
                 &principal(),
-                TotpRemovalProof::Code(&code_at(0)),
+                Proof::Code(&code_at(0)),
                 &ClientInfo::default(),
             )
             .await
@@ -892,7 +1025,7 @@ mod tests {
             .service()
             .disable_totp(
                 &principal(),
-                TotpRemovalProof::Code(&code_at(0)),
+                Proof::Code(&code_at(0)),
                 &ClientInfo::default(),
             )
             .await

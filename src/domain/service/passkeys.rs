@@ -11,11 +11,13 @@ use uuid::Uuid;
 
 use super::accounts::{LoginError, login_session_error};
 use super::limits::{Action, Throttled};
+use super::mfa::{MfaError, Proof};
 use super::{AuthService, CookieSession};
 use crate::domain::mfa::{AuthMethod, Ceremony, CeremonyKind, MAX_PASSKEYS, Passkey};
-use crate::domain::ports::{CeremonyError, PasskeyCeremonies};
+use crate::domain::ports::{CeremonyError, PasskeyAdded, PasskeyCeremonies};
 use crate::domain::{
-    AuditKind, BackendError, ClientInfo, NewAuditEvent, Principal, TokenPair, User, UserId,
+    AuditKind, BackendError, ClientInfo, FactorChange, NewAuditEvent, Principal, TokenPair, User,
+    UserId,
 };
 
 /// Why a passkey use case failed.
@@ -34,6 +36,12 @@ pub enum PasskeyError {
     /// The caller has no passkey with that id.
     #[error("passkey not found")]
     NotFound,
+    /// The password given to add a passkey is wrong.
+    #[error("incorrect password")]
+    WrongPassword,
+    /// The code given to add a passkey is wrong, replayed or malformed.
+    #[error("invalid code")]
+    InvalidCode,
     /// Passkeys need a `public_url` whose host can be a relying-party id.
     #[error("passkeys are not configured")]
     NotConfigured,
@@ -54,6 +62,21 @@ impl From<CeremonyError> for PasskeyError {
                 Self::InvalidResponse
             }
             CeremonyError::Backend(err) => Self::Backend(err),
+        }
+    }
+}
+
+impl From<MfaError> for PasskeyError {
+    fn from(err: MfaError) -> Self {
+        match err {
+            MfaError::WrongPassword => Self::WrongPassword,
+            MfaError::InvalidCode => Self::InvalidCode,
+            MfaError::Throttled(t) => Self::Throttled(t),
+            MfaError::Backend(b) => Self::Backend(b),
+            // `prove` answers none of these.
+            MfaError::AlreadyEnabled | MfaError::NotEnabled => {
+                Self::Backend(BackendError::unexpected(err))
+            }
         }
     }
 }
@@ -87,20 +110,23 @@ impl AuthService {
         self.passkeys.as_deref().ok_or(PasskeyError::NotConfigured)
     }
 
-    /// Starts adding a passkey for the caller: the options for the browser.
+    /// Starts adding a passkey for the caller: the options for the browser. The caller proves
+    /// themselves again first (the password, or a code for a user with TOTP; see
+    /// [`AuthService::prove`]), so an access token alone adds no way in; that check's limits
+    /// also bound the ceremonies one caller can store.
     ///
     /// # Errors
-    /// [`PasskeyError::NotConfigured`]; [`PasskeyError::Throttled`]; [`PasskeyError::Backend`].
+    /// [`PasskeyError::NotConfigured`]; [`PasskeyError::TooMany`];
+    /// [`PasskeyError::WrongPassword`], [`PasskeyError::InvalidCode`];
+    /// [`PasskeyError::Throttled`]; [`PasskeyError::Backend`].
     pub async fn begin_passkey_registration(
         &self,
         principal: &Principal,
+        proof: Proof<'_>,
+        client: &ClientInfo,
     ) -> Result<String, PasskeyError> {
         let ceremonies = self.ceremonies()?;
         let user = &principal.user;
-        // Each start stores a ceremony: a signed-in caller gets the budget of a re-check, not
-        // a way to fill the table.
-        self.throttle(Action::PasswordCheck, None, Some(&user.id.to_string()))
-            .await?;
         let existing: Vec<Vec<u8>> = self
             .factors
             .list_passkeys(user.id)
@@ -111,6 +137,7 @@ impl AuthService {
         if existing.len() >= MAX_PASSKEYS {
             return Err(PasskeyError::TooMany);
         }
+        self.prove(principal, proof, client).await?;
         let shown = user
             .full_name
             .as_ref()
@@ -169,13 +196,28 @@ impl AuthService {
             credential_id: registered.credential_id,
             credential: registered.credential,
             user_handle: user_handle(user.id),
+            added_unverified: !user.email_verified,
         };
         let audit = NewAuditEvent::new(AuditKind::PasskeyAdded, Some(user.id), client, now)
             .with("passkey_id", passkey.id);
-        if !self.factors.add_passkey(passkey.clone(), audit).await? {
-            return Err(PasskeyError::AlreadyRegistered);
+        let notice = self
+            .factor_notice(
+                user,
+                FactorChange::Added,
+                vec![passkey.described()],
+                client.ip.as_deref(),
+            )
+            .await?;
+        match self
+            .factors
+            .add_passkey(passkey.clone(), user.credential_version, audit, notice)
+            .await?
+        {
+            PasskeyAdded::Added => Ok(passkey),
+            PasskeyAdded::CredentialTaken => Err(PasskeyError::AlreadyRegistered),
+            // A reset or a new password since this request began: it vouches for nothing.
+            PasskeyAdded::UserChanged => Err(PasskeyError::InvalidResponse),
         }
-        Ok(passkey)
     }
 
     /// Starts a sign-in with a passkey: the options for the browser. Limited per client
@@ -288,15 +330,34 @@ impl AuthService {
         id: Uuid,
         client: &ClientInfo,
     ) -> Result<(), PasskeyError> {
-        let user = principal.user.id;
+        let user = &principal.user;
+        let passkey = self
+            .factors
+            .list_passkeys(user.id)
+            .await?
+            .into_iter()
+            .find(|passkey| passkey.id == id)
+            .ok_or(PasskeyError::NotFound)?;
         let audit = NewAuditEvent::new(
             AuditKind::PasskeyRemoved,
-            Some(user),
+            Some(user.id),
             client,
             self.clock.now(),
         )
         .with("passkey_id", id);
-        if self.factors.remove_passkey(user, id, audit).await? {
+        let notice = self
+            .factor_notice(
+                user,
+                FactorChange::Removed,
+                vec![passkey.described()],
+                client.ip.as_deref(),
+            )
+            .await?;
+        if self
+            .factors
+            .remove_passkey(user.id, id, audit, notice)
+            .await?
+        {
             Ok(())
         } else {
             Err(PasskeyError::NotFound)
@@ -386,7 +447,21 @@ mod tests {
             credential_id: vec![1, 2, 3],
             credential: "stored-credential".into(),
             user_handle: user_handle(UserId(user_id)),
+            added_unverified: false,
         }
+    }
+
+    /// `begin_passkey_registration` of `principal()` with the password `pw`, which the hasher
+    /// finds `right`.
+    async fn start(m: Mocks, right: bool) -> Result<String, PasskeyError> {
+        let mut m = m;
+        m.hasher
+            .expect_verify()
+            .withf(|candidate, _| candidate == "pw")
+            .returning(move |_, _| Ok(right));
+        m.service()
+            .begin_passkey_registration(&principal(), Proof::Password("pw"), &ClientInfo::default())
+            .await
     }
 
     fn ceremony(kind: CeremonyKind, user_id: Option<i64>) -> Ceremony {
@@ -452,12 +527,34 @@ mod tests {
             .with(eq(ceremony(CeremonyKind::Registration, Some(7))))
             .times(1)
             .returning(|_| Ok(()));
-        let options = m
-            .service()
-            .begin_passkey_registration(&principal())
-            .await
-            .unwrap();
+        let options = start(m, true).await.unwrap();
         assert_eq!(options, "{\"publicKey\":{}}");
+    }
+
+    #[tokio::test]
+    async fn an_access_token_alone_starts_no_registration() {
+        let mut m = Mocks::new();
+        m.factors.expect_list_passkeys().returning(|_| Ok(vec![]));
+        let mut ceremonies = MockPasskeyCeremonies::new();
+        ceremonies.expect_start_registration().never();
+        m.passkeys = Some(ceremonies);
+        m.factors.expect_store_ceremony().never();
+        let err = start(m, false).await.unwrap_err();
+        assert!(matches!(err, PasskeyError::WrongPassword));
+        // Nor does a code that is not one (a user with TOTP may give one instead).
+        let mut m = Mocks::new();
+        m.factors.expect_list_passkeys().returning(|_| Ok(vec![]));
+        m.factors.expect_find_totp().returning(|_| Ok(None));
+        m.factors.expect_spend_recovery_code().never();
+        let mut ceremonies = MockPasskeyCeremonies::new();
+        ceremonies.expect_start_registration().never();
+        m.passkeys = Some(ceremonies);
+        let err = m
+            .service()
+            .begin_passkey_registration(&principal(), Proof::Code("123456"), &ClientInfo::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PasskeyError::InvalidCode));
     }
 
     #[tokio::test]
@@ -470,11 +567,7 @@ mod tests {
         ceremonies.expect_start_registration().never();
         m.passkeys = Some(ceremonies);
         m.factors.expect_store_ceremony().never();
-        let err = m
-            .service()
-            .begin_passkey_registration(&principal())
-            .await
-            .unwrap_err();
+        let err = start(m, true).await.unwrap_err();
         assert!(matches!(err, PasskeyError::TooMany));
     }
 
@@ -503,7 +596,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_verified_registration_stores_the_passkey_with_its_name_once() {
-        for added in [true, false] {
+        for added in [
+            PasskeyAdded::Added,
+            PasskeyAdded::CredentialTaken,
+            PasskeyAdded::UserChanged,
+        ] {
             let mut m = Mocks::new();
             let mut ceremonies = ceremonies();
             ceremonies
@@ -523,23 +620,91 @@ mod tests {
             m.factors.expect_list_passkeys().returning(|_| Ok(vec![]));
             m.factors
                 .expect_add_passkey()
-                .withf(|passkey, audit| {
+                .withf(|passkey, version, audit, notice| {
                     passkey.user_id == UserId(7)
                         && passkey.name == "Passkey 1"
                         && passkey.credential_id == [9]
+                        // Added while the address is unverified: a reset removes it.
+                        && passkey.added_unverified
+                        // Only if the password is still the one of this session's login.
+                        && *version == 0
                         && audit.kind == AuditKind::PasskeyAdded
+                        && notice.is_none()
                 })
                 .times(1)
-                .returning(move |_, _| Ok(added));
+                .returning(move |_, _, _, _| Ok(added));
             let result = m
                 .service()
                 .finish_passkey_registration(&principal(), ANSWER, None, &ClientInfo::default())
                 .await;
-            match result {
-                Ok(passkey) => assert!(added && passkey.credential == "new-credential"),
-                Err(err) => assert!(!added && matches!(err, PasskeyError::AlreadyRegistered)),
+            match (added, result) {
+                (PasskeyAdded::Added, Ok(passkey)) => {
+                    assert_eq!(passkey.credential, "new-credential");
+                }
+                (PasskeyAdded::CredentialTaken, Err(PasskeyError::AlreadyRegistered))
+                | (PasskeyAdded::UserChanged, Err(PasskeyError::InvalidResponse)) => {}
+                (added, result) => panic!("{added:?}: {result:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_passkey_added_or_removed_is_announced_to_the_address_naming_it() {
+        let mut m = Mocks::new();
+        m.mailer = Some(crate::domain::ports::MockMailer::new());
+        let mut ceremonies = ceremonies();
+        ceremonies.expect_finish_registration().returning(|_, _| {
+            Ok(crate::domain::ports::RegisteredPasskey {
+                credential_id: vec![9],
+                credential: "new-credential".into(),
+            })
+        });
+        m.passkeys = Some(ceremonies);
+        m.factors
+            .expect_take_ceremony()
+            .returning(|_, _| Ok(Some(ceremony(CeremonyKind::Registration, Some(7)))));
+        m.factors
+            .expect_list_passkeys()
+            .returning(|id| Ok(vec![stored(id.0)]));
+        m.factors
+            .expect_add_passkey()
+            .withf(|_, _, _, notice| {
+                *notice
+                    == Some(crate::domain::MailJob::FactorNotice {
+                        user_id: UserId(7),
+                        change: FactorChange::Added,
+                        factors: vec!["passkey \"Phone\"".into()],
+                    })
+            })
+            .times(1)
+            .returning(|_, _, _, _| Ok(PasskeyAdded::Added));
+        m.factors
+            .expect_remove_passkey()
+            .withf(|_, id, _, notice| {
+                *id == Uuid::from_u128(1)
+                    && *notice
+                        == Some(crate::domain::MailJob::FactorNotice {
+                            user_id: UserId(7),
+                            change: FactorChange::Removed,
+                            factors: vec!["passkey \"Laptop\"".into()],
+                        })
+            })
+            .times(1)
+            .returning(|_, _, _, _| Ok(true));
+        let service = m.service();
+        service
+            .finish_passkey_registration(
+                &principal(),
+                ANSWER,
+                Some("Phone".into()),
+                &ClientInfo::default(),
+            )
+            .await
+            .unwrap();
+        service
+            .remove_passkey(&principal(), Uuid::from_u128(1), &ClientInfo::default())
+            .await
+            .unwrap();
     }
 
     /// A sign-in ceremony whose answer names the passkey `stored(7)`.
@@ -670,14 +835,12 @@ mod tests {
     #[tokio::test]
     async fn removing_anothers_passkey_is_not_found() {
         let mut m = Mocks::new();
+        // Not among the caller's: nothing is removed, and nobody is told.
         m.factors
-            .expect_remove_passkey()
-            .withf(|user, id, audit| {
-                *user == UserId(7)
-                    && *id == Uuid::from_u128(5)
-                    && audit.kind == AuditKind::PasskeyRemoved
-            })
-            .returning(|_, _, _| Ok(false));
+            .expect_list_passkeys()
+            .with(eq(UserId(7)))
+            .returning(|id| Ok(vec![stored(id.0)]));
+        m.factors.expect_remove_passkey().never();
         let err = m
             .service()
             .remove_passkey(&principal(), Uuid::from_u128(5), &ClientInfo::default())

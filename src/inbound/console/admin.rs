@@ -249,8 +249,12 @@ pub(super) async fn send_reset_link(
     id: Path<String>,
     form: Posted,
 ) -> Response {
-    let (visitor, _, id, _) = or_page!(admin_post(req, &console, &id.0, form).await);
-    let result = console.service.send_reset_link(id).await;
+    let (visitor, admin, id, _) = or_page!(admin_post(req, &console, &id.0, form).await);
+    let client = console.client(req);
+    let result = console
+        .service
+        .send_reset_link(Actor::Admin(&admin, &client), id)
+        .await;
     after_action(&console, &visitor, id, result, "reset-link-sent").await
 }
 

@@ -63,6 +63,10 @@
         const options = await optionsFor(form);
         const credential = await ceremonies[form.dataset.passkey](options);
         form.elements.credential.value = JSON.stringify(credential.toJSON());
+        // A password asked for the options has done its work: it does not travel again.
+        form.querySelectorAll("input[type=password]").forEach((input) => {
+          input.value = "";
+        });
         form.submit();
       } catch (error) {
         problem.textContent =

@@ -19,7 +19,7 @@ use super::pages::{self, Chrome, PasskeyView};
 use super::public::{PageQuery, enter, sign_in_form};
 use crate::domain::Principal;
 use crate::domain::mfa::passkey_name;
-use crate::domain::service::PasskeyError;
+use crate::domain::service::{PasskeyError, Proof};
 use crate::inbound::http::problem::{FieldError, Problem};
 
 /// Words for the page's script to show instead of options, with `status`.
@@ -97,9 +97,9 @@ pub(super) async fn settings(req: &Request, console: Data<&Arc<Console>>) -> Res
     .await
 }
 
-/// Starts adding a passkey, as `POST /auth/passkeys/register/start` does. The name is checked
-/// here already: refused at the end, it would leave a passkey on the device that signs in
-/// nowhere.
+/// Starts adding a passkey, as `POST /auth/passkeys/register/start` does, with the password
+/// asked again. The name is checked here already: refused at the end, it would leave a passkey
+/// on the device that signs in nowhere.
 #[handler]
 pub(super) async fn registration_options(
     req: &Request,
@@ -113,7 +113,13 @@ pub(super) async fn registration_options(
             &format!("Name {message}."),
         );
     }
-    options(console.service.begin_passkey_registration(&principal).await)
+    let proof = Proof::Password(fields.get("current_password"));
+    options(
+        console
+            .service
+            .begin_passkey_registration(&principal, proof, &console.client(req))
+            .await,
+    )
 }
 
 /// Finishes adding a passkey, as `POST /auth/passkeys/register/finish` does.

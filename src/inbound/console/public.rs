@@ -304,7 +304,11 @@ pub(super) async fn reset(req: &Request, console: Data<&Arc<Console>>, form: Pos
             );
         }
     };
-    match console.service.reset_password(token, password).await {
+    match console
+        .service
+        .reset_password(token, password, &console.client(req))
+        .await
+    {
         Ok(()) => see_other("/console/sign-in?done=reset"),
         Err(err) => reset_form(
             &console,

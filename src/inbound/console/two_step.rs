@@ -19,7 +19,7 @@ use super::pages::{self, Chrome, NewSecret};
 use super::public::{PageQuery, enter};
 use crate::domain::Principal;
 use crate::domain::mfa::TotpCode;
-use crate::domain::service::{MfaError, SecondFactor, TotpEnrolment, TotpRemovalProof};
+use crate::domain::service::{MfaError, Proof, SecondFactor, TotpEnrolment};
 use crate::inbound::http::problem::Problem;
 
 /// `form` after `err`: a wrong code or password goes on `field`, which is what to correct;
@@ -170,15 +170,20 @@ fn setup_form(
     console.page(visitor, &page, status)
 }
 
-/// Starts the set-up as `POST /auth/mfa/totp` does: a new secret, kept by the server until a
-/// first code confirms it.
+/// Starts the set-up as `POST /auth/mfa/totp` does, with the password asked again: a new
+/// secret, kept by the server until a first code confirms it.
 #[handler]
 pub(super) async fn set_up(req: &Request, console: Data<&Arc<Console>>, form: Posted) -> Response {
-    let (visitor, principal, _) = or_page!(signed_in_post(req, &console, form).await);
-    match console.service.begin_totp(&principal).await {
+    let (visitor, principal, fields) = or_page!(signed_in_post(req, &console, form).await);
+    let proof = Proof::Password(fields.get("current_password"));
+    match console
+        .service
+        .begin_totp(&principal, proof, &console.client(req))
+        .await
+    {
         Ok(enrolment) => setup_form(&console, &visitor, Some(&enrolment), FormState::default()),
         Err(err) => {
-            let form = FormState::default().failed(&Problem::from(err));
+            let form = failed(FormState::default(), "current_password", err);
             settings_page(&console, &visitor, &principal, form, None).await
         }
     }
@@ -220,12 +225,9 @@ pub(super) async fn turn_off(
     let (visitor, principal, fields) = or_page!(signed_in_post(req, &console, form).await);
     // Two forms post here: one with a code, one with the password.
     let (proof, field) = if fields.has("password") {
-        (
-            TotpRemovalProof::Password(fields.get("password")),
-            "password",
-        )
+        (Proof::Password(fields.get("password")), "password")
     } else {
-        (TotpRemovalProof::Code(fields.get("code")), "code")
+        (Proof::Code(fields.get("code")), "code")
     };
     match console
         .service

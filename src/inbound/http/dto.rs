@@ -292,6 +292,25 @@ pub struct TotpCodeRequest {
     pub password: Option<String>,
 }
 
+/// `POST /auth/mfa/totp`: the account's password, asked again before a factor is added.
+#[derive(Debug, Deserialize, Object)]
+pub struct CurrentPasswordRequest {
+    #[oai(validator(min_length = 1, max_length = 1024))]
+    pub current_password: String,
+}
+
+/// `POST /auth/passkeys/register/start`: the caller proves themselves again before a passkey
+/// is added, with exactly one of the account's password or, for a user with TOTP, a current
+/// code or an unused recovery code.
+#[derive(Debug, Deserialize, Object)]
+pub struct FactorProofRequest {
+    #[oai(validator(min_length = 1, max_length = 1024))]
+    pub current_password: Option<String>,
+    /// A current 6-digit TOTP code, or a recovery code.
+    #[oai(validator(min_length = 1, max_length = 64))]
+    pub code: Option<String>,
+}
+
 /// The recovery codes of a new TOTP factor: shown this once, stored only as hashes.
 #[derive(Debug, Object)]
 pub struct RecoveryCodesResponse {

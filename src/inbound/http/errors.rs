@@ -111,6 +111,8 @@ impl From<PasskeyError> for Problem {
             }
             PasskeyError::NotFound => Problem::new(StatusCode::NOT_FOUND, "Passkey not found"),
             PasskeyError::TooMany => Problem::new(StatusCode::CONFLICT, "Too many passkeys"),
+            PasskeyError::WrongPassword => Problem::unauthorized("Incorrect password", CHALLENGE),
+            PasskeyError::InvalidCode => Problem::new(StatusCode::BAD_REQUEST, "Invalid code"),
             PasskeyError::NotConfigured => Problem::unavailable(
                 "Passkeys are not configured: set public_url",
                 NOT_CONFIGURED_RETRY_AFTER_SECONDS,

@@ -93,6 +93,19 @@ impl Problem {
         }
     }
 
+    /// A 422 for one field.
+    pub fn invalid_field(field: &str, message: impl Into<String>) -> Self {
+        Self::validation(vec![FieldError {
+            field: field.to_owned(),
+            message: message.into(),
+        }])
+    }
+
+    /// A 422 for a body that must hold exactly one of two fields.
+    pub fn exactly_one_of(first: &str, second: &str) -> Self {
+        Self::invalid_field(first, format!("give exactly one of {first} and {second}"))
+    }
+
     /// A 503 that asks the client to come back after `seconds`.
     pub fn unavailable(detail: impl Into<String>, seconds: u64) -> Self {
         Self {

@@ -2,7 +2,8 @@
 //! overridable, file by file, from a folder.
 //!
 //! A text template starts with a `Subject: ...` line and a blank line. Both parts may use
-//! `{link}`, `{new_email}` and `{valid_for}`; in the HTML part the values are escaped.
+//! `{link}`, `{new_email}`, `{valid_for}` and `{factors}`; in the HTML part the values are
+//! escaped.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -11,13 +12,16 @@ use chrono::TimeDelta;
 
 use crate::domain::{Mail, MailKind};
 
-const KINDS: [MailKind; 7] = [
+const KINDS: [MailKind; 10] = [
     MailKind::PasswordReset,
     MailKind::Invitation,
     MailKind::Verification,
     MailKind::EmailChange,
     MailKind::EmailChangeNotice,
     MailKind::EmailInUse,
+    MailKind::FactorAdded,
+    MailKind::FactorRemoved,
+    MailKind::FactorsRemovedByReset,
     MailKind::Test,
 ];
 
@@ -46,6 +50,18 @@ fn builtin(kind: MailKind) -> (&'static str, &'static str) {
         MailKind::EmailInUse => (
             include_str!("templates/email_in_use.txt"),
             include_str!("templates/email_in_use.html"),
+        ),
+        MailKind::FactorAdded => (
+            include_str!("templates/factor_added.txt"),
+            include_str!("templates/factor_added.html"),
+        ),
+        MailKind::FactorRemoved => (
+            include_str!("templates/factor_removed.txt"),
+            include_str!("templates/factor_removed.html"),
+        ),
+        MailKind::FactorsRemovedByReset => (
+            include_str!("templates/factors_removed_by_reset.txt"),
+            include_str!("templates/factors_removed_by_reset.html"),
         ),
         MailKind::Test => (
             include_str!("templates/test.txt"),
@@ -131,6 +147,7 @@ impl MailTemplates {
                 "{valid_for}",
                 mail.valid_for.map(duration).unwrap_or_default(),
             ),
+            ("{factors}", mail.factors.clone().unwrap_or_default()),
         ];
         let fill = |template: &str, escape: bool| {
             values
@@ -184,7 +201,23 @@ mod tests {
             link: Some("https://auth.example/console/reset?token=abc&x=1".into()),
             new_email: None,
             valid_for: Some(TimeDelta::minutes(30)),
+            factors: None,
         }
+    }
+
+    #[test]
+    fn a_factor_notice_names_the_factors_escaped_in_html() {
+        let composed = MailTemplates::load(None).unwrap().compose(&Mail {
+            kind: MailKind::FactorAdded,
+            factors: Some("passkey \"<Work>\"".into()),
+            ..reset()
+        });
+        assert!(
+            composed.text.contains("passkey \"<Work>\""),
+            "{}",
+            composed.text
+        );
+        assert!(composed.html.contains("passkey &quot;&lt;Work&gt;&quot;"));
     }
 
     #[test]

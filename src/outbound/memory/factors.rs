@@ -10,11 +10,11 @@ use uuid::Uuid;
 
 use super::user_repository::{MemoryUserRepository, State};
 use crate::domain::mfa::{
-    Ceremony, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge, Passkey, RecoveryCodeHash,
-    TotpFactor,
+    Ceremony, FactorRemoval, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge, Passkey,
+    RecoveryCodeHash, TotpFactor,
 };
-use crate::domain::ports::FactorRepository;
-use crate::domain::{BackendError, NewAuditEvent, UserId};
+use crate::domain::ports::{FactorRepository, PasskeyAdded, TotpConfirmation};
+use crate::domain::{BackendError, MailJob, NewAuditEvent, UserId};
 
 /// The second factors, challenges and ceremonies of every user.
 #[derive(Default)]
@@ -35,6 +35,34 @@ impl FactorState {
         self.challenges.retain(|_, c| c.user_id != id);
         self.passkeys.retain(|_, p| p.user_id != id);
         self.ceremonies.retain(|_, c| c.user_id != Some(id));
+    }
+
+    /// What a reset of user `id` removes now: the factors added while the address was
+    /// unverified, and an enrolment never confirmed.
+    pub(super) fn added_unverified(&self, id: UserId) -> FactorRemoval {
+        let passkeys = self
+            .passkeys
+            .values()
+            .filter(|p| p.user_id == id && p.added_unverified)
+            .map(|p| p.id)
+            .collect();
+        FactorRemoval {
+            totp: self
+                .totp
+                .get(&id)
+                .is_some_and(|t| t.confirmed_at.is_none() || t.added_unverified),
+            passkeys,
+        }
+    }
+
+    /// Removes what `removal` names of user `id`'s factors.
+    pub(super) fn remove(&mut self, id: UserId, removal: &FactorRemoval) {
+        if removal.totp {
+            self.totp.remove(&id);
+            self.recovery.remove(&id);
+        }
+        self.passkeys
+            .retain(|key, _| !removal.passkeys.contains(key));
     }
 
     /// Drops the challenges and ceremonies expired at `now`.
@@ -95,20 +123,27 @@ impl FactorRepository for MemoryUserRepository {
                 sealed_secret,
                 confirmed_at: None,
                 last_step: None,
+                added_unverified: false,
             },
         );
         Ok(true)
     }
 
-    async fn confirm_totp(
-        &self,
-        id: UserId,
-        sealed_secret: &[u8],
-        step: i64,
-        recovery: Vec<RecoveryCodeHash>,
-        audit: NewAuditEvent,
-    ) -> Result<bool, BackendError> {
+    async fn confirm_totp(&self, confirmation: TotpConfirmation) -> Result<bool, BackendError> {
+        let TotpConfirmation {
+            user_id: id,
+            credential_version,
+            sealed_secret,
+            step,
+            recovery,
+            added_unverified,
+            audit,
+            notice,
+        } = confirmation;
         let mut state = self.state()?;
+        if state.current_user(id, credential_version).is_none() {
+            return Ok(false);
+        }
         let factors = &mut state.factors;
         let Some(totp) = factors
             .totp
@@ -119,9 +154,13 @@ impl FactorRepository for MemoryUserRepository {
         };
         totp.confirmed_at = Some(audit.at);
         totp.last_step = Some(step);
+        totp.added_unverified = added_unverified;
         factors
             .recovery
             .insert(id, recovery.into_iter().map(|hash| (hash, None)).collect());
+        if let Some(notice) = notice {
+            state.enqueue(notice, audit.at);
+        }
         state.record(audit);
         Ok(true)
     }
@@ -165,6 +204,7 @@ impl FactorRepository for MemoryUserRepository {
         id: UserId,
         passkeys: bool,
         audit: NewAuditEvent,
+        notice: Option<MailJob>,
     ) -> Result<bool, BackendError> {
         let mut state = self.state()?;
         let factors = &mut state.factors;
@@ -177,6 +217,9 @@ impl FactorRepository for MemoryUserRepository {
         }
         if removed == 0 {
             return Ok(false);
+        }
+        if let Some(notice) = notice {
+            state.enqueue(notice, audit.at);
         }
         state.record(audit);
         Ok(true)
@@ -257,20 +300,31 @@ impl FactorRepository for MemoryUserRepository {
     async fn add_passkey(
         &self,
         passkey: Passkey,
+        credential_version: i64,
         audit: NewAuditEvent,
-    ) -> Result<bool, BackendError> {
+        notice: Option<MailJob>,
+    ) -> Result<PasskeyAdded, BackendError> {
         let mut state = self.state()?;
         known_user(&state, passkey.user_id)?;
+        if state
+            .current_user(passkey.user_id, credential_version)
+            .is_none()
+        {
+            return Ok(PasskeyAdded::UserChanged);
+        }
         let passkeys = &mut state.factors.passkeys;
         if passkeys
             .values()
             .any(|p| p.credential_id == passkey.credential_id)
         {
-            return Ok(false);
+            return Ok(PasskeyAdded::CredentialTaken);
         }
         passkeys.insert(passkey.id, passkey);
+        if let Some(notice) = notice {
+            state.enqueue(notice, audit.at);
+        }
         state.record(audit);
-        Ok(true)
+        Ok(PasskeyAdded::Added)
     }
 
     async fn find_passkey(&self, credential_id: &[u8]) -> Result<Option<Passkey>, BackendError> {
@@ -303,6 +357,7 @@ impl FactorRepository for MemoryUserRepository {
         user_id: UserId,
         id: Uuid,
         audit: NewAuditEvent,
+        notice: Option<MailJob>,
     ) -> Result<bool, BackendError> {
         let mut state = self.state()?;
         let passkeys = &mut state.factors.passkeys;
@@ -310,6 +365,9 @@ impl FactorRepository for MemoryUserRepository {
             return Ok(false);
         }
         passkeys.remove(&id);
+        if let Some(notice) = notice {
+            state.enqueue(notice, audit.at);
+        }
         state.record(audit);
         Ok(true)
     }

@@ -9,8 +9,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::factors::FactorState;
+use crate::domain::mfa::FactorRemoval;
 use crate::domain::ports::{
-    AdminWriteError, CreateSessionError, CreateUserError, MailOutbox, Rotation, UserRepository,
+    AdminWriteError, CreateSessionError, CreateUserError, MailOutbox, ResetOutcome, Rotation,
+    UserRepository,
 };
 use crate::domain::{
     AuditEvent, AuditQuery, BackendError, ClientInfo, CookieHash, Email, EmailTokenHash,
@@ -71,7 +73,7 @@ impl State {
             .count()
     }
 
-    fn enqueue(&mut self, job: MailJob, now: DateTime<Utc>) {
+    pub(super) fn enqueue(&mut self, job: MailJob, now: DateTime<Utc>) {
         self.next_mail_id += 1;
         self.outbox.insert(
             self.next_mail_id,
@@ -114,7 +116,7 @@ impl State {
     }
 
     /// The user `id` if active at `version`.
-    fn current_user(&mut self, id: UserId, version: i64) -> Option<&mut User> {
+    pub(super) fn current_user(&mut self, id: UserId, version: i64) -> Option<&mut User> {
         self.users
             .get_mut(&id)
             .filter(|u| u.is_active && u.credential_version == version)
@@ -560,8 +562,17 @@ impl UserRepository for MemoryUserRepository {
         }
     }
 
-    async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError> {
-        self.state()?.enqueue(job, now);
+    async fn enqueue_mail(
+        &self,
+        job: MailJob,
+        now: DateTime<Utc>,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<(), BackendError> {
+        let mut state = self.state()?;
+        state.enqueue(job, now);
+        if let Some(audit) = audit {
+            state.record(audit);
+        }
         Ok(())
     }
 
@@ -603,15 +614,26 @@ impl UserRepository for MemoryUserRepository {
         hash: PasswordHash,
         now: DateTime<Utc>,
         audit: NewAuditEvent,
-    ) -> Result<bool, BackendError> {
+        removal: FactorRemoval,
+        notice: Option<MailJob>,
+    ) -> Result<ResetOutcome, BackendError> {
         let mut state = self.state()?;
         // One lock: the checks and the writes cannot be interleaved.
         if state
             .current_user(user.id, user.credential_version)
             .is_none()
-            || !state.spend(token, user.id, now)
         {
-            return Ok(false);
+            return Ok(ResetOutcome::Refused);
+        }
+        if !state.factors.added_unverified(user.id).same_as(&removal) {
+            return Ok(ResetOutcome::FactorsChanged);
+        }
+        if !state.spend(token, user.id, now) {
+            return Ok(ResetOutcome::Refused);
+        }
+        state.factors.remove(user.id, &removal);
+        if let Some(notice) = notice {
+            state.enqueue(notice, now);
         }
         if let Some(stored) = state.current_user(user.id, user.credential_version) {
             stored.password_hash = hash;
@@ -626,7 +648,7 @@ impl UserRepository for MemoryUserRepository {
             &[EmailTokenKind::PasswordReset, EmailTokenKind::EmailChange],
             now,
         );
-        Ok(true)
+        Ok(ResetOutcome::Reset)
     }
 
     async fn verify_email(

@@ -221,6 +221,8 @@ pub mod mail_outbox {
         pub claimed_until: Option<DateTimeUtc>,
         pub finished_at: Option<DateTimeUtc>,
         pub last_error: Option<String>,
+        /// A JSON object: what a job carries besides an address, a user and a session.
+        pub detail: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -292,6 +294,7 @@ pub mod totp_factors {
         pub created_at: DateTimeUtc,
         pub confirmed_at: Option<DateTimeUtc>,
         pub last_step: Option<i64>,
+        pub added_unverified: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -358,6 +361,7 @@ pub mod passkeys {
         pub user_handle: Uuid,
         pub created_at: DateTimeUtc,
         pub last_used_at: Option<DateTimeUtc>,
+        pub added_unverified: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

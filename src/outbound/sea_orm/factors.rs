@@ -14,17 +14,17 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::admin;
 use super::entities::{
     mfa_challenges, passkeys, recovery_codes, totp_factors, webauthn_ceremonies,
 };
-use super::repository::SeaOrmUserRepository;
+use super::repository::{SeaOrmUserRepository, lock_current};
+use super::{admin, mail};
 use crate::domain::mfa::{
-    Ceremony, CeremonyKind, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge, Passkey,
-    RecoveryCodeHash, TotpFactor,
+    Ceremony, CeremonyKind, FactorRemoval, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge,
+    Passkey, RecoveryCodeHash, TotpFactor,
 };
-use crate::domain::ports::FactorRepository;
-use crate::domain::{BackendError, NewAuditEvent, UserId};
+use crate::domain::ports::{FactorRepository, PasskeyAdded, TotpConfirmation};
+use crate::domain::{BackendError, MailJob, NewAuditEvent, UserId};
 
 /// `SELECT COUNT(*) FROM table WHERE filter`, as a value of an outer query.
 fn count_where<T>(table: T, filter: Expr) -> Expr
@@ -65,7 +65,61 @@ fn to_totp(row: totp_factors::Model) -> TotpFactor {
         sealed_secret: row.sealed_secret,
         confirmed_at: row.confirmed_at,
         last_step: row.last_step,
+        added_unverified: row.added_unverified,
     }
+}
+
+/// What a reset of user `id` removes now: the factors added while the address was unverified,
+/// and an enrolment never confirmed. Read in the reset's transaction, with the user's row
+/// locked.
+pub(super) async fn added_unverified(
+    txn: &impl ConnectionTrait,
+    id: UserId,
+) -> Result<FactorRemoval, DbErr> {
+    let totp = totp_factors::Entity::find_by_id(id.0)
+        .filter(
+            totp_factors::Column::ConfirmedAt
+                .is_null()
+                .or(totp_factors::Column::AddedUnverified.eq(true)),
+        )
+        .one(txn)
+        .await?
+        .is_some();
+    let passkeys = passkeys::Entity::find()
+        .filter(passkeys::Column::UserId.eq(id.0))
+        .filter(passkeys::Column::AddedUnverified.eq(true))
+        .all(txn)
+        .await?
+        .into_iter()
+        .map(|row| row.id)
+        .collect();
+    Ok(FactorRemoval { totp, passkeys })
+}
+
+/// Removes what `removal` names of user `id`'s factors.
+pub(super) async fn remove(
+    txn: &impl ConnectionTrait,
+    id: UserId,
+    removal: &FactorRemoval,
+) -> Result<(), DbErr> {
+    if removal.totp {
+        totp_factors::Entity::delete_many()
+            .filter(totp_factors::Column::UserId.eq(id.0))
+            .exec(txn)
+            .await?;
+        recovery_codes::Entity::delete_many()
+            .filter(recovery_codes::Column::UserId.eq(id.0))
+            .exec(txn)
+            .await?;
+    }
+    if !removal.passkeys.is_empty() {
+        passkeys::Entity::delete_many()
+            .filter(passkeys::Column::UserId.eq(id.0))
+            .filter(passkeys::Column::Id.is_in(removal.passkeys.iter().copied()))
+            .exec(txn)
+            .await?;
+    }
+    Ok(())
 }
 
 fn to_challenge(row: mfa_challenges::Model) -> Result<MfaChallenge, BackendError> {
@@ -88,6 +142,7 @@ fn to_passkey(row: passkeys::Model) -> Passkey {
         credential_id: row.credential_id,
         credential: row.credential,
         user_handle: row.user_handle,
+        added_unverified: row.added_unverified,
     }
 }
 
@@ -105,12 +160,21 @@ fn to_ceremony(row: webauthn_ceremonies::Model) -> Result<Ceremony, BackendError
     })
 }
 
-/// Ends the transaction of a conditional change: committed with `audit` recorded when the
-/// change was `done`, rolled back otherwise (on SQLite the write lock is held until then).
-async fn settle(txn: DatabaseTransaction, done: bool, audit: NewAuditEvent) -> Result<bool, DbErr> {
+/// Ends the transaction of a conditional change: committed with `audit` recorded and `notice`
+/// queued when the change was `done`, rolled back otherwise (on SQLite the write lock is held
+/// until then).
+async fn settle(
+    txn: DatabaseTransaction,
+    done: bool,
+    audit: NewAuditEvent,
+    notice: Option<MailJob>,
+) -> Result<bool, DbErr> {
     if !done {
         txn.rollback().await?;
         return Ok(false);
+    }
+    if let Some(notice) = notice {
+        mail::enqueue(&txn, notice, audit.at).await?;
     }
     admin::record(&txn, audit).await?;
     txn.commit().await?;
@@ -178,6 +242,7 @@ impl FactorRepository for SeaOrmUserRepository {
             created_at: Set(now),
             confirmed_at: Set(None),
             last_step: Set(None),
+            added_unverified: Set(false),
         };
         // The upsert's WHERE makes "replace unless confirmed" one statement: a confirmation
         // committed in between leaves it nothing to update.
@@ -199,30 +264,43 @@ impl FactorRepository for SeaOrmUserRepository {
         Ok(self.bounded(upsert).await? == 1)
     }
 
-    async fn confirm_totp(
-        &self,
-        id: UserId,
-        sealed_secret: &[u8],
-        step: i64,
-        recovery: Vec<RecoveryCodeHash>,
-        audit: NewAuditEvent,
-    ) -> Result<bool, BackendError> {
+    async fn confirm_totp(&self, confirmation: TotpConfirmation) -> Result<bool, BackendError> {
+        let TotpConfirmation {
+            user_id: id,
+            credential_version,
+            sealed_secret,
+            step,
+            recovery,
+            added_unverified,
+            audit,
+            notice,
+        } = confirmation;
         self.bounded(async {
             let txn = self.write_transaction().await?;
+            // As a reset locks it: a reset in flight commits first (and this matches nothing),
+            // or waits for this, and then sees the factor.
+            if !lock_current(&txn, id, credential_version, None).await? {
+                txn.rollback().await?;
+                return Ok(false);
+            }
             // The port passes no time of its own: the event's is the confirmation's.
             let confirmed = totp_factors::Entity::update_many()
                 .col_expr(totp_factors::Column::ConfirmedAt, Expr::value(audit.at))
                 .col_expr(totp_factors::Column::LastStep, Expr::value(step))
+                .col_expr(
+                    totp_factors::Column::AddedUnverified,
+                    Expr::value(added_unverified),
+                )
                 .filter(totp_factors::Column::UserId.eq(id.0))
                 .filter(totp_factors::Column::ConfirmedAt.is_null())
-                .filter(totp_factors::Column::SealedSecret.eq(sealed_secret.to_vec()))
+                .filter(totp_factors::Column::SealedSecret.eq(sealed_secret))
                 .exec(&txn)
                 .await?;
             let done = confirmed.rows_affected == 1;
             if done {
                 replace_recovery_codes(&txn, id, recovery).await?;
             }
-            settle(txn, done, audit).await
+            settle(txn, done, audit, notice).await
         })
         .await
     }
@@ -261,6 +339,7 @@ impl FactorRepository for SeaOrmUserRepository {
         id: UserId,
         passkeys: bool,
         audit: NewAuditEvent,
+        notice: Option<MailJob>,
     ) -> Result<bool, BackendError> {
         self.bounded(async {
             let txn = self.write_transaction().await?;
@@ -281,7 +360,7 @@ impl FactorRepository for SeaOrmUserRepository {
                     .await?
                     .rows_affected;
             }
-            settle(txn, removed > 0, audit).await
+            settle(txn, removed > 0, audit, notice).await
         })
         .await
     }
@@ -370,8 +449,11 @@ impl FactorRepository for SeaOrmUserRepository {
     async fn add_passkey(
         &self,
         passkey: Passkey,
+        credential_version: i64,
         audit: NewAuditEvent,
-    ) -> Result<bool, BackendError> {
+        notice: Option<MailJob>,
+    ) -> Result<PasskeyAdded, BackendError> {
+        let user_id = passkey.user_id;
         let row = passkeys::ActiveModel {
             id: Set(passkey.id),
             user_id: Set(passkey.user_id.0),
@@ -381,9 +463,15 @@ impl FactorRepository for SeaOrmUserRepository {
             user_handle: Set(passkey.user_handle),
             created_at: Set(passkey.created_at),
             last_used_at: Set(passkey.last_used_at),
+            added_unverified: Set(passkey.added_unverified),
         };
         self.bounded(async {
             let txn = self.write_transaction().await?;
+            // As a reset locks it (see `confirm_totp`).
+            if !lock_current(&txn, user_id, credential_version, None).await? {
+                txn.rollback().await?;
+                return Ok(PasskeyAdded::UserChanged);
+            }
             // The unique index decides: of two registrations of one credential, one inserts.
             let inserted = passkeys::Entity::insert(row)
                 .on_conflict(
@@ -393,7 +481,11 @@ impl FactorRepository for SeaOrmUserRepository {
                 )
                 .exec_without_returning(&txn)
                 .await?;
-            settle(txn, inserted == 1, audit).await
+            Ok(if settle(txn, inserted == 1, audit, notice).await? {
+                PasskeyAdded::Added
+            } else {
+                PasskeyAdded::CredentialTaken
+            })
         })
         .await
     }
@@ -430,6 +522,7 @@ impl FactorRepository for SeaOrmUserRepository {
         user_id: UserId,
         id: Uuid,
         audit: NewAuditEvent,
+        notice: Option<MailJob>,
     ) -> Result<bool, BackendError> {
         self.bounded(async {
             let txn = self.write_transaction().await?;
@@ -438,7 +531,7 @@ impl FactorRepository for SeaOrmUserRepository {
                 .filter(passkeys::Column::UserId.eq(user_id.0))
                 .exec(&txn)
                 .await?;
-            settle(txn, removed.rows_affected == 1, audit).await
+            settle(txn, removed.rows_affected == 1, audit, notice).await
         })
         .await
     }

@@ -15,12 +15,14 @@ use sea_orm::{
     EntityTrait, FromQueryResult, QueryFilter, Statement,
 };
 
+use serde::{Deserialize, Serialize};
+
 use super::entities::{email_tokens, mail_outbox};
 use super::repository::SeaOrmUserRepository;
 use crate::domain::ports::MailOutbox;
 use crate::domain::{
-    BackendError, Email, EmailTokenKind, EmailTokenRecord, MailJob, NewEmailToken, OutboxDepth,
-    QueuedMail, SessionId, User, UserId,
+    BackendError, ClientInfo, Email, EmailTokenKind, EmailTokenRecord, FactorChange, MailJob,
+    NewEmailToken, OutboxDepth, QueuedMail, SessionId, User, UserId,
 };
 
 const PENDING: &str = "pending";
@@ -30,10 +32,42 @@ const FAILED: &str = "failed";
 /// How long delivered mail stays in the outbox before the purge deletes it.
 pub(super) const SENT_MAIL_KEPT: TimeDelta = TimeDelta::days(7);
 
+/// What `mail_outbox.detail` holds, for the jobs that carry more than its columns.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct JobDetail {
+    /// The client of a `forgot`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_agent: Option<String>,
+    /// A `forgot`'s: whether a client is named (an admin's request names none).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    requested: bool,
+    /// A factor notice's change and factors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    change: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    factors: Vec<String>,
+}
+
 /// The row that queues `job` at `now`.
 pub(super) fn outbox_row(job: MailJob, now: DateTime<Utc>) -> mail_outbox::ActiveModel {
+    let mut detail = None;
     let (name, email, user_id, session_id) = match job {
-        MailJob::PasswordReset { email } => ("password_reset", Some(email), None, None),
+        MailJob::PasswordReset {
+            email,
+            requested_by,
+        } => {
+            detail = Some(
+                requested_by.map_or_else(JobDetail::default, |client| JobDetail {
+                    ip: client.ip,
+                    user_agent: client.user_agent,
+                    requested: true,
+                    ..JobDetail::default()
+                }),
+            );
+            ("password_reset", Some(email), None, None)
+        }
         MailJob::Verification { user_id } => ("verification", None, Some(user_id), None),
         MailJob::Invitation { user_id } => ("invitation", None, Some(user_id), None),
         MailJob::EmailChange {
@@ -41,12 +75,27 @@ pub(super) fn outbox_row(job: MailJob, now: DateTime<Utc>) -> mail_outbox::Activ
             new_email,
             keep,
         } => ("email_change", Some(new_email), Some(user_id), keep),
+        MailJob::FactorNotice {
+            user_id,
+            change,
+            factors,
+        } => {
+            detail = Some(JobDetail {
+                change: Some(change.as_str().to_owned()),
+                factors,
+                ..JobDetail::default()
+            });
+            ("factor_notice", None, Some(user_id), None)
+        }
     };
     mail_outbox::ActiveModel {
         job: Set(name.to_owned()),
         email: Set(email.map(|e| e.as_str().to_owned())),
         user_id: Set(user_id.map(|id| id.0)),
         session_id: Set(session_id.map(|id| id.0)),
+        detail: Set(
+            detail.map(|detail| serde_json::to_string(&detail).unwrap_or_else(|_| "{}".to_owned()))
+        ),
         state: Set(PENDING.to_owned()),
         attempts: Set(0),
         queued_at: Set(now),
@@ -80,8 +129,22 @@ fn to_job(row: &mail_outbox::Model) -> Result<MailJob, BackendError> {
             .map(UserId)
             .ok_or_else(|| BackendError::unexpected("a mail job without its user"))
     };
+    let detail: JobDetail = match &row.detail {
+        Some(text) => serde_json::from_str(text).map_err(BackendError::unexpected)?,
+        // Queued by a version before `detail`: its reset jobs were all recorded at delivery.
+        None => JobDetail {
+            requested: true,
+            ..JobDetail::default()
+        },
+    };
     match row.job.as_str() {
-        "password_reset" => Ok(MailJob::PasswordReset { email: email()? }),
+        "password_reset" => Ok(MailJob::PasswordReset {
+            email: email()?,
+            requested_by: detail.requested.then_some(ClientInfo {
+                ip: detail.ip,
+                user_agent: detail.user_agent,
+            }),
+        }),
         "verification" => Ok(MailJob::Verification {
             user_id: user_id()?,
         }),
@@ -92,6 +155,15 @@ fn to_job(row: &mail_outbox::Model) -> Result<MailJob, BackendError> {
             user_id: user_id()?,
             new_email: email()?,
             keep: row.session_id.map(SessionId),
+        }),
+        "factor_notice" => Ok(MailJob::FactorNotice {
+            user_id: user_id()?,
+            change: detail
+                .change
+                .as_deref()
+                .and_then(FactorChange::parse)
+                .ok_or_else(|| BackendError::unexpected("a factor notice without its change"))?,
+            factors: detail.factors,
         }),
         other => Err(BackendError::unexpected(format!(
             "unknown mail job {other:?}"

@@ -20,11 +20,11 @@ use super::entities::{
     email_tokens, mfa_challenges, refresh_tokens, sessions, users, webauthn_ceremonies,
 };
 use super::session_lookups::SessionLookups;
-use super::{admin, invalidations, mail};
+use super::{admin, factors, invalidations, mail};
 use crate::domain::import::PYAUTH;
-use crate::domain::mfa::AuthMethod;
+use crate::domain::mfa::{AuthMethod, FactorRemoval};
 use crate::domain::ports::{
-    AdminWriteError, CreateSessionError, CreateUserError, Rotation, UserRepository,
+    AdminWriteError, CreateSessionError, CreateUserError, ResetOutcome, Rotation, UserRepository,
 };
 use crate::domain::{
     AuditEvent, AuditQuery, BackendError, ClientInfo, CookieHash, Email, EmailTokenHash,
@@ -156,7 +156,7 @@ impl SeaOrmUserRepository {
 /// or waits for the caller's transaction.
 ///
 /// A login passes `login_at`, which becomes the user's last login in the same statement.
-async fn lock_current(
+pub(super) async fn lock_current(
     txn: &impl ConnectionTrait,
     id: UserId,
     version: i64,
@@ -777,8 +777,22 @@ impl UserRepository for SeaOrmUserRepository {
         .await
     }
 
-    async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError> {
-        self.bounded(mail::enqueue(&self.db, job, now)).await
+    async fn enqueue_mail(
+        &self,
+        job: MailJob,
+        now: DateTime<Utc>,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<(), BackendError> {
+        let Some(audit) = audit else {
+            return self.bounded(mail::enqueue(&self.db, job, now)).await;
+        };
+        self.bounded(async {
+            let txn = self.write_transaction().await?;
+            mail::enqueue(&txn, job, now).await?;
+            admin::record(&txn, audit).await?;
+            txn.commit().await
+        })
+        .await
     }
 
     async fn store_email_token(
@@ -821,14 +835,25 @@ impl UserRepository for SeaOrmUserRepository {
         hash: PasswordHash,
         now: DateTime<Utc>,
         audit: NewAuditEvent,
-    ) -> Result<bool, BackendError> {
+        removal: FactorRemoval,
+        notice: Option<MailJob>,
+    ) -> Result<ResetOutcome, BackendError> {
         let (token, id) = (token.0.clone(), user.id);
         let hash = hash.as_str().to_owned();
         let done = self
             .bounded(self.with_current_user(user, move |txn| {
                 Box::pin(async move {
+                    // The user's row is locked: a factor added meanwhile has committed (and is
+                    // seen here) or waits, and then finds the version moved on.
+                    if !factors::added_unverified(txn, id).await?.same_as(&removal) {
+                        return Ok(Some(ResetOutcome::FactorsChanged));
+                    }
                     if !mail::spend(txn, &token, id, now).await? {
                         return Ok(None);
+                    }
+                    factors::remove(txn, id, &removal).await?;
+                    if let Some(notice) = notice {
+                        mail::enqueue(txn, notice, now).await?;
                     }
                     users::Entity::update_many()
                         .col_expr(users::Column::PasswordHash, Expr::value(hash))
@@ -847,11 +872,11 @@ impl UserRepository for SeaOrmUserRepository {
                     )
                     .await?;
                     admin::record(txn, audit).await?;
-                    Ok(Some(()))
+                    Ok(Some(ResetOutcome::Reset))
                 })
             }))
             .await?;
-        Ok(done.is_some())
+        Ok(done.unwrap_or(ResetOutcome::Refused))
     }
 
     async fn verify_email(

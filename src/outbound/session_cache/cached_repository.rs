@@ -12,8 +12,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{Invalidation, Lookup, SessionCache};
+use crate::domain::mfa::FactorRemoval;
 use crate::domain::ports::{
-    AdminWriteError, CreateSessionError, CreateUserError, Rotation, UserRepository,
+    AdminWriteError, CreateSessionError, CreateUserError, ResetOutcome, Rotation, UserRepository,
 };
 use crate::domain::{
     AuditEvent, AuditQuery, BackendError, ClientInfo, CookieHash, Email, EmailTokenHash,
@@ -135,10 +136,12 @@ impl UserRepository for CachedSessions {
         hash: PasswordHash,
         now: DateTime<Utc>,
         audit: NewAuditEvent,
-    ) -> Result<bool, BackendError> {
+        removal: FactorRemoval,
+        notice: Option<MailJob>,
+    ) -> Result<ResetOutcome, BackendError> {
         let result = self
             .inner
-            .reset_password(token, user, hash, now, audit)
+            .reset_password(token, user, hash, now, audit, removal, notice)
             .await;
         self.invalidated(Invalidation::User(user.id), result)
     }
@@ -252,8 +255,13 @@ impl UserRepository for CachedSessions {
         self.inner.list_live_sessions(user_id, now, limit).await
     }
 
-    async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError> {
-        self.inner.enqueue_mail(job, now).await
+    async fn enqueue_mail(
+        &self,
+        job: MailJob,
+        now: DateTime<Utc>,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<(), BackendError> {
+        self.inner.enqueue_mail(job, now, audit).await
     }
 
     async fn store_email_token(

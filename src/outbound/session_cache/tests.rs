@@ -5,6 +5,7 @@ use chrono::{TimeDelta, Utc};
 use mockall::predicate::eq;
 
 use super::*;
+use crate::domain::mfa::FactorRemoval;
 use crate::domain::ports::{MockUserRepository, UserRepository};
 use crate::domain::service::test_support::{session as stored_session, user};
 use crate::domain::{
@@ -329,7 +330,15 @@ fn writes() -> Vec<(&'static str, Write)> {
             Box::pin(async move {
                 let owner = user(s.user_id.0, Role::User, true);
                 let _ = repo
-                    .reset_password(&token(), &owner, hash(), Utc::now(), audit())
+                    .reset_password(
+                        &token(),
+                        &owner,
+                        hash(),
+                        Utc::now(),
+                        audit(),
+                        FactorRemoval::default(),
+                        None,
+                    )
                     .await;
             })
         }),
@@ -419,7 +428,7 @@ fn inner_ending(session: &Session) -> MockUserRepository {
     ends!(expect_set_password, fail(), _, _, _, _, _);
     ends!(expect_rehash_password, fail(), _, _, _);
     ends!(expect_create_session, fail().into());
-    ends!(expect_reset_password, fail(), _, _, _, _, _);
+    ends!(expect_reset_password, fail(), _, _, _, _, _, _, _);
     ends!(expect_verify_email, fail(), _, _, _, _, _);
     ends!(expect_change_email, fail().into(), _, _, _, _, _, _);
     inner

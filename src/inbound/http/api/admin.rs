@@ -432,11 +432,15 @@ impl AdminApi {
     #[oai(path = "/admin/users/:id/password-reset", method = "post")]
     async fn send_reset(
         &self,
+        req: &Request,
         auth: Authenticated,
         id: Path<String>,
     ) -> Result<Accepted, Failure<UserErrors>> {
-        self.admin(&auth)?;
-        self.service.send_reset_link(user_id(&id.0)?).await?;
+        let admin = self.admin(&auth)?;
+        let client = self.proxies.client_info(req);
+        self.service
+            .send_reset_link(Actor::Admin(admin, &client), user_id(&id.0)?)
+            .await?;
         Ok(Accepted::Accepted(Json(MessageResponse::new(
             "A reset link has been sent",
         ))))

@@ -136,6 +136,7 @@ impl EmailApi {
     #[oai(path = "/auth/password/reset", method = "post")]
     async fn reset(
         &self,
+        req: &Request,
         body: JsonBody<ResetPasswordRequest>,
     ) -> Result<Done, Failure<ResetErrors>> {
         let request = body.0;
@@ -143,7 +144,7 @@ impl EmailApi {
         let password = fields.check("new_password", Password::parse(&request.new_password));
         let password = fields.finish(password)?;
         self.service
-            .reset_password(&request.token, password)
+            .reset_password(&request.token, password, &self.proxies.client_info(req))
             .await?;
         Ok(Done::NoContent)
     }

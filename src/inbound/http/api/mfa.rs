@@ -8,22 +8,26 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
 use crate::domain::AuthService;
-use crate::domain::service::{SecondFactor, TotpRemovalProof};
+use crate::domain::service::{Proof, SecondFactor};
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::dto::{
-    MfaVerifyRequest, RecoveryCodesResponse, TokenResponse, TotpCodeRequest, TotpEnrolmentResponse,
+    CurrentPasswordRequest, MfaVerifyRequest, RecoveryCodesResponse, TokenResponse,
+    TotpCodeRequest, TotpEnrolmentResponse,
 };
 use crate::inbound::http::json::JsonBody;
-use crate::inbound::http::problem::{Failure, FieldError, Problem, error_statuses};
+use crate::inbound::http::problem::{Failure, Problem, error_statuses};
 use crate::inbound::http::security::Authenticated;
 
 error_statuses!(
     /// Errors of `POST /auth/mfa/totp`.
     EnrolErrors:
-        401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
+        401 => "No valid token, or the password is wrong",
         409 => "TOTP already enabled",
-        413 => "A body was sent, and it is too large",
-        503 => "The database does not answer"
+        413 => "The body is too large",
+        415 => "The body is not JSON",
+        422 => "No current_password, or malformed JSON",
+        429 => "Too many attempts from this address or for this user, or the account's failure delay is running",
+        503 => "The service is overloaded or the database does not answer"
 );
 
 error_statuses!(
@@ -69,14 +73,6 @@ enum Removed {
     NoContent,
 }
 
-/// A 422 for a body that must hold exactly one of two fields.
-fn exactly_one_of(first: &str, second: &str) -> Problem {
-    Problem::validation(vec![FieldError {
-        field: first.to_owned(),
-        message: format!("give exactly one of {first} and {second}"),
-    }])
-}
-
 pub struct MfaApi {
     pub service: Arc<AuthService>,
     pub proxies: TrustedProxies,
@@ -86,14 +82,24 @@ pub struct MfaApi {
 impl MfaApi {
     /// Start a TOTP enrolment
     ///
-    /// A new secret and its `otpauth://` URI, for an authenticator app. It is not active until
-    /// a code confirms it; a second call before that replaces it.
+    /// With the account's password, asked again: an access token alone adds no way in. A new
+    /// secret and its `otpauth://` URI, for an authenticator app. It is not active until a
+    /// code confirms it; a second call before that replaces it.
     #[oai(path = "/auth/mfa/totp", method = "post")]
     async fn enrol(
         &self,
+        req: &Request,
         auth: Authenticated,
+        body: JsonBody<CurrentPasswordRequest>,
     ) -> Result<Json<TotpEnrolmentResponse>, Failure<EnrolErrors>> {
-        let enrolment = self.service.begin_totp(auth.principal()).await?;
+        let enrolment = self
+            .service
+            .begin_totp(
+                auth.principal(),
+                Proof::Password(&body.0.current_password),
+                &self.proxies.client_info(req),
+            )
+            .await?;
         Ok(Json(TotpEnrolmentResponse {
             secret: enrolment.secret.base32(),
             otpauth_uri: enrolment.uri,
@@ -112,11 +118,7 @@ impl MfaApi {
         body: JsonBody<TotpCodeRequest>,
     ) -> Result<Json<RecoveryCodesResponse>, Failure<ConfirmErrors>> {
         let Some(code) = body.0.code else {
-            return Err(Problem::validation(vec![FieldError {
-                field: "code".into(),
-                message: "field required".into(),
-            }])
-            .into());
+            return Err(Problem::invalid_field("code", "field required").into());
         };
         let recovery_codes = self
             .service
@@ -137,9 +139,9 @@ impl MfaApi {
     ) -> Result<Removed, Failure<DisableErrors>> {
         let request = body.0;
         let proof = match (&request.code, &request.password) {
-            (Some(code), None) => TotpRemovalProof::Code(code),
-            (None, Some(password)) => TotpRemovalProof::Password(password),
-            _ => return Err(exactly_one_of("code", "password").into()),
+            (Some(code), None) => Proof::Code(code),
+            (None, Some(password)) => Proof::Password(password),
+            _ => return Err(Problem::exactly_one_of("code", "password").into()),
         };
         self.service
             .disable_totp(auth.principal(), proof, &self.proxies.client_info(req))
@@ -161,7 +163,7 @@ impl MfaApi {
         let proof = match (&request.code, &request.recovery_code) {
             (Some(code), None) => SecondFactor::Code(code),
             (None, Some(code)) => SecondFactor::RecoveryCode(code),
-            _ => return Err(exactly_one_of("code", "recovery_code").into()),
+            _ => return Err(Problem::exactly_one_of("code", "recovery_code").into()),
         };
         let pair = self
             .service

@@ -17,20 +17,26 @@ use uuid::Uuid;
 use super::ApiTags;
 use crate::domain::AuthService;
 use crate::domain::mfa::passkey_name;
+use crate::domain::service::Proof;
 use crate::inbound::http::client::TrustedProxies;
-use crate::inbound::http::dto::{PasskeyResponse, RenamePasskeyRequest, TokenResponse};
+use crate::inbound::http::dto::{
+    FactorProofRequest, PasskeyResponse, RenamePasskeyRequest, TokenResponse,
+};
 use crate::inbound::http::json::JsonBody;
-use crate::inbound::http::problem::{Failure, FieldError, Problem, error_statuses};
+use crate::inbound::http::problem::{Failure, Problem, error_statuses};
 use crate::inbound::http::security::Authenticated;
 
 error_statuses!(
     /// Errors of `POST /auth/passkeys/register/start`.
     RegisterStartErrors:
-        401 => "No token, or a token that is invalid, expired, revoked or of an inactive user",
+        400 => "Invalid code: a wrong, replayed or malformed code or recovery code",
+        401 => "No valid token, or the password is wrong",
         409 => "Too many passkeys: the caller holds 20",
-        413 => "A body was sent, and it is too large",
-        429 => "Too many ceremonies started for this user",
-        503 => "Passkeys are not configured (public_url), or the database does not answer"
+        413 => "The body is too large",
+        415 => "The body is not JSON",
+        422 => "Neither or both of current_password and code, or malformed JSON",
+        429 => "Too many attempts from this address or for this user, or the account's failure delay is running",
+        503 => "Passkeys are not configured (public_url), the service is overloaded, or the database does not answer"
 );
 
 error_statuses!(
@@ -131,18 +137,11 @@ fn credential_and_name(body: Value) -> Result<(String, Option<String>), Problem>
     let name = match name {
         None | Some(Value::Null) => None,
         Some(Value::String(name)) => {
-            passkey_name(&name).map_err(|message| field("name", message))?
+            passkey_name(&name).map_err(|message| Problem::invalid_field("name", message))?
         }
-        Some(_) => return Err(field("name", "must be a string")),
+        Some(_) => return Err(Problem::invalid_field("name", "must be a string")),
     };
     Ok((credential.to_string(), name))
-}
-
-fn field(name: &str, message: &str) -> Problem {
-    Problem::validation(vec![FieldError {
-        field: name.to_owned(),
-        message: message.to_owned(),
-    }])
 }
 
 pub struct PasskeysApi {
@@ -154,16 +153,25 @@ pub struct PasskeysApi {
 impl PasskeysApi {
     /// Start adding a passkey
     ///
-    /// The options for `navigator.credentials.create()`; the ceremony must finish within five
-    /// minutes.
+    /// With the account's password asked again (or, for a user with TOTP, a current code or a
+    /// recovery code instead): an access token alone adds no way in. The options for
+    /// `navigator.credentials.create()`; the ceremony must finish within five minutes.
     #[oai(path = "/auth/passkeys/register/start", method = "post")]
     async fn register_start(
         &self,
+        req: &Request,
         auth: Authenticated,
+        body: JsonBody<FactorProofRequest>,
     ) -> Result<Json<Value>, Failure<RegisterStartErrors>> {
+        let request = body.0;
+        let proof = match (&request.current_password, &request.code) {
+            (Some(password), None) => Proof::Password(password),
+            (None, Some(code)) => Proof::Code(code),
+            _ => return Err(Problem::exactly_one_of("current_password", "code").into()),
+        };
         let json = self
             .service
-            .begin_passkey_registration(auth.principal())
+            .begin_passkey_registration(auth.principal(), proof, &self.proxies.client_info(req))
             .await?;
         Ok(options(&json)?)
     }
@@ -264,8 +272,8 @@ impl PasskeysApi {
     ) -> Result<Done, Failure<RenameErrors>> {
         let name = match passkey_name(&body.0.name) {
             Ok(Some(name)) => name,
-            Ok(None) => return Err(field("name", "must not be empty").into()),
-            Err(message) => return Err(field("name", message).into()),
+            Ok(None) => return Err(Problem::invalid_field("name", "must not be empty").into()),
+            Err(message) => return Err(Problem::invalid_field("name", message).into()),
         };
         let id = Uuid::parse_str(&id.0)
             .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "Passkey not found"))?;
