@@ -10,6 +10,17 @@
 //!    per-address login limits are raised for this part only, as an attacker with many
 //!    addresses and two weeks would get around them.
 //!
+//! And those of the second review (issue 20):
+//!
+//! 5. mail bombing: 24 accounts on 6 client addresses (through `X-Forwarded-For` from a
+//!    trusted proxy) ask, three times each, to move to one victim's address; then 30
+//!    registrations from one address: how many mails reach the victim, and how many
+//!    verification mails go out, counted by an SMTP server in the benchmark;
+//! 6. growth: 60 failed logins for unknown emails from one address with 500-character user
+//!    agents (the per-address login budget of a minute): audit rows and bytes, and the
+//!    extrapolation to a day; 60 passkey sign-in starts from one address, then one more once
+//!    they expired: ceremony rows; mail given up and a week old: rows after the purge.
+//!
 //! Run it with `cargo bench --bench attacks`. Settings, all optional: `BENCH_POSTGRES_URL`
 //! (default `TEST_DATABASE_URL`, else `postgres://postgres@127.0.0.1:5432/test`),
 //! `BENCH_BACKENDS` (default `sqlite,postgres`), `BENCH_LOGINS` (default 300: the logins of
@@ -22,8 +33,14 @@ use serde_json::{Value, json};
 
 #[path = "support/server.rs"]
 mod server;
+// The SMTP server the integration tests deliver to: it counts what arrives.
+#[path = "../tests/api/smtp.rs"]
+#[allow(dead_code)]
+mod smtp;
 
+use sea_orm::{ConnectionTrait, Database, Statement};
 use server::{Result, Server};
+use smtp::SmtpServer;
 
 const PASSWORD: &str = "benchmark password 1";
 
@@ -220,18 +237,263 @@ async fn sessions(database_url: &str, logins: usize) -> Result<()> {
     Ok(())
 }
 
+/// Mail to `to` that `smtp` received, once nothing more arrives for two seconds (the worker
+/// looks every half second).
+async fn mail_to(smtp: &SmtpServer, to: &str) -> usize {
+    let count = || {
+        smtp.received()
+            .iter()
+            .filter(|m| m.to.iter().any(|r| r.eq_ignore_ascii_case(to)))
+            .count()
+    };
+    let mut seen = usize::MAX;
+    while count() != seen {
+        seen = count();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    seen
+}
+
+/// The mail settings of part 5: SMTP to `smtp`, and the loopback trusted as a proxy.
+fn mailing(smtp: &SmtpServer) -> Vec<(&'static str, String)> {
+    vec![
+        ("MAIL_TRANSPORT", "smtp".into()),
+        ("SMTP_URL", smtp.url()),
+        ("TRUSTED_PROXIES", "127.0.0.1".into()),
+    ]
+}
+
+fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Finding 3 of the second review: one address flooded with mail.
+async fn mail_bombing(database_url: &str) -> Result<()> {
+    let smtp = SmtpServer::start().await;
+    let env = mailing(&smtp);
+    let server = Server::start(database_url, &pairs(&env)).await?;
+    let base = server.base.clone();
+    let client = reqwest::Client::new();
+    register(&client, &base, "mailvictim@example.com").await?;
+    let started = Instant::now();
+    let mut asked = Vec::new();
+    for n in 0..24 {
+        let from = format!("198.51.100.{}", n % 6 + 1);
+        let email = format!("attacker{n}@example.com");
+        let status = client
+            .post(format!("{base}/auth/register"))
+            .header("x-forwarded-for", &from)
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await?
+            .status();
+        if !status.is_success() {
+            return Err(format!("registering {email}: {status}").into());
+        }
+        let tokens: Value = login(&client, &base, &email, PASSWORD)
+            .header("x-forwarded-for", &from)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let token = tokens["access_token"]
+            .as_str()
+            .ok_or("no token")?
+            .to_owned();
+        for _ in 0..3 {
+            asked.push(
+                client
+                    .post(format!("{base}/auth/email"))
+                    .header("x-forwarded-for", &from)
+                    .bearer_auth(&token)
+                    .json(&json!({"new_email": "mailvictim@example.com", "current_password": PASSWORD})),
+            );
+        }
+    }
+    let (answers, _) = burst(asked).await;
+    let took = started.elapsed();
+    let victim = mail_to(&smtp, "mailvictim@example.com").await;
+    println!(
+        "| 5. 24 accounts on 6 addresses ask 3 times each, in {:.0} s, to move to the victim's address | {} | {victim} mails in the victim's box, its verification included |",
+        took.as_secs_f64(),
+        tally(&answers),
+    );
+    drop(server);
+
+    let smtp = SmtpServer::start().await;
+    let env = mailing(&smtp);
+    let server = Server::start(database_url, &pairs(&env)).await?;
+    let base = server.base.clone();
+    let registered = (0..30)
+        .map(|n| {
+            client
+                .post(format!("{base}/auth/register"))
+                .header("x-forwarded-for", "203.0.113.50")
+                .json(&json!({"email": format!("signup{n}@example.com"), "password": PASSWORD}))
+        })
+        .collect();
+    let (answers, took) = burst(registered).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut sent = mail_to(&smtp, "signup0@example.com").await;
+    sent = sent.max(smtp.received().len());
+    println!(
+        "| 5. 30 registrations from one address, in {:.0} ms | {} | {sent} verification mails (mail_limit_per_ip 10) |",
+        took.as_secs_f64() * 1000.0,
+        tally(&answers),
+    );
+    Ok(())
+}
+
+/// One number out of the database of `url`.
+async fn scalar(url: &str, sql: &str) -> Result<i64> {
+    let db = Database::connect(url).await?;
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await?
+        .ok_or("no row")?;
+    let value = row
+        .try_get::<i64>("", "n")
+        .or_else(|_| row.try_get::<i32>("", "n").map(i64::from))?;
+    db.close().await?;
+    Ok(value)
+}
+
+async fn execute(url: &str, sql: &str) -> Result<()> {
+    let db = Database::connect(url).await?;
+    db.execute_unprepared(sql).await?;
+    db.close().await?;
+    Ok(())
+}
+
+/// Finding 8 of the second review: what strangers' requests leave behind.
+async fn growth(database_url: &str) -> Result<()> {
+    // Passkeys need a host name for the relying party; the mail transport fails every
+    // delivery, once.
+    let env = [
+        ("PUBLIC_URL", "http://localhost:8000"),
+        ("MAIL_TRANSPORT", "smtp"),
+        ("SMTP_URL", "smtp://127.0.0.1:9"),
+        ("MAIL_MAX_ATTEMPTS", "1"),
+        ("SESSION_PURGE_INTERVAL_SECONDS", "1"),
+        ("TRUSTED_PROXIES", "127.0.0.1"),
+    ];
+    // One address of its own, apart from the earlier parts' failures on the same database.
+    let from = "192.0.2.66";
+    let server = Server::start(database_url, &env).await?;
+    let base = server.base.clone();
+    let client = reqwest::Client::new();
+    let agent = "A".repeat(500);
+    let failures = (0..60)
+        .map(|n| {
+            login(&client, &base, &format!("stranger{n}@example.com"), "guess")
+                .header("user-agent", &agent)
+                .header("x-forwarded-for", from)
+        })
+        .collect();
+    let (answers, _) = burst(failures).await;
+    let rows = scalar(
+        database_url,
+        "SELECT COUNT(*) AS n FROM audit_events WHERE kind = 'login.failed' \
+         AND ip = '192.0.2.66'",
+    )
+    .await?;
+    let bytes = scalar(
+        database_url,
+        "SELECT CAST(COALESCE(SUM(LENGTH(user_agent) + LENGTH(detail) + LENGTH(kind) + \
+         LENGTH(ip) + 40), 0) AS BIGINT) AS n FROM audit_events WHERE kind = 'login.failed' \
+         AND ip = '192.0.2.66'",
+    )
+    .await?;
+    println!(
+        "| 6. 60 failed logins for unknown emails from one address, 500-character user agents | {} | {rows} audit rows, {bytes} bytes: {:.2} MB a day per address at this rate |",
+        tally(&answers),
+        bytes as f64 * 1440.0 / 1e6,
+    );
+
+    let starts = (0..60)
+        .map(|_| {
+            client
+                .post(format!("{base}/auth/passkeys/login/start"))
+                .header("x-forwarded-for", "192.0.2.67")
+        })
+        .collect();
+    let (answers, _) = burst(starts).await;
+    let live = scalar(
+        database_url,
+        "SELECT COUNT(*) AS n FROM webauthn_ceremonies",
+    )
+    .await?;
+    // Five minutes on, as far as the table can tell: the next start sweeps them.
+    execute(
+        database_url,
+        "UPDATE webauthn_ceremonies SET expires_at = '2000-01-01 00:00:00+00'",
+    )
+    .await?;
+    client
+        .post(format!("{base}/auth/passkeys/login/start"))
+        .header("x-forwarded-for", "203.0.113.77")
+        .send()
+        .await?;
+    let after = scalar(
+        database_url,
+        "SELECT COUNT(*) AS n FROM webauthn_ceremonies",
+    )
+    .await?;
+    println!(
+        "| 6. 60 passkey sign-in starts from one address, then one more after they expired | {} | {live} ceremony rows, then {after} |",
+        tally(&answers),
+    );
+
+    // The verification mail of a registration, which the transport fails for good.
+    client
+        .post(format!("{base}/auth/register"))
+        .header("x-forwarded-for", "192.0.2.68")
+        .json(&json!({"email": "undeliverable@example.com", "password": PASSWORD}))
+        .send()
+        .await?;
+    let mut failed = 0;
+    for _ in 0..50 {
+        failed = scalar(
+            database_url,
+            "SELECT COUNT(*) AS n FROM mail_outbox WHERE state = 'failed'",
+        )
+        .await?;
+        if failed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    execute(
+        database_url,
+        "UPDATE mail_outbox SET queued_at = '2000-01-01 00:00:00+00'",
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let left = scalar(
+        database_url,
+        "SELECT COUNT(*) AS n FROM mail_outbox WHERE state = 'failed'",
+    )
+    .await?;
+    println!(
+        "| 6. a mail given up, then a week old | | {failed} failed job, {left} after the purge |"
+    );
+    Ok(())
+}
+
 async fn on_backend(name: &str, url: &str, logins: usize) -> Result<()> {
     println!("\n### {name}\n");
     println!("| attack | answers | time, memory |");
     println!("|---|---|---|");
     guessing(url).await?;
-    sessions(url, logins).await
+    sessions(url, logins).await?;
+    mail_bombing(url).await?;
+    growth(url).await
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let logins: usize = server::setting("BENCH_LOGINS", 300);
-    println!("# The attacks of issue 7, after the fixes\n");
+    println!("# The attacks of issues 7 and 20, after the fixes\n");
     println!(
         "Release build, production profile, bcrypt cost 12, default limits (part 4 raises the login limits)."
     );

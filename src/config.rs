@@ -213,6 +213,7 @@ pub struct Settings {
     pub email_verification_ttl_hours: i64,
     pub invitation_ttl_hours: i64,
     pub audit_retention_days: i64,
+    pub audit_fold_window_seconds: i64,
     pub require_verified_email: bool,
     pub verify_email_on_register: bool,
     pub reset_link_template: String,
@@ -292,6 +293,7 @@ const KEYS: &[&str] = &[
     "email_verification_ttl_hours",
     "invitation_ttl_hours",
     "audit_retention_days",
+    "audit_fold_window_seconds",
     "require_verified_email",
     "verify_email_on_register",
     "reset_link_template",
@@ -485,6 +487,9 @@ impl Settings {
         }
         if self.audit_retention_days < 1 {
             return fail("AUDIT_RETENTION_DAYS must be at least 1");
+        }
+        if !(0..=86_400).contains(&self.audit_fold_window_seconds) {
+            return fail("AUDIT_FOLD_WINDOW_SECONDS must be from 0 to 86400");
         }
         if self.mail_max_attempts == 0 || self.mail_retry_base_seconds < 1 {
             return fail("MAIL_MAX_ATTEMPTS and MAIL_RETRY_BASE_SECONDS must be at least 1");

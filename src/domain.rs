@@ -16,7 +16,9 @@ pub mod session;
 pub mod signing_key;
 pub mod user;
 
-pub use audit::{AuditEvent, AuditKind, AuditQuery, NewAuditEvent};
+pub use audit::{
+    AUDIT_USER_AGENT_MAX_CHARS, AuditEvent, AuditKind, AuditQuery, FOLDED_COUNT, NewAuditEvent,
+};
 pub use email::{Email, EmailError};
 pub use error::BackendError;
 pub use mail::{

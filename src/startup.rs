@@ -431,6 +431,7 @@ async fn build_with_cache(
         session_max_age: TimeDelta::days(settings.session_max_age_days),
         max_sessions_per_user: settings.max_sessions_per_user,
         audit_retention: TimeDelta::days(settings.audit_retention_days),
+        audit_fold_window: TimeDelta::seconds(settings.audit_fold_window_seconds),
         limits: limit_policy(settings),
         mail: mail_policy(settings),
         password: PasswordPolicy {

@@ -111,6 +111,13 @@ impl AuditKind {
     }
 }
 
+/// The longest user agent an event keeps, in characters: a header of kilobytes, sent with
+/// every failed attempt, would otherwise grow the trail by as much.
+pub const AUDIT_USER_AGENT_MAX_CHARS: usize = 256;
+
+/// The `detail` key of a folded failure's count (see `UserRepository::record_folded`).
+pub const FOLDED_COUNT: &str = "count";
+
 /// An event to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAuditEvent {
@@ -139,9 +146,27 @@ impl NewAuditEvent {
             success: true,
             user_id,
             actor_id: None,
-            client: client.clone(),
+            client: ClientInfo::default(),
             detail: BTreeMap::new(),
         }
+        .from_client(client)
+    }
+
+    /// The same event, from `client`, its user agent cut to [`AUDIT_USER_AGENT_MAX_CHARS`].
+    pub fn from_client(mut self, client: &ClientInfo) -> Self {
+        self.client = ClientInfo {
+            ip: client.ip.clone(),
+            user_agent: client
+                .user_agent
+                .as_ref()
+                .map(|agent| agent.chars().take(AUDIT_USER_AGENT_MAX_CHARS).collect()),
+        };
+        self
+    }
+
+    /// Whether it is a failure a client address caused: the kind of event the trail folds.
+    pub fn is_foldable(&self) -> bool {
+        !self.success && self.client.ip.is_some()
     }
 
     /// The same event, failed.

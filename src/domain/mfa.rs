@@ -399,16 +399,18 @@ pub const MAX_PASSKEYS: usize = 20;
 /// The longest passkey name, in characters.
 pub const PASSKEY_NAME_MAX_CHARS: usize = 64;
 
-/// A passkey's name as given: trimmed, no control characters, at most 64 characters; an empty
-/// one is `None` (the service picks a default).
+/// A passkey's name as given: no control characters, at most 64 characters, then trimmed; an
+/// empty or blank one is `None` (the service picks a default). The rules are the API
+/// document's (JSON Schema's `maxLength` counts the name as sent, and its `\s` counts U+FEFF as
+/// white space), so that what the document allows is what is taken.
 pub fn passkey_name(raw: &str) -> Result<Option<String>, &'static str> {
-    let name = raw.trim();
-    if name.chars().any(char::is_control) {
+    if raw.chars().any(char::is_control) {
         return Err("must not contain control characters");
     }
-    if name.chars().count() > PASSKEY_NAME_MAX_CHARS {
+    if raw.chars().count() > PASSKEY_NAME_MAX_CHARS {
         return Err("must be at most 64 characters");
     }
+    let name = raw.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
     Ok((!name.is_empty()).then(|| name.to_owned()))
 }
 
@@ -604,6 +606,9 @@ mod tests {
         assert_eq!(passkey_name("   "), Ok(None));
         assert!(passkey_name("a\u{0}b").is_err());
         assert!(passkey_name(&"x".repeat(65)).is_err());
+        // As the document counts: the name as sent, before trimming; U+FEFF is white space.
+        assert!(passkey_name(&format!("{} ", "x".repeat(64))).is_err());
+        assert_eq!(passkey_name("\u{feff} "), Ok(None));
         assert_eq!(passkey_name(&"é".repeat(64)).map(|n| n.is_some()), Ok(true));
     }
 }

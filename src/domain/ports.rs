@@ -112,6 +112,20 @@ pub trait UserRepository: Send + Sync + 'static {
     /// [`BackendError`] when storage fails.
     async fn record_audit(&self, event: NewAuditEvent) -> Result<(), BackendError>;
 
+    /// Records the failure `event` folded into the last one like it: when an event of the same
+    /// kind and outcome, from the same client address and for the same user (or for none), was
+    /// recorded at or after `since`, that one's `detail.count` goes up by one instead;
+    /// otherwise `event` is recorded with a count of 1. Folds into one event are serialised
+    /// (none is lost); callers that find none at the same moment may each record one.
+    ///
+    /// # Errors
+    /// [`BackendError`] when storage fails.
+    async fn record_folded(
+        &self,
+        event: NewAuditEvent,
+        since: DateTime<Utc>,
+    ) -> Result<(), BackendError>;
+
     /// Events matching `query`, newest first, at most `query.limit`.
     ///
     /// # Errors
@@ -943,11 +957,17 @@ pub trait FactorRepository: Send + Sync + 'static {
         name: &str,
     ) -> Result<bool, BackendError>;
 
-    /// Stores a WebAuthn ceremony until it is finished or expires.
+    /// Stores a WebAuthn ceremony until it is finished or expires, and deletes the ceremonies
+    /// that expired by `now`: sign-in starts need no account, so abandoned ones must not wait
+    /// for the periodic purge (one indexed delete, by expiry).
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.
-    async fn store_ceremony(&self, ceremony: Ceremony) -> Result<(), BackendError>;
+    async fn store_ceremony(
+        &self,
+        ceremony: Ceremony,
+        now: DateTime<Utc>,
+    ) -> Result<(), BackendError>;
 
     /// Takes the ceremony of `challenge`: deletes it and returns it, so that it finishes at
     /// most once, unless it expired by `now` (it is deleted then too).

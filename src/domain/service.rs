@@ -57,6 +57,9 @@ pub struct AuthPolicy {
     pub max_sessions_per_user: u32,
     /// How long audit events are kept.
     pub audit_retention: TimeDelta,
+    /// Failures of one kind from one client address (for one account, or for none) within this
+    /// long are one event with a count; zero records each.
+    pub audit_fold_window: TimeDelta,
     /// Abuse limits on login, registration and refresh.
     pub limits: LimitPolicy,
     /// Mail, its links and their tokens.
@@ -78,6 +81,7 @@ impl Default for AuthPolicy {
             session_max_age: TimeDelta::days(90),
             max_sessions_per_user: 100,
             audit_retention: TimeDelta::days(365),
+            audit_fold_window: TimeDelta::seconds(60),
             limits: LimitPolicy::default(),
             mail: MailPolicy::default(),
             password: PasswordPolicy::default(),
@@ -201,6 +205,21 @@ impl AuthService {
         full_name: Option<&FullName>,
     ) -> Result<(), PasswordError> {
         self.policy.password.check(password, email, full_name)
+    }
+
+    /// Records a failure (a wrong password or code): one a client address caused is folded into
+    /// the last one like it within the fold window, so that strangers' attempts cannot grow the
+    /// trail by a row each, whether or not the limits are on.
+    ///
+    /// # Errors
+    /// [`BackendError`] from the repository.
+    pub(super) async fn record_failure(&self, event: NewAuditEvent) -> Result<(), BackendError> {
+        let window = self.policy.audit_fold_window;
+        if !event.is_foldable() || window <= TimeDelta::zero() {
+            return self.users.record_audit(event).await;
+        }
+        let since = event.at - window;
+        self.users.record_folded(event, since).await
     }
 
     /// Whether storage answers: the readiness check.
@@ -383,6 +402,7 @@ pub(crate) mod test_support {
         pub fn service(mut self) -> AuthService {
             // Audit writes of their own (failed logins) are allowed unless a test says more.
             self.users.expect_record_audit().returning(|_| Ok(()));
+            self.users.expect_record_folded().returning(|_, _| Ok(()));
             // Stored hashes are of the configured cost unless a test says otherwise.
             self.hasher.expect_needs_rehash().returning(|_| false);
             // Users have no second factor unless a test says otherwise.

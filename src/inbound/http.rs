@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod oauth;
 pub mod problem;
+pub mod schema;
 pub mod security;
 pub mod server;
 

@@ -455,6 +455,48 @@ app_test!(failed_and_successful_logins_are_in_the_trail, |app| {
     assert!(none["items"].as_array().unwrap().is_empty());
 });
 
+app_test!(
+    a_strangers_failures_fold_into_one_event_per_minute_limits_on_or_off,
+    json!({"rate_limits_enabled": false}),
+    |app| {
+        let admin = app.admin_token("root@example.com").await;
+        assert_eq!(
+            app.register("known@example.com", PASSWORD).await.status(),
+            201
+        );
+        let long_agent = "a".repeat(5000);
+        for email in ["known@example.com", "unknown@example.com"] {
+            for _ in 0..12 {
+                let failed = app
+                    .client
+                    .post(app.url("/auth/login"))
+                    .header("user-agent", &long_agent)
+                    .json(&json!({"email": email, "password": "wrong password"}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(failed.status(), 401);
+            }
+        }
+        let trail = json_of(get(&app, "/admin/audit?kind=login.failed", &admin).await).await;
+        let items = trail["items"].as_array().unwrap();
+        // One event per account (or none) and client address, each counting its failures,
+        // the registered account's naming its user.
+        assert_eq!(items.len(), 2, "{trail}");
+        for event in items {
+            assert_eq!(event["detail"]["count"], "12", "{event}");
+            assert_eq!(event["ip"], "127.0.0.1");
+            assert_eq!(
+                event["user_agent"].as_str().unwrap().chars().count(),
+                256,
+                "user agents are kept to 256 characters"
+            );
+        }
+        assert!(items[0]["user_id"].is_null());
+        assert!(items[1]["user_id"].is_i64());
+    }
+);
+
 app_test!(an_admin_creates_a_user_with_a_password_or_not, |app| {
     let admin = app.admin_token("root@example.com").await;
     let create = |body: Value| {

@@ -152,3 +152,124 @@ app_test!(metrics_are_exposed_in_prometheus_text_format, |app| {
         assert!(text.contains(expected), "missing {expected} in\n{text}");
     }
 });
+
+/// The request body schema of `method path` in `spec`, references followed once.
+fn request_schema<'a>(spec: &'a Value, path: &str, method: &str) -> &'a Value {
+    let schema =
+        &spec["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"];
+    match schema["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference.trim_start_matches("#/components/schemas/");
+            &spec["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
+/// The fields each branch of a `oneOf` requires.
+fn one_of(schema: &Value) -> Vec<Value> {
+    schema["oneOf"]
+        .as_array()
+        .expect("oneOf")
+        .iter()
+        .map(|branch| branch["required"].clone())
+        .collect()
+}
+
+app_test!(
+    the_document_says_what_the_handlers_enforce_so_fuzzers_and_clients_agree,
+    json!({"public_url": "http://localhost:8123"}),
+    |app| {
+        let spec = app.get_json("/openapi.json").await;
+        // Exactly one of two fields.
+        for (path, method, choices) in [
+            ("/auth/mfa/totp", "delete", json!([["code"], ["password"]])),
+            (
+                "/auth/mfa/verify",
+                "post",
+                json!([["code"], ["recovery_code"]]),
+            ),
+            (
+                "/auth/passkeys/register/start",
+                "post",
+                json!([["current_password"], ["code"]]),
+            ),
+        ] {
+            assert_eq!(
+                json!(one_of(request_schema(&spec, path, method))),
+                choices,
+                "{path}"
+            );
+        }
+        assert_eq!(
+            request_schema(&spec, "/auth/mfa/totp", "post")["required"],
+            json!(["current_password"])
+        );
+        assert_eq!(
+            request_schema(&spec, "/auth/mfa/totp/confirm", "post")["required"],
+            json!(["code"])
+        );
+        // A passkey's name: as long, and of the characters, that the handlers take.
+        let name = &request_schema(&spec, "/auth/passkeys/{id}", "patch")["properties"]["name"];
+        assert_eq!(name["maxLength"], 64);
+        assert!(name["pattern"].as_str().unwrap().contains(r"\u0000-\u001F"));
+        // The WebAuthn answers: an object (never null), with the members each ceremony reads.
+        for (path, response) in [
+            (
+                "/auth/passkeys/register/finish",
+                json!(["clientDataJSON", "attestationObject"]),
+            ),
+            (
+                "/auth/passkeys/login/finish",
+                json!([
+                    "clientDataJSON",
+                    "authenticatorData",
+                    "signature",
+                    "userHandle"
+                ]),
+            ),
+        ] {
+            let schema = request_schema(&spec, path, "post");
+            let direct = &schema["oneOf"][0];
+            assert_eq!(
+                direct["required"],
+                json!(["id", "rawId", "type", "response"])
+            );
+            assert_eq!(direct["properties"]["response"]["required"], response);
+            assert_eq!(schema["oneOf"][1]["required"], json!(["credential"]));
+            assert!(schema["nullable"].is_null(), "{path}");
+        }
+        // And the handlers refuse what the document refuses: a null body, both or neither.
+        let token = app.token_for("doc@example.com").await;
+        for (path, body) in [
+            ("/auth/passkeys/register/finish", Value::Null),
+            ("/auth/passkeys/login/finish", Value::Null),
+            ("/auth/passkeys/register/start", json!({})),
+            (
+                "/auth/passkeys/register/start",
+                json!({"current_password": "x", "code": "123456"}),
+            ),
+        ] {
+            let response = app
+                .client
+                .post(app.url(path))
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 422, "{path} {body}");
+        }
+        for name in ["", "   ", &"x".repeat(65), "tab\there"] {
+            let renamed = app
+                .client
+                .patch(app.url(&format!("/auth/passkeys/{}", uuid::Uuid::nil())))
+                .bearer_auth(&token)
+                .json(&json!({ "name": name }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(renamed.status(), 422, "{name:?}");
+        }
+    }
+);

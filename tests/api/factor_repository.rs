@@ -541,7 +541,7 @@ async fn a_ceremony_is_taken_once_and_never_after_it_expired() {
         let registration = ceremony("reg", Some(alice.id), TimeDelta::minutes(5));
         let sign_in = ceremony("auth", None, TimeDelta::minutes(5));
         for stored in [&registration, &sign_in] {
-            factors.store_ceremony(stored.clone()).await.unwrap();
+            factors.store_ceremony(stored.clone(), t0()).await.unwrap();
         }
         let now = t0() + TimeDelta::minutes(1);
         assert_eq!(
@@ -647,7 +647,7 @@ async fn deleting_a_user_deletes_their_factors_challenges_and_ceremonies() {
         let pending = challenge(&alice, TimeDelta::minutes(5));
         factors.store_mfa_challenge(pending.clone()).await.unwrap();
         let registration = ceremony("reg", Some(alice.id), TimeDelta::minutes(5));
-        factors.store_ceremony(registration).await.unwrap();
+        factors.store_ceremony(registration, t0()).await.unwrap();
 
         assert!(users.delete_user(alice.id, event()).await.unwrap());
         assert!(factors.find_totp(alice.id).await.unwrap().is_none());
@@ -694,7 +694,7 @@ async fn the_purge_deletes_expired_challenges_and_ceremonies_only() {
             ceremony("short", None, TimeDelta::minutes(5)),
             ceremony("long", None, TimeDelta::hours(1)),
         ] {
-            factors.store_ceremony(stored).await.unwrap();
+            factors.store_ceremony(stored, t0()).await.unwrap();
         }
         users
             .purge_expired(t0() + TimeDelta::minutes(10), t0() - TimeDelta::days(1000))
@@ -772,6 +772,45 @@ async fn a_session_keeps_how_its_user_signed_in() {
             .collect();
         listed.sort_by_key(Vec::len);
         assert_eq!(listed, [vec![AuthMethod::Webauthn], two_step]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn storing_a_ceremony_deletes_the_expired_ones_at_once() {
+    on_every_full_store(|store| async move {
+        let factors = store.factors.as_ref();
+        factors
+            .store_ceremony(ceremony("abandoned", None, TimeDelta::minutes(5)), t0())
+            .await
+            .unwrap();
+        factors
+            .store_ceremony(ceremony("live", None, TimeDelta::minutes(5)), t0())
+            .await
+            .unwrap();
+        // Ten minutes on, the next start sweeps what expired, without the periodic purge.
+        let later = t0() + TimeDelta::minutes(10);
+        factors
+            .store_ceremony(
+                Ceremony {
+                    expires_at: later + TimeDelta::minutes(5),
+                    ..ceremony("next", None, TimeDelta::zero())
+                },
+                later,
+            )
+            .await
+            .unwrap();
+        // Taken as of before their expiry, the swept ones are gone; the new one is not.
+        for gone in ["abandoned", "live"] {
+            assert!(factors.take_ceremony(gone, t0()).await.unwrap().is_none());
+        }
+        assert!(
+            factors
+                .take_ceremony("next", later)
+                .await
+                .unwrap()
+                .is_some()
+        );
     })
     .await;
 }

@@ -27,6 +27,30 @@ async fn pyauth_source() -> Option<(TestDb, DatabaseConnection)> {
     Some((db, conn))
 }
 
+/// A pyauth database and a fresh target, with their URLs as the CLI takes them.
+struct Cutover {
+    source_db: TestDb,
+    source: DatabaseConnection,
+    target_db: TestDb,
+    /// The source URL in the form pyauth's `.env` has it.
+    from: String,
+    target: String,
+}
+
+impl Cutover {
+    async fn new(target_backend: Backend) -> Option<Self> {
+        let (source_db, source) = pyauth_source().await?;
+        let target_db = TestDb::create(target_backend).await?;
+        Some(Self {
+            from: psycopg2(source_db.url()),
+            target: target_db.url().to_owned(),
+            source_db,
+            source,
+            target_db,
+        })
+    }
+}
+
 /// The source URL in the form pyauth's `.env` has it.
 fn psycopg2(url: &str) -> String {
     url.replacen("postgres://", "postgresql+psycopg2://", 1)
@@ -82,14 +106,16 @@ async fn login_status(app: &TestApp, email: &str, password: &str) -> u16 {
 }
 
 async fn import_into(target_backend: Backend) {
-    let Some((source_db, source)) = pyauth_source().await else {
+    let Some(Cutover {
+        source_db,
+        source,
+        target_db,
+        from,
+        target,
+    }) = Cutover::new(target_backend).await
+    else {
         return;
     };
-    let Some(target_db) = TestDb::create(target_backend).await else {
-        return;
-    };
-    let from = psycopg2(source_db.url());
-    let target = target_db.url().to_owned();
 
     // The default refuses the case-variant pair, lists everything, and writes nothing.
     let refused = import(&target, &from, &[]);
@@ -333,14 +359,16 @@ async fn status_of(app: &TestApp, path: &str, token: &str) -> u16 {
 /// here before the import holds an id pyauth also gave someone (the import skips that row), and
 /// pyauth goes on registering after the import, handing out ids this side hands out too.
 async fn pyauth_tokens_name_only_imported_users(target_backend: Backend) {
-    let Some((source_db, source)) = pyauth_source().await else {
+    let Some(Cutover {
+        source_db,
+        source,
+        target_db,
+        from,
+        target,
+    }) = Cutover::new(target_backend).await
+    else {
         return;
     };
-    let Some(target_db) = TestDb::create(target_backend).await else {
-        return;
-    };
-    let from = psycopg2(source_db.url());
-    let target = target_db.url().to_owned();
     let until = (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();
     let mut app = TestApp::spawn(settings(
         &target,
@@ -423,14 +451,16 @@ async fn pyauth_tokens_name_only_imported_users_on_postgres() {
 /// What a pyauth token of an imported user does: it works until the deadline, on the user's
 /// current state, and belongs to no session.
 async fn pyauth_tokens_of_imported_users_work_until_the_deadline(target_backend: Backend) {
-    let Some((source_db, source)) = pyauth_source().await else {
+    let Some(Cutover {
+        source_db,
+        source,
+        target_db,
+        from,
+        target,
+    }) = Cutover::new(target_backend).await
+    else {
         return;
     };
-    let Some(target_db) = TestDb::create(target_backend).await else {
-        return;
-    };
-    let from = psycopg2(source_db.url());
-    let target = target_db.url().to_owned();
     let run = import(&target, &from, &["--on-conflict", "keep-oldest"]);
     assert!(run.ok, "{}{}", run.stdout, run.stderr);
     let until = (chrono::Utc::now() + chrono::TimeDelta::hours(1)).to_rfc3339();

@@ -857,6 +857,28 @@ async fn the_outbox_hands_each_due_job_to_one_claimer_and_keeps_what_failed() {
                 .collect::<Vec<_>>(),
             [(ids[1], 1)]
         );
+        // A week on, what was delivered and what was given up are purged; nothing pending is.
+        outbox
+            .finish_mail(ids[1], t0() + TimeDelta::hours(2))
+            .await
+            .unwrap();
+        repo.enqueue_mail(
+            MailJob::Verification { user_id: alice.id },
+            t0() + TimeDelta::days(8),
+            None,
+        )
+        .await
+        .unwrap();
+        repo.purge_expired(t0() + TimeDelta::days(8), t0() - TimeDelta::days(1000))
+            .await
+            .unwrap();
+        assert_eq!(
+            outbox.mail_depth().await.unwrap(),
+            OutboxDepth {
+                pending: 1,
+                failed: 0
+            }
+        );
     })
     .await;
 }
@@ -1203,5 +1225,85 @@ async fn key_changes_are_conditional_all_or_nothing_and_one_racer_wins() {
             );
         },
     )
+    .await;
+}
+
+/// `login.failed` of `user` (or of nobody) from `ip`, at `at`.
+fn failure(user: Option<UserId>, ip: &str, at: DateTime<Utc>) -> NewAuditEvent {
+    NewAuditEvent::new(
+        AuditKind::LoginFailed,
+        user,
+        &ClientInfo::new(Some("curl/8"), Some(ip.into())),
+        at,
+    )
+    .failed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_fold_by_kind_address_and_account_within_the_window() {
+    on_every_repository(|repo| async move {
+        let alice = user(repo.as_ref(), "alice@example.com").await;
+        let window = TimeDelta::seconds(60);
+        let fold = |event: NewAuditEvent| {
+            let repo = Arc::clone(&repo);
+            async move {
+                let since = event.at - window;
+                repo.record_folded(event, since).await.unwrap();
+            }
+        };
+        // Five for nobody and three for Alice from one address, one from another address.
+        for n in 0..5 {
+            fold(failure(None, "203.0.113.1", t0() + TimeDelta::seconds(n))).await;
+        }
+        for n in 0..3 {
+            fold(failure(
+                Some(alice.id),
+                "203.0.113.1",
+                t0() + TimeDelta::seconds(n),
+            ))
+            .await;
+        }
+        fold(failure(None, "203.0.113.2", t0())).await;
+        // Twenty at once into one event: none is lost.
+        let at_once = (0..20).map(|_| fold(failure(None, "203.0.113.3", t0())));
+        futures::future::join_all(at_once).await;
+        // After the window a new event starts.
+        fold(failure(None, "203.0.113.1", t0() + TimeDelta::seconds(120))).await;
+        let trail = repo
+            .list_audit(&portcullis::domain::AuditQuery {
+                kind: Some(AuditKind::LoginFailed),
+                limit: 100,
+                ..portcullis::domain::AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        let mut counts: Vec<(Option<String>, Option<i64>, u64)> = trail
+            .iter()
+            .map(|e| {
+                let count = e.event.detail["count"].parse().unwrap();
+                (
+                    e.event.client.ip.clone(),
+                    e.event.user_id.map(|u| u.0),
+                    count,
+                )
+            })
+            .collect();
+        counts.sort();
+        let mut expected = vec![
+            (Some("203.0.113.1".to_owned()), None, 5),
+            (Some("203.0.113.1".to_owned()), None, 1),
+            (Some("203.0.113.1".to_owned()), Some(alice.id.0), 3),
+            (Some("203.0.113.2".to_owned()), None, 1),
+        ];
+        let concurrent: u64 = counts
+            .iter()
+            .filter(|(ip, ..)| ip.as_deref() == Some("203.0.113.3"))
+            .map(|(.., count)| count)
+            .sum();
+        assert_eq!(concurrent, 20, "{counts:?}");
+        counts.retain(|(ip, ..)| ip.as_deref() != Some("203.0.113.3"));
+        expected.sort();
+        assert_eq!(counts, expected);
+    })
     .await;
 }

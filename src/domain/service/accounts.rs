@@ -203,7 +203,7 @@ impl AuthService {
                 self.clock.now(),
             )
             .failed();
-            self.users.record_audit(failed).await?;
+            self.record_failure(failed).await?;
         }
         let Some(user) = user.filter(|_| right) else {
             return Err(LoginError::InvalidCredentials);
@@ -1084,17 +1084,23 @@ mod tests {
                 .expect_find_user_by_email()
                 .returning(move |_| Ok(known.then(|| user(7, Role::User, true))));
             m.hasher.expect_verify().returning(|_, _| Ok(false));
+            let now = m.now;
+            // Folded with the failures like it of the last minute; a user agent of kilobytes
+            // is kept to its first 256 characters.
             m.users
-                .expect_record_audit()
-                .withf(move |event| {
+                .expect_record_folded()
+                .withf(move |event, since| {
                     event.kind == crate::domain::AuditKind::LoginFailed
                         && !event.success
                         && event.user_id == known.then_some(UserId(7))
                         && event.client.ip.as_deref() == Some("198.51.100.9")
+                        && event.client.user_agent.as_ref().map(|a| a.chars().count()) == Some(256)
+                        && *since == now - TimeDelta::seconds(60)
                 })
                 .times(1)
-                .returning(|_| Ok(()));
-            let client = ClientInfo::new(None, Some("198.51.100.9".into()));
+                .returning(|_, _| Ok(()));
+            m.users.expect_record_audit().never();
+            let client = ClientInfo::new(Some(&"x".repeat(4000)), Some("198.51.100.9".into()));
             let err = m
                 .service()
                 .login(&email(7), "wrong", client)

@@ -615,10 +615,9 @@ impl AuthService {
                 };
                 // Recorded here, not when asked, so that asking costs the same for every
                 // address; an admin's request is on record already.
-                let audit = requested_by.as_ref().map(|client| NewAuditEvent {
-                    client: client.clone(),
-                    ..self.reset_requested(&user)
-                });
+                let audit = requested_by
+                    .as_ref()
+                    .map(|client| self.reset_requested(&user).from_client(client));
                 // To the address on the account, never to the look-alike that was typed.
                 let (link, ttl) = self
                     .issue_link(EmailTokenKind::PasswordReset, &user, audit)

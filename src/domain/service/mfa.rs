@@ -201,7 +201,7 @@ impl AuthService {
                 .await?;
             let failed =
                 NewAuditEvent::new(AuditKind::MfaFailed, Some(user.id), client, now).failed();
-            self.users.record_audit(failed).await?;
+            self.record_failure(failed).await?;
             return Err(MfaError::InvalidCode);
         };
         if !self.factors.spend_mfa_challenge(&hash, now).await? {

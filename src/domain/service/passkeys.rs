@@ -392,14 +392,15 @@ impl AuthService {
         challenge: &str,
         state: String,
     ) -> Result<(), BackendError> {
+        let now = self.clock.now();
         let ceremony = Ceremony {
             challenge: challenge.to_owned(),
             kind,
             user_id,
             state,
-            expires_at: self.clock.now() + self.policy.mfa.ceremony_ttl,
+            expires_at: now + self.policy.mfa.ceremony_ttl,
         };
-        self.factors.store_ceremony(ceremony).await
+        self.factors.store_ceremony(ceremony, now).await
     }
 
     /// The ceremony the answer `response` is to, taken so that it finishes at most once.
@@ -524,9 +525,9 @@ mod tests {
         m.passkeys = Some(ceremonies);
         m.factors
             .expect_store_ceremony()
-            .with(eq(ceremony(CeremonyKind::Registration, Some(7))))
+            .with(eq(ceremony(CeremonyKind::Registration, Some(7))), eq(now()))
             .times(1)
-            .returning(|_| Ok(()));
+            .returning(|_, _| Ok(()));
         let options = start(m, true).await.unwrap();
         assert_eq!(options, "{\"publicKey\":{}}");
     }

@@ -680,7 +680,7 @@ async fn passkey_options_need_the_pages_token_and_come_as_json() {
             m.factors
                 .expect_store_ceremony()
                 .times(usize::from(good))
-                .returning(|_| Ok(()));
+                .returning(|_, _| Ok(()));
             // Adding a passkey asks for the password again; signing in needs none.
             m.hasher.expect_verify().returning(|_, _| Ok(true));
             let body = format!("csrf={token}&name=&current_password=pw");

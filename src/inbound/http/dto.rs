@@ -5,6 +5,7 @@ use poem_openapi::{Enum, Object, Union};
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::schema::OneOfTwo;
 use crate::domain::mfa::{Factor, Factors, Passkey};
 use crate::domain::service::LoginStep;
 use crate::domain::{Role, Session, SessionId, TokenPair, User};
@@ -174,8 +175,11 @@ impl From<Passkey> for PasskeyResponse {
 /// `PATCH /auth/passkeys/{id}`.
 #[derive(Debug, Deserialize, Object)]
 pub struct RenamePasskeyRequest {
-    /// 1 to 64 characters, no control characters.
-    #[oai(validator(min_length = 1, max_length = 64))]
+    /// At most 64 characters, no control characters, not blank; trimmed.
+    #[oai(validator(
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    ))]
     pub name: String,
 }
 
@@ -282,14 +286,27 @@ pub struct TotpEnrolmentResponse {
     pub otpauth_uri: String,
 }
 
-/// `POST /auth/mfa/totp/confirm` and `DELETE /auth/mfa/totp`.
+/// `POST /auth/mfa/totp/confirm`.
 #[derive(Debug, Deserialize, Object)]
-pub struct TotpCodeRequest {
+pub struct TotpConfirmRequest {
     /// A current 6-digit code of the app.
     #[oai(validator(max_length = 32))]
+    pub code: String,
+}
+
+/// `DELETE /auth/mfa/totp`: exactly one of a code and the password.
+#[derive(Debug, Deserialize, Object)]
+pub struct TotpRemovalRequest {
+    /// A current 6-digit code of the app, or a recovery code.
+    #[oai(validator(max_length = 64))]
     pub code: Option<String>,
-    /// Instead of a code, to remove the factor: the account's password.
+    /// Instead of a code: the account's password.
+    #[oai(validator(max_length = 1024))]
     pub password: Option<String>,
+}
+
+impl OneOfTwo for TotpRemovalRequest {
+    const CHOICES: [&'static str; 2] = ["code", "password"];
 }
 
 /// `POST /auth/mfa/totp`: the account's password, asked again before a factor is added.
@@ -311,6 +328,10 @@ pub struct FactorProofRequest {
     pub code: Option<String>,
 }
 
+impl OneOfTwo for FactorProofRequest {
+    const CHOICES: [&'static str; 2] = ["current_password", "code"];
+}
+
 /// The recovery codes of a new TOTP factor: shown this once, stored only as hashes.
 #[derive(Debug, Object)]
 pub struct RecoveryCodesResponse {
@@ -330,6 +351,10 @@ pub struct MfaVerifyRequest {
     /// one of the recovery codes.
     #[oai(validator(max_length = 64))]
     pub recovery_code: Option<String>,
+}
+
+impl OneOfTwo for MfaVerifyRequest {
+    const CHOICES: [&'static str; 2] = ["code", "recovery_code"];
 }
 
 /// A plain message.

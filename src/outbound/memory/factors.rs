@@ -388,11 +388,16 @@ impl FactorRepository for MemoryUserRepository {
         }
     }
 
-    async fn store_ceremony(&self, ceremony: Ceremony) -> Result<(), BackendError> {
+    async fn store_ceremony(
+        &self,
+        ceremony: Ceremony,
+        now: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
         let mut state = self.state()?;
         if let Some(id) = ceremony.user_id {
             known_user(&state, id)?;
         }
+        state.factors.ceremonies.retain(|_, c| now < c.expires_at);
         state
             .factors
             .ceremonies

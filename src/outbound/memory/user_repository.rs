@@ -16,8 +16,8 @@ use crate::domain::ports::{
 };
 use crate::domain::{
     AuditEvent, AuditQuery, BackendError, ClientInfo, CookieHash, Email, EmailTokenHash,
-    EmailTokenKind, EmailTokenRecord, MailJob, NewAuditEvent, NewEmailToken, NewRefreshToken,
-    NewSession, NewUser, OutboxDepth, PasswordHash, QueuedMail, RefreshTokenHash,
+    EmailTokenKind, EmailTokenRecord, FOLDED_COUNT, MailJob, NewAuditEvent, NewEmailToken,
+    NewRefreshToken, NewSession, NewUser, OutboxDepth, PasswordHash, QueuedMail, RefreshTokenHash,
     RefreshTokenRecord, Role, Session, SessionId, SessionKey, User, UserChanges, UserId, UserQuery,
 };
 
@@ -133,6 +133,7 @@ impl State {
 }
 
 /// How long delivered mail stays in the outbox before the purge deletes it.
+/// How long delivered and given-up mail stays, from when it was queued.
 const SENT_MAIL_KEPT: chrono::TimeDelta = chrono::TimeDelta::days(7);
 
 /// [`UserRepository`] and [`MailOutbox`] in mutex-guarded maps.
@@ -321,6 +322,35 @@ impl UserRepository for MemoryUserRepository {
 
     async fn record_audit(&self, event: NewAuditEvent) -> Result<(), BackendError> {
         self.state()?.record(event);
+        Ok(())
+    }
+
+    async fn record_folded(
+        &self,
+        event: NewAuditEvent,
+        since: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
+        let mut state = self.state()?;
+        let folded_into = state.audit.values_mut().rev().find(|earlier| {
+            earlier.at >= since
+                && earlier.kind == event.kind
+                && earlier.success == event.success
+                && earlier.client.ip == event.client.ip
+                && earlier.user_id == event.user_id
+        });
+        match folded_into {
+            Some(earlier) => {
+                let count = earlier
+                    .detail
+                    .get(FOLDED_COUNT)
+                    .and_then(|count| count.parse::<u64>().ok())
+                    .unwrap_or(1);
+                earlier
+                    .detail
+                    .insert(FOLDED_COUNT.to_owned(), (count + 1).to_string());
+            }
+            None => state.record(event.with(FOLDED_COUNT, 1)),
+        }
         Ok(())
     }
 
@@ -749,7 +779,7 @@ impl UserRepository for MemoryUserRepository {
         email_tokens.retain(|_, t| t.expires_at > now);
         spent_email_tokens.retain(|hash, _| email_tokens.contains_key(hash));
         outbox.retain(|_, mail| {
-            mail.state != MailState::Sent || mail.queued_at > now - SENT_MAIL_KEPT
+            mail.state == MailState::Pending || mail.queued_at > now - SENT_MAIL_KEPT
         });
         Ok((before - state.sessions.len()) as u64)
     }

@@ -18,8 +18,8 @@ use sea_orm::{
 
 use super::entities::{audit_events, users};
 use crate::domain::{
-    AuditEvent, AuditKind, AuditQuery, BackendError, ClientInfo, NewAuditEvent, Role, UserId,
-    UserQuery,
+    AuditEvent, AuditKind, AuditQuery, BackendError, ClientInfo, FOLDED_COUNT, NewAuditEvent, Role,
+    UserId, UserQuery,
 };
 
 /// Any number that no other advisory lock of the service uses.
@@ -45,6 +45,49 @@ pub(super) async fn record(conn: &impl ConnectionTrait, event: NewAuditEvent) ->
     }
     .insert(conn)
     .await?;
+    Ok(())
+}
+
+/// [`crate::domain::ports::UserRepository::record_folded`] in `txn`: the last event like
+/// `event` since `since` (found through the index on client address, kind and time) has its
+/// count raised, or `event` is written with a count of 1. On PostgreSQL the row found is locked,
+/// so concurrent folds into it count one after the other; SQLite's write transaction runs
+/// alone.
+pub(super) async fn record_folded(
+    txn: &impl ConnectionTrait,
+    event: NewAuditEvent,
+    since: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let mut earlier = audit_events::Entity::find()
+        .filter(audit_events::Column::Ip.eq(event.client.ip.clone()))
+        .filter(audit_events::Column::Kind.eq(event.kind.as_str()))
+        .filter(audit_events::Column::At.gte(since))
+        .filter(audit_events::Column::Success.eq(event.success))
+        .filter(match event.user_id {
+            Some(id) => audit_events::Column::UserId.eq(id.0),
+            None => audit_events::Column::UserId.is_null(),
+        })
+        .order_by_desc(audit_events::Column::At)
+        .order_by_desc(audit_events::Column::Id);
+    if txn.get_database_backend() == DbBackend::Postgres {
+        earlier = earlier.lock_exclusive();
+    }
+    let Some(row) = earlier.one(txn).await? else {
+        return record(txn, event.with(FOLDED_COUNT, 1)).await;
+    };
+    let mut detail: BTreeMap<String, String> =
+        serde_json::from_str(&row.detail).unwrap_or_default();
+    let count = detail
+        .get(FOLDED_COUNT)
+        .and_then(|count| count.parse::<u64>().ok())
+        .unwrap_or(1);
+    detail.insert(FOLDED_COUNT.to_owned(), (count + 1).to_string());
+    let detail = serde_json::to_string(&detail).unwrap_or_else(|_| "{}".into());
+    audit_events::Entity::update_many()
+        .col_expr(audit_events::Column::Detail, Expr::value(detail))
+        .filter(audit_events::Column::Id.eq(row.id))
+        .exec(txn)
+        .await?;
     Ok(())
 }
 

@@ -550,7 +550,11 @@ impl FactorRepository for SeaOrmUserRepository {
         Ok(self.bounded(update).await?.rows_affected == 1)
     }
 
-    async fn store_ceremony(&self, ceremony: Ceremony) -> Result<(), BackendError> {
+    async fn store_ceremony(
+        &self,
+        ceremony: Ceremony,
+        now: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
         let row = webauthn_ceremonies::ActiveModel {
             challenge: Set(ceremony.challenge),
             kind: Set(ceremony.kind.as_str().to_owned()),
@@ -558,7 +562,14 @@ impl FactorRepository for SeaOrmUserRepository {
             state: Set(ceremony.state),
             expires_at: Set(ceremony.expires_at),
         };
-        self.bounded(row.insert(self.db())).await?;
+        self.bounded(async {
+            webauthn_ceremonies::Entity::delete_many()
+                .filter(webauthn_ceremonies::Column::ExpiresAt.lte(now))
+                .exec(self.db())
+                .await?;
+            row.insert(self.db()).await
+        })
+        .await?;
         Ok(())
     }
 

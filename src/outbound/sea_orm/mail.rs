@@ -29,7 +29,8 @@ const PENDING: &str = "pending";
 const SENT: &str = "sent";
 const FAILED: &str = "failed";
 
-/// How long delivered mail stays in the outbox before the purge deletes it.
+/// How long delivered (and, from when it was queued, given-up) mail stays in the outbox
+/// before the purge deletes it.
 pub(super) const SENT_MAIL_KEPT: TimeDelta = TimeDelta::days(7);
 
 /// What `mail_outbox.detail` holds, for the jobs that carry more than its columns.
@@ -245,6 +246,14 @@ pub(super) async fn purge(conn: &impl ConnectionTrait, now: DateTime<Utc>) -> Re
     mail_outbox::Entity::delete_many()
         .filter(mail_outbox::Column::State.eq(SENT))
         .filter(mail_outbox::Column::FinishedAt.lt(now - SENT_MAIL_KEPT))
+        .exec(conn)
+        .await?;
+    // Given up within hours of being queued (the retries stop after an hour's wait): kept as
+    // long as delivered mail, for the operator to read, and no longer, or jobs a broken
+    // transport fails would pile up for good.
+    mail_outbox::Entity::delete_many()
+        .filter(mail_outbox::Column::State.eq(FAILED))
+        .filter(mail_outbox::Column::QueuedAt.lt(now - SENT_MAIL_KEPT))
         .exec(conn)
         .await?;
     Ok(())

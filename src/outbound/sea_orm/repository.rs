@@ -496,6 +496,19 @@ impl UserRepository for SeaOrmUserRepository {
         self.bounded(admin::record(&self.db, event)).await
     }
 
+    async fn record_folded(
+        &self,
+        event: NewAuditEvent,
+        since: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
+        self.bounded(async {
+            let txn = self.write_transaction().await?;
+            admin::record_folded(&txn, event, since).await?;
+            txn.commit().await
+        })
+        .await
+    }
+
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, BackendError> {
         self.bounded(admin::list_audit(&self.db, query)).await
     }

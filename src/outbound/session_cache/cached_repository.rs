@@ -208,6 +208,14 @@ impl UserRepository for CachedSessions {
         self.inner.record_audit(event).await
     }
 
+    async fn record_folded(
+        &self,
+        event: NewAuditEvent,
+        since: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
+        self.inner.record_folded(event, since).await
+    }
+
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, BackendError> {
         self.inner.list_audit(query).await
     }

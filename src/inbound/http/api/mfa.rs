@@ -12,10 +12,11 @@ use crate::domain::service::{Proof, SecondFactor};
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::dto::{
     CurrentPasswordRequest, MfaVerifyRequest, RecoveryCodesResponse, TokenResponse,
-    TotpCodeRequest, TotpEnrolmentResponse,
+    TotpConfirmRequest, TotpEnrolmentResponse, TotpRemovalRequest,
 };
 use crate::inbound::http::json::JsonBody;
 use crate::inbound::http::problem::{Failure, Problem, error_statuses};
+use crate::inbound::http::schema::ExactlyOne;
 use crate::inbound::http::security::Authenticated;
 
 error_statuses!(
@@ -115,14 +116,15 @@ impl MfaApi {
         &self,
         req: &Request,
         auth: Authenticated,
-        body: JsonBody<TotpCodeRequest>,
+        body: JsonBody<TotpConfirmRequest>,
     ) -> Result<Json<RecoveryCodesResponse>, Failure<ConfirmErrors>> {
-        let Some(code) = body.0.code else {
-            return Err(Problem::invalid_field("code", "field required").into());
-        };
         let recovery_codes = self
             .service
-            .confirm_totp(auth.principal(), &code, &self.proxies.client_info(req))
+            .confirm_totp(
+                auth.principal(),
+                &body.0.code,
+                &self.proxies.client_info(req),
+            )
             .await?;
         Ok(Json(RecoveryCodesResponse { recovery_codes }))
     }
@@ -135,9 +137,9 @@ impl MfaApi {
         &self,
         req: &Request,
         auth: Authenticated,
-        body: JsonBody<TotpCodeRequest>,
+        body: JsonBody<ExactlyOne<TotpRemovalRequest>>,
     ) -> Result<Removed, Failure<DisableErrors>> {
-        let request = body.0;
+        let request = body.0.0;
         let proof = match (&request.code, &request.password) {
             (Some(code), None) => Proof::Code(code),
             (None, Some(password)) => Proof::Password(password),
@@ -157,9 +159,9 @@ impl MfaApi {
     async fn verify(
         &self,
         req: &Request,
-        body: JsonBody<MfaVerifyRequest>,
+        body: JsonBody<ExactlyOne<MfaVerifyRequest>>,
     ) -> Result<Json<TokenResponse>, Failure<VerifyErrors>> {
-        let request = body.0;
+        let request = body.0.0;
         let proof = match (&request.code, &request.recovery_code) {
             (Some(code), None) => SecondFactor::Code(code),
             (None, Some(code)) => SecondFactor::RecoveryCode(code),

@@ -24,6 +24,7 @@ use crate::inbound::http::dto::{
 };
 use crate::inbound::http::json::JsonBody;
 use crate::inbound::http::problem::{Failure, Problem, error_statuses};
+use crate::inbound::http::schema::{Authentication, ExactlyOne, PasskeyAnswer, Registration};
 use crate::inbound::http::security::Authenticated;
 
 error_statuses!(
@@ -161,9 +162,9 @@ impl PasskeysApi {
         &self,
         req: &Request,
         auth: Authenticated,
-        body: JsonBody<FactorProofRequest>,
+        body: JsonBody<ExactlyOne<FactorProofRequest>>,
     ) -> Result<Json<Value>, Failure<RegisterStartErrors>> {
-        let request = body.0;
+        let request = body.0.0;
         let proof = match (&request.current_password, &request.code) {
             (Some(password), None) => Proof::Password(password),
             (None, Some(code)) => Proof::Code(code),
@@ -185,9 +186,9 @@ impl PasskeysApi {
         &self,
         req: &Request,
         auth: Authenticated,
-        body: JsonBody<Value>,
+        body: JsonBody<PasskeyAnswer<Registration>>,
     ) -> Result<Added, Failure<RegisterFinishErrors>> {
-        let (credential, name) = credential_and_name(body.0)?;
+        let (credential, name) = credential_and_name(body.0.json)?;
         let passkey = self
             .service
             .finish_passkey_registration(
@@ -220,9 +221,9 @@ impl PasskeysApi {
     async fn login_finish(
         &self,
         req: &Request,
-        body: JsonBody<Value>,
+        body: JsonBody<PasskeyAnswer<Authentication>>,
     ) -> Result<Json<TokenResponse>, Failure<LoginFinishErrors>> {
-        let (credential, _) = credential_and_name(body.0)?;
+        let (credential, _) = credential_and_name(body.0.json)?;
         let pair = self
             .service
             .finish_passkey_login(&credential, self.proxies.client_info(req))
