@@ -4,6 +4,7 @@
 //! the use cases in [`service`] only ever see those traits.
 
 pub mod audit;
+pub mod change;
 pub mod email;
 pub mod error;
 pub mod import;
@@ -19,6 +20,7 @@ pub mod user;
 pub use audit::{
     AUDIT_USER_AGENT_MAX_CHARS, AuditEvent, AuditKind, AuditQuery, FOLDED_COUNT, NewAuditEvent,
 };
+pub use change::{AccountChange, Applied, Condition, Edit, Refusal};
 pub use email::{Email, EmailError};
 pub use error::BackendError;
 pub use mail::{

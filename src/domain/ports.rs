@@ -7,17 +7,18 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::change::{AccountChange, Applied};
 use super::import::{ImportError, ImportPlan, SourceUser, TargetUser};
 use super::mfa::{
-    AuthMethod, Ceremony, FactorRemoval, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge,
-    Passkey, RecoveryCodeHash, TotpFactor,
+    AuthMethod, Ceremony, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge, Passkey,
+    RecoveryCodeHash, TotpFactor,
 };
 use super::{
     AuditEvent, AuditQuery, BackendError, CookieHash, Email, EmailTokenHash, EmailTokenRecord,
     GeneratedKey, Hs256Acceptance, KeyAlgorithm, KeyChange, KeySet, Mail, MailJob, NewAuditEvent,
     NewEmailToken, NewRefreshToken, NewSession, NewUser, OutboxDepth, Password, PasswordHash,
     QueuedMail, RefreshTokenHash, RefreshTokenRecord, Role, Session, SessionId, SessionKey,
-    SigningKey, User, UserChanges, UserId, UserQuery,
+    SigningKey, User, UserId, UserQuery,
 };
 
 /// Storage of users and of their sessions.
@@ -64,41 +65,15 @@ pub trait UserRepository: Send + Sync + 'static {
     /// [`BackendError`] when storage fails; no such user is `Ok(None)`.
     async fn find_pyauth_user(&self, pyauth_id: i64) -> Result<Option<User>, BackendError>;
 
-    /// Applies an administrator's `changes` to user `id` and records `audit`, in one
-    /// transaction. A deactivation ends every session of the user and moves their
-    /// [`User::credential_version`] on. Returns the updated user, or `None` for an unknown id.
-    ///
-    /// The last-admin rule is enforced here, atomically: a change that would leave no active
-    /// admin changes nothing, however many such changes run at once.
+    /// Applies `change` to its account all or nothing: in one transaction (or under one lock)
+    /// that first locks the account, checks every condition, then makes every edit in order,
+    /// records its events and queues its mail. The store decides nothing else: what a change
+    /// does is the core's.
     ///
     /// # Errors
-    /// [`AdminWriteError::LastAdmin`]; [`AdminWriteError::Backend`] when storage fails.
-    async fn update_user(
-        &self,
-        id: UserId,
-        changes: UserChanges,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<Option<User>, AdminWriteError>;
-
-    /// Deletes user `id` with their sessions and tokens, keeping their audit events, and
-    /// records `audit`, in one transaction. Returns `false` for an unknown id.
-    ///
-    /// # Errors
-    /// [`AdminWriteError::LastAdmin`] for the last active admin.
-    async fn delete_user(&self, id: UserId, audit: NewAuditEvent) -> Result<bool, AdminWriteError>;
-
-    /// Ends every session of user `id` at `now` and records `audit`. Returns `false` for an
-    /// unknown id.
-    ///
-    /// # Errors
-    /// [`BackendError`] when storage fails.
-    async fn end_all_sessions(
-        &self,
-        id: UserId,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<bool, BackendError>;
+    /// [`BackendError`] when storage fails; then nothing has changed. A condition that does not
+    /// hold (or an address or credential someone else holds) is `Ok(Applied::Refused)`.
+    async fn apply(&self, change: AccountChange) -> Result<Applied, BackendError>;
 
     /// Users matching `query`, newest first (by id, descending), at most `query.limit`.
     ///
@@ -131,34 +106,6 @@ pub trait UserRepository: Send + Sync + 'static {
     /// # Errors
     /// [`BackendError`] when storage fails.
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, BackendError>;
-
-    /// Replaces user `id`'s password hash by `new`, provided it is still `old`: the same password
-    /// hashed again, so sessions and [`User::credential_version`] stay. `Ok(false)`, with
-    /// nothing changed, when the hash changed meanwhile (a password change won) or the user is
-    /// gone.
-    ///
-    /// # Errors
-    /// [`BackendError`] when storage fails.
-    async fn rehash_password(
-        &self,
-        id: UserId,
-        old: &PasswordHash,
-        new: PasswordHash,
-    ) -> Result<bool, BackendError>;
-
-    /// Replaces a user's password hash, moves their [`User::credential_version`] on, and ends
-    /// every session of theirs but `keep` at `now`, in one transaction.
-    ///
-    /// # Errors
-    /// [`BackendError`] when storage fails; then nothing has changed.
-    async fn set_password(
-        &self,
-        id: UserId,
-        hash: PasswordHash,
-        keep: Option<SessionId>,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<(), BackendError>;
 
     /// Stores a new session with its key (its first refresh token, or the hash of its console
     /// cookie; the idle end is the key's), in one transaction, if the user is
@@ -258,17 +205,11 @@ pub trait UserRepository: Send + Sync + 'static {
         audit: NewAuditEvent,
     ) -> Result<bool, BackendError>;
 
-    /// Queues `job` for the delivery worker, queued at `now`, and records `audit` with it when
-    /// given, in one transaction.
+    /// Queues `job` for the delivery worker, queued at `now`.
     ///
     /// # Errors
-    /// [`BackendError`] when storage fails; then nothing was queued or recorded.
-    async fn enqueue_mail(
-        &self,
-        job: MailJob,
-        now: DateTime<Utc>,
-        audit: Option<NewAuditEvent>,
-    ) -> Result<(), BackendError>;
+    /// [`BackendError`] when storage fails; then nothing was queued.
+    async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError>;
 
     /// Stores a one-time token (its hash only), with `audit` when given.
     ///
@@ -288,64 +229,6 @@ pub trait UserRepository: Send + Sync + 'static {
         &self,
         hash: &EmailTokenHash,
     ) -> Result<Option<EmailTokenRecord>, BackendError>;
-
-    /// Redeems a password-reset token, in one transaction: spends `token` if it is unspent,
-    /// requires the user to be active at `credential_version`, sets `hash`, moves the version
-    /// on, ends every session of the user, spends their other reset and email-change tokens,
-    /// marks their address verified (the link proved it), removes the second factors
-    /// `removal` names, and queues `notice` when given.
-    ///
-    /// `removal` must be exactly the user's factors that were added while the address was
-    /// unverified, with an enrolment not confirmed yet, as the caller read them: when the
-    /// stored ones differ now (one was added meanwhile), nothing changes and the answer is
-    /// [`ResetOutcome::FactorsChanged`], for the caller to read them again.
-    ///
-    /// # Errors
-    /// [`BackendError`] when storage fails; then nothing has changed.
-    #[allow(clippy::too_many_arguments)]
-    async fn reset_password(
-        &self,
-        token: &EmailTokenHash,
-        user: &User,
-        hash: PasswordHash,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-        removal: FactorRemoval,
-        notice: Option<MailJob>,
-    ) -> Result<ResetOutcome, BackendError>;
-
-    /// Redeems a verification token: spends it if unspent and marks the user's address
-    /// verified, if the user's address is still `email`. Returns the updated user, or `None`,
-    /// changing nothing.
-    ///
-    /// # Errors
-    /// [`BackendError`] when storage fails.
-    async fn verify_email(
-        &self,
-        token: &EmailTokenHash,
-        user_id: UserId,
-        email: &str,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<Option<User>, BackendError>;
-
-    /// Redeems an email-change token, in one transaction: spends it if unspent, moves the user
-    /// (still active at `user.credential_version`) to `new_email`, verified, moves the version
-    /// on, and ends every session of theirs but `keep`. Returns the updated user, or `None`,
-    /// changing nothing.
-    ///
-    /// # Errors
-    /// [`CreateUserError::EmailTaken`] when `new_email` belongs to someone else now (the unique
-    /// index decides); then nothing has changed.
-    async fn change_email(
-        &self,
-        token: &EmailTokenHash,
-        user: &User,
-        new_email: &Email,
-        keep: Option<SessionId>,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<Option<User>, CreateUserError>;
 
     /// Deletes sessions that are no longer live at `now`, refresh and link tokens past their
     /// expiry, pending second steps and WebAuthn ceremonies past theirs, delivered mail kept
@@ -370,16 +253,6 @@ pub enum CreateUserError {
     Backend(#[from] BackendError),
 }
 
-/// Why an administrator's change was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum AdminWriteError {
-    /// It would leave no active admin.
-    #[error("would leave no active admin")]
-    LastAdmin,
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-}
-
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateSessionError {
@@ -389,48 +262,6 @@ pub enum CreateSessionError {
     Stale,
     #[error(transparent)]
     Backend(#[from] BackendError),
-}
-
-/// What a password reset did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResetOutcome {
-    Reset,
-    /// The token was spent, or the user changed (password, deactivation) meanwhile: nothing
-    /// changed.
-    Refused,
-    /// The factors to remove are no longer what the caller read: nothing changed.
-    FactorsChanged,
-}
-
-/// A TOTP enrolment confirmed by a first code, as [`FactorRepository::confirm_totp`] stores it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TotpConfirmation {
-    pub user_id: UserId,
-    /// The user's credential version when the caller authenticated: a password reset or
-    /// change since then refuses the confirmation.
-    pub credential_version: i64,
-    /// The secret the code was checked against.
-    pub sealed_secret: Vec<u8>,
-    /// The step of that code: its last used one.
-    pub step: i64,
-    /// The new recovery codes, replacing any earlier ones.
-    pub recovery: Vec<RecoveryCodeHash>,
-    /// The address was unverified at confirmation (see [`TotpFactor::added_unverified`]).
-    pub added_unverified: bool,
-    pub audit: NewAuditEvent,
-    /// The mail that announces it, if any.
-    pub notice: Option<MailJob>,
-}
-
-/// What storing a new passkey did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PasskeyAdded {
-    Added,
-    /// Its credential id is stored already, for someone: nothing stored.
-    CredentialTaken,
-    /// The user changed (password reset or change, deactivation) since the caller read them:
-    /// nothing stored.
-    UserChanged,
 }
 
 /// What a refresh-token rotation did.
@@ -810,16 +641,6 @@ pub trait FactorRepository: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool, BackendError>;
 
-    /// Confirms the user's TOTP factor as `confirmation` says, if it is still unconfirmed with
-    /// the secret the code was checked against and the user still active at its credential
-    /// version (the user's row is locked for it, as a reset locks it): replaces the user's
-    /// recovery codes, records the audit event and queues the notice; in one transaction.
-    /// `Ok(false)`, with nothing changed, when the factor or the user changed meanwhile.
-    ///
-    /// # Errors
-    /// [`BackendError`] when storage fails.
-    async fn confirm_totp(&self, confirmation: TotpConfirmation) -> Result<bool, BackendError>;
-
     /// Records that a code of `step` was accepted for user `id`'s confirmed factor, if no code
     /// of this step or a later one was: a conditional update, so of two uses of one code
     /// exactly one returns `true`.
@@ -838,20 +659,6 @@ pub trait FactorRepository: Send + Sync + 'static {
         id: UserId,
         hash: &RecoveryCodeHash,
         now: DateTime<Utc>,
-    ) -> Result<bool, BackendError>;
-
-    /// Removes user `id`'s TOTP factor and recovery codes, and, with `passkeys`, their
-    /// passkeys; records `audit` and queues `notice`; in one transaction. `false` when there
-    /// was nothing to remove (nothing is recorded or queued then).
-    ///
-    /// # Errors
-    /// [`BackendError`] when storage fails.
-    async fn remove_factors(
-        &self,
-        id: UserId,
-        passkeys: bool,
-        audit: NewAuditEvent,
-        notice: Option<MailJob>,
     ) -> Result<bool, BackendError>;
 
     /// Stores a pending second step of a login.
@@ -898,21 +705,6 @@ pub trait FactorRepository: Send + Sync + 'static {
     /// [`BackendError`] when storage fails.
     async fn list_passkeys(&self, id: UserId) -> Result<Vec<Passkey>, BackendError>;
 
-    /// Stores a new passkey, records `audit` and queues `notice`, in one transaction, if its
-    /// user is still active at `credential_version` (the user's row is locked for it, as a
-    /// reset locks it, so a passkey is either stored before a reset and seen by it, or
-    /// refused).
-    ///
-    /// # Errors
-    /// [`BackendError`] when storage fails.
-    async fn add_passkey(
-        &self,
-        passkey: Passkey,
-        credential_version: i64,
-        audit: NewAuditEvent,
-        notice: Option<MailJob>,
-    ) -> Result<PasskeyAdded, BackendError>;
-
     /// The passkey with WebAuthn credential id `credential_id`, whoever holds it.
     ///
     /// # Errors
@@ -930,20 +722,6 @@ pub trait FactorRepository: Send + Sync + 'static {
         credential: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<(), BackendError>;
-
-    /// Deletes passkey `id` of user `user_id`, records `audit` and queues `notice`; `false`,
-    /// recording and queueing nothing, when the user has no such passkey (someone else's is
-    /// not touched).
-    ///
-    /// # Errors
-    /// [`BackendError`] when storage fails.
-    async fn remove_passkey(
-        &self,
-        user_id: UserId,
-        id: uuid::Uuid,
-        audit: NewAuditEvent,
-        notice: Option<MailJob>,
-    ) -> Result<bool, BackendError>;
 
     /// Names passkey `id` of user `user_id` `name`; `false` when the user has no such passkey
     /// (someone else's is not touched).

@@ -3,6 +3,7 @@
 //! Their state lives in one process, so they serve exactly one instance and forget everything
 //! on restart; several instances need the database adapters.
 
+mod changes;
 mod factors;
 mod rate_limiter;
 mod signing_keys;

@@ -4,6 +4,7 @@
 //! [`connection`]); the core sees neither SQL nor `DbErr`.
 
 mod admin;
+mod changes;
 pub mod connection;
 mod entities;
 mod factors;

@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use portcullis::domain::mfa::{
-    AuthMethod, Ceremony, CeremonyKind, Factors, MfaTokenHash, NewMfaChallenge, Passkey,
-    RecoveryCodeHash,
+    AuthMethod, Ceremony, CeremonyKind, FactorRemoval, Factors, MfaTokenHash, NewMfaChallenge,
+    Passkey, RecoveryCodeHash,
 };
-use portcullis::domain::ports::{FactorRepository, PasskeyAdded, TotpConfirmation, UserRepository};
+use portcullis::domain::ports::{FactorRepository, UserRepository};
 use portcullis::domain::{
-    AuditKind, AuditQuery, ClientInfo, NewAuditEvent, NewSessionCookie, SessionKey, User, UserId,
+    AccountChange, Applied, AuditKind, AuditQuery, ClientInfo, Condition, Edit, NewAuditEvent,
+    NewSessionCookie, Refusal, SessionKey, User, UserId,
 };
 use uuid::Uuid;
 
@@ -37,28 +38,78 @@ async fn recorded(users: &dyn UserRepository, kind: AuditKind) -> usize {
         .len()
 }
 
-/// The confirmation of `user`'s pending secret `sealed` by a code of `step`, with `recovery`.
+/// The confirmation of `user`'s pending secret `sealed` by a code of `step`, with `recovery`,
+/// as the core builds it.
 fn confirmation(
     user: &User,
     sealed: &[u8],
     step: i64,
     recovery: Vec<RecoveryCodeHash>,
     audit: NewAuditEvent,
-) -> TotpConfirmation {
-    TotpConfirmation {
-        user_id: user.id,
-        credential_version: user.credential_version,
-        sealed_secret: sealed.to_vec(),
-        step,
-        recovery,
-        added_unverified: false,
-        audit,
-        notice: None,
+) -> AccountChange {
+    AccountChange::of(user.id, t0())
+        .when(Condition::Current {
+            credential_version: user.credential_version,
+        })
+        .when(Condition::PendingTotpIs(sealed.to_vec()))
+        .then(Edit::ConfirmTotp {
+            step,
+            recovery,
+            added_unverified: false,
+        })
+        .recording(audit)
+}
+
+/// The addition of `key` by its owner at credential version 0, as the core builds it.
+fn adding(key: &Passkey, audit: NewAuditEvent) -> AccountChange {
+    AccountChange::of(key.user_id, t0())
+        .when(Condition::Current {
+            credential_version: 0,
+        })
+        .then(Edit::AddPasskey(key.clone()))
+        .recording(audit)
+}
+
+/// The removal of passkey `id` by user `owner`, as the core builds it.
+fn removing(owner: UserId, id: Uuid, audit: NewAuditEvent) -> AccountChange {
+    AccountChange::of(owner, t0())
+        .when(Condition::HoldsPasskey(id))
+        .then(Edit::RemoveFactors(FactorRemoval {
+            totp: false,
+            passkeys: vec![id],
+        }))
+        .recording(audit)
+}
+
+/// The removal of `owner`'s TOTP factor, and with `passkeys` of every passkey, as the core
+/// builds it.
+fn removing_factors(owner: UserId, passkeys: bool, audit: NewAuditEvent) -> AccountChange {
+    let change = AccountChange::of(owner, t0())
+        .when(Condition::HasFactors { passkeys })
+        .then(Edit::RemoveFactors(FactorRemoval {
+            totp: true,
+            passkeys: Vec::new(),
+        }))
+        .recording(audit);
+    if passkeys {
+        change.then(Edit::RemoveAllPasskeys)
+    } else {
+        change
     }
 }
 
+/// Whether `change` was kept.
+async fn kept(users: &dyn UserRepository, change: AccountChange) -> bool {
+    users.apply(change).await.unwrap().kept()
+}
+
 /// Enrols and confirms TOTP for `user` with `codes` as recovery codes, at step 100.
-async fn with_totp(factors: &dyn FactorRepository, user: &User, codes: Vec<RecoveryCodeHash>) {
+async fn with_totp(
+    users: &dyn UserRepository,
+    factors: &dyn FactorRepository,
+    user: &User,
+    codes: Vec<RecoveryCodeHash>,
+) {
     let sealed = format!("sealed-{}", user.id.0).into_bytes();
     assert!(
         factors
@@ -66,15 +117,10 @@ async fn with_totp(factors: &dyn FactorRepository, user: &User, codes: Vec<Recov
             .await
             .unwrap()
     );
-    assert!(
-        factors
-            .confirm_totp(confirmation(user, &sealed, 100, codes, event()))
-            .await
-            .unwrap()
-    );
+    assert!(kept(users, confirmation(user, &sealed, 100, codes, event())).await);
 }
 
-fn passkey(user: &User, credential_id: &[u8], at: DateTime<Utc>) -> Passkey {
+pub(crate) fn passkey(user: &User, credential_id: &[u8], at: DateTime<Utc>) -> Passkey {
     Passkey {
         id: Uuid::new_v4(),
         user_id: user.id,
@@ -132,36 +178,27 @@ async fn a_pending_totp_secret_is_replaced_until_confirmed_and_kept_after() {
         // A code checked against the replaced secret confirms nothing.
         let enabled = audited(AuditKind::TotpEnabled, &alice);
         assert!(
-            !factors
-                .confirm_totp(confirmation(
-                    &alice,
-                    b"first",
-                    7,
-                    vec![code(1)],
-                    enabled.clone()
-                ))
-                .await
-                .unwrap()
+            !kept(
+                users,
+                confirmation(&alice, b"first", 7, vec![code(1)], enabled.clone())
+            )
+            .await
         );
         assert_eq!(recorded(users, AuditKind::TotpEnabled).await, 0);
         assert!(
-            factors
-                .confirm_totp(confirmation(
-                    &alice,
-                    b"second",
-                    7,
-                    vec![code(1)],
-                    enabled.clone()
-                ))
-                .await
-                .unwrap()
+            kept(
+                users,
+                confirmation(&alice, b"second", 7, vec![code(1)], enabled.clone())
+            )
+            .await
         );
         assert_eq!(recorded(users, AuditKind::TotpEnabled).await, 1);
         assert!(
-            !factors
-                .confirm_totp(confirmation(&alice, b"second", 8, vec![code(2)], enabled))
-                .await
-                .unwrap()
+            !kept(
+                users,
+                confirmation(&alice, b"second", 8, vec![code(2)], enabled)
+            )
+            .await
         );
         let confirmed = factors.find_totp(alice.id).await.unwrap().unwrap();
         assert_eq!(confirmed.sealed_secret, b"second");
@@ -186,7 +223,7 @@ async fn an_enrolment_replaces_the_recovery_codes_and_each_is_spent_once() {
         let (users, factors) = (store.users.as_ref(), store.factors.as_ref());
         let alice = user(users, "alice@example.com").await;
         let bob = user(users, "bob@example.com").await;
-        with_totp(factors, &alice, vec![code(1), code(2)]).await;
+        with_totp(users, factors, &alice, vec![code(1), code(2)]).await;
         let later = t0() + TimeDelta::minutes(1);
         assert!(
             !factors
@@ -213,11 +250,8 @@ async fn an_enrolment_replaces_the_recovery_codes_and_each_is_spent_once() {
                 .unwrap()
         );
 
-        factors
-            .remove_factors(alice.id, false, event(), None)
-            .await
-            .unwrap();
-        with_totp(factors, &alice, vec![code(3)]).await;
+        kept(users, removing_factors(alice.id, false, event())).await;
+        with_totp(users, factors, &alice, vec![code(3)]).await;
         assert!(
             !factors
                 .spend_recovery_code(alice.id, &code(2), later)
@@ -238,7 +272,13 @@ async fn an_enrolment_replaces_the_recovery_codes_and_each_is_spent_once() {
 async fn of_concurrent_spends_of_one_recovery_code_exactly_one_wins() {
     on_every_full_store(|store| async move {
         let alice = user(store.users.as_ref(), "alice@example.com").await;
-        with_totp(store.factors.as_ref(), &alice, vec![code(1)]).await;
+        with_totp(
+            store.users.as_ref(),
+            store.factors.as_ref(),
+            &alice,
+            vec![code(1)],
+        )
+        .await;
         let spends = (0..20).map(|_| {
             let factors = Arc::clone(&store.factors);
             async move { factors.spend_recovery_code(alice.id, &code(1), t0()).await }
@@ -269,12 +309,7 @@ async fn a_totp_step_is_used_once_and_never_after_a_later_one() {
             !factors.use_totp_step(alice.id, 50).await.unwrap(),
             "an unconfirmed factor takes no code"
         );
-        assert!(
-            factors
-                .confirm_totp(confirmation(&alice, b"sealed", 100, vec![], event()))
-                .await
-                .unwrap()
-        );
+        assert!(kept(users, confirmation(&alice, b"sealed", 100, vec![], event())).await);
         for (step, accepted) in [
             (100, false),
             (99, false),
@@ -387,18 +422,12 @@ async fn a_credential_id_is_held_by_one_passkey_of_one_user() {
         let newer = passkey(&alice, b"credential-2", t0() + TimeDelta::minutes(1));
         let added = audited(AuditKind::PasskeyAdded, &alice);
         for key in [&newer, &older] {
-            assert_eq!(
-                factors
-                    .add_passkey(key.clone(), 0, added.clone(), None)
-                    .await
-                    .unwrap(),
-                PasskeyAdded::Added
-            );
+            assert!(kept(users, adding(key, added.clone())).await);
         }
         let taken = passkey(&bob, b"credential-1", t0());
         assert_eq!(
-            factors.add_passkey(taken, 0, added, None).await.unwrap(),
-            PasskeyAdded::CredentialTaken
+            users.apply(adding(&taken, added)).await.unwrap(),
+            Applied::Refused(Refusal::CredentialTaken)
         );
         assert_eq!(recorded(users, AuditKind::PasskeyAdded).await, 2);
         assert!(factors.list_passkeys(bob.id).await.unwrap().is_empty());
@@ -457,35 +486,17 @@ async fn a_passkey_is_removed_by_its_owner_only() {
         let alice = user(users, "alice@example.com").await;
         let bob = user(users, "bob@example.com").await;
         let key = passkey(&alice, b"credential", t0());
-        factors
-            .add_passkey(key.clone(), 0, event(), None)
-            .await
-            .unwrap();
+        assert!(kept(users, adding(&key, event())).await);
         let removed = audited(AuditKind::PasskeyRemoved, &alice);
-        assert!(
-            !factors
-                .remove_passkey(bob.id, key.id, removed.clone(), None)
-                .await
-                .unwrap()
-        );
+        assert!(!kept(users, removing(bob.id, key.id, removed.clone())).await);
         assert_eq!(
             factors.list_passkeys(alice.id).await.unwrap(),
             std::slice::from_ref(&key)
         );
         assert_eq!(recorded(users, AuditKind::PasskeyRemoved).await, 0);
-        assert!(
-            factors
-                .remove_passkey(alice.id, key.id, removed.clone(), None)
-                .await
-                .unwrap()
-        );
+        assert!(kept(users, removing(alice.id, key.id, removed.clone())).await);
         assert!(factors.list_passkeys(alice.id).await.unwrap().is_empty());
-        assert!(
-            !factors
-                .remove_passkey(alice.id, key.id, removed, None)
-                .await
-                .unwrap()
-        );
+        assert!(!kept(users, removing(alice.id, key.id, removed)).await);
         assert_eq!(recorded(users, AuditKind::PasskeyRemoved).await, 1);
     })
     .await;
@@ -498,10 +509,7 @@ async fn a_passkey_is_renamed_by_its_owner_only() {
         let alice = user(users, "alice@example.com").await;
         let bob = user(users, "bob@example.com").await;
         let key = passkey(&alice, b"credential", t0());
-        factors
-            .add_passkey(key.clone(), 0, event(), None)
-            .await
-            .unwrap();
+        assert!(kept(users, adding(&key, event())).await);
         assert!(
             !factors
                 .rename_passkey(bob.id, key.id, "Bob's now")
@@ -576,19 +584,12 @@ async fn removing_factors_keeps_passkeys_unless_asked_and_records_only_a_removal
     on_every_full_store(|store| async move {
         let (users, factors) = (store.users.as_ref(), store.factors.as_ref());
         let alice = user(users, "alice@example.com").await;
-        with_totp(factors, &alice, vec![code(1)]).await;
-        factors
-            .add_passkey(passkey(&alice, b"credential", t0()), 0, event(), None)
-            .await
-            .unwrap();
+        with_totp(users, factors, &alice, vec![code(1)]).await;
+        let key = passkey(&alice, b"credential", t0());
+        assert!(kept(users, adding(&key, event())).await);
         let reset = audited(AuditKind::MfaReset, &alice);
 
-        assert!(
-            factors
-                .remove_factors(alice.id, false, reset.clone(), None)
-                .await
-                .unwrap()
-        );
+        assert!(kept(users, removing_factors(alice.id, false, reset.clone())).await);
         assert!(factors.find_totp(alice.id).await.unwrap().is_none());
         assert!(
             !factors
@@ -603,27 +604,12 @@ async fn removing_factors_keeps_passkeys_unless_asked_and_records_only_a_removal
                 passkeys: 1
             }
         );
-        assert!(
-            !factors
-                .remove_factors(alice.id, false, reset.clone(), None)
-                .await
-                .unwrap()
-        );
+        assert!(!kept(users, removing_factors(alice.id, false, reset.clone())).await);
         assert_eq!(recorded(users, AuditKind::MfaReset).await, 1);
 
-        assert!(
-            factors
-                .remove_factors(alice.id, true, reset.clone(), None)
-                .await
-                .unwrap()
-        );
+        assert!(kept(users, removing_factors(alice.id, true, reset.clone())).await);
         assert_eq!(factors.factors(alice.id).await.unwrap(), Factors::default());
-        assert!(
-            !factors
-                .remove_factors(alice.id, true, reset, None)
-                .await
-                .unwrap()
-        );
+        assert!(!kept(users, removing_factors(alice.id, true, reset)).await);
         assert_eq!(recorded(users, AuditKind::MfaReset).await, 2);
     })
     .await;
@@ -635,21 +621,24 @@ async fn deleting_a_user_deletes_their_factors_challenges_and_ceremonies() {
         let (users, factors) = (store.users.as_ref(), store.factors.as_ref());
         let alice = user(users, "alice@example.com").await;
         let bob = user(users, "bob@example.com").await;
-        with_totp(factors, &alice, vec![code(1)]).await;
+        with_totp(users, factors, &alice, vec![code(1)]).await;
         let alices_key = passkey(&alice, b"alice's", t0());
         let bobs_key = passkey(&bob, b"bob's", t0());
         for key in [&alices_key, &bobs_key] {
-            factors
-                .add_passkey(key.clone(), 0, event(), None)
-                .await
-                .unwrap();
+            assert!(kept(users, adding(key, event())).await);
         }
         let pending = challenge(&alice, TimeDelta::minutes(5));
         factors.store_mfa_challenge(pending.clone()).await.unwrap();
         let registration = ceremony("reg", Some(alice.id), TimeDelta::minutes(5));
         factors.store_ceremony(registration, t0()).await.unwrap();
 
-        assert!(users.delete_user(alice.id, event()).await.unwrap());
+        assert_eq!(
+            users
+                .apply(AccountChange::of(alice.id, t0()).then(Edit::Delete))
+                .await
+                .unwrap(),
+            Applied::Deleted
+        );
         assert!(factors.find_totp(alice.id).await.unwrap().is_none());
         assert!(
             !factors
@@ -672,10 +661,7 @@ async fn deleting_a_user_deletes_their_factors_challenges_and_ceremonies() {
         );
         // The credential is free again.
         let reused = passkey(&bob, b"alice's", t0());
-        assert_eq!(
-            factors.add_passkey(reused, 0, event(), None).await.unwrap(),
-            PasskeyAdded::Added
-        );
+        assert!(kept(users, adding(&reused, event())).await);
     })
     .await;
 }

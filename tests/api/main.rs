@@ -4,6 +4,7 @@
 mod browser;
 mod helpers;
 
+mod account_changes;
 mod admin;
 
 mod cli;

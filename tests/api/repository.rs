@@ -7,13 +7,13 @@ use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use portcullis::domain::mfa::{AuthMethod, FactorRemoval};
 use portcullis::domain::ports::{
     CreateSessionError, CreateUserError, FactorRepository, FailureRecord, MailOutbox, RateLimiter,
-    ResetOutcome, Rotation, SigningKeyStore, UserRepository,
+    Rotation, SigningKeyStore, UserRepository,
 };
 use portcullis::domain::{
-    AuditKind, ClientInfo, CookieHash, Email, EmailTokenHash, EmailTokenKind, MailJob,
-    NewAuditEvent, NewEmailToken, NewRefreshToken, NewSession, NewSessionCookie, NewUser,
-    OutboxDepth, PasswordHash, RefreshTokenHash, Role, SessionId, SessionKey, User, UserChanges,
-    UserId,
+    AccountChange, Applied, AuditKind, ClientInfo, Condition, CookieHash, Edit, Email,
+    EmailTokenHash, EmailTokenKind, MailJob, NewAuditEvent, NewEmailToken, NewRefreshToken,
+    NewSession, NewSessionCookie, NewUser, OutboxDepth, PasswordHash, RefreshTokenHash, Refusal,
+    Role, SessionId, SessionKey, User, UserChanges, UserId,
 };
 use portcullis::domain::{GeneratedKey, KeyAlgorithm, KeyChange, KeyMove, KeyState, SigningKey};
 use portcullis::outbound::memory::{
@@ -34,14 +34,31 @@ pub(crate) fn event() -> NewAuditEvent {
     NewAuditEvent::new(AuditKind::UserUpdated, None, &ClientInfo::default(), t0())
 }
 
-fn set_role(role: Role) -> UserChanges {
+/// The change an admin makes to user `id`, as the core builds it.
+pub(crate) fn update(id: UserId, changes: UserChanges) -> AccountChange {
+    AccountChange::update(id, t0(), changes).recording(event())
+}
+
+/// A password change of user `id` to `hash`, keeping session `keep`, as the core builds it.
+pub(crate) fn new_password(id: UserId, hash: &str, keep: Option<SessionId>) -> AccountChange {
+    AccountChange::of(id, t0() + TimeDelta::minutes(1))
+        .new_password(PasswordHash::new(hash.into()), keep)
+        .recording(event())
+}
+
+/// `change` applied by `repo`: what it did.
+pub(crate) async fn apply(repo: &dyn UserRepository, change: AccountChange) -> Applied {
+    repo.apply(change).await.unwrap()
+}
+
+pub(crate) fn set_role(role: Role) -> UserChanges {
     UserChanges {
         role: Some(role),
         ..UserChanges::default()
     }
 }
 
-fn set_active(active: bool) -> UserChanges {
+pub(crate) fn set_active(active: bool) -> UserChanges {
     UserChanges {
         is_active: Some(active),
         ..UserChanges::default()
@@ -179,7 +196,10 @@ pub(crate) fn new_session(
 }
 
 /// Opens a session at `t0` (idle expiry one day later): its id and refresh token.
-async fn session(repo: &dyn UserRepository, user: &User) -> (SessionId, NewRefreshToken) {
+pub(crate) async fn session(
+    repo: &dyn UserRepository,
+    user: &User,
+) -> (SessionId, NewRefreshToken) {
     let (new, refresh) = new_session(user, t0(), 100);
     let id = new.id;
     repo.create_session(new, SessionKey::RefreshToken(refresh.clone()))
@@ -221,17 +241,14 @@ async fn users_are_unique_by_normalised_email_and_found_by_either_key() {
                 .unwrap()
                 .is_none()
         );
-        let promoted = repo
-            .update_user(alice.id, set_role(Role::Admin), t0(), event())
+        let promoted = apply(repo.as_ref(), update(alice.id, set_role(Role::Admin)))
             .await
-            .unwrap()
+            .user()
             .unwrap();
         assert_eq!(promoted.role, Role::Admin);
-        assert!(
-            repo.update_user(UserId(424242), set_role(Role::Admin), t0(), event())
-                .await
-                .unwrap()
-                .is_none()
+        assert_eq!(
+            apply(repo.as_ref(), update(UserId(424242), set_role(Role::Admin))).await,
+            Applied::Refused(Refusal::UnknownUser)
         );
         repo.ping().await.unwrap();
     })
@@ -340,15 +357,7 @@ async fn a_password_change_keeps_one_session_and_deactivation_ends_all() {
         let (keep, _) = session(repo.as_ref(), &alice).await;
         let (other, _) = session(repo.as_ref(), &alice).await;
         let now = t0() + TimeDelta::minutes(1);
-        repo.set_password(
-            alice.id,
-            PasswordHash::new("new".into()),
-            Some(keep),
-            now,
-            event(),
-        )
-        .await
-        .unwrap();
+        apply(repo.as_ref(), new_password(alice.id, "new", Some(keep))).await;
         let stored = repo.find_user_by_id(alice.id).await.unwrap().unwrap();
         assert_eq!(stored.password_hash, PasswordHash::new("new".into()));
         let live = repo.list_live_sessions(alice.id, now, 100).await.unwrap();
@@ -363,10 +372,9 @@ async fn a_password_change_keeps_one_session_and_deactivation_ends_all() {
                 .is_some()
         );
 
-        let off = repo
-            .update_user(alice.id, set_active(false), now, event())
+        let off = apply(repo.as_ref(), update(alice.id, set_active(false)))
             .await
-            .unwrap()
+            .user()
             .unwrap();
         assert!(!off.is_active);
         assert!(
@@ -375,11 +383,9 @@ async fn a_password_change_keeps_one_session_and_deactivation_ends_all() {
                 .unwrap()
                 .is_empty()
         );
-        assert!(
-            repo.update_user(UserId(424242), set_active(false), now, event())
-                .await
-                .unwrap()
-                .is_none()
+        assert_eq!(
+            apply(repo.as_ref(), update(UserId(424242), set_active(false))).await,
+            Applied::Refused(Refusal::UnknownUser)
         );
     })
     .await;
@@ -543,15 +549,7 @@ async fn a_session_opens_only_on_the_credentials_the_login_read() {
         let now = t0() + TimeDelta::minutes(1);
         // A password change between the read and the insert: refused, nothing stored.
         let alice = user(repo.as_ref(), "alice@example.com").await;
-        repo.set_password(
-            alice.id,
-            PasswordHash::new("new".into()),
-            None,
-            now,
-            event(),
-        )
-        .await
-        .unwrap();
+        apply(repo.as_ref(), new_password(alice.id, "new", None)).await;
         let (stale, refresh) = new_session(&alice, now, 100);
         let (sid, hash) = (stale.id, refresh.hash.clone());
         assert!(matches!(
@@ -571,19 +569,16 @@ async fn a_session_opens_only_on_the_credentials_the_login_read() {
 
         // A deactivation, even one undone since, voids what was read before it.
         let bob = user(repo.as_ref(), "bob@example.com").await;
-        repo.update_user(bob.id, set_active(false), now, event())
-            .await
-            .unwrap();
+        apply(repo.as_ref(), update(bob.id, set_active(false))).await;
         let (inactive, refresh) = new_session(&bob, now, 100);
         assert!(matches!(
             repo.create_session(inactive, SessionKey::RefreshToken(refresh))
                 .await,
             Err(CreateSessionError::Stale)
         ));
-        let again = repo
-            .update_user(bob.id, set_active(true), now, event())
+        let again = apply(repo.as_ref(), update(bob.id, set_active(true)))
             .await
-            .unwrap()
+            .user()
             .unwrap();
         let (before, refresh) = new_session(&bob, now, 100);
         assert!(matches!(
@@ -681,15 +676,7 @@ async fn a_rotation_never_revives_an_ended_session() {
         let (sid, first) = session(repo.as_ref(), &alice).await;
         let now = t0() + TimeDelta::minutes(1);
         // The password change lands between the refresh's read and its rotation.
-        repo.set_password(
-            alice.id,
-            PasswordHash::new("new".into()),
-            None,
-            now,
-            event(),
-        )
-        .await
-        .unwrap();
+        apply(repo.as_ref(), new_password(alice.id, "new", None)).await;
         let next = NewRefreshToken::generate(sid, now, now + TimeDelta::days(1));
         assert_eq!(
             repo.rotate_refresh_token(&first.hash, next.clone(), ClientInfo::default())
@@ -793,7 +780,7 @@ async fn the_outbox_hands_each_due_job_to_one_claimer_and_keeps_what_failed() {
     on_every_store(|repo, outbox| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         for _ in 0..10 {
-            repo.enqueue_mail(MailJob::Verification { user_id: alice.id }, t0(), None)
+            repo.enqueue_mail(MailJob::Verification { user_id: alice.id }, t0())
                 .await
                 .unwrap();
         }
@@ -865,7 +852,6 @@ async fn the_outbox_hands_each_due_job_to_one_claimer_and_keeps_what_failed() {
         repo.enqueue_mail(
             MailJob::Verification { user_id: alice.id },
             t0() + TimeDelta::days(8),
-            None,
         )
         .await
         .unwrap();
@@ -898,31 +884,32 @@ async fn a_reset_token_works_once_and_spends_the_others() {
         assert_eq!(found.user.id, alice.id);
         assert!(found.usable_for(EmailTokenKind::PasswordReset, t0()));
         let now = t0() + TimeDelta::minutes(1);
+        // As the core builds a reset: on the user as read, spending the token.
         let reset = |token: EmailTokenHash, hash: &'static str, user: User| {
             let repo = Arc::clone(&repo);
             async move {
-                repo.reset_password(
-                    &token,
-                    &user,
-                    PasswordHash::new(hash.into()),
-                    now,
-                    event(),
-                    FactorRemoval::default(),
-                    None,
-                )
-                .await
-                .unwrap()
+                let change = AccountChange::of(user.id, now)
+                    .when(Condition::Current {
+                        credential_version: user.credential_version,
+                    })
+                    .when(Condition::SpendsToken(token))
+                    .when(Condition::UnverifiedFactorsAre(FactorRemoval::default()))
+                    .new_password(PasswordHash::new(hash.into()), None)
+                    .then(Edit::SetEmailVerified(true))
+                    .then(Edit::SpendTokens(vec![EmailTokenKind::PasswordReset]))
+                    .recording(event());
+                apply(repo.as_ref(), change).await
             }
         };
-        assert_eq!(
+        assert!(matches!(
             reset(first.hash.clone(), "new", alice.clone()).await,
-            ResetOutcome::Reset
-        );
-        assert_eq!(
-            reset(first.hash.clone(), "again", alice.clone()).await,
-            ResetOutcome::Refused
-        );
+            Applied::Done(_)
+        ));
         let after = repo.find_user_by_id(alice.id).await.unwrap().unwrap();
+        assert_eq!(
+            reset(first.hash.clone(), "again", after.clone()).await,
+            Applied::Refused(Refusal::TokenSpent)
+        );
         assert_eq!(after.password_hash, PasswordHash::new("new".into()));
         assert!(after.email_verified);
         assert_ne!(after.credential_version, alice.credential_version);
@@ -942,7 +929,12 @@ async fn a_reset_token_works_once_and_spends_the_others() {
         repo.store_email_token(third.clone(), None).await.unwrap();
         assert_eq!(
             reset(third.hash.clone(), "x", alice.clone()).await,
-            ResetOutcome::Refused
+            Applied::Refused(Refusal::NotCurrent)
+        );
+        let unchanged = repo.find_email_token(&third.hash).await.unwrap().unwrap();
+        assert!(
+            unchanged.spent_at.is_none(),
+            "a refused change spends nothing"
         );
     })
     .await;
@@ -959,29 +951,25 @@ async fn a_verification_proves_only_the_address_it_was_sent_to() {
             TimeDelta::hours(1),
         );
         repo.store_email_token(token.clone(), None).await.unwrap();
-        assert!(
-            repo.verify_email(
-                &token.hash,
-                alice.id,
-                "elsewhere@example.com",
-                t0(),
-                event()
-            )
-            .await
-            .unwrap()
-            .is_none()
+        let verify = |address: &str| {
+            AccountChange::of(alice.id, t0())
+                .when(Condition::AddressIs(address.into()))
+                .when(Condition::SpendsToken(token.hash.clone()))
+                .then(Edit::SetEmailVerified(true))
+                .recording(event())
+        };
+        assert_eq!(
+            apply(repo.as_ref(), verify("elsewhere@example.com")).await,
+            Applied::Refused(Refusal::AddressChanged)
         );
-        let verified = repo
-            .verify_email(&token.hash, alice.id, "alice@example.com", t0(), event())
+        let verified = apply(repo.as_ref(), verify("alice@example.com"))
             .await
-            .unwrap()
+            .user()
             .unwrap();
         assert!(verified.email_verified);
-        assert!(
-            repo.verify_email(&token.hash, alice.id, "alice@example.com", t0(), event())
-                .await
-                .unwrap()
-                .is_none()
+        assert_eq!(
+            apply(repo.as_ref(), verify("alice@example.com")).await,
+            Applied::Refused(Refusal::TokenSpent)
         );
     })
     .await;
@@ -1008,18 +996,23 @@ async fn an_email_change_moves_the_account_unless_the_address_was_taken() {
         let taken = change("TAKEN@example.com");
         repo.store_email_token(taken.clone(), None).await.unwrap();
         let now = t0() + TimeDelta::minutes(1);
-        assert!(matches!(
-            repo.change_email(
-                &taken.hash,
-                &alice,
-                &Email::parse("TAKEN@example.com").unwrap(),
-                Some(keep),
-                now,
-                event(),
-            )
-            .await,
-            Err(CreateUserError::EmailTaken)
-        ));
+        let move_to = |token: &NewEmailToken| {
+            AccountChange::of(alice.id, now)
+                .when(Condition::Current {
+                    credential_version: alice.credential_version,
+                })
+                .when(Condition::SpendsToken(token.hash.clone()))
+                .then(Edit::SetEmail(token.new_email.clone().unwrap()))
+                .then(Edit::SetEmailVerified(true))
+                .then(Edit::BumpCredentialVersion)
+                .then(Edit::EndSessions { keep: Some(keep) })
+                .then(Edit::SpendTokens(vec![EmailTokenKind::EmailChange]))
+                .recording(event())
+        };
+        assert_eq!(
+            apply(repo.as_ref(), move_to(&taken)).await,
+            Applied::Refused(Refusal::AddressTaken)
+        );
         let unchanged = repo.find_user_by_id(alice.id).await.unwrap().unwrap();
         assert_eq!(unchanged.email.as_str(), "alice@example.com");
         assert!(
@@ -1033,18 +1026,7 @@ async fn an_email_change_moves_the_account_unless_the_address_was_taken() {
 
         let free = change("alice.new@example.com");
         repo.store_email_token(free.clone(), None).await.unwrap();
-        let moved = repo
-            .change_email(
-                &free.hash,
-                &alice,
-                &Email::parse("alice.new@example.com").unwrap(),
-                Some(keep),
-                now,
-                event(),
-            )
-            .await
-            .unwrap()
-            .unwrap();
+        let moved = apply(repo.as_ref(), move_to(&free)).await.user().unwrap();
         assert_eq!(moved.email.as_str(), "alice.new@example.com");
         assert!(moved.email_verified);
         assert!(
@@ -1085,17 +1067,11 @@ async fn concurrent_demotions_deactivations_and_deletions_leave_an_admin() {
             // Exactly two active admins: a and b (the last round's survivor steps down).
             let a = user(repo.as_ref(), &format!("a{round}@example.com")).await;
             let b = user(repo.as_ref(), &format!("b{round}@example.com")).await;
-            repo.update_user(a.id, set_role(Role::Admin), t0(), event())
-                .await
-                .unwrap();
+            apply(repo.as_ref(), update(a.id, set_role(Role::Admin))).await;
             if let Some(previous) = survivor {
-                repo.update_user(previous, set_role(Role::User), t0(), event())
-                    .await
-                    .unwrap();
+                apply(repo.as_ref(), update(previous, set_role(Role::User))).await;
             }
-            repo.update_user(b.id, set_role(Role::Admin), t0(), event())
-                .await
-                .unwrap();
+            apply(repo.as_ref(), update(b.id, set_role(Role::Admin))).await;
             // Every way to remove the two, all at once, in an order that varies by round.
             let mut attempts = vec![
                 (a.id, Some(set_role(Role::User))),
@@ -1104,20 +1080,26 @@ async fn concurrent_demotions_deactivations_and_deletions_leave_an_admin() {
                 (b.id, None),
             ];
             attempts.rotate_left(round % 4);
-            let changes = attempts.into_iter().map(|(id, change)| {
+            let changes = attempts.into_iter().map(|(id, changes)| {
                 let repo = Arc::clone(&repo);
-                async move {
-                    match change {
-                        Some(change) => repo.update_user(id, change, t0(), event()).await.map(drop),
-                        None => repo.delete_user(id, event()).await.map(drop),
-                    }
-                }
+                let change = changes.map_or_else(
+                    || {
+                        AccountChange::of(id, t0())
+                            .when(Condition::LeavesAnActiveAdmin)
+                            .then(Edit::Delete)
+                    },
+                    |changes| update(id, changes),
+                );
+                async move { repo.apply(change).await.unwrap() }
             });
             for outcome in futures::future::join_all(changes).await {
                 assert!(
+                    // A change of a user deleted meanwhile finds nobody.
                     matches!(
                         outcome,
-                        Ok(()) | Err(portcullis::domain::ports::AdminWriteError::LastAdmin)
+                        Applied::Done(_)
+                            | Applied::Deleted
+                            | Applied::Refused(Refusal::LastAdmin | Refusal::UnknownUser)
                     ),
                     "{outcome:?}"
                 );

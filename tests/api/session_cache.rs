@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use portcullis::domain::mfa::FactorRemoval;
-use portcullis::domain::ports::{ResetOutcome, UserRepository};
+use portcullis::domain::ports::UserRepository;
 use portcullis::domain::{
-    Email, EmailTokenKind, NewEmailToken, PasswordHash, Role, SessionId, SessionKey, User,
-    UserChanges,
+    AccountChange, Condition, Edit, Email, EmailTokenKind, NewEmailToken, PasswordHash, Role,
+    SessionId, SessionKey, User, UserChanges,
 };
 use portcullis::outbound::sea_orm::{SeaOrmUserRepository, invalidations, migrate_up};
 use portcullis::outbound::session_cache::{CacheLimits, CachedSessions, SessionCache};
@@ -399,6 +398,12 @@ fn token_of(kind: EmailTokenKind, user: &User) -> NewEmailToken {
     NewEmailToken::generate(kind, user, Utc::now(), TimeDelta::hours(1))
 }
 
+/// Applies `change`, which must be kept.
+async fn applies(writer: &dyn UserRepository, change: AccountChange) {
+    let applied = writer.apply(change).await.unwrap();
+    assert!(applied.kept(), "{applied:?}");
+}
+
 fn every_write() -> Vec<(&'static str, Write)> {
     vec![
         (
@@ -409,54 +414,55 @@ fn every_write() -> Vec<(&'static str, Write)> {
                 })
             },
         ),
-        ("update_user: role", |w, u, _| {
+        ("role change", |w, u, _| {
             Box::pin(async move {
                 let changes = UserChanges {
                     role: Some(Role::Admin),
                     ..UserChanges::default()
                 };
-                w.update_user(u.id, changes, Utc::now(), event())
-                    .await
-                    .unwrap();
+                applies(w, AccountChange::update(u.id, Utc::now(), changes)).await;
             })
         }),
-        ("update_user: deactivation", |w, u, _| {
+        ("deactivation", |w, u, _| {
             Box::pin(async move {
                 let changes = UserChanges {
                     is_active: Some(false),
                     ..UserChanges::default()
                 };
-                w.update_user(u.id, changes, Utc::now(), event())
+                applies(w, AccountChange::update(u.id, Utc::now(), changes)).await;
+            })
+        }),
+        ("deletion", |w, u, _| {
+            Box::pin(async move {
+                w.apply(AccountChange::of(u.id, Utc::now()).then(Edit::Delete))
                     .await
                     .unwrap();
             })
         }),
-        ("delete_user", |w, u, _| {
+        ("an admin ends every session", |w, u, _| {
             Box::pin(async move {
-                assert!(w.delete_user(u.id, event()).await.unwrap());
+                let change =
+                    AccountChange::of(u.id, Utc::now()).then(Edit::EndSessions { keep: None });
+                applies(w, change).await;
             })
         }),
-        ("end_all_sessions", |w, u, _| {
-            Box::pin(async move {
-                assert!(w.end_all_sessions(u.id, Utc::now(), event()).await.unwrap());
-            })
-        }),
-        ("set_password", |w, u, _| {
+        ("password change", |w, u, _| {
             Box::pin(async move {
                 let hash = PasswordHash::new("changed".into());
-                w.set_password(u.id, hash, None, Utc::now(), event())
-                    .await
-                    .unwrap();
+                applies(
+                    w,
+                    AccountChange::of(u.id, Utc::now()).new_password(hash, None),
+                )
+                .await;
             })
         }),
-        ("rehash_password", |w, u, _| {
+        ("rehash", |w, u, _| {
             Box::pin(async move {
                 let hash = PasswordHash::new("rehashed".into());
-                assert!(
-                    w.rehash_password(u.id, &u.password_hash, hash)
-                        .await
-                        .unwrap()
-                );
+                let change = AccountChange::of(u.id, Utc::now())
+                    .when(Condition::PasswordHashIs(u.password_hash.clone()))
+                    .then(Edit::SetPasswordHash(hash));
+                applies(w, change).await;
             })
         }),
         ("create_session beyond the session limit", |w, u, _| {
@@ -467,40 +473,36 @@ fn every_write() -> Vec<(&'static str, Write)> {
                     .unwrap();
             })
         }),
-        ("reset_password", |w, u, _| {
+        ("reset", |w, u, _| {
             Box::pin(async move {
                 let token = token_of(EmailTokenKind::PasswordReset, u);
                 w.store_email_token(token.clone(), None).await.unwrap();
                 let hash = PasswordHash::new("reset".into());
-                let reset = w.reset_password(
-                    &token.hash,
-                    u,
-                    hash,
-                    Utc::now(),
-                    event(),
-                    FactorRemoval::default(),
-                    None,
-                );
-                assert_eq!(reset.await.unwrap(), ResetOutcome::Reset);
+                let change = AccountChange::of(u.id, Utc::now())
+                    .when(Condition::SpendsToken(token.hash))
+                    .new_password(hash, None)
+                    .then(Edit::SetEmailVerified(true));
+                applies(w, change).await;
             })
         }),
-        ("verify_email", |w, u, _| {
+        ("verification", |w, u, _| {
             Box::pin(async move {
                 let token = token_of(EmailTokenKind::Verification, u);
                 w.store_email_token(token.clone(), None).await.unwrap();
-                let verified =
-                    w.verify_email(&token.hash, u.id, u.email.as_str(), Utc::now(), event());
-                assert!(verified.await.unwrap().is_some());
+                let change = AccountChange::of(u.id, Utc::now())
+                    .when(Condition::SpendsToken(token.hash))
+                    .then(Edit::SetEmailVerified(true));
+                applies(w, change).await;
             })
         }),
-        ("change_email", |w, u, _| {
+        ("email change", |w, u, _| {
             Box::pin(async move {
-                let mut token = token_of(EmailTokenKind::EmailChange, u);
                 let to = Email::parse("moved@example.com").unwrap();
-                token.new_email = Some(to.clone());
-                w.store_email_token(token.clone(), None).await.unwrap();
-                let changed = w.change_email(&token.hash, u, &to, None, Utc::now(), event());
-                assert!(changed.await.unwrap().is_some());
+                let change = AccountChange::of(u.id, Utc::now())
+                    .then(Edit::SetEmail(to))
+                    .then(Edit::BumpCredentialVersion)
+                    .then(Edit::EndSessions { keep: None });
+                applies(w, change).await;
             })
         }),
     ]

@@ -8,8 +8,8 @@ use super::mfa::LoginStep;
 use crate::domain::mfa::AuthMethod;
 use crate::domain::ports::{CreateSessionError, CreateUserError, TokenError};
 use crate::domain::{
-    AuditKind, BackendError, ClientInfo, Email, FullName, NewAuditEvent, NewUser, Password,
-    PasswordError, Principal, Role, TokenPair, User,
+    AccountChange, AuditKind, BackendError, ClientInfo, Condition, Edit, Email, FullName,
+    NewAuditEvent, NewUser, Password, PasswordError, Principal, Role, TokenPair, User,
 };
 
 /// Why a registration failed.
@@ -235,10 +235,13 @@ impl AuthService {
             return;
         };
         let stored = match self.hasher.hash(&password).await {
+            // The same password: sessions and the credential version stay. A new password that
+            // won a race is never overwritten.
             Ok(hash) => {
-                self.users
-                    .rehash_password(user.id, &user.password_hash, hash)
-                    .await
+                let change = AccountChange::of(user.id, self.clock.now())
+                    .when(Condition::PasswordHashIs(user.password_hash.clone()))
+                    .then(Edit::SetPasswordHash(hash));
+                self.users.apply(change).await.map(drop)
             }
             Err(err) => Err(err),
         };
@@ -363,7 +366,7 @@ mod tests {
     use super::super::test_support::{DUMMY_HASH, Mocks, session, user};
     use super::*;
     use crate::domain::ports::AccessClaims;
-    use crate::domain::{PasswordHash, SessionId, UserId};
+    use crate::domain::{Applied, PasswordHash, Refusal, SessionId, UserId};
 
     fn email(n: i64) -> Email {
         Email::parse(&format!("user{n}@example.com")).unwrap()
@@ -581,12 +584,19 @@ mod tests {
             .times(1)
             .returning(|_| Ok(PasswordHash::new("rehashed".into())));
         m.users
-            .expect_rehash_password()
-            .withf(|id, old, new| {
-                *id == UserId(7) && old.as_str() == "hash-of-user-7" && new.as_str() == "rehashed"
+            .expect_apply()
+            .withf(|change| {
+                change.user == UserId(7)
+                    && change.conditions
+                        == [Condition::PasswordHashIs(PasswordHash::new(
+                            "hash-of-user-7".into(),
+                        ))]
+                    && change.edits == [Edit::SetPasswordHash(PasswordHash::new("rehashed".into()))]
+                    && change.audit.is_empty()
+                    && change.mail.is_empty()
             })
             .times(1)
-            .returning(|_, _, _| Ok(true));
+            .returning(|_| Ok(Applied::Refused(Refusal::PasswordChanged)));
         let service = m.service();
         assert!(
             service
@@ -603,7 +613,7 @@ mod tests {
         m.hasher
             .expect_hash()
             .returning(|_| Err(BackendError::Overloaded));
-        m.users.expect_rehash_password().never();
+        m.users.expect_apply().never();
         let service = m.service();
         assert!(
             service
@@ -615,7 +625,7 @@ mod tests {
         let mut m = Mocks::new();
         login_needing_a_rehash(&mut m, false);
         m.hasher.expect_hash().never();
-        m.users.expect_rehash_password().never();
+        m.users.expect_apply().never();
         let err = m
             .service()
             .login(&email(7), "wrong password", ClientInfo::default())

@@ -5,12 +5,12 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::AuthService;
-use crate::domain::mfa::{Passkey, TOTP_DESCRIBED};
-use crate::domain::ports::{AdminWriteError, CreateUserError};
+use crate::domain::mfa::{FactorRemoval, Passkey, TOTP_DESCRIBED};
+use crate::domain::ports::CreateUserError;
 use crate::domain::{
-    AuditEvent, AuditKind, AuditQuery, BackendError, ClientInfo, Email, FactorChange, FullName,
-    MailJob, NewAuditEvent, Password, PasswordError, Principal, Role, Session, User, UserChanges,
-    UserId, UserQuery,
+    AccountChange, Applied, AuditEvent, AuditKind, AuditQuery, BackendError, ClientInfo, Condition,
+    Edit, Email, FactorChange, FullName, MailJob, NewAuditEvent, Password, PasswordError,
+    Principal, Refusal, Role, Session, User, UserChanges, UserId, UserQuery,
 };
 
 /// Why an administrative command failed.
@@ -40,11 +40,14 @@ impl From<CreateUserError> for AdminError {
     }
 }
 
-impl From<AdminWriteError> for AdminError {
-    fn from(err: AdminWriteError) -> Self {
-        match err {
-            AdminWriteError::LastAdmin => Self::LastAdmin,
-            AdminWriteError::Backend(err) => Self::Backend(err),
+impl From<Refusal> for AdminError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::UnknownUser => Self::UnknownUser,
+            Refusal::LastAdmin => Self::LastAdmin,
+            other => Self::Backend(BackendError::unexpected(format!(
+                "an administrative change refused: {other:?}"
+            ))),
         }
     }
 }
@@ -177,11 +180,7 @@ impl AuthService {
             .await?;
         if invite {
             self.users
-                .enqueue_mail(
-                    MailJob::Invitation { user_id: user.id },
-                    self.clock.now(),
-                    None,
-                )
+                .enqueue_mail(MailJob::Invitation { user_id: user.id }, self.clock.now())
                 .await?;
         }
         Ok(user)
@@ -280,11 +279,13 @@ impl AuthService {
         self.users.list_users(query).await
     }
 
-    /// Applies `changes` to user `id`; a deactivation ends their sessions.
+    /// Applies `changes` to user `id`. A deactivation also moves the credential version on and
+    /// ends every session, so nothing the account allowed outlives it; a change that could
+    /// remove an admin is made only if an active admin is left (the store decides, for every
+    /// change at once).
     ///
     /// # Errors
-    /// [`AdminError::UnknownUser`]; [`AdminError::LastAdmin`] when no active admin would be
-    /// left (decided by storage, atomically).
+    /// [`AdminError::UnknownUser`]; [`AdminError::LastAdmin`].
     pub async fn update_account(
         &self,
         actor: Actor<'_>,
@@ -295,10 +296,8 @@ impl AuthService {
         let audit = actor
             .event(AuditKind::UserUpdated, Some(id), now)
             .with("changes", describe(&changes));
-        self.users
-            .update_user(id, changes, now, audit)
-            .await?
-            .ok_or(AdminError::UnknownUser)
+        let change = AccountChange::update(id, now, changes).recording(audit);
+        Ok(self.users.apply(change).await?.user()?)
     }
 
     /// Deletes user `id`, their sessions and tokens; their audit events stay.
@@ -306,11 +305,14 @@ impl AuthService {
     /// # Errors
     /// As [`AuthService::update_account`].
     pub async fn delete_account(&self, actor: Actor<'_>, id: UserId) -> Result<(), AdminError> {
-        let audit = actor.event(AuditKind::UserDeleted, Some(id), self.clock.now());
-        if self.users.delete_user(id, audit).await? {
-            Ok(())
-        } else {
-            Err(AdminError::UnknownUser)
+        let now = self.clock.now();
+        let change = AccountChange::of(id, now)
+            .when(Condition::LeavesAnActiveAdmin)
+            .then(Edit::Delete)
+            .recording(actor.event(AuditKind::UserDeleted, Some(id), now));
+        match self.users.apply(change).await? {
+            Applied::Refused(refusal) => Err(refusal.into()),
+            Applied::Done(_) | Applied::Deleted => Ok(()),
         }
     }
 
@@ -336,12 +338,11 @@ impl AuthService {
         id: UserId,
     ) -> Result<(), AdminError> {
         let now = self.clock.now();
-        let audit = actor.event(AuditKind::AdminSessionsEnded, Some(id), now);
-        if self.users.end_all_sessions(id, now, audit).await? {
-            Ok(())
-        } else {
-            Err(AdminError::UnknownUser)
-        }
+        let change = AccountChange::of(id, now)
+            .then(Edit::EndSessions { keep: None })
+            .recording(actor.event(AuditKind::AdminSessionsEnded, Some(id), now));
+        self.users.apply(change).await?.user()?;
+        Ok(())
     }
 
     /// Removes every second factor of user `id` (TOTP, recovery codes, passkeys), for a user
@@ -364,10 +365,19 @@ impl AuthService {
         let notice = self
             .factor_notice(&user, FactorChange::Removed, removed, None)
             .await?;
-        Ok(self
-            .factors
-            .remove_factors(user.id, true, audit, notice)
-            .await?)
+        let change = AccountChange::of(user.id, audit.at)
+            .when(Condition::HasFactors { passkeys: true })
+            .then(Edit::RemoveFactors(FactorRemoval {
+                totp: true,
+                passkeys: Vec::new(),
+            }))
+            .then(Edit::RemoveAllPasskeys)
+            .recording(audit)
+            .mailing(notice);
+        match self.users.apply(change).await? {
+            Applied::Refused(Refusal::NothingToRemove) => Ok(false),
+            applied => applied.user().map(|_| true).map_err(AdminError::from),
+        }
     }
 
     /// [`AuthService::reset_factors`] of the user with `email`, for the operator.
@@ -401,9 +411,10 @@ impl AuthService {
             email: user.email,
             requested_by: None,
         };
-        self.users
-            .enqueue_mail(job, now, Some(audit.with("mail", "queued")))
-            .await?;
+        let change = AccountChange::of(user.id, now)
+            .recording(audit.with("mail", "queued"))
+            .mailing(Some(job));
+        self.users.apply(change).await?.user()?;
         Ok(())
     }
 
@@ -436,7 +447,7 @@ mod tests {
     async fn promoting_an_unknown_email_fails_and_changes_nothing() {
         let mut m = Mocks::new();
         m.users.expect_find_user_by_email().returning(|_| Ok(None));
-        m.users.expect_update_user().never();
+        m.users.expect_apply().never();
         let email = Email::parse("ghost@example.com").unwrap();
         let err = m.service().set_role(&email, Role::Admin).await.unwrap_err();
         assert!(matches!(err, AdminError::UnknownUser));
@@ -449,18 +460,22 @@ mod tests {
             .expect_find_user_by_email()
             .returning(|_| Ok(Some(user(9, Role::User, true))));
         m.users
-            .expect_update_user()
-            .withf(|id, changes, _, audit| {
-                *id == UserId(9)
-                    && changes.role == Some(Role::Admin)
-                    && changes.is_active.is_none()
+            .expect_apply()
+            .withf(|change| {
+                let [audit] = change.audit.as_slice() else {
+                    return false;
+                };
+                change.user == UserId(9)
+                    && change.conditions.is_empty()
+                    && change.edits == [Edit::SetRole(Role::Admin), Edit::Touch]
                     && audit.kind == AuditKind::UserUpdated
                     && audit.user_id == Some(UserId(9))
                     && audit.detail["changes"] == "role=admin"
                     && audit.detail["via"] == "cli"
+                    && change.mail.is_empty()
             })
             .times(1)
-            .returning(|_, _, _, _| Ok(Some(user(9, Role::Admin, true))));
+            .returning(|_| Ok(Applied::Done(user(9, Role::Admin, true))));
         let email = Email::parse("user9@example.com").unwrap();
         let updated = m.service().set_role(&email, Role::Admin).await.unwrap();
         assert_eq!(updated.role, Role::Admin);
@@ -473,25 +488,36 @@ mod tests {
             .expect_find_user_by_email()
             .returning(|_| Ok(Some(user(1, Role::Admin, true))));
         m.users
-            .expect_update_user()
-            .returning(|_, _, _, _| Err(AdminWriteError::LastAdmin));
+            .expect_apply()
+            .returning(|_| Ok(Applied::Refused(Refusal::LastAdmin)));
         let email = Email::parse("user1@example.com").unwrap();
         let err = m.service().set_active(&email, false).await.unwrap_err();
         assert!(matches!(err, AdminError::LastAdmin));
     }
 
     #[tokio::test]
-    async fn an_admins_change_names_the_admin_and_the_address_it_came_from() {
+    async fn a_deactivation_by_an_admin_ends_everything_keeps_an_admin_and_names_who_asked() {
         let mut m = Mocks::new();
         m.users
-            .expect_update_user()
-            .withf(|_, _, _, audit| {
-                audit.actor_id == Some(UserId(1))
+            .expect_apply()
+            .withf(|change| {
+                let [audit] = change.audit.as_slice() else {
+                    return false;
+                };
+                change.conditions == [Condition::LeavesAnActiveAdmin]
+                    && change.edits
+                        == [
+                            Edit::SetActive(false),
+                            Edit::Touch,
+                            Edit::BumpCredentialVersion,
+                            Edit::EndSessions { keep: None },
+                        ]
+                    && audit.actor_id == Some(UserId(1))
                     && audit.user_id == Some(UserId(9))
                     && audit.client.ip.as_deref() == Some("198.51.100.4")
             })
             .times(1)
-            .returning(|_, _, _, _| Ok(Some(user(9, Role::User, false))));
+            .returning(|_| Ok(Applied::Done(user(9, Role::User, false))));
         let admin = admin();
         let client = ClientInfo::new(None, Some("198.51.100.4".into()));
         let changes = UserChanges {
@@ -534,13 +560,9 @@ mod tests {
             .returning(|_| Ok(user(7, Role::User, true)));
         m.users
             .expect_enqueue_mail()
-            .with(
-                eq(MailJob::Invitation { user_id: UserId(7) }),
-                always(),
-                eq(None),
-            )
+            .with(eq(MailJob::Invitation { user_id: UserId(7) }), always())
             .times(1)
-            .returning(|_, _, _| Ok(()));
+            .returning(|_, _| Ok(()));
         m.service()
             .create_account(Actor::Admin(&admin, &client), invite())
             .await
@@ -574,17 +596,21 @@ mod tests {
             };
             if queued {
                 m.users
-                    .expect_enqueue_mail()
-                    .withf(move |job, _, audit| {
-                        *job == MailJob::PasswordReset {
-                            email: Email::parse("user9@example.com").unwrap(),
-                            requested_by: None,
-                        } && audit.as_ref().is_some_and(|a| recorded(a, "queued"))
+                    .expect_apply()
+                    .withf(move |change| {
+                        change.conditions.is_empty()
+                            && change.edits.is_empty()
+                            && change.mail
+                                == [MailJob::PasswordReset {
+                                    email: Email::parse("user9@example.com").unwrap(),
+                                    requested_by: None,
+                                }]
+                            && matches!(change.audit.as_slice(), [a] if recorded(a, "queued"))
                     })
                     .times(1)
-                    .returning(|_, _, _| Ok(()));
+                    .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
             } else {
-                m.users.expect_enqueue_mail().never();
+                m.users.expect_apply().never();
                 m.users
                     .expect_record_audit()
                     .withf(move |audit| recorded(audit, "not sent"))
@@ -608,17 +634,28 @@ mod tests {
         m.factors
             .expect_list_passkeys()
             .returning(|_| Ok(Vec::new()));
-        m.factors
-            .expect_remove_factors()
-            .withf(|id, passkeys, audit, notice| {
-                *id == UserId(9)
-                    && *passkeys
+        m.users
+            .expect_apply()
+            .withf(|change| {
+                let [audit] = change.audit.as_slice() else {
+                    return false;
+                };
+                change.user == UserId(9)
+                    && change.conditions == [Condition::HasFactors { passkeys: true }]
+                    && change.edits
+                        == [
+                            Edit::RemoveFactors(FactorRemoval {
+                                totp: true,
+                                passkeys: Vec::new(),
+                            }),
+                            Edit::RemoveAllPasskeys,
+                        ]
                     && audit.kind == AuditKind::MfaReset
                     && audit.actor_id == Some(UserId(1))
-                    && notice.is_none()
+                    && change.mail.is_empty()
             })
             .times(1)
-            .returning(|_, _, _, _| Ok(true));
+            .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
         let admin = admin();
         let client = ClientInfo::default();
         assert!(
@@ -630,7 +667,7 @@ mod tests {
 
         let mut m = Mocks::new();
         m.users.expect_find_user_by_id().returning(|_| Ok(None));
-        m.factors.expect_remove_factors().never();
+        m.users.expect_apply().never();
         let err = m
             .service()
             .reset_factors(Actor::Operator, UserId(404))
@@ -642,7 +679,14 @@ mod tests {
     #[tokio::test]
     async fn deleting_an_unknown_id_is_not_found() {
         let mut m = Mocks::new();
-        m.users.expect_delete_user().returning(|_, _| Ok(false));
+        m.users
+            .expect_apply()
+            .withf(|change| {
+                change.conditions == [Condition::LeavesAnActiveAdmin]
+                    && change.edits == [Edit::Delete]
+                    && change.audit.len() == 1
+            })
+            .returning(|_| Ok(Applied::Refused(Refusal::UnknownUser)));
         let admin = admin();
         let client = ClientInfo::default();
         let err = m

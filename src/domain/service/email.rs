@@ -10,11 +10,11 @@ use chrono::TimeDelta;
 use super::AuthService;
 use super::limits::{Action, Throttled, subject_key};
 use crate::domain::mfa::{FactorRemoval, TOTP_DESCRIBED};
-use crate::domain::ports::{CreateUserError, MailError, ResetOutcome};
+use crate::domain::ports::MailError;
 use crate::domain::{
-    AuditKind, BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind, FactorChange, Mail,
-    MailJob, MailKind, NewAuditEvent, NewEmailToken, Password, PasswordError, Principal,
-    QueuedMail, User,
+    AccountChange, Applied, AuditKind, BackendError, ClientInfo, Condition, Edit, Email,
+    EmailTokenHash, EmailTokenKind, FactorChange, Mail, MailJob, MailKind, NewAuditEvent,
+    NewEmailToken, Password, PasswordError, Principal, QueuedMail, Refusal, User,
 };
 
 /// The longest token worth looking up: ours are 43 characters.
@@ -170,7 +170,7 @@ impl AuthService {
                 email,
                 requested_by: Some(client.clone()),
             };
-            self.users.enqueue_mail(job, self.clock.now(), None).await?;
+            self.users.enqueue_mail(job, self.clock.now()).await?;
         }
         Ok(())
     }
@@ -219,20 +219,31 @@ impl AuthService {
                     client.ip.as_deref(),
                 )
                 .await?;
-            let outcome = self
-                .users
-                .reset_password(&token, user, hash.clone(), now, audit, removal, notice)
-                .await?;
-            match outcome {
-                ResetOutcome::Reset => break,
-                ResetOutcome::Refused => return Err(RedeemError::InvalidToken),
-                ResetOutcome::FactorsChanged if attempts < RESET_ATTEMPTS => {}
-                ResetOutcome::FactorsChanged => {
+            let change = AccountChange::of(user.id, now)
+                .when(Condition::Current {
+                    credential_version: user.credential_version,
+                })
+                .when(Condition::SpendsToken(token.clone()))
+                .when(Condition::UnverifiedFactorsAre(removal.clone()))
+                .new_password(hash.clone(), None)
+                .then(Edit::SetEmailVerified(true))
+                .then(Edit::SpendTokens(vec![
+                    EmailTokenKind::PasswordReset,
+                    EmailTokenKind::EmailChange,
+                ]))
+                .then(Edit::RemoveFactors(removal))
+                .recording(audit)
+                .mailing(notice);
+            match self.users.apply(change).await? {
+                Applied::Refused(Refusal::FactorsChanged) if attempts < RESET_ATTEMPTS => {}
+                Applied::Refused(Refusal::FactorsChanged) => {
                     return Err(BackendError::unexpected(
                         "the factors to remove kept changing during a reset",
                     )
                     .into());
                 }
+                Applied::Refused(_) => return Err(RedeemError::InvalidToken),
+                Applied::Done(_) | Applied::Deleted => break,
             }
         }
         if self.limits.enabled {
@@ -268,7 +279,7 @@ impl AuthService {
             .await?
         {
             self.users
-                .enqueue_mail(MailJob::Verification { user_id }, self.clock.now(), None)
+                .enqueue_mail(MailJob::Verification { user_id }, self.clock.now())
                 .await?;
         }
         Ok(())
@@ -283,17 +294,18 @@ impl AuthService {
             .usable_token(token, EmailTokenKind::Verification)
             .await?;
         let now = self.clock.now();
-        let audit = self.event(AuditKind::EmailVerified, &record.user, now);
+        // Only the address the link was sent to is proved by it.
+        let change = AccountChange::of(record.user.id, now)
+            .when(Condition::AddressIs(record.email))
+            .when(Condition::SpendsToken(EmailTokenHash::of(token)))
+            .then(Edit::SetEmailVerified(true))
+            .then(Edit::Touch)
+            .recording(self.event(AuditKind::EmailVerified, &record.user, now));
         self.users
-            .verify_email(
-                &EmailTokenHash::of(token),
-                record.user.id,
-                &record.email,
-                now,
-                audit,
-            )
+            .apply(change)
             .await?
-            .ok_or(RedeemError::InvalidToken)
+            .user()
+            .map_err(|_| RedeemError::InvalidToken)
     }
 
     /// Asks, with the current password, to move the caller's account to `new_email`: a link
@@ -336,7 +348,7 @@ impl AuthService {
             new_email,
             keep: principal.session_id,
         };
-        self.users.enqueue_mail(job, self.clock.now(), None).await?;
+        self.users.enqueue_mail(job, self.clock.now()).await?;
         Ok(())
     }
 
@@ -356,21 +368,31 @@ impl AuthService {
             .event(AuditKind::EmailChanged, &record.user, now)
             .with("from", record.user.email.as_str())
             .with("to", new_email.as_str());
+        let change = AccountChange::of(record.user.id, now)
+            .when(Condition::Current {
+                credential_version: record.user.credential_version,
+            })
+            .when(Condition::SpendsToken(EmailTokenHash::of(token)))
+            .then(Edit::SetEmail(new_email))
+            .then(Edit::SetEmailVerified(true))
+            .then(Edit::BumpCredentialVersion)
+            .then(Edit::Touch)
+            .then(Edit::EndSessions {
+                keep: record.keep_session,
+            })
+            .then(Edit::SpendTokens(vec![
+                EmailTokenKind::Verification,
+                EmailTokenKind::EmailChange,
+            ]))
+            .recording(audit);
         self.users
-            .change_email(
-                &EmailTokenHash::of(token),
-                &record.user,
-                &new_email,
-                record.keep_session,
-                now,
-                audit,
-            )
-            .await
-            .map_err(|err| match err {
-                CreateUserError::EmailTaken => RedeemError::EmailTaken,
-                CreateUserError::Backend(err) => RedeemError::Backend(err),
-            })?
-            .ok_or(RedeemError::InvalidToken)
+            .apply(change)
+            .await?
+            .user()
+            .map_err(|refusal| match refusal {
+                Refusal::AddressTaken => RedeemError::EmailTaken,
+                _ => RedeemError::InvalidToken,
+            })
     }
 
     /// The operator's reset link for the user at `email`, for when mail is down.
@@ -815,10 +837,9 @@ mod tests {
                     requested_by: Some(client()),
                 }),
                 always(),
-                eq(None),
             )
             .times(1)
-            .returning(|_, _, _| Ok(()));
+            .returning(|_, _| Ok(()));
         m.service()
             .forgot_password(email("nobody@example.com"), &client())
             .await
@@ -876,7 +897,7 @@ mod tests {
                 .expect_find_email_token()
                 .returning(move |_| Ok(Some(rec.clone())));
             m.hasher.expect_hash().never();
-            m.users.expect_reset_password().never();
+            m.users.expect_apply().never();
             let err = m
                 .service()
                 .reset_password("token", Password::parse("new password").unwrap(), &client())
@@ -925,17 +946,39 @@ mod tests {
             .returning(|_| Ok(PasswordHash::new("new-hash".into())));
         no_factors(&mut m);
         m.users
-            .expect_reset_password()
-            .withf(|token, user, hash, _, audit, removal, notice| {
-                *token == EmailTokenHash::of("token")
-                    && user.id == UserId(5)
-                    && hash.as_str() == "new-hash"
+            .expect_apply()
+            .withf(|change| {
+                let [audit] = change.audit.as_slice() else {
+                    return false;
+                };
+                change.user == UserId(5)
+                    && change.conditions
+                        == [
+                            Condition::Current {
+                                credential_version: 0,
+                            },
+                            Condition::SpendsToken(EmailTokenHash::of("token")),
+                            Condition::UnverifiedFactorsAre(FactorRemoval::default()),
+                        ]
+                    && change.edits
+                        == [
+                            Edit::SetPasswordHash(PasswordHash::new("new-hash".into())),
+                            Edit::BumpCredentialVersion,
+                            Edit::Touch,
+                            Edit::EndSessions { keep: None },
+                            Edit::SetEmailVerified(true),
+                            Edit::SpendTokens(vec![
+                                EmailTokenKind::PasswordReset,
+                                EmailTokenKind::EmailChange,
+                            ]),
+                            Edit::RemoveFactors(FactorRemoval::default()),
+                        ]
+                    && audit.kind == AuditKind::PasswordReset
                     && audit.client == client()
-                    && removal.is_empty()
-                    && notice.is_none()
+                    && change.mail.is_empty()
             })
             .times(1)
-            .returning(|_, _, _, _, _, _, _| Ok(ResetOutcome::Reset));
+            .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
         let mut limiter = crate::domain::ports::MockRateLimiter::new();
         limiter
             .expect_clear_failures()
@@ -997,33 +1040,39 @@ mod tests {
         // The first attempt finds a factor added meanwhile; the second reads again.
         let mut seq = mockall::Sequence::new();
         m.users
-            .expect_reset_password()
+            .expect_apply()
             .times(1)
             .in_sequence(&mut seq)
-            .returning(|_, _, _, _, _, _, _| Ok(ResetOutcome::FactorsChanged));
+            .returning(|_| Ok(Applied::Refused(Refusal::FactorsChanged)));
         m.users
-            .expect_reset_password()
-            .withf(|_, _, _, _, audit, removal, notice| {
+            .expect_apply()
+            .withf(|change| {
                 let removed = "TOTP (authenticator app), passkey \"Impostor's\"";
-                *removal
-                    == FactorRemoval {
-                        totp: true,
-                        passkeys: vec![uuid::Uuid::from_u128(2)],
-                    }
+                let removal = FactorRemoval {
+                    totp: true,
+                    passkeys: vec![uuid::Uuid::from_u128(2)],
+                };
+                let [audit] = change.audit.as_slice() else {
+                    return false;
+                };
+                change
+                    .conditions
+                    .contains(&Condition::UnverifiedFactorsAre(removal.clone()))
+                    && change.edits.last() == Some(&Edit::RemoveFactors(removal))
                     && audit.detail.get("factors_removed").map(String::as_str) == Some(removed)
-                    && *notice
-                        == Some(MailJob::FactorNotice {
+                    && change.mail
+                        == [MailJob::FactorNotice {
                             user_id: UserId(5),
                             change: FactorChange::RemovedByReset,
                             factors: vec![
                                 "TOTP (authenticator app)".into(),
                                 "passkey \"Impostor's\"".into(),
                             ],
-                        })
+                        }]
             })
             .times(1)
             .in_sequence(&mut seq)
-            .returning(|_, _, _, _, _, _, _| Ok(ResetOutcome::Reset));
+            .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
         m.service()
             .reset_password("token", Password::parse("new password").unwrap(), &client())
             .await
@@ -1057,8 +1106,8 @@ mod tests {
             .returning(|_| Ok(PasswordHash::new("h".into())));
         no_factors(&mut m);
         m.users
-            .expect_reset_password()
-            .returning(|_, _, _, _, _, _, _| Ok(ResetOutcome::Refused));
+            .expect_apply()
+            .returning(|_| Ok(Applied::Refused(Refusal::TokenSpent)));
         let err = m
             .service()
             .reset_password("token", Password::parse("new password").unwrap(), &client())

@@ -11,13 +11,12 @@ use super::AuthService;
 use super::accounts::{LoginError, login_session_error};
 use super::limits::{Action, Throttled};
 use crate::domain::mfa::{
-    AuthMethod, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge, RecoveryCodeHash,
-    RecoveryCodes, TOTP_DESCRIBED, TotpCode, TotpSecret,
+    AuthMethod, FactorRemoval, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge,
+    RecoveryCodeHash, RecoveryCodes, TOTP_DESCRIBED, TotpCode, TotpSecret,
 };
-use crate::domain::ports::TotpConfirmation;
 use crate::domain::{
-    AuditKind, BackendError, ClientInfo, FactorChange, MailJob, NewAuditEvent, Principal,
-    TokenPair, User, UserId,
+    AccountChange, AuditKind, BackendError, ClientInfo, Condition, Edit, FactorChange, MailJob,
+    NewAuditEvent, Principal, TokenPair, User, UserId,
 };
 
 /// Second-factor settings.
@@ -361,24 +360,29 @@ impl AuthService {
             client,
             self.clock.now(),
         );
-        let confirmation = TotpConfirmation {
-            user_id: user.id,
-            credential_version: user.credential_version,
-            sealed_secret: factor.sealed_secret,
-            step,
-            recovery: recovery.hashes,
-            added_unverified: !user.email_verified,
-            audit,
-            notice: self
-                .factor_notice(
-                    user,
-                    FactorChange::Added,
-                    vec![TOTP_DESCRIBED.into()],
-                    client.ip.as_deref(),
-                )
-                .await?,
-        };
-        if !self.factors.confirm_totp(confirmation).await? {
+        let notice = self
+            .factor_notice(
+                user,
+                FactorChange::Added,
+                vec![TOTP_DESCRIBED.into()],
+                client.ip.as_deref(),
+            )
+            .await?;
+        // As a reset is, on the credential version: the factor is confirmed before a reset
+        // (which then sees it) or not at all.
+        let change = AccountChange::of(user.id, audit.at)
+            .when(Condition::Current {
+                credential_version: user.credential_version,
+            })
+            .when(Condition::PendingTotpIs(factor.sealed_secret))
+            .then(Edit::ConfirmTotp {
+                step,
+                recovery: recovery.hashes,
+                added_unverified: !user.email_verified,
+            })
+            .recording(audit)
+            .mailing(notice);
+        if !self.users.apply(change).await?.kept() {
             // A second enrolment replaced the secret, another confirmation won, or the
             // password was reset or changed meanwhile.
             return Err(MfaError::InvalidCode);
@@ -422,9 +426,15 @@ impl AuthService {
                 client.ip.as_deref(),
             )
             .await?;
-        self.factors
-            .remove_factors(user.id, false, audit, notice)
-            .await?;
+        let change = AccountChange::of(user.id, audit.at)
+            .when(Condition::HasFactors { passkeys: false })
+            .then(Edit::RemoveFactors(FactorRemoval {
+                totp: true,
+                passkeys: Vec::new(),
+            }))
+            .recording(audit)
+            .mailing(notice);
+        self.users.apply(change).await?;
         Ok(())
     }
 
@@ -511,7 +521,7 @@ mod tests {
     use super::*;
     use crate::domain::mfa::{TotpFactor, totp_step};
     use crate::domain::ports::MockRateLimiter;
-    use crate::domain::{Email, Role, SessionKey};
+    use crate::domain::{Applied, Email, Refusal, Role, SessionKey};
 
     const TOKEN: &str = "the-mfa-token";
 
@@ -944,22 +954,37 @@ mod tests {
     async fn a_current_code_confirms_the_enrolment_with_ten_recovery_codes() {
         let mut m = Mocks::new();
         unconfirmed(&mut m);
-        m.factors
-            .expect_confirm_totp()
-            .withf(|c| {
-                c.user_id == UserId(7)
-                    && c.credential_version == 0
-                    && c.sealed_secret == sealed()
-                    && c.step == totp_step(now())
-                    && c.recovery.len() == 10
-                    && c.audit.kind == AuditKind::TotpEnabled
+        m.users
+            .expect_apply()
+            .withf(|change| {
+                let [
+                    Edit::ConfirmTotp {
+                        step,
+                        recovery,
+                        added_unverified,
+                    },
+                ] = change.edits.as_slice()
+                else {
+                    return false;
+                };
+                change.user == UserId(7)
+                    && change.conditions
+                        == [
+                            Condition::Current {
+                                credential_version: 0,
+                            },
+                            Condition::PendingTotpIs(sealed()),
+                        ]
+                    && *step == totp_step(now())
+                    && recovery.len() == 10
+                    && matches!(change.audit.as_slice(), [a] if a.kind == AuditKind::TotpEnabled)
                     // The address is unverified: a reset will remove it.
-                    && c.added_unverified
+                    && *added_unverified
                     // No transport: no notice.
-                    && c.notice.is_none()
+                    && change.mail.is_empty()
             })
             .times(1)
-            .returning(|_| Ok(true));
+            .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
         let codes = m
             .service()
             .confirm_totp(&principal(), &code_at(0), &ClientInfo::default())
@@ -972,7 +997,7 @@ mod tests {
     async fn a_wrong_code_or_a_replaced_secret_confirms_nothing() {
         let mut m = Mocks::new();
         unconfirmed(&mut m);
-        m.factors.expect_confirm_totp().never();
+        m.users.expect_apply().never();
         let err = m
             .service()
             .confirm_totp(&principal(), &code_at(3), &ClientInfo::default())
@@ -982,7 +1007,9 @@ mod tests {
 
         let mut m = Mocks::new();
         unconfirmed(&mut m);
-        m.factors.expect_confirm_totp().returning(|_| Ok(false));
+        m.users
+            .expect_apply()
+            .returning(|_| Ok(Applied::Refused(Refusal::TotpChanged)));
         let err = m
             .service()
             .confirm_totp(&principal(), &code_at(0), &ClientInfo::default())
@@ -999,13 +1026,20 @@ mod tests {
             .expect_find_totp()
             .returning(|_| Ok(Some(factor(None))));
         m.factors.expect_use_totp_step().returning(|_, _| Ok(true));
-        m.factors
-            .expect_remove_factors()
-            .withf(|id, passkeys, audit, _| {
-                *id == UserId(7) && !passkeys && audit.kind == AuditKind::TotpDisabled
+        m.users
+            .expect_apply()
+            .withf(|change| {
+                change.user == UserId(7)
+                    && change.conditions == [Condition::HasFactors { passkeys: false }]
+                    && change.edits
+                        == [Edit::RemoveFactors(FactorRemoval {
+                            totp: true,
+                            passkeys: Vec::new(),
+                        })]
+                    && matches!(change.audit.as_slice(), [a] if a.kind == AuditKind::TotpDisabled)
             })
             .times(1)
-            .returning(|_, _, _, _| Ok(true));
+            .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
         m.service()
             .disable_totp(
                 &principal(),
@@ -1020,7 +1054,7 @@ mod tests {
         m.factors
             .expect_find_totp()
             .returning(|_| Ok(Some(factor(Some(totp_step(now()))))));
-        m.factors.expect_remove_factors().never();
+        m.users.expect_apply().never();
         let err = m
             .service()
             .disable_totp(

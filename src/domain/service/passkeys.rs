@@ -13,11 +13,13 @@ use super::accounts::{LoginError, login_session_error};
 use super::limits::{Action, Throttled};
 use super::mfa::{MfaError, Proof};
 use super::{AuthService, CookieSession};
-use crate::domain::mfa::{AuthMethod, Ceremony, CeremonyKind, MAX_PASSKEYS, Passkey};
-use crate::domain::ports::{CeremonyError, PasskeyAdded, PasskeyCeremonies};
+use crate::domain::mfa::{
+    AuthMethod, Ceremony, CeremonyKind, FactorRemoval, MAX_PASSKEYS, Passkey,
+};
+use crate::domain::ports::{CeremonyError, PasskeyCeremonies};
 use crate::domain::{
-    AuditKind, BackendError, ClientInfo, FactorChange, NewAuditEvent, Principal, TokenPair, User,
-    UserId,
+    AccountChange, Applied, AuditKind, BackendError, ClientInfo, Condition, Edit, FactorChange,
+    NewAuditEvent, Principal, Refusal, TokenPair, User, UserId,
 };
 
 /// Why a passkey use case failed.
@@ -208,15 +210,20 @@ impl AuthService {
                 client.ip.as_deref(),
             )
             .await?;
-        match self
-            .factors
-            .add_passkey(passkey.clone(), user.credential_version, audit, notice)
-            .await?
-        {
-            PasskeyAdded::Added => Ok(passkey),
-            PasskeyAdded::CredentialTaken => Err(PasskeyError::AlreadyRegistered),
+        // As a reset is, on the credential version: stored before a reset (which then sees
+        // it), or refused.
+        let change = AccountChange::of(user.id, now)
+            .when(Condition::Current {
+                credential_version: user.credential_version,
+            })
+            .then(Edit::AddPasskey(passkey.clone()))
+            .recording(audit)
+            .mailing(notice);
+        match self.users.apply(change).await? {
+            Applied::Refused(Refusal::CredentialTaken) => Err(PasskeyError::AlreadyRegistered),
             // A reset or a new password since this request began: it vouches for nothing.
-            PasskeyAdded::UserChanged => Err(PasskeyError::InvalidResponse),
+            Applied::Refused(_) => Err(PasskeyError::InvalidResponse),
+            Applied::Done(_) | Applied::Deleted => Ok(passkey),
         }
     }
 
@@ -353,11 +360,15 @@ impl AuthService {
                 client.ip.as_deref(),
             )
             .await?;
-        if self
-            .factors
-            .remove_passkey(user.id, id, audit, notice)
-            .await?
-        {
+        let change = AccountChange::of(user.id, audit.at)
+            .when(Condition::HoldsPasskey(id))
+            .then(Edit::RemoveFactors(FactorRemoval {
+                totp: false,
+                passkeys: vec![id],
+            }))
+            .recording(audit)
+            .mailing(notice);
+        if self.users.apply(change).await?.kept() {
             Ok(())
         } else {
             Err(PasskeyError::NotFound)
@@ -585,7 +596,7 @@ mod tests {
             m.factors
                 .expect_take_ceremony()
                 .returning(move |_, _| Ok(Some(ceremony(kind, owner))));
-            m.factors.expect_add_passkey().never();
+            m.users.expect_apply().never();
             let err = m
                 .service()
                 .finish_passkey_registration(&principal(), ANSWER, None, &ClientInfo::default())
@@ -597,10 +608,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_verified_registration_stores_the_passkey_with_its_name_once() {
-        for added in [
-            PasskeyAdded::Added,
-            PasskeyAdded::CredentialTaken,
-            PasskeyAdded::UserChanged,
+        for applied in [
+            None,
+            Some(Refusal::CredentialTaken),
+            Some(Refusal::NotCurrent),
         ] {
             let mut m = Mocks::new();
             let mut ceremonies = ceremonies();
@@ -619,32 +630,43 @@ mod tests {
                 .with(eq("challenge"), eq(now()))
                 .returning(|_, _| Ok(Some(ceremony(CeremonyKind::Registration, Some(7)))));
             m.factors.expect_list_passkeys().returning(|_| Ok(vec![]));
-            m.factors
-                .expect_add_passkey()
-                .withf(|passkey, version, audit, notice| {
+            m.users
+                .expect_apply()
+                .withf(|change| {
+                    let [Edit::AddPasskey(passkey)] = change.edits.as_slice() else {
+                        return false;
+                    };
                     passkey.user_id == UserId(7)
                         && passkey.name == "Passkey 1"
                         && passkey.credential_id == [9]
                         // Added while the address is unverified: a reset removes it.
                         && passkey.added_unverified
                         // Only if the password is still the one of this session's login.
-                        && *version == 0
-                        && audit.kind == AuditKind::PasskeyAdded
-                        && notice.is_none()
+                        && change.conditions
+                            == [Condition::Current {
+                                credential_version: 0,
+                            }]
+                        && matches!(change.audit.as_slice(), [a] if a.kind == AuditKind::PasskeyAdded)
+                        && change.mail.is_empty()
                 })
                 .times(1)
-                .returning(move |_, _, _, _| Ok(added));
+                .returning(move |change| {
+                    Ok(applied.map_or_else(
+                        || Applied::Done(user(change.user.0, Role::User, false)),
+                        Applied::Refused,
+                    ))
+                });
             let result = m
                 .service()
                 .finish_passkey_registration(&principal(), ANSWER, None, &ClientInfo::default())
                 .await;
-            match (added, result) {
-                (PasskeyAdded::Added, Ok(passkey)) => {
+            match (applied, result) {
+                (None, Ok(passkey)) => {
                     assert_eq!(passkey.credential, "new-credential");
                 }
-                (PasskeyAdded::CredentialTaken, Err(PasskeyError::AlreadyRegistered))
-                | (PasskeyAdded::UserChanged, Err(PasskeyError::InvalidResponse)) => {}
-                (added, result) => panic!("{added:?}: {result:?}"),
+                (Some(Refusal::CredentialTaken), Err(PasskeyError::AlreadyRegistered))
+                | (Some(Refusal::NotCurrent), Err(PasskeyError::InvalidResponse)) => {}
+                (applied, result) => panic!("{applied:?}: {result:?}"),
             }
         }
     }
@@ -667,31 +689,37 @@ mod tests {
         m.factors
             .expect_list_passkeys()
             .returning(|id| Ok(vec![stored(id.0)]));
-        m.factors
-            .expect_add_passkey()
-            .withf(|_, _, _, notice| {
-                *notice
-                    == Some(crate::domain::MailJob::FactorNotice {
-                        user_id: UserId(7),
-                        change: FactorChange::Added,
-                        factors: vec!["passkey \"Phone\"".into()],
-                    })
+        m.users
+            .expect_apply()
+            .withf(|change| {
+                matches!(change.edits.as_slice(), [Edit::AddPasskey(_)])
+                    && change.mail
+                        == [crate::domain::MailJob::FactorNotice {
+                            user_id: UserId(7),
+                            change: FactorChange::Added,
+                            factors: vec!["passkey \"Phone\"".into()],
+                        }]
             })
             .times(1)
-            .returning(|_, _, _, _| Ok(PasskeyAdded::Added));
-        m.factors
-            .expect_remove_passkey()
-            .withf(|_, id, _, notice| {
-                *id == Uuid::from_u128(1)
-                    && *notice
-                        == Some(crate::domain::MailJob::FactorNotice {
+            .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
+        m.users
+            .expect_apply()
+            .withf(|change| {
+                change.conditions == [Condition::HoldsPasskey(Uuid::from_u128(1))]
+                    && change.edits
+                        == [Edit::RemoveFactors(FactorRemoval {
+                            totp: false,
+                            passkeys: vec![Uuid::from_u128(1)],
+                        })]
+                    && change.mail
+                        == [crate::domain::MailJob::FactorNotice {
                             user_id: UserId(7),
                             change: FactorChange::Removed,
                             factors: vec!["passkey \"Laptop\"".into()],
-                        })
+                        }]
             })
             .times(1)
-            .returning(|_, _, _, _| Ok(true));
+            .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
         let service = m.service();
         service
             .finish_passkey_registration(
@@ -841,7 +869,7 @@ mod tests {
             .expect_list_passkeys()
             .with(eq(UserId(7)))
             .returning(|id| Ok(vec![stored(id.0)]));
-        m.factors.expect_remove_passkey().never();
+        m.users.expect_apply().never();
         let err = m
             .service()
             .remove_passkey(&principal(), Uuid::from_u128(5), &ClientInfo::default())

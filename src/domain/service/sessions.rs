@@ -4,8 +4,8 @@ use super::AuthService;
 use super::limits::{Action, LimitError, Throttled};
 use crate::domain::ports::Rotation;
 use crate::domain::{
-    AuditKind, BackendError, ClientInfo, NewAuditEvent, Password, PasswordError, Principal,
-    RefreshTokenHash, Session, SessionId, TokenPair,
+    AccountChange, AuditKind, BackendError, ClientInfo, Condition, NewAuditEvent, Password,
+    PasswordError, Principal, RefreshTokenHash, Session, SessionId, TokenPair,
 };
 
 /// Why a refresh was refused. Every variant answers 401 to the client.
@@ -215,10 +215,19 @@ impl AuthService {
             client,
             now,
         );
-        self.users
-            .set_password(principal.user.id, hash, principal.session_id, now, audit)
-            .await?;
-        Ok(())
+        // The password was checked against the hash this request read: a reset, another
+        // change or a deactivation since makes it not the current one any more.
+        let change = AccountChange::of(user.id, now)
+            .when(Condition::Current {
+                credential_version: user.credential_version,
+            })
+            .new_password(hash, principal.session_id)
+            .recording(audit);
+        if self.users.apply(change).await?.kept() {
+            Ok(())
+        } else {
+            Err(ChangePasswordError::WrongPassword)
+        }
     }
 
     /// Checks the password of a signed-in caller: the one path for every use case that asks
@@ -280,7 +289,7 @@ mod tests {
     use super::super::test_support::{Mocks, session, user};
     use super::*;
     use crate::domain::ports::MockRateLimiter;
-    use crate::domain::{PasswordHash, RefreshTokenRecord, Role, UserId};
+    use crate::domain::{Applied, Edit, PasswordHash, RefreshTokenRecord, Role, UserId};
 
     const PRESENTED: &str = "presented-refresh-token";
 
@@ -530,17 +539,26 @@ mod tests {
             .expect_hash()
             .times(1)
             .returning(|_| Ok(PasswordHash::new("new-hash".into())));
+        let now = m.now;
         m.users
-            .expect_set_password()
-            .with(
-                eq(UserId(5)),
-                eq(PasswordHash::new("new-hash".into())),
-                eq(Some(sid)),
-                eq(m.now),
-                always(),
-            )
+            .expect_apply()
+            .withf(move |change| {
+                change.user == UserId(5)
+                    && change.at == now
+                    && change.conditions
+                        == [Condition::Current {
+                            credential_version: 0,
+                        }]
+                    && change.edits
+                        == [
+                            Edit::SetPasswordHash(PasswordHash::new("new-hash".into())),
+                            Edit::BumpCredentialVersion,
+                            Edit::Touch,
+                            Edit::EndSessions { keep: Some(sid) },
+                        ]
+            })
             .times(1)
-            .returning(|_, _, _, _, _| Ok(()));
+            .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
         m.service()
             .change_password(
                 &principal(sid),
@@ -557,7 +575,7 @@ mod tests {
         let mut m = Mocks::new();
         m.hasher.expect_verify().returning(|_, _| Ok(false));
         m.hasher.expect_hash().never();
-        m.users.expect_set_password().never();
+        m.users.expect_apply().never();
         let err = m
             .service()
             .change_password(
@@ -590,7 +608,7 @@ mod tests {
         let mut m = Mocks::new();
         m.limiter = Some(limiter_counting("password_check:", 11));
         m.hasher.expect_verify().never();
-        m.users.expect_set_password().never();
+        m.users.expect_apply().never();
         let err = m
             .service()
             .change_password(
@@ -700,13 +718,14 @@ mod tests {
             .expect_hash()
             .returning(|_| Ok(PasswordHash::new("new".into())));
         m.users
-            .expect_set_password()
-            .withf(|_, _, _, _, audit| {
-                audit.kind == crate::domain::AuditKind::PasswordChanged
-                    && audit.user_id == Some(UserId(5))
+            .expect_apply()
+            .withf(|change| {
+                matches!(change.audit.as_slice(), [audit]
+                    if audit.kind == crate::domain::AuditKind::PasswordChanged
+                        && audit.user_id == Some(UserId(5)))
             })
             .times(1)
-            .returning(|_, _, _, _, _| Ok(()));
+            .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
         m.service()
             .change_password(
                 &principal(sid),

@@ -17,7 +17,7 @@ use crate::domain::mfa::{
 use crate::domain::ports::{CeremonyStart, MockPasskeyCeremonies, VerifiedAssertion};
 use crate::domain::service::test_support::{Mocks, now, session, user};
 use crate::domain::service::user_handle;
-use crate::domain::{CookieHash, Role, SessionId, User, UserId};
+use crate::domain::{Applied, CookieHash, Role, SessionId, User, UserId};
 use crate::inbound::http::client::TrustedProxies;
 
 const HOST: &str = "console.test";
@@ -252,7 +252,7 @@ async fn a_signed_in_form_needs_the_sessions_token_not_the_visitors() {
     };
     let mut m = signed_in_as(user(1, Role::User, true), &secret);
     m.hasher.expect_verify().never();
-    m.users.expect_set_password().never();
+    m.users.expect_apply().never();
     let response = call(
         m,
         post(
@@ -271,9 +271,9 @@ async fn a_signed_in_form_needs_the_sessions_token_not_the_visitors() {
         .expect_hash()
         .returning(|_| Ok(crate::domain::PasswordHash::new("new".into())));
     m.users
-        .expect_set_password()
+        .expect_apply()
         .times(1)
-        .returning(|_, _, _, _, _| Ok(()));
+        .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
     let response = call(
         m,
         post(
@@ -567,10 +567,10 @@ async fn setting_up_shows_a_qr_code_and_the_key_and_a_first_code_shows_ten_recov
             added_unverified: false,
         }))
     });
-    m.factors
-        .expect_confirm_totp()
+    m.users
+        .expect_apply()
         .times(1)
-        .returning(|_| Ok(true));
+        .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
     let code = format!("{:06}", plain.code_at(totp_step(now())));
     let response = call(
         m,
@@ -604,10 +604,10 @@ async fn turning_the_app_off_with_a_wrong_password_says_so_on_its_field() {
             }))
         });
         m.hasher.expect_verify().returning(move |_, _| Ok(right));
-        m.factors
-            .expect_remove_factors()
+        m.users
+            .expect_apply()
             .times(usize::from(right))
-            .returning(|_, _, _, _| Ok(true));
+            .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
         let body = format!("password=guess&csrf={}", csrf_token(&secret));
         let response = call(m, post("/console/account/two-step/off", &cookies, &body)).await;
         if right {
@@ -812,7 +812,7 @@ async fn removing_a_passkey_that_is_not_the_users_says_so_on_the_page() {
     let cookies = format!("portcullis-session={secret}");
     for id in [Uuid::from_u128(5).to_string(), "not-an-id".into()] {
         let mut m = signed_in_as(user(1, Role::User, true), &secret);
-        m.factors.expect_remove_passkey().never();
+        m.users.expect_apply().never();
         m.factors.expect_list_passkeys().returning(|_| Ok(vec![]));
         let response = call(
             m,

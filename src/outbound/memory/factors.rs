@@ -13,8 +13,8 @@ use crate::domain::mfa::{
     Ceremony, FactorRemoval, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge, Passkey,
     RecoveryCodeHash, TotpFactor,
 };
-use crate::domain::ports::{FactorRepository, PasskeyAdded, TotpConfirmation};
-use crate::domain::{BackendError, MailJob, NewAuditEvent, UserId};
+use crate::domain::ports::FactorRepository;
+use crate::domain::{BackendError, UserId};
 
 /// The second factors, challenges and ceremonies of every user.
 #[derive(Default)]
@@ -63,6 +63,66 @@ impl FactorState {
         }
         self.passkeys
             .retain(|key, _| !removal.passkeys.contains(key));
+    }
+
+    /// Whether a passkey with `credential_id` is stored, for anyone.
+    pub(super) fn credential_taken(&self, credential_id: &[u8]) -> bool {
+        self.passkeys
+            .values()
+            .any(|p| p.credential_id == credential_id)
+    }
+
+    /// Whether user `id`'s TOTP secret is `sealed`, unconfirmed.
+    pub(super) fn pending_totp_is(&self, id: UserId, sealed: &[u8]) -> bool {
+        self.totp
+            .get(&id)
+            .is_some_and(|t| t.confirmed_at.is_none() && t.sealed_secret == sealed)
+    }
+
+    /// Whether user `id` holds passkey `passkey`.
+    pub(super) fn holds(&self, id: UserId, passkey: Uuid) -> bool {
+        self.passkeys.get(&passkey).is_some_and(|p| p.user_id == id)
+    }
+
+    /// Whether user `id` has a TOTP factor or recovery codes, or, with `passkeys`, a passkey.
+    pub(super) fn has_any(&self, id: UserId, passkeys: bool) -> bool {
+        self.totp.contains_key(&id)
+            || self
+                .recovery
+                .get(&id)
+                .is_some_and(|codes| !codes.is_empty())
+            || (passkeys && self.passkeys.values().any(|p| p.user_id == id))
+    }
+
+    /// The ids of user `id`'s passkeys.
+    pub(super) fn passkeys_of(&self, id: UserId) -> Vec<Uuid> {
+        self.passkeys
+            .values()
+            .filter(|p| p.user_id == id)
+            .map(|p| p.id)
+            .collect()
+    }
+
+    /// Confirms user `id`'s pending TOTP factor at `at`.
+    pub(super) fn confirm_totp(
+        &mut self,
+        id: UserId,
+        step: i64,
+        recovery: Vec<RecoveryCodeHash>,
+        added_unverified: bool,
+        at: DateTime<Utc>,
+    ) {
+        if let Some(totp) = self.totp.get_mut(&id) {
+            totp.confirmed_at = Some(at);
+            totp.last_step = Some(step);
+            totp.added_unverified = added_unverified;
+        }
+        self.recovery
+            .insert(id, recovery.into_iter().map(|hash| (hash, None)).collect());
+    }
+
+    pub(super) fn add_passkey(&mut self, passkey: Passkey) {
+        self.passkeys.insert(passkey.id, passkey);
     }
 
     /// Drops the challenges and ceremonies expired at `now`.
@@ -129,42 +189,6 @@ impl FactorRepository for MemoryUserRepository {
         Ok(true)
     }
 
-    async fn confirm_totp(&self, confirmation: TotpConfirmation) -> Result<bool, BackendError> {
-        let TotpConfirmation {
-            user_id: id,
-            credential_version,
-            sealed_secret,
-            step,
-            recovery,
-            added_unverified,
-            audit,
-            notice,
-        } = confirmation;
-        let mut state = self.state()?;
-        if state.current_user(id, credential_version).is_none() {
-            return Ok(false);
-        }
-        let factors = &mut state.factors;
-        let Some(totp) = factors
-            .totp
-            .get_mut(&id)
-            .filter(|t| t.confirmed_at.is_none() && t.sealed_secret == sealed_secret)
-        else {
-            return Ok(false);
-        };
-        totp.confirmed_at = Some(audit.at);
-        totp.last_step = Some(step);
-        totp.added_unverified = added_unverified;
-        factors
-            .recovery
-            .insert(id, recovery.into_iter().map(|hash| (hash, None)).collect());
-        if let Some(notice) = notice {
-            state.enqueue(notice, audit.at);
-        }
-        state.record(audit);
-        Ok(true)
-    }
-
     async fn use_totp_step(&self, id: UserId, step: i64) -> Result<bool, BackendError> {
         let mut state = self.state()?;
         match state.factors.totp.get_mut(&id) {
@@ -197,32 +221,6 @@ impl FactorRepository for MemoryUserRepository {
             }
             _ => Ok(false),
         }
-    }
-
-    async fn remove_factors(
-        &self,
-        id: UserId,
-        passkeys: bool,
-        audit: NewAuditEvent,
-        notice: Option<MailJob>,
-    ) -> Result<bool, BackendError> {
-        let mut state = self.state()?;
-        let factors = &mut state.factors;
-        let mut removed = usize::from(factors.totp.remove(&id).is_some());
-        removed += factors.recovery.remove(&id).map_or(0, |codes| codes.len());
-        if passkeys {
-            let before = factors.passkeys.len();
-            factors.passkeys.retain(|_, p| p.user_id != id);
-            removed += before - factors.passkeys.len();
-        }
-        if removed == 0 {
-            return Ok(false);
-        }
-        if let Some(notice) = notice {
-            state.enqueue(notice, audit.at);
-        }
-        state.record(audit);
-        Ok(true)
     }
 
     async fn store_mfa_challenge(&self, challenge: NewMfaChallenge) -> Result<(), BackendError> {
@@ -297,36 +295,6 @@ impl FactorRepository for MemoryUserRepository {
         Ok(found)
     }
 
-    async fn add_passkey(
-        &self,
-        passkey: Passkey,
-        credential_version: i64,
-        audit: NewAuditEvent,
-        notice: Option<MailJob>,
-    ) -> Result<PasskeyAdded, BackendError> {
-        let mut state = self.state()?;
-        known_user(&state, passkey.user_id)?;
-        if state
-            .current_user(passkey.user_id, credential_version)
-            .is_none()
-        {
-            return Ok(PasskeyAdded::UserChanged);
-        }
-        let passkeys = &mut state.factors.passkeys;
-        if passkeys
-            .values()
-            .any(|p| p.credential_id == passkey.credential_id)
-        {
-            return Ok(PasskeyAdded::CredentialTaken);
-        }
-        passkeys.insert(passkey.id, passkey);
-        if let Some(notice) = notice {
-            state.enqueue(notice, audit.at);
-        }
-        state.record(audit);
-        Ok(PasskeyAdded::Added)
-    }
-
     async fn find_passkey(&self, credential_id: &[u8]) -> Result<Option<Passkey>, BackendError> {
         Ok(self
             .state()?
@@ -350,26 +318,6 @@ impl FactorRepository for MemoryUserRepository {
             }
         }
         Ok(())
-    }
-
-    async fn remove_passkey(
-        &self,
-        user_id: UserId,
-        id: Uuid,
-        audit: NewAuditEvent,
-        notice: Option<MailJob>,
-    ) -> Result<bool, BackendError> {
-        let mut state = self.state()?;
-        let passkeys = &mut state.factors.passkeys;
-        if passkeys.get(&id).is_none_or(|p| p.user_id != user_id) {
-            return Ok(false);
-        }
-        passkeys.remove(&id);
-        if let Some(notice) = notice {
-            state.enqueue(notice, audit.at);
-        }
-        state.record(audit);
-        Ok(true)
     }
 
     async fn rename_passkey(

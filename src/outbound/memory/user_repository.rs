@@ -9,16 +9,14 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::factors::FactorState;
-use crate::domain::mfa::FactorRemoval;
 use crate::domain::ports::{
-    AdminWriteError, CreateSessionError, CreateUserError, MailOutbox, ResetOutcome, Rotation,
-    UserRepository,
+    CreateSessionError, CreateUserError, MailOutbox, Rotation, UserRepository,
 };
 use crate::domain::{
-    AuditEvent, AuditQuery, BackendError, ClientInfo, CookieHash, Email, EmailTokenHash,
-    EmailTokenKind, EmailTokenRecord, FOLDED_COUNT, MailJob, NewAuditEvent, NewEmailToken,
-    NewRefreshToken, NewSession, NewUser, OutboxDepth, PasswordHash, QueuedMail, RefreshTokenHash,
-    RefreshTokenRecord, Role, Session, SessionId, SessionKey, User, UserChanges, UserId, UserQuery,
+    AccountChange, Applied, AuditEvent, AuditQuery, BackendError, ClientInfo, CookieHash, Email,
+    EmailTokenHash, EmailTokenKind, EmailTokenRecord, FOLDED_COUNT, MailJob, NewAuditEvent,
+    NewEmailToken, NewRefreshToken, NewSession, NewUser, OutboxDepth, QueuedMail, RefreshTokenHash,
+    RefreshTokenRecord, Role, Session, SessionId, SessionKey, User, UserId, UserQuery,
 };
 
 #[derive(Default)]
@@ -66,7 +64,7 @@ impl State {
     }
 
     /// Active admins other than `id`.
-    fn other_admins(&self, id: UserId) -> usize {
+    pub(super) fn other_admins(&self, id: UserId) -> usize {
         self.users
             .values()
             .filter(|u| u.id != id && u.role == Role::Admin && u.is_active)
@@ -89,7 +87,12 @@ impl State {
     }
 
     /// Spends every unspent token of `user_id` of one of `kinds`.
-    fn spend_tokens(&mut self, user_id: UserId, kinds: &[EmailTokenKind], now: DateTime<Utc>) {
+    pub(super) fn spend_tokens(
+        &mut self,
+        user_id: UserId,
+        kinds: &[EmailTokenKind],
+        now: DateTime<Utc>,
+    ) {
         let State {
             email_tokens,
             spent_email_tokens,
@@ -103,7 +106,12 @@ impl State {
     }
 
     /// Spends `token` if it is unspent and of `user_id`; says whether it did.
-    fn spend(&mut self, token: &EmailTokenHash, user_id: UserId, now: DateTime<Utc>) -> bool {
+    pub(super) fn spend(
+        &mut self,
+        token: &EmailTokenHash,
+        user_id: UserId,
+        now: DateTime<Utc>,
+    ) -> bool {
         let ours = self
             .email_tokens
             .get(token)
@@ -115,14 +123,52 @@ impl State {
         true
     }
 
-    /// The user `id` if active at `version`.
-    pub(super) fn current_user(&mut self, id: UserId, version: i64) -> Option<&mut User> {
-        self.users
-            .get_mut(&id)
-            .filter(|u| u.is_active && u.credential_version == version)
+    /// The user holding the address of look-alike key `key`.
+    pub(super) fn owner_of(&self, key: &str) -> Option<UserId> {
+        self.by_email.get(key).copied()
     }
 
-    fn end_sessions(&mut self, user_id: UserId, keep: Option<SessionId>, now: DateTime<Utc>) {
+    /// Moves user `id` from the address key `old` to `new`.
+    pub(super) fn rekey(&mut self, old: &str, new: String, id: UserId) {
+        self.by_email.remove(old);
+        self.by_email.insert(new, id);
+    }
+
+    /// Whether `token` is unspent and of `user_id`.
+    pub(super) fn unspent(&self, token: &EmailTokenHash, user_id: UserId) -> bool {
+        self.email_tokens
+            .get(token)
+            .is_some_and(|t| t.user_id == user_id)
+            && !self.spent_email_tokens.contains_key(token)
+    }
+
+    /// Deletes user `id` with everything of theirs but their audit events, as the database's
+    /// ON DELETE CASCADE does.
+    pub(super) fn delete(&mut self, id: UserId) {
+        let Some(user) = self.users.remove(&id) else {
+            return;
+        };
+        self.by_email.remove(user.email.key());
+        self.sessions.retain(|_, s| s.user_id != id);
+        let Self {
+            sessions,
+            refresh_tokens,
+            cookies,
+            email_tokens,
+            ..
+        } = self;
+        refresh_tokens.retain(|_, t| sessions.contains_key(&t.session_id));
+        cookies.retain(|_, session| sessions.contains_key(session));
+        email_tokens.retain(|_, t| t.user_id != id);
+        self.factors.forget_user(id);
+    }
+
+    pub(super) fn end_sessions(
+        &mut self,
+        user_id: UserId,
+        keep: Option<SessionId>,
+        now: DateTime<Utc>,
+    ) {
         for session in self.sessions.values_mut() {
             if session.user_id == user_id && Some(session.id) != keep && session.ended_at.is_none()
             {
@@ -209,85 +255,8 @@ impl UserRepository for MemoryUserRepository {
         Ok(None)
     }
 
-    async fn update_user(
-        &self,
-        id: UserId,
-        changes: UserChanges,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<Option<User>, AdminWriteError> {
-        let mut state = self.state()?;
-        let Some(user) = state.users.get(&id) else {
-            return Ok(None);
-        };
-        let stays_admin = changes.role.unwrap_or(user.role) == Role::Admin
-            && changes.is_active.unwrap_or(user.is_active);
-        if !stays_admin && state.other_admins(id) == 0 && user.role == Role::Admin && user.is_active
-        {
-            return Err(AdminWriteError::LastAdmin);
-        }
-        let Some(user) = state.users.get_mut(&id) else {
-            return Ok(None);
-        };
-        let deactivated = user.is_active && changes.is_active == Some(false);
-        user.role = changes.role.unwrap_or(user.role);
-        user.is_active = changes.is_active.unwrap_or(user.is_active);
-        user.email_verified = changes.email_verified.unwrap_or(user.email_verified);
-        if let Some(name) = changes.full_name {
-            user.full_name = name;
-        }
-        if deactivated {
-            user.credential_version += 1;
-        }
-        user.updated_at = now;
-        let updated = user.clone();
-        if deactivated {
-            state.end_sessions(id, None, now);
-        }
-        state.record(audit);
-        Ok(Some(updated))
-    }
-
-    async fn delete_user(&self, id: UserId, audit: NewAuditEvent) -> Result<bool, AdminWriteError> {
-        let mut state = self.state()?;
-        let Some(user) = state.users.get(&id) else {
-            return Ok(false);
-        };
-        if user.role == Role::Admin && user.is_active && state.other_admins(id) == 0 {
-            return Err(AdminWriteError::LastAdmin);
-        }
-        let key = user.email.key().to_owned();
-        state.users.remove(&id);
-        state.by_email.remove(&key);
-        state.sessions.retain(|_, s| s.user_id != id);
-        let State {
-            sessions,
-            refresh_tokens,
-            cookies,
-            email_tokens,
-            ..
-        } = &mut *state;
-        refresh_tokens.retain(|_, t| sessions.contains_key(&t.session_id));
-        cookies.retain(|_, session| sessions.contains_key(session));
-        email_tokens.retain(|_, t| t.user_id != id);
-        state.factors.forget_user(id);
-        state.record(audit);
-        Ok(true)
-    }
-
-    async fn end_all_sessions(
-        &self,
-        id: UserId,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<bool, BackendError> {
-        let mut state = self.state()?;
-        if !state.users.contains_key(&id) {
-            return Ok(false);
-        }
-        state.end_sessions(id, None, now);
-        state.record(audit);
-        Ok(true)
+    async fn apply(&self, change: AccountChange) -> Result<Applied, BackendError> {
+        Ok(self.state()?.apply(change))
     }
 
     async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, BackendError> {
@@ -376,41 +345,6 @@ impl UserRepository for MemoryUserRepository {
                 event: event.clone(),
             })
             .collect())
-    }
-
-    async fn rehash_password(
-        &self,
-        id: UserId,
-        old: &PasswordHash,
-        new: PasswordHash,
-    ) -> Result<bool, BackendError> {
-        let mut state = self.state()?;
-        match state.users.get_mut(&id) {
-            Some(user) if user.password_hash == *old => {
-                user.password_hash = new;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    async fn set_password(
-        &self,
-        id: UserId,
-        hash: PasswordHash,
-        keep: Option<SessionId>,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<(), BackendError> {
-        let mut state = self.state()?;
-        if let Some(user) = state.users.get_mut(&id) {
-            user.password_hash = hash;
-            user.credential_version += 1;
-            user.updated_at = now;
-            state.end_sessions(id, keep, now);
-            state.record(audit);
-        }
-        Ok(())
     }
 
     async fn create_session(
@@ -592,17 +526,8 @@ impl UserRepository for MemoryUserRepository {
         }
     }
 
-    async fn enqueue_mail(
-        &self,
-        job: MailJob,
-        now: DateTime<Utc>,
-        audit: Option<NewAuditEvent>,
-    ) -> Result<(), BackendError> {
-        let mut state = self.state()?;
-        state.enqueue(job, now);
-        if let Some(audit) = audit {
-            state.record(audit);
-        }
+    async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError> {
+        self.state()?.enqueue(job, now);
         Ok(())
     }
 
@@ -635,121 +560,6 @@ impl UserRepository for MemoryUserRepository {
                 spent_at: state.spent_email_tokens.get(hash).copied(),
             })
         }))
-    }
-
-    async fn reset_password(
-        &self,
-        token: &EmailTokenHash,
-        user: &User,
-        hash: PasswordHash,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-        removal: FactorRemoval,
-        notice: Option<MailJob>,
-    ) -> Result<ResetOutcome, BackendError> {
-        let mut state = self.state()?;
-        // One lock: the checks and the writes cannot be interleaved.
-        if state
-            .current_user(user.id, user.credential_version)
-            .is_none()
-        {
-            return Ok(ResetOutcome::Refused);
-        }
-        if !state.factors.added_unverified(user.id).same_as(&removal) {
-            return Ok(ResetOutcome::FactorsChanged);
-        }
-        if !state.spend(token, user.id, now) {
-            return Ok(ResetOutcome::Refused);
-        }
-        state.factors.remove(user.id, &removal);
-        if let Some(notice) = notice {
-            state.enqueue(notice, now);
-        }
-        if let Some(stored) = state.current_user(user.id, user.credential_version) {
-            stored.password_hash = hash;
-            stored.credential_version += 1;
-            stored.email_verified = true;
-            stored.updated_at = now;
-        }
-        state.record(audit);
-        state.end_sessions(user.id, None, now);
-        state.spend_tokens(
-            user.id,
-            &[EmailTokenKind::PasswordReset, EmailTokenKind::EmailChange],
-            now,
-        );
-        Ok(ResetOutcome::Reset)
-    }
-
-    async fn verify_email(
-        &self,
-        token: &EmailTokenHash,
-        user_id: UserId,
-        email: &str,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<Option<User>, BackendError> {
-        let mut state = self.state()?;
-        let same_address = state
-            .users
-            .get(&user_id)
-            .is_some_and(|u| u.email.as_str() == email);
-        if !same_address || !state.spend(token, user_id, now) {
-            return Ok(None);
-        }
-        state.record(audit);
-        Ok(state.users.get_mut(&user_id).map(|user| {
-            user.email_verified = true;
-            user.updated_at = now;
-            user.clone()
-        }))
-    }
-
-    async fn change_email(
-        &self,
-        token: &EmailTokenHash,
-        user: &User,
-        new_email: &Email,
-        keep: Option<SessionId>,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<Option<User>, CreateUserError> {
-        let mut state = self.state()?;
-        if state
-            .current_user(user.id, user.credential_version)
-            .is_none()
-        {
-            return Ok(None);
-        }
-        if state
-            .by_email
-            .get(new_email.key())
-            .is_some_and(|owner| *owner != user.id)
-        {
-            return Err(CreateUserError::EmailTaken);
-        }
-        if !state.spend(token, user.id, now) {
-            return Ok(None);
-        }
-        let Some(stored) = state.current_user(user.id, user.credential_version) else {
-            return Ok(None);
-        };
-        let old_key = stored.email.key().to_owned();
-        stored.email = new_email.clone();
-        stored.email_verified = true;
-        stored.credential_version += 1;
-        stored.updated_at = now;
-        let changed = stored.clone();
-        state.record(audit);
-        state.by_email.remove(&old_key);
-        state.by_email.insert(new_email.key().to_owned(), user.id);
-        state.end_sessions(user.id, keep, now);
-        state.spend_tokens(
-            user.id,
-            &[EmailTokenKind::Verification, EmailTokenKind::EmailChange],
-            now,
-        );
-        Ok(Some(changed))
     }
 
     async fn purge_expired(

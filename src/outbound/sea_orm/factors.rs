@@ -9,22 +9,21 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Asterisk, Expr, ExprTrait as _, OnConflict, Query, SelectStatement};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr,
-    EntityTrait, FromQueryResult, QueryFilter, QueryOrder,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait,
+    FromQueryResult, QueryFilter, QueryOrder,
 };
 use uuid::Uuid;
 
 use super::entities::{
     mfa_challenges, passkeys, recovery_codes, totp_factors, webauthn_ceremonies,
 };
-use super::repository::{SeaOrmUserRepository, lock_current};
-use super::{admin, mail};
+use super::repository::SeaOrmUserRepository;
 use crate::domain::mfa::{
     Ceremony, CeremonyKind, FactorRemoval, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge,
     Passkey, RecoveryCodeHash, TotpFactor,
 };
-use crate::domain::ports::{FactorRepository, PasskeyAdded, TotpConfirmation};
-use crate::domain::{BackendError, MailJob, NewAuditEvent, UserId};
+use crate::domain::ports::FactorRepository;
+use crate::domain::{BackendError, UserId};
 
 /// `SELECT COUNT(*) FROM table WHERE filter`, as a value of an outer query.
 fn count_where<T>(table: T, filter: Expr) -> Expr
@@ -122,6 +121,44 @@ pub(super) async fn remove(
     Ok(())
 }
 
+/// The row of a new passkey.
+pub(super) fn passkey_row(passkey: Passkey) -> passkeys::ActiveModel {
+    passkeys::ActiveModel {
+        id: Set(passkey.id),
+        user_id: Set(passkey.user_id.0),
+        name: Set(passkey.name),
+        credential_id: Set(passkey.credential_id),
+        credential: Set(passkey.credential),
+        user_handle: Set(passkey.user_handle),
+        created_at: Set(passkey.created_at),
+        last_used_at: Set(passkey.last_used_at),
+        added_unverified: Set(passkey.added_unverified),
+    }
+}
+
+/// Whether user `id` has a TOTP factor (confirmed or pending) or recovery codes, or, with
+/// `passkeys`, a passkey.
+pub(super) async fn has_any(
+    txn: &impl ConnectionTrait,
+    id: UserId,
+    passkeys: bool,
+) -> Result<bool, DbErr> {
+    let totp = totp_factors::Entity::find_by_id(id.0).one(txn).await?;
+    let codes = recovery_codes::Entity::find()
+        .filter(recovery_codes::Column::UserId.eq(id.0))
+        .one(txn)
+        .await?;
+    let passkey = if passkeys {
+        passkeys::Entity::find()
+            .filter(passkeys::Column::UserId.eq(id.0))
+            .one(txn)
+            .await?
+    } else {
+        None
+    };
+    Ok(totp.is_some() || codes.is_some() || passkey.is_some())
+}
+
 fn to_challenge(row: mfa_challenges::Model) -> Result<MfaChallenge, BackendError> {
     Ok(MfaChallenge {
         user_id: UserId(row.user_id),
@@ -160,29 +197,8 @@ fn to_ceremony(row: webauthn_ceremonies::Model) -> Result<Ceremony, BackendError
     })
 }
 
-/// Ends the transaction of a conditional change: committed with `audit` recorded and `notice`
-/// queued when the change was `done`, rolled back otherwise (on SQLite the write lock is held
-/// until then).
-async fn settle(
-    txn: DatabaseTransaction,
-    done: bool,
-    audit: NewAuditEvent,
-    notice: Option<MailJob>,
-) -> Result<bool, DbErr> {
-    if !done {
-        txn.rollback().await?;
-        return Ok(false);
-    }
-    if let Some(notice) = notice {
-        mail::enqueue(&txn, notice, audit.at).await?;
-    }
-    admin::record(&txn, audit).await?;
-    txn.commit().await?;
-    Ok(true)
-}
-
 /// Deletes user `id`'s recovery codes and stores `hashes` as the new ones.
-async fn replace_recovery_codes(
+pub(super) async fn replace_recovery_codes(
     conn: &impl ConnectionTrait,
     id: UserId,
     hashes: Vec<RecoveryCodeHash>,
@@ -264,47 +280,6 @@ impl FactorRepository for SeaOrmUserRepository {
         Ok(self.bounded(upsert).await? == 1)
     }
 
-    async fn confirm_totp(&self, confirmation: TotpConfirmation) -> Result<bool, BackendError> {
-        let TotpConfirmation {
-            user_id: id,
-            credential_version,
-            sealed_secret,
-            step,
-            recovery,
-            added_unverified,
-            audit,
-            notice,
-        } = confirmation;
-        self.bounded(async {
-            let txn = self.write_transaction().await?;
-            // As a reset locks it: a reset in flight commits first (and this matches nothing),
-            // or waits for this, and then sees the factor.
-            if !lock_current(&txn, id, credential_version, None).await? {
-                txn.rollback().await?;
-                return Ok(false);
-            }
-            // The port passes no time of its own: the event's is the confirmation's.
-            let confirmed = totp_factors::Entity::update_many()
-                .col_expr(totp_factors::Column::ConfirmedAt, Expr::value(audit.at))
-                .col_expr(totp_factors::Column::LastStep, Expr::value(step))
-                .col_expr(
-                    totp_factors::Column::AddedUnverified,
-                    Expr::value(added_unverified),
-                )
-                .filter(totp_factors::Column::UserId.eq(id.0))
-                .filter(totp_factors::Column::ConfirmedAt.is_null())
-                .filter(totp_factors::Column::SealedSecret.eq(sealed_secret))
-                .exec(&txn)
-                .await?;
-            let done = confirmed.rows_affected == 1;
-            if done {
-                replace_recovery_codes(&txn, id, recovery).await?;
-            }
-            settle(txn, done, audit, notice).await
-        })
-        .await
-    }
-
     async fn use_totp_step(&self, id: UserId, step: i64) -> Result<bool, BackendError> {
         let update = totp_factors::Entity::update_many()
             .col_expr(totp_factors::Column::LastStep, Expr::value(step))
@@ -332,37 +307,6 @@ impl FactorRepository for SeaOrmUserRepository {
             .filter(recovery_codes::Column::UsedAt.is_null())
             .exec(self.db());
         Ok(self.bounded(update).await?.rows_affected == 1)
-    }
-
-    async fn remove_factors(
-        &self,
-        id: UserId,
-        passkeys: bool,
-        audit: NewAuditEvent,
-        notice: Option<MailJob>,
-    ) -> Result<bool, BackendError> {
-        self.bounded(async {
-            let txn = self.write_transaction().await?;
-            let mut removed = totp_factors::Entity::delete_many()
-                .filter(totp_factors::Column::UserId.eq(id.0))
-                .exec(&txn)
-                .await?
-                .rows_affected;
-            removed += recovery_codes::Entity::delete_many()
-                .filter(recovery_codes::Column::UserId.eq(id.0))
-                .exec(&txn)
-                .await?
-                .rows_affected;
-            if passkeys {
-                removed += passkeys::Entity::delete_many()
-                    .filter(passkeys::Column::UserId.eq(id.0))
-                    .exec(&txn)
-                    .await?
-                    .rows_affected;
-            }
-            settle(txn, removed > 0, audit, notice).await
-        })
-        .await
     }
 
     async fn store_mfa_challenge(&self, challenge: NewMfaChallenge) -> Result<(), BackendError> {
@@ -446,50 +390,6 @@ impl FactorRepository for SeaOrmUserRepository {
         Ok(found.into_iter().map(to_passkey).collect())
     }
 
-    async fn add_passkey(
-        &self,
-        passkey: Passkey,
-        credential_version: i64,
-        audit: NewAuditEvent,
-        notice: Option<MailJob>,
-    ) -> Result<PasskeyAdded, BackendError> {
-        let user_id = passkey.user_id;
-        let row = passkeys::ActiveModel {
-            id: Set(passkey.id),
-            user_id: Set(passkey.user_id.0),
-            name: Set(passkey.name),
-            credential_id: Set(passkey.credential_id),
-            credential: Set(passkey.credential),
-            user_handle: Set(passkey.user_handle),
-            created_at: Set(passkey.created_at),
-            last_used_at: Set(passkey.last_used_at),
-            added_unverified: Set(passkey.added_unverified),
-        };
-        self.bounded(async {
-            let txn = self.write_transaction().await?;
-            // As a reset locks it (see `confirm_totp`).
-            if !lock_current(&txn, user_id, credential_version, None).await? {
-                txn.rollback().await?;
-                return Ok(PasskeyAdded::UserChanged);
-            }
-            // The unique index decides: of two registrations of one credential, one inserts.
-            let inserted = passkeys::Entity::insert(row)
-                .on_conflict(
-                    OnConflict::column(passkeys::Column::CredentialId)
-                        .do_nothing()
-                        .to_owned(),
-                )
-                .exec_without_returning(&txn)
-                .await?;
-            Ok(if settle(txn, inserted == 1, audit, notice).await? {
-                PasskeyAdded::Added
-            } else {
-                PasskeyAdded::CredentialTaken
-            })
-        })
-        .await
-    }
-
     async fn find_passkey(&self, credential_id: &[u8]) -> Result<Option<Passkey>, BackendError> {
         let found = self
             .bounded(
@@ -515,25 +415,6 @@ impl FactorRepository for SeaOrmUserRepository {
         }
         self.bounded(update.exec(self.db())).await?;
         Ok(())
-    }
-
-    async fn remove_passkey(
-        &self,
-        user_id: UserId,
-        id: Uuid,
-        audit: NewAuditEvent,
-        notice: Option<MailJob>,
-    ) -> Result<bool, BackendError> {
-        self.bounded(async {
-            let txn = self.write_transaction().await?;
-            let removed = passkeys::Entity::delete_many()
-                .filter(passkeys::Column::Id.eq(id))
-                .filter(passkeys::Column::UserId.eq(user_id.0))
-                .exec(&txn)
-                .await?;
-            settle(txn, removed.rows_affected == 1, audit, notice).await
-        })
-        .await
     }
 
     async fn rename_passkey(

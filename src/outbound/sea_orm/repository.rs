@@ -20,17 +20,15 @@ use super::entities::{
     email_tokens, mfa_challenges, refresh_tokens, sessions, users, webauthn_ceremonies,
 };
 use super::session_lookups::SessionLookups;
-use super::{admin, factors, invalidations, mail};
+use super::{admin, invalidations, mail};
 use crate::domain::import::PYAUTH;
-use crate::domain::mfa::{AuthMethod, FactorRemoval};
-use crate::domain::ports::{
-    AdminWriteError, CreateSessionError, CreateUserError, ResetOutcome, Rotation, UserRepository,
-};
+use crate::domain::mfa::AuthMethod;
+use crate::domain::ports::{CreateSessionError, CreateUserError, Rotation, UserRepository};
 use crate::domain::{
-    AuditEvent, AuditQuery, BackendError, ClientInfo, CookieHash, Email, EmailTokenHash,
-    EmailTokenKind, EmailTokenRecord, FullName, MailJob, NewAuditEvent, NewEmailToken,
+    AccountChange, Applied, AuditEvent, AuditQuery, BackendError, ClientInfo, CookieHash, Email,
+    EmailTokenHash, EmailTokenRecord, FullName, MailJob, NewAuditEvent, NewEmailToken,
     NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshTokenHash, RefreshTokenRecord, Role,
-    Session, SessionId, SessionKey, User, UserChanges, UserId, UserQuery,
+    Session, SessionId, SessionKey, User, UserId, UserQuery,
 };
 
 /// Sessions ended per login when a user holds more than the limit: one normally, more only
@@ -124,30 +122,6 @@ impl SeaOrmUserRepository {
 
     pub(super) async fn write_transaction(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
         self.bounded.write_transaction().await
-    }
-
-    /// Runs `change` in a transaction that first locks `user`'s row, provided the user is
-    /// still active at the version that was read; `Ok(None)` when not (nothing changed).
-    async fn with_current_user<T, F>(&self, user: &User, change: F) -> Result<Option<T>, DbErr>
-    where
-        F: for<'t> FnOnce(
-            &'t sea_orm::DatabaseTransaction,
-        ) -> std::pin::Pin<
-            Box<dyn Future<Output = Result<Option<T>, DbErr>> + Send + 't>,
-        >,
-    {
-        let txn = self.write_transaction().await?;
-        if !lock_current(&txn, user.id, user.credential_version, None).await? {
-            txn.rollback().await?;
-            return Ok(None);
-        }
-        let done = change(&txn).await?;
-        if done.is_some() {
-            txn.commit().await?;
-        } else {
-            txn.rollback().await?;
-        }
-        Ok(done)
     }
 }
 
@@ -386,105 +360,8 @@ impl UserRepository for SeaOrmUserRepository {
         found.map(to_user).transpose()
     }
 
-    async fn update_user(
-        &self,
-        id: UserId,
-        changes: UserChanges,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<Option<User>, AdminWriteError> {
-        let guard = changes.may_remove_an_admin();
-        let outcome = self
-            .bounded(async {
-                let txn = self.write_transaction().await?;
-                if guard {
-                    admin::lock_admins(&txn).await?;
-                }
-                let Some(before) = users::Entity::find_by_id(id.0).one(&txn).await? else {
-                    txn.rollback().await?;
-                    return Ok(Ok(None));
-                };
-                let deactivating = before.is_active && changes.is_active == Some(false);
-                let was_admin = before.is_active && before.role == Role::Admin.as_str();
-                let mut update = users::Entity::update_many()
-                    .col_expr(users::Column::UpdatedAt, Expr::value(now))
-                    .filter(users::Column::Id.eq(id.0));
-                if let Some(role) = changes.role {
-                    update = update.col_expr(users::Column::Role, Expr::value(role.as_str()));
-                }
-                if let Some(active) = changes.is_active {
-                    update = update.col_expr(users::Column::IsActive, Expr::value(active));
-                }
-                if let Some(verified) = changes.email_verified {
-                    update = update.col_expr(users::Column::EmailVerified, Expr::value(verified));
-                }
-                if let Some(name) = &changes.full_name {
-                    update = update.col_expr(
-                        users::Column::FullName,
-                        Expr::value(name.as_ref().map(|n| n.as_str().to_owned())),
-                    );
-                }
-                if deactivating {
-                    update = update.col_expr(users::Column::CredentialVersion, next_version());
-                }
-                update.exec(&txn).await?;
-                if guard && was_admin && !admin::any_admin_left(&txn).await? {
-                    txn.rollback().await?;
-                    return Ok(Err(AdminWriteError::LastAdmin));
-                }
-                if deactivating {
-                    end_sessions(&txn, id, None, now).await?;
-                }
-                admin::record(&txn, audit).await?;
-                let found = users::Entity::find_by_id(id.0).one(&txn).await?;
-                txn.commit().await?;
-                Ok(Ok(found))
-            })
-            .await?;
-        Ok(outcome?.map(to_user).transpose()?)
-    }
-
-    async fn delete_user(&self, id: UserId, audit: NewAuditEvent) -> Result<bool, AdminWriteError> {
-        self.bounded(async {
-            let txn = self.write_transaction().await?;
-            admin::lock_admins(&txn).await?;
-            let Some(before) = users::Entity::find_by_id(id.0).one(&txn).await? else {
-                txn.rollback().await?;
-                return Ok(Ok(false));
-            };
-            // Sessions, refresh and link tokens, second factors, pending challenges and
-            // ceremonies go with the user (ON DELETE CASCADE).
-            users::Entity::delete_by_id(id.0).exec(&txn).await?;
-            let was_admin = before.is_active && before.role == Role::Admin.as_str();
-            if was_admin && !admin::any_admin_left(&txn).await? {
-                txn.rollback().await?;
-                return Ok(Err(AdminWriteError::LastAdmin));
-            }
-            admin::record(&txn, audit).await?;
-            txn.commit().await?;
-            Ok(Ok(true))
-        })
-        .await?
-    }
-
-    async fn end_all_sessions(
-        &self,
-        id: UserId,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<bool, BackendError> {
-        self.bounded(async {
-            let txn = self.write_transaction().await?;
-            if users::Entity::find_by_id(id.0).one(&txn).await?.is_none() {
-                txn.rollback().await?;
-                return Ok(false);
-            }
-            end_sessions(&txn, id, None, now).await?;
-            admin::record(&txn, audit).await?;
-            txn.commit().await?;
-            Ok(true)
-        })
-        .await
+    async fn apply(&self, change: AccountChange) -> Result<Applied, BackendError> {
+        self.apply_change(change).await
     }
 
     async fn list_users(&self, query: &UserQuery) -> Result<Vec<User>, BackendError> {
@@ -511,44 +388,6 @@ impl UserRepository for SeaOrmUserRepository {
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, BackendError> {
         self.bounded(admin::list_audit(&self.db, query)).await
-    }
-
-    async fn rehash_password(
-        &self,
-        id: UserId,
-        old: &PasswordHash,
-        new: PasswordHash,
-    ) -> Result<bool, BackendError> {
-        let update = users::Entity::update_many()
-            .col_expr(users::Column::PasswordHash, Expr::value(new.as_str()))
-            .filter(users::Column::Id.eq(id.0))
-            .filter(users::Column::PasswordHash.eq(old.as_str()))
-            .exec(&self.db);
-        Ok(self.bounded(update).await?.rows_affected == 1)
-    }
-
-    async fn set_password(
-        &self,
-        id: UserId,
-        hash: PasswordHash,
-        keep: Option<SessionId>,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<(), BackendError> {
-        self.bounded(async {
-            let txn = self.write_transaction().await?;
-            users::Entity::update_many()
-                .col_expr(users::Column::PasswordHash, Expr::value(hash.as_str()))
-                .col_expr(users::Column::CredentialVersion, next_version())
-                .col_expr(users::Column::UpdatedAt, Expr::value(now))
-                .filter(users::Column::Id.eq(id.0))
-                .exec(&txn)
-                .await?;
-            end_sessions(&txn, id, keep, now).await?;
-            admin::record(&txn, audit).await?;
-            txn.commit().await
-        })
-        .await
     }
 
     async fn create_session(
@@ -790,22 +629,8 @@ impl UserRepository for SeaOrmUserRepository {
         .await
     }
 
-    async fn enqueue_mail(
-        &self,
-        job: MailJob,
-        now: DateTime<Utc>,
-        audit: Option<NewAuditEvent>,
-    ) -> Result<(), BackendError> {
-        let Some(audit) = audit else {
-            return self.bounded(mail::enqueue(&self.db, job, now)).await;
-        };
-        self.bounded(async {
-            let txn = self.write_transaction().await?;
-            mail::enqueue(&txn, job, now).await?;
-            admin::record(&txn, audit).await?;
-            txn.commit().await
-        })
-        .await
+    async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError> {
+        self.bounded(mail::enqueue(&self.db, job, now)).await
     }
 
     async fn store_email_token(
@@ -839,144 +664,6 @@ impl UserRepository for SeaOrmUserRepository {
             return Ok(None);
         };
         Ok(Some(mail::to_token(token, to_user(user)?)?))
-    }
-
-    async fn reset_password(
-        &self,
-        token: &EmailTokenHash,
-        user: &User,
-        hash: PasswordHash,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-        removal: FactorRemoval,
-        notice: Option<MailJob>,
-    ) -> Result<ResetOutcome, BackendError> {
-        let (token, id) = (token.0.clone(), user.id);
-        let hash = hash.as_str().to_owned();
-        let done = self
-            .bounded(self.with_current_user(user, move |txn| {
-                Box::pin(async move {
-                    // The user's row is locked: a factor added meanwhile has committed (and is
-                    // seen here) or waits, and then finds the version moved on.
-                    if !factors::added_unverified(txn, id).await?.same_as(&removal) {
-                        return Ok(Some(ResetOutcome::FactorsChanged));
-                    }
-                    if !mail::spend(txn, &token, id, now).await? {
-                        return Ok(None);
-                    }
-                    factors::remove(txn, id, &removal).await?;
-                    if let Some(notice) = notice {
-                        mail::enqueue(txn, notice, now).await?;
-                    }
-                    users::Entity::update_many()
-                        .col_expr(users::Column::PasswordHash, Expr::value(hash))
-                        .col_expr(users::Column::CredentialVersion, next_version())
-                        .col_expr(users::Column::EmailVerified, Expr::value(true))
-                        .col_expr(users::Column::UpdatedAt, Expr::value(now))
-                        .filter(users::Column::Id.eq(id.0))
-                        .exec(txn)
-                        .await?;
-                    end_sessions(txn, id, None, now).await?;
-                    mail::spend_all(
-                        txn,
-                        id,
-                        &[EmailTokenKind::PasswordReset, EmailTokenKind::EmailChange],
-                        now,
-                    )
-                    .await?;
-                    admin::record(txn, audit).await?;
-                    Ok(Some(ResetOutcome::Reset))
-                })
-            }))
-            .await?;
-        Ok(done.unwrap_or(ResetOutcome::Refused))
-    }
-
-    async fn verify_email(
-        &self,
-        token: &EmailTokenHash,
-        user_id: UserId,
-        email: &str,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<Option<User>, BackendError> {
-        let found = self
-            .bounded(async {
-                let txn = self.write_transaction().await?;
-                // Only the address the link was sent to is proved by it.
-                let verified = users::Entity::update_many()
-                    .col_expr(users::Column::EmailVerified, Expr::value(true))
-                    .col_expr(users::Column::UpdatedAt, Expr::value(now))
-                    .filter(users::Column::Id.eq(user_id.0))
-                    .filter(users::Column::Email.eq(email))
-                    .exec(&txn)
-                    .await?;
-                if verified.rows_affected != 1 || !mail::spend(&txn, &token.0, user_id, now).await?
-                {
-                    txn.rollback().await?;
-                    return Ok(None);
-                }
-                admin::record(&txn, audit).await?;
-                let user = users::Entity::find_by_id(user_id.0).one(&txn).await?;
-                txn.commit().await?;
-                Ok(user)
-            })
-            .await?;
-        found.map(to_user).transpose()
-    }
-
-    async fn change_email(
-        &self,
-        token: &EmailTokenHash,
-        user: &User,
-        new_email: &Email,
-        keep: Option<SessionId>,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<Option<User>, CreateUserError> {
-        let (token, id) = (token.0.clone(), user.id);
-        let new_email = new_email.clone();
-        let changed = self
-            .bounded
-            .run_raw(self.with_current_user(user, move |txn| {
-                Box::pin(async move {
-                    if !mail::spend(txn, &token, id, now).await? {
-                        return Ok(None);
-                    }
-                    // The unique index on the key decides whether the address is free now.
-                    users::Entity::update_many()
-                        .col_expr(users::Column::Email, Expr::value(new_email.as_str()))
-                        .col_expr(
-                            users::Column::EmailNormalized,
-                            Expr::value(new_email.normalized()),
-                        )
-                        .col_expr(users::Column::EmailKey, Expr::value(new_email.key()))
-                        .col_expr(users::Column::EmailVerified, Expr::value(true))
-                        .col_expr(users::Column::CredentialVersion, next_version())
-                        .col_expr(users::Column::UpdatedAt, Expr::value(now))
-                        .filter(users::Column::Id.eq(id.0))
-                        .exec(txn)
-                        .await?;
-                    end_sessions(txn, id, keep, now).await?;
-                    mail::spend_all(
-                        txn,
-                        id,
-                        &[EmailTokenKind::Verification, EmailTokenKind::EmailChange],
-                        now,
-                    )
-                    .await?;
-                    admin::record(txn, audit).await?;
-                    users::Entity::find_by_id(id.0).one(txn).await
-                })
-            }))
-            .await?;
-        match changed {
-            Ok(found) => Ok(found.map(to_user).transpose()?),
-            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                Err(CreateUserError::EmailTaken)
-            }
-            Err(err) => Err(backend_error(err).into()),
-        }
     }
 
     async fn purge_expired(

@@ -12,15 +12,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{Invalidation, Lookup, SessionCache};
-use crate::domain::mfa::FactorRemoval;
-use crate::domain::ports::{
-    AdminWriteError, CreateSessionError, CreateUserError, ResetOutcome, Rotation, UserRepository,
-};
+use crate::domain::ports::{CreateSessionError, CreateUserError, Rotation, UserRepository};
 use crate::domain::{
-    AuditEvent, AuditQuery, BackendError, ClientInfo, CookieHash, Email, EmailTokenHash,
-    EmailTokenRecord, MailJob, NewAuditEvent, NewEmailToken, NewRefreshToken, NewSession, NewUser,
-    PasswordHash, RefreshTokenHash, RefreshTokenRecord, Session, SessionId, SessionKey, User,
-    UserChanges, UserId, UserQuery,
+    AccountChange, Applied, AuditEvent, AuditQuery, BackendError, ClientInfo, CookieHash, Email,
+    EmailTokenHash, EmailTokenRecord, MailJob, NewAuditEvent, NewEmailToken, NewRefreshToken,
+    NewSession, NewUser, RefreshTokenHash, RefreshTokenRecord, Session, SessionId, SessionKey,
+    User, UserId, UserQuery,
 };
 
 /// The decorator; see the module documentation.
@@ -59,52 +56,10 @@ impl UserRepository for CachedSessions {
 
     // Writes that end sessions or change a user.
 
-    async fn update_user(
-        &self,
-        id: UserId,
-        changes: UserChanges,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<Option<User>, AdminWriteError> {
-        let result = self.inner.update_user(id, changes, now, audit).await;
-        self.invalidated(Invalidation::User(id), result)
-    }
-
-    async fn delete_user(&self, id: UserId, audit: NewAuditEvent) -> Result<bool, AdminWriteError> {
-        let result = self.inner.delete_user(id, audit).await;
-        self.invalidated(Invalidation::User(id), result)
-    }
-
-    async fn end_all_sessions(
-        &self,
-        id: UserId,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<bool, BackendError> {
-        let result = self.inner.end_all_sessions(id, now, audit).await;
-        self.invalidated(Invalidation::User(id), result)
-    }
-
-    async fn rehash_password(
-        &self,
-        id: UserId,
-        old: &PasswordHash,
-        new: PasswordHash,
-    ) -> Result<bool, BackendError> {
-        let result = self.inner.rehash_password(id, old, new).await;
-        self.invalidated(Invalidation::User(id), result)
-    }
-
-    async fn set_password(
-        &self,
-        id: UserId,
-        hash: PasswordHash,
-        keep: Option<SessionId>,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<(), BackendError> {
-        let result = self.inner.set_password(id, hash, keep, now, audit).await;
-        self.invalidated(Invalidation::User(id), result)
+    async fn apply(&self, change: AccountChange) -> Result<Applied, BackendError> {
+        let user = change.user;
+        let result = self.inner.apply(change).await;
+        self.invalidated(Invalidation::User(user), result)
     }
 
     /// Also a user change: the last login moves, and sessions beyond the limit end.
@@ -127,54 +82,6 @@ impl UserRepository for CachedSessions {
     ) -> Result<bool, BackendError> {
         let result = self.inner.end_session(user_id, id, now, audit).await;
         self.invalidated(Invalidation::Session(id), result)
-    }
-
-    async fn reset_password(
-        &self,
-        token: &EmailTokenHash,
-        user: &User,
-        hash: PasswordHash,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-        removal: FactorRemoval,
-        notice: Option<MailJob>,
-    ) -> Result<ResetOutcome, BackendError> {
-        let result = self
-            .inner
-            .reset_password(token, user, hash, now, audit, removal, notice)
-            .await;
-        self.invalidated(Invalidation::User(user.id), result)
-    }
-
-    async fn verify_email(
-        &self,
-        token: &EmailTokenHash,
-        user_id: UserId,
-        email: &str,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<Option<User>, BackendError> {
-        let result = self
-            .inner
-            .verify_email(token, user_id, email, now, audit)
-            .await;
-        self.invalidated(Invalidation::User(user_id), result)
-    }
-
-    async fn change_email(
-        &self,
-        token: &EmailTokenHash,
-        user: &User,
-        new_email: &Email,
-        keep: Option<SessionId>,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<Option<User>, CreateUserError> {
-        let result = self
-            .inner
-            .change_email(token, user, new_email, keep, now, audit)
-            .await;
-        self.invalidated(Invalidation::User(user.id), result)
     }
 
     // Reads, and writes that change no session check: a refresh or a console page view moves
@@ -263,13 +170,8 @@ impl UserRepository for CachedSessions {
         self.inner.list_live_sessions(user_id, now, limit).await
     }
 
-    async fn enqueue_mail(
-        &self,
-        job: MailJob,
-        now: DateTime<Utc>,
-        audit: Option<NewAuditEvent>,
-    ) -> Result<(), BackendError> {
-        self.inner.enqueue_mail(job, now, audit).await
+    async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError> {
+        self.inner.enqueue_mail(job, now).await
     }
 
     async fn store_email_token(

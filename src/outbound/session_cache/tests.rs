@@ -5,13 +5,9 @@ use chrono::{TimeDelta, Utc};
 use mockall::predicate::eq;
 
 use super::*;
-use crate::domain::mfa::FactorRemoval;
 use crate::domain::ports::{MockUserRepository, UserRepository};
 use crate::domain::service::test_support::{session as stored_session, user};
-use crate::domain::{
-    AuditKind, EmailTokenHash, NewAuditEvent, NewSession, PasswordHash, Role, SessionKey,
-    UserChanges,
-};
+use crate::domain::{AuditKind, NewAuditEvent, NewSession, Role, SessionKey};
 
 const LIMITS: CacheLimits = CacheLimits {
     max_entries: 1000,
@@ -292,33 +288,11 @@ fn writes() -> Vec<(&'static str, Write)> {
                 let _ = repo.end_session(s.user_id, s.id, Utc::now(), audit()).await;
             })
         }),
-        ("deactivation or role change", |repo, s| {
+        ("any account change", |repo, s| {
             Box::pin(async move {
-                let _ = repo
-                    .update_user(s.user_id, UserChanges::default(), Utc::now(), audit())
-                    .await;
-            })
-        }),
-        ("user deletion", |repo, s| {
-            Box::pin(async move {
-                let _ = repo.delete_user(s.user_id, audit()).await;
-            })
-        }),
-        ("admin ends all sessions", |repo, s| {
-            Box::pin(async move {
-                let _ = repo.end_all_sessions(s.user_id, Utc::now(), audit()).await;
-            })
-        }),
-        ("password change", |repo, s| {
-            Box::pin(async move {
-                let _ = repo
-                    .set_password(s.user_id, hash(), None, Utc::now(), audit())
-                    .await;
-            })
-        }),
-        ("password rehash", |repo, s| {
-            Box::pin(async move {
-                let _ = repo.rehash_password(s.user_id, &hash(), hash()).await;
+                let change = crate::domain::AccountChange::of(s.user_id, Utc::now())
+                    .then(crate::domain::Edit::Touch);
+                let _ = repo.apply(change).await;
             })
         }),
         ("login beyond the session limit", |repo, s| {
@@ -326,47 +300,7 @@ fn writes() -> Vec<(&'static str, Write)> {
                 let _ = repo.create_session(new_session(&s), key()).await;
             })
         }),
-        ("password reset", |repo, s| {
-            Box::pin(async move {
-                let owner = user(s.user_id.0, Role::User, true);
-                let _ = repo
-                    .reset_password(
-                        &token(),
-                        &owner,
-                        hash(),
-                        Utc::now(),
-                        audit(),
-                        FactorRemoval::default(),
-                        None,
-                    )
-                    .await;
-            })
-        }),
-        ("email verification", |repo, s| {
-            Box::pin(async move {
-                let _ = repo
-                    .verify_email(&token(), s.user_id, "a@example.com", Utc::now(), audit())
-                    .await;
-            })
-        }),
-        ("email change", |repo, s| {
-            Box::pin(async move {
-                let owner = user(s.user_id.0, Role::User, true);
-                let email = crate::domain::Email::parse("new@example.com").unwrap();
-                let _ = repo
-                    .change_email(&token(), &owner, &email, None, Utc::now(), audit())
-                    .await;
-            })
-        }),
     ]
-}
-
-fn hash() -> PasswordHash {
-    PasswordHash::new("$2b$04$hash".into())
-}
-
-fn token() -> EmailTokenHash {
-    EmailTokenHash::of("token")
 }
 
 fn key() -> SessionKey {
@@ -422,15 +356,8 @@ fn inner_ending(session: &Session) -> MockUserRepository {
         }};
     }
     ends!(expect_end_session, fail(), _, _, _, _);
-    ends!(expect_update_user, fail().into(), _, _, _, _);
-    ends!(expect_delete_user, fail().into());
-    ends!(expect_end_all_sessions, fail(), _, _, _);
-    ends!(expect_set_password, fail(), _, _, _, _, _);
-    ends!(expect_rehash_password, fail(), _, _, _);
+    ends!(expect_apply, fail(), _);
     ends!(expect_create_session, fail().into());
-    ends!(expect_reset_password, fail(), _, _, _, _, _, _, _);
-    ends!(expect_verify_email, fail(), _, _, _, _, _);
-    ends!(expect_change_email, fail().into(), _, _, _, _, _, _);
     inner
 }
 
