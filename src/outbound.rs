@@ -9,3 +9,35 @@ pub mod sea_orm;
 pub mod sealing;
 pub mod session_cache;
 pub mod webauthn;
+
+use crate::domain::ports::{
+    AuditLog, ChallengeRepository, FactorRepository, Housekeeping, LinkTokens, MailOutbox,
+    SessionRepository, UserRepository,
+};
+
+/// Every storage port at once: what one store ([`memory::MemoryStore`], [`sea_orm::SeaOrmStore`])
+/// serves, so that an account change spans users, sessions, tokens, factors, the trail and the
+/// outbox in one transaction.
+pub trait Store:
+    UserRepository
+    + SessionRepository
+    + AuditLog
+    + LinkTokens
+    + MailOutbox
+    + Housekeeping
+    + FactorRepository
+    + ChallengeRepository
+{
+}
+
+impl<S> Store for S where
+    S: UserRepository
+        + SessionRepository
+        + AuditLog
+        + LinkTokens
+        + MailOutbox
+        + Housekeeping
+        + FactorRepository
+        + ChallengeRepository
+{
+}

@@ -17,8 +17,9 @@ use tokio::net::TcpListener;
 
 use crate::config::{MailTransport, Profile, RateLimitStore, Secret, Settings};
 use crate::domain::ports::{
-    FactorRepository, ImportTarget, MailOutbox, Mailer, PasskeyCeremonies, RateLimiter,
-    SigningKeyStore, UserRepository,
+    AuditLog, ChallengeRepository, FactorRepository, Housekeeping, ImportTarget, LinkTokens,
+    MailOutbox, Mailer, PasskeyCeremonies, RateLimiter, SessionRepository, SigningKeyStore,
+    UserRepository,
 };
 use crate::domain::service::{
     DeliveryOutcome, KeyPorts, LimitPolicy, MailPolicy, MfaPolicy, Ports, Quota, SigningKeys,
@@ -31,13 +32,14 @@ use crate::inbound::http::metrics::{self as http_metrics, MetricsExporter, Sampl
 use crate::inbound::http::middleware::SecurityHeaders;
 use crate::inbound::http::server::{self as http_server, ConnectionLimits};
 use crate::inbound::http::{self, HttpSettings};
+use crate::outbound::Store;
 use crate::outbound::bcrypt::{BcryptPasswordHasher, HashPoolLimits};
 use crate::outbound::clock::SystemClock;
 use crate::outbound::jwt::{JwtTokenIssuer, RingKeyForge};
 use crate::outbound::mail::{LogMailer, MailTemplates, SmtpMailer};
-use crate::outbound::memory::{MemoryRateLimiter, MemorySigningKeyStore, MemoryUserRepository};
+use crate::outbound::memory::{MemoryRateLimiter, MemorySigningKeyStore, MemoryStore};
 use crate::outbound::sea_orm::{
-    self as db, DatabaseSettings, SeaOrmRateLimiter, SeaOrmSigningKeyStore, SeaOrmUserRepository,
+    self as db, DatabaseSettings, SeaOrmRateLimiter, SeaOrmSigningKeyStore, SeaOrmStore,
     invalidations,
 };
 use crate::outbound::session_cache::{CacheLimits, CachedSessions, SessionCache};
@@ -57,6 +59,43 @@ pub struct Announcements {
     /// The task that listens: it must run for the cache to be used. `None` when there is
     /// nothing to hear.
     pub feed: Option<Feed>,
+}
+
+/// The storage ports of the core, served by one store.
+struct StoragePorts {
+    users: Arc<dyn UserRepository>,
+    sessions: Arc<dyn SessionRepository>,
+    audit: Arc<dyn AuditLog>,
+    links: Arc<dyn LinkTokens>,
+    outbox: Arc<dyn MailOutbox>,
+    housekeeping: Arc<dyn Housekeeping>,
+    factors: Arc<dyn FactorRepository>,
+    challenges: Arc<dyn ChallengeRepository>,
+}
+
+impl StoragePorts {
+    fn of(store: Arc<impl Store>) -> Self {
+        Self {
+            users: store.clone(),
+            sessions: store.clone(),
+            audit: store.clone(),
+            links: store.clone(),
+            outbox: store.clone(),
+            housekeeping: store.clone(),
+            factors: store.clone(),
+            challenges: store,
+        }
+    }
+
+    /// The same ports, with session checks answered from `cache`.
+    fn cached(self, cache: Arc<SessionCache>) -> Self {
+        let cached = Arc::new(CachedSessions::new(self.users, self.sessions, cache));
+        Self {
+            users: cached.clone(),
+            sessions: cached,
+            ..self
+        }
+    }
 }
 
 /// Where users and sessions live, as chosen by `DATABASE_URL`.
@@ -104,34 +143,19 @@ impl Storage {
         Ok(())
     }
 
-    /// The repository, as the ports of users (behind `cache`, if any), of second factors and
-    /// of the outbox it fills (one store).
-    fn repository(
-        &self,
-        settings: &Settings,
-        cache: Option<Arc<SessionCache>>,
-    ) -> (
-        Arc<dyn UserRepository>,
-        Arc<dyn FactorRepository>,
-        Arc<dyn MailOutbox>,
-    ) {
-        match self {
-            Self::Memory => {
-                let memory = Arc::new(MemoryUserRepository::new());
-                (memory.clone(), memory.clone(), memory)
-            }
-            Self::Database(db) => {
-                let sea_orm = Arc::new(SeaOrmUserRepository::new(
-                    db.clone(),
-                    Duration::from_secs(settings.database_timeout_seconds),
-                    settings.session_lookup_queries,
-                ));
-                let users: Arc<dyn UserRepository> = match cache {
-                    Some(cache) => Arc::new(CachedSessions::new(sea_orm.clone(), cache)),
-                    None => sea_orm.clone(),
-                };
-                (users, sea_orm.clone(), sea_orm)
-            }
+    /// The storage ports, all served by one store; users and sessions behind `cache`, if any.
+    fn ports(&self, settings: &Settings, cache: Option<Arc<SessionCache>>) -> StoragePorts {
+        let ports = match self {
+            Self::Memory => StoragePorts::of(Arc::new(MemoryStore::new())),
+            Self::Database(db) => StoragePorts::of(Arc::new(SeaOrmStore::new(
+                db.clone(),
+                Duration::from_secs(settings.database_timeout_seconds),
+                settings.session_lookup_queries,
+            ))),
+        };
+        match cache {
+            Some(cache) => ports.cached(cache),
+            None => ports,
         }
     }
 
@@ -180,7 +204,7 @@ impl Storage {
     pub fn import_target(&self, settings: &Settings) -> Option<Arc<dyn ImportTarget>> {
         match self {
             Self::Memory => None,
-            Self::Database(db) => Some(Arc::new(SeaOrmUserRepository::new(
+            Self::Database(db) => Some(Arc::new(SeaOrmStore::new(
                 db.clone(),
                 Duration::from_secs(settings.database_timeout_seconds),
                 1,
@@ -395,7 +419,7 @@ async fn build_with_cache(
         .map_err(anyhow::Error::msg)?,
     );
     let clock = Arc::new(SystemClock);
-    let (users, factors, outbox) = storage.repository(settings, cache);
+    let stored = storage.ports(settings, cache);
     let keys = Arc::new(SigningKeys::new(
         KeyPorts {
             store: storage.key_store(settings),
@@ -403,7 +427,7 @@ async fn build_with_cache(
             ring: issuer.clone(),
             clock: clock.clone(),
             timer: clock.clone(),
-            audit: users.clone(),
+            audit: stored.audit.clone(),
         },
         key_policy(settings),
         algorithm,
@@ -444,10 +468,15 @@ async fn build_with_cache(
         },
     };
     let ports = Ports {
-        users,
-        factors,
+        users: stored.users,
+        sessions: stored.sessions,
+        audit: stored.audit,
+        links: stored.links,
+        outbox: stored.outbox,
+        housekeeping: stored.housekeeping,
+        factors: stored.factors,
+        challenges: stored.challenges,
         sealer: issuer.sealer(),
-        outbox,
         mailer: mailer(settings)?,
         passkeys: passkey_ceremonies(settings),
         hasher,

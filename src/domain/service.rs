@@ -32,9 +32,9 @@ pub use sessions::{ChangePasswordError, EndSessionError, RefreshError};
 
 use super::mfa::AuthMethod;
 use super::ports::{
-    AccessClaims, Clock, CreateSessionError, FactorRepository, MailOutbox, Mailer,
-    PasskeyCeremonies, PasswordHasher, RateLimiter, SecretSealer, TokenError, TokenIssuer,
-    UserRepository,
+    AccessClaims, AuditLog, ChallengeRepository, Clock, CreateSessionError, FactorRepository,
+    Housekeeping, LinkTokens, MailOutbox, Mailer, PasskeyCeremonies, PasswordHasher, RateLimiter,
+    SecretSealer, SessionRepository, TokenError, TokenIssuer, UserRepository,
 };
 use super::{
     AuditKind, BackendError, ClientInfo, Email, FullName, NewAuditEvent, NewRefreshToken,
@@ -95,14 +95,20 @@ impl Default for AuthPolicy {
 #[derive(Clone)]
 pub struct Ports {
     pub users: Arc<dyn UserRepository>,
-    /// The same storage as `users`, for second factors.
+    /// The storage ports below are served by the same store as `users`: an account change
+    /// spans them.
+    pub sessions: Arc<dyn SessionRepository>,
+    pub audit: Arc<dyn AuditLog>,
+    pub links: Arc<dyn LinkTokens>,
+    pub outbox: Arc<dyn MailOutbox>,
+    pub housekeeping: Arc<dyn Housekeeping>,
     pub factors: Arc<dyn FactorRepository>,
+    pub challenges: Arc<dyn ChallengeRepository>,
     pub sealer: Arc<dyn SecretSealer>,
     pub hasher: Arc<dyn PasswordHasher>,
     pub tokens: Arc<dyn TokenIssuer>,
     pub clock: Arc<dyn Clock>,
     pub limiter: Arc<dyn RateLimiter>,
-    pub outbox: Arc<dyn MailOutbox>,
     /// `None`: no mail transport is configured, and the routes that send mail say so.
     pub mailer: Option<Arc<dyn Mailer>>,
     /// `None`: `public_url` names no host a passkey can be bound to, and the passkey routes
@@ -125,13 +131,18 @@ struct SessionOpening {
 /// Every use case of the service. Cheap to share: it holds only `Arc`s and plain values.
 pub struct AuthService {
     users: Arc<dyn UserRepository>,
+    sessions: Arc<dyn SessionRepository>,
+    audit: Arc<dyn AuditLog>,
+    links: Arc<dyn LinkTokens>,
+    outbox: Arc<dyn MailOutbox>,
+    housekeeping: Arc<dyn Housekeeping>,
     factors: Arc<dyn FactorRepository>,
+    challenges: Arc<dyn ChallengeRepository>,
     sealer: Arc<dyn SecretSealer>,
     hasher: Arc<dyn PasswordHasher>,
     tokens: Arc<dyn TokenIssuer>,
     clock: Arc<dyn Clock>,
     limiter: Arc<dyn RateLimiter>,
-    outbox: Arc<dyn MailOutbox>,
     mailer: Option<Arc<dyn Mailer>>,
     passkeys: Option<Arc<dyn PasskeyCeremonies>>,
     keys: Arc<SigningKeys>,
@@ -151,13 +162,18 @@ impl AuthService {
     pub fn new(ports: Ports, policy: AuthPolicy, dummy_hash: Option<PasswordHash>) -> Self {
         Self {
             users: ports.users,
+            sessions: ports.sessions,
+            audit: ports.audit,
+            links: ports.links,
+            outbox: ports.outbox,
+            housekeeping: ports.housekeeping,
             factors: ports.factors,
+            challenges: ports.challenges,
             sealer: ports.sealer,
             hasher: ports.hasher,
             tokens: ports.tokens,
             clock: ports.clock,
             limiter: ports.limiter,
-            outbox: ports.outbox,
             mailer: ports.mailer,
             passkeys: ports.passkeys,
             keys: ports.keys,
@@ -216,10 +232,10 @@ impl AuthService {
     pub(super) async fn record_failure(&self, event: NewAuditEvent) -> Result<(), BackendError> {
         let window = self.policy.audit_fold_window;
         if !event.is_foldable() || window <= TimeDelta::zero() {
-            return self.users.record_audit(event).await;
+            return self.audit.record_audit(event).await;
         }
         let since = event.at - window;
-        self.users.record_folded(event, since).await
+        self.audit.record_folded(event, since).await
     }
 
     /// Whether storage answers: the readiness check.
@@ -288,7 +304,7 @@ impl AuthService {
             credential_version: user.credential_version,
             live_limit: self.policy.max_sessions_per_user,
         };
-        self.users.create_session(session, key).await
+        self.sessions.create_session(session, key).await
     }
 
     /// A refresh token valid for its own lifetime, but never beyond the session's end.
@@ -351,9 +367,10 @@ pub(crate) mod test_support {
     use super::{AuthPolicy, AuthService, KeyPorts, Ports, SigningKeys};
     use crate::domain::mfa::Factors;
     use crate::domain::ports::{
-        MockClock, MockFactorRepository, MockKeyForge, MockKeyRing, MockMailOutbox, MockMailer,
+        MockAuditLog, MockChallengeRepository, MockClock, MockFactorRepository, MockHousekeeping,
+        MockKeyForge, MockKeyRing, MockLinkTokens, MockMailOutbox, MockMailer,
         MockPasskeyCeremonies, MockPasswordHasher, MockRateLimiter, MockSecretSealer,
-        MockSigningKeyStore, MockTimer, MockTokenIssuer, MockUserRepository,
+        MockSessionRepository, MockSigningKeyStore, MockTimer, MockTokenIssuer, MockUserRepository,
     };
     use crate::domain::{ClientInfo, Email, PasswordHash, Role, Session, SessionId, User, UserId};
 
@@ -361,12 +378,17 @@ pub(crate) mod test_support {
 
     pub struct Mocks {
         pub users: MockUserRepository,
+        pub sessions: MockSessionRepository,
+        pub audit: MockAuditLog,
+        pub links: MockLinkTokens,
+        pub outbox: MockMailOutbox,
+        pub housekeeping: MockHousekeeping,
         pub factors: MockFactorRepository,
+        pub challenges: MockChallengeRepository,
         pub hasher: MockPasswordHasher,
         pub tokens: MockTokenIssuer,
         /// `None`: a limiter that lets everything through.
         pub limiter: Option<MockRateLimiter>,
-        pub outbox: MockMailOutbox,
         /// `None`: no mail transport configured.
         pub mailer: Option<MockMailer>,
         /// `None`: passkeys not configured.
@@ -385,11 +407,16 @@ pub(crate) mod test_support {
         pub fn new() -> Self {
             Self {
                 users: MockUserRepository::new(),
+                sessions: MockSessionRepository::new(),
+                audit: MockAuditLog::new(),
+                links: MockLinkTokens::new(),
+                outbox: MockMailOutbox::new(),
+                housekeeping: MockHousekeeping::new(),
                 factors: MockFactorRepository::new(),
+                challenges: MockChallengeRepository::new(),
                 hasher: MockPasswordHasher::new(),
                 tokens: MockTokenIssuer::new(),
                 limiter: None,
-                outbox: MockMailOutbox::new(),
                 mailer: None,
                 passkeys: None,
                 dummy_hash: Some(PasswordHash::new(DUMMY_HASH.into())),
@@ -401,8 +428,8 @@ pub(crate) mod test_support {
 
         pub fn service(mut self) -> AuthService {
             // Audit writes of their own (failed logins) are allowed unless a test says more.
-            self.users.expect_record_audit().returning(|_| Ok(()));
-            self.users.expect_record_folded().returning(|_, _| Ok(()));
+            self.audit.expect_record_audit().returning(|_| Ok(()));
+            self.audit.expect_record_folded().returning(|_, _| Ok(()));
             // Stored hashes are of the configured cost unless a test says otherwise.
             self.hasher.expect_needs_rehash().returning(|_| false);
             // Users have no second factor unless a test says otherwise.
@@ -422,19 +449,24 @@ pub(crate) mod test_support {
                 open.expect_clear_failures().returning(|_| Ok(()));
                 open
             });
-            let users: Arc<dyn crate::domain::ports::UserRepository> = Arc::new(self.users);
+            let audit: Arc<dyn crate::domain::ports::AuditLog> = Arc::new(self.audit);
             let clock: Arc<MockClock> = Arc::new(clock);
             AuthService::new(
                 Ports {
-                    keys: Arc::new(key_use_cases(self.keys, Arc::clone(&users), clock.clone())),
-                    users,
+                    keys: Arc::new(key_use_cases(self.keys, Arc::clone(&audit), clock.clone())),
+                    users: Arc::new(self.users),
+                    sessions: Arc::new(self.sessions),
+                    audit,
+                    links: Arc::new(self.links),
+                    outbox: Arc::new(self.outbox),
+                    housekeeping: Arc::new(self.housekeeping),
                     factors: Arc::new(self.factors),
+                    challenges: Arc::new(self.challenges),
                     sealer: Arc::new(sealer()),
                     hasher: Arc::new(self.hasher),
                     tokens: Arc::new(self.tokens),
                     clock,
                     limiter: Arc::new(limiter),
-                    outbox: Arc::new(self.outbox),
                     mailer: self
                         .mailer
                         .map(|mailer| Arc::new(mailer) as Arc<dyn crate::domain::ports::Mailer>),
@@ -452,7 +484,7 @@ pub(crate) mod test_support {
     /// HS256: they never touch the key table.
     fn key_use_cases(
         keys: Option<(MockSigningKeyStore, MockKeyRing)>,
-        audit: Arc<dyn crate::domain::ports::UserRepository>,
+        audit: Arc<dyn crate::domain::ports::AuditLog>,
         clock: Arc<MockClock>,
     ) -> SigningKeys {
         let (store, ring) = keys.unwrap_or_else(|| {

@@ -5,10 +5,12 @@
 
 mod changes;
 mod factors;
+mod outbox;
 mod rate_limiter;
+mod sessions;
 mod signing_keys;
-mod user_repository;
+mod store;
 
 pub use rate_limiter::MemoryRateLimiter;
 pub use signing_keys::MemorySigningKeyStore;
-pub use user_repository::MemoryUserRepository;
+pub use store::MemoryStore;

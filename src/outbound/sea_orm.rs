@@ -12,12 +12,13 @@ mod import;
 pub mod invalidations;
 mod mail;
 mod rate_limiter;
-mod repository;
 mod session_lookups;
+mod sessions;
 mod signing_keys;
+mod store;
 
 pub use connection::{DatabaseSettings, connect, migrate_down, migrate_up, pool_usage};
 pub use import::PyauthDatabase;
 pub use rate_limiter::SeaOrmRateLimiter;
-pub use repository::SeaOrmUserRepository;
 pub use signing_keys::SeaOrmSigningKeyStore;
+pub use store::SeaOrmStore;

@@ -8,9 +8,10 @@ use portcullis::domain::{
     AccountChange, Applied, AuditQuery, Condition, Edit, EmailTokenHash, EmailTokenKind, FullName,
     MailJob, NewEmailToken, PasswordHash, Refusal, Role, User, UserId,
 };
+use portcullis::outbound::Store;
 use uuid::Uuid;
 
-use crate::repository::{Store, event, on_every_full_store, session, set_role, t0, update, user};
+use crate::repository::{event, on_every_store, session, set_role, t0, update, user};
 
 /// Everything a change could leave behind: the user, their sessions, their link token, the
 /// audit trail and the outbox.
@@ -23,8 +24,8 @@ struct Seen {
     pending_mail: u64,
 }
 
-async fn seen(store: &Store, id: UserId, token: &EmailTokenHash) -> Seen {
-    let users = store.users.as_ref();
+async fn seen(store: &dyn Store, id: UserId, token: &EmailTokenHash) -> Seen {
+    let users = store;
     Seen {
         user: users.find_user_by_id(id).await.unwrap(),
         live_sessions: users.list_live_sessions(id, t0(), 100).await.unwrap().len(),
@@ -41,7 +42,7 @@ async fn seen(store: &Store, id: UserId, token: &EmailTokenHash) -> Seen {
             .await
             .unwrap()
             .len(),
-        pending_mail: store.outbox.mail_depth().await.unwrap().pending,
+        pending_mail: store.mail_depth().await.unwrap().pending,
     }
 }
 
@@ -61,8 +62,8 @@ fn everything(alice: &User, condition: Option<Condition>, last: Option<Edit>) ->
 
 #[tokio::test]
 async fn a_refused_change_keeps_nothing_and_names_the_condition_that_failed() {
-    on_every_full_store(|store| async move {
-        let users = store.users.as_ref();
+    on_every_store(|store| async move {
+        let users = store.as_ref();
         let alice = user(users, "alice@example.com").await;
         let bob = user(users, "bob@example.com").await;
         session(users, &alice).await;
@@ -81,7 +82,7 @@ async fn a_refused_change_keeps_nothing_and_names_the_condition_that_failed() {
                 .unwrap()
                 .kept()
         );
-        let before = seen(&store, alice.id, &token.hash).await;
+        let before = seen(store.as_ref(), alice.id, &token.hash).await;
         // Alice holds bob's credential id, under a passkey id of her own.
         bobs_key.user_id = alice.id;
         bobs_key.id = Uuid::new_v4();
@@ -151,7 +152,7 @@ async fn a_refused_change_keeps_nothing_and_names_the_condition_that_failed() {
                 "{refusal:?}"
             );
             assert_eq!(
-                seen(&store, alice.id, &token.hash).await,
+                seen(store.as_ref(), alice.id, &token.hash).await,
                 before,
                 "{refusal:?}"
             );
@@ -162,7 +163,7 @@ async fn a_refused_change_keeps_nothing_and_names_the_condition_that_failed() {
             users.apply(nobody).await.unwrap(),
             Applied::Refused(Refusal::UnknownUser)
         );
-        assert_eq!(seen(&store, alice.id, &token.hash).await, before);
+        assert_eq!(seen(store.as_ref(), alice.id, &token.hash).await, before);
 
         // The same change on conditions that hold is kept whole.
         let holding = everything(
@@ -186,7 +187,7 @@ async fn a_refused_change_keeps_nothing_and_names_the_condition_that_failed() {
         assert_eq!(after.email.as_str(), "alice.new@example.com");
         assert_eq!(after.credential_version, alice.credential_version + 1);
         assert_eq!(after.updated_at, t0() + TimeDelta::minutes(1));
-        let now = seen(&store, alice.id, &token.hash).await;
+        let now = seen(store.as_ref(), alice.id, &token.hash).await;
         assert_eq!(
             (
                 now.live_sessions,
@@ -202,8 +203,8 @@ async fn a_refused_change_keeps_nothing_and_names_the_condition_that_failed() {
 
 #[tokio::test]
 async fn the_last_admin_rule_holds_for_a_lone_admin_and_lets_a_second_go() {
-    on_every_full_store(|store| async move {
-        let users = store.users.as_ref();
+    on_every_store(|store| async move {
+        let users = store.as_ref();
         let alice = user(users, "alice@example.com").await;
         let bob = user(users, "bob@example.com").await;
         assert!(
@@ -214,14 +215,14 @@ async fn the_last_admin_rule_holds_for_a_lone_admin_and_lets_a_second_go() {
                 .kept()
         );
         let token = EmailTokenHash::of("none");
-        let before = seen(&store, alice.id, &token).await;
+        let before = seen(store.as_ref(), alice.id, &token).await;
         let demotion =
             || update(alice.id, set_role(Role::User)).then(Edit::EndSessions { keep: None });
         assert_eq!(
             users.apply(demotion()).await.unwrap(),
             Applied::Refused(Refusal::LastAdmin)
         );
-        assert_eq!(seen(&store, alice.id, &token).await, before);
+        assert_eq!(seen(store.as_ref(), alice.id, &token).await, before);
         let deletion = AccountChange::of(alice.id, t0())
             .when(Condition::LeavesAnActiveAdmin)
             .then(Edit::Delete);

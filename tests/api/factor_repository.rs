@@ -7,14 +7,14 @@ use portcullis::domain::mfa::{
     AuthMethod, Ceremony, CeremonyKind, FactorRemoval, Factors, MfaTokenHash, NewMfaChallenge,
     Passkey, RecoveryCodeHash,
 };
-use portcullis::domain::ports::{FactorRepository, UserRepository};
 use portcullis::domain::{
     AccountChange, Applied, AuditKind, AuditQuery, ClientInfo, Condition, Edit, NewAuditEvent,
     NewSessionCookie, Refusal, SessionKey, User, UserId,
 };
+use portcullis::outbound::Store;
 use uuid::Uuid;
 
-use crate::repository::{event, new_session, on_every_full_store, t0, user};
+use crate::repository::{event, new_session, on_every_store, t0, user};
 
 /// The hash of recovery code `n`: stored as given, whatever it hashes.
 fn code(n: usize) -> RecoveryCodeHash {
@@ -26,7 +26,7 @@ fn audited(kind: AuditKind, user: &User) -> NewAuditEvent {
 }
 
 /// How many `kind` events were recorded.
-async fn recorded(users: &dyn UserRepository, kind: AuditKind) -> usize {
+async fn recorded(users: &dyn Store, kind: AuditKind) -> usize {
     users
         .list_audit(&AuditQuery {
             kind: Some(kind),
@@ -99,14 +99,14 @@ fn removing_factors(owner: UserId, passkeys: bool, audit: NewAuditEvent) -> Acco
 }
 
 /// Whether `change` was kept.
-async fn kept(users: &dyn UserRepository, change: AccountChange) -> bool {
+async fn kept(users: &dyn Store, change: AccountChange) -> bool {
     users.apply(change).await.unwrap().kept()
 }
 
 /// Enrols and confirms TOTP for `user` with `codes` as recovery codes, at step 100.
 async fn with_totp(
-    users: &dyn UserRepository,
-    factors: &dyn FactorRepository,
+    users: &dyn Store,
+    factors: &dyn Store,
     user: &User,
     codes: Vec<RecoveryCodeHash>,
 ) {
@@ -154,8 +154,8 @@ fn ceremony(challenge: &str, user_id: Option<UserId>, ttl: TimeDelta) -> Ceremon
 
 #[tokio::test]
 async fn a_pending_totp_secret_is_replaced_until_confirmed_and_kept_after() {
-    on_every_full_store(|store| async move {
-        let (users, factors) = (store.users.as_ref(), store.factors.as_ref());
+    on_every_store(|store| async move {
+        let (users, factors) = (store.as_ref(), store.as_ref());
         let alice = user(users, "alice@example.com").await;
         assert!(factors.find_totp(alice.id).await.unwrap().is_none());
         assert!(
@@ -219,8 +219,8 @@ async fn a_pending_totp_secret_is_replaced_until_confirmed_and_kept_after() {
 
 #[tokio::test]
 async fn an_enrolment_replaces_the_recovery_codes_and_each_is_spent_once() {
-    on_every_full_store(|store| async move {
-        let (users, factors) = (store.users.as_ref(), store.factors.as_ref());
+    on_every_store(|store| async move {
+        let (users, factors) = (store.as_ref(), store.as_ref());
         let alice = user(users, "alice@example.com").await;
         let bob = user(users, "bob@example.com").await;
         with_totp(users, factors, &alice, vec![code(1), code(2)]).await;
@@ -270,17 +270,11 @@ async fn an_enrolment_replaces_the_recovery_codes_and_each_is_spent_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn of_concurrent_spends_of_one_recovery_code_exactly_one_wins() {
-    on_every_full_store(|store| async move {
-        let alice = user(store.users.as_ref(), "alice@example.com").await;
-        with_totp(
-            store.users.as_ref(),
-            store.factors.as_ref(),
-            &alice,
-            vec![code(1)],
-        )
-        .await;
+    on_every_store(|store| async move {
+        let alice = user(store.as_ref(), "alice@example.com").await;
+        with_totp(store.as_ref(), store.as_ref(), &alice, vec![code(1)]).await;
         let spends = (0..20).map(|_| {
-            let factors = Arc::clone(&store.factors);
+            let factors = Arc::clone(&store);
             async move { factors.spend_recovery_code(alice.id, &code(1), t0()).await }
         });
         let won = futures::future::join_all(spends)
@@ -296,8 +290,8 @@ async fn of_concurrent_spends_of_one_recovery_code_exactly_one_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_totp_step_is_used_once_and_never_after_a_later_one() {
-    on_every_full_store(|store| async move {
-        let (users, factors) = (store.users.as_ref(), store.factors.as_ref());
+    on_every_store(|store| async move {
+        let (users, factors) = (store.as_ref(), store.as_ref());
         let alice = user(users, "alice@example.com").await;
         assert!(
             factors
@@ -324,7 +318,7 @@ async fn a_totp_step_is_used_once_and_never_after_a_later_one() {
             );
         }
         let uses = (0..20).map(|_| {
-            let factors = Arc::clone(&store.factors);
+            let factors = Arc::clone(&store);
             async move { factors.use_totp_step(alice.id, 105).await }
         });
         let won = futures::future::join_all(uses)
@@ -342,8 +336,8 @@ async fn a_totp_step_is_used_once_and_never_after_a_later_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_challenge_is_spent_by_its_last_allowed_failure_or_by_one_success() {
-    on_every_full_store(|store| async move {
-        let (users, factors) = (store.users.as_ref(), store.factors.as_ref());
+    on_every_store(|store| async move {
+        let (users, factors) = (store.as_ref(), store.as_ref());
         let alice = user(users, "alice@example.com").await;
         let failing = challenge(&alice, TimeDelta::minutes(5));
         factors.store_mfa_challenge(failing.clone()).await.unwrap();
@@ -381,7 +375,7 @@ async fn a_challenge_is_spent_by_its_last_allowed_failure_or_by_one_success() {
         let passing = challenge(&alice, TimeDelta::minutes(5));
         factors.store_mfa_challenge(passing.clone()).await.unwrap();
         let spends = (0..20).map(|_| {
-            let factors = Arc::clone(&store.factors);
+            let factors = Arc::clone(&store);
             let hash = passing.hash.clone();
             async move { factors.spend_mfa_challenge(&hash, later).await }
         });
@@ -414,8 +408,8 @@ async fn a_challenge_is_spent_by_its_last_allowed_failure_or_by_one_success() {
 
 #[tokio::test]
 async fn a_credential_id_is_held_by_one_passkey_of_one_user() {
-    on_every_full_store(|store| async move {
-        let (users, factors) = (store.users.as_ref(), store.factors.as_ref());
+    on_every_store(|store| async move {
+        let (users, factors) = (store.as_ref(), store.as_ref());
         let alice = user(users, "alice@example.com").await;
         let bob = user(users, "bob@example.com").await;
         let older = passkey(&alice, b"credential-1", t0());
@@ -481,8 +475,8 @@ async fn a_credential_id_is_held_by_one_passkey_of_one_user() {
 
 #[tokio::test]
 async fn a_passkey_is_removed_by_its_owner_only() {
-    on_every_full_store(|store| async move {
-        let (users, factors) = (store.users.as_ref(), store.factors.as_ref());
+    on_every_store(|store| async move {
+        let (users, factors) = (store.as_ref(), store.as_ref());
         let alice = user(users, "alice@example.com").await;
         let bob = user(users, "bob@example.com").await;
         let key = passkey(&alice, b"credential", t0());
@@ -504,8 +498,8 @@ async fn a_passkey_is_removed_by_its_owner_only() {
 
 #[tokio::test]
 async fn a_passkey_is_renamed_by_its_owner_only() {
-    on_every_full_store(|store| async move {
-        let (users, factors) = (store.users.as_ref(), store.factors.as_ref());
+    on_every_store(|store| async move {
+        let (users, factors) = (store.as_ref(), store.as_ref());
         let alice = user(users, "alice@example.com").await;
         let bob = user(users, "bob@example.com").await;
         let key = passkey(&alice, b"credential", t0());
@@ -543,8 +537,8 @@ async fn a_passkey_is_renamed_by_its_owner_only() {
 
 #[tokio::test]
 async fn a_ceremony_is_taken_once_and_never_after_it_expired() {
-    on_every_full_store(|store| async move {
-        let (users, factors) = (store.users.as_ref(), store.factors.as_ref());
+    on_every_store(|store| async move {
+        let (users, factors) = (store.as_ref(), store.as_ref());
         let alice = user(users, "alice@example.com").await;
         let registration = ceremony("reg", Some(alice.id), TimeDelta::minutes(5));
         let sign_in = ceremony("auth", None, TimeDelta::minutes(5));
@@ -581,8 +575,8 @@ async fn a_ceremony_is_taken_once_and_never_after_it_expired() {
 
 #[tokio::test]
 async fn removing_factors_keeps_passkeys_unless_asked_and_records_only_a_removal() {
-    on_every_full_store(|store| async move {
-        let (users, factors) = (store.users.as_ref(), store.factors.as_ref());
+    on_every_store(|store| async move {
+        let (users, factors) = (store.as_ref(), store.as_ref());
         let alice = user(users, "alice@example.com").await;
         with_totp(users, factors, &alice, vec![code(1)]).await;
         let key = passkey(&alice, b"credential", t0());
@@ -617,8 +611,8 @@ async fn removing_factors_keeps_passkeys_unless_asked_and_records_only_a_removal
 
 #[tokio::test]
 async fn deleting_a_user_deletes_their_factors_challenges_and_ceremonies() {
-    on_every_full_store(|store| async move {
-        let (users, factors) = (store.users.as_ref(), store.factors.as_ref());
+    on_every_store(|store| async move {
+        let (users, factors) = (store.as_ref(), store.as_ref());
         let alice = user(users, "alice@example.com").await;
         let bob = user(users, "bob@example.com").await;
         with_totp(users, factors, &alice, vec![code(1)]).await;
@@ -668,8 +662,8 @@ async fn deleting_a_user_deletes_their_factors_challenges_and_ceremonies() {
 
 #[tokio::test]
 async fn the_purge_deletes_expired_challenges_and_ceremonies_only() {
-    on_every_full_store(|store| async move {
-        let (users, factors) = (store.users.as_ref(), store.factors.as_ref());
+    on_every_store(|store| async move {
+        let (users, factors) = (store.as_ref(), store.as_ref());
         let alice = user(users, "alice@example.com").await;
         let short = challenge(&alice, TimeDelta::minutes(5));
         let long = challenge(&alice, TimeDelta::hours(1));
@@ -715,8 +709,8 @@ async fn the_purge_deletes_expired_challenges_and_ceremonies_only() {
 
 #[tokio::test]
 async fn a_session_keeps_how_its_user_signed_in() {
-    on_every_full_store(|store| async move {
-        let users = store.users.as_ref();
+    on_every_store(|store| async move {
+        let users = store.as_ref();
         let alice = user(users, "alice@example.com").await;
         let two_step = vec![AuthMethod::Password, AuthMethod::Otp];
         let (mut api, refresh) = new_session(&alice, t0(), 100);
@@ -764,8 +758,8 @@ async fn a_session_keeps_how_its_user_signed_in() {
 
 #[tokio::test]
 async fn storing_a_ceremony_deletes_the_expired_ones_at_once() {
-    on_every_full_store(|store| async move {
-        let factors = store.factors.as_ref();
+    on_every_store(|store| async move {
+        let factors = store.as_ref();
         factors
             .store_ceremony(ceremony("abandoned", None, TimeDelta::minutes(5)), t0())
             .await

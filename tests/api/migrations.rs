@@ -5,7 +5,7 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use portcullis::domain::Email;
 use portcullis::domain::ports::UserRepository;
-use portcullis::outbound::sea_orm::{SeaOrmUserRepository, migrate_down, migrate_up};
+use portcullis::outbound::sea_orm::{SeaOrmStore, migrate_down, migrate_up};
 use sea_orm::{ConnectionTrait, Statement};
 
 use crate::helpers::{Backend, TestDb};
@@ -118,7 +118,7 @@ async fn existing_users_are_rekeyed_and_clashes_stop_the_upgrade(backend: Backen
         return;
     };
     migrate_up(&conn).await.unwrap();
-    let repo = SeaOrmUserRepository::new(conn.clone(), Duration::from_secs(5), 1);
+    let repo = SeaOrmStore::new(conn.clone(), Duration::from_secs(5), 1);
     let kelly = repo
         .find_user_by_email(&Email::parse("\u{ff4b}elly@example.com").unwrap())
         .await

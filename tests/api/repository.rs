@@ -6,8 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use portcullis::domain::mfa::{AuthMethod, FactorRemoval};
 use portcullis::domain::ports::{
-    CreateSessionError, CreateUserError, FactorRepository, FailureRecord, MailOutbox, RateLimiter,
-    Rotation, SigningKeyStore, UserRepository,
+    CreateSessionError, CreateUserError, FailureRecord, RateLimiter, Rotation, SigningKeyStore,
 };
 use portcullis::domain::{
     AccountChange, Applied, AuditKind, ClientInfo, Condition, CookieHash, Edit, Email,
@@ -16,11 +15,10 @@ use portcullis::domain::{
     Role, SessionId, SessionKey, User, UserChanges, UserId,
 };
 use portcullis::domain::{GeneratedKey, KeyAlgorithm, KeyChange, KeyMove, KeyState, SigningKey};
-use portcullis::outbound::memory::{
-    MemoryRateLimiter, MemorySigningKeyStore, MemoryUserRepository,
-};
+use portcullis::outbound::Store;
+use portcullis::outbound::memory::{MemoryRateLimiter, MemorySigningKeyStore, MemoryStore};
 use portcullis::outbound::sea_orm::{
-    SeaOrmRateLimiter, SeaOrmSigningKeyStore, SeaOrmUserRepository, migrate_up,
+    SeaOrmRateLimiter, SeaOrmSigningKeyStore, SeaOrmStore, migrate_up,
 };
 
 use crate::helpers::{Backend, TestDb};
@@ -47,7 +45,7 @@ pub(crate) fn new_password(id: UserId, hash: &str, keep: Option<SessionId>) -> A
 }
 
 /// `change` applied by `repo`: what it did.
-pub(crate) async fn apply(repo: &dyn UserRepository, change: AccountChange) -> Applied {
+pub(crate) async fn apply(repo: &dyn Store, change: AccountChange) -> Applied {
     repo.apply(change).await.unwrap()
 }
 
@@ -89,59 +87,18 @@ async fn on_every_adapter<P, F, Fut>(
     }
 }
 
-/// [`on_every_adapter`] for the user repositories.
-async fn on_every_repository<F, Fut>(test: F)
+/// [`on_every_adapter`] for the stores: every storage port of one store.
+pub(crate) async fn on_every_store<F, Fut>(test: F)
 where
-    F: Fn(Arc<dyn UserRepository>) -> Fut,
+    F: Fn(Arc<dyn Store>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     on_every_adapter(
-        Arc::new(MemoryUserRepository::new()) as Arc<dyn UserRepository>,
-        |conn| Arc::new(SeaOrmUserRepository::new(conn, Duration::from_secs(5), 1)),
+        Arc::new(MemoryStore::new()) as Arc<dyn Store>,
+        |conn| Arc::new(SeaOrmStore::new(conn, Duration::from_secs(5), 1)),
         test,
     )
     .await;
-}
-
-/// A repository, the outbox it fills and the factors it keeps: one store behind three ports.
-pub(crate) struct Store {
-    pub(crate) users: Arc<dyn UserRepository>,
-    pub(crate) outbox: Arc<dyn MailOutbox>,
-    pub(crate) factors: Arc<dyn FactorRepository>,
-}
-
-impl Store {
-    fn of<S: UserRepository + MailOutbox + FactorRepository>(store: S) -> Arc<Self> {
-        let store = Arc::new(store);
-        Arc::new(Self {
-            users: store.clone(),
-            outbox: store.clone(),
-            factors: store,
-        })
-    }
-}
-
-/// [`on_every_adapter`] for the repositories with every port of their store.
-pub(crate) async fn on_every_full_store<F, Fut>(test: F)
-where
-    F: Fn(Arc<Store>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    on_every_adapter(
-        Store::of(MemoryUserRepository::new()),
-        |conn| Store::of(SeaOrmUserRepository::new(conn, Duration::from_secs(5), 1)),
-        test,
-    )
-    .await;
-}
-
-/// [`on_every_adapter`] for the repositories as their own mail outboxes.
-async fn on_every_store<F, Fut>(test: F)
-where
-    F: Fn(Arc<dyn UserRepository>, Arc<dyn MailOutbox>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    on_every_full_store(|store| test(Arc::clone(&store.users), Arc::clone(&store.outbox))).await;
 }
 
 /// [`on_every_adapter`] for the rate limiters.
@@ -158,7 +115,7 @@ where
     .await;
 }
 
-pub(crate) async fn user(repo: &dyn UserRepository, email: &str) -> User {
+pub(crate) async fn user(repo: &dyn Store, email: &str) -> User {
     repo.create_user(NewUser {
         email: Email::parse(email).unwrap(),
         full_name: None,
@@ -196,10 +153,7 @@ pub(crate) fn new_session(
 }
 
 /// Opens a session at `t0` (idle expiry one day later): its id and refresh token.
-pub(crate) async fn session(
-    repo: &dyn UserRepository,
-    user: &User,
-) -> (SessionId, NewRefreshToken) {
+pub(crate) async fn session(repo: &dyn Store, user: &User) -> (SessionId, NewRefreshToken) {
     let (new, refresh) = new_session(user, t0(), 100);
     let id = new.id;
     repo.create_session(new, SessionKey::RefreshToken(refresh.clone()))
@@ -210,7 +164,7 @@ pub(crate) async fn session(
 
 #[tokio::test]
 async fn users_are_unique_by_normalised_email_and_found_by_either_key() {
-    on_every_repository(|repo| async move {
+    on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "Alice@Example.com").await;
         assert_eq!(alice.email.as_str(), "Alice@Example.com");
         let duplicate = repo
@@ -257,7 +211,7 @@ async fn users_are_unique_by_normalised_email_and_found_by_either_key() {
 
 #[tokio::test]
 async fn a_refresh_token_rotates_exactly_once() {
-    on_every_repository(|repo| async move {
+    on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let (sid, first) = session(repo.as_ref(), &alice).await;
         let (found, owner) = repo.find_session(sid).await.unwrap().unwrap();
@@ -313,7 +267,7 @@ async fn a_refresh_token_rotates_exactly_once() {
 
 #[tokio::test]
 async fn only_the_owner_ends_a_session_and_ended_ones_are_not_listed() {
-    on_every_repository(|repo| async move {
+    on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let mallory = user(repo.as_ref(), "mallory@example.com").await;
         let (a1, _) = session(repo.as_ref(), &alice).await;
@@ -352,7 +306,7 @@ async fn only_the_owner_ends_a_session_and_ended_ones_are_not_listed() {
 
 #[tokio::test]
 async fn a_password_change_keeps_one_session_and_deactivation_ends_all() {
-    on_every_repository(|repo| async move {
+    on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let (keep, _) = session(repo.as_ref(), &alice).await;
         let (other, _) = session(repo.as_ref(), &alice).await;
@@ -393,7 +347,7 @@ async fn a_password_change_keeps_one_session_and_deactivation_ends_all() {
 
 #[tokio::test]
 async fn the_purge_deletes_dead_sessions_and_expired_tokens_only() {
-    on_every_repository(|repo| async move {
+    on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let (live, live_token) = session(repo.as_ref(), &alice).await;
         let (ended, ended_token) = session(repo.as_ref(), &alice).await;
@@ -545,7 +499,7 @@ async fn of_concurrent_swaps_from_one_view_exactly_one_wins() {
 
 #[tokio::test]
 async fn a_session_opens_only_on_the_credentials_the_login_read() {
-    on_every_repository(|repo| async move {
+    on_every_store(|repo| async move {
         let now = t0() + TimeDelta::minutes(1);
         // A password change between the read and the insert: refused, nothing stored.
         let alice = user(repo.as_ref(), "alice@example.com").await;
@@ -603,7 +557,7 @@ async fn a_session_opens_only_on_the_credentials_the_login_read() {
 
 #[tokio::test]
 async fn a_cookie_session_is_found_by_its_cookie_only_and_touched_only_while_live() {
-    on_every_repository(|repo| async move {
+    on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let (new, _) = new_session(&alice, t0(), 100);
         let sid = new.id;
@@ -671,7 +625,7 @@ async fn a_cookie_session_is_found_by_its_cookie_only_and_touched_only_while_liv
 
 #[tokio::test]
 async fn a_rotation_never_revives_an_ended_session() {
-    on_every_repository(|repo| async move {
+    on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let (sid, first) = session(repo.as_ref(), &alice).await;
         let now = t0() + TimeDelta::minutes(1);
@@ -693,7 +647,7 @@ async fn a_rotation_never_revives_an_ended_session() {
 
 #[tokio::test]
 async fn a_new_session_beyond_the_limit_ends_the_least_recently_used() {
-    on_every_repository(|repo| async move {
+    on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let mut opened = Vec::new();
         for minute in 0..3 {
@@ -749,7 +703,7 @@ async fn a_new_session_beyond_the_limit_ends_the_least_recently_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_session_lookups_each_get_their_own_answer() {
-    on_every_repository(|repo| async move {
+    on_every_store(|repo| async move {
         let mut expected = Vec::new();
         for n in 0..12 {
             let owner = user(repo.as_ref(), &format!("owner{n}@example.com")).await;
@@ -777,7 +731,7 @@ async fn concurrent_session_lookups_each_get_their_own_answer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_hands_each_due_job_to_one_claimer_and_keeps_what_failed() {
-    on_every_store(|repo, outbox| async move {
+    on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         for _ in 0..10 {
             repo.enqueue_mail(MailJob::Verification { user_id: alice.id }, t0())
@@ -786,7 +740,7 @@ async fn the_outbox_hands_each_due_job_to_one_claimer_and_keeps_what_failed() {
         }
         let lease = TimeDelta::minutes(5);
         // Twenty workers at once, one job each at most: every job goes to exactly one.
-        let claims = (0..20).map(|_| outbox.claim_mail(t0(), lease, 1));
+        let claims = (0..20).map(|_| repo.claim_mail(t0(), lease, 1));
         let mut ids: Vec<i64> = futures::future::join_all(claims)
             .await
             .into_iter()
@@ -798,24 +752,14 @@ async fn the_outbox_hands_each_due_job_to_one_claimer_and_keeps_what_failed() {
         ids.dedup();
         assert_eq!((before, ids.len()), (10, 10));
         // Claimed jobs are nobody else's until the lease ends.
-        assert!(
-            outbox
-                .claim_mail(t0(), lease, 100)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        outbox.finish_mail(ids[0], t0()).await.unwrap();
-        outbox
-            .retry_mail(ids[1], 1, t0() + TimeDelta::hours(1), "connection refused")
+        assert!(repo.claim_mail(t0(), lease, 100).await.unwrap().is_empty());
+        repo.finish_mail(ids[0], t0()).await.unwrap();
+        repo.retry_mail(ids[1], 1, t0() + TimeDelta::hours(1), "connection refused")
             .await
             .unwrap();
-        outbox
-            .fail_mail(ids[2], 8, "550 no such user")
-            .await
-            .unwrap();
+        repo.fail_mail(ids[2], 8, "550 no such user").await.unwrap();
         assert_eq!(
-            outbox.mail_depth().await.unwrap(),
+            repo.mail_depth().await.unwrap(),
             OutboxDepth {
                 pending: 8,
                 failed: 1
@@ -823,7 +767,7 @@ async fn the_outbox_hands_each_due_job_to_one_claimer_and_keeps_what_failed() {
         );
         // After the lease, the unsettled jobs are due again; the retried one when its time comes.
         let later = t0() + lease + TimeDelta::seconds(1);
-        let again = outbox.claim_mail(later, lease, 100).await.unwrap();
+        let again = repo.claim_mail(later, lease, 100).await.unwrap();
         assert_eq!(again.len(), 7);
         assert!(
             again
@@ -831,9 +775,9 @@ async fn the_outbox_hands_each_due_job_to_one_claimer_and_keeps_what_failed() {
                 .all(|m| m.job == MailJob::Verification { user_id: alice.id })
         );
         for mail in &again {
-            outbox.finish_mail(mail.id, later).await.unwrap();
+            repo.finish_mail(mail.id, later).await.unwrap();
         }
-        let retried = outbox
+        let retried = repo
             .claim_mail(t0() + TimeDelta::hours(2), lease, 100)
             .await
             .unwrap();
@@ -845,8 +789,7 @@ async fn the_outbox_hands_each_due_job_to_one_claimer_and_keeps_what_failed() {
             [(ids[1], 1)]
         );
         // A week on, what was delivered and what was given up are purged; nothing pending is.
-        outbox
-            .finish_mail(ids[1], t0() + TimeDelta::hours(2))
+        repo.finish_mail(ids[1], t0() + TimeDelta::hours(2))
             .await
             .unwrap();
         repo.enqueue_mail(
@@ -859,7 +802,7 @@ async fn the_outbox_hands_each_due_job_to_one_claimer_and_keeps_what_failed() {
             .await
             .unwrap();
         assert_eq!(
-            outbox.mail_depth().await.unwrap(),
+            repo.mail_depth().await.unwrap(),
             OutboxDepth {
                 pending: 1,
                 failed: 0
@@ -871,7 +814,7 @@ async fn the_outbox_hands_each_due_job_to_one_claimer_and_keeps_what_failed() {
 
 #[tokio::test]
 async fn a_reset_token_works_once_and_spends_the_others() {
-    on_every_store(|repo, _| async move {
+    on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let (session_id, _) = session(repo.as_ref(), &alice).await;
         let token = |kind| NewEmailToken::generate(kind, &alice, t0(), TimeDelta::minutes(30));
@@ -942,7 +885,7 @@ async fn a_reset_token_works_once_and_spends_the_others() {
 
 #[tokio::test]
 async fn a_verification_proves_only_the_address_it_was_sent_to() {
-    on_every_store(|repo, _| async move {
+    on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let token = NewEmailToken::generate(
             EmailTokenKind::Verification,
@@ -977,7 +920,7 @@ async fn a_verification_proves_only_the_address_it_was_sent_to() {
 
 #[tokio::test]
 async fn an_email_change_moves_the_account_unless_the_address_was_taken() {
-    on_every_store(|repo, _| async move {
+    on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let (keep, _) = session(repo.as_ref(), &alice).await;
         let (other, _) = session(repo.as_ref(), &alice).await;
@@ -1061,7 +1004,7 @@ async fn an_email_change_moves_the_account_unless_the_address_was_taken() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_demotions_deactivations_and_deletions_leave_an_admin() {
-    on_every_repository(|repo| async move {
+    on_every_store(|repo| async move {
         let mut survivor: Option<UserId> = None;
         for round in 0..8 {
             // Exactly two active admins: a and b (the last round's survivor steps down).
@@ -1223,7 +1166,7 @@ fn failure(user: Option<UserId>, ip: &str, at: DateTime<Utc>) -> NewAuditEvent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_fold_by_kind_address_and_account_within_the_window() {
-    on_every_repository(|repo| async move {
+    on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let window = TimeDelta::seconds(60);
         let fold = |event: NewAuditEvent| {

@@ -3,16 +3,17 @@
 //! within milliseconds by every other instance and after the CLI, and by an instance whose
 //! listening connection is down.
 
+use portcullis::domain::ports::SessionRepository;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
-use portcullis::domain::ports::UserRepository;
 use portcullis::domain::{
     AccountChange, Condition, Edit, Email, EmailTokenKind, NewEmailToken, PasswordHash, Role,
     SessionId, SessionKey, User, UserChanges,
 };
-use portcullis::outbound::sea_orm::{SeaOrmUserRepository, invalidations, migrate_up};
+use portcullis::outbound::Store;
+use portcullis::outbound::sea_orm::{SeaOrmStore, invalidations, migrate_up};
 use portcullis::outbound::session_cache::{CacheLimits, CachedSessions, SessionCache};
 use serde_json::{Value, json};
 
@@ -391,15 +392,14 @@ async fn a_listening_connection_that_falls_silent_is_taken_as_lost() {
 // cache of its own), reaches a cached repository through the database's triggers and the feed.
 
 /// A write to one user's account, made by `writer` on `user`, whose session is `session`.
-type Write =
-    for<'a> fn(&'a dyn UserRepository, &'a User, SessionId) -> futures::future::BoxFuture<'a, ()>;
+type Write = for<'a> fn(&'a dyn Store, &'a User, SessionId) -> futures::future::BoxFuture<'a, ()>;
 
 fn token_of(kind: EmailTokenKind, user: &User) -> NewEmailToken {
     NewEmailToken::generate(kind, user, Utc::now(), TimeDelta::hours(1))
 }
 
 /// Applies `change`, which must be kept.
-async fn applies(writer: &dyn UserRepository, change: AccountChange) {
+async fn applies(writer: &dyn Store, change: AccountChange) {
     let applied = writer.apply(change).await.unwrap();
     assert!(applied.kept(), "{applied:?}");
 }
@@ -514,11 +514,7 @@ async fn every_write_reaches_a_cached_repository(backend: Backend) {
     };
     let conn = db.pool(5).await;
     migrate_up(&conn).await.unwrap();
-    let stored = Arc::new(SeaOrmUserRepository::new(
-        conn.clone(),
-        Duration::from_secs(5),
-        1,
-    ));
+    let stored = Arc::new(SeaOrmStore::new(conn.clone(), Duration::from_secs(5), 1));
     let cache = Arc::new(SessionCache::new(
         CacheLimits {
             max_entries: 1000,
@@ -536,7 +532,7 @@ async fn every_write_reaches_a_cached_repository(backend: Backend) {
         },
         Duration::from_secs(5),
     ));
-    let cached = CachedSessions::new(stored.clone(), Arc::clone(&cache));
+    let cached = CachedSessions::new(stored.clone(), stored.clone(), Arc::clone(&cache));
     let started = Instant::now();
     while !cache.stats().trusted {
         assert!(
@@ -547,7 +543,7 @@ async fn every_write_reaches_a_cached_repository(backend: Backend) {
     }
     // The writer: another repository on its own pool, as another instance or the CLI has.
     let writer_conn = db.pool(2).await;
-    let writer = SeaOrmUserRepository::new(writer_conn.clone(), Duration::from_secs(5), 1);
+    let writer = SeaOrmStore::new(writer_conn.clone(), Duration::from_secs(5), 1);
 
     for (n, (name, write)) in every_write().into_iter().enumerate() {
         let owner = user(&writer, &format!("writer{n}@example.com")).await;

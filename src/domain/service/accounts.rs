@@ -291,7 +291,7 @@ impl AuthService {
             return Err(AuthError::InvalidToken);
         }
         let (session, user) = self
-            .users
+            .sessions
             .find_session(claims.session_id)
             .await?
             .ok_or(AuthError::InvalidToken)?;
@@ -496,7 +496,7 @@ mod tests {
     }
 
     fn expect_session_start(m: &mut Mocks) {
-        m.users
+        m.sessions
             .expect_create_session()
             .times(1)
             .returning(|s, _| Ok(session(s.id, s.user_id.0)));
@@ -521,7 +521,7 @@ mod tests {
             .times(1)
             .returning(|_, _| Ok(true));
         let now = m.now;
-        m.users
+        m.sessions
             .expect_create_session()
             .withf(move |s, key| {
                 let crate::domain::SessionKey::RefreshToken(r) = key else {
@@ -568,7 +568,7 @@ mod tests {
             .returning(|_| Ok(Some(user(7, Role::User, true))));
         m.hasher.expect_verify().returning(move |_, _| Ok(right));
         m.hasher.expect_needs_rehash().returning(|_| true);
-        m.users
+        m.sessions
             .expect_create_session()
             .returning(|s, _| Ok(session(s.id, s.user_id.0)));
         m.tokens.expect_issue().returning(|_| Ok("signed".into()));
@@ -670,7 +670,7 @@ mod tests {
             .expect_verify()
             .times(1)
             .returning(|_, _| Ok(false));
-        m.users.expect_create_session().never();
+        m.sessions.expect_create_session().never();
         let err = m
             .service()
             .login(&email(7), "wrong", ClientInfo::default())
@@ -734,7 +734,7 @@ mod tests {
             .expect_find_user_by_email()
             .returning(|_| Ok(Some(user(7, Role::User, false))));
         m.hasher.expect_verify().times(1).returning(|_, _| Ok(true));
-        m.users.expect_create_session().never();
+        m.sessions.expect_create_session().never();
         let err = m
             .service()
             .login(&email(7), "correct horse", ClientInfo::default())
@@ -823,7 +823,7 @@ mod tests {
             .in_sequence(&mut seq)
             .returning(move |_| Ok(c.clone()));
         m.keys = Some((store, ring));
-        m.users
+        m.sessions
             .expect_find_session()
             .returning(move |_| Ok(Some((session(sid, 3), user(3, Role::User, true)))));
         let principal = m.service().authenticate("tok").await.unwrap();
@@ -902,7 +902,7 @@ mod tests {
             .with(eq("tok"))
             .returning(move |_| Ok(c.clone()));
         // The stored role wins over the one in the token.
-        m.users
+        m.sessions
             .expect_find_session()
             .with(eq(sid))
             .times(1)
@@ -918,7 +918,7 @@ mod tests {
         m.tokens
             .expect_verify()
             .returning(|_| Err(TokenError::Rejected("bad signature".into())));
-        m.users.expect_find_session().never();
+        m.sessions.expect_find_session().never();
         let err = m.service().authenticate("forged").await.unwrap_err();
         assert!(matches!(err, AuthError::InvalidToken));
     }
@@ -929,7 +929,7 @@ mod tests {
         let mut c = claims(&m, 3, SessionId::random());
         c.expires_at = m.now - TimeDelta::seconds(31);
         m.tokens.expect_verify().returning(move |_| Ok(c.clone()));
-        m.users.expect_find_session().never();
+        m.sessions.expect_find_session().never();
         let err = m.service().authenticate("old").await.unwrap_err();
         assert!(matches!(err, AuthError::InvalidToken));
     }
@@ -940,7 +940,7 @@ mod tests {
         let mut c = claims(&m, 3, SessionId::random());
         c.expires_at = m.now - TimeDelta::seconds(29);
         m.tokens.expect_verify().returning(move |_| Ok(c.clone()));
-        m.users
+        m.sessions
             .expect_find_session()
             .returning(|id| Ok(Some((session(id, 3), user(3, Role::User, true)))));
         assert!(m.service().authenticate("just-expired").await.is_ok());
@@ -952,7 +952,7 @@ mod tests {
         let mut c = claims(&m, 3, SessionId::random());
         c.issued_at = m.now + TimeDelta::minutes(5);
         m.tokens.expect_verify().returning(move |_| Ok(c.clone()));
-        m.users.expect_find_session().never();
+        m.sessions.expect_find_session().never();
         assert!(matches!(
             m.service().authenticate("future").await.unwrap_err(),
             AuthError::InvalidToken
@@ -967,7 +967,7 @@ mod tests {
             let c = claims(&m, 3, sid);
             let now = m.now;
             m.tokens.expect_verify().returning(move |_| Ok(c.clone()));
-            m.users
+            m.sessions
                 .expect_find_session()
                 .with(always())
                 .returning(move |id| {
@@ -991,7 +991,7 @@ mod tests {
         let mut m = Mocks::new();
         let c = claims(&m, 3, SessionId::random());
         m.tokens.expect_verify().returning(move |_| Ok(c.clone()));
-        m.users
+        m.sessions
             .expect_find_session()
             .returning(|id| Ok(Some((session(id, 3), user(3, Role::User, false)))));
         assert!(matches!(
@@ -1027,7 +1027,7 @@ mod tests {
             .expect_find_user_by_email()
             .returning(|_| Ok(Some(user(7, Role::User, true))));
         m.hasher.expect_verify().returning(|_, _| Ok(true));
-        m.users.expect_create_session().returning(|_, _| {
+        m.sessions.expect_create_session().returning(|_, _| {
             Err(CreateSessionError::Backend(BackendError::Unavailable(
                 "down".into(),
             )))
@@ -1053,7 +1053,7 @@ mod tests {
             .expect_find_user_by_email()
             .returning(|_| Ok(Some(user(7, Role::User, true))));
         m.hasher.expect_verify().returning(|_, _| Ok(true));
-        m.users
+        m.sessions
             .expect_create_session()
             .withf(|s, _| s.credential_version == 0 && s.live_limit == 100)
             .times(1)
@@ -1097,7 +1097,7 @@ mod tests {
             let now = m.now;
             // Folded with the failures like it of the last minute; a user agent of kilobytes
             // is kept to its first 256 characters.
-            m.users
+            m.audit
                 .expect_record_folded()
                 .withf(move |event, since| {
                     event.kind == crate::domain::AuditKind::LoginFailed
@@ -1109,7 +1109,7 @@ mod tests {
                 })
                 .times(1)
                 .returning(|_, _| Ok(()));
-            m.users.expect_record_audit().never();
+            m.audit.expect_record_audit().never();
             let client = ClientInfo::new(Some(&"x".repeat(4000)), Some("198.51.100.9".into()));
             let err = m
                 .service()

@@ -179,7 +179,7 @@ impl AuthService {
             )
             .await?;
         if invite {
-            self.users
+            self.outbox
                 .enqueue_mail(MailJob::Invitation { user_id: user.id }, self.clock.now())
                 .await?;
         }
@@ -323,7 +323,7 @@ impl AuthService {
     pub async fn account_sessions(&self, id: UserId) -> Result<Vec<Session>, AdminError> {
         let user = self.account(id).await?;
         Ok(self
-            .users
+            .sessions
             .list_live_sessions(user.id, self.clock.now(), self.policy.max_sessions_per_user)
             .await?)
     }
@@ -404,7 +404,7 @@ impl AuthService {
         let audit = actor.event(AuditKind::PasswordResetRequested, Some(user.id), now);
         if !self.within_mail_budget(&[&user.email], None).await? {
             let audit = audit.with("mail", "not sent: the address's mail budget is spent");
-            self.users.record_audit(audit).await?;
+            self.audit.record_audit(audit).await?;
             return Ok(());
         }
         let job = MailJob::PasswordReset {
@@ -423,7 +423,7 @@ impl AuthService {
     /// # Errors
     /// [`BackendError`] when storage fails.
     pub async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, BackendError> {
-        self.users.list_audit(query).await
+        self.audit.list_audit(query).await
     }
 }
 
@@ -558,7 +558,7 @@ mod tests {
             .expect_create_user()
             .withf(|u| !u.send_verification && u.audit.kind == AuditKind::UserCreated)
             .returning(|_| Ok(user(7, Role::User, true)));
-        m.users
+        m.outbox
             .expect_enqueue_mail()
             .with(eq(MailJob::Invitation { user_id: UserId(7) }), always())
             .times(1)
@@ -611,7 +611,7 @@ mod tests {
                     .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
             } else {
                 m.users.expect_apply().never();
-                m.users
+                m.audit
                     .expect_record_audit()
                     .withf(move |audit| recorded(audit, "not sent"))
                     .times(1)

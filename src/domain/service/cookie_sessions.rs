@@ -109,7 +109,7 @@ impl AuthService {
     /// [`AuthError::Inactive`] for a deactivated user.
     pub async fn authenticate_cookie(&self, secret: &str) -> Result<Principal, AuthError> {
         let (session, user) = self
-            .users
+            .sessions
             .find_cookie_session(&CookieHash::of(secret))
             .await?
             .ok_or(AuthError::InvalidToken)?;
@@ -122,7 +122,9 @@ impl AuthService {
         }
         if now - session.last_used_at >= TOUCH_EVERY {
             let idle_end = (now + self.policy.refresh_token_ttl).min(session.expires_at);
-            self.users.touch_session(session.id, now, idle_end).await?;
+            self.sessions
+                .touch_session(session.id, now, idle_end)
+                .await?;
         }
         Ok(Principal {
             user,
@@ -151,7 +153,7 @@ mod tests {
             .expect_find_user_by_email()
             .returning(|_| Ok(Some(user(1, Role::User, true))));
         m.hasher.expect_verify().returning(|_, _| Ok(true));
-        m.users
+        m.sessions
             .expect_create_session()
             .withf(|new, key| {
                 new.user_id == UserId(1)
@@ -178,7 +180,7 @@ mod tests {
             .expect_find_user_by_email()
             .returning(|_| Ok(Some(user(1, Role::User, true))));
         m.hasher.expect_verify().returning(|_, _| Ok(false));
-        m.users.expect_create_session().never();
+        m.sessions.expect_create_session().never();
         let err = m
             .service()
             .sign_in_with_cookie(&email(), "wrong", ClientInfo::default())
@@ -194,7 +196,7 @@ mod tests {
             .expect_find_user_by_email()
             .returning(|_| Ok(Some(user(1, Role::User, true))));
         m.hasher.expect_verify().returning(|_, _| Ok(true));
-        m.users
+        m.sessions
             .expect_create_session()
             .returning(|_, _| Err(CreateSessionError::Stale));
         let err = m
@@ -209,7 +211,7 @@ mod tests {
         m: &mut Mocks,
         edit: impl Fn(&mut Session, &mut crate::domain::User) + Send + Sync + 'static,
     ) {
-        m.users
+        m.sessions
             .expect_find_cookie_session()
             .with(eq(CookieHash::of("secret")))
             .returning(move |_| {
@@ -224,7 +226,7 @@ mod tests {
     async fn a_live_cookie_session_is_the_caller_and_a_recent_one_is_not_written() {
         let mut m = Mocks::new();
         cookie_session(&mut m, |s, _| s.last_used_at = now());
-        m.users.expect_touch_session().never();
+        m.sessions.expect_touch_session().never();
         let principal = m.service().authenticate_cookie("secret").await.unwrap();
         assert_eq!(principal.user.id, UserId(1));
         assert!(principal.session_id.is_some());
@@ -238,7 +240,7 @@ mod tests {
             s.last_used_at = now() - TOUCH_EVERY;
             s.expires_at = end;
         });
-        m.users
+        m.sessions
             .expect_touch_session()
             .with(always(), eq(now()), eq(end))
             .times(1)
@@ -255,12 +257,14 @@ mod tests {
         ] {
             let mut m = Mocks::new();
             cookie_session(&mut m, edit);
-            m.users.expect_touch_session().never();
+            m.sessions.expect_touch_session().never();
             let err = m.service().authenticate_cookie("secret").await.unwrap_err();
             assert!(matches!(err, AuthError::InvalidToken), "{err:?}");
         }
         let mut m = Mocks::new();
-        m.users.expect_find_cookie_session().returning(|_| Ok(None));
+        m.sessions
+            .expect_find_cookie_session()
+            .returning(|_| Ok(None));
         let err = m.service().authenticate_cookie("other").await.unwrap_err();
         assert!(matches!(err, AuthError::InvalidToken), "{err:?}");
     }

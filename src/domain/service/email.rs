@@ -170,7 +170,7 @@ impl AuthService {
                 email,
                 requested_by: Some(client.clone()),
             };
-            self.users.enqueue_mail(job, self.clock.now()).await?;
+            self.outbox.enqueue_mail(job, self.clock.now()).await?;
         }
         Ok(())
     }
@@ -278,7 +278,7 @@ impl AuthService {
             .within_mail_budget(&[&principal.user.email], None)
             .await?
         {
-            self.users
+            self.outbox
                 .enqueue_mail(MailJob::Verification { user_id }, self.clock.now())
                 .await?;
         }
@@ -348,7 +348,7 @@ impl AuthService {
             new_email,
             keep: principal.session_id,
         };
-        self.users.enqueue_mail(job, self.clock.now()).await?;
+        self.outbox.enqueue_mail(job, self.clock.now()).await?;
         Ok(())
     }
 
@@ -445,7 +445,7 @@ impl AuthService {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(RedeemError::InvalidToken);
         }
-        self.users
+        self.links
             .find_email_token(&EmailTokenHash::of(token))
             .await?
             .filter(|record| record.usable_for(kind, self.clock.now()))
@@ -477,7 +477,7 @@ impl AuthService {
         };
         let link = crate::domain::mail::link(template, &policy.public_url, &token.secret);
         let ttl = token.expires_at - token.created_at;
-        self.users.store_email_token(token, audit).await?;
+        self.links.store_email_token(token, audit).await?;
         Ok((link, ttl))
     }
 
@@ -829,7 +829,7 @@ mod tests {
     async fn forgot_queues_one_job_for_any_address_and_looks_nothing_up() {
         let mut m = with_mail();
         m.users.expect_find_user_by_email().never();
-        m.users
+        m.outbox
             .expect_enqueue_mail()
             .with(
                 eq(MailJob::PasswordReset {
@@ -849,7 +849,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_transport_forgot_is_refused_before_any_limit_or_write() {
         let mut m = Mocks::new();
-        m.users.expect_enqueue_mail().never();
+        m.outbox.expect_enqueue_mail().never();
         let mut limiter = crate::domain::ports::MockRateLimiter::new();
         limiter.expect_increment().never();
         m.limiter = Some(limiter);
@@ -869,7 +869,7 @@ mod tests {
             .expect_increment()
             .returning(|bucket, _| Ok(if bucket.starts_with("mail:") { 99 } else { 1 }));
         m.limiter = Some(limiter);
-        m.users.expect_enqueue_mail().never();
+        m.outbox.expect_enqueue_mail().never();
         let err = m
             .service()
             .forgot_password(email("ann@example.com"), &client())
@@ -893,7 +893,7 @@ mod tests {
             let mut m = with_mail();
             let mut rec = record(&m, EmailTokenKind::PasswordReset);
             spoil(&mut rec, m.now);
-            m.users
+            m.links
                 .expect_find_email_token()
                 .returning(move |_| Ok(Some(rec.clone())));
             m.hasher.expect_hash().never();
@@ -906,7 +906,7 @@ mod tests {
             assert!(matches!(err, RedeemError::InvalidToken), "{case}");
         }
         let mut m = with_mail();
-        m.users.expect_find_email_token().returning(|_| Ok(None));
+        m.links.expect_find_email_token().returning(|_| Ok(None));
         m.hasher.expect_hash().never();
         let err = m
             .service()
@@ -920,7 +920,7 @@ mod tests {
         assert!(matches!(err, RedeemError::InvalidToken));
         // Huge or empty tokens are not even looked up.
         let mut m = with_mail();
-        m.users.expect_find_email_token().never();
+        m.links.expect_find_email_token().never();
         let service = m.service();
         for token in [String::new(), "x".repeat(129)] {
             assert!(matches!(
@@ -936,7 +936,7 @@ mod tests {
     async fn a_reset_sets_the_password_atomically_and_clears_the_failure_delay() {
         let mut m = with_mail();
         let rec = record(&m, EmailTokenKind::PasswordReset);
-        m.users
+        m.links
             .expect_find_email_token()
             .with(eq(EmailTokenHash::of("token")))
             .returning(move |_| Ok(Some(rec.clone())));
@@ -1016,7 +1016,7 @@ mod tests {
     async fn a_reset_removes_what_was_added_before_the_address_was_proved_and_says_so() {
         let mut m = with_mail();
         let rec = record(&m, EmailTokenKind::PasswordReset);
-        m.users
+        m.links
             .expect_find_email_token()
             .returning(move |_| Ok(Some(rec.clone())));
         m.hasher
@@ -1087,7 +1087,7 @@ mod tests {
             .expect_increment()
             .returning(|bucket, _| Ok(if bucket.starts_with("mail_to:") { 4 } else { 1 }));
         m.limiter = Some(limiter);
-        m.users.expect_enqueue_mail().never();
+        m.outbox.expect_enqueue_mail().never();
         m.service()
             .forgot_password(email("ann@example.com"), &client())
             .await
@@ -1098,7 +1098,7 @@ mod tests {
     async fn a_reset_that_loses_a_race_for_its_token_is_refused() {
         let mut m = with_mail();
         let rec = record(&m, EmailTokenKind::PasswordReset);
-        m.users
+        m.links
             .expect_find_email_token()
             .returning(move |_| Ok(Some(rec.clone())));
         m.hasher
@@ -1119,7 +1119,7 @@ mod tests {
     #[tokio::test]
     async fn a_verified_address_needs_no_verification_mail() {
         let mut m = with_mail();
-        m.users.expect_enqueue_mail().never();
+        m.outbox.expect_enqueue_mail().never();
         let mut verified = principal();
         verified.user.email_verified = true;
         let err = m
@@ -1134,7 +1134,7 @@ mod tests {
     async fn an_email_change_with_a_wrong_password_queues_nothing() {
         let mut m = with_mail();
         m.hasher.expect_verify().returning(|_, _| Ok(false));
-        m.users.expect_enqueue_mail().never();
+        m.outbox.expect_enqueue_mail().never();
         let err = m
             .service()
             .request_email_change(&principal(), email("new@example.com"), "wrong", &client())
@@ -1174,7 +1174,7 @@ mod tests {
             m.users
                 .expect_find_user_by_email()
                 .returning(move |_| Ok(found.clone()));
-            m.users.expect_store_email_token().never();
+            m.links.expect_store_email_token().never();
             let mut mailer = MockMailer::new();
             mailer.expect_send().never();
             m.mailer = Some(mailer);
@@ -1200,7 +1200,7 @@ mod tests {
             .expect_find_user_by_email()
             .returning(|_| Ok(Some(user(5, Role::User, true))));
         let now = m.now;
-        m.users
+        m.links
             .expect_store_email_token()
             .withf(move |t, audit| {
                 t.kind == EmailTokenKind::PasswordReset
@@ -1251,7 +1251,7 @@ mod tests {
             m.users
                 .expect_find_user_by_id()
                 .returning(|_| Ok(Some(user(5, Role::User, true))));
-            m.users.expect_store_email_token().returning(|_, _| Ok(()));
+            m.links.expect_store_email_token().returning(|_, _| Ok(()));
             let mut mailer = MockMailer::new();
             mailer.expect_send().returning(move |_| {
                 Err(if rejected {
@@ -1302,7 +1302,7 @@ mod tests {
         m.users
             .expect_find_user_by_email()
             .returning(|_| Ok(Some(user(6, Role::User, true))));
-        m.users.expect_store_email_token().never();
+        m.links.expect_store_email_token().never();
         let mut mailer = MockMailer::new();
         let mut seq = mockall::Sequence::new();
         mailer
@@ -1343,7 +1343,7 @@ mod tests {
             .expect_find_user_by_id()
             .returning(|_| Ok(Some(user(5, Role::User, true))));
         m.users.expect_find_user_by_email().returning(|_| Ok(None));
-        m.users
+        m.links
             .expect_store_email_token()
             .withf(move |t, _| {
                 t.kind == EmailTokenKind::EmailChange
@@ -1378,7 +1378,7 @@ mod tests {
                 .expect_find_user_by_email()
                 .returning(|_| Ok(Some(user(5, Role::User, true))));
             m.hasher.expect_verify().returning(|_, _| Ok(true));
-            m.users
+            m.sessions
                 .expect_create_session()
                 .returning(|s, _| Ok(session(s.id, 5)));
             m.tokens.expect_issue().returning(|_| Ok("t".into()));

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::domain::ports::{Clock, KeyForge, KeyRing, SigningKeyStore, Timer, UserRepository};
+use crate::domain::ports::{AuditLog, Clock, KeyForge, KeyRing, SigningKeyStore, Timer};
 use crate::domain::{
     AuditKind, BackendError, ClientInfo, KeyAlgorithm, KeyChange, KeyMove, KeyPolicy, KeySet,
     KeyState, NewAuditEvent, SigningKey,
@@ -29,7 +29,7 @@ pub struct KeyPorts {
     /// Paces the reloads for unknown `kid`s.
     pub timer: Arc<dyn Timer>,
     /// Where key events are recorded: the audit trail.
-    pub audit: Arc<dyn UserRepository>,
+    pub audit: Arc<dyn AuditLog>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +84,7 @@ pub struct SigningKeys {
     forge: Arc<dyn KeyForge>,
     ring: Arc<dyn KeyRing>,
     clock: Arc<dyn Clock>,
-    audit: Arc<dyn UserRepository>,
+    audit: Arc<dyn AuditLog>,
     policy: KeyPolicy,
     /// The configured algorithm; `None` when HS256 signs.
     algorithm: Option<KeyAlgorithm>,
@@ -478,7 +478,7 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::domain::ports::MockUserRepository;
+    use crate::domain::ports::MockAuditLog;
     use crate::domain::{GeneratedKey, Hs256Acceptance};
 
     /// A key table with the adapters' constraints, counting the full reads.
@@ -606,7 +606,7 @@ mod tests {
 
         fn add(&mut self, algorithm: Option<KeyAlgorithm>) {
             let ring = Arc::new(Ring::default());
-            let mut audit = MockUserRepository::new();
+            let mut audit = MockAuditLog::new();
             let trail = Arc::clone(&self.trail);
             audit.expect_record_audit().returning(move |event| {
                 trail.lock().unwrap().push(event);

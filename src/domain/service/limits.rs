@@ -610,7 +610,7 @@ mod tests {
             .expect_find_user_by_email()
             .returning(|_| Ok(Some(user(1, Role::User, true))));
         m.hasher.expect_verify().returning(|_, _| Ok(true));
-        m.users
+        m.sessions
             .expect_create_session()
             .returning(|s, _| Ok(super::super::test_support::session(s.id, 1)));
         m.tokens.expect_issue().returning(|_| Ok("t".into()));
@@ -702,10 +702,10 @@ mod tests {
             session: super::super::test_support::session(sid, 5),
             user: user(5, Role::User, true),
         };
-        m.users
+        m.sessions
             .expect_find_refresh_token()
             .returning(move |_| Ok(Some(record.clone())));
-        m.users
+        m.sessions
             .expect_end_session()
             .times(1)
             .returning(|_, _, _, _| Ok(true));

@@ -143,7 +143,7 @@ impl AuthService {
             self.policy.mfa.challenge_ttl,
         );
         let mfa_token = challenge.secret.clone();
-        self.factors.store_mfa_challenge(challenge).await?;
+        self.challenges.store_mfa_challenge(challenge).await?;
         Ok(Some(PendingLogin {
             mfa_token,
             methods: vec!["totp", "recovery_code"],
@@ -183,7 +183,7 @@ impl AuthService {
         let hash = MfaTokenHash::of(mfa_token);
         let now = self.clock.now();
         let challenge = self
-            .factors
+            .challenges
             .find_mfa_challenge(&hash)
             .await?
             .filter(|challenge| challenge.is_open(now))
@@ -195,7 +195,7 @@ impl AuthService {
         self.admit_check(account).await?;
         let Some(method) = self.check_proof(&user, proof).await? else {
             self.record_wrong(account).await?;
-            self.factors
+            self.challenges
                 .fail_mfa_challenge(&hash, self.policy.mfa.max_failures, now)
                 .await?;
             let failed =
@@ -203,7 +203,7 @@ impl AuthService {
             self.record_failure(failed).await?;
             return Err(MfaError::InvalidCode);
         };
-        if !self.factors.spend_mfa_challenge(&hash, now).await? {
+        if !self.challenges.spend_mfa_challenge(&hash, now).await? {
             return Err(MfaError::InvalidCode);
         }
         self.clear_failures(account).await?;
@@ -251,7 +251,7 @@ impl AuthService {
                     &ClientInfo::default(),
                     now,
                 );
-                self.users.record_audit(used).await?;
+                self.audit.record_audit(used).await?;
                 Ok(Some(AuthMethod::RecoveryCode))
             }
         }
@@ -599,7 +599,7 @@ mod tests {
     }
 
     fn pending(m: &mut Mocks, expires_in: TimeDelta) {
-        m.factors
+        m.challenges
             .expect_find_mfa_challenge()
             .with(eq(MfaTokenHash::of(TOKEN)))
             .returning(move |_| Ok(Some(challenge(expires_in))));
@@ -610,7 +610,7 @@ mod tests {
 
     fn expect_session(m: &mut Mocks, methods: Vec<AuthMethod>) {
         let stored = methods.clone();
-        m.users
+        m.sessions
             .expect_create_session()
             .withf(move |s, key| s.methods == stored && matches!(key, SessionKey::RefreshToken(_)))
             .times(1)
@@ -635,9 +635,9 @@ mod tests {
             .expect_find_user_by_email()
             .returning(|_| Ok(Some(user(7, Role::User, true))));
         m.hasher.expect_verify().returning(|_, _| Ok(true));
-        m.users.expect_create_session().never();
+        m.sessions.expect_create_session().never();
         let expires = now() + TimeDelta::minutes(5);
-        m.factors
+        m.challenges
             .expect_store_mfa_challenge()
             .withf(move |c| {
                 c.user_id == UserId(7)
@@ -692,8 +692,8 @@ mod tests {
                 .expect_find_user_by_email()
                 .returning(|_| Ok(Some(user(7, Role::User, true))));
             m.hasher.expect_verify().returning(move |_, _| Ok(right));
-            m.users.expect_create_session().never();
-            m.factors.expect_store_mfa_challenge().never();
+            m.sessions.expect_create_session().never();
+            m.challenges.expect_store_mfa_challenge().never();
             let err = m
                 .service()
                 .login_without_second_step(
@@ -725,7 +725,7 @@ mod tests {
                 .with(eq(UserId(7)), eq(totp_step(now()) + offset))
                 .times(1)
                 .returning(|_, _| Ok(true));
-            m.factors
+            m.challenges
                 .expect_spend_mfa_challenge()
                 .with(eq(MfaTokenHash::of(TOKEN)), eq(now()))
                 .times(1)
@@ -742,13 +742,13 @@ mod tests {
     /// recorded; nothing is opened.
     fn expect_wrong_code(m: &mut Mocks) {
         m.limiter = Some(limiter(0, 1));
-        m.factors
+        m.challenges
             .expect_fail_mfa_challenge()
             .with(eq(MfaTokenHash::of(TOKEN)), eq(5), eq(now()))
             .times(1)
             .returning(|_, _, _| Ok(()));
-        m.factors.expect_spend_mfa_challenge().never();
-        m.users.expect_create_session().never();
+        m.challenges.expect_spend_mfa_challenge().never();
+        m.sessions.expect_create_session().never();
     }
 
     #[tokio::test]
@@ -797,25 +797,27 @@ mod tests {
         for case in 0..4 {
             let mut m = Mocks::new();
             m.limiter = Some(limiter(0, 0));
-            m.factors.expect_find_mfa_challenge().returning(move |_| {
-                Ok(match case {
-                    0 => Some(challenge(TimeDelta::zero())),
-                    1 => Some(MfaChallenge {
-                        spent_at: Some(now()),
-                        ..challenge(TimeDelta::minutes(5))
-                    }),
-                    2 => None,
-                    _ => Some(MfaChallenge {
-                        credential_version: 1,
-                        ..challenge(TimeDelta::minutes(5))
-                    }),
-                })
-            });
+            m.challenges
+                .expect_find_mfa_challenge()
+                .returning(move |_| {
+                    Ok(match case {
+                        0 => Some(challenge(TimeDelta::zero())),
+                        1 => Some(MfaChallenge {
+                            spent_at: Some(now()),
+                            ..challenge(TimeDelta::minutes(5))
+                        }),
+                        2 => None,
+                        _ => Some(MfaChallenge {
+                            credential_version: 1,
+                            ..challenge(TimeDelta::minutes(5))
+                        }),
+                    })
+                });
             m.users
                 .expect_find_user_by_id()
                 .returning(|id| Ok(Some(user(id.0, Role::User, true))));
             m.factors.expect_find_totp().never();
-            m.factors.expect_fail_mfa_challenge().never();
+            m.challenges.expect_fail_mfa_challenge().never();
             let err = submit(m, SecondFactor::Code(&code_at(0)))
                 .await
                 .unwrap_err();
@@ -840,7 +842,7 @@ mod tests {
                 .returning(move |_, _, _| Ok(unused));
             if unused {
                 m.limiter = Some(limiter(1, 0));
-                m.factors
+                m.challenges
                     .expect_spend_mfa_challenge()
                     .returning(|_, _| Ok(true));
                 expect_session(&mut m, vec![AuthMethod::Password, AuthMethod::RecoveryCode]);
@@ -866,7 +868,7 @@ mod tests {
         m.limiter = Some(limiter);
         pending(&mut m, TimeDelta::minutes(5));
         m.factors.expect_find_totp().never();
-        m.factors.expect_fail_mfa_challenge().never();
+        m.challenges.expect_fail_mfa_challenge().never();
         let err = submit(m, SecondFactor::Code(&code_at(0)))
             .await
             .unwrap_err();

@@ -411,7 +411,7 @@ impl AuthService {
             state,
             expires_at: now + self.policy.mfa.ceremony_ttl,
         };
-        self.factors.store_ceremony(ceremony, now).await
+        self.challenges.store_ceremony(ceremony, now).await
     }
 
     /// The ceremony the answer `response` is to, taken so that it finishes at most once.
@@ -422,7 +422,7 @@ impl AuthService {
         kind: CeremonyKind,
     ) -> Result<Ceremony, PasskeyError> {
         let challenge = ceremonies.challenge_of(response)?;
-        self.factors
+        self.challenges
             .take_ceremony(&challenge, self.clock.now())
             .await?
             .filter(|ceremony| ceremony.kind == kind)
@@ -534,7 +534,7 @@ mod tests {
                 })
             });
         m.passkeys = Some(ceremonies);
-        m.factors
+        m.challenges
             .expect_store_ceremony()
             .with(eq(ceremony(CeremonyKind::Registration, Some(7))), eq(now()))
             .times(1)
@@ -550,7 +550,7 @@ mod tests {
         let mut ceremonies = MockPasskeyCeremonies::new();
         ceremonies.expect_start_registration().never();
         m.passkeys = Some(ceremonies);
-        m.factors.expect_store_ceremony().never();
+        m.challenges.expect_store_ceremony().never();
         let err = start(m, false).await.unwrap_err();
         assert!(matches!(err, PasskeyError::WrongPassword));
         // Nor does a code that is not one (a user with TOTP may give one instead).
@@ -578,7 +578,7 @@ mod tests {
         let mut ceremonies = MockPasskeyCeremonies::new();
         ceremonies.expect_start_registration().never();
         m.passkeys = Some(ceremonies);
-        m.factors.expect_store_ceremony().never();
+        m.challenges.expect_store_ceremony().never();
         let err = start(m, true).await.unwrap_err();
         assert!(matches!(err, PasskeyError::TooMany));
     }
@@ -593,7 +593,7 @@ mod tests {
             let mut ceremonies = ceremonies();
             ceremonies.expect_finish_registration().never();
             m.passkeys = Some(ceremonies);
-            m.factors
+            m.challenges
                 .expect_take_ceremony()
                 .returning(move |_, _| Ok(Some(ceremony(kind, owner))));
             m.users.expect_apply().never();
@@ -625,7 +625,7 @@ mod tests {
                     })
                 });
             m.passkeys = Some(ceremonies);
-            m.factors
+            m.challenges
                 .expect_take_ceremony()
                 .with(eq("challenge"), eq(now()))
                 .returning(|_, _| Ok(Some(ceremony(CeremonyKind::Registration, Some(7)))));
@@ -683,7 +683,7 @@ mod tests {
             })
         });
         m.passkeys = Some(ceremonies);
-        m.factors
+        m.challenges
             .expect_take_ceremony()
             .returning(|_, _| Ok(Some(ceremony(CeremonyKind::Registration, Some(7)))));
         m.factors
@@ -754,7 +754,7 @@ mod tests {
             .times(1)
             .returning(move |_, _, _, _| verified.take().unwrap());
         m.passkeys = Some(ceremonies);
-        m.factors
+        m.challenges
             .expect_take_ceremony()
             .returning(|_, _| Ok(Some(ceremony(CeremonyKind::Authentication, None))));
         m.factors
@@ -785,7 +785,7 @@ mod tests {
             )
             .times(1)
             .returning(|_, _, _| Ok(()));
-        m.users
+        m.sessions
             .expect_create_session()
             .withf(|s, _| s.methods == [AuthMethod::Webauthn] && s.user_id == UserId(7))
             .times(1)
@@ -816,7 +816,7 @@ mod tests {
                 .expect_find_user_by_id()
                 .returning(move |id| Ok(Some(user(id.0, Role::User, active))));
             m.factors.expect_touch_passkey().never();
-            m.users.expect_create_session().never();
+            m.sessions.expect_create_session().never();
             let err = m
                 .service()
                 .finish_passkey_login(ANSWER, ClientInfo::default())
@@ -836,7 +836,9 @@ mod tests {
         let mut ceremonies = ceremonies();
         ceremonies.expect_finish_authentication().never();
         m.passkeys = Some(ceremonies);
-        m.factors.expect_take_ceremony().returning(|_, _| Ok(None));
+        m.challenges
+            .expect_take_ceremony()
+            .returning(|_, _| Ok(None));
         m.factors.expect_find_passkey().never();
         let err = m
             .service()

@@ -64,7 +64,7 @@ impl AuthService {
             .await?;
         let hash = RefreshTokenHash::of(presented);
         let record = self
-            .users
+            .sessions
             .find_refresh_token(&hash)
             .await?
             .ok_or(RefreshError::InvalidToken)?;
@@ -83,7 +83,7 @@ impl AuthService {
         let next = self.next_refresh_token(session.id, session.expires_at, now);
         let refresh_token = next.secret.clone();
         match self
-            .users
+            .sessions
             .rotate_refresh_token(&hash, next, client.clone())
             .await?
         {
@@ -106,7 +106,7 @@ impl AuthService {
         )
         .with("session_id", session.id);
         match self
-            .users
+            .sessions
             .end_session(session.user_id, session.id, now, audit)
             .await
         {
@@ -129,7 +129,7 @@ impl AuthService {
             return Ok(());
         };
         let audit = self.session_ended(principal, session_id, "logout", client);
-        self.users
+        self.sessions
             .end_session(principal.user.id, session_id, self.clock.now(), audit)
             .await?;
         Ok(())
@@ -158,7 +158,7 @@ impl AuthService {
     /// # Errors
     /// [`BackendError`] when storage fails.
     pub async fn list_sessions(&self, principal: &Principal) -> Result<Vec<Session>, BackendError> {
-        self.users
+        self.sessions
             .list_live_sessions(
                 principal.user.id,
                 self.clock.now(),
@@ -179,7 +179,7 @@ impl AuthService {
     ) -> Result<(), EndSessionError> {
         let audit = self.session_ended(principal, id, "ended by the user", client);
         if self
-            .users
+            .sessions
             .end_session(principal.user.id, id, self.clock.now(), audit)
             .await?
         {
@@ -261,7 +261,7 @@ impl AuthService {
             tracing::warn!(%session_id, user_id = %user.id, "repeated wrong passwords; ending the session");
             let audit =
                 self.session_ended(principal, session_id, "repeated wrong passwords", client);
-            self.users
+            self.sessions
                 .end_session(user.id, session_id, self.clock.now(), audit)
                 .await?;
         }
@@ -274,7 +274,7 @@ impl AuthService {
     /// [`BackendError`] when storage fails.
     pub async fn purge_expired_sessions(&self) -> Result<u64, BackendError> {
         let now = self.clock.now();
-        self.users
+        self.housekeeping
             .purge_expired(now, now - self.policy.audit_retention)
             .await
     }
@@ -303,7 +303,7 @@ mod tests {
     }
 
     fn expect_lookup(m: &mut Mocks, rec: RefreshTokenRecord) {
-        m.users
+        m.sessions
             .expect_find_refresh_token()
             .with(eq(RefreshTokenHash::of(PRESENTED)))
             .times(1)
@@ -317,7 +317,7 @@ mod tests {
         let now = m.now;
         let rec = record(&m, sid);
         expect_lookup(&mut m, rec);
-        m.users
+        m.sessions
             .expect_rotate_refresh_token()
             .withf(move |old, next, client| {
                 *old == RefreshTokenHash::of(PRESENTED)
@@ -332,7 +332,7 @@ mod tests {
             .expect_issue()
             .withf(move |c| c.session_id == sid && c.user_id == UserId(5))
             .returning(|_| Ok("access".into()));
-        m.users.expect_end_session().never();
+        m.sessions.expect_end_session().never();
         let pair = m
             .service()
             .refresh(PRESENTED, ClientInfo::new(Some("app/2"), None))
@@ -350,7 +350,7 @@ mod tests {
         let session_end = m.now + TimeDelta::hours(3);
         rec.session.expires_at = session_end;
         expect_lookup(&mut m, rec);
-        m.users
+        m.sessions
             .expect_rotate_refresh_token()
             .withf(move |_, next, _| next.expires_at == session_end)
             .times(1)
@@ -371,8 +371,8 @@ mod tests {
         let mut rec = record(&m, sid);
         rec.spent_at = Some(m.now - TimeDelta::minutes(5));
         expect_lookup(&mut m, rec);
-        m.users.expect_rotate_refresh_token().never();
-        m.users
+        m.sessions.expect_rotate_refresh_token().never();
+        m.sessions
             .expect_end_session()
             .with(eq(UserId(5)), eq(sid), eq(m.now), always())
             .times(1)
@@ -392,11 +392,11 @@ mod tests {
         let sid = SessionId::random();
         let rec = record(&m, sid);
         expect_lookup(&mut m, rec);
-        m.users
+        m.sessions
             .expect_rotate_refresh_token()
             .times(1)
             .returning(|_, _, _| Ok(Rotation::AlreadySpent));
-        m.users
+        m.sessions
             .expect_end_session()
             .with(eq(UserId(5)), eq(sid), eq(m.now), always())
             .times(1)
@@ -416,11 +416,11 @@ mod tests {
         let sid = SessionId::random();
         let rec = record(&m, sid);
         expect_lookup(&mut m, rec);
-        m.users
+        m.sessions
             .expect_rotate_refresh_token()
             .times(1)
             .returning(|_, _, _| Ok(Rotation::SessionEnded));
-        m.users.expect_end_session().never();
+        m.sessions.expect_end_session().never();
         m.tokens.expect_issue().never();
         let err = m
             .service()
@@ -449,8 +449,8 @@ mod tests {
             let mut rec = record(&m, SessionId::random());
             spoil(&mut rec, m.now);
             expect_lookup(&mut m, rec);
-            m.users.expect_rotate_refresh_token().never();
-            m.users.expect_end_session().never();
+            m.sessions.expect_rotate_refresh_token().never();
+            m.sessions.expect_end_session().never();
             let err = m
                 .service()
                 .refresh(PRESENTED, ClientInfo::default())
@@ -460,7 +460,9 @@ mod tests {
         }
 
         let mut m = Mocks::new();
-        m.users.expect_find_refresh_token().returning(|_| Ok(None));
+        m.sessions
+            .expect_find_refresh_token()
+            .returning(|_| Ok(None));
         let err = m
             .service()
             .refresh("unknown", ClientInfo::default())
@@ -480,7 +482,7 @@ mod tests {
     async fn logout_ends_the_current_session() {
         let mut m = Mocks::new();
         let sid = SessionId::random();
-        m.users
+        m.sessions
             .expect_end_session()
             .with(eq(UserId(5)), eq(sid), eq(m.now), always())
             .times(1)
@@ -495,7 +497,7 @@ mod tests {
     async fn ending_a_session_that_is_not_the_callers_is_not_found() {
         let mut m = Mocks::new();
         let other = SessionId::random();
-        m.users
+        m.sessions
             .expect_end_session()
             .with(eq(UserId(5)), eq(other), eq(m.now), always())
             .returning(|_, _, _, _| Ok(false));
@@ -515,7 +517,7 @@ mod tests {
     async fn list_sessions_asks_for_the_callers_live_sessions() {
         let mut m = Mocks::new();
         let sid = SessionId::random();
-        m.users
+        m.sessions
             .expect_list_live_sessions()
             .with(eq(UserId(5)), eq(m.now), eq(100))
             .returning(move |_, _, _| Ok(vec![session(sid, 5)]));
@@ -675,7 +677,7 @@ mod tests {
             let mut m = Mocks::new();
             m.limiter = Some(limiter_counting("password_check_failures:", wrong_so_far));
             m.hasher.expect_verify().returning(|_, _| Ok(false));
-            m.users
+            m.sessions
                 .expect_end_session()
                 .with(eq(UserId(5)), eq(sid), eq(m.now), always())
                 .times(usize::from(ends))
@@ -698,7 +700,7 @@ mod tests {
     async fn session_ends_and_password_changes_are_recorded_with_their_reason() {
         let mut m = Mocks::new();
         let sid = SessionId::random();
-        m.users
+        m.sessions
             .expect_end_session()
             .withf(move |_, id, _, audit| {
                 *id == sid
@@ -744,7 +746,7 @@ mod tests {
         let mut rec = record(&m, sid);
         rec.spent_at = Some(m.now);
         expect_lookup(&mut m, rec);
-        m.users
+        m.sessions
             .expect_end_session()
             .withf(|_, _, _, audit| audit.kind == crate::domain::AuditKind::SessionRefreshReused)
             .times(1)

@@ -99,7 +99,7 @@ fn sign_in_mocks() -> Mocks {
 fn signed_in_as(who: User, secret: &str) -> Mocks {
     let mut m = Mocks::new();
     let hash = CookieHash::of(secret);
-    m.users
+    m.sessions
         .expect_find_cookie_session()
         .withf(move |h| *h == hash)
         .returning(move |_| Ok(Some((session(SessionId::random(), who.id.0), who.clone()))));
@@ -121,7 +121,7 @@ async fn a_sign_in_form_without_the_visitor_token_runs_nothing() {
     ] {
         let mut m = Mocks::new();
         m.users.expect_find_user_by_email().never();
-        m.users.expect_create_session().never();
+        m.sessions.expect_create_session().never();
         let response = call(m, post("/console/sign-in", &cookies, &body)).await;
         assert_eq!(response.status(), StatusCode::FORBIDDEN, "{body}");
         assert!(
@@ -162,7 +162,7 @@ async fn signing_in_sets_only_an_opaque_http_only_strict_cookie_and_follows_a_lo
         ("%2F%2Fevil.example", "/console/account"),
     ] {
         let mut m = sign_in_mocks();
-        m.users
+        m.sessions
             .expect_create_session()
             .times(1)
             .returning(|new, _| Ok(session(new.id, 1)));
@@ -191,7 +191,7 @@ async fn a_wrong_password_shows_the_form_again_with_the_apis_words() {
         .expect_find_user_by_email()
         .returning(|_| Ok(Some(user(1, Role::User, true))));
     m.hasher.expect_verify().returning(|_, _| Ok(false));
-    m.users.expect_create_session().never();
+    m.sessions.expect_create_session().never();
     let response = call(
         m,
         sign_in(&visitor, "email=user1%40example.com&password=nope"),
@@ -210,7 +210,7 @@ async fn a_wrong_password_shows_the_form_again_with_the_apis_words() {
 #[tokio::test]
 async fn pages_for_signed_in_users_send_visitors_to_sign_in_and_back() {
     let mut m = Mocks::new();
-    m.users.expect_find_cookie_session().never();
+    m.sessions.expect_find_cookie_session().never();
     let response = call(m, get("/console/account/password", "")).await;
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(
@@ -223,7 +223,7 @@ async fn pages_for_signed_in_users_send_visitors_to_sign_in_and_back() {
 async fn a_cookie_of_an_ended_session_is_cleared_and_grants_nothing() {
     let secret = new_secret();
     let mut m = Mocks::new();
-    m.users.expect_find_cookie_session().returning(|_| {
+    m.sessions.expect_find_cookie_session().returning(|_| {
         let mut ended = session(SessionId::random(), 1);
         ended.ended_at = Some(now());
         Ok(Some((ended, user(1, Role::User, true))))
@@ -291,7 +291,7 @@ async fn a_signed_in_form_needs_the_sessions_token_not_the_visitors() {
 async fn signing_out_ends_the_session_and_clears_the_cookie() {
     let secret = new_secret();
     let mut m = signed_in_as(user(1, Role::User, true), &secret);
-    m.users
+    m.sessions
         .expect_end_session()
         .times(1)
         .returning(|_, _, _, _| Ok(true));
@@ -379,11 +379,11 @@ async fn a_right_password_of_a_user_with_an_app_asks_for_a_code_and_sets_no_cook
     let visitor = new_secret();
     let mut m = sign_in_mocks();
     has_app(&mut m);
-    m.factors
+    m.challenges
         .expect_store_mfa_challenge()
         .times(1)
         .returning(|_| Ok(()));
-    m.users.expect_create_session().never();
+    m.sessions.expect_create_session().never();
     let response = call(
         m,
         sign_in(
@@ -412,7 +412,7 @@ const MFA_TOKEN: &str = "the-pending-login";
 /// Mocks in which `MFA_TOKEN` names a pending login of user 1, still open.
 fn pending_mocks() -> Mocks {
     let mut m = Mocks::new();
-    m.factors
+    m.challenges
         .expect_find_mfa_challenge()
         .withf(|hash| *hash == MfaTokenHash::of(MFA_TOKEN))
         .returning(|_| {
@@ -451,11 +451,11 @@ async fn a_wrong_code_shows_the_step_again_on_its_field_and_sets_no_cookie() {
         .times(1)
         .returning(|_| Ok(None));
     m.factors.expect_spend_recovery_code().never();
-    m.factors
+    m.challenges
         .expect_fail_mfa_challenge()
         .times(1)
         .returning(|_, _, _| Ok(()));
-    m.users.expect_create_session().never();
+    m.sessions.expect_create_session().never();
     let response = call(m, second_step(&visitor, "123+456")).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(session_cookie(&response), None);
@@ -482,11 +482,11 @@ async fn a_right_recovery_code_sets_the_cookie_and_follows_next() {
         })
         .times(1)
         .returning(|_, _, _| Ok(true));
-    m.factors
+    m.challenges
         .expect_spend_mfa_challenge()
         .times(1)
         .returning(|_, _| Ok(true));
-    m.users
+    m.sessions
         .expect_create_session()
         .times(1)
         .returning(|new, _| Ok(session(new.id, 1)));
@@ -677,7 +677,7 @@ async fn passkey_options_need_the_pages_token_and_come_as_json() {
         ] {
             let mut m = signed_in_as(user(1, Role::User, true), &secret);
             ceremonies(&mut m);
-            m.factors
+            m.challenges
                 .expect_store_ceremony()
                 .times(usize::from(good))
                 .returning(|_, _| Ok(()));
@@ -701,7 +701,7 @@ async fn a_passkey_name_the_api_refuses_is_refused_before_the_browser_makes_a_pa
     let secret = new_secret();
     let mut m = signed_in_as(user(1, Role::User, true), &secret);
     ceremonies(&mut m);
-    m.factors.expect_store_ceremony().never();
+    m.challenges.expect_store_ceremony().never();
     let body = format!("name={}&csrf={}", "x".repeat(65), csrf_token(&secret));
     let response = call(
         m,
@@ -756,15 +756,18 @@ async fn a_verified_passkey_sets_the_session_cookie_and_follows_next() {
                 updated_credential: None,
             })
         });
-    m.factors.expect_take_ceremony().times(1).returning(|_, _| {
-        Ok(Some(Ceremony {
-            challenge: "challenge".into(),
-            kind: CeremonyKind::Authentication,
-            user_id: None,
-            state: "state".into(),
-            expires_at: now() + TimeDelta::minutes(5),
-        }))
-    });
+    m.challenges
+        .expect_take_ceremony()
+        .times(1)
+        .returning(|_, _| {
+            Ok(Some(Ceremony {
+                challenge: "challenge".into(),
+                kind: CeremonyKind::Authentication,
+                user_id: None,
+                state: "state".into(),
+                expires_at: now() + TimeDelta::minutes(5),
+            }))
+        });
     m.factors.expect_find_passkey().returning(|id| {
         Ok(Some(Passkey {
             id: Uuid::from_u128(1),
@@ -782,7 +785,7 @@ async fn a_verified_passkey_sets_the_session_cookie_and_follows_next() {
         .expect_find_user_by_id()
         .returning(|id| Ok(Some(user(id.0, Role::User, true))));
     m.factors.expect_touch_passkey().returning(|_, _, _| Ok(()));
-    m.users
+    m.sessions
         .expect_create_session()
         .withf(|new, _| new.methods == [AuthMethod::Webauthn])
         .times(1)

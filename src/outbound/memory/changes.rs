@@ -2,7 +2,7 @@
 //! checked (those an edit could break too) before anything is written, so a refused change
 //! leaves nothing behind, as a rolled-back transaction does.
 
-use super::user_repository::State;
+use super::store::State;
 use crate::domain::mfa::FactorRemoval;
 use crate::domain::{AccountChange, Applied, Condition, Edit, Refusal, Role, User, UserId};
 

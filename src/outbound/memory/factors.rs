@@ -1,4 +1,4 @@
-//! [`FactorRepository`] in the state of [`MemoryUserRepository`], under its one lock: every
+//! [`FactorRepository`] in the state of [`MemoryStore`], under its one lock: every
 //! check and write of a call happens at once, which is what the database adapter gets from its
 //! conditional statements.
 
@@ -8,12 +8,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::user_repository::{MemoryUserRepository, State};
+use super::store::{MemoryStore, State};
 use crate::domain::mfa::{
     Ceremony, FactorRemoval, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge, Passkey,
     RecoveryCodeHash, TotpFactor,
 };
-use crate::domain::ports::FactorRepository;
+use crate::domain::ports::{ChallengeRepository, FactorRepository};
 use crate::domain::{BackendError, UserId};
 
 /// The second factors, challenges and ceremonies of every user.
@@ -142,7 +142,7 @@ fn known_user(state: &State, id: UserId) -> Result<(), BackendError> {
 }
 
 #[async_trait]
-impl FactorRepository for MemoryUserRepository {
+impl FactorRepository for MemoryStore {
     async fn factors(&self, id: UserId) -> Result<Factors, BackendError> {
         let state = self.state()?;
         let factors = &state.factors;
@@ -223,6 +223,63 @@ impl FactorRepository for MemoryUserRepository {
         }
     }
 
+    async fn list_passkeys(&self, id: UserId) -> Result<Vec<Passkey>, BackendError> {
+        let state = self.state()?;
+        let mut found: Vec<Passkey> = state
+            .factors
+            .passkeys
+            .values()
+            .filter(|p| p.user_id == id)
+            .cloned()
+            .collect();
+        found.sort_by_key(|p| (p.created_at, p.id));
+        Ok(found)
+    }
+
+    async fn find_passkey(&self, credential_id: &[u8]) -> Result<Option<Passkey>, BackendError> {
+        Ok(self
+            .state()?
+            .factors
+            .passkeys
+            .values()
+            .find(|p| p.credential_id == credential_id)
+            .cloned())
+    }
+
+    async fn touch_passkey(
+        &self,
+        id: Uuid,
+        credential: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
+        if let Some(passkey) = self.state()?.factors.passkeys.get_mut(&id) {
+            passkey.last_used_at = Some(now);
+            if let Some(credential) = credential {
+                passkey.credential = credential;
+            }
+        }
+        Ok(())
+    }
+
+    async fn rename_passkey(
+        &self,
+        user_id: UserId,
+        id: Uuid,
+        name: &str,
+    ) -> Result<bool, BackendError> {
+        let mut state = self.state()?;
+        match state.factors.passkeys.get_mut(&id) {
+            Some(passkey) if passkey.user_id == user_id => {
+                name.clone_into(&mut passkey.name);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+#[async_trait]
+impl ChallengeRepository for MemoryStore {
     async fn store_mfa_challenge(&self, challenge: NewMfaChallenge) -> Result<(), BackendError> {
         let mut state = self.state()?;
         known_user(&state, challenge.user_id)?;
@@ -276,60 +333,6 @@ impl FactorRepository for MemoryUserRepository {
         match state.factors.challenges.get_mut(hash) {
             Some(challenge) if challenge.spent_at.is_none() => {
                 challenge.spent_at = Some(now);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
-    }
-
-    async fn list_passkeys(&self, id: UserId) -> Result<Vec<Passkey>, BackendError> {
-        let state = self.state()?;
-        let mut found: Vec<Passkey> = state
-            .factors
-            .passkeys
-            .values()
-            .filter(|p| p.user_id == id)
-            .cloned()
-            .collect();
-        found.sort_by_key(|p| (p.created_at, p.id));
-        Ok(found)
-    }
-
-    async fn find_passkey(&self, credential_id: &[u8]) -> Result<Option<Passkey>, BackendError> {
-        Ok(self
-            .state()?
-            .factors
-            .passkeys
-            .values()
-            .find(|p| p.credential_id == credential_id)
-            .cloned())
-    }
-
-    async fn touch_passkey(
-        &self,
-        id: Uuid,
-        credential: Option<String>,
-        now: DateTime<Utc>,
-    ) -> Result<(), BackendError> {
-        if let Some(passkey) = self.state()?.factors.passkeys.get_mut(&id) {
-            passkey.last_used_at = Some(now);
-            if let Some(credential) = credential {
-                passkey.credential = credential;
-            }
-        }
-        Ok(())
-    }
-
-    async fn rename_passkey(
-        &self,
-        user_id: UserId,
-        id: Uuid,
-        name: &str,
-    ) -> Result<bool, BackendError> {
-        let mut state = self.state()?;
-        match state.factors.passkeys.get_mut(&id) {
-            Some(passkey) if passkey.user_id == user_id => {
-                name.clone_into(&mut passkey.name);
                 Ok(true)
             }
             _ => Ok(false),

@@ -1,4 +1,4 @@
-//! The administration side of [`SeaOrmUserRepository`]: the audit trail, the user search with
+//! The administration side of [`SeaOrmStore`]: the audit trail, the user search with
 //! keyset pagination, and the changes that the last-admin rule guards.
 //!
 //! The last-admin rule is decided inside the transaction of the change: after the change, at
@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -17,6 +18,8 @@ use sea_orm::{
 };
 
 use super::entities::{audit_events, users};
+use super::store::SeaOrmStore;
+use crate::domain::ports::AuditLog;
 use crate::domain::{
     AuditEvent, AuditKind, AuditQuery, BackendError, ClientInfo, FOLDED_COUNT, NewAuditEvent, Role,
     UserId, UserQuery,
@@ -246,6 +249,30 @@ pub(super) async fn purge_audit(
         .exec(conn)
         .await?;
     Ok(())
+}
+
+#[async_trait]
+impl AuditLog for SeaOrmStore {
+    async fn record_audit(&self, event: NewAuditEvent) -> Result<(), BackendError> {
+        self.bounded(record(&self.db, event)).await
+    }
+
+    async fn record_folded(
+        &self,
+        event: NewAuditEvent,
+        since: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
+        self.bounded(async {
+            let txn = self.write_transaction().await?;
+            record_folded(&txn, event, since).await?;
+            txn.commit().await
+        })
+        .await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, BackendError> {
+        self.bounded(list_audit(&self.db, query)).await
+    }
 }
 
 #[cfg(test)]

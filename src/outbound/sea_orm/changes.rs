@@ -12,14 +12,14 @@ use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, SqlErr};
 
 use super::entities::{passkeys, totp_factors, users};
-use super::repository::{SeaOrmUserRepository, end_sessions, next_version, to_user};
+use super::store::{SeaOrmStore, end_sessions, next_version, to_user};
 use super::{admin, factors, mail};
 use crate::domain::{AccountChange, Applied, BackendError, Condition, Edit, Refusal, Role, UserId};
 
 /// A change that stops at its first refusal; the caller rolls back.
 type Step<T = ()> = Result<Result<T, Refusal>, DbErr>;
 
-impl SeaOrmUserRepository {
+impl SeaOrmStore {
     /// [`crate::domain::ports::UserRepository::apply`].
     pub(super) async fn apply_change(
         &self,

@@ -17,11 +17,12 @@ use uuid::Uuid;
 use super::entities::{
     mfa_challenges, passkeys, recovery_codes, totp_factors, webauthn_ceremonies,
 };
-use super::repository::SeaOrmUserRepository;
+use super::store::SeaOrmStore;
 use crate::domain::mfa::{
     Ceremony, CeremonyKind, FactorRemoval, Factors, MfaChallenge, MfaTokenHash, NewMfaChallenge,
     Passkey, RecoveryCodeHash, TotpFactor,
 };
+use crate::domain::ports::ChallengeRepository;
 use crate::domain::ports::FactorRepository;
 use crate::domain::{BackendError, UserId};
 
@@ -220,7 +221,7 @@ pub(super) async fn replace_recovery_codes(
 }
 
 #[async_trait]
-impl FactorRepository for SeaOrmUserRepository {
+impl FactorRepository for SeaOrmStore {
     async fn factors(&self, id: UserId) -> Result<Factors, BackendError> {
         #[derive(FromQueryResult)]
         struct Counts {
@@ -309,6 +310,63 @@ impl FactorRepository for SeaOrmUserRepository {
         Ok(self.bounded(update).await?.rows_affected == 1)
     }
 
+    async fn list_passkeys(&self, id: UserId) -> Result<Vec<Passkey>, BackendError> {
+        let found = self
+            .bounded(
+                passkeys::Entity::find()
+                    .filter(passkeys::Column::UserId.eq(id.0))
+                    .order_by_asc(passkeys::Column::CreatedAt)
+                    .order_by_asc(passkeys::Column::Id)
+                    .all(self.db()),
+            )
+            .await?;
+        Ok(found.into_iter().map(to_passkey).collect())
+    }
+
+    async fn find_passkey(&self, credential_id: &[u8]) -> Result<Option<Passkey>, BackendError> {
+        let found = self
+            .bounded(
+                passkeys::Entity::find()
+                    .filter(passkeys::Column::CredentialId.eq(credential_id.to_vec()))
+                    .one(self.db()),
+            )
+            .await?;
+        Ok(found.map(to_passkey))
+    }
+
+    async fn touch_passkey(
+        &self,
+        id: Uuid,
+        credential: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), BackendError> {
+        let mut update = passkeys::Entity::update_many()
+            .col_expr(passkeys::Column::LastUsedAt, Expr::value(now))
+            .filter(passkeys::Column::Id.eq(id));
+        if let Some(credential) = credential {
+            update = update.col_expr(passkeys::Column::Credential, Expr::value(credential));
+        }
+        self.bounded(update.exec(self.db())).await?;
+        Ok(())
+    }
+
+    async fn rename_passkey(
+        &self,
+        user_id: UserId,
+        id: Uuid,
+        name: &str,
+    ) -> Result<bool, BackendError> {
+        let update = passkeys::Entity::update_many()
+            .col_expr(passkeys::Column::Name, Expr::value(name))
+            .filter(passkeys::Column::Id.eq(id))
+            .filter(passkeys::Column::UserId.eq(user_id.0))
+            .exec(self.db());
+        Ok(self.bounded(update).await?.rows_affected == 1)
+    }
+}
+
+#[async_trait]
+impl ChallengeRepository for SeaOrmStore {
     async fn store_mfa_challenge(&self, challenge: NewMfaChallenge) -> Result<(), BackendError> {
         let row = mfa_challenges::ActiveModel {
             token_hash: Set(challenge.hash.0),
@@ -373,60 +431,6 @@ impl FactorRepository for SeaOrmUserRepository {
             .col_expr(mfa_challenges::Column::SpentAt, Expr::value(now))
             .filter(mfa_challenges::Column::TokenHash.eq(hash.0.as_str()))
             .filter(mfa_challenges::Column::SpentAt.is_null())
-            .exec(self.db());
-        Ok(self.bounded(update).await?.rows_affected == 1)
-    }
-
-    async fn list_passkeys(&self, id: UserId) -> Result<Vec<Passkey>, BackendError> {
-        let found = self
-            .bounded(
-                passkeys::Entity::find()
-                    .filter(passkeys::Column::UserId.eq(id.0))
-                    .order_by_asc(passkeys::Column::CreatedAt)
-                    .order_by_asc(passkeys::Column::Id)
-                    .all(self.db()),
-            )
-            .await?;
-        Ok(found.into_iter().map(to_passkey).collect())
-    }
-
-    async fn find_passkey(&self, credential_id: &[u8]) -> Result<Option<Passkey>, BackendError> {
-        let found = self
-            .bounded(
-                passkeys::Entity::find()
-                    .filter(passkeys::Column::CredentialId.eq(credential_id.to_vec()))
-                    .one(self.db()),
-            )
-            .await?;
-        Ok(found.map(to_passkey))
-    }
-
-    async fn touch_passkey(
-        &self,
-        id: Uuid,
-        credential: Option<String>,
-        now: DateTime<Utc>,
-    ) -> Result<(), BackendError> {
-        let mut update = passkeys::Entity::update_many()
-            .col_expr(passkeys::Column::LastUsedAt, Expr::value(now))
-            .filter(passkeys::Column::Id.eq(id));
-        if let Some(credential) = credential {
-            update = update.col_expr(passkeys::Column::Credential, Expr::value(credential));
-        }
-        self.bounded(update.exec(self.db())).await?;
-        Ok(())
-    }
-
-    async fn rename_passkey(
-        &self,
-        user_id: UserId,
-        id: Uuid,
-        name: &str,
-    ) -> Result<bool, BackendError> {
-        let update = passkeys::Entity::update_many()
-            .col_expr(passkeys::Column::Name, Expr::value(name))
-            .filter(passkeys::Column::Id.eq(id))
-            .filter(passkeys::Column::UserId.eq(user_id.0))
             .exec(self.db());
         Ok(self.bounded(update).await?.rows_affected == 1)
     }

@@ -1,6 +1,6 @@
 //! `portcullis import pyauth`: pyauth's PostgreSQL database read in a read-only transaction
 //! ([`PyauthDatabase`]), and the target written in one transaction
-//! ([`ImportTarget`] for [`SeaOrmUserRepository`]).
+//! ([`ImportTarget`] for [`SeaOrmStore`]).
 
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use sea_orm::{
 
 use super::admin;
 use super::entities::users;
-use super::repository::{SeaOrmUserRepository, end_sessions, next_version};
+use super::store::{SeaOrmStore, end_sessions, next_version};
 use crate::domain::import::{
     ImportError, ImportPlan, ImportedUser, PYAUTH, SourceUser, TargetUser,
 };
@@ -222,7 +222,7 @@ async fn write(
 }
 
 #[async_trait]
-impl ImportTarget for SeaOrmUserRepository {
+impl ImportTarget for SeaOrmStore {
     async fn import_snapshot(&self) -> Result<Vec<TargetUser>, BackendError> {
         let rows: Vec<(i64, Option<String>, Option<String>, Option<String>)> =
             users::Entity::find()

@@ -1,5 +1,5 @@
 //! The mail outbox and the one-time tokens on SeaORM: the rows, and [`MailOutbox`] for
-//! [`SeaOrmUserRepository`].
+//! [`SeaOrmStore`].
 //!
 //! Claiming is one statement on both engines: an `UPDATE ... WHERE id IN (due, unclaimed jobs)
 //! RETURNING ...` that sets a lease. On PostgreSQL the inner select takes
@@ -17,12 +17,14 @@ use sea_orm::{
 
 use serde::{Deserialize, Serialize};
 
-use super::entities::{email_tokens, mail_outbox};
-use super::repository::SeaOrmUserRepository;
-use crate::domain::ports::MailOutbox;
+use super::admin;
+use super::entities::{email_tokens, mail_outbox, users};
+use super::store::{SeaOrmStore, to_user};
+use crate::domain::ports::{LinkTokens, MailOutbox};
 use crate::domain::{
-    BackendError, ClientInfo, Email, EmailTokenKind, EmailTokenRecord, FactorChange, MailJob,
-    NewEmailToken, OutboxDepth, QueuedMail, SessionId, User, UserId,
+    BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind, EmailTokenRecord,
+    FactorChange, MailJob, NewAuditEvent, NewEmailToken, OutboxDepth, QueuedMail, SessionId, User,
+    UserId,
 };
 
 const PENDING: &str = "pending";
@@ -299,7 +301,7 @@ fn claim_statement(
 
 /// Settles a claimed job: the columns `set` change, and the claim is let go.
 async fn settle(
-    repo: &SeaOrmUserRepository,
+    repo: &SeaOrmStore,
     id: i64,
     set: Vec<(mail_outbox::Column, sea_orm::sea_query::SimpleExpr)>,
 ) -> Result<(), BackendError> {
@@ -323,7 +325,11 @@ fn error_text(error: &str) -> String {
 }
 
 #[async_trait]
-impl MailOutbox for SeaOrmUserRepository {
+impl MailOutbox for SeaOrmStore {
+    async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError> {
+        self.bounded(enqueue(&self.db, job, now)).await
+    }
+
     async fn claim_mail(
         &self,
         now: DateTime<Utc>,
@@ -426,5 +432,41 @@ impl MailOutbox for SeaOrmUserRepository {
             pending: u64::try_from(pending).unwrap_or(0),
             failed: u64::try_from(failed).unwrap_or(0),
         })
+    }
+}
+
+#[async_trait]
+impl LinkTokens for SeaOrmStore {
+    async fn store_email_token(
+        &self,
+        token: NewEmailToken,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<(), BackendError> {
+        self.bounded(async {
+            let txn = self.write_transaction().await?;
+            token_row(token).insert(&txn).await?;
+            if let Some(audit) = audit {
+                admin::record(&txn, audit).await?;
+            }
+            txn.commit().await
+        })
+        .await
+    }
+
+    async fn find_email_token(
+        &self,
+        hash: &EmailTokenHash,
+    ) -> Result<Option<EmailTokenRecord>, BackendError> {
+        let found = self
+            .bounded(
+                email_tokens::Entity::find_by_id(hash.0.clone())
+                    .find_also_related(users::Entity)
+                    .one(&self.db),
+            )
+            .await?;
+        let Some((token, Some(user))) = found else {
+            return Ok(None);
+        };
+        Ok(Some(to_token(token, to_user(user)?)?))
     }
 }

@@ -9,7 +9,7 @@ use sea_orm::sea_query::{Expr, ExprTrait as _, InsertStatement, OnConflict, Quer
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use super::entities::{login_failures, rate_limit_counters};
-use super::repository::Bounded;
+use super::store::Bounded;
 use crate::domain::BackendError;
 use crate::domain::ports::{FailureRecord, RateLimiter};
 

@@ -19,7 +19,7 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::entities::{sessions, users};
-use super::repository::{Bounded, to_session, to_user};
+use super::store::{Bounded, to_session, to_user};
 use crate::domain::{BackendError, Session, SessionId, User};
 
 /// The most lookups one query answers.

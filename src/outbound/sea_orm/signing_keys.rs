@@ -14,7 +14,7 @@ use sea_orm::{
 };
 
 use super::entities::signing_keys;
-use super::repository::Bounded;
+use super::store::Bounded;
 use crate::domain::ports::SigningKeyStore;
 use crate::domain::{BackendError, KeyChange, SigningKey};
 

@@ -5,7 +5,9 @@ use chrono::{TimeDelta, Utc};
 use mockall::predicate::eq;
 
 use super::*;
-use crate::domain::ports::{MockUserRepository, UserRepository};
+use crate::domain::ports::{
+    MockSessionRepository, MockUserRepository, SessionRepository, UserRepository,
+};
 use crate::domain::service::test_support::{session as stored_session, user};
 use crate::domain::{AuditKind, NewAuditEvent, NewSession, Role, SessionKey};
 
@@ -321,10 +323,10 @@ fn new_session(ended: &Session) -> NewSession {
     }
 }
 
-/// An inner repository that stores `session`, and answers every write with an error (the
+/// Inner repositories that store `session`, and answer every write with an error (the
 /// decorator must invalidate whatever the write returned) after ending the session.
-fn inner_ending(session: &Session) -> MockUserRepository {
-    let mut inner = MockUserRepository::new();
+fn inner_ending(session: &Session) -> (MockUserRepository, MockSessionRepository) {
+    let (mut users, mut inner) = (MockUserRepository::new(), MockSessionRepository::new());
     let owner = user(session.user_id.0, Role::User, true);
     let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (stored, seen) = (session.clone(), Arc::clone(&ended));
@@ -340,25 +342,26 @@ fn inner_ending(session: &Session) -> MockUserRepository {
         });
     let fail = || crate::domain::BackendError::unexpected("after the commit, the answer was lost");
     macro_rules! ends {
-        ($expect:ident, $error:expr) => {{
+        ($mock:ident.$expect:ident, $error:expr, $($arg:tt)+) => {{
             let ended = Arc::clone(&ended);
-            inner.$expect().returning(move |_, _| {
-                ended.store(true, std::sync::atomic::Ordering::SeqCst);
-                Err($error)
-            });
-        }};
-        ($expect:ident, $error:expr, $($arg:tt)+) => {{
-            let ended = Arc::clone(&ended);
-            inner.$expect().returning(move |$($arg)+| {
+            $mock.$expect().returning(move |$($arg)+| {
                 ended.store(true, std::sync::atomic::Ordering::SeqCst);
                 Err($error)
             });
         }};
     }
-    ends!(expect_end_session, fail(), _, _, _, _);
-    ends!(expect_apply, fail(), _);
-    ends!(expect_create_session, fail().into());
-    inner
+    ends!(inner.expect_end_session, fail(), _, _, _, _);
+    ends!(inner.expect_create_session, fail().into(), _, _);
+    ends!(users.expect_apply, fail(), _);
+    (users, inner)
+}
+
+/// The decorator over `inner`, filling `cache`.
+fn cached(
+    (users, sessions): (MockUserRepository, MockSessionRepository),
+    cache: &Arc<SessionCache>,
+) -> CachedSessions {
+    CachedSessions::new(Arc::new(users), Arc::new(sessions), Arc::clone(cache))
 }
 
 #[tokio::test]
@@ -366,10 +369,7 @@ async fn every_write_that_ends_a_session_or_changes_a_user_makes_the_next_check_
     for (name, write) in writes() {
         let session = live(7, TimeDelta::days(1));
         let cache = Arc::new(cache_with(LIMITS));
-        let repo = Arc::new(CachedSessions::new(
-            Arc::new(inner_ending(&session)),
-            Arc::clone(&cache),
-        ));
+        let repo = Arc::new(cached(inner_ending(&session), &cache));
         for _ in 0..2 {
             let (found, _) = repo.find_session(session.id).await.unwrap().unwrap();
             assert!(found.is_live(Utc::now()), "{name}");
@@ -387,10 +387,10 @@ async fn every_write_that_ends_a_session_or_changes_a_user_makes_the_next_check_
 #[tokio::test]
 async fn a_refresh_or_a_page_view_keeps_the_cached_check() {
     let session = live(7, TimeDelta::days(1));
-    let mut inner = inner_ending(&session);
+    let (users, mut inner) = inner_ending(&session);
     inner.expect_touch_session().returning(|_, _, _| Ok(()));
     let cache = Arc::new(cache_with(LIMITS));
-    let repo = CachedSessions::new(Arc::new(inner), Arc::clone(&cache));
+    let repo = cached((users, inner), &cache);
     repo.find_session(session.id).await.unwrap();
     repo.touch_session(session.id, Utc::now(), Utc::now() + TimeDelta::days(2))
         .await

@@ -1,4 +1,5 @@
-//! [`UserRepository`] on SeaORM.
+//! The SeaORM store: [`UserRepository`] and [`Housekeeping`], and what its other ports share
+//! (the bounded pool, the row conversions).
 //!
 //! Every call is bounded by a timeout, so a stalled database turns into a quick
 //! [`BackendError::Unavailable`] instead of a hung request.
@@ -11,29 +12,19 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait as _, SimpleExpr};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait,
-    DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, RuntimeErr,
-    SqlErr, TransactionTrait,
+    DatabaseConnection, DbErr, EntityTrait, QueryFilter, RuntimeErr, SqlErr, TransactionTrait,
 };
-use uuid::Uuid;
 
-use super::entities::{
-    email_tokens, mfa_challenges, refresh_tokens, sessions, users, webauthn_ceremonies,
-};
+use super::entities::{mfa_challenges, refresh_tokens, sessions, users, webauthn_ceremonies};
 use super::session_lookups::SessionLookups;
 use super::{admin, invalidations, mail};
 use crate::domain::import::PYAUTH;
 use crate::domain::mfa::AuthMethod;
-use crate::domain::ports::{CreateSessionError, CreateUserError, Rotation, UserRepository};
+use crate::domain::ports::{CreateUserError, Housekeeping, UserRepository};
 use crate::domain::{
-    AccountChange, Applied, AuditEvent, AuditQuery, BackendError, ClientInfo, CookieHash, Email,
-    EmailTokenHash, EmailTokenRecord, FullName, MailJob, NewAuditEvent, NewEmailToken,
-    NewRefreshToken, NewSession, NewUser, PasswordHash, RefreshTokenHash, RefreshTokenRecord, Role,
-    Session, SessionId, SessionKey, User, UserId, UserQuery,
+    AccountChange, Applied, BackendError, ClientInfo, Email, FullName, MailJob, NewUser,
+    PasswordHash, Role, Session, SessionId, User, UserId, UserQuery,
 };
-
-/// Sessions ended per login when a user holds more than the limit: one normally, more only
-/// after the limit was lowered (the rest go at the next logins).
-const OVER_LIMIT_BATCH: u64 = 1000;
 
 /// A connection pool whose every call is bounded by a timeout and translated into a
 /// [`BackendError`]. Shared by this module's adapters.
@@ -88,15 +79,17 @@ impl Bounded {
     }
 }
 
-/// [`UserRepository`] on a SeaORM connection pool (PostgreSQL or SQLite).
+/// Every storage port on a SeaORM connection pool (PostgreSQL or SQLite): one store, so that
+/// an account change spans users, sessions, tokens, factors, the trail and the outbox in one
+/// transaction.
 #[derive(Clone)]
-pub struct SeaOrmUserRepository {
-    db: DatabaseConnection,
-    bounded: Bounded,
-    sessions: SessionLookups,
+pub struct SeaOrmStore {
+    pub(super) db: DatabaseConnection,
+    pub(super) bounded: Bounded,
+    pub(super) sessions: SessionLookups,
 }
 
-impl SeaOrmUserRepository {
+impl SeaOrmStore {
     /// `timeout` bounds every call, transaction included; at most `session_queries` batched
     /// session lookups run at once (see `session_lookups`). Must be called on a Tokio runtime:
     /// it starts the task that batches session lookups.
@@ -156,7 +149,7 @@ pub(super) async fn lock_current(
 
 /// Outages (no connection, a dropped one, a busy SQLite file) are worth a retry; anything else
 /// is a bug.
-fn backend_error(err: DbErr) -> BackendError {
+pub(super) fn backend_error(err: DbErr) -> BackendError {
     let transient = match &err {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
         DbErr::Exec(RuntimeErr::SqlxError(inner)) | DbErr::Query(RuntimeErr::SqlxError(inner)) => {
@@ -226,16 +219,6 @@ pub(super) fn to_session(model: sessions::Model) -> Session {
     }
 }
 
-fn refresh_token_model(token: NewRefreshToken) -> refresh_tokens::ActiveModel {
-    refresh_tokens::ActiveModel {
-        token_hash: Set(token.hash.0),
-        session_id: Set(token.session_id.0),
-        created_at: Set(token.created_at),
-        expires_at: Set(token.expires_at),
-        spent_at: Set(None),
-    }
-}
-
 /// Ends, at `now`, the sessions of `user_id` still open, except `keep`.
 pub(super) async fn end_sessions(
     conn: &impl ConnectionTrait,
@@ -262,16 +245,8 @@ pub(super) fn next_version() -> SimpleExpr {
     Expr::col(users::Column::CredentialVersion).add(1)
 }
 
-/// The condition of a session that is live at `now`.
-fn live_at(now: DateTime<Utc>) -> Condition {
-    Condition::all()
-        .add(sessions::Column::EndedAt.is_null())
-        .add(sessions::Column::ExpiresAt.gt(now))
-        .add(sessions::Column::IdleExpiresAt.gt(now))
-}
-
 #[async_trait]
-impl UserRepository for SeaOrmUserRepository {
+impl UserRepository for SeaOrmStore {
     async fn ping(&self) -> Result<(), BackendError> {
         // A failed ping is an outage whatever the driver calls it.
         self.bounded(self.db.ping()).await.map_err(|err| match err {
@@ -368,304 +343,10 @@ impl UserRepository for SeaOrmUserRepository {
         let found = self.bounded(admin::list_users(&self.db, query)).await?;
         found.into_iter().map(to_user).collect()
     }
+}
 
-    async fn record_audit(&self, event: NewAuditEvent) -> Result<(), BackendError> {
-        self.bounded(admin::record(&self.db, event)).await
-    }
-
-    async fn record_folded(
-        &self,
-        event: NewAuditEvent,
-        since: DateTime<Utc>,
-    ) -> Result<(), BackendError> {
-        self.bounded(async {
-            let txn = self.write_transaction().await?;
-            admin::record_folded(&txn, event, since).await?;
-            txn.commit().await
-        })
-        .await
-    }
-
-    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, BackendError> {
-        self.bounded(admin::list_audit(&self.db, query)).await
-    }
-
-    async fn create_session(
-        &self,
-        new: NewSession,
-        key: SessionKey,
-    ) -> Result<Session, CreateSessionError> {
-        let (user_id, version, now) = (new.user_id, new.credential_version, new.created_at);
-        let audit = new.audit;
-        let live_limit = u64::from(new.live_limit);
-        let session = sessions::ActiveModel {
-            id: Set(new.id.0),
-            user_id: Set(user_id.0),
-            created_at: Set(now),
-            last_used_at: Set(now),
-            expires_at: Set(new.expires_at),
-            idle_expires_at: Set(key.idle_expires_at()),
-            ended_at: Set(None),
-            user_agent: Set(new.client.user_agent),
-            ip: Set(new.client.ip),
-            cookie_hash: Set(match &key {
-                SessionKey::Cookie(cookie) => Some(cookie.hash.0.clone()),
-                SessionKey::RefreshToken(_) => None,
-            }),
-            methods: Set(new
-                .methods
-                .iter()
-                .map(|method| method.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")),
-        };
-        let stored = self
-            .bounded(async {
-                let txn = self.write_transaction().await?;
-                if !lock_current(&txn, user_id, version, Some(now)).await? {
-                    txn.rollback().await?;
-                    return Ok(None);
-                }
-                let stored = session.insert(&txn).await?;
-                admin::record(&txn, audit).await?;
-                if let SessionKey::RefreshToken(refresh) = key {
-                    refresh_token_model(refresh).insert(&txn).await?;
-                }
-                let beyond_limit: Vec<Uuid> = sessions::Entity::find()
-                    .select_only()
-                    .column(sessions::Column::Id)
-                    .filter(sessions::Column::UserId.eq(user_id.0))
-                    .filter(live_at(now))
-                    .order_by_desc(sessions::Column::LastUsedAt)
-                    .order_by_desc(sessions::Column::CreatedAt)
-                    .offset(live_limit)
-                    .limit(OVER_LIMIT_BATCH)
-                    .into_tuple()
-                    .all(&txn)
-                    .await?;
-                if !beyond_limit.is_empty() {
-                    sessions::Entity::update_many()
-                        .col_expr(sessions::Column::EndedAt, Expr::value(now))
-                        .filter(sessions::Column::Id.is_in(beyond_limit))
-                        .exec(&txn)
-                        .await?;
-                }
-                txn.commit().await?;
-                Ok(Some(stored))
-            })
-            .await?;
-        stored.map(to_session).ok_or(CreateSessionError::Stale)
-    }
-
-    async fn find_session(&self, id: SessionId) -> Result<Option<(Session, User)>, BackendError> {
-        // The hot path of every authenticated request: batched with concurrent lookups, and
-        // bounded as a whole (waiting for a batch included).
-        tokio::time::timeout(self.bounded.timeout(), self.sessions.find(id))
-            .await
-            .map_err(|elapsed| BackendError::Unavailable(Box::new(elapsed)))?
-    }
-
-    async fn find_cookie_session(
-        &self,
-        hash: &CookieHash,
-    ) -> Result<Option<(Session, User)>, BackendError> {
-        let found = self
-            .bounded(
-                sessions::Entity::find()
-                    .filter(sessions::Column::CookieHash.eq(hash.0.as_str()))
-                    .find_also_related(users::Entity)
-                    .one(&self.db),
-            )
-            .await?;
-        match found {
-            Some((session, Some(user))) => Ok(Some((to_session(session), to_user(user)?))),
-            _ => Ok(None),
-        }
-    }
-
-    async fn touch_session(
-        &self,
-        id: SessionId,
-        now: DateTime<Utc>,
-        idle_expires_at: DateTime<Utc>,
-    ) -> Result<(), BackendError> {
-        self.bounded(
-            sessions::Entity::update_many()
-                .col_expr(sessions::Column::LastUsedAt, Expr::value(now))
-                .col_expr(
-                    sessions::Column::IdleExpiresAt,
-                    Expr::value(idle_expires_at),
-                )
-                .filter(sessions::Column::Id.eq(id.0))
-                .filter(sessions::Column::EndedAt.is_null())
-                .exec(&self.db),
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn find_refresh_token(
-        &self,
-        hash: &RefreshTokenHash,
-    ) -> Result<Option<RefreshTokenRecord>, BackendError> {
-        let found = self
-            .bounded(async {
-                let Some((token, Some(session))) =
-                    refresh_tokens::Entity::find_by_id(hash.0.clone())
-                        .find_also_related(sessions::Entity)
-                        .one(&self.db)
-                        .await?
-                else {
-                    return Ok(None);
-                };
-                let user = users::Entity::find_by_id(session.user_id)
-                    .one(&self.db)
-                    .await?;
-                Ok(user.map(|user| (token, session, user)))
-            })
-            .await?;
-        let Some((token, session, user)) = found else {
-            return Ok(None);
-        };
-        Ok(Some(RefreshTokenRecord {
-            expires_at: token.expires_at,
-            spent_at: token.spent_at,
-            session: to_session(session),
-            user: to_user(user)?,
-        }))
-    }
-
-    async fn rotate_refresh_token(
-        &self,
-        presented: &RefreshTokenHash,
-        next: NewRefreshToken,
-        client: ClientInfo,
-    ) -> Result<Rotation, BackendError> {
-        let now = next.created_at;
-        let session_id = next.session_id;
-        let idle_expires_at = next.expires_at;
-        self.bounded(async {
-            let txn = self.write_transaction().await?;
-            // Locks the session's row: a password change, deactivation or logout that ends it
-            // either commits first (and this matches nothing) or waits for this rotation.
-            let touched = sessions::Entity::update_many()
-                .col_expr(sessions::Column::LastUsedAt, Expr::value(now))
-                .col_expr(
-                    sessions::Column::IdleExpiresAt,
-                    Expr::value(idle_expires_at),
-                )
-                .col_expr(sessions::Column::UserAgent, Expr::value(client.user_agent))
-                .col_expr(sessions::Column::Ip, Expr::value(client.ip))
-                .filter(sessions::Column::Id.eq(session_id.0))
-                .filter(sessions::Column::EndedAt.is_null())
-                .exec(&txn)
-                .await?;
-            if touched.rows_affected != 1 {
-                txn.rollback().await?;
-                return Ok(Rotation::SessionEnded);
-            }
-            // The conditional update is the lock: of two rotations of one token, the database
-            // lets exactly one see `spent_at IS NULL`.
-            let spent = refresh_tokens::Entity::update_many()
-                .col_expr(refresh_tokens::Column::SpentAt, Expr::value(now))
-                .filter(refresh_tokens::Column::TokenHash.eq(presented.0.as_str()))
-                .filter(refresh_tokens::Column::SpentAt.is_null())
-                .exec(&txn)
-                .await?;
-            if spent.rows_affected != 1 {
-                txn.rollback().await?;
-                return Ok(Rotation::AlreadySpent);
-            }
-            refresh_token_model(next).insert(&txn).await?;
-            txn.commit().await?;
-            Ok(Rotation::Rotated)
-        })
-        .await
-    }
-
-    async fn list_live_sessions(
-        &self,
-        user_id: UserId,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<Session>, BackendError> {
-        let found = self
-            .bounded(
-                sessions::Entity::find()
-                    .filter(sessions::Column::UserId.eq(user_id.0))
-                    .filter(live_at(now))
-                    .order_by_desc(sessions::Column::CreatedAt)
-                    .limit(u64::from(limit))
-                    .all(&self.db),
-            )
-            .await?;
-        Ok(found.into_iter().map(to_session).collect())
-    }
-
-    async fn end_session(
-        &self,
-        user_id: UserId,
-        id: SessionId,
-        now: DateTime<Utc>,
-        audit: NewAuditEvent,
-    ) -> Result<bool, BackendError> {
-        self.bounded(async {
-            let txn = self.write_transaction().await?;
-            let ended = sessions::Entity::update_many()
-                .col_expr(sessions::Column::EndedAt, Expr::value(now))
-                .filter(sessions::Column::Id.eq(id.0))
-                .filter(sessions::Column::UserId.eq(user_id.0))
-                .filter(live_at(now))
-                .exec(&txn)
-                .await?;
-            if ended.rows_affected != 1 {
-                txn.rollback().await?;
-                return Ok(false);
-            }
-            admin::record(&txn, audit).await?;
-            txn.commit().await?;
-            Ok(true)
-        })
-        .await
-    }
-
-    async fn enqueue_mail(&self, job: MailJob, now: DateTime<Utc>) -> Result<(), BackendError> {
-        self.bounded(mail::enqueue(&self.db, job, now)).await
-    }
-
-    async fn store_email_token(
-        &self,
-        token: NewEmailToken,
-        audit: Option<NewAuditEvent>,
-    ) -> Result<(), BackendError> {
-        self.bounded(async {
-            let txn = self.write_transaction().await?;
-            mail::token_row(token).insert(&txn).await?;
-            if let Some(audit) = audit {
-                admin::record(&txn, audit).await?;
-            }
-            txn.commit().await
-        })
-        .await
-    }
-
-    async fn find_email_token(
-        &self,
-        hash: &EmailTokenHash,
-    ) -> Result<Option<EmailTokenRecord>, BackendError> {
-        let found = self
-            .bounded(
-                email_tokens::Entity::find_by_id(hash.0.clone())
-                    .find_also_related(users::Entity)
-                    .one(&self.db),
-            )
-            .await?;
-        let Some((token, Some(user))) = found else {
-            return Ok(None);
-        };
-        Ok(Some(mail::to_token(token, to_user(user)?)?))
-    }
-
+#[async_trait]
+impl Housekeeping for SeaOrmStore {
     async fn purge_expired(
         &self,
         now: DateTime<Utc>,
