@@ -12,6 +12,7 @@ pub mod mail;
 pub mod mfa;
 pub mod password;
 pub mod ports;
+pub mod secrets;
 pub mod service;
 pub mod session;
 pub mod signing_key;
@@ -28,7 +29,7 @@ pub use mail::{
     NewEmailToken, OutboxDepth, QueuedMail,
 };
 pub use password::{Password, PasswordError, PasswordHash, PasswordPolicy};
-pub use service::{AuthPolicy, AuthService};
+pub use service::{AuthPolicy, Core};
 pub use session::{
     ClientInfo, CookieHash, NewRefreshToken, NewSession, NewSessionCookie, Principal,
     RefreshTokenHash, RefreshTokenRecord, Session, SessionId, SessionKey, TokenPair,

@@ -8,8 +8,7 @@ use clap::Parser as _;
 use portcullis::cli::report;
 use portcullis::cli::{Cli, Command, ImportCommand, KeysCommand, MailCommand, UserCommand};
 use portcullis::config::Settings;
-use portcullis::domain::import;
-use portcullis::domain::service::{Retired, Rotated};
+use portcullis::domain::service::{self, Retired, Rotated};
 use portcullis::domain::{AuditKind, AuditQuery, Email, Password, Role, UserQuery};
 use portcullis::outbound::sea_orm::PyauthDatabase;
 use portcullis::startup::{self, Application, Storage};
@@ -64,7 +63,7 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
                 .context("an import needs a database (DATABASE_URL postgres:// or sqlite:)")?;
             let source = PyauthDatabase::connect(&from).await?;
             let progress = Progress::new();
-            let plan = import::import_users(
+            let plan = service::import_users(
                 &source,
                 target.as_ref(),
                 on_conflict.into(),
@@ -90,11 +89,11 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         } => {
             let storage = Storage::open(settings).await?;
             storage.migrate().await?;
-            let service = startup::build_service(settings, &storage).await?;
+            let core = startup::build(settings, &storage).await?;
             let user_id = match user {
                 Some(email) => {
                     let email = Email::parse(&email).with_context(|| format!("{email:?}"))?;
-                    let user = service.find_user(&email).await?;
+                    let user = core.admin.find_user(&email).await?;
                     Some(user.id)
                 }
                 None => None,
@@ -114,15 +113,15 @@ async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
                 limit: limit.clamp(1, 10_000),
                 ..AuditQuery::default()
             };
-            let events = service.audit_events(&query).await?;
+            let events = core.admin.audit_events(&query).await?;
             print!("{}", report::audit(&events, json));
             Ok(())
         }
         Command::Mail(MailCommand::Test { address }) => {
             let storage = Storage::open(settings).await?;
-            let service = startup::build_service(settings, &storage).await?;
+            let core = startup::build(settings, &storage).await?;
             let to = Email::parse(&address).with_context(|| format!("{address:?}"))?;
-            let answer = service.send_test_mail(&to).await?;
+            let answer = core.delivery.send_test_mail(&to).await?;
             println!("sent to {to}: {answer}");
             Ok(())
         }
@@ -160,7 +159,7 @@ impl Progress {
 async fn manage_keys(command: KeysCommand, settings: &Settings) -> anyhow::Result<()> {
     let storage = Storage::open(settings).await?;
     storage.migrate().await?;
-    let keys = startup::build(settings, &storage).await?.keys;
+    let keys = std::sync::Arc::clone(&startup::build(settings, &storage).await?.keys);
     match command {
         KeysCommand::List { json } => print!("{}", report::keys(&keys.list().await?, json)),
         KeysCommand::Rotate { now } => match keys.rotate(now).await? {
@@ -204,22 +203,24 @@ async fn manage_keys(command: KeysCommand, settings: &Settings) -> anyhow::Resul
 async fn administer(command: UserCommand, settings: &Settings) -> anyhow::Result<()> {
     let storage = Storage::open(settings).await?;
     storage.migrate().await?;
-    let service = startup::build_service(settings, &storage).await?;
+    let core = startup::build(settings, &storage).await?;
     let parse = |email: &str| Email::parse(email).with_context(|| format!("{email:?}"));
     let user = match command {
         UserCommand::Create { email, admin } => {
             let email = parse(&email)?;
             let password = Password::parse(&read_password()?).context("password")?;
             let role = if admin { Role::Admin } else { Role::User };
-            service
+            core.admin
                 .create_user_as_operator(email, password, role)
                 .await?
         }
-        UserCommand::Promote { email } => service.set_role(&parse(&email)?, Role::Admin).await?,
-        UserCommand::Demote { email } => service.set_role(&parse(&email)?, Role::User).await?,
-        UserCommand::Deactivate { email } => service.set_active(&parse(&email)?, false).await?,
-        UserCommand::Activate { email } => service.set_active(&parse(&email)?, true).await?,
-        UserCommand::Verify { email } => service.set_email_verified(&parse(&email)?, true).await?,
+        UserCommand::Promote { email } => core.admin.set_role(&parse(&email)?, Role::Admin).await?,
+        UserCommand::Demote { email } => core.admin.set_role(&parse(&email)?, Role::User).await?,
+        UserCommand::Deactivate { email } => core.admin.set_active(&parse(&email)?, false).await?,
+        UserCommand::Activate { email } => core.admin.set_active(&parse(&email)?, true).await?,
+        UserCommand::Verify { email } => {
+            core.admin.set_email_verified(&parse(&email)?, true).await?
+        }
         UserCommand::List {
             q,
             role,
@@ -234,13 +235,13 @@ async fn administer(command: UserCommand, settings: &Settings) -> anyhow::Result
                 limit: limit.clamp(1, 10_000),
                 ..UserQuery::default()
             };
-            let users = service.list_accounts(&query).await?;
+            let users = core.admin.list_accounts(&query).await?;
             print!("{}", report::users(&users, json));
             return Ok(());
         }
-        UserCommand::Delete { email } => service.delete_by_email(&parse(&email)?).await?,
+        UserCommand::Delete { email } => core.admin.delete_by_email(&parse(&email)?).await?,
         UserCommand::MfaReset { email } => {
-            let removed = service.reset_factors_by_email(&parse(&email)?).await?;
+            let removed = core.admin.reset_factors_by_email(&parse(&email)?).await?;
             println!(
                 "{email}: {}",
                 if removed {
@@ -252,7 +253,8 @@ async fn administer(command: UserCommand, settings: &Settings) -> anyhow::Result
             return Ok(());
         }
         UserCommand::ResetLink { email } => {
-            let link = service
+            let link = core
+                .recovery
                 .reset_link(&parse(&email)?)
                 .await
                 .with_context(|| format!("no active user has the address {email:?}"))?;

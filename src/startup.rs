@@ -24,7 +24,7 @@ use crate::domain::ports::{
 use crate::domain::service::{
     DeliveryOutcome, KeyPorts, LimitPolicy, MailPolicy, MfaPolicy, Ports, Quota, SigningKeys,
 };
-use crate::domain::{AuthPolicy, AuthService, KeyPolicy, PasswordPolicy};
+use crate::domain::{AuthPolicy, Core, KeyPolicy, PasswordPolicy};
 use crate::inbound::console::guard::ConsoleSettings;
 use crate::inbound::http::api::keys::Discovery;
 use crate::inbound::http::client::TrustedProxies;
@@ -386,18 +386,12 @@ fn key_policy(settings: &Settings) -> KeyPolicy {
     }
 }
 
-/// The core's use cases, wired on one token issuer.
-pub struct Core {
-    pub auth: Arc<AuthService>,
-    pub keys: Arc<SigningKeys>,
-}
-
 /// Builds the core on the adapters the settings name, and loads the signing keys (making the
 /// first one when an asymmetric algorithm is configured and none of it exists).
 ///
 /// # Errors
 /// When a key, the database or the hasher cannot be set up.
-pub async fn build(settings: &Settings, storage: &Storage) -> anyhow::Result<Core> {
+pub async fn build(settings: &Settings, storage: &Storage) -> anyhow::Result<Arc<Core>> {
     build_with_cache(settings, storage, None).await
 }
 
@@ -406,7 +400,7 @@ async fn build_with_cache(
     settings: &Settings,
     storage: &Storage,
     cache: Option<Arc<SessionCache>>,
-) -> anyhow::Result<Core> {
+) -> anyhow::Result<Arc<Core>> {
     let secret = signing_secret(settings)?;
     let algorithm = settings.jwt_algorithm.asymmetric();
     let issuer = Arc::new(
@@ -485,10 +479,7 @@ async fn build_with_cache(
         limiter: storage.rate_limiter(settings),
         keys: Arc::clone(&keys),
     };
-    Ok(Core {
-        auth: Arc::new(AuthService::new(ports, policy, None)),
-        keys,
-    })
+    Ok(Arc::new(Core::new(ports, policy, None)))
 }
 
 /// WebAuthn for the relying party of `public_url`; `None` when its host cannot be one (an IP
@@ -503,22 +494,11 @@ fn passkey_ceremonies(settings: &Settings) -> Option<Arc<dyn PasskeyCeremonies>>
     }
 }
 
-/// The account use cases alone, as the operator's commands use them.
-///
-/// # Errors
-/// As [`build`].
-pub async fn build_service(
-    settings: &Settings,
-    storage: &Storage,
-) -> anyhow::Result<Arc<AuthService>> {
-    Ok(build(settings, storage).await?.auth)
-}
-
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
-    core: Core,
+    core: Arc<Core>,
     http: HttpSettings,
     key_refresh: Duration,
     connections: ConnectionLimits,
@@ -618,29 +598,27 @@ impl Application {
     /// # Errors
     /// When the server fails.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
-        let service = self.core.auth;
+        let core = self.core;
         // Serving does not wait for the dummy hash (a bcrypt hash at full cost): it is made
         // beside, and a login that needs it first waits for it.
-        let preparing = Arc::clone(&service);
+        let preparing = Arc::clone(&core);
         tokio::spawn(async move {
-            if let Err(err) = preparing.prepare().await {
+            if let Err(err) = preparing.accounts.prepare().await {
                 tracing::warn!(error = %err, "the dummy hash could not be made yet; the first login of an unknown email makes it");
             }
         });
-        let purge = tokio::spawn(purge_periodically(
-            Arc::clone(&service),
-            self.purge_interval,
-        ));
+        let purge = tokio::spawn(purge_periodically(Arc::clone(&core), self.purge_interval));
         let upkeep = tokio::spawn(http_metrics::upkeep_periodically(Duration::from_secs(5)));
         let feed = self.feed.map(tokio::spawn);
-        let delivery = tokio::spawn(deliver_mail_periodically(Arc::clone(&service), MAIL_POLL));
+        let delivery = tokio::spawn(deliver_mail_periodically(Arc::clone(&core), MAIL_POLL));
         let refresher = tokio::spawn(refresh_keys_periodically(
-            Arc::clone(&self.core.keys),
+            Arc::clone(&core.keys),
             self.keys_changed,
             self.key_refresh,
         ));
         tracing::info!(address = %self.address, "listening");
-        let app = http::app(service, self.core.keys, self.http).map_to_response();
+        let keys = Arc::clone(&core.keys);
+        let app = http::app(core, keys, self.http).map_to_response();
         let result = http_server::serve(
             self.listener,
             app,
@@ -660,16 +638,16 @@ impl Application {
     }
 }
 
-async fn purge_periodically(service: Arc<AuthService>, every: Duration) {
+async fn purge_periodically(core: Arc<Core>, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
-        match service.purge_expired_sessions().await {
+        match core.upkeep.purge_expired_sessions().await {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(deleted, "purged dead sessions"),
             Err(err) => tracing::warn!(error = %err, "session purge failed; will retry"),
         }
-        if let Err(err) = service.purge_expired_limits().await {
+        if let Err(err) = core.upkeep.purge_expired_limits().await {
             tracing::warn!(error = %err, "rate-limit purge failed; will retry");
         }
     }
@@ -710,8 +688,8 @@ const MAIL_POLL: Duration = Duration::from_millis(500);
 const MAIL_DEPTH_EVERY: Duration = Duration::from_secs(5);
 
 /// Delivers queued mail every `every`, and records what became of it.
-async fn deliver_mail_periodically(service: Arc<AuthService>, every: Duration) {
-    if !service.mail_configured() {
+async fn deliver_mail_periodically(core: Arc<Core>, every: Duration) {
+    if !core.delivery.mail_configured() {
         return;
     }
     let mut ticks = tokio::time::interval(every);
@@ -719,7 +697,7 @@ async fn deliver_mail_periodically(service: Arc<AuthService>, every: Duration) {
     let mut sampled = std::time::Instant::now() - MAIL_DEPTH_EVERY;
     loop {
         ticks.tick().await;
-        match service.deliver_mail().await {
+        match core.delivery.deliver_mail().await {
             Ok(deliveries) => {
                 for delivery in deliveries {
                     let outcome = match delivery.outcome {
@@ -740,7 +718,7 @@ async fn deliver_mail_periodically(service: Arc<AuthService>, every: Duration) {
         }
         if sampled.elapsed() >= MAIL_DEPTH_EVERY {
             sampled = std::time::Instant::now();
-            if let Ok(depth) = service.mail_depth().await {
+            if let Ok(depth) = core.delivery.mail_depth().await {
                 metrics::gauge!("portcullis_mail_outbox", "state" => "pending")
                     .set(depth.pending as f64);
                 metrics::gauge!("portcullis_mail_outbox", "state" => "failed")

@@ -11,11 +11,8 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-use super::ports::{ImportSource, ImportTarget};
-use super::session::sha256_hex;
-use super::{
-    AuditKind, BackendError, ClientInfo, Email, FullName, NewAuditEvent, PasswordHash, Role, UserId,
-};
+use super::secrets::sha256_hex;
+use super::{BackendError, Email, FullName, PasswordHash, Role, UserId};
 
 /// Where imported users come from: the value of `users.imported_from`.
 pub const PYAUTH: &str = "pyauth";
@@ -306,35 +303,6 @@ pub enum ImportError {
     TargetChanged,
     #[error(transparent)]
     Backend(#[from] BackendError),
-}
-
-/// Plans the import of `source` into `target` and, unless `dry_run` or the plan is refused,
-/// writes it. Returns the plan.
-///
-/// # Errors
-/// [`ImportError`] from either side.
-pub async fn import_users(
-    source: &dyn ImportSource,
-    target: &dyn ImportTarget,
-    on_conflict: OnConflict,
-    dry_run: bool,
-    now: DateTime<Utc>,
-    progress: &(dyn Fn(usize) + Send + Sync),
-) -> Result<ImportPlan, ImportError> {
-    let rows = source.pyauth_users().await?;
-    let existing = target.import_snapshot().await?;
-    let plan = plan(&rows, &existing, on_conflict);
-    if !dry_run && plan.writes() {
-        let audit = NewAuditEvent::new(AuditKind::UsersImported, None, &ClientInfo::default(), now)
-            .with("source", PYAUTH)
-            .with("imported", plan.inserts.len())
-            .with("updated", plan.updates.len())
-            .with("unchanged", plan.unchanged)
-            .with("conflicts", plan.conflicts.len())
-            .with("skipped", plan.skipped.len());
-        target.apply_import(&plan, audit, progress).await?;
-    }
-    Ok(plan)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::fmt;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::session::{random_secret, sha256_hex};
+use super::secrets::{random_secret, sha256_hex};
 use super::{ClientInfo, Email, SessionId, User, UserId};
 
 /// What a mail says; each kind has a template of its own.

@@ -11,7 +11,7 @@ use subtle::ConstantTimeEq as _;
 use uuid::Uuid;
 
 use super::UserId;
-use super::session::{random_secret, sha256_hex};
+use super::secrets::{random_secret, sha256_hex};
 
 /// The length of a TOTP step, in seconds (RFC 6238's default, and what every app assumes).
 pub const TOTP_STEP_SECONDS: i64 = 30;

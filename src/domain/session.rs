@@ -2,14 +2,11 @@
 
 use std::fmt;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use rand::Rng as _;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::mfa::AuthMethod;
+use super::secrets::{random_secret, sha256_hex};
 use super::{User, UserId};
 
 /// A session's id: random, so that knowing one id says nothing about any other.
@@ -107,22 +104,6 @@ impl RefreshTokenHash {
     pub fn of(token: &str) -> Self {
         Self(sha256_hex(token))
     }
-}
-
-/// The hex SHA-256 of a token: enough to store, since a token carries 256 random bits.
-pub(crate) fn sha256_hex(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// 256 bits from a cryptographically secure generator seeded by the operating system, in
-/// unpadded base64url (43 characters).
-pub(crate) fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// A fresh refresh token: the secret for the client, and what gets stored.

@@ -2,11 +2,11 @@
 //! adapter beside the JSON API and the command line.
 //!
 //! It calls the same use cases as the API and adds no rule of its own: sign-in opens a core
-//! session held by a cookie ([`AuthService::sign_in_with_cookie`]), every error is turned into
+//! session held by a cookie (`CookieSessions::sign_in_with_cookie`), every error is turned into
 //! words by the API's own mapping (`http::errors`), and the pages are askama templates
 //! compiled into the binary. What is its own is what a browser needs: cookies, CSRF tokens,
 //! the `Origin` check ([`guard`]), and HTML, with one small script for what only a browser
-//! can do: WebAuthn ([`passkeys`]).
+//! can do: WebAuthn (`passkeys`).
 
 // The console's helpers fail with the page to answer (`Result<_, Response>`), once per
 // request, straight back to poem: boxing it would only add an allocation.
@@ -40,13 +40,13 @@ use poem::{EndpointExt, IntoEndpoint, Request, Response, Route, get, post};
 
 use self::guard::{ConsoleSettings, Visitor, see_other};
 use self::pages::{Chrome, message, render};
-use crate::domain::{AuthService, ClientInfo, Principal, Role};
+use crate::domain::{ClientInfo, Core, Principal, Role};
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::problem::Problem;
 
 /// What every console handler holds.
 pub(crate) struct Console {
-    service: Arc<AuthService>,
+    core: Arc<Core>,
     proxies: TrustedProxies,
     settings: ConsoleSettings,
 }
@@ -133,12 +133,12 @@ impl Console {
 
 /// The console's routes, to be nested at `/console`.
 pub fn routes(
-    service: Arc<AuthService>,
+    core: Arc<Core>,
     proxies: TrustedProxies,
     settings: ConsoleSettings,
 ) -> impl poem::Endpoint<Output = Response> {
     let console = Arc::new(Console {
-        service,
+        core,
         proxies,
         settings,
     });

@@ -36,7 +36,7 @@ use self::api::sessions::SessionsApi;
 use self::client::TrustedProxies;
 use self::metrics::{MetricsExporter, RouteLabels};
 use self::middleware::{BodyLimits, SecurityHeaders};
-use crate::domain::AuthService;
+use crate::domain::Core;
 use crate::domain::service::SigningKeys;
 use crate::inbound::console::{self, guard::ConsoleSettings};
 
@@ -71,41 +71,41 @@ type Apis = (
 
 /// The OpenAPI service: every route, documented.
 pub fn openapi(
-    service: &Arc<AuthService>,
+    core: &Arc<Core>,
     keys: &Arc<SigningKeys>,
     settings: &HttpSettings,
 ) -> OpenApiService<Apis, ()> {
     let proxies = &settings.trusted_proxies;
     let apis = (
         PublicApi {
-            service: Arc::clone(service),
+            core: Arc::clone(core),
             metrics: settings.metrics.clone(),
         },
         AuthApi {
-            service: Arc::clone(service),
+            core: Arc::clone(core),
             proxies: proxies.clone(),
         },
         EmailApi {
-            service: Arc::clone(service),
+            core: Arc::clone(core),
             proxies: proxies.clone(),
         },
         SessionsApi {
-            service: Arc::clone(service),
+            core: Arc::clone(core),
             proxies: proxies.clone(),
         },
         MfaApi {
-            service: Arc::clone(service),
+            core: Arc::clone(core),
             proxies: proxies.clone(),
         },
         PasskeysApi {
-            service: Arc::clone(service),
+            core: Arc::clone(core),
             proxies: proxies.clone(),
         },
         ProtectedApi {
-            service: Arc::clone(service),
+            core: Arc::clone(core),
         },
         AdminApi {
-            service: Arc::clone(service),
+            core: Arc::clone(core),
             proxies: proxies.clone(),
         },
         KeysApi {
@@ -123,12 +123,8 @@ pub fn openapi(
 }
 
 /// The whole HTTP application, middleware included.
-pub fn app(
-    service: Arc<AuthService>,
-    keys: Arc<SigningKeys>,
-    settings: HttpSettings,
-) -> impl Endpoint {
-    let api = openapi(&service, &keys, &settings);
+pub fn app(core: Arc<Core>, keys: Arc<SigningKeys>, settings: HttpSettings) -> impl Endpoint {
+    let api = openapi(&core, &keys, &settings);
     let spec = complete_spec(&api.spec());
     let labels = Arc::new(route_labels(&spec));
     let allowed = Arc::clone(&labels);
@@ -149,7 +145,7 @@ pub fn app(
         Some(console_settings) => routes.nest(
             "/console",
             console::routes(
-                Arc::clone(&service),
+                Arc::clone(&core),
                 settings.trusted_proxies.clone(),
                 console_settings,
             ),
@@ -168,7 +164,7 @@ pub fn app(
         // No origins configured: no CORS headers at all, so browsers keep other sites out.
         // (poem's Cors with an empty list would allow every origin.)
         .with_if(cors_on, cors(&settings.cors_origins))
-        .data(service)
+        .data(core)
         .around(move |ep, req| {
             let headers = headers.clone();
             let allowed = Arc::clone(&allowed);

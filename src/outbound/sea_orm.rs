@@ -1,4 +1,4 @@
-//! The SeaORM adapter: one [`UserRepository`] for PostgreSQL and SQLite alike.
+//! The SeaORM adapter: one `UserRepository` for PostgreSQL and SQLite alike.
 //!
 //! The differences between the two engines stay in here (connection set-up in
 //! [`connection`]); the core sees neither SQL nor `DbErr`.

@@ -1,4 +1,4 @@
-//! A per-instance cache of session checks, in front of [`UserRepository::find_session`].
+//! A per-instance cache of session checks, in front of [`SessionRepository::find_session`].
 //!
 //! Every authenticated request checks its session and user; with this cache a repeated check
 //! costs a hash-map lookup instead of a database round trip. It stays exact because every write
@@ -17,7 +17,7 @@
 //!    stored only if no invalidation that concerns it (its user, its session, or everything)
 //!    came in meanwhile. A write that commits while the read is in flight either is seen by
 //!    the read or invalidates after it, and then the ticket is void for that session. The last
-//!    [`RECENT`] invalidations are kept to tell; a ticket older than those is void.
+//!    `RECENT` invalidations are kept to tell; a ticket older than those is void.
 //! 2. **Without a feed there is no cache.** While the feed is not connected (never yet, or
 //!    lost), the cache is [`distrust`](SessionCache::distrust)ed: emptied, and bypassed by every
 //!    lookup. When the feed is back it is emptied again before it is trusted: anything
@@ -30,7 +30,7 @@
 //! table share); when either is reached, the oldest entries make room. A refused check (an
 //! ended session, an inactive user) is not kept: it is rare, and the database answers it.
 //!
-//! [`UserRepository::find_session`]: crate::domain::ports::UserRepository::find_session
+//! [`SessionRepository::find_session`]: crate::domain::ports::SessionRepository::find_session
 
 mod cached_repository;
 

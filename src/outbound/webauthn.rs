@@ -44,7 +44,7 @@ pub struct WebauthnCeremonies {
 
 impl WebauthnCeremonies {
     /// The relying party of `public_url`: its host is the RP id, its origin
-    /// (scheme://host[:port], the port matching exactly) the only origin accepted; any path is
+    /// (scheme://host\[:port\], the port matching exactly) the only origin accepted; any path is
     /// ignored. `rp_name` is what authenticators show.
     ///
     /// # Errors

@@ -14,6 +14,7 @@ async fn seed(app: &TestApp, prefix: &str, count: usize) -> Vec<i64> {
     let mut ids = Vec::with_capacity(count);
     for n in 0..count {
         let user = operator
+            .admin
             .create_user_as_operator(
                 Email::parse(&format!("{prefix}{n}@example.com")).unwrap(),
                 Password::parse(PASSWORD).unwrap(),
@@ -103,6 +104,7 @@ app_test!(
                         original.iter().position(|id| *id == victim).unwrap()
                     );
                     operator
+                        .admin
                         .delete_by_email(&Email::parse(&email).unwrap())
                         .await
                         .unwrap();
@@ -148,6 +150,7 @@ app_test!(
             assert_eq!(created.status(), 201);
         }
         operator
+            .admin
             .set_active(&Email::parse("bob@sample.org").unwrap(), false)
             .await
             .unwrap();

@@ -413,6 +413,7 @@ async fn an_admin_finds_and_deactivates_a_user_and_reads_the_audit_log() {
     with_console(json!({}), |ui, app, _smtp| async move {
         let operator = app.operator().await;
         operator
+            .admin
             .create_user_as_operator(
                 portcullis::domain::Email::parse("root@example.com").unwrap(),
                 portcullis::domain::Password::parse(PASSWORD).unwrap(),
@@ -638,6 +639,7 @@ async fn a_person_sets_up_an_authenticator_app_signs_in_with_a_code_and_an_admin
         // Tia lost the app: an admin resets it, and the password alone signs her in.
         let operator = app.operator().await;
         operator
+            .admin
             .create_user_as_operator(
                 portcullis::domain::Email::parse("root@example.com").unwrap(),
                 portcullis::domain::Password::parse(PASSWORD).unwrap(),

@@ -165,6 +165,7 @@ mail_test!(
         );
         app.operator()
             .await
+            .admin
             .set_active(
                 &portcullis::domain::Email::parse("gone@example.com").unwrap(),
                 false,

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use figment::providers::Serialized;
 use futures::FutureExt as _;
 use portcullis::config::{Profile, Settings};
-use portcullis::domain::AuthService;
+use portcullis::domain::Core;
 use portcullis::outbound::session_cache::{CacheStats, SessionCache};
-use portcullis::startup::{Application, Storage, build_service};
+use portcullis::startup::{Application, Storage, build};
 use reqwest::{Client, Response, StatusCode};
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
@@ -213,11 +213,9 @@ impl TestApp {
     }
 
     /// The core on the same storage, as the operator's CLI builds it.
-    pub async fn operator(&self) -> Arc<AuthService> {
+    pub async fn operator(&self) -> Arc<Core> {
         let storage = Storage::open(&self.settings).await.expect("storage");
-        build_service(&self.settings, &storage)
-            .await
-            .expect("service")
+        build(&self.settings, &storage).await.expect("service")
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
@@ -294,6 +292,7 @@ impl TestApp {
         let token = self.token_for(email).await;
         let operator = self.operator().await;
         operator
+            .admin
             .set_role(
                 &portcullis::domain::Email::parse(email).expect("email"),
                 portcullis::domain::Role::Admin,

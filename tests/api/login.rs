@@ -44,6 +44,7 @@ app_test!(
         let email = portcullis::domain::Email::parse("gone@example.com").unwrap();
         app.operator()
             .await
+            .admin
             .set_active(&email, false)
             .await
             .unwrap();

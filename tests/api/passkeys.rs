@@ -284,6 +284,7 @@ app_test!(
         let (_, mut authenticator, _) = with_passkey(&app, "gone@example.com").await;
         app.operator()
             .await
+            .admin
             .set_active(&Email::parse("gone@example.com").unwrap(), false)
             .await
             .unwrap();

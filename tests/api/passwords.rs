@@ -94,7 +94,13 @@ app_test!(every_place_a_password_is_set_applies_the_policy, |app| {
 
     // Reset: the link stays usable after a refused password.
     let email = portcullis::domain::Email::parse("owner@example.com").unwrap();
-    let link = app.operator().await.reset_link(&email).await.unwrap();
+    let link = app
+        .operator()
+        .await
+        .recovery
+        .reset_link(&email)
+        .await
+        .unwrap();
     let reset_token = link.split("token=").nth(1).unwrap().to_owned();
     let refused = app
         .post_json(

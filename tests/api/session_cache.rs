@@ -196,7 +196,7 @@ app_test!(
         cached(&other, &token, "/auth/me").await;
         let email = Email::parse("reset@example.com").unwrap();
         let operator = app.operator().await;
-        let link = operator.reset_link(&email).await.unwrap();
+        let link = operator.recovery.reset_link(&email).await.unwrap();
         let reset_token = link.rsplit_once("token=").expect("a token in the link").1;
         let reset = app
             .post_json(

@@ -268,7 +268,7 @@ app_test!(deactivating_a_user_ends_their_sessions, |app| {
     let tokens = app.signed_up("off@example.com").await;
     let email = Email::parse("off@example.com").unwrap();
     let operator = app.operator().await;
-    operator.set_active(&email, false).await.unwrap();
+    operator.admin.set_active(&email, false).await.unwrap();
     assert_unauthorized(
         app.get_auth("/auth/me", &access_token(&tokens)).await,
         "Inactive user",
@@ -276,7 +276,7 @@ app_test!(deactivating_a_user_ends_their_sessions, |app| {
     .await;
     assert_unauthorized(refresh(&app, &refresh_token(&tokens)).await, "").await;
     // Reactivation does not bring the old sessions back.
-    operator.set_active(&email, true).await.unwrap();
+    operator.admin.set_active(&email, true).await.unwrap();
     assert_unauthorized(
         app.get_auth("/auth/me", &access_token(&tokens)).await,
         "Could not validate credentials",

@@ -1,16 +1,24 @@
 //! Administration: the operator's commands (by email, from the command line) and the admin
 //! API's use cases (by id, for a signed-in admin), with an audit event for every change.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::AuthService;
+use super::accounts::Accounts;
+use super::credentials::Credentials;
+use super::limits::Guard;
+use super::notices::Mailing;
 use crate::domain::mfa::{FactorRemoval, Passkey, TOTP_DESCRIBED};
-use crate::domain::ports::CreateUserError;
+use crate::domain::ports::{
+    AuditLog, Clock, CreateUserError, FactorRepository, MailOutbox, SessionRepository,
+    UserRepository,
+};
 use crate::domain::{
-    AccountChange, Applied, AuditEvent, AuditKind, AuditQuery, BackendError, ClientInfo, Condition,
-    Edit, Email, FactorChange, FullName, MailJob, NewAuditEvent, Password, PasswordError,
-    Principal, Refusal, Role, Session, User, UserChanges, UserId, UserQuery,
+    AccountChange, Applied, AuditEvent, AuditKind, AuditQuery, AuthPolicy, BackendError,
+    ClientInfo, Condition, Edit, Email, FactorChange, FullName, MailJob, NewAuditEvent, Password,
+    PasswordError, Principal, Refusal, Role, Session, User, UserChanges, UserId, UserQuery,
 };
 
 /// Why an administrative command failed.
@@ -103,7 +111,22 @@ fn describe(changes: &UserChanges) -> String {
     parts.join(",")
 }
 
-impl AuthService {
+/// The administrators' and the operator's use cases.
+pub struct Admin {
+    pub(super) users: Arc<dyn UserRepository>,
+    pub(super) sessions: Arc<dyn SessionRepository>,
+    pub(super) audit: Arc<dyn AuditLog>,
+    pub(super) factors: Arc<dyn FactorRepository>,
+    pub(super) outbox: Arc<dyn MailOutbox>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) policy: Arc<AuthPolicy>,
+    pub(super) accounts: Arc<Accounts>,
+    pub(super) credentials: Arc<Credentials>,
+    pub(super) guard: Arc<Guard>,
+    pub(super) mailing: Arc<Mailing>,
+}
+
+impl Admin {
     /// Creates a user with any role and a password (the operator's way to make the first
     /// admin).
     ///
@@ -139,10 +162,14 @@ impl AuthService {
         account: NewAccount,
     ) -> Result<User, AdminError> {
         if let Some(password) = &account.password {
-            self.check_new_password(password, &account.email, account.full_name.as_ref())?;
+            self.credentials.check_new_password(
+                password,
+                &account.email,
+                account.full_name.as_ref(),
+            )?;
         }
         let invite = account.password.is_none();
-        if invite && !self.mail_configured() {
+        if invite && !self.mailing.mail_configured() {
             return Err(AdminError::MailNotConfigured);
         }
         // An invited user's password is one nobody knows until the link sets another.
@@ -159,7 +186,10 @@ impl AuthService {
             .event(AuditKind::UserCreated, None, self.clock.now())
             .with("role", account.role);
         let invite = invite && {
-            let queued = self.within_mail_budget(&[&account.email], None).await?;
+            let queued = self
+                .guard
+                .within_mail_budget(&[&account.email], None)
+                .await?;
             if !queued {
                 audit = audit.with(
                     "invitation",
@@ -169,6 +199,7 @@ impl AuthService {
             queued
         };
         let user = self
+            .accounts
             .create_user(
                 account.email,
                 password,
@@ -201,7 +232,7 @@ impl AuthService {
     /// Activates or deactivates the user with `email`; deactivation ends all their sessions.
     ///
     /// # Errors
-    /// As [`AuthService::set_role`].
+    /// As [`Admin::set_role`].
     pub async fn set_active(&self, email: &Email, active: bool) -> Result<User, AdminError> {
         let changes = UserChanges {
             is_active: Some(active),
@@ -229,7 +260,7 @@ impl AuthService {
     /// Deletes the user with `email`.
     ///
     /// # Errors
-    /// As [`AuthService::set_role`].
+    /// As [`Admin::set_role`].
     pub async fn delete_by_email(&self, email: &Email) -> Result<User, AdminError> {
         let user = self.find_by_email(email).await?;
         self.delete_account(Actor::Operator, user.id).await?;
@@ -303,7 +334,7 @@ impl AuthService {
     /// Deletes user `id`, their sessions and tokens; their audit events stay.
     ///
     /// # Errors
-    /// As [`AuthService::update_account`].
+    /// As [`Admin::update_account`].
     pub async fn delete_account(&self, actor: Actor<'_>, id: UserId) -> Result<(), AdminError> {
         let now = self.clock.now();
         let change = AccountChange::of(id, now)
@@ -363,6 +394,7 @@ impl AuthService {
         let passkeys = self.factors.list_passkeys(user.id).await?;
         removed.extend(passkeys.iter().map(Passkey::described));
         let notice = self
+            .mailing
             .factor_notice(&user, FactorChange::Removed, removed, None)
             .await?;
         let change = AccountChange::of(user.id, audit.at)
@@ -380,7 +412,7 @@ impl AuthService {
         }
     }
 
-    /// [`AuthService::reset_factors`] of the user with `email`, for the operator.
+    /// [`Admin::reset_factors`] of the user with `email`, for the operator.
     ///
     /// # Errors
     /// [`AdminError::UnknownUser`].
@@ -396,13 +428,13 @@ impl AuthService {
     /// # Errors
     /// [`AdminError::UnknownUser`]; [`AdminError::MailNotConfigured`].
     pub async fn send_reset_link(&self, actor: Actor<'_>, id: UserId) -> Result<(), AdminError> {
-        if !self.mail_configured() {
+        if !self.mailing.mail_configured() {
             return Err(AdminError::MailNotConfigured);
         }
         let user = self.account(id).await?;
         let now = self.clock.now();
         let audit = actor.event(AuditKind::PasswordResetRequested, Some(user.id), now);
-        if !self.within_mail_budget(&[&user.email], None).await? {
+        if !self.guard.within_mail_budget(&[&user.email], None).await? {
             let audit = audit.with("mail", "not sent: the address's mail budget is spent");
             self.audit.record_audit(audit).await?;
             return Ok(());
@@ -428,272 +460,4 @@ impl AuthService {
 }
 
 #[cfg(test)]
-mod tests {
-    use mockall::predicate::{always, eq};
-
-    use super::super::test_support::{Mocks, user};
-    use super::*;
-    use crate::domain::SessionId;
-    use crate::domain::ports::MockMailer;
-
-    fn admin() -> Principal {
-        Principal {
-            user: user(1, Role::Admin, true),
-            session_id: Some(SessionId::random()),
-        }
-    }
-
-    #[tokio::test]
-    async fn promoting_an_unknown_email_fails_and_changes_nothing() {
-        let mut m = Mocks::new();
-        m.users.expect_find_user_by_email().returning(|_| Ok(None));
-        m.users.expect_apply().never();
-        let email = Email::parse("ghost@example.com").unwrap();
-        let err = m.service().set_role(&email, Role::Admin).await.unwrap_err();
-        assert!(matches!(err, AdminError::UnknownUser));
-    }
-
-    #[tokio::test]
-    async fn promoting_changes_the_role_of_the_user_found_by_email_and_records_it() {
-        let mut m = Mocks::new();
-        m.users
-            .expect_find_user_by_email()
-            .returning(|_| Ok(Some(user(9, Role::User, true))));
-        m.users
-            .expect_apply()
-            .withf(|change| {
-                let [audit] = change.audit.as_slice() else {
-                    return false;
-                };
-                change.user == UserId(9)
-                    && change.conditions.is_empty()
-                    && change.edits == [Edit::SetRole(Role::Admin), Edit::Touch]
-                    && audit.kind == AuditKind::UserUpdated
-                    && audit.user_id == Some(UserId(9))
-                    && audit.detail["changes"] == "role=admin"
-                    && audit.detail["via"] == "cli"
-                    && change.mail.is_empty()
-            })
-            .times(1)
-            .returning(|_| Ok(Applied::Done(user(9, Role::Admin, true))));
-        let email = Email::parse("user9@example.com").unwrap();
-        let updated = m.service().set_role(&email, Role::Admin).await.unwrap();
-        assert_eq!(updated.role, Role::Admin);
-    }
-
-    #[tokio::test]
-    async fn the_last_admin_rule_of_storage_reaches_the_operator() {
-        let mut m = Mocks::new();
-        m.users
-            .expect_find_user_by_email()
-            .returning(|_| Ok(Some(user(1, Role::Admin, true))));
-        m.users
-            .expect_apply()
-            .returning(|_| Ok(Applied::Refused(Refusal::LastAdmin)));
-        let email = Email::parse("user1@example.com").unwrap();
-        let err = m.service().set_active(&email, false).await.unwrap_err();
-        assert!(matches!(err, AdminError::LastAdmin));
-    }
-
-    #[tokio::test]
-    async fn a_deactivation_by_an_admin_ends_everything_keeps_an_admin_and_names_who_asked() {
-        let mut m = Mocks::new();
-        m.users
-            .expect_apply()
-            .withf(|change| {
-                let [audit] = change.audit.as_slice() else {
-                    return false;
-                };
-                change.conditions == [Condition::LeavesAnActiveAdmin]
-                    && change.edits
-                        == [
-                            Edit::SetActive(false),
-                            Edit::Touch,
-                            Edit::BumpCredentialVersion,
-                            Edit::EndSessions { keep: None },
-                        ]
-                    && audit.actor_id == Some(UserId(1))
-                    && audit.user_id == Some(UserId(9))
-                    && audit.client.ip.as_deref() == Some("198.51.100.4")
-            })
-            .times(1)
-            .returning(|_| Ok(Applied::Done(user(9, Role::User, false))));
-        let admin = admin();
-        let client = ClientInfo::new(None, Some("198.51.100.4".into()));
-        let changes = UserChanges {
-            is_active: Some(false),
-            ..UserChanges::default()
-        };
-        m.service()
-            .update_account(Actor::Admin(&admin, &client), UserId(9), changes)
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn an_invited_user_gets_a_set_password_link_and_needs_mail() {
-        let mut m = Mocks::new();
-        m.users.expect_create_user().never();
-        let invite = || NewAccount {
-            email: Email::parse("new@example.com").unwrap(),
-            full_name: None,
-            role: Role::User,
-            password: None,
-        };
-        let admin = admin();
-        let client = ClientInfo::default();
-        let err = m
-            .service()
-            .create_account(Actor::Admin(&admin, &client), invite())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, AdminError::MailNotConfigured));
-
-        let mut m = Mocks::new();
-        m.mailer = Some(MockMailer::new());
-        m.hasher
-            .expect_hash()
-            .returning(|_| Ok(crate::domain::PasswordHash::new("h".into())));
-        m.users
-            .expect_create_user()
-            .withf(|u| !u.send_verification && u.audit.kind == AuditKind::UserCreated)
-            .returning(|_| Ok(user(7, Role::User, true)));
-        m.outbox
-            .expect_enqueue_mail()
-            .with(eq(MailJob::Invitation { user_id: UserId(7) }), always())
-            .times(1)
-            .returning(|_, _| Ok(()));
-        m.service()
-            .create_account(Actor::Admin(&admin, &client), invite())
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn an_admins_reset_link_is_recorded_at_once_and_sent_within_the_budget() {
-        let admin = admin();
-        let client = ClientInfo::new(Some("console"), Some("198.51.100.4".into()));
-        for (spent, queued) in [(false, true), (true, false)] {
-            let mut m = Mocks::new();
-            m.mailer = Some(MockMailer::new());
-            let mut limiter = crate::domain::ports::MockRateLimiter::new();
-            limiter
-                .expect_increment()
-                .returning(move |_, _| Ok(if spent { 4 } else { 1 }));
-            m.limiter = Some(limiter);
-            m.users
-                .expect_find_user_by_id()
-                .returning(|id| Ok(Some(user(id.0, Role::User, true))));
-            let recorded = |audit: &NewAuditEvent, mail: &str| {
-                audit.kind == AuditKind::PasswordResetRequested
-                    && audit.user_id == Some(UserId(9))
-                    && audit.actor_id == Some(UserId(1))
-                    && audit.client.ip.as_deref() == Some("198.51.100.4")
-                    && audit
-                        .detail
-                        .get("mail")
-                        .is_some_and(|m| m.starts_with(mail))
-            };
-            if queued {
-                m.users
-                    .expect_apply()
-                    .withf(move |change| {
-                        change.conditions.is_empty()
-                            && change.edits.is_empty()
-                            && change.mail
-                                == [MailJob::PasswordReset {
-                                    email: Email::parse("user9@example.com").unwrap(),
-                                    requested_by: None,
-                                }]
-                            && matches!(change.audit.as_slice(), [a] if recorded(a, "queued"))
-                    })
-                    .times(1)
-                    .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
-            } else {
-                m.users.expect_apply().never();
-                m.audit
-                    .expect_record_audit()
-                    .withf(move |audit| recorded(audit, "not sent"))
-                    .times(1)
-                    .returning(|_| Ok(()));
-            }
-            m.service()
-                .send_reset_link(Actor::Admin(&admin, &client), UserId(9))
-                .await
-                .unwrap();
-        }
-    }
-
-    #[tokio::test]
-    async fn an_admin_resets_every_factor_of_a_user_and_it_is_recorded() {
-        let mut m = Mocks::new();
-        m.users
-            .expect_find_user_by_id()
-            .returning(|id| Ok(Some(user(id.0, Role::User, true))));
-        m.factors.expect_find_totp().returning(|_| Ok(None));
-        m.factors
-            .expect_list_passkeys()
-            .returning(|_| Ok(Vec::new()));
-        m.users
-            .expect_apply()
-            .withf(|change| {
-                let [audit] = change.audit.as_slice() else {
-                    return false;
-                };
-                change.user == UserId(9)
-                    && change.conditions == [Condition::HasFactors { passkeys: true }]
-                    && change.edits
-                        == [
-                            Edit::RemoveFactors(FactorRemoval {
-                                totp: true,
-                                passkeys: Vec::new(),
-                            }),
-                            Edit::RemoveAllPasskeys,
-                        ]
-                    && audit.kind == AuditKind::MfaReset
-                    && audit.actor_id == Some(UserId(1))
-                    && change.mail.is_empty()
-            })
-            .times(1)
-            .returning(|change| Ok(Applied::Done(user(change.user.0, Role::User, true))));
-        let admin = admin();
-        let client = ClientInfo::default();
-        assert!(
-            m.service()
-                .reset_factors(Actor::Admin(&admin, &client), UserId(9))
-                .await
-                .unwrap()
-        );
-
-        let mut m = Mocks::new();
-        m.users.expect_find_user_by_id().returning(|_| Ok(None));
-        m.users.expect_apply().never();
-        let err = m
-            .service()
-            .reset_factors(Actor::Operator, UserId(404))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, AdminError::UnknownUser));
-    }
-
-    #[tokio::test]
-    async fn deleting_an_unknown_id_is_not_found() {
-        let mut m = Mocks::new();
-        m.users
-            .expect_apply()
-            .withf(|change| {
-                change.conditions == [Condition::LeavesAnActiveAdmin]
-                    && change.edits == [Edit::Delete]
-                    && change.audit.len() == 1
-            })
-            .returning(|_| Ok(Applied::Refused(Refusal::UnknownUser)));
-        let admin = admin();
-        let client = ClientInfo::default();
-        let err = m
-            .service()
-            .delete_account(Actor::Admin(&admin, &client), UserId(404))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, AdminError::UnknownUser));
-    }
-}
+mod tests;

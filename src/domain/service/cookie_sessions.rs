@@ -4,17 +4,17 @@
 //! with one difference: the browser gets an opaque cookie secret, never an access or refresh
 //! token, so nothing a page script could read would let anyone act as the user.
 
+use std::sync::Arc;
+
 use chrono::TimeDelta;
 
-use super::accounts::{AuthError, LoginError, login_session_error};
-use super::mfa::{MfaError, PendingLogin, SecondFactor};
-use super::{AuthService, SessionOpening};
+use super::accounts::AuthError;
+use super::credentials::{Credentials, LoginError, login_session_error};
+use super::opening::{CookieSession, SessionOpener};
+use super::second_step::{MfaError, PendingLogin, SecondFactor, SecondStep};
 use crate::domain::mfa::AuthMethod;
-use crate::domain::ports::CreateSessionError;
-use crate::domain::{
-    ClientInfo, CookieHash, Email, NewSessionCookie, Principal, Session, SessionId, SessionKey,
-    User,
-};
+use crate::domain::ports::{Clock, SessionRepository};
+use crate::domain::{AuthPolicy, ClientInfo, CookieHash, Email, Principal};
 
 /// A use of a cookie session moves its idle end on only when the last recorded use is older
 /// than this: a page view costs no write, and the idle end is at most this much early.
@@ -28,80 +28,67 @@ pub enum CookieSignIn {
     SecondFactor(PendingLogin),
 }
 
-/// A session opened by a browser sign-in.
-#[derive(Debug)]
-pub struct CookieSession {
-    /// The cookie's value: handed to the browser once, stored only as a hash.
-    pub secret: String,
-    pub session: Session,
+/// Sessions held by the console's cookie.
+pub struct CookieSessions {
+    pub(super) sessions: Arc<dyn SessionRepository>,
+    pub(super) clock: Arc<dyn Clock>,
+    pub(super) policy: Arc<AuthPolicy>,
+    pub(super) credentials: Arc<Credentials>,
+    pub(super) opener: Arc<SessionOpener>,
+    pub(super) second_step: Arc<SecondStep>,
 }
 
-impl AuthService {
-    /// Checks a password exactly as [`AuthService::login`] does (limits, failure delay, one
+impl CookieSessions {
+    /// Checks a password exactly as `Accounts::login` does (limits, failure delay, one
     /// hash for known and unknown emails alike) and opens a session held by a cookie, or, for
     /// a user with a second factor, a pending login that
-    /// [`AuthService::complete_sign_in_with_cookie`] finishes.
+    /// [`CookieSessions::complete_sign_in_with_cookie`] finishes.
     ///
     /// # Errors
-    /// As [`AuthService::login`].
+    /// As `Accounts::login`.
     pub async fn sign_in_with_cookie(
         &self,
         email: &Email,
         password: &str,
         client: ClientInfo,
     ) -> Result<CookieSignIn, LoginError> {
-        let user = self.check_login(email, password, &client).await?;
-        if let Some(pending) = self.second_step_owed(&user).await? {
+        let user = self
+            .credentials
+            .check_login(email, password, &client)
+            .await?;
+        if let Some(pending) = self.second_step.second_step_owed(&user).await? {
             return Ok(CookieSignIn::SecondFactor(pending));
         }
         let session = self
+            .opener
             .open_cookie_session(&user, client, vec![AuthMethod::Password])
             .await
             .map_err(login_session_error)?;
         Ok(CookieSignIn::Done(session))
     }
 
-    /// The second step of a console sign-in, as [`AuthService::complete_login`] is of a login.
+    /// The second step of a console sign-in, as `SecondFactors::complete_login` is of a login.
     ///
     /// # Errors
-    /// As [`AuthService::complete_login`].
+    /// As `SecondFactors::complete_login`.
     pub async fn complete_sign_in_with_cookie(
         &self,
         mfa_token: &str,
         proof: SecondFactor<'_>,
         client: ClientInfo,
     ) -> Result<CookieSession, MfaError> {
-        let (user, method) = self.check_second_factor(mfa_token, proof, &client).await?;
-        self.open_cookie_session(&user, client, vec![AuthMethod::Password, method])
+        let (user, method) = self
+            .second_step
+            .check_second_factor(mfa_token, proof, &client)
+            .await?;
+        self.opener
+            .open_cookie_session(&user, client, vec![AuthMethod::Password, method])
             .await
             .map_err(|err| login_session_error(err).into())
     }
 
-    /// Opens a session held by a new cookie for `user`, who proved who they are by `methods`.
-    pub(super) async fn open_cookie_session(
-        &self,
-        user: &User,
-        client: ClientInfo,
-        methods: Vec<AuthMethod>,
-    ) -> Result<CookieSession, CreateSessionError> {
-        let now = self.clock.now();
-        let idle_end = (now + self.policy.refresh_token_ttl).min(now + self.policy.session_max_age);
-        let cookie = NewSessionCookie::generate(idle_end);
-        let secret = cookie.secret.clone();
-        let opened = SessionOpening {
-            id: SessionId::random(),
-            now,
-            client,
-            methods,
-        };
-        let session = self
-            .open_session(user, opened, SessionKey::Cookie(cookie))
-            .await?;
-        Ok(CookieSession { secret, session })
-    }
-
     /// Turns a console cookie into the caller, on the user's and session's current state, as
-    /// [`AuthService::authenticate`] does for an access token. A session in use stays alive:
+    /// `Accounts::authenticate` does for an access token. A session in use stays alive:
     /// its idle end moves on (at most once every few minutes), never beyond its absolute end.
     ///
     /// # Errors
@@ -135,6 +122,8 @@ impl AuthService {
 
 #[cfg(test)]
 mod tests {
+    use crate::domain::Session;
+    use crate::domain::{SessionId, SessionKey};
     use mockall::predicate::{always, eq};
 
     use super::super::test_support::{Mocks, now, session, user};
@@ -164,6 +153,7 @@ mod tests {
         m.tokens.expect_issue().never();
         let service = m.service();
         let CookieSignIn::Done(signed_in) = service
+            .cookies
             .sign_in_with_cookie(&email(), "correct horse", ClientInfo::default())
             .await
             .unwrap()
@@ -183,6 +173,7 @@ mod tests {
         m.sessions.expect_create_session().never();
         let err = m
             .service()
+            .cookies
             .sign_in_with_cookie(&email(), "wrong", ClientInfo::default())
             .await
             .unwrap_err();
@@ -201,6 +192,7 @@ mod tests {
             .returning(|_, _| Err(CreateSessionError::Stale));
         let err = m
             .service()
+            .cookies
             .sign_in_with_cookie(&email(), "correct horse", ClientInfo::default())
             .await
             .unwrap_err();
@@ -227,7 +219,12 @@ mod tests {
         let mut m = Mocks::new();
         cookie_session(&mut m, |s, _| s.last_used_at = now());
         m.sessions.expect_touch_session().never();
-        let principal = m.service().authenticate_cookie("secret").await.unwrap();
+        let principal = m
+            .service()
+            .cookies
+            .authenticate_cookie("secret")
+            .await
+            .unwrap();
         assert_eq!(principal.user.id, UserId(1));
         assert!(principal.session_id.is_some());
     }
@@ -245,7 +242,11 @@ mod tests {
             .with(always(), eq(now()), eq(end))
             .times(1)
             .returning(|_, _, _| Ok(()));
-        m.service().authenticate_cookie("secret").await.unwrap();
+        m.service()
+            .cookies
+            .authenticate_cookie("secret")
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -258,14 +259,24 @@ mod tests {
             let mut m = Mocks::new();
             cookie_session(&mut m, edit);
             m.sessions.expect_touch_session().never();
-            let err = m.service().authenticate_cookie("secret").await.unwrap_err();
+            let err = m
+                .service()
+                .cookies
+                .authenticate_cookie("secret")
+                .await
+                .unwrap_err();
             assert!(matches!(err, AuthError::InvalidToken), "{err:?}");
         }
         let mut m = Mocks::new();
         m.sessions
             .expect_find_cookie_session()
             .returning(|_| Ok(None));
-        let err = m.service().authenticate_cookie("other").await.unwrap_err();
+        let err = m
+            .service()
+            .cookies
+            .authenticate_cookie("other")
+            .await
+            .unwrap_err();
         assert!(matches!(err, AuthError::InvalidToken), "{err:?}");
     }
 
@@ -273,7 +284,12 @@ mod tests {
     async fn a_deactivated_user_is_refused_with_the_reason() {
         let mut m = Mocks::new();
         cookie_session(&mut m, |_, u| u.is_active = false);
-        let err = m.service().authenticate_cookie("secret").await.unwrap_err();
+        let err = m
+            .service()
+            .cookies
+            .authenticate_cookie("secret")
+            .await
+            .unwrap_err();
         assert!(matches!(err, AuthError::Inactive), "{err:?}");
     }
 }

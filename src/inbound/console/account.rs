@@ -23,11 +23,11 @@ async fn account_page(
     form: FormState,
     done: Option<&str>,
 ) -> Response {
-    let sessions = match console.service.list_sessions(principal).await {
+    let sessions = match console.core.sessions.list_sessions(principal).await {
         Ok(sessions) => sessions,
         Err(err) => return console.failure(visitor, &Problem::from(err)),
     };
-    let factors = match console.service.factors(principal.user.id).await {
+    let factors = match console.core.factors.factors(principal.user.id).await {
         Ok(factors) => factors,
         Err(err) => return console.failure(visitor, &Problem::from(err)),
     };
@@ -41,7 +41,7 @@ async fn account_page(
             .map(|s| SessionView::new(s, principal.session_id))
             .collect(),
         csrf: visitor.session_csrf().unwrap_or_default(),
-        mail: console.service.mail_configured(),
+        mail: console.core.delivery.mail_configured(),
         two_step: factors.totp,
         passkeys: factors.passkeys,
     };
@@ -86,7 +86,8 @@ pub(super) async fn send_verification(
 ) -> Response {
     let (visitor, principal, _) = or_page!(signed_in_post(req, &console, form).await);
     match console
-        .service
+        .core
+        .recovery
         .request_verification(&principal, &console.client(req))
         .await
     {
@@ -109,7 +110,8 @@ pub(super) async fn end_session(
     let (visitor, principal, _) = or_page!(signed_in_post(req, &console, form).await);
     let ended = match Uuid::parse_str(&id.0) {
         Ok(id) => console
-            .service
+            .core
+            .sessions
             .end_session(&principal, SessionId(id), &console.client(req))
             .await
             .map_err(Problem::from),
@@ -133,7 +135,8 @@ pub(super) async fn sign_out(
 ) -> Response {
     let (_, principal, _) = or_page!(signed_in_post(req, &console, form).await);
     if let Err(err) = console
-        .service
+        .core
+        .sessions
         .logout(&principal, &console.client(req))
         .await
     {
@@ -188,7 +191,8 @@ pub(super) async fn change_password(
         }
     };
     match console
-        .service
+        .core
+        .sessions
         .change_password(
             &principal,
             fields.get("current_password"),
@@ -249,7 +253,8 @@ pub(super) async fn change_email(
         Err(problem) => return email_form(&console, &visitor, &principal, shown.failed(&problem)),
     };
     match console
-        .service
+        .core
+        .recovery
         .request_email_change(
             &principal,
             new_email,

@@ -69,7 +69,8 @@ pub(super) async fn user_list(req: &Request, console: Data<&Arc<Console>>) -> Re
                 limit: PAGE_SIZE,
             };
             console
-                .service
+                .core
+                .admin
                 .list_accounts(&filter)
                 .await
                 .map_err(Problem::from)
@@ -111,9 +112,9 @@ async fn user_page(
     done: Option<&str>,
 ) -> Response {
     let found = async {
-        let user = console.service.account(id).await?;
-        let sessions = console.service.account_sessions(id).await?;
-        let factors = console.service.factors(id).await?;
+        let user = console.core.admin.account(id).await?;
+        let sessions = console.core.admin.account_sessions(id).await?;
+        let factors = console.core.factors.factors(id).await?;
         Ok::<_, AdminError>((user, sessions, factors))
     };
     let (user, sessions, factors) = match found.await {
@@ -218,7 +219,8 @@ pub(super) async fn update_user(
     };
     let client = console.client(req);
     let result = console
-        .service
+        .core
+        .admin
         .update_account(Actor::Admin(&admin, &client), id, changes)
         .await;
     after_action(&console, &visitor, id, result, "user-updated").await
@@ -235,7 +237,8 @@ pub(super) async fn end_sessions(
     let (visitor, admin, id, _) = or_page!(admin_post(req, &console, &id.0, form).await);
     let client = console.client(req);
     let result = console
-        .service
+        .core
+        .admin
         .end_account_sessions(Actor::Admin(&admin, &client), id)
         .await;
     after_action(&console, &visitor, id, result, "sessions-ended").await
@@ -252,7 +255,8 @@ pub(super) async fn send_reset_link(
     let (visitor, admin, id, _) = or_page!(admin_post(req, &console, &id.0, form).await);
     let client = console.client(req);
     let result = console
-        .service
+        .core
+        .admin
         .send_reset_link(Actor::Admin(&admin, &client), id)
         .await;
     after_action(&console, &visitor, id, result, "reset-link-sent").await
@@ -270,7 +274,8 @@ pub(super) async fn reset_two_step(
     let (visitor, admin, id, _) = or_page!(admin_post(req, &console, &id.0, form).await);
     let client = console.client(req);
     let result = console
-        .service
+        .core
+        .admin
         .reset_factors(Actor::Admin(&admin, &client), id)
         .await;
     after_action(&console, &visitor, id, result, "two-step-reset").await
@@ -282,7 +287,7 @@ async fn delete_form(
     id: UserId,
     form: FormState,
 ) -> Response {
-    let user = match console.service.account(id).await {
+    let user = match console.core.admin.account(id).await {
         Ok(user) => user,
         Err(err) => return console.failure(visitor, &Problem::from(err)),
     };
@@ -321,7 +326,8 @@ pub(super) async fn delete_user(
     let (visitor, admin, id, _) = or_page!(admin_post(req, &console, &id.0, form).await);
     let client = console.client(req);
     match console
-        .service
+        .core
+        .admin
         .delete_account(Actor::Admin(&admin, &client), id)
         .await
     {
@@ -398,7 +404,8 @@ pub(super) async fn audit_log(req: &Request, console: Data<&Arc<Console>>) -> Re
     };
     let listed = match checks.finish(Some(())) {
         Ok(()) => console
-            .service
+            .core
+            .admin
             .audit_events(&query)
             .await
             .map_err(Problem::from),

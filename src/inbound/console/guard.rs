@@ -186,7 +186,7 @@ impl Visitor {
         let mut stale_session = false;
         let signed_in = match cookie(req, &settings.session_cookie()) {
             None => None,
-            Some(secret) => match console.service.authenticate_cookie(&secret).await {
+            Some(secret) => match console.core.cookies.authenticate_cookie(&secret).await {
                 Ok(principal) => Some((secret, principal)),
                 Err(AuthError::InvalidToken | AuthError::Inactive | AuthError::Forbidden) => {
                     stale_session = true;

@@ -69,7 +69,7 @@ async fn passkeys_page(
     form: FormState,
     done: Option<&str>,
 ) -> Response {
-    let passkeys = match console.service.passkeys(principal.user.id).await {
+    let passkeys = match console.core.passkeys.passkeys(principal.user.id).await {
         Ok(passkeys) => passkeys,
         Err(err) => return console.failure(visitor, &Problem::from(err)),
     };
@@ -116,7 +116,8 @@ pub(super) async fn registration_options(
     let proof = Proof::Password(fields.get("current_password"));
     options(
         console
-            .service
+            .core
+            .passkeys
             .begin_passkey_registration(&principal, proof, &console.client(req))
             .await,
     )
@@ -130,7 +131,8 @@ pub(super) async fn add(req: &Request, console: Data<&Arc<Console>>, form: Poste
     let added = async {
         let name = typed_name(&fields)?;
         console
-            .service
+            .core
+            .passkeys
             .finish_passkey_registration(
                 &principal,
                 fields.get("credential"),
@@ -167,7 +169,7 @@ pub(super) async fn name_page(
     id: Path<String>,
 ) -> Response {
     let (visitor, principal) = or_page!(console.signed_in(req).await);
-    let passkeys = match console.service.passkeys(principal.user.id).await {
+    let passkeys = match console.core.passkeys.passkeys(principal.user.id).await {
         Ok(passkeys) => passkeys,
         Err(err) => return console.failure(&visitor, &Problem::from(err)),
     };
@@ -196,7 +198,8 @@ pub(super) async fn rename(
     let renamed = async {
         let name = typed_name(&fields)?.ok_or_else(|| name_problem("must not be empty"))?;
         console
-            .service
+            .core
+            .passkeys
             .rename_passkey(&principal, passkey_id(&id.0)?, &name)
             .await
             .map_err(Problem::from)
@@ -219,7 +222,8 @@ pub(super) async fn remove(
     let (visitor, principal, _) = or_page!(signed_in_post(req, &console, form).await);
     let removed = async {
         console
-            .service
+            .core
+            .passkeys
             .remove_passkey(&principal, passkey_id(&id.0)?, &console.client(req))
             .await
     }
@@ -244,7 +248,8 @@ pub(super) async fn sign_in_options(
     or_page!(submitted(&console, req, &visitor, form, Guard::Visitor));
     options(
         console
-            .service
+            .core
+            .passkeys
             .begin_passkey_login(&console.client(req))
             .await,
     )
@@ -258,7 +263,8 @@ pub(super) async fn sign_in(req: &Request, console: Data<&Arc<Console>>, form: P
     let fields = or_page!(submitted(&console, req, &visitor, form, Guard::Visitor));
     let next = safe_next(fields.trimmed("next"));
     match console
-        .service
+        .core
+        .passkeys
         .finish_passkey_sign_in_with_cookie(fields.get("credential"), console.client(req))
         .await
     {

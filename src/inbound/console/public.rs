@@ -119,7 +119,8 @@ pub(super) async fn sign_in(req: &Request, console: Data<&Arc<Console>>, form: P
         }
     };
     let result = console
-        .service
+        .core
+        .cookies
         .sign_in_with_cookie(&email, fields.get("password"), console.client(req))
         .await;
     record_login(&result);
@@ -189,7 +190,8 @@ pub(super) async fn register(
         Err(problem) => return register_form(&console, &visitor, shown.failed(&problem)),
     };
     match console
-        .service
+        .core
+        .accounts
         .register(email, password, full_name, &console.client(req))
         .await
     {
@@ -241,7 +243,8 @@ pub(super) async fn forgot(req: &Request, console: Data<&Arc<Console>>, form: Po
         Err(problem) => return forgot_form(&console, &visitor, shown.failed(&problem), None),
     };
     match console
-        .service
+        .core
+        .recovery
         .forgot_password(email, &console.client(req))
         .await
     {
@@ -305,7 +308,8 @@ pub(super) async fn reset(req: &Request, console: Data<&Arc<Console>>, form: Pos
         }
     };
     match console
-        .service
+        .core
+        .recovery
         .reset_password(token, password, &console.client(req))
         .await
     {
@@ -373,9 +377,9 @@ async fn redeem_link(req: &Request, console: &Console, form: Posted, kind: LinkK
     let fields = or_page!(submitted(console, req, &visitor, form, Guard::Visitor));
     let token = fields.get("token");
     let (result, done) = match kind {
-        LinkKind::Verify => (console.service.verify_email(token).await, "verified"),
+        LinkKind::Verify => (console.core.recovery.verify_email(token).await, "verified"),
         LinkKind::EmailChange => (
-            console.service.confirm_email_change(token).await,
+            console.core.recovery.confirm_email_change(token).await,
             "email-changed",
         ),
     };

@@ -72,7 +72,8 @@ pub(super) async fn verify_sign_in(
         SecondFactor::RecoveryCode(typed)
     };
     match console
-        .service
+        .core
+        .cookies
         .complete_sign_in_with_cookie(mfa_token, proof, console.client(req))
         .await
     {
@@ -92,7 +93,7 @@ async fn settings_page(
     form: FormState,
     done: Option<&str>,
 ) -> Response {
-    let factors = match console.service.factors(principal.user.id).await {
+    let factors = match console.core.factors.factors(principal.user.id).await {
         Ok(factors) => factors,
         Err(err) => return console.failure(visitor, &Problem::from(err)),
     };
@@ -177,7 +178,8 @@ pub(super) async fn set_up(req: &Request, console: Data<&Arc<Console>>, form: Po
     let (visitor, principal, fields) = or_page!(signed_in_post(req, &console, form).await);
     let proof = Proof::Password(fields.get("current_password"));
     match console
-        .service
+        .core
+        .factors
         .begin_totp(&principal, proof, &console.client(req))
         .await
     {
@@ -195,7 +197,8 @@ pub(super) async fn set_up(req: &Request, console: Data<&Arc<Console>>, form: Po
 pub(super) async fn confirm(req: &Request, console: Data<&Arc<Console>>, form: Posted) -> Response {
     let (visitor, principal, fields) = or_page!(signed_in_post(req, &console, form).await);
     match console
-        .service
+        .core
+        .factors
         .confirm_totp(&principal, fields.get("code"), &console.client(req))
         .await
     {
@@ -230,7 +233,8 @@ pub(super) async fn turn_off(
         (Proof::Code(fields.get("code")), "code")
     };
     match console
-        .service
+        .core
+        .factors
         .disable_totp(&principal, proof, &console.client(req))
         .await
     {

@@ -8,7 +8,7 @@ use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
 
 use super::problem::Problem;
-use crate::domain::{AuthService, Principal};
+use crate::domain::{Core, Principal};
 
 /// `Authorization: Bearer <access token>`.
 #[derive(SecurityScheme)]
@@ -42,13 +42,13 @@ impl Authenticated {
 }
 
 async fn authenticate(req: &Request, bearer: Bearer) -> poem::Result<Principal> {
-    let service = req.data::<Arc<AuthService>>().ok_or_else(|| {
+    let core = req.data::<Arc<Core>>().ok_or_else(|| {
         poem::Error::from_string(
             "auth service missing",
             poem::http::StatusCode::INTERNAL_SERVER_ERROR,
         )
     })?;
-    service
+    core.accounts
         .authenticate(&bearer.token)
         .await
         .map_err(|err| Problem::from(err).into())

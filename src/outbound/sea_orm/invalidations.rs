@@ -14,7 +14,7 @@
 //!   (a cut cable, a frozen proxy) is noticed too. Lost, the cache is distrusted at once (every check goes to
 //!   the database); found again, it is emptied before it is trusted.
 //! - **SQLite**: the triggers append to `session_cache_invalidations`; the server reads what
-//!   is new every [`POLL_EVERY`]. Writers on the same file in other processes (the CLI) reach a
+//!   is new every `POLL_EVERY`. Writers on the same file in other processes (the CLI) reach a
 //!   running server this way. A failed read distrusts the cache until a read succeeds, and a
 //!   gap in the sequence (rows purged before they were read) empties it.
 

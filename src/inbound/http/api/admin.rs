@@ -19,8 +19,8 @@ use poem_openapi::{ApiResponse, OpenApi};
 use super::ApiTags;
 use crate::domain::service::{Actor, NewAccount};
 use crate::domain::{
-    AuditKind, AuditQuery, AuthService, Email, FullName, Password, Principal, Role, UserChanges,
-    UserId, UserQuery,
+    AuditKind, AuditQuery, Core, Email, FullName, Password, Principal, Role, UserChanges, UserId,
+    UserQuery,
 };
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::dto::{
@@ -180,7 +180,7 @@ pub(crate) fn user_id(id: &str) -> Result<UserId, Problem> {
 }
 
 pub struct AdminApi {
-    pub service: Arc<AuthService>,
+    pub core: Arc<Core>,
     pub proxies: TrustedProxies,
 }
 
@@ -188,7 +188,7 @@ impl AdminApi {
     /// The caller, if an admin.
     fn admin<'a>(&self, auth: &'a Authenticated) -> Result<&'a Principal, Problem> {
         let principal = auth.principal();
-        self.service.authorize(principal, Role::Admin)?;
+        self.core.accounts.authorize(principal, Role::Admin)?;
         Ok(principal)
     }
 }
@@ -242,7 +242,7 @@ impl AdminApi {
             before: before.map(UserId),
             limit,
         };
-        let users = self.service.list_accounts(&query).await?;
+        let users = self.core.admin.list_accounts(&query).await?;
         let cursor = next_cursor(
             "users",
             users.last().map(|u| u.id.0),
@@ -290,7 +290,8 @@ impl AdminApi {
             password,
         };
         let user = self
-            .service
+            .core
+            .admin
             .create_account(Actor::Admin(admin, &client), account)
             .await?;
         Ok(Created::Created(Json(user.into())))
@@ -304,7 +305,7 @@ impl AdminApi {
         id: Path<String>,
     ) -> Result<Json<AdminUser>, Failure<UserErrors>> {
         self.admin(&auth)?;
-        let user = self.service.account(user_id(&id.0)?).await?;
+        let user = self.core.admin.account(user_id(&id.0)?).await?;
         Ok(Json(user.into()))
     }
 
@@ -340,7 +341,8 @@ impl AdminApi {
         };
         let client = self.proxies.client_info(req);
         let user = self
-            .service
+            .core
+            .admin
             .update_account(Actor::Admin(admin, &client), id, changes)
             .await?;
         Ok(Json(user.into()))
@@ -358,7 +360,8 @@ impl AdminApi {
     ) -> Result<Done, Failure<UserErrors>> {
         let admin = self.admin(&auth)?;
         let client = self.proxies.client_info(req);
-        self.service
+        self.core
+            .admin
             .delete_account(Actor::Admin(admin, &client), user_id(&id.0)?)
             .await?;
         Ok(Done::NoContent)
@@ -372,7 +375,7 @@ impl AdminApi {
         id: Path<String>,
     ) -> Result<Json<Vec<AdminSession>>, Failure<UserErrors>> {
         self.admin(&auth)?;
-        let sessions = self.service.account_sessions(user_id(&id.0)?).await?;
+        let sessions = self.core.admin.account_sessions(user_id(&id.0)?).await?;
         Ok(Json(sessions.into_iter().map(AdminSession::from).collect()))
     }
 
@@ -388,7 +391,8 @@ impl AdminApi {
     ) -> Result<Done, Failure<UserErrors>> {
         let admin = self.admin(&auth)?;
         let client = self.proxies.client_info(req);
-        self.service
+        self.core
+            .admin
             .end_account_sessions(Actor::Admin(admin, &client), user_id(&id.0)?)
             .await?;
         Ok(Done::NoContent)
@@ -402,8 +406,8 @@ impl AdminApi {
         id: Path<String>,
     ) -> Result<Json<FactorsResponse>, Failure<UserErrors>> {
         self.admin(&auth)?;
-        let user = self.service.account(user_id(&id.0)?).await?;
-        let factors = self.service.factors(user.id).await?;
+        let user = self.core.admin.account(user_id(&id.0)?).await?;
+        let factors = self.core.factors.factors(user.id).await?;
         Ok(Json(FactorsResponse {
             factors: FactorName::list(factors),
         }))
@@ -422,7 +426,8 @@ impl AdminApi {
     ) -> Result<Done, Failure<UserErrors>> {
         let admin = self.admin(&auth)?;
         let client = self.proxies.client_info(req);
-        self.service
+        self.core
+            .admin
             .reset_factors(Actor::Admin(admin, &client), user_id(&id.0)?)
             .await?;
         Ok(Done::NoContent)
@@ -438,7 +443,8 @@ impl AdminApi {
     ) -> Result<Accepted, Failure<UserErrors>> {
         let admin = self.admin(&auth)?;
         let client = self.proxies.client_info(req);
-        self.service
+        self.core
+            .admin
             .send_reset_link(Actor::Admin(admin, &client), user_id(&id.0)?)
             .await?;
         Ok(Accepted::Accepted(Json(MessageResponse::new(
@@ -492,7 +498,7 @@ impl AdminApi {
             before,
             limit,
         };
-        let events = self.service.audit_events(&query).await?;
+        let events = self.core.admin.audit_events(&query).await?;
         let cursor = next_cursor(
             "audit",
             events.last().map(|e| e.id),

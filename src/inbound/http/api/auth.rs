@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::ApiTags;
 use crate::domain::mfa::Factors;
 use crate::domain::service::{CookieSignIn, LoginError, LoginStep};
-use crate::domain::{AuthService, Email, FullName, Password, TokenPair};
+use crate::domain::{Core, Email, FullName, Password, TokenPair};
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::dto::{
     LoginRequest, LoginResponse, RegisterRequest, TokenResponse, UserResponse,
@@ -107,7 +107,7 @@ pub(crate) fn record_login<T: PasswordStep>(result: &Result<T, LoginError>) {
 }
 
 pub struct AuthApi {
-    pub service: Arc<AuthService>,
+    pub core: Arc<Core>,
     pub proxies: TrustedProxies,
 }
 
@@ -136,7 +136,8 @@ impl AuthApi {
                 .map(|((e, p), n)| (e, p, n)),
         )?;
         let user = self
-            .service
+            .core
+            .accounts
             .register(email, password, full_name, &self.proxies.client_info(req))
             .await?;
         Ok(Registered::Created(Json(UserResponse::new(
@@ -161,7 +162,8 @@ impl AuthApi {
         let email = fields.check("email", Email::parse(&request.email));
         let email = fields.finish(email)?;
         let result = self
-            .service
+            .core
+            .accounts
             .login(&email, &request.password, self.proxies.client_info(req))
             .await;
         record_login(&result);
@@ -205,7 +207,8 @@ impl AuthApi {
         let invalid_grant = || TokenFailure::oauth("invalid_grant", "Incorrect email or password");
         let email = Email::parse(&username).map_err(|_| invalid_grant())?;
         let result = self
-            .service
+            .core
+            .accounts
             .login_without_second_step(&email, &password, self.proxies.client_info(req))
             .await;
         record_login(&result);
@@ -231,7 +234,7 @@ impl AuthApi {
     #[oai(path = "/auth/me", method = "get")]
     async fn me(&self, auth: Authenticated) -> Result<Json<UserResponse>, Failure<MeErrors>> {
         let user = auth.principal().user.clone();
-        let factors = self.service.factors(user.id).await?;
+        let factors = self.core.factors.factors(user.id).await?;
         Ok(Json(UserResponse::new(user, factors)))
     }
 }

@@ -11,7 +11,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
-use crate::domain::{AuthService, Email, Password};
+use crate::domain::{Core, Email, Password};
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::dto::{
     ChangeEmailRequest, ForgotPasswordRequest, LinkTokenRequest, MessageResponse,
@@ -102,7 +102,7 @@ enum Done {
 }
 
 pub struct EmailApi {
-    pub service: Arc<AuthService>,
+    pub core: Arc<Core>,
     pub proxies: TrustedProxies,
 }
 
@@ -122,7 +122,8 @@ impl EmailApi {
         let mut fields = FieldErrors::default();
         let email = fields.check("email", Email::parse(&body.0.email));
         let email = fields.finish(email)?;
-        self.service
+        self.core
+            .recovery
             .forgot_password(email, &self.proxies.client_info(req))
             .await?;
         Ok(accepted(FORGOT_ANSWER))
@@ -143,7 +144,8 @@ impl EmailApi {
         let mut fields = FieldErrors::default();
         let password = fields.check("new_password", Password::parse(&request.new_password));
         let password = fields.finish(password)?;
-        self.service
+        self.core
+            .recovery
             .reset_password(&request.token, password, &self.proxies.client_info(req))
             .await?;
         Ok(Done::NoContent)
@@ -158,7 +160,8 @@ impl EmailApi {
         req: &Request,
         auth: Authenticated,
     ) -> Result<Accepted, Failure<VerifyRequestErrors>> {
-        self.service
+        self.core
+            .recovery
             .request_verification(auth.principal(), &self.proxies.client_info(req))
             .await?;
         Ok(accepted("Verification email sent"))
@@ -172,8 +175,8 @@ impl EmailApi {
         &self,
         body: JsonBody<LinkTokenRequest>,
     ) -> Result<Json<UserResponse>, Failure<VerifyErrors>> {
-        let user = self.service.verify_email(&body.0.token).await?;
-        let factors = self.service.factors(user.id).await?;
+        let user = self.core.recovery.verify_email(&body.0.token).await?;
+        let factors = self.core.factors.factors(user.id).await?;
         Ok(Json(UserResponse::new(user, factors)))
     }
 
@@ -193,7 +196,8 @@ impl EmailApi {
         let mut fields = FieldErrors::default();
         let new_email = fields.check("new_email", Email::parse(&request.new_email));
         let new_email = fields.finish(new_email)?;
-        self.service
+        self.core
+            .recovery
             .request_email_change(
                 auth.principal(),
                 new_email,
@@ -213,8 +217,12 @@ impl EmailApi {
         &self,
         body: JsonBody<LinkTokenRequest>,
     ) -> Result<Json<UserResponse>, Failure<ConfirmEmailErrors>> {
-        let user = self.service.confirm_email_change(&body.0.token).await?;
-        let factors = self.service.factors(user.id).await?;
+        let user = self
+            .core
+            .recovery
+            .confirm_email_change(&body.0.token)
+            .await?;
+        let factors = self.core.factors.factors(user.id).await?;
         Ok(Json(UserResponse::new(user, factors)))
     }
 }

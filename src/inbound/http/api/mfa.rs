@@ -7,7 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
-use crate::domain::AuthService;
+use crate::domain::Core;
 use crate::domain::service::{Proof, SecondFactor};
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::dto::{
@@ -75,7 +75,7 @@ enum Removed {
 }
 
 pub struct MfaApi {
-    pub service: Arc<AuthService>,
+    pub core: Arc<Core>,
     pub proxies: TrustedProxies,
 }
 
@@ -94,7 +94,8 @@ impl MfaApi {
         body: JsonBody<CurrentPasswordRequest>,
     ) -> Result<Json<TotpEnrolmentResponse>, Failure<EnrolErrors>> {
         let enrolment = self
-            .service
+            .core
+            .factors
             .begin_totp(
                 auth.principal(),
                 Proof::Password(&body.0.current_password),
@@ -119,7 +120,8 @@ impl MfaApi {
         body: JsonBody<TotpConfirmRequest>,
     ) -> Result<Json<RecoveryCodesResponse>, Failure<ConfirmErrors>> {
         let recovery_codes = self
-            .service
+            .core
+            .factors
             .confirm_totp(
                 auth.principal(),
                 &body.0.code,
@@ -145,7 +147,8 @@ impl MfaApi {
             (None, Some(password)) => Proof::Password(password),
             _ => return Err(Problem::exactly_one_of("code", "password").into()),
         };
-        self.service
+        self.core
+            .factors
             .disable_totp(auth.principal(), proof, &self.proxies.client_info(req))
             .await?;
         Ok(Removed::NoContent)
@@ -168,7 +171,8 @@ impl MfaApi {
             _ => return Err(Problem::exactly_one_of("code", "recovery_code").into()),
         };
         let pair = self
-            .service
+            .core
+            .factors
             .complete_login(&request.mfa_token, proof, self.proxies.client_info(req))
             .await?;
         Ok(Json(pair.into()))

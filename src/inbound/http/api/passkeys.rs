@@ -15,7 +15,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::ApiTags;
-use crate::domain::AuthService;
+use crate::domain::Core;
 use crate::domain::mfa::passkey_name;
 use crate::domain::service::Proof;
 use crate::inbound::http::client::TrustedProxies;
@@ -146,7 +146,7 @@ fn credential_and_name(body: Value) -> Result<(String, Option<String>), Problem>
 }
 
 pub struct PasskeysApi {
-    pub service: Arc<AuthService>,
+    pub core: Arc<Core>,
     pub proxies: TrustedProxies,
 }
 
@@ -171,7 +171,8 @@ impl PasskeysApi {
             _ => return Err(Problem::exactly_one_of("current_password", "code").into()),
         };
         let json = self
-            .service
+            .core
+            .passkeys
             .begin_passkey_registration(auth.principal(), proof, &self.proxies.client_info(req))
             .await?;
         Ok(options(&json)?)
@@ -190,7 +191,8 @@ impl PasskeysApi {
     ) -> Result<Added, Failure<RegisterFinishErrors>> {
         let (credential, name) = credential_and_name(body.0.json)?;
         let passkey = self
-            .service
+            .core
+            .passkeys
             .finish_passkey_registration(
                 auth.principal(),
                 &credential,
@@ -207,7 +209,8 @@ impl PasskeysApi {
     #[oai(path = "/auth/passkeys/login/start", method = "post")]
     async fn login_start(&self, req: &Request) -> Result<Json<Value>, Failure<LoginStartErrors>> {
         let json = self
-            .service
+            .core
+            .passkeys
             .begin_passkey_login(&self.proxies.client_info(req))
             .await?;
         Ok(options(&json)?)
@@ -225,7 +228,8 @@ impl PasskeysApi {
     ) -> Result<Json<TokenResponse>, Failure<LoginFinishErrors>> {
         let (credential, _) = credential_and_name(body.0.json)?;
         let pair = self
-            .service
+            .core
+            .passkeys
             .finish_passkey_login(&credential, self.proxies.client_info(req))
             .await?;
         Ok(Json(pair.into()))
@@ -237,7 +241,11 @@ impl PasskeysApi {
         &self,
         auth: Authenticated,
     ) -> Result<Json<Vec<PasskeyResponse>>, Failure<ListErrors>> {
-        let passkeys = self.service.passkeys(auth.principal().user.id).await?;
+        let passkeys = self
+            .core
+            .passkeys
+            .passkeys(auth.principal().user.id)
+            .await?;
         Ok(Json(
             passkeys.into_iter().map(PasskeyResponse::from).collect(),
         ))
@@ -255,7 +263,8 @@ impl PasskeysApi {
     ) -> Result<Done, Failure<RemoveErrors>> {
         let id = Uuid::parse_str(&id.0)
             .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "Passkey not found"))?;
-        self.service
+        self.core
+            .passkeys
             .remove_passkey(auth.principal(), id, &self.proxies.client_info(req))
             .await?;
         Ok(Done::NoContent)
@@ -278,7 +287,8 @@ impl PasskeysApi {
         };
         let id = Uuid::parse_str(&id.0)
             .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "Passkey not found"))?;
-        self.service
+        self.core
+            .passkeys
             .rename_passkey(auth.principal(), id, &name)
             .await?;
         Ok(Done::NoContent)

@@ -6,7 +6,7 @@ use poem_openapi::OpenApi;
 use poem_openapi::payload::Json;
 
 use super::ApiTags;
-use crate::domain::{AuthService, Role};
+use crate::domain::{Core, Role};
 use crate::inbound::http::dto::ProtectedResponse;
 use crate::inbound::http::problem::{Failure, error_statuses};
 use crate::inbound::http::security::Authenticated;
@@ -27,7 +27,7 @@ error_statuses!(
 );
 
 pub struct ProtectedApi {
-    pub service: Arc<AuthService>,
+    pub core: Arc<Core>,
 }
 
 #[OpenApi(tag = "ApiTags::Protected")]
@@ -55,7 +55,7 @@ impl ProtectedApi {
         auth: Authenticated,
     ) -> Result<Json<ProtectedResponse>, Failure<AdminRouteErrors>> {
         let principal = auth.principal();
-        self.service.authorize(principal, Role::Admin)?;
+        self.core.accounts.authorize(principal, Role::Admin)?;
         Ok(Json(ProtectedResponse::new(
             format!(
                 "Hello admin {}, this is an admin-only endpoint",

@@ -6,7 +6,7 @@ use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
-use crate::domain::AuthService;
+use crate::domain::Core;
 use crate::inbound::http::dto::MessageResponse;
 use crate::inbound::http::metrics::MetricsExporter;
 use crate::inbound::http::problem::{Failure, error_statuses};
@@ -17,7 +17,7 @@ error_statuses!(
 );
 
 pub struct PublicApi {
-    pub service: Arc<AuthService>,
+    pub core: Arc<Core>,
     pub metrics: MetricsExporter,
 }
 
@@ -54,7 +54,7 @@ impl PublicApi {
     /// Answers 200 when the database answers, 503 otherwise.
     #[oai(path = "/ready", method = "get")]
     async fn ready(&self) -> Result<Json<MessageResponse>, Failure<NotReady>> {
-        self.service.ready().await?;
+        self.core.upkeep.ready().await?;
         Ok(Json(MessageResponse::new("OK")))
     }
 

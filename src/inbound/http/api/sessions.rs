@@ -10,7 +10,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
 use super::ApiTags;
-use crate::domain::{AuthService, Password, SessionId};
+use crate::domain::{Core, Password, SessionId};
 use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::dto::{
     ChangePasswordRequest, RefreshRequest, SessionResponse, TokenResponse,
@@ -66,7 +66,7 @@ enum Done {
 }
 
 pub struct SessionsApi {
-    pub service: Arc<AuthService>,
+    pub core: Arc<Core>,
     pub proxies: TrustedProxies,
 }
 
@@ -83,7 +83,8 @@ impl SessionsApi {
         body: JsonBody<RefreshRequest>,
     ) -> Result<Json<TokenResponse>, Failure<RefreshErrors>> {
         let pair = self
-            .service
+            .core
+            .sessions
             .refresh(&body.0.refresh_token, self.proxies.client_info(req))
             .await?;
         Ok(Json(pair.into()))
@@ -98,7 +99,8 @@ impl SessionsApi {
         req: &Request,
         auth: Authenticated,
     ) -> Result<Done, Failure<TokenErrors>> {
-        self.service
+        self.core
+            .sessions
             .logout(auth.principal(), &self.proxies.client_info(req))
             .await?;
         Ok(Done::NoContent)
@@ -113,7 +115,7 @@ impl SessionsApi {
         auth: Authenticated,
     ) -> Result<Json<Vec<SessionResponse>>, Failure<TokenErrors>> {
         let principal = auth.principal();
-        let sessions = self.service.list_sessions(principal).await?;
+        let sessions = self.core.sessions.list_sessions(principal).await?;
         Ok(Json(
             sessions
                 .into_iter()
@@ -134,7 +136,8 @@ impl SessionsApi {
     ) -> Result<Done, Failure<EndSessionErrors>> {
         let id = Uuid::parse_str(&id.0)
             .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "Session not found"))?;
-        self.service
+        self.core
+            .sessions
             .end_session(
                 auth.principal(),
                 SessionId(id),
@@ -160,7 +163,8 @@ impl SessionsApi {
         let mut fields = FieldErrors::default();
         let new = fields.check("new_password", Password::parse(&request.new_password));
         let new = fields.finish(new)?;
-        self.service
+        self.core
+            .sessions
             .change_password(
                 auth.principal(),
                 &request.current_password,
