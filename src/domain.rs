@@ -3,11 +3,12 @@
 //! Nothing here knows HTTP, SQL, JWT or bcrypt. Adapters implement the traits in [`ports`];
 //! the use cases in [`service`] only ever see those traits.
 
+pub mod address;
 pub mod audit;
 pub mod change;
-pub mod email;
 pub mod error;
 pub mod import;
+pub mod link_token;
 pub mod mail;
 pub mod mfa;
 pub mod password;
@@ -18,16 +19,14 @@ pub mod session;
 pub mod signing_key;
 pub mod user;
 
+pub use address::{Email, EmailError};
 pub use audit::{
     AUDIT_USER_AGENT_MAX_CHARS, AuditEvent, AuditKind, AuditQuery, FOLDED_COUNT, NewAuditEvent,
 };
 pub use change::{AccountChange, Applied, Condition, Edit, Refusal};
-pub use email::{Email, EmailError};
 pub use error::BackendError;
-pub use mail::{
-    EmailTokenHash, EmailTokenKind, EmailTokenRecord, FactorChange, Mail, MailJob, MailKind,
-    NewEmailToken, OutboxDepth, QueuedMail,
-};
+pub use link_token::{LinkTokenHash, LinkTokenKind, LinkTokenRecord, NewLinkToken};
+pub use mail::{FactorChange, Mail, MailJob, MailKind, OutboxDepth, QueuedMail};
 pub use password::{Password, PasswordError, PasswordHash, PasswordPolicy};
 pub use service::{AuthPolicy, Core};
 pub use session::{

@@ -3,7 +3,6 @@
 //! `domain` is the pure core; `inbound` and `outbound` hold the adapters; `startup` is the one
 //! place that knows them all and wires them together.
 
-pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod inbound;

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::mfa::{FactorRemoval, Passkey, RecoveryCodeHash};
 use super::{
-    Email, EmailTokenHash, EmailTokenKind, FullName, MailJob, NewAuditEvent, PasswordHash, Role,
+    Email, FullName, LinkTokenHash, LinkTokenKind, MailJob, NewAuditEvent, PasswordHash, Role,
     SessionId, User, UserChanges, UserId,
 };
 
@@ -25,7 +25,7 @@ pub enum Condition {
     /// deactivation came in between.
     Current { credential_version: i64 },
     /// This one-time link token of the user is unspent; the change spends it.
-    SpendsToken(EmailTokenHash),
+    SpendsToken(LinkTokenHash),
     /// The user's address is still this one (a link proves only the address it was sent to).
     AddressIs(String),
     /// The factors added while the address was unverified, with an enrolment never confirmed,
@@ -64,7 +64,7 @@ pub enum Edit {
         keep: Option<SessionId>,
     },
     /// Spends every unspent link token of the user of these kinds.
-    SpendTokens(Vec<EmailTokenKind>),
+    SpendTokens(Vec<LinkTokenKind>),
     /// Removes the TOTP factor (confirmed or pending) with its recovery codes, and passkeys.
     RemoveFactors(FactorRemoval),
     /// Removes every passkey of the user.

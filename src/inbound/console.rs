@@ -3,7 +3,7 @@
 //!
 //! It calls the same use cases as the API and adds no rule of its own: sign-in opens a core
 //! session held by a cookie (`CookieSessions::sign_in_with_cookie`), every error is turned into
-//! words by the API's own mapping (`http::errors`), and the pages are askama templates
+//! words by the mapping the JSON API uses too (`web::errors`), and the pages are askama templates
 //! compiled into the binary. What is its own is what a browser needs: cookies, CSRF tokens,
 //! the `Origin` check ([`guard`]), and HTML, with one small script for what only a browser
 //! can do: WebAuthn (`passkeys`).
@@ -41,8 +41,8 @@ use poem::{EndpointExt, IntoEndpoint, Request, Response, Route, get, post};
 use self::guard::{ConsoleSettings, Visitor, see_other};
 use self::pages::{Chrome, message, render};
 use crate::domain::{ClientInfo, Core, Principal, Role};
-use crate::inbound::http::client::TrustedProxies;
-use crate::inbound::http::problem::Problem;
+use crate::inbound::web::client::TrustedProxies;
+use crate::inbound::web::problem::Problem;
 
 /// What every console handler holds.
 pub(crate) struct Console {

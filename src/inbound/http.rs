@@ -4,14 +4,10 @@
 //! It knows the core's use cases and error types, and nothing of storage, hashing or JWT.
 
 pub mod api;
-pub mod client;
 pub mod dto;
-pub mod errors;
 pub mod json;
-pub mod metrics;
 pub mod middleware;
 pub mod oauth;
-pub mod problem;
 pub mod schema;
 pub mod security;
 pub mod server;
@@ -26,19 +22,20 @@ use poem_openapi::OpenApiService;
 
 use self::api::admin::AdminApi;
 use self::api::auth::AuthApi;
-use self::api::email::EmailApi;
 use self::api::keys::{Discovery, KeysApi};
 use self::api::mfa::MfaApi;
 use self::api::passkeys::PasskeysApi;
 use self::api::protected::ProtectedApi;
 use self::api::public::PublicApi;
+use self::api::recovery::RecoveryApi;
 use self::api::sessions::SessionsApi;
-use self::client::TrustedProxies;
-use self::metrics::{MetricsExporter, RouteLabels};
 use self::middleware::{BodyLimits, SecurityHeaders};
 use crate::domain::Core;
 use crate::domain::service::SigningKeys;
 use crate::inbound::console::{self, guard::ConsoleSettings};
+use crate::inbound::web::client::TrustedProxies;
+use crate::inbound::web::metrics::{MetricsExporter, RouteLabels};
+use crate::inbound::web::problem::into_problem_response;
 
 /// What the HTTP layer needs to know besides the core.
 #[derive(Debug, Clone)]
@@ -60,7 +57,7 @@ pub struct HttpSettings {
 type Apis = (
     PublicApi,
     AuthApi,
-    EmailApi,
+    RecoveryApi,
     SessionsApi,
     MfaApi,
     PasskeysApi,
@@ -85,7 +82,7 @@ pub fn openapi(
             core: Arc::clone(core),
             proxies: proxies.clone(),
         },
-        EmailApi {
+        RecoveryApi {
             core: Arc::clone(core),
             proxies: proxies.clone(),
         },
@@ -174,7 +171,7 @@ pub fn app(core: Arc<Core>, keys: Arc<SigningKeys>, settings: HttpSettings) -> i
                     .call(req)
                     .await
                     .map(poem::IntoResponse::into_response)
-                    .unwrap_or_else(problem::into_problem_response);
+                    .unwrap_or_else(into_problem_response);
                 headers.apply(&path, &mut response);
                 if cors_on {
                     // The CORS headers depend on the Origin sent: caches must keep one answer

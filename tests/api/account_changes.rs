@@ -5,8 +5,8 @@
 use chrono::TimeDelta;
 use portcullis::domain::mfa::FactorRemoval;
 use portcullis::domain::{
-    AccountChange, Applied, AuditQuery, Condition, Edit, EmailTokenHash, EmailTokenKind, FullName,
-    MailJob, NewEmailToken, PasswordHash, Refusal, Role, User, UserId,
+    AccountChange, Applied, AuditQuery, Condition, Edit, FullName, LinkTokenHash, LinkTokenKind,
+    MailJob, NewLinkToken, PasswordHash, Refusal, Role, User, UserId,
 };
 use portcullis::outbound::Store;
 use uuid::Uuid;
@@ -24,7 +24,7 @@ struct Seen {
     pending_mail: u64,
 }
 
-async fn seen(store: &dyn Store, id: UserId, token: &EmailTokenHash) -> Seen {
+async fn seen(store: &dyn Store, id: UserId, token: &LinkTokenHash) -> Seen {
     let users = store;
     Seen {
         user: users.find_user_by_id(id).await.unwrap(),
@@ -54,7 +54,7 @@ fn everything(alice: &User, condition: Option<Condition>, last: Option<Edit>) ->
     change
         .new_password(PasswordHash::new("changed".into()), None)
         .then(Edit::SetFullName(Some(FullName::parse("Changed").unwrap())))
-        .then(Edit::SpendTokens(vec![EmailTokenKind::PasswordReset]))
+        .then(Edit::SpendTokens(vec![LinkTokenKind::PasswordReset]))
         .then(last.unwrap_or(Edit::Touch))
         .recording(event())
         .mailing(Some(MailJob::Verification { user_id: alice.id }))
@@ -67,8 +67,8 @@ async fn a_refused_change_keeps_nothing_and_names_the_condition_that_failed() {
         let alice = user(users, "alice@example.com").await;
         let bob = user(users, "bob@example.com").await;
         session(users, &alice).await;
-        let token = NewEmailToken::generate(
-            EmailTokenKind::PasswordReset,
+        let token = NewLinkToken::generate(
+            LinkTokenKind::PasswordReset,
             &alice,
             t0(),
             TimeDelta::hours(1),
@@ -96,7 +96,7 @@ async fn a_refused_change_keeps_nothing_and_names_the_condition_that_failed() {
                 Refusal::NotCurrent,
             ),
             (
-                Some(Condition::SpendsToken(EmailTokenHash::of("unknown"))),
+                Some(Condition::SpendsToken(LinkTokenHash::of("unknown"))),
                 None,
                 Refusal::TokenSpent,
             ),
@@ -214,7 +214,7 @@ async fn the_last_admin_rule_holds_for_a_lone_admin_and_lets_a_second_go() {
                 .unwrap()
                 .kept()
         );
-        let token = EmailTokenHash::of("none");
+        let token = LinkTokenHash::of("none");
         let before = seen(store.as_ref(), alice.id, &token).await;
         let demotion =
             || update(alice.id, set_role(Role::User)).then(Edit::EndSessions { keep: None });

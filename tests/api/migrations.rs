@@ -193,7 +193,7 @@ fn the_migrations_frozen_key_agrees_with_the_core() {
     ] {
         assert_eq!(
             migration::m20261128_000005_rekey_emails::lookalike_key(address),
-            portcullis::domain::email::lookalike_key(address),
+            portcullis::domain::address::lookalike_key(address),
             "{address}"
         );
     }

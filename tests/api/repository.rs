@@ -10,7 +10,7 @@ use portcullis::domain::ports::{
 };
 use portcullis::domain::{
     AccountChange, Applied, AuditKind, ClientInfo, Condition, CookieHash, Edit, Email,
-    EmailTokenHash, EmailTokenKind, MailJob, NewAuditEvent, NewEmailToken, NewRefreshToken,
+    LinkTokenHash, LinkTokenKind, MailJob, NewAuditEvent, NewLinkToken, NewRefreshToken,
     NewSession, NewSessionCookie, NewUser, OutboxDepth, PasswordHash, RefreshTokenHash, Refusal,
     Role, SessionId, SessionKey, User, UserChanges, UserId,
 };
@@ -817,18 +817,18 @@ async fn a_reset_token_works_once_and_spends_the_others() {
     on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
         let (session_id, _) = session(repo.as_ref(), &alice).await;
-        let token = |kind| NewEmailToken::generate(kind, &alice, t0(), TimeDelta::minutes(30));
-        let first = token(EmailTokenKind::PasswordReset);
-        let second = token(EmailTokenKind::PasswordReset);
+        let token = |kind| NewLinkToken::generate(kind, &alice, t0(), TimeDelta::minutes(30));
+        let first = token(LinkTokenKind::PasswordReset);
+        let second = token(LinkTokenKind::PasswordReset);
         for t in [&first, &second] {
             repo.store_email_token(t.clone(), None).await.unwrap();
         }
         let found = repo.find_email_token(&first.hash).await.unwrap().unwrap();
         assert_eq!(found.user.id, alice.id);
-        assert!(found.usable_for(EmailTokenKind::PasswordReset, t0()));
+        assert!(found.usable_for(LinkTokenKind::PasswordReset, t0()));
         let now = t0() + TimeDelta::minutes(1);
         // As the core builds a reset: on the user as read, spending the token.
-        let reset = |token: EmailTokenHash, hash: &'static str, user: User| {
+        let reset = |token: LinkTokenHash, hash: &'static str, user: User| {
             let repo = Arc::clone(&repo);
             async move {
                 let change = AccountChange::of(user.id, now)
@@ -839,7 +839,7 @@ async fn a_reset_token_works_once_and_spends_the_others() {
                     .when(Condition::UnverifiedFactorsAre(FactorRemoval::default()))
                     .new_password(PasswordHash::new(hash.into()), None)
                     .then(Edit::SetEmailVerified(true))
-                    .then(Edit::SpendTokens(vec![EmailTokenKind::PasswordReset]))
+                    .then(Edit::SpendTokens(vec![LinkTokenKind::PasswordReset]))
                     .recording(event());
                 apply(repo.as_ref(), change).await
             }
@@ -868,7 +868,7 @@ async fn a_reset_token_works_once_and_spends_the_others() {
         let other = repo.find_email_token(&second.hash).await.unwrap().unwrap();
         assert!(other.spent_at.is_some(), "the other reset token is spent");
         // The user as read before the reset is stale now: a reset with it changes nothing.
-        let third = token(EmailTokenKind::PasswordReset);
+        let third = token(LinkTokenKind::PasswordReset);
         repo.store_email_token(third.clone(), None).await.unwrap();
         assert_eq!(
             reset(third.hash.clone(), "x", alice.clone()).await,
@@ -887,8 +887,8 @@ async fn a_reset_token_works_once_and_spends_the_others() {
 async fn a_verification_proves_only_the_address_it_was_sent_to() {
     on_every_store(|repo| async move {
         let alice = user(repo.as_ref(), "alice@example.com").await;
-        let token = NewEmailToken::generate(
-            EmailTokenKind::Verification,
+        let token = NewLinkToken::generate(
+            LinkTokenKind::Verification,
             &alice,
             t0(),
             TimeDelta::hours(1),
@@ -925,8 +925,8 @@ async fn an_email_change_moves_the_account_unless_the_address_was_taken() {
         let (keep, _) = session(repo.as_ref(), &alice).await;
         let (other, _) = session(repo.as_ref(), &alice).await;
         let change = |to: &str| {
-            let mut token = NewEmailToken::generate(
-                EmailTokenKind::EmailChange,
+            let mut token = NewLinkToken::generate(
+                LinkTokenKind::EmailChange,
                 &alice,
                 t0(),
                 TimeDelta::hours(1),
@@ -939,7 +939,7 @@ async fn an_email_change_moves_the_account_unless_the_address_was_taken() {
         let taken = change("TAKEN@example.com");
         repo.store_email_token(taken.clone(), None).await.unwrap();
         let now = t0() + TimeDelta::minutes(1);
-        let move_to = |token: &NewEmailToken| {
+        let move_to = |token: &NewLinkToken| {
             AccountChange::of(alice.id, now)
                 .when(Condition::Current {
                     credential_version: alice.credential_version,
@@ -949,7 +949,7 @@ async fn an_email_change_moves_the_account_unless_the_address_was_taken() {
                 .then(Edit::SetEmailVerified(true))
                 .then(Edit::BumpCredentialVersion)
                 .then(Edit::EndSessions { keep: Some(keep) })
-                .then(Edit::SpendTokens(vec![EmailTokenKind::EmailChange]))
+                .then(Edit::SpendTokens(vec![LinkTokenKind::EmailChange]))
                 .recording(event())
         };
         assert_eq!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use portcullis::domain::{
-    AccountChange, Condition, Edit, Email, EmailTokenKind, NewEmailToken, PasswordHash, Role,
+    AccountChange, Condition, Edit, Email, LinkTokenKind, NewLinkToken, PasswordHash, Role,
     SessionId, SessionKey, User, UserChanges,
 };
 use portcullis::outbound::Store;
@@ -394,8 +394,8 @@ async fn a_listening_connection_that_falls_silent_is_taken_as_lost() {
 /// A write to one user's account, made by `writer` on `user`, whose session is `session`.
 type Write = for<'a> fn(&'a dyn Store, &'a User, SessionId) -> futures::future::BoxFuture<'a, ()>;
 
-fn token_of(kind: EmailTokenKind, user: &User) -> NewEmailToken {
-    NewEmailToken::generate(kind, user, Utc::now(), TimeDelta::hours(1))
+fn token_of(kind: LinkTokenKind, user: &User) -> NewLinkToken {
+    NewLinkToken::generate(kind, user, Utc::now(), TimeDelta::hours(1))
 }
 
 /// Applies `change`, which must be kept.
@@ -475,7 +475,7 @@ fn every_write() -> Vec<(&'static str, Write)> {
         }),
         ("reset", |w, u, _| {
             Box::pin(async move {
-                let token = token_of(EmailTokenKind::PasswordReset, u);
+                let token = token_of(LinkTokenKind::PasswordReset, u);
                 w.store_email_token(token.clone(), None).await.unwrap();
                 let hash = PasswordHash::new("reset".into());
                 let change = AccountChange::of(u.id, Utc::now())
@@ -487,7 +487,7 @@ fn every_write() -> Vec<(&'static str, Write)> {
         }),
         ("verification", |w, u, _| {
             Box::pin(async move {
-                let token = token_of(EmailTokenKind::Verification, u);
+                let token = token_of(LinkTokenKind::Verification, u);
                 w.store_email_token(token.clone(), None).await.unwrap();
                 let change = AccountChange::of(u.id, Utc::now())
                     .when(Condition::SpendsToken(token.hash))

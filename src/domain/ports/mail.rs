@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    BackendError, EmailTokenHash, EmailTokenRecord, Mail, MailJob, NewAuditEvent, NewEmailToken,
+    BackendError, LinkTokenHash, LinkTokenRecord, Mail, MailJob, NewAuditEvent, NewLinkToken,
     OutboxDepth, QueuedMail,
 };
 
@@ -19,7 +19,7 @@ pub trait LinkTokens: Send + Sync + 'static {
     /// [`BackendError`] when storage fails.
     async fn store_email_token(
         &self,
-        token: NewEmailToken,
+        token: NewLinkToken,
         audit: Option<NewAuditEvent>,
     ) -> Result<(), BackendError>;
 
@@ -29,8 +29,8 @@ pub trait LinkTokens: Send + Sync + 'static {
     /// [`BackendError`] when storage fails; an unknown hash is `Ok(None)`.
     async fn find_email_token(
         &self,
-        hash: &EmailTokenHash,
-    ) -> Result<Option<EmailTokenRecord>, BackendError>;
+        hash: &LinkTokenHash,
+    ) -> Result<Option<LinkTokenRecord>, BackendError>;
 }
 
 /// The mail outbox: jobs queued (on their own, or with an account change in its transaction),

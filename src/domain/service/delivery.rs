@@ -7,7 +7,7 @@ use chrono::TimeDelta;
 use super::links::Links;
 use crate::domain::ports::{Clock, MailError, MailOutbox, Mailer, UserRepository};
 use crate::domain::{
-    AuthPolicy, BackendError, Email, EmailTokenKind, Mail, MailJob, MailKind, NewEmailToken,
+    AuthPolicy, BackendError, Email, LinkTokenKind, Mail, MailJob, MailKind, NewLinkToken,
     QueuedMail, User,
 };
 
@@ -141,7 +141,7 @@ impl MailDelivery {
                 // To the address on the account, never to the look-alike that was typed.
                 let (link, ttl) = self
                     .links
-                    .issue_link(EmailTokenKind::PasswordReset, &user, audit)
+                    .issue_link(LinkTokenKind::PasswordReset, &user, audit)
                     .await?;
                 Ok(vec![link_mail(MailKind::PasswordReset, &user, link, ttl)])
             }
@@ -155,8 +155,8 @@ impl MailDelivery {
                     return Ok(Vec::new());
                 };
                 // A reset token that lives longer: the account waits for its first password.
-                let token = NewEmailToken::generate(
-                    EmailTokenKind::PasswordReset,
+                let token = NewLinkToken::generate(
+                    LinkTokenKind::PasswordReset,
                     &user,
                     self.clock.now(),
                     self.policy.mail.invitation_ttl,
@@ -178,7 +178,7 @@ impl MailDelivery {
                 };
                 let (link, ttl) = self
                     .links
-                    .issue_link(EmailTokenKind::Verification, &user, None)
+                    .issue_link(LinkTokenKind::Verification, &user, None)
                     .await?;
                 Ok(vec![link_mail(MailKind::Verification, &user, link, ttl)])
             }
@@ -202,8 +202,8 @@ impl MailDelivery {
                 if let Some(owner) = self.users.find_user_by_email(new_email).await? {
                     return Ok(vec![notice, notice_mail(MailKind::EmailInUse, &owner)]);
                 }
-                let mut token = NewEmailToken::generate(
-                    EmailTokenKind::EmailChange,
+                let mut token = NewLinkToken::generate(
+                    LinkTokenKind::EmailChange,
                     &user,
                     self.clock.now(),
                     self.policy.mail.verification_ttl,

@@ -6,8 +6,8 @@ use chrono::TimeDelta;
 
 use crate::domain::ports::{Clock, LinkTokens};
 use crate::domain::{
-    AuditKind, AuthPolicy, BackendError, ClientInfo, EmailTokenHash, EmailTokenKind, NewAuditEvent,
-    NewEmailToken, PasswordError, User,
+    AuditKind, AuthPolicy, BackendError, ClientInfo, LinkTokenHash, LinkTokenKind, NewAuditEvent,
+    NewLinkToken, PasswordError, User,
 };
 
 /// The one-time link tokens: drawn for a mail, checked when redeemed.
@@ -22,35 +22,35 @@ impl Links {
     /// returns its link and lifetime.
     pub(super) async fn issue_link(
         &self,
-        kind: EmailTokenKind,
+        kind: LinkTokenKind,
         user: &User,
         audit: Option<NewAuditEvent>,
     ) -> Result<(String, TimeDelta), BackendError> {
-        let token = NewEmailToken::generate(kind, user, self.clock.now(), self.ttl_of(kind));
+        let token = NewLinkToken::generate(kind, user, self.clock.now(), self.ttl_of(kind));
         self.issue_token(token, audit).await
     }
 
     pub(super) async fn issue_token(
         &self,
-        token: NewEmailToken,
+        token: NewLinkToken,
         audit: Option<NewAuditEvent>,
     ) -> Result<(String, TimeDelta), BackendError> {
         let policy = &self.policy.mail;
         let template = match token.kind {
-            EmailTokenKind::PasswordReset => &policy.reset_link,
-            EmailTokenKind::Verification => &policy.verify_link,
-            EmailTokenKind::EmailChange => &policy.email_change_link,
+            LinkTokenKind::PasswordReset => &policy.reset_link,
+            LinkTokenKind::Verification => &policy.verify_link,
+            LinkTokenKind::EmailChange => &policy.email_change_link,
         };
-        let link = crate::domain::mail::link(template, &policy.public_url, &token.secret);
+        let link = crate::domain::link_token::link(template, &policy.public_url, &token.secret);
         let ttl = token.expires_at - token.created_at;
         self.link_tokens.store_email_token(token, audit).await?;
         Ok((link, ttl))
     }
 
-    fn ttl_of(&self, kind: EmailTokenKind) -> TimeDelta {
+    fn ttl_of(&self, kind: LinkTokenKind) -> TimeDelta {
         match kind {
-            EmailTokenKind::PasswordReset => self.policy.mail.reset_ttl,
-            EmailTokenKind::Verification | EmailTokenKind::EmailChange => {
+            LinkTokenKind::PasswordReset => self.policy.mail.reset_ttl,
+            LinkTokenKind::Verification | LinkTokenKind::EmailChange => {
                 self.policy.mail.verification_ttl
             }
         }
@@ -74,13 +74,13 @@ impl Links {
     pub(super) async fn usable_token(
         &self,
         token: &str,
-        kind: EmailTokenKind,
-    ) -> Result<crate::domain::EmailTokenRecord, RedeemError> {
+        kind: LinkTokenKind,
+    ) -> Result<crate::domain::LinkTokenRecord, RedeemError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(RedeemError::InvalidToken);
         }
         self.link_tokens
-            .find_email_token(&EmailTokenHash::of(token))
+            .find_email_token(&LinkTokenHash::of(token))
             .await?
             .filter(|record| record.usable_for(kind, self.clock.now()))
             .ok_or(RedeemError::InvalidToken)

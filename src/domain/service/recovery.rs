@@ -19,7 +19,7 @@ use crate::domain::ports::{
 };
 use crate::domain::{
     AccountChange, Applied, AuditKind, BackendError, ClientInfo, Condition, Edit, Email,
-    EmailTokenHash, EmailTokenKind, FactorChange, MailJob, NewAuditEvent, Password, Principal,
+    FactorChange, LinkTokenHash, LinkTokenKind, MailJob, NewAuditEvent, Password, Principal,
     Refusal, User,
 };
 
@@ -156,13 +156,13 @@ impl Recovery {
     ) -> Result<(), RedeemError> {
         let record = self
             .links
-            .usable_token(token, EmailTokenKind::PasswordReset)
+            .usable_token(token, LinkTokenKind::PasswordReset)
             .await?;
         let user = &record.user;
         self.credentials
             .check_new_password(&new, &user.email, user.full_name.as_ref())?;
         let hash = self.hasher.hash(&new).await?;
-        let token = EmailTokenHash::of(token);
+        let token = LinkTokenHash::of(token);
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -191,8 +191,8 @@ impl Recovery {
                 .new_password(hash.clone(), None)
                 .then(Edit::SetEmailVerified(true))
                 .then(Edit::SpendTokens(vec![
-                    EmailTokenKind::PasswordReset,
-                    EmailTokenKind::EmailChange,
+                    LinkTokenKind::PasswordReset,
+                    LinkTokenKind::EmailChange,
                 ]))
                 .then(Edit::RemoveFactors(removal))
                 .recording(audit)
@@ -257,13 +257,13 @@ impl Recovery {
     pub async fn verify_email(&self, token: &str) -> Result<User, RedeemError> {
         let record = self
             .links
-            .usable_token(token, EmailTokenKind::Verification)
+            .usable_token(token, LinkTokenKind::Verification)
             .await?;
         let now = self.clock.now();
         // Only the address the link was sent to is proved by it.
         let change = AccountChange::of(record.user.id, now)
             .when(Condition::AddressIs(record.email))
-            .when(Condition::SpendsToken(EmailTokenHash::of(token)))
+            .when(Condition::SpendsToken(LinkTokenHash::of(token)))
             .then(Edit::SetEmailVerified(true))
             .then(Edit::Touch)
             .recording(
@@ -333,7 +333,7 @@ impl Recovery {
     pub async fn confirm_email_change(&self, token: &str) -> Result<User, RedeemError> {
         let record = self
             .links
-            .usable_token(token, EmailTokenKind::EmailChange)
+            .usable_token(token, LinkTokenKind::EmailChange)
             .await?;
         let new_email = record.new_email.ok_or(RedeemError::InvalidToken)?;
         let now = self.clock.now();
@@ -346,7 +346,7 @@ impl Recovery {
             .when(Condition::Current {
                 credential_version: record.user.credential_version,
             })
-            .when(Condition::SpendsToken(EmailTokenHash::of(token)))
+            .when(Condition::SpendsToken(LinkTokenHash::of(token)))
             .then(Edit::SetEmail(new_email))
             .then(Edit::SetEmailVerified(true))
             .then(Edit::BumpCredentialVersion)
@@ -355,8 +355,8 @@ impl Recovery {
                 keep: record.keep_session,
             })
             .then(Edit::SpendTokens(vec![
-                EmailTokenKind::Verification,
-                EmailTokenKind::EmailChange,
+                LinkTokenKind::Verification,
+                LinkTokenKind::EmailChange,
             ]))
             .recording(audit);
         self.users
@@ -383,7 +383,7 @@ impl Recovery {
         let (link, _) = self
             .links
             .issue_link(
-                EmailTokenKind::PasswordReset,
+                LinkTokenKind::PasswordReset,
                 &user,
                 Some(self.links.reset_requested(&user)),
             )

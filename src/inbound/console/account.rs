@@ -13,7 +13,7 @@ use super::guard::{Visitor, see_other};
 use super::pages::{self, Chrome, SessionView, UserView};
 use super::public::PageQuery;
 use crate::domain::{Email, Password, Principal, SessionId};
-use crate::inbound::http::problem::{FieldErrors, Problem};
+use crate::inbound::web::problem::{FieldErrors, Problem};
 
 /// The account page, showing `form`'s failure if any.
 async fn account_page(

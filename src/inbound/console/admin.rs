@@ -15,10 +15,10 @@ use super::guard::{Visitor, see_other};
 use super::pages::{self, Chrome, EventView, SessionView, UserView, query_string};
 use crate::domain::service::{Actor, AdminError};
 use crate::domain::{AuditKind, AuditQuery, Principal, UserChanges, UserId, UserQuery};
-use crate::inbound::http::api::admin::{
+use crate::inbound::web::params::{
     optional, parse_bool, parse_id, parse_role, parse_search, user_id,
 };
-use crate::inbound::http::problem::{FieldErrors, Problem};
+use crate::inbound::web::problem::{FieldErrors, Problem};
 
 /// Rows on a page of users or events.
 const PAGE_SIZE: u32 = 50;

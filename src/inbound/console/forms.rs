@@ -10,7 +10,7 @@ use poem::web::Form;
 use super::Console;
 use super::guard::Visitor;
 use super::pages::{self, Chrome};
-use crate::inbound::http::problem::Problem;
+use crate::inbound::web::problem::Problem;
 
 /// A POST's body, as a handler takes it: a form, or why it is none.
 pub(super) type Posted = poem::Result<Form<HashMap<String, String>>>;

@@ -20,7 +20,7 @@ use super::public::{PageQuery, enter, sign_in_form};
 use crate::domain::Principal;
 use crate::domain::mfa::passkey_name;
 use crate::domain::service::{PasskeyError, Proof};
-use crate::inbound::http::problem::{FieldError, Problem};
+use crate::inbound::web::problem::{FieldError, Problem};
 
 /// Words for the page's script to show instead of options, with `status`.
 fn refusal(status: StatusCode, message: &str) -> Response {

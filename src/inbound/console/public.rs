@@ -15,8 +15,8 @@ use super::pages::{self, Chrome, ConfirmLink, Forgot, Register, Reset, SignIn};
 use super::two_step::second_step_form;
 use crate::domain::service::{CookieSession, CookieSignIn};
 use crate::domain::{Email, FullName, Password};
-use crate::inbound::http::api::auth::record_login;
-use crate::inbound::http::problem::{FieldErrors, Problem};
+use crate::inbound::web::metrics::record_login;
+use crate::inbound::web::problem::{FieldErrors, Problem};
 
 /// What a console page's query may say.
 #[derive(Debug, Default, Deserialize)]

@@ -18,7 +18,7 @@ use crate::domain::ports::{CeremonyStart, MockPasskeyCeremonies, VerifiedAsserti
 use crate::domain::service::test_support::{Mocks, now, session, user};
 use crate::domain::service::user_handle;
 use crate::domain::{Applied, CookieHash, Role, SessionId, User, UserId};
-use crate::inbound::http::client::TrustedProxies;
+use crate::inbound::web::client::TrustedProxies;
 
 const HOST: &str = "console.test";
 const ORIGIN: &str = "http://console.test";

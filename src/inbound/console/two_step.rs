@@ -20,7 +20,7 @@ use super::public::{PageQuery, enter};
 use crate::domain::Principal;
 use crate::domain::mfa::TotpCode;
 use crate::domain::service::{MfaError, Proof, SecondFactor, TotpEnrolment};
-use crate::inbound::http::problem::Problem;
+use crate::inbound::web::problem::Problem;
 
 /// `form` after `err`: a wrong code or password goes on `field`, which is what to correct;
 /// anything else (a limit, an outage) above the form.

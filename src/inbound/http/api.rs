@@ -3,12 +3,12 @@
 
 pub mod admin;
 pub mod auth;
-pub mod email;
 pub mod keys;
 pub mod mfa;
 pub mod passkeys;
 pub mod protected;
 pub mod public;
+pub mod recovery;
 pub mod sessions;
 
 use poem_openapi::Tags;

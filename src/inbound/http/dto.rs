@@ -1,4 +1,4 @@
-//! Request and response bodies, exactly as API.md spells them.
+//! Request and response bodies, spelled exactly as clients of the old service send and read them.
 
 use chrono::{DateTime, Utc};
 use poem_openapi::{Enum, Object, Union};

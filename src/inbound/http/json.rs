@@ -11,7 +11,7 @@ use poem_openapi::types::Type;
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 use serde::de::DeserializeOwned;
 
-use super::problem::{FieldError, Problem};
+use crate::inbound::web::problem::{FieldError, Problem};
 
 /// A JSON body of type `T`: documented from `T`'s schema, parsed with serde.
 pub struct JsonBody<T>(pub T);

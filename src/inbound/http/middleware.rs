@@ -12,9 +12,9 @@ use poem::{Body, Endpoint, IntoResponse, Request, Response};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use super::client::TrustedProxies;
-use super::metrics::{self, RouteLabels};
-use super::problem::Problem;
+use crate::inbound::web::client::TrustedProxies;
+use crate::inbound::web::metrics::{self, RouteLabels};
+use crate::inbound::web::problem::{Problem, into_problem_response};
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -56,7 +56,7 @@ pub async fn observe<E: Endpoint>(
         .instrument(span.clone())
         .await
         .map(IntoResponse::into_response)
-        .unwrap_or_else(super::problem::into_problem_response);
+        .unwrap_or_else(into_problem_response);
     let status = response.status().as_u16();
     let route = labels.label(&path);
     metrics::record_request(
@@ -245,7 +245,7 @@ pub async fn guard_body<E: Endpoint>(
         )
         .as_response()
     } else {
-        result.unwrap_or_else(super::problem::into_problem_response)
+        result.unwrap_or_else(into_problem_response)
     };
     if has_body && !state.finished.load(Ordering::Relaxed) {
         return Ok(closing(response));

@@ -6,7 +6,7 @@ use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registr
 use poem_openapi::types::Type;
 use poem_openapi::{ApiResponse, Object};
 
-use super::problem::{Failure, Problem, error_statuses};
+use crate::inbound::web::problem::{Failure, Problem, error_statuses};
 
 /// The error body of RFC 6749 section 5.2. `detail` repeats the description for clients that
 /// read problem documents.

@@ -7,8 +7,8 @@ use poem::Request;
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
 
-use super::problem::Problem;
 use crate::domain::{Core, Principal};
+use crate::inbound::web::problem::Problem;
 
 /// `Authorization: Bearer <access token>`.
 #[derive(SecurityScheme)]

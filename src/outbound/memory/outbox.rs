@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use super::store::{MailState, MemoryStore};
 use crate::domain::ports::{LinkTokens, MailOutbox};
 use crate::domain::{
-    BackendError, EmailTokenHash, EmailTokenRecord, MailJob, NewAuditEvent, NewEmailToken,
+    BackendError, LinkTokenHash, LinkTokenRecord, MailJob, NewAuditEvent, NewLinkToken,
     OutboxDepth, QueuedMail,
 };
 
@@ -97,7 +97,7 @@ impl MailOutbox for MemoryStore {
 impl LinkTokens for MemoryStore {
     async fn store_email_token(
         &self,
-        token: NewEmailToken,
+        token: NewLinkToken,
         audit: Option<NewAuditEvent>,
     ) -> Result<(), BackendError> {
         let mut state = self.state()?;
@@ -110,11 +110,11 @@ impl LinkTokens for MemoryStore {
 
     async fn find_email_token(
         &self,
-        hash: &EmailTokenHash,
-    ) -> Result<Option<EmailTokenRecord>, BackendError> {
+        hash: &LinkTokenHash,
+    ) -> Result<Option<LinkTokenRecord>, BackendError> {
         let state = self.state()?;
         Ok(state.email_tokens.get(hash).and_then(|token| {
-            Some(EmailTokenRecord {
+            Some(LinkTokenRecord {
                 kind: token.kind,
                 user: state.users.get(&token.user_id)?.clone(),
                 email: token.email.clone(),

@@ -13,9 +13,9 @@ use chrono::{DateTime, Utc};
 use super::factors::FactorState;
 use crate::domain::ports::{AuditLog, CreateUserError, Housekeeping, UserRepository};
 use crate::domain::{
-    AccountChange, Applied, AuditEvent, AuditQuery, BackendError, CookieHash, Email,
-    EmailTokenHash, EmailTokenKind, FOLDED_COUNT, MailJob, NewAuditEvent, NewEmailToken, NewUser,
-    RefreshTokenHash, Role, Session, SessionId, User, UserId, UserQuery,
+    AccountChange, Applied, AuditEvent, AuditQuery, BackendError, CookieHash, Email, FOLDED_COUNT,
+    LinkTokenHash, LinkTokenKind, MailJob, NewAuditEvent, NewLinkToken, NewUser, RefreshTokenHash,
+    Role, Session, SessionId, User, UserId, UserQuery,
 };
 
 #[derive(Default)]
@@ -26,8 +26,8 @@ pub(super) struct State {
     pub(super) sessions: HashMap<SessionId, Session>,
     pub(super) cookies: HashMap<CookieHash, SessionId>,
     pub(super) refresh_tokens: HashMap<RefreshTokenHash, StoredRefreshToken>,
-    pub(super) email_tokens: HashMap<EmailTokenHash, NewEmailToken>,
-    pub(super) spent_email_tokens: HashMap<EmailTokenHash, DateTime<Utc>>,
+    pub(super) email_tokens: HashMap<LinkTokenHash, NewLinkToken>,
+    pub(super) spent_email_tokens: HashMap<LinkTokenHash, DateTime<Utc>>,
     pub(super) next_mail_id: i64,
     pub(super) outbox: BTreeMap<i64, StoredMail>,
     pub(super) audit: BTreeMap<i64, NewAuditEvent>,
@@ -89,7 +89,7 @@ impl State {
     pub(super) fn spend_tokens(
         &mut self,
         user_id: UserId,
-        kinds: &[EmailTokenKind],
+        kinds: &[LinkTokenKind],
         now: DateTime<Utc>,
     ) {
         let State {
@@ -107,7 +107,7 @@ impl State {
     /// Spends `token` if it is unspent and of `user_id`; says whether it did.
     pub(super) fn spend(
         &mut self,
-        token: &EmailTokenHash,
+        token: &LinkTokenHash,
         user_id: UserId,
         now: DateTime<Utc>,
     ) -> bool {
@@ -134,7 +134,7 @@ impl State {
     }
 
     /// Whether `token` is unspent and of `user_id`.
-    pub(super) fn unspent(&self, token: &EmailTokenHash, user_id: UserId) -> bool {
+    pub(super) fn unspent(&self, token: &LinkTokenHash, user_id: UserId) -> bool {
         self.email_tokens
             .get(token)
             .is_some_and(|t| t.user_id == user_id)

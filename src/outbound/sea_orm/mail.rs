@@ -22,9 +22,8 @@ use super::entities::{email_tokens, mail_outbox, users};
 use super::store::{SeaOrmStore, to_user};
 use crate::domain::ports::{LinkTokens, MailOutbox};
 use crate::domain::{
-    BackendError, ClientInfo, Email, EmailTokenHash, EmailTokenKind, EmailTokenRecord,
-    FactorChange, MailJob, NewAuditEvent, NewEmailToken, OutboxDepth, QueuedMail, SessionId, User,
-    UserId,
+    BackendError, ClientInfo, Email, FactorChange, LinkTokenHash, LinkTokenKind, LinkTokenRecord,
+    MailJob, NewAuditEvent, NewLinkToken, OutboxDepth, QueuedMail, SessionId, User, UserId,
 };
 
 const PENDING: &str = "pending";
@@ -174,7 +173,7 @@ fn to_job(row: &mail_outbox::Model) -> Result<MailJob, BackendError> {
     }
 }
 
-pub(super) fn token_row(token: NewEmailToken) -> email_tokens::ActiveModel {
+pub(super) fn token_row(token: NewLinkToken) -> email_tokens::ActiveModel {
     email_tokens::ActiveModel {
         token_hash: Set(token.hash.0),
         kind: Set(token.kind.as_str().to_owned()),
@@ -191,9 +190,9 @@ pub(super) fn token_row(token: NewEmailToken) -> email_tokens::ActiveModel {
 pub(super) fn to_token(
     row: email_tokens::Model,
     user: User,
-) -> Result<EmailTokenRecord, BackendError> {
-    Ok(EmailTokenRecord {
-        kind: EmailTokenKind::parse(&row.kind).ok_or_else(|| {
+) -> Result<LinkTokenRecord, BackendError> {
+    Ok(LinkTokenRecord {
+        kind: LinkTokenKind::parse(&row.kind).ok_or_else(|| {
             BackendError::unexpected(format!("unknown token kind {:?}", row.kind))
         })?,
         user,
@@ -226,7 +225,7 @@ pub(super) async fn spend(
 pub(super) async fn spend_all(
     conn: &impl ConnectionTrait,
     user_id: UserId,
-    kinds: &[EmailTokenKind],
+    kinds: &[LinkTokenKind],
     now: DateTime<Utc>,
 ) -> Result<(), DbErr> {
     email_tokens::Entity::update_many()
@@ -439,7 +438,7 @@ impl MailOutbox for SeaOrmStore {
 impl LinkTokens for SeaOrmStore {
     async fn store_email_token(
         &self,
-        token: NewEmailToken,
+        token: NewLinkToken,
         audit: Option<NewAuditEvent>,
     ) -> Result<(), BackendError> {
         self.bounded(async {
@@ -455,8 +454,8 @@ impl LinkTokens for SeaOrmStore {
 
     async fn find_email_token(
         &self,
-        hash: &EmailTokenHash,
-    ) -> Result<Option<EmailTokenRecord>, BackendError> {
+        hash: &LinkTokenHash,
+    ) -> Result<Option<LinkTokenRecord>, BackendError> {
         let found = self
             .bounded(
                 email_tokens::Entity::find_by_id(hash.0.clone())

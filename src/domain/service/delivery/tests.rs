@@ -74,7 +74,7 @@ async fn a_reset_link_goes_to_the_address_on_the_account_not_the_look_alike_type
     m.links
         .expect_store_email_token()
         .withf(move |t, audit| {
-            t.kind == EmailTokenKind::PasswordReset
+            t.kind == LinkTokenKind::PasswordReset
                 && t.user_id == UserId(5)
                 && t.expires_at == now + TimeDelta::minutes(30)
                 // The request is on record with its client, now that the address is known
@@ -215,7 +215,7 @@ async fn a_change_to_a_free_address_sends_its_link_there_bound_to_the_asking_ses
     m.links
         .expect_store_email_token()
         .withf(move |t, _| {
-            t.kind == EmailTokenKind::EmailChange
+            t.kind == LinkTokenKind::EmailChange
                 && t.new_email == Some(email("fresh@example.com"))
                 && t.keep_session == Some(keep)
                 && t.email == "user5@example.com"

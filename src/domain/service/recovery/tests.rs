@@ -4,7 +4,7 @@ use super::super::test_support::{Mocks, session, user};
 use super::*;
 use crate::domain::mfa::FactorRemoval;
 use crate::domain::ports::MockMailer;
-use crate::domain::{EmailTokenRecord, PasswordHash, Role, SessionId, UserId};
+use crate::domain::{LinkTokenRecord, PasswordHash, Role, SessionId, UserId};
 
 fn email(address: &str) -> Email {
     Email::parse(address).unwrap()
@@ -23,8 +23,8 @@ fn with_mail() -> Mocks {
     m
 }
 
-fn record(m: &Mocks, kind: EmailTokenKind) -> EmailTokenRecord {
-    EmailTokenRecord {
+fn record(m: &Mocks, kind: LinkTokenKind) -> LinkTokenRecord {
+    LinkTokenRecord {
         kind,
         user: user(5, Role::User, true),
         email: "user5@example.com".into(),
@@ -108,10 +108,10 @@ async fn forgot_over_the_mail_limit_queues_nothing() {
 
 #[tokio::test]
 async fn a_reset_token_is_refused_when_unknown_spent_expired_or_of_another_kind() {
-    type Spoil = fn(&mut EmailTokenRecord, DateTime);
+    type Spoil = fn(&mut LinkTokenRecord, DateTime);
     type DateTime = chrono::DateTime<chrono::Utc>;
     let spoils: [(&str, Spoil); 5] = [
-        ("another kind", |r, _| r.kind = EmailTokenKind::Verification),
+        ("another kind", |r, _| r.kind = LinkTokenKind::Verification),
         ("spent", |r, now| r.spent_at = Some(now)),
         ("expired", |r, now| r.expires_at = now),
         ("user deactivated", |r, _| r.user.is_active = false),
@@ -119,7 +119,7 @@ async fn a_reset_token_is_refused_when_unknown_spent_expired_or_of_another_kind(
     ];
     for (case, spoil) in spoils {
         let mut m = with_mail();
-        let mut rec = record(&m, EmailTokenKind::PasswordReset);
+        let mut rec = record(&m, LinkTokenKind::PasswordReset);
         spoil(&mut rec, m.now);
         m.links
             .expect_find_email_token()
@@ -166,10 +166,10 @@ async fn a_reset_token_is_refused_when_unknown_spent_expired_or_of_another_kind(
 #[tokio::test]
 async fn a_reset_sets_the_password_atomically_and_clears_the_failure_delay() {
     let mut m = with_mail();
-    let rec = record(&m, EmailTokenKind::PasswordReset);
+    let rec = record(&m, LinkTokenKind::PasswordReset);
     m.links
         .expect_find_email_token()
-        .with(eq(EmailTokenHash::of("token")))
+        .with(eq(LinkTokenHash::of("token")))
         .returning(move |_| Ok(Some(rec.clone())));
     m.hasher
         .expect_hash()
@@ -188,7 +188,7 @@ async fn a_reset_sets_the_password_atomically_and_clears_the_failure_delay() {
                         Condition::Current {
                             credential_version: 0,
                         },
-                        Condition::SpendsToken(EmailTokenHash::of("token")),
+                        Condition::SpendsToken(LinkTokenHash::of("token")),
                         Condition::UnverifiedFactorsAre(FactorRemoval::default()),
                     ]
                 && change.edits
@@ -199,8 +199,8 @@ async fn a_reset_sets_the_password_atomically_and_clears_the_failure_delay() {
                         Edit::EndSessions { keep: None },
                         Edit::SetEmailVerified(true),
                         Edit::SpendTokens(vec![
-                            EmailTokenKind::PasswordReset,
-                            EmailTokenKind::EmailChange,
+                            LinkTokenKind::PasswordReset,
+                            LinkTokenKind::EmailChange,
                         ]),
                         Edit::RemoveFactors(FactorRemoval::default()),
                     ]
@@ -244,7 +244,7 @@ fn passkey(n: u128, name: &str, unverified: bool) -> crate::domain::mfa::Passkey
 #[tokio::test]
 async fn a_reset_removes_what_was_added_before_the_address_was_proved_and_says_so() {
     let mut m = with_mail();
-    let rec = record(&m, EmailTokenKind::PasswordReset);
+    let rec = record(&m, LinkTokenKind::PasswordReset);
     m.links
         .expect_find_email_token()
         .returning(move |_| Ok(Some(rec.clone())));
@@ -328,7 +328,7 @@ async fn forgot_over_the_addresss_mail_budget_answers_as_usual_and_queues_nothin
 #[tokio::test]
 async fn a_reset_that_loses_a_race_for_its_token_is_refused() {
     let mut m = with_mail();
-    let rec = record(&m, EmailTokenKind::PasswordReset);
+    let rec = record(&m, LinkTokenKind::PasswordReset);
     m.links
         .expect_find_email_token()
         .returning(move |_| Ok(Some(rec.clone())));

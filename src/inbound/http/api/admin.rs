@@ -1,4 +1,4 @@
-//! The routes of API.md "Administration": users and the audit trail, for admins only.
+//! The administration routes: users and the audit trail, for admins only.
 //!
 //! Query parameters are taken as text and parsed here, so that every bad one is a 422 naming
 //! it. Cursors are opaque: the last id of a page, tagged with the listing it belongs to and
@@ -10,7 +10,6 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use poem::Request;
-use poem::http::StatusCode;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
@@ -22,20 +21,21 @@ use crate::domain::{
     AuditKind, AuditQuery, Core, Email, FullName, Password, Principal, Role, UserChanges, UserId,
     UserQuery,
 };
-use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::dto::{
     AdminSession, AdminUser, AdminUserPage, AuditEventResponse, AuditPage, CreateUserRequest,
     FactorName, FactorsResponse, MessageResponse, UpdateUserRequest,
 };
 use crate::inbound::http::json::JsonBody;
-use crate::inbound::http::problem::{Failure, FieldErrors, Problem, error_statuses};
 use crate::inbound::http::security::Authenticated;
+use crate::inbound::web::client::TrustedProxies;
+use crate::inbound::web::params::{
+    optional, parse_bool, parse_id, parse_role, parse_search, user_id,
+};
+use crate::inbound::web::problem::{Failure, FieldErrors, Problem, error_statuses};
 
 /// Items per page when `limit` is not given, and at most.
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
-/// The longest search text.
-const MAX_QUERY_CHARS: usize = 200;
 
 error_statuses!(
     /// Errors of the listings.
@@ -121,62 +121,10 @@ fn parse_limit(limit: Option<&str>) -> Result<u32, String> {
     }
 }
 
-/// The text to find in emails and names, lower-cased; bounded, since it is matched anywhere.
-/// No stored email or name holds a control character, and PostgreSQL refuses a NUL in text
-/// outright, so one is the caller's mistake, not a search.
-pub(crate) fn parse_search(text: &str) -> Result<String, String> {
-    if text.chars().count() > MAX_QUERY_CHARS {
-        Err(format!("must be at most {MAX_QUERY_CHARS} characters"))
-    } else if text.chars().any(char::is_control) {
-        Err("must not contain control characters".into())
-    } else {
-        Ok(text.to_lowercase())
-    }
-}
-
-pub(crate) fn parse_bool(text: &str) -> Result<bool, &'static str> {
-    match text {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err("must be true or false"),
-    }
-}
-
-pub(crate) fn parse_role(text: &str) -> Result<Role, &'static str> {
-    text.parse::<Role>().map_err(|_| "must be user or admin")
-}
-
-pub(crate) fn parse_id(text: &str) -> Result<i64, &'static str> {
-    text.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or("must be a user id")
-}
-
 fn parse_time(text: &str) -> Result<DateTime<Utc>, &'static str> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| "must be an RFC 3339 time, such as 2026-11-28T09:00:00Z")
-}
-
-/// Parses an optional parameter with `parse`, noting a failure under `name`. An empty value
-/// (`?role=`, as a form sends an unset field) is no value.
-pub(crate) fn optional<T, E: std::fmt::Display>(
-    fields: &mut FieldErrors,
-    name: &str,
-    value: Option<&str>,
-    parse: impl FnOnce(&str) -> Result<T, E>,
-) -> Option<T> {
-    value
-        .filter(|text| !text.is_empty())
-        .and_then(|text| fields.check(name, parse(text)))
-}
-
-/// A user id from a path: anything else is an unknown user.
-pub(crate) fn user_id(id: &str) -> Result<UserId, Problem> {
-    parse_id(id)
-        .map(UserId)
-        .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "User not found"))
 }
 
 pub struct AdminApi {

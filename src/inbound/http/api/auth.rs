@@ -9,17 +9,17 @@ use serde::Deserialize;
 
 use super::ApiTags;
 use crate::domain::mfa::Factors;
-use crate::domain::service::{CookieSignIn, LoginError, LoginStep};
-use crate::domain::{Core, Email, FullName, Password, TokenPair};
-use crate::inbound::http::client::TrustedProxies;
+use crate::domain::service::LoginError;
+use crate::domain::{Core, Email, FullName, Password};
 use crate::inbound::http::dto::{
     LoginRequest, LoginResponse, RegisterRequest, TokenResponse, UserResponse,
 };
 use crate::inbound::http::json::JsonBody;
-use crate::inbound::http::metrics;
 use crate::inbound::http::oauth::TokenFailure;
-use crate::inbound::http::problem::{Failure, FieldErrors, error_statuses};
 use crate::inbound::http::security::Authenticated;
+use crate::inbound::web::client::TrustedProxies;
+use crate::inbound::web::metrics::record_login;
+use crate::inbound::web::problem::{Failure, FieldErrors, error_statuses};
 
 error_statuses!(
     /// Errors of `POST /auth/register`.
@@ -68,42 +68,6 @@ struct TokenForm {
     password: Option<String>,
     /// Accepted and ignored.
     scope: Option<String>,
-}
-
-/// What a right password led to: a session, or a second step still owed.
-pub(crate) trait PasswordStep {
-    fn owes_second_factor(&self) -> bool;
-}
-
-impl PasswordStep for TokenPair {
-    fn owes_second_factor(&self) -> bool {
-        false
-    }
-}
-
-impl PasswordStep for LoginStep {
-    fn owes_second_factor(&self) -> bool {
-        matches!(self, Self::SecondFactor(_))
-    }
-}
-
-impl PasswordStep for CookieSignIn {
-    fn owes_second_factor(&self) -> bool {
-        matches!(self, Self::SecondFactor(_))
-    }
-}
-
-pub(crate) fn record_login<T: PasswordStep>(result: &Result<T, LoginError>) {
-    metrics::record_login(match result {
-        Ok(step) if step.owes_second_factor() => "second_factor",
-        Ok(_) => "success",
-        Err(LoginError::InvalidCredentials) => "invalid_credentials",
-        Err(LoginError::Inactive) => "inactive",
-        Err(LoginError::Unverified) => "unverified",
-        Err(LoginError::SecondFactorRequired) => "mfa_required",
-        Err(LoginError::Throttled(_)) => "rate_limited",
-        Err(LoginError::Backend(_)) => "error",
-    });
 }
 
 pub struct AuthApi {

@@ -9,15 +9,15 @@ use poem_openapi::{ApiResponse, OpenApi};
 use super::ApiTags;
 use crate::domain::Core;
 use crate::domain::service::{Proof, SecondFactor};
-use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::dto::{
     CurrentPasswordRequest, MfaVerifyRequest, RecoveryCodesResponse, TokenResponse,
     TotpConfirmRequest, TotpEnrolmentResponse, TotpRemovalRequest,
 };
 use crate::inbound::http::json::JsonBody;
-use crate::inbound::http::problem::{Failure, Problem, error_statuses};
 use crate::inbound::http::schema::ExactlyOne;
 use crate::inbound::http::security::Authenticated;
+use crate::inbound::web::client::TrustedProxies;
+use crate::inbound::web::problem::{Failure, Problem, error_statuses};
 
 error_statuses!(
     /// Errors of `POST /auth/mfa/totp`.

@@ -18,14 +18,14 @@ use super::ApiTags;
 use crate::domain::Core;
 use crate::domain::mfa::passkey_name;
 use crate::domain::service::Proof;
-use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::dto::{
     FactorProofRequest, PasskeyResponse, RenamePasskeyRequest, TokenResponse,
 };
 use crate::inbound::http::json::JsonBody;
-use crate::inbound::http::problem::{Failure, Problem, error_statuses};
 use crate::inbound::http::schema::{Authentication, ExactlyOne, PasskeyAnswer, Registration};
 use crate::inbound::http::security::Authenticated;
+use crate::inbound::web::client::TrustedProxies;
+use crate::inbound::web::problem::{Failure, Problem, error_statuses};
 
 error_statuses!(
     /// Errors of `POST /auth/passkeys/register/start`.

@@ -8,8 +8,8 @@ use poem_openapi::payload::Json;
 use super::ApiTags;
 use crate::domain::{Core, Role};
 use crate::inbound::http::dto::ProtectedResponse;
-use crate::inbound::http::problem::{Failure, error_statuses};
 use crate::inbound::http::security::Authenticated;
+use crate::inbound::web::problem::{Failure, error_statuses};
 
 error_statuses!(
     /// Errors of `GET /protected/user`.

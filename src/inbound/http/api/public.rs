@@ -8,8 +8,8 @@ use poem_openapi::{ApiResponse, OpenApi};
 use super::ApiTags;
 use crate::domain::Core;
 use crate::inbound::http::dto::MessageResponse;
-use crate::inbound::http::metrics::MetricsExporter;
-use crate::inbound::http::problem::{Failure, error_statuses};
+use crate::inbound::web::metrics::MetricsExporter;
+use crate::inbound::web::problem::{Failure, error_statuses};
 
 error_statuses!(
     /// Errors of `GET /ready`.

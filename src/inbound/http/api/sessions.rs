@@ -11,13 +11,13 @@ use uuid::Uuid;
 
 use super::ApiTags;
 use crate::domain::{Core, Password, SessionId};
-use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::dto::{
     ChangePasswordRequest, RefreshRequest, SessionResponse, TokenResponse,
 };
 use crate::inbound::http::json::JsonBody;
-use crate::inbound::http::problem::{Failure, FieldErrors, Problem, error_statuses};
 use crate::inbound::http::security::Authenticated;
+use crate::inbound::web::client::TrustedProxies;
+use crate::inbound::web::problem::{Failure, FieldErrors, Problem, error_statuses};
 
 error_statuses!(
     /// Errors of `POST /auth/refresh`.

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::domain::TokenPair;
+use crate::domain::service::{CookieSignIn, LoginError, LoginStep};
+
 /// Latency buckets, in seconds: from a cached read to a slow bcrypt under load.
 const BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -165,10 +168,43 @@ pub fn record_request(route: &str, method: &str, status: u16, seconds: f64) {
     .record(seconds);
 }
 
+/// What a right password led to: a session, or a second step still owed.
+pub trait PasswordStep {
+    fn owes_second_factor(&self) -> bool;
+}
+
+impl PasswordStep for TokenPair {
+    fn owes_second_factor(&self) -> bool {
+        false
+    }
+}
+
+impl PasswordStep for LoginStep {
+    fn owes_second_factor(&self) -> bool {
+        matches!(self, Self::SecondFactor(_))
+    }
+}
+
+impl PasswordStep for CookieSignIn {
+    fn owes_second_factor(&self) -> bool {
+        matches!(self, Self::SecondFactor(_))
+    }
+}
+
 /// Records a login attempt's outcome: `success`, `second_factor` (a right password, a code
 /// owed), `invalid_credentials`, `inactive`, `unverified`, `mfa_required` (the token grant of a
 /// user with a second factor), `rate_limited`, `error`.
-pub fn record_login(outcome: &'static str) {
+pub fn record_login<T: PasswordStep>(result: &Result<T, LoginError>) {
+    let outcome = match result {
+        Ok(step) if step.owes_second_factor() => "second_factor",
+        Ok(_) => "success",
+        Err(LoginError::InvalidCredentials) => "invalid_credentials",
+        Err(LoginError::Inactive) => "inactive",
+        Err(LoginError::Unverified) => "unverified",
+        Err(LoginError::SecondFactorRequired) => "mfa_required",
+        Err(LoginError::Throttled(_)) => "rate_limited",
+        Err(LoginError::Backend(_)) => "error",
+    };
     metrics::counter!("portcullis_logins_total", "outcome" => outcome).increment(1);
 }
 

@@ -1,4 +1,4 @@
-//! Password reset, email verification and email change: the routes of API.md "Email flows".
+//! Password reset, address verification and address change: the routes of the mail flows.
 //!
 //! The routes that ask for mail answer before any is sent, in the same status, body and time
 //! whatever the address; the routes that take a link's token answer one 400 for every token
@@ -12,14 +12,14 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::ApiTags;
 use crate::domain::{Core, Email, Password};
-use crate::inbound::http::client::TrustedProxies;
 use crate::inbound::http::dto::{
     ChangeEmailRequest, ForgotPasswordRequest, LinkTokenRequest, MessageResponse,
     ResetPasswordRequest, UserResponse,
 };
 use crate::inbound::http::json::JsonBody;
-use crate::inbound::http::problem::{Failure, FieldErrors, error_statuses};
 use crate::inbound::http::security::Authenticated;
+use crate::inbound::web::client::TrustedProxies;
+use crate::inbound::web::problem::{Failure, FieldErrors, error_statuses};
 
 /// The answer to every well-formed `forgot`: the same whether or not the address is known.
 pub const FORGOT_ANSWER: &str = "If the address is registered, a reset link has been sent";
@@ -101,13 +101,13 @@ enum Done {
     NoContent,
 }
 
-pub struct EmailApi {
+pub struct RecoveryApi {
     pub core: Arc<Core>,
     pub proxies: TrustedProxies,
 }
 
 #[OpenApi(tag = "ApiTags::Email")]
-impl EmailApi {
+impl RecoveryApi {
     /// Forgot password
     ///
     /// Queues a reset link for the account at this address. Every well-formed address gets

@@ -1,4 +1,5 @@
-//! The one place where core errors become HTTP answers, with the `detail` texts of API.md.
+//! The one place where core errors become HTTP answers, with the `detail` texts clients of the
+//! old service read.
 
 use poem::http::StatusCode;
 

@@ -300,7 +300,7 @@ macro_rules! error_statuses {
         $(#[$doc])*
         pub struct $name;
 
-        impl $crate::inbound::http::problem::ErrorStatuses for $name {
+        impl $crate::inbound::web::problem::ErrorStatuses for $name {
             const STATUSES: &'static [(u16, &'static str)] = &[$(($status, $description)),+];
         }
     };

@@ -1,0 +1,68 @@
+//! The command line, an inbound adapter like the HTTP API: each command opens the storage the
+//! settings name, builds the core once, and drives its use cases.
+
+mod args;
+mod import;
+mod keys;
+mod report;
+mod users;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+pub use args::{Cli, Command};
+
+use crate::config::Settings;
+use crate::domain::Email;
+use crate::domain::service::Core;
+use crate::startup::{self, Application, Storage};
+use args::MailCommand;
+
+/// Runs `command`.
+///
+/// # Errors
+/// Whatever stops the command, with a message meant for the operator.
+pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            let app = Application::build(settings).await?;
+            app.run_until(startup::shutdown_signal()).await?;
+        }
+        Command::Migrate => {
+            // Building the core makes the first signing key when an asymmetric algorithm is
+            // configured.
+            migrated_core(settings).await?;
+            println!("migrations applied");
+        }
+        Command::Keys(command) => keys::run(command, settings).await?,
+        Command::Import(command) => import::run(command, settings).await?,
+        Command::User(command) => users::administer(command, settings).await?,
+        Command::Audit {
+            user,
+            kind,
+            since,
+            limit,
+            json,
+        } => users::audit(user, kind, since, limit, json, settings).await?,
+        Command::Mail(MailCommand::Test { address }) => {
+            let storage = Storage::open(settings).await?;
+            let core = startup::build(settings, &storage).await?;
+            let to = parse_email(&address)?;
+            let answer = core.delivery.send_test_mail(&to).await?;
+            println!("sent to {to}: {answer}");
+        }
+    }
+    Ok(())
+}
+
+/// The core on the settings' storage, its schema brought up to date first.
+async fn migrated_core(settings: &Settings) -> anyhow::Result<Arc<Core>> {
+    let storage = Storage::open(settings).await?;
+    storage.migrate().await?;
+    startup::build(settings, &storage).await
+}
+
+fn parse_email(email: &str) -> anyhow::Result<Email> {
+    Email::parse(email).with_context(|| format!("{email:?}"))
+}
