@@ -8,7 +8,7 @@ use super::links::Links;
 use crate::domain::ports::{Clock, MailError, MailOutbox, Mailer, UserRepository};
 use crate::domain::{
     AuthPolicy, BackendError, Email, LinkTokenKind, Mail, MailJob, MailKind, NewLinkToken,
-    QueuedMail, User,
+    QueuedMail, User, UserId,
 };
 
 /// The mail worker's use cases.
@@ -146,12 +146,7 @@ impl MailDelivery {
                 Ok(vec![link_mail(MailKind::PasswordReset, &user, link, ttl)])
             }
             MailJob::Invitation { user_id } => {
-                let Some(user) = self
-                    .users
-                    .find_user_by_id(*user_id)
-                    .await?
-                    .filter(|user| user.is_active)
-                else {
+                let Some(user) = self.active_user(*user_id, |_| true).await? else {
                     return Ok(Vec::new());
                 };
                 // A reset token that lives longer: the account waits for its first password.
@@ -169,10 +164,8 @@ impl MailDelivery {
             }
             MailJob::Verification { user_id } => {
                 let Some(user) = self
-                    .users
-                    .find_user_by_id(*user_id)
+                    .active_user(*user_id, |user| !user.email_verified)
                     .await?
-                    .filter(|user| user.is_active && !user.email_verified)
                 else {
                     return Ok(Vec::new());
                 };
@@ -188,10 +181,8 @@ impl MailDelivery {
                 keep,
             } => {
                 let Some(user) = self
-                    .users
-                    .find_user_by_id(*user_id)
+                    .active_user(*user_id, |user| user.email != *new_email)
                     .await?
-                    .filter(|user| user.is_active && user.email != *new_email)
                 else {
                     return Ok(Vec::new());
                 };
@@ -225,12 +216,7 @@ impl MailDelivery {
                 change,
                 factors,
             } => {
-                let Some(user) = self
-                    .users
-                    .find_user_by_id(*user_id)
-                    .await?
-                    .filter(|user| user.is_active)
-                else {
+                let Some(user) = self.active_user(*user_id, |_| true).await? else {
                     return Ok(Vec::new());
                 };
                 Ok(vec![Mail {
@@ -260,6 +246,20 @@ impl MailDelivery {
                 factors: None,
             })
             .await
+    }
+
+    /// The user a job is for, if still active and `still_wanted` holds: a job queued before a
+    /// deactivation, a verification or a move sends nothing.
+    async fn active_user(
+        &self,
+        id: UserId,
+        still_wanted: impl FnOnce(&User) -> bool,
+    ) -> Result<Option<User>, BackendError> {
+        Ok(self
+            .users
+            .find_user_by_id(id)
+            .await?
+            .filter(|user| user.is_active && still_wanted(user)))
     }
 }
 

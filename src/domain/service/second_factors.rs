@@ -17,7 +17,7 @@ use crate::domain::mfa::{
 use crate::domain::ports::{Clock, FactorRepository, SecretSealer, UserRepository};
 use crate::domain::{
     AccountChange, AuditKind, AuthPolicy, BackendError, ClientInfo, Condition, Edit, FactorChange,
-    NewAuditEvent, Principal, TokenPair, UserId,
+    MailJob, NewAuditEvent, Principal, TokenPair, User, UserId,
 };
 
 /// A new TOTP secret, waiting for a first code.
@@ -144,20 +144,8 @@ impl SecondFactors {
             .matching_step(&code, self.clock.now())
             .ok_or(MfaError::InvalidCode)?;
         let recovery = RecoveryCodes::generate();
-        let audit = NewAuditEvent::new(
-            AuditKind::TotpEnabled,
-            Some(user.id),
-            client,
-            self.clock.now(),
-        );
-        let notice = self
-            .mailing
-            .factor_notice(
-                user,
-                FactorChange::Added,
-                vec![TOTP_DESCRIBED.into()],
-                client.ip.as_deref(),
-            )
+        let (audit, notice) = self
+            .totp_moved(user, AuditKind::TotpEnabled, FactorChange::Added, client)
             .await?;
         // As a reset is, on the credential version: the factor is confirmed before a reset
         // (which then sees it) or not at all.
@@ -203,20 +191,8 @@ impl SecondFactors {
             return Err(MfaError::NotEnabled);
         }
         self.second_step.prove(principal, proof, client).await?;
-        let audit = NewAuditEvent::new(
-            AuditKind::TotpDisabled,
-            Some(user.id),
-            client,
-            self.clock.now(),
-        );
-        let notice = self
-            .mailing
-            .factor_notice(
-                user,
-                FactorChange::Removed,
-                vec![TOTP_DESCRIBED.into()],
-                client.ip.as_deref(),
-            )
+        let (audit, notice) = self
+            .totp_moved(user, AuditKind::TotpDisabled, FactorChange::Removed, client)
             .await?;
         let change = AccountChange::of(user.id, audit.at)
             .when(Condition::HasFactors { passkeys: false })
@@ -228,6 +204,27 @@ impl SecondFactors {
             .mailing(notice);
         self.users.apply(change).await?;
         Ok(())
+    }
+
+    /// The audit event and the owner's notice of TOTP being turned on or off.
+    async fn totp_moved(
+        &self,
+        user: &User,
+        kind: AuditKind,
+        change: FactorChange,
+        client: &ClientInfo,
+    ) -> Result<(NewAuditEvent, Option<MailJob>), BackendError> {
+        let audit = NewAuditEvent::new(kind, Some(user.id), client, self.clock.now());
+        let notice = self
+            .mailing
+            .factor_notice(
+                user,
+                change,
+                vec![TOTP_DESCRIBED.into()],
+                client.ip.as_deref(),
+            )
+            .await?;
+        Ok((audit, notice))
     }
 }
 
