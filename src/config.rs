@@ -228,6 +228,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_timeout_seconds: u64,
+    pub shutdown_drain_seconds: u64,
+    /// The management listener for `/metrics`; unset or empty, `/metrics` is on the API's
+    /// address (development and test only).
+    pub metrics_listen: Option<String>,
 }
 
 /// Every key, in upper case, is also read from the environment.
@@ -308,6 +312,8 @@ const KEYS: &[&str] = &[
     "log_format",
     "log_level",
     "shutdown_timeout_seconds",
+    "shutdown_drain_seconds",
+    "metrics_listen",
 ];
 
 /// A setting that makes no sense, or that the profile does not allow. One line, for people.
@@ -461,7 +467,17 @@ impl Settings {
             if self.cors_origins().iter().any(|o| o == "*") {
                 return fail("production refuses CORS_ALLOWED_ORIGINS=\"*\": list the origins");
             }
+            if self.metrics_address()?.is_none() {
+                return fail(
+                    "production serves /metrics only on the management listener: set \
+                     METRICS_LISTEN (for example 127.0.0.1:9464)",
+                );
+            }
         }
+        if self.shutdown_drain_seconds >= self.shutdown_timeout_seconds.max(1) {
+            return fail("SHUTDOWN_DRAIN_SECONDS must be shorter than SHUTDOWN_TIMEOUT_SECONDS");
+        }
+        self.metrics_address()?;
         self.trusted_proxy_addrs().map(|_| ())
     }
 
@@ -542,6 +558,22 @@ impl Settings {
     ///
     /// # Errors
     /// When an entry is not an IP address.
+    /// The management listener's address, if `/metrics` has one of its own.
+    ///
+    /// # Errors
+    /// When `metrics_listen` is not an address and port.
+    pub fn metrics_address(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        match self.metrics_listen.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(text) => text.parse().map(Some).map_err(|_| {
+                ConfigError(format!(
+                    "METRICS_LISTEN must be an address and port, such as 127.0.0.1:9464, not \
+                     {text:?}"
+                ))
+            }),
+        }
+    }
+
     pub fn trusted_proxy_addrs(&self) -> Result<Vec<std::net::IpAddr>, ConfigError> {
         split_list(&self.trusted_proxies)
             .iter()
@@ -595,7 +627,12 @@ mod tests {
     use super::*;
 
     fn with(profile: Profile, pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let mut figment = Settings::defaults();
+        // Production's own file holds what production requires (the management listener);
+        // the other profiles' files only relax, and these tests check the defaults.
+        let mut figment = match profile {
+            Profile::Production => Settings::defaults().merge(Toml::string(profile.builtin())),
+            _ => Settings::defaults(),
+        };
         for (key, value) in pairs {
             // As the environment layer would: numbers arrive as numbers.
             figment = match (value.parse::<i64>(), value.parse::<bool>()) {
@@ -836,6 +873,8 @@ mod tests {
                 "BODY_READ_TIMEOUT_SECONDS",
             ),
             ("max_connections", "0", "MAX_CONNECTIONS"),
+            ("metrics_listen", "localhost:metrics", "METRICS_LISTEN"),
+            ("shutdown_drain_seconds", "30", "SHUTDOWN_DRAIN_SECONDS"),
             ("mail_transport", "smtp", "SMTP_URL"),
             ("require_verified_email", "true", "MAIL_TRANSPORT"),
             (

@@ -10,12 +10,13 @@ mod tasks;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::TimeDelta;
 use poem::EndpointExt;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::{MailTransport, Settings};
 use crate::domain::ports::{Mailer, PasskeyCeremonies};
@@ -24,7 +25,7 @@ use crate::domain::{AuthPolicy, Core, KeyPolicy, PasswordPolicy};
 use crate::inbound::console::guard::ConsoleSettings;
 use crate::inbound::http::api::keys::Discovery;
 use crate::inbound::http::middleware::SecurityHeaders;
-use crate::inbound::http::server::{self as http_server, ConnectionLimits};
+use crate::inbound::http::server::{self as http_server, ConnectionLimits, Draining};
 use crate::inbound::http::{self, HttpSettings};
 use crate::inbound::web::client::TrustedProxies;
 use crate::inbound::web::metrics::{self as http_metrics, MetricsExporter, Sampler};
@@ -36,7 +37,9 @@ use crate::outbound::session_cache::SessionCache;
 use crate::outbound::webauthn::WebauthnCeremonies;
 pub use storage::{Announcements, Feed, Storage};
 pub use tasks::shutdown_signal;
-use tasks::{MAIL_POLL, deliver_mail_periodically, purge_periodically, refresh_keys_periodically};
+use tasks::{
+    MAIL_POLL, deliver_mail_periodically, purge_periodically, refresh_keys_periodically, stopped,
+};
 
 /// The configured mail transport, or `None` (with a warning) when there is none.
 ///
@@ -161,12 +164,15 @@ fn passkey_ceremonies(settings: &Settings) -> Option<Arc<dyn PasskeyCeremonies>>
 pub struct Application {
     listener: TcpListener,
     address: SocketAddr,
+    /// The management listener, when `/metrics` has one of its own.
+    metrics_listener: Option<TcpListener>,
     core: Arc<Core>,
     http: HttpSettings,
     key_refresh: Duration,
     connections: ConnectionLimits,
     purge_interval: Duration,
     shutdown_timeout: Duration,
+    shutdown_drain: Duration,
     feed: Option<Feed>,
     keys_changed: Arc<tokio::sync::Notify>,
     session_cache: Option<Arc<SessionCache>>,
@@ -204,9 +210,19 @@ impl Application {
         let address = listener
             .local_addr()
             .context("the listener has no address")?;
+        let metrics_listener: Option<TcpListener> = match settings.metrics_address()? {
+            Some(bind) => Some(
+                TcpListener::bind(bind)
+                    .await
+                    .with_context(|| format!("cannot listen on {bind} (METRICS_LISTEN)"))?,
+            ),
+            None => None,
+        };
+        let metrics_on_api = metrics_listener.is_none();
         Ok(Self {
             listener,
             address,
+            metrics_listener,
             core,
             key_refresh: Duration::from_secs(settings.signing_key_refresh_seconds),
             connections: ConnectionLimits {
@@ -222,6 +238,8 @@ impl Application {
                 },
                 trusted_proxies: TrustedProxies(settings.trusted_proxy_addrs()?),
                 metrics: MetricsExporter::new(sampler),
+                metrics_on_api,
+                draining: Draining::default(),
                 discovery: Discovery {
                     issuer: settings.jwt_issuer.clone(),
                     // Unset, it names the address actually bound (port 0 becomes a real port).
@@ -238,6 +256,7 @@ impl Application {
             },
             purge_interval: Duration::from_secs(settings.session_purge_interval_seconds.max(1)),
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_seconds),
+            shutdown_drain: Duration::from_secs(settings.shutdown_drain_seconds),
             feed,
             keys_changed,
             session_cache: cache,
@@ -249,14 +268,23 @@ impl Application {
         self.address
     }
 
+    /// The management listener's address, when `/metrics` has one of its own.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
+    }
+
     /// This instance's session cache, if it has one: its counters, for whoever embeds the
     /// server (`/metrics` shows them too, but a process has one metrics registry).
     pub fn session_cache(&self) -> Option<Arc<SessionCache>> {
         self.session_cache.clone()
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish (within the
-    /// configured timeout).
+    /// Serves until `shutdown` completes, then stops in order: `/ready` answers 503 at once
+    /// while the listener keeps accepting for the drain period (so load balancers take the
+    /// instance out); then no connection is accepted, in-flight requests and the mail being
+    /// sent finish, and background tasks stop, all within the shutdown timeout.
     ///
     /// # Errors
     /// When the server fails.
@@ -270,33 +298,79 @@ impl Application {
                 tracing::warn!(error = %err, "the dummy hash could not be made yet; the first login of an unknown email makes it");
             }
         });
+        let (stopping, stop) = watch::channel(false);
         let purge = tokio::spawn(purge_periodically(Arc::clone(&core), self.purge_interval));
         let upkeep = tokio::spawn(http_metrics::upkeep_periodically(Duration::from_secs(5)));
         let feed = self.feed.map(tokio::spawn);
-        let delivery = tokio::spawn(deliver_mail_periodically(Arc::clone(&core), MAIL_POLL));
+        let delivery = tokio::spawn(deliver_mail_periodically(
+            Arc::clone(&core),
+            MAIL_POLL,
+            stop.clone(),
+        ));
         let refresher = tokio::spawn(refresh_keys_periodically(
             Arc::clone(&core.keys),
             self.keys_changed,
             self.key_refresh,
         ));
+        let management = self.metrics_listener.map(|listener| {
+            tracing::info!(address = ?listener.local_addr().ok(), "serving /metrics");
+            tokio::spawn(http_server::serve(
+                listener,
+                http::management_app(self.http.metrics.clone()).map_to_response(),
+                self.connections,
+                stopped(stop.clone()),
+                Duration::from_secs(1),
+            ))
+        });
         tracing::info!(address = %self.address, "listening");
+        let draining = self.http.draining.clone();
+        let drain = self.shutdown_drain;
+        let signalled = Arc::new(std::sync::OnceLock::new());
+        let at_signal = Arc::clone(&signalled);
+        let told = async move {
+            shutdown.await;
+            let _ = at_signal.set(Instant::now());
+            draining.begin();
+            tracing::info!(
+                seconds = drain.as_secs(),
+                "draining: /ready answers 503, requests are still served"
+            );
+            tokio::time::sleep(drain).await;
+        };
         let keys = Arc::clone(&core.keys);
         let app = http::app(core, keys, self.http).map_to_response();
         let result = http_server::serve(
             self.listener,
             app,
             self.connections,
-            shutdown,
-            self.shutdown_timeout,
+            told,
+            self.shutdown_timeout.saturating_sub(drain),
         )
         .await;
+        // The mail worker finishes the message it is sending; the rest stop at once (each
+        // of their writes is a transaction of its own, and all of them are rerun on start).
+        stopping.send_replace(true);
+        let deadline =
+            signalled.get().copied().unwrap_or_else(Instant::now) + self.shutdown_timeout;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let delivery_abort = delivery.abort_handle();
+        if tokio::time::timeout(left, delivery).await.is_err() {
+            tracing::warn!(
+                "the shutdown timeout is over; the mail being sent is left to the next start"
+            );
+            delivery_abort.abort();
+        }
         purge.abort();
         upkeep.abort();
-        delivery.abort();
         refresher.abort();
         if let Some(feed) = feed {
             feed.abort();
         }
+        if let Some(management) = management {
+            // Told to stop with the rest; a scrape in flight gets its answer.
+            let _ = tokio::time::timeout(Duration::from_secs(1), management).await;
+        }
+        tracing::info!("stopped");
         result
     }
 }

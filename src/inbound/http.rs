@@ -30,6 +30,7 @@ use self::api::public::PublicApi;
 use self::api::recovery::RecoveryApi;
 use self::api::sessions::SessionsApi;
 use self::middleware::{BodyLimits, SecurityHeaders};
+use self::server::Draining;
 use crate::domain::Core;
 use crate::domain::service::SigningKeys;
 use crate::inbound::console::{self, guard::ConsoleSettings};
@@ -48,6 +49,10 @@ pub struct HttpSettings {
     pub security_headers: SecurityHeaders,
     pub trusted_proxies: TrustedProxies,
     pub metrics: MetricsExporter,
+    /// Whether `/metrics` is served here too (no management listener of its own).
+    pub metrics_on_api: bool,
+    /// Set at the shutdown signal: `/ready` then answers 503.
+    pub draining: Draining,
     /// What the discovery documents say.
     pub discovery: Discovery,
     /// The web console under `/console`; `None` when `console_enabled` is false.
@@ -76,7 +81,8 @@ pub fn openapi(
     let apis = (
         PublicApi {
             core: Arc::clone(core),
-            metrics: settings.metrics.clone(),
+            metrics: settings.metrics_on_api.then(|| settings.metrics.clone()),
+            draining: settings.draining.clone(),
         },
         AuthApi {
             core: Arc::clone(core),
@@ -117,6 +123,26 @@ pub fn openapi(
              the protected routes.",
         )
         .server("/")
+}
+
+/// The management listener's application: `GET /metrics` and nothing else, for the scraper.
+pub fn management_app(metrics: MetricsExporter) -> impl Endpoint {
+    Route::new()
+        .at(
+            "/metrics",
+            poem::get(make_sync(move |_| {
+                poem::Response::builder()
+                    .content_type("text/plain; version=0.0.4; charset=utf-8")
+                    .body(metrics.render())
+            })),
+        )
+        .around(|ep, req| async move {
+            Ok(ep
+                .call(req)
+                .await
+                .map(poem::IntoResponse::into_response)
+                .unwrap_or_else(into_problem_response))
+        })
 }
 
 /// The whole HTTP application, middleware included.

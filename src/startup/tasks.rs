@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::domain::Core;
 use crate::domain::service::{DeliveryOutcome, SigningKeys};
 
@@ -56,16 +58,31 @@ pub(super) const MAIL_POLL: Duration = Duration::from_millis(500);
 /// How often the outbox depth is sampled for `/metrics`.
 const MAIL_DEPTH_EVERY: Duration = Duration::from_secs(5);
 
-/// Delivers queued mail every `every`, and records what became of it.
-pub(super) async fn deliver_mail_periodically(core: Arc<Core>, every: Duration) {
+/// Completes once `stop` says so (or its sender is gone).
+pub(super) async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+/// Delivers queued mail every `every`, and records what became of it, until `stop`: a round
+/// under way when it comes finishes first, so no message is cut off mid-send.
+pub(super) async fn deliver_mail_periodically(
+    core: Arc<Core>,
+    every: Duration,
+    stop: watch::Receiver<bool>,
+) {
     if !core.delivery.mail_configured() {
         return;
     }
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sampled = std::time::Instant::now() - MAIL_DEPTH_EVERY;
+    let stopping = stopped(stop);
+    tokio::pin!(stopping);
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = &mut stopping => return,
+        }
         match core.delivery.deliver_mail().await {
             Ok(deliveries) => {
                 for delivery in deliveries {

@@ -129,6 +129,7 @@ pub fn settings(url: &str, overrides: Value) -> Settings {
         // Limit windows are fixed and aligned: an hour makes it unlikely that a test counting
         // attempts straddles the start of a new window (with a minute, one in thirty did).
         "rate_limit_window_seconds": 3600,
+        "shutdown_drain_seconds": 0,
     })));
     if let Value::Object(map) = overrides {
         for (key, value) in map {
@@ -176,6 +177,8 @@ pub struct TestApp {
     pub settings: Settings,
     /// The instance's session cache (`None` with `session_cache = false` or `memory://`).
     pub cache: Option<Arc<SessionCache>>,
+    /// The management listener's base URL, when `metrics_listen` is set.
+    pub metrics_address: Option<String>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -185,6 +188,7 @@ impl TestApp {
         let app = Application::build(&settings).await.expect("app builds");
         let address = format!("http://{}", app.address());
         let cache = app.session_cache();
+        let metrics_address = app.metrics_address().map(|addr| format!("http://{addr}"));
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async {
             rx.await.ok();
@@ -197,6 +201,7 @@ impl TestApp {
                 .expect("client"),
             settings,
             cache,
+            metrics_address,
             shutdown: Some(tx),
             server: Some(server),
         }

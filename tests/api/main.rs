@@ -21,6 +21,7 @@ mod limits;
 mod login;
 mod mfa;
 mod migrations;
+mod operations;
 mod overload;
 mod passkeys;
 mod passwords;

@@ -36,6 +36,16 @@ pub enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Ask a running server whether it is alive (`/health`) or ready (`/ready`); exits 0 on a
+    /// 200. For container health checks: the image has no curl.
+    Health {
+        /// Ask `/ready` (the database answers, not shutting down) instead of `/health`.
+        #[arg(long)]
+        ready: bool,
+        /// The server's base URL (http only); by default this host's `PORT`.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
