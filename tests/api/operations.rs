@@ -226,3 +226,20 @@ async fn the_health_command_says_whether_a_server_is_alive_and_ready() {
     db.drop_database().await;
     result.unwrap();
 }
+
+#[test]
+fn the_version_names_the_release_and_the_commit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8_lossy(&out.stdout);
+    let expected = format!("portcullis {} (", env!("CARGO_PKG_VERSION"));
+    assert!(line.starts_with(&expected), "{line}");
+    let commit = line
+        .trim()
+        .trim_start_matches(&expected)
+        .trim_end_matches(')');
+    assert!(!commit.is_empty(), "{line}");
+}

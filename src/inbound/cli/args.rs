@@ -6,7 +6,11 @@ use crate::config::Profile;
 
 /// Portcullis, an email/password authentication service.
 #[derive(Debug, Parser)]
-#[command(name = "portcullis", version, about)]
+#[command(
+    name = "portcullis",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("PORTCULLIS_COMMIT"), ")"),
+    about
+)]
 pub struct Cli {
     /// Settings profile: development, test or production.
     #[arg(
