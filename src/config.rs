@@ -918,3 +918,48 @@ mod tests {
         assert!(with(Profile::Development, &[("trusted_proxies", "10.0.0.0/8")]).is_err());
     }
 }
+
+#[cfg(test)]
+mod reference {
+    use super::KEYS;
+
+    /// The settings that docs/configuration.md's tables document: every `name` in the first
+    /// cell of a row (one row may document several).
+    fn documented() -> Vec<String> {
+        let page = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/configuration.md"
+        ))
+        .unwrap();
+        page.lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|rest| rest.split_once(" |"))
+            .flat_map(|(cell, _)| {
+                format!("`{cell}")
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_configuration_page_documents_every_setting_and_no_other() {
+        let documented = documented();
+        let missing: Vec<_> = KEYS
+            .iter()
+            .filter(|key| !documented.iter().any(|d| d == *key))
+            .collect();
+        let unknown: Vec<_> = documented
+            .iter()
+            .filter(|d| !KEYS.contains(&d.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty() && unknown.is_empty(),
+            "docs/configuration.md misses {missing:?} and names settings that do not exist: \
+             {unknown:?}"
+        );
+    }
+}

@@ -148,6 +148,61 @@ async fn build_with_cache(
     Ok(Arc::new(Core::new(ports, policy, None)))
 }
 
+/// What the HTTP layer needs from the settings, for a server bound to `address`.
+fn http_settings(
+    settings: &Settings,
+    address: SocketAddr,
+    metrics: MetricsExporter,
+    metrics_on_api: bool,
+) -> anyhow::Result<HttpSettings> {
+    Ok(HttpSettings {
+        body_limit_bytes: settings.body_limit_bytes,
+        body_read_timeout: Duration::from_secs(settings.body_read_timeout_seconds),
+        cors_origins: settings.cors_origins(),
+        security_headers: SecurityHeaders {
+            hsts_max_age_seconds: settings.hsts_max_age_seconds,
+        },
+        trusted_proxies: TrustedProxies(settings.trusted_proxy_addrs()?),
+        metrics,
+        metrics_on_api,
+        draining: Draining::default(),
+        discovery: Discovery {
+            issuer: settings.jwt_issuer.clone(),
+            // Unset, it names the address actually bound (port 0 becomes a real port).
+            public_url: settings
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{address}")),
+            algorithm: settings.jwt_algorithm.as_str(),
+            jwks_max_age: settings.jwks_max_age,
+        },
+        console: settings
+            .console_enabled
+            .then(|| ConsoleSettings::new(settings.public_url.as_deref())),
+    })
+}
+
+/// The OpenAPI document and its ReDoc page, as a server with these settings serves them at
+/// `/openapi.json` and `/redoc`; built on memory storage, so it needs no database.
+///
+/// # Errors
+/// When the core cannot be built.
+pub async fn openapi_documents(settings: &Settings) -> anyhow::Result<(String, String)> {
+    let mut offline = settings.clone();
+    offline.database_url = Some("memory://".to_owned());
+    // A throwaway signing key: nothing is signed, and nothing is written to the data folder.
+    offline.profile = crate::config::Profile::Test;
+    let core = build(&offline, &Storage::Memory).await?;
+    let address = SocketAddr::from(([127, 0, 0, 1], settings.port));
+    let http = http_settings(
+        &offline,
+        address,
+        MetricsExporter::new(Arc::new(|| {})),
+        true,
+    )?;
+    Ok(http::documents(&core, &core.keys, &http))
+}
+
 /// WebAuthn for the relying party of `public_url`; `None` when its host cannot be one (an IP
 /// address, as the default `127.0.0.1` is), and the passkey routes say so.
 fn passkey_ceremonies(settings: &Settings) -> Option<Arc<dyn PasskeyCeremonies>> {
@@ -229,31 +284,12 @@ impl Application {
                 header_read_timeout: Duration::from_secs(settings.header_read_timeout_seconds),
                 max_connections: settings.max_connections,
             },
-            http: HttpSettings {
-                body_limit_bytes: settings.body_limit_bytes,
-                body_read_timeout: Duration::from_secs(settings.body_read_timeout_seconds),
-                cors_origins: settings.cors_origins(),
-                security_headers: SecurityHeaders {
-                    hsts_max_age_seconds: settings.hsts_max_age_seconds,
-                },
-                trusted_proxies: TrustedProxies(settings.trusted_proxy_addrs()?),
-                metrics: MetricsExporter::new(sampler),
+            http: http_settings(
+                settings,
+                address,
+                MetricsExporter::new(sampler),
                 metrics_on_api,
-                draining: Draining::default(),
-                discovery: Discovery {
-                    issuer: settings.jwt_issuer.clone(),
-                    // Unset, it names the address actually bound (port 0 becomes a real port).
-                    public_url: settings
-                        .public_url
-                        .clone()
-                        .unwrap_or_else(|| format!("http://{address}")),
-                    algorithm: settings.jwt_algorithm.as_str(),
-                    jwks_max_age: settings.jwks_max_age,
-                },
-                console: settings
-                    .console_enabled
-                    .then(|| ConsoleSettings::new(settings.public_url.as_deref())),
-            },
+            )?,
             purge_interval: Duration::from_secs(settings.session_purge_interval_seconds.max(1)),
             shutdown_timeout: Duration::from_secs(settings.shutdown_timeout_seconds),
             shutdown_drain: Duration::from_secs(settings.shutdown_drain_seconds),

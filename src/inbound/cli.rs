@@ -5,14 +5,18 @@ mod args;
 mod health;
 mod import;
 mod keys;
+mod reference;
 mod report;
 mod users;
 
 use std::sync::Arc;
 
+use std::io::Write as _;
+
 use anyhow::Context as _;
 
 pub use args::{Cli, Command};
+pub use reference::reference;
 
 use crate::config::Settings;
 use crate::domain::Email;
@@ -35,6 +39,23 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
             // configured.
             migrated_core(settings).await?;
             println!("migrations applied");
+        }
+        Command::Openapi { redoc } => {
+            let (document, page) = startup::openapi_documents(settings).await?;
+            let text = if redoc {
+                page
+            } else {
+                // Indented, so that docs/openapi.json reads well and diffs by line.
+                serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(
+                    &document,
+                )?)?
+            };
+            let mut out = std::io::stdout().lock();
+            match writeln!(out, "{text}") {
+                // A reader that stopped early (`| head`) is not an error of ours.
+                Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => return Err(err.into()),
+                _ => {}
+            }
         }
         Command::Health { ready, url } => health::check(ready, url.as_deref(), settings).await?,
         Command::Keys(command) => keys::run(command, settings).await?,

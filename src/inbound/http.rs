@@ -125,6 +125,20 @@ pub fn openapi(
         .server("/")
 }
 
+/// The OpenAPI document as served at `/openapi.json`, and the ReDoc page that renders it (its
+/// script inline, no font or script from elsewhere), for `portcullis openapi`.
+pub fn documents(
+    core: &Arc<Core>,
+    keys: &Arc<SigningKeys>,
+    settings: &HttpSettings,
+) -> (String, String) {
+    documents_of(&openapi(core, keys, settings))
+}
+
+fn documents_of(api: &OpenApiService<Apis, ()>) -> (String, String) {
+    (complete_spec(&api.spec()), offline_redoc(&api.redoc_html()))
+}
+
 /// The management listener's application: `GET /metrics` and nothing else, for the scraper.
 pub fn management_app(metrics: MetricsExporter) -> impl Endpoint {
     Route::new()
@@ -148,10 +162,9 @@ pub fn management_app(metrics: MetricsExporter) -> impl Endpoint {
 /// The whole HTTP application, middleware included.
 pub fn app(core: Arc<Core>, keys: Arc<SigningKeys>, settings: HttpSettings) -> impl Endpoint {
     let api = openapi(&core, &keys, &settings);
-    let spec = complete_spec(&api.spec());
+    let (spec, redoc) = documents_of(&api);
     let labels = Arc::new(route_labels(&spec));
     let allowed = Arc::clone(&labels);
-    let redoc = offline_redoc(&api.redoc_html());
     let routes = Route::new()
         .nest("/docs", api.swagger_ui())
         .at("/redoc", make_sync(move |_| Html(redoc.clone())))

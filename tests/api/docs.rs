@@ -2,20 +2,24 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::app_test;
+use crate::helpers::{TestApp, app_test};
+
+/// The OpenAPI document `app` serves.
+async fn served_spec(app: &TestApp) -> Value {
+    app.client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
 
 app_test!(
     the_openapi_document_lists_every_route_with_its_errors,
     |app| {
-        let spec: Value = app
-            .client
-            .get(app.url("/openapi.json"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let spec = served_spec(&app).await;
         assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
         let paths = spec["paths"].as_object().unwrap();
         for (path, method) in [
@@ -273,3 +277,120 @@ app_test!(
         }
     }
 );
+
+app_test!(
+    the_committed_openapi_file_is_what_the_server_serves,
+    |app| {
+        let served = served_spec(&app).await;
+        let file =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
+                .unwrap();
+        let committed: Value = serde_json::from_str(&file).unwrap();
+        assert!(
+            served == committed,
+            "docs/openapi.json differs from the code: run `cargo run -q -- openapi > docs/openapi.json`"
+        );
+    }
+);
+
+/// Every relative link of the Markdown files (the README, ARCHITECTURE.md and the manual)
+/// names a file that exists, and every `#anchor` into a Markdown file names a heading of it;
+/// the manual's pages link only within `docs/`, which is all the built site holds.
+#[test]
+fn the_manual_has_no_broken_link() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md"), root.join("ARCHITECTURE.md")];
+    let mut folders = vec![root.join("docs")];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                pages.push(path);
+            }
+        }
+    }
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for target in links(&text) {
+            if target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').unwrap_or((&target, ""));
+            let path = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap().join(file)
+            };
+            // The API reference page is written into the built site by `portcullis openapi --redoc`.
+            if file == "api-reference.html" {
+                continue;
+            }
+            let docs = root.join("docs");
+            let leaves_the_site = page.starts_with(&docs)
+                && path
+                    .canonicalize()
+                    .is_ok_and(|resolved| !resolved.starts_with(&docs));
+            if !path.exists() {
+                broken.push(format!("{}: {target}", page.display()));
+            } else if leaves_the_site {
+                broken.push(format!(
+                    "{}: {target} (outside the manual's site)",
+                    page.display()
+                ));
+            } else if !anchor.is_empty() && path.extension().is_some_and(|e| e == "md") {
+                let headings = std::fs::read_to_string(&path).unwrap();
+                if !anchors(&headings).iter().any(|a| a == anchor) {
+                    broken.push(format!("{}: {target} (no such heading)", page.display()));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// The targets of `[text](target)` links outside code blocks and code spans.
+fn links(markdown: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut in_code = false;
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code {
+            continue;
+        }
+        let outside_spans: String = line.split('`').step_by(2).collect::<Vec<_>>().join(" ");
+        let mut rest = outside_spans.as_str();
+        while let Some(at) = rest.find("](") {
+            let after = &rest[at + 2..];
+            let Some(end) = after.find(')') else { break };
+            found.push(after[..end].to_owned());
+            rest = &after[end..];
+        }
+    }
+    found
+}
+
+/// The anchors GitHub and mdBook give a page's headings.
+fn anchors(markdown: &str) -> Vec<String> {
+    markdown
+        .lines()
+        .filter(|line| line.starts_with('#'))
+        .map(|line| {
+            line.trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter_map(|c| match c {
+                    ' ' => Some('-'),
+                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect()
+}

@@ -170,6 +170,23 @@ pub fn run_cli(
     child.wait_with_output().unwrap()
 }
 
+/// Runs a `portcullis keys ...` command on `app`'s database, as an operator of an EdDSA
+/// deployment would, and expects it to succeed.
+pub fn keys_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let output = run_cli(
+        app.settings.database_url(),
+        &[("JWT_ALGORITHM", "EdDSA")],
+        args,
+        "",
+    );
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 /// A running app.
 pub struct TestApp {
     pub address: String,

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PASSWORD, SECRET, TestApp, access_token, app_test, assert_unauthorized, run_cli,
+    PASSWORD, SECRET, TestApp, access_token, app_test, assert_unauthorized, keys_cli, run_cli,
 };
 
 /// EdDSA, keys reloaded every second, and room for the many logins of the polling below.
@@ -74,21 +74,6 @@ fn verify_with(set: &JwkSet, token: &str) -> Result<Value, jsonwebtoken::errors:
     validation.set_audience(&["portcullis"]);
     jsonwebtoken::decode::<Value>(token, &DecodingKey::from_jwk(jwk)?, &validation)
         .map(|d| d.claims)
-}
-
-fn keys_cli(app: &TestApp, args: &[&str]) -> std::process::Output {
-    let output = run_cli(
-        app.settings.database_url(),
-        &[("JWT_ALGORITHM", "EdDSA")],
-        args,
-        "",
-    );
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 fn listed(app: &TestApp) -> Vec<Value> {

@@ -8,6 +8,7 @@ mod account_changes;
 mod admin;
 
 mod cli;
+mod clients;
 mod console;
 mod docs;
 mod email;

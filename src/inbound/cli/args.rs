@@ -40,6 +40,13 @@ pub enum Command {
     Serve,
     /// Apply pending migrations and exit.
     Migrate,
+    /// Print the OpenAPI document (what `/openapi.json` serves), or with `--redoc` the
+    /// self-contained ReDoc page that renders it; needs no database.
+    Openapi {
+        /// The ReDoc page (HTML) instead of the JSON document.
+        #[arg(long)]
+        redoc: bool,
+    },
     /// Ask a running server whether it is alive (`/health`) or ready (`/ready`); exits 0 on a
     /// 200. For container health checks: the image has no curl.
     Health {

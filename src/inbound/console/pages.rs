@@ -179,7 +179,10 @@ impl From<&User> for UserView {
 pub(crate) struct SessionView {
     pub id: String,
     pub current: bool,
+    /// The browser and system, as people say them ("Chrome on Linux").
     pub client: String,
+    /// The user agent as sent, for whoever wants the details.
+    pub raw_client: String,
     pub ip: String,
     pub created: String,
     pub last_used: String,
@@ -193,12 +196,26 @@ impl SessionView {
             client: session
                 .client
                 .user_agent
-                .clone()
-                .unwrap_or_else(|| "Unknown client".into()),
+                .as_deref()
+                .map_or_else(|| "Unknown client".into(), describe_client),
+            raw_client: session.client.user_agent.clone().unwrap_or_default(),
             ip: session.client.ip.clone().unwrap_or_default(),
             created: when(session.created_at),
             last_used: when(session.last_used_at),
         }
+    }
+}
+
+/// "Firefox on Windows 10" for a browser's user agent; the string itself when the parser does
+/// not know it (a script, a client library).
+fn describe_client(user_agent: &str) -> String {
+    const UNKNOWN: &str = "UNKNOWN";
+    match woothee::parser::Parser::new().parse(user_agent) {
+        Some(found) if found.name != UNKNOWN && found.os != UNKNOWN => {
+            format!("{} on {}", found.name, found.os)
+        }
+        Some(found) if found.name != UNKNOWN => found.name.to_owned(),
+        _ => user_agent.to_owned(),
     }
 }
 
@@ -468,4 +485,21 @@ pub(crate) struct AdminAudit {
     pub kinds: Vec<&'static str>,
     pub events: Vec<EventView>,
     pub next: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::describe_client;
+
+    #[test]
+    fn sessions_name_the_browser_and_system_as_people_say_them() {
+        let chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
+                      Chrome/120.0.0.0 Safari/537.36";
+        assert_eq!(describe_client(chrome), "Chrome on Linux");
+        let firefox =
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0";
+        assert_eq!(describe_client(firefox), "Firefox on Windows 10");
+        // A client the parser does not know keeps its own words.
+        assert_eq!(describe_client("reqwest/0.12"), "reqwest/0.12");
+    }
 }
