@@ -25,6 +25,7 @@ macro_rules! or_page {
 mod account;
 mod admin;
 mod assets;
+mod form_state;
 mod forms;
 pub mod guard;
 mod pages;
@@ -37,12 +38,31 @@ use std::sync::Arc;
 use askama::Template;
 use poem::http::StatusCode;
 use poem::{EndpointExt, IntoEndpoint, Request, Response, Route, get, post};
+use serde::Deserialize;
 
 use self::guard::{ConsoleSettings, Visitor, see_other};
 use self::pages::{Chrome, message, render};
+use crate::domain::service::CookieSession;
 use crate::domain::{ClientInfo, Core, Principal, Role};
 use crate::inbound::web::client::TrustedProxies;
 use crate::inbound::web::problem::Problem;
+
+/// What a console page's query may say.
+#[derive(Debug, Default, Deserialize)]
+struct PageQuery {
+    /// A notice to show (one of a fixed set).
+    pub done: Option<String>,
+    /// Where to go after signing in.
+    pub next: Option<String>,
+    /// The token of a mailed link.
+    pub token: Option<String>,
+}
+
+impl PageQuery {
+    fn of(req: &Request) -> Self {
+        req.params().unwrap_or_default()
+    }
+}
 
 /// What every console handler holds.
 pub(crate) struct Console {
@@ -59,7 +79,7 @@ impl Console {
             message(
                 problem.status,
                 Chrome::anonymous("Unavailable"),
-                &forms::alert(&problem),
+                &form_state::alert(&problem),
             )
         })
     }
@@ -113,7 +133,7 @@ impl Console {
             visitor,
             &pages::Message {
                 chrome: Chrome::new(title, visitor),
-                text: forms::alert(problem),
+                text: form_state::alert(problem),
             },
             problem.status,
         )
@@ -128,6 +148,18 @@ impl Console {
 
     fn client(&self, req: &Request) -> ClientInfo {
         self.proxies.client_info(req)
+    }
+
+    /// Signed in, by password alone or with a second step: the session cookie, and on to `next`.
+    fn enter(&self, visitor: &Visitor, next: &str, signed_in: &CookieSession) -> Response {
+        let mut response = see_other(next);
+        let settings = &self.settings;
+        response.headers_mut().append(
+            poem::http::header::SET_COOKIE,
+            settings.set_cookie(&settings.session_cookie(), Some(&signed_in.secret)),
+        );
+        visitor.finish(settings, &mut response);
+        response
     }
 }
 

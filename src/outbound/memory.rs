@@ -4,6 +4,7 @@
 //! on restart; several instances need the database adapters.
 
 mod changes;
+mod factor_state;
 mod factors;
 mod outbox;
 mod rate_limiter;

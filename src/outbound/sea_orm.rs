@@ -4,18 +4,22 @@
 //! [`connection`]); the core sees neither SQL nor `DbErr`.
 
 mod admin;
+mod bounded;
 mod changes;
 pub mod connection;
 mod entities;
 mod factors;
+mod housekeeping;
 mod import;
 pub mod invalidations;
 mod mail;
 mod rate_limiter;
+mod rows;
 mod session_lookups;
 mod sessions;
 mod signing_keys;
 mod store;
+mod users;
 
 pub use connection::{DatabaseSettings, connect, migrate_down, migrate_up, pool_usage};
 pub use import::PyauthDatabase;

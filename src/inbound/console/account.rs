@@ -8,10 +8,11 @@ use poem::{Request, Response, handler};
 use uuid::Uuid;
 
 use super::Console;
-use super::forms::{Fields, FormState, Guard, Posted, submitted};
+use super::PageQuery;
+use super::form_state::FormState;
+use super::forms::{Posted, signed_in_post};
 use super::guard::{Visitor, see_other};
 use super::pages::{self, Chrome, SessionView, UserView};
-use super::public::PageQuery;
 use crate::domain::{Email, Password, Principal, SessionId};
 use crate::inbound::web::problem::{FieldErrors, Problem};
 
@@ -46,17 +47,6 @@ async fn account_page(
         passkeys: factors.passkeys,
     };
     console.page(visitor, &page, status)
-}
-
-/// A signed-in POST: the visitor, the user and the form, once it passed the guard.
-pub(super) async fn signed_in_post(
-    req: &Request,
-    console: &Console,
-    form: Posted,
-) -> Result<(Visitor, Principal, Fields), Response> {
-    let (visitor, principal) = console.signed_in(req).await?;
-    let fields = submitted(console, req, &visitor, form, Guard::Session)?;
-    Ok((visitor, principal, fields))
 }
 
 #[handler]
@@ -144,7 +134,7 @@ pub(super) async fn sign_out(
         return pages::message(
             problem.status,
             Chrome::anonymous("Sign out"),
-            &super::forms::alert(&problem),
+            &super::form_state::alert(&problem),
         );
     }
     let settings = &console.settings;

@@ -10,7 +10,8 @@ use poem::{Request, Response, handler};
 use serde::Deserialize;
 
 use super::Console;
-use super::forms::{Fields, FormState, Guard, Posted, submitted};
+use super::form_state::FormState;
+use super::forms::{Fields, Guard, Posted, submitted};
 use super::guard::{Visitor, see_other};
 use super::pages::{self, Chrome, EventView, SessionView, UserView, query_string};
 use crate::domain::service::{Actor, AdminError};
@@ -140,7 +141,7 @@ pub(super) async fn user_detail(
     id: Path<String>,
 ) -> Response {
     let (visitor, _) = or_page!(console.admin(req).await);
-    let done = super::public::PageQuery::of(req).done;
+    let done = super::PageQuery::of(req).done;
     match user_id(&id.0) {
         Ok(id) => {
             user_page(

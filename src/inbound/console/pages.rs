@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use poem::http::{StatusCode, header};
 use poem::{IntoResponse, Response};
 
-use super::forms::FormState;
+use super::form_state::FormState;
 use super::guard::Visitor;
 use crate::domain::mfa::{Factors, Passkey};
 use crate::domain::{AuditEvent, Role, Session, SessionId, User};

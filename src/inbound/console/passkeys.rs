@@ -12,11 +12,12 @@ use poem::{Request, Response, handler};
 use uuid::Uuid;
 
 use super::Console;
-use super::account::signed_in_post;
-use super::forms::{self, Fields, FormState, Guard, Posted, submitted};
+use super::PageQuery;
+use super::form_state::{self, FormState};
+use super::forms::{Fields, Guard, Posted, signed_in_post, submitted};
 use super::guard::{Visitor, safe_next, see_other};
 use super::pages::{self, Chrome, PasskeyView};
-use super::public::{PageQuery, enter, sign_in_form};
+use super::public::sign_in_form;
 use crate::domain::Principal;
 use crate::domain::mfa::passkey_name;
 use crate::domain::service::{PasskeyError, Proof};
@@ -39,7 +40,7 @@ fn options(started: Result<String, PasskeyError>) -> Response {
             .body(json),
         Err(err) => {
             let problem = Problem::from(err);
-            refusal(problem.status, &forms::alert(&problem))
+            refusal(problem.status, &form_state::alert(&problem))
         }
     }
 }
@@ -268,7 +269,7 @@ pub(super) async fn sign_in(req: &Request, console: Data<&Arc<Console>>, form: P
         .finish_passkey_sign_in_with_cookie(fields.get("credential"), console.client(req))
         .await
     {
-        Ok(signed_in) => enter(&console, &visitor, next, &signed_in),
+        Ok(signed_in) => console.enter(&visitor, next, &signed_in),
         Err(err) => {
             let form = FormState::default().failed(&Problem::from(err));
             sign_in_form(&console, &visitor, form, next, None)

@@ -6,34 +6,17 @@ use std::sync::Arc;
 use poem::http::StatusCode;
 use poem::web::Data;
 use poem::{Request, Response, handler};
-use serde::Deserialize;
 
-use super::Console;
-use super::forms::{FormState, Guard, Posted, submitted};
+use super::form_state::FormState;
+use super::forms::{Guard, Posted, submitted};
 use super::guard::{Visitor, safe_next, see_other};
 use super::pages::{self, Chrome, ConfirmLink, Forgot, Register, Reset, SignIn};
 use super::two_step::second_step_form;
-use crate::domain::service::{CookieSession, CookieSignIn};
+use super::{Console, PageQuery};
+use crate::domain::service::CookieSignIn;
 use crate::domain::{Email, FullName, Password};
 use crate::inbound::web::metrics::record_login;
 use crate::inbound::web::problem::{FieldErrors, Problem};
-
-/// What a console page's query may say.
-#[derive(Debug, Default, Deserialize)]
-pub(super) struct PageQuery {
-    /// A notice to show (one of a fixed set).
-    pub done: Option<String>,
-    /// Where to go after signing in.
-    pub next: Option<String>,
-    /// The token of a mailed link.
-    pub token: Option<String>,
-}
-
-impl PageQuery {
-    pub(super) fn of(req: &Request) -> Self {
-        req.params().unwrap_or_default()
-    }
-}
 
 /// `/console`: the account for a signed-in visitor, sign-in for anyone else.
 #[handler]
@@ -83,23 +66,6 @@ pub(super) async fn sign_in_page(req: &Request, console: Data<&Arc<Console>>) ->
     )
 }
 
-/// Signed in, by password alone or with a second step: the session cookie, and on to `next`.
-pub(super) fn enter(
-    console: &Console,
-    visitor: &Visitor,
-    next: &str,
-    signed_in: &CookieSession,
-) -> Response {
-    let mut response = see_other(next);
-    let settings = &console.settings;
-    response.headers_mut().append(
-        poem::http::header::SET_COOKIE,
-        settings.set_cookie(&settings.session_cookie(), Some(&signed_in.secret)),
-    );
-    visitor.finish(settings, &mut response);
-    response
-}
-
 /// Checks the password as `POST /auth/login` does (same limits, same delay after failures)
 /// and opens a session whose only trace in the browser is an `HttpOnly` cookie; a user with
 /// an authenticator app is asked for a code first, on a page that holds the pending login.
@@ -125,7 +91,7 @@ pub(super) async fn sign_in(req: &Request, console: Data<&Arc<Console>>, form: P
         .await;
     record_login(&result);
     match result {
-        Ok(CookieSignIn::Done(signed_in)) => enter(&console, &visitor, next, &signed_in),
+        Ok(CookieSignIn::Done(signed_in)) => console.enter(&visitor, next, &signed_in),
         Ok(CookieSignIn::SecondFactor(pending)) => second_step_form(
             &console,
             &visitor,

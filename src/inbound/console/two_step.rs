@@ -11,12 +11,11 @@ use poem::{Request, Response, handler};
 use qrcode::QrCode;
 use qrcode::render::svg;
 
-use super::Console;
-use super::account::signed_in_post;
-use super::forms::{FormState, Guard, Posted, submitted};
+use super::form_state::FormState;
+use super::forms::{Guard, Posted, signed_in_post, submitted};
 use super::guard::{Visitor, safe_next, see_other};
 use super::pages::{self, Chrome, NewSecret};
-use super::public::{PageQuery, enter};
+use super::{Console, PageQuery};
 use crate::domain::Principal;
 use crate::domain::mfa::TotpCode;
 use crate::domain::service::{MfaError, Proof, SecondFactor, TotpEnrolment};
@@ -77,7 +76,7 @@ pub(super) async fn verify_sign_in(
         .complete_sign_in_with_cookie(mfa_token, proof, console.client(req))
         .await
     {
-        Ok(signed_in) => enter(&console, &visitor, next, &signed_in),
+        Ok(signed_in) => console.enter(&visitor, next, &signed_in),
         Err(err) => {
             let form = failed(FormState::default(), "code", err);
             second_step_form(&console, &visitor, form, mfa_token, next)

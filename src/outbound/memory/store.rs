@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::factors::FactorState;
+use super::factor_state::FactorState;
 use crate::domain::ports::{AuditLog, CreateUserError, Housekeeping, UserRepository};
 use crate::domain::{
     AccountChange, Applied, AuditEvent, AuditQuery, BackendError, CookieHash, Email, FOLDED_COUNT,

@@ -12,7 +12,8 @@ use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, SqlErr};
 
 use super::entities::{passkeys, totp_factors, users};
-use super::store::{SeaOrmStore, end_sessions, next_version, to_user};
+use super::rows::to_user;
+use super::store::{SeaOrmStore, end_sessions, next_version};
 use super::{admin, factors, mail};
 use crate::domain::{AccountChange, Applied, BackendError, Condition, Edit, Refusal, Role, UserId};
 

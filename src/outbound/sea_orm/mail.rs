@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use super::admin;
 use super::entities::{email_tokens, mail_outbox, users};
-use super::store::{SeaOrmStore, to_user};
+use super::rows::to_user;
+use super::store::SeaOrmStore;
 use crate::domain::ports::{LinkTokens, MailOutbox};
 use crate::domain::{
     BackendError, ClientInfo, Email, FactorChange, LinkTokenHash, LinkTokenKind, LinkTokenRecord,

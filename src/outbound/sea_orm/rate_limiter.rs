@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait as _, InsertStatement, OnConflict, Query};
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
+use super::bounded::Bounded;
 use super::entities::{login_failures, rate_limit_counters};
-use super::store::Bounded;
 use crate::domain::BackendError;
 use crate::domain::ports::{FailureRecord, RateLimiter};
 

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::bounded::Bounded;
 use super::entities::{sessions, users};
-use super::store::{Bounded, to_session, to_user};
+use super::rows::{to_session, to_user};
 use crate::domain::{BackendError, Session, SessionId, User};
 
 /// The most lookups one query answers.

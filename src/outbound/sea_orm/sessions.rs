@@ -11,7 +11,8 @@ use uuid::Uuid;
 
 use super::admin;
 use super::entities::{refresh_tokens, sessions, users};
-use super::store::{SeaOrmStore, lock_current, to_session, to_user};
+use super::rows::{to_session, to_user};
+use super::store::{SeaOrmStore, lock_current};
 use crate::domain::ports::{CreateSessionError, Rotation, SessionRepository};
 use crate::domain::{
     BackendError, ClientInfo, CookieHash, NewAuditEvent, NewRefreshToken, NewSession,

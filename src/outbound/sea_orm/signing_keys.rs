@@ -13,8 +13,8 @@ use sea_orm::{
     SqlErr,
 };
 
+use super::bounded::Bounded;
 use super::entities::signing_keys;
-use super::store::Bounded;
 use crate::domain::ports::SigningKeyStore;
 use crate::domain::{BackendError, KeyChange, SigningKey};
 
