@@ -20,7 +20,7 @@ echo "== building the static binary (profile dist) ($target, commit $commit)"
 PORTCULLIS_COMMIT="$commit" RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --profile dist --locked --target "$target" --bin portcullis
 binary="target/$target/dist/portcullis"
-if readelf -l "$binary" | grep -q "program interpreter"; then
+if [[ "$(readelf -l "$binary")" == *"program interpreter"* ]]; then
   echo "$binary is dynamically linked; the image has no libraries for it" >&2
   exit 1
 fi

@@ -80,8 +80,10 @@ done
 echo "the same container running --version: ${overhead} ms (best of 3): the runtime's share"
 
 echo "== migrate, as a one-shot container"
-"${podman[@]}" run --rm --network host --read-only "${env_args[@]}" "$tag" migrate \
-  | grep -q "migrations applied" || fail "migrate did not apply the migrations"
+# Output is read whole before it is searched: `grep -q` stops reading at its first match, and
+# under pipefail the writer's broken pipe would fail the check.
+migrated="$("${podman[@]}" run --rm --network host --read-only "${env_args[@]}" "$tag" migrate)"
+grep -q "migrations applied" <<<"$migrated" || fail "migrate did not apply the migrations"
 
 echo "== serve, read-only, /data on a volume"
 started="$(date +%s%N)"
@@ -94,7 +96,8 @@ until curl -fsS -o /dev/null "$base/ready" 2>/dev/null; do
 done
 echo "PostgreSQL: podman run to /ready 200 in $(( ($(date +%s%N) - started) / 1000000 )) ms"
 pid="$("${podman[@]}" inspect --format '{{.State.Pid}}' "$name")"
-"${podman[@]}" logs "$name" 2>&1 | grep -q '"listening"' || fail "no listening line in the log"
+logs="$("${podman[@]}" logs "$name" 2>&1)"
+grep -q '"listening"' <<<"$logs" || fail "no listening line in the log"
 
 echo "== a user's round trip through the container"
 email="image-$$@example.com"
@@ -109,7 +112,8 @@ curl -fsS -o /dev/null -H "Authorization: Bearer $token" "$base/protected/user" 
   || fail "/protected/user refused the token"
 status="$(curl -s -o /dev/null -w '%{http_code}' "$base/metrics")"
 [ "$status" = 404 ] || fail "/metrics on the API's address answered $status"
-curl -fsS "http://127.0.0.1:$metrics/metrics" | grep -q portcullis_http_requests_total \
+scraped="$(curl -fsS "http://127.0.0.1:$metrics/metrics")"
+grep -q portcullis_http_requests_total <<<"$scraped" \
   || fail "the management listener does not serve /metrics"
 
 echo "== the image's health check, and who runs"
