@@ -11,6 +11,7 @@ pub mod import;
 pub mod link_token;
 pub mod mail;
 pub mod mfa;
+pub mod oauth;
 pub mod password;
 pub mod ports;
 pub mod secrets;
