@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::mfa::AuthMethod;
+use super::oauth::ClientId;
 use super::secrets::{random_secret, sha256_hex};
 use super::{User, UserId};
 
@@ -66,6 +67,10 @@ pub struct Session {
     pub client: ClientInfo,
     /// How its user signed in; every access token of the session says so (`amr`).
     pub methods: Vec<AuthMethod>,
+    /// The client a user signed in to through the OpenID provider; `None` for Portcullis's own
+    /// sessions (API and console). A client's session is its grant's token family: its refresh
+    /// tokens rotate as any session's do, and whatever ends a user's sessions ends it too.
+    pub client_id: Option<ClientId>,
 }
 
 impl Session {
@@ -84,6 +89,8 @@ pub struct NewSession {
     pub expires_at: DateTime<Utc>,
     pub client: ClientInfo,
     pub methods: Vec<AuthMethod>,
+    /// See [`Session::client_id`].
+    pub client_id: Option<ClientId>,
     /// The user's [`User::credential_version`](super::User) when the password was checked.
     pub credential_version: i64,
     /// Live sessions the user may hold: opening this one ends the least recently used ones

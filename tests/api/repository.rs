@@ -145,6 +145,7 @@ pub(crate) fn new_session(
         expires_at: at + TimeDelta::days(90),
         client: ClientInfo::new(Some("agent"), Some("192.0.2.1".into())),
         methods: vec![AuthMethod::Password],
+        client_id: None,
         credential_version: user.credential_version,
         live_limit,
         audit: event(),

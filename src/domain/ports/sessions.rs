@@ -16,7 +16,8 @@ pub trait SessionRepository: Send + Sync + 'static {
     /// cookie; the idle end is the key's), in one transaction, if the user is
     /// still active at `session.credential_version`; in the same transaction, sets the user's
     /// last login to `session.created_at`, records `session.audit`, and ends the user's least
-    /// recently used live sessions beyond `session.live_limit`.
+    /// recently used live sessions of the same kind (the same `client_id`, or Portcullis's
+    /// own) beyond `session.live_limit`.
     ///
     /// The version check and the insert must be atomic against an account change that moves the
     /// version on ([`UserRepository::apply`](super::UserRepository::apply)): a session is either refused, or stored before the
@@ -85,7 +86,8 @@ pub trait SessionRepository: Send + Sync + 'static {
         client: crate::domain::ClientInfo,
     ) -> Result<Rotation, BackendError>;
 
-    /// Lists a user's sessions that are live at `now`, newest first, at most `limit` of them.
+    /// Lists a user's own sessions (not those of OpenID clients, which the user sees as grants)
+    /// that are live at `now`, newest first, at most `limit` of them.
     ///
     /// # Errors
     /// [`BackendError`] when storage fails.

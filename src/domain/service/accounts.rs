@@ -232,7 +232,11 @@ impl Accounts {
             .find_session(claims.session_id)
             .await?
             .ok_or(AuthError::InvalidToken)?;
-        if session.user_id != claims.user_id || user.id != claims.user_id {
+        // A relying party's session never backs one of Portcullis's own tokens.
+        if session.user_id != claims.user_id
+            || user.id != claims.user_id
+            || session.client_id.is_some()
+        {
             return Err(AuthError::InvalidToken);
         }
         // Before the session check: deactivation ends the sessions too, and the caller should

@@ -80,6 +80,7 @@ impl SessionOpener {
             audit,
             client,
             methods,
+            client_id: None,
             credential_version: user.credential_version,
             live_limit: self.policy.max_sessions_per_user,
         };

@@ -86,6 +86,11 @@ impl Sessions {
             .ok_or(RefreshError::InvalidToken)?;
         let now = self.clock.now();
         let session = &record.session;
+        // A relying party's refresh token is redeemed at the provider's token endpoint only,
+        // where its client is authenticated; here it is not ours to spend or to revoke.
+        if session.client_id.is_some() {
+            return Err(RefreshError::InvalidToken);
+        }
         // Reuse is acted on before any per-account limit: a thief's replay must end the
         // session even while the account's refresh budget is spent.
         if record.spent_at.is_some() {

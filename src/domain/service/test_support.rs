@@ -203,5 +203,6 @@ pub fn session(id: SessionId, user_id: i64) -> Session {
         ended_at: None,
         client: ClientInfo::default(),
         methods: vec![crate::domain::mfa::AuthMethod::Password],
+        client_id: None,
     }
 }

@@ -27,6 +27,7 @@ impl SessionRepository for MemoryStore {
             ended_at: None,
             client: new.client,
             methods: new.methods,
+            client_id: new.client_id.clone(),
         };
         let mut state = self.state()?;
         let current = state.users.get(&new.user_id).is_some_and(|user| {
@@ -44,7 +45,7 @@ impl SessionRepository for MemoryStore {
         let mut live: Vec<&mut Session> = state
             .sessions
             .values_mut()
-            .filter(|s| s.user_id == new.user_id && s.is_live(now))
+            .filter(|s| s.user_id == new.user_id && s.client_id == new.client_id && s.is_live(now))
             .collect();
         live.sort_by_key(|s| std::cmp::Reverse((s.last_used_at, s.created_at)));
         for beyond in live.into_iter().skip(new.live_limit as usize) {
@@ -165,7 +166,7 @@ impl SessionRepository for MemoryStore {
         let mut sessions: Vec<Session> = state
             .sessions
             .values()
-            .filter(|s| s.user_id == user_id && s.is_live(now))
+            .filter(|s| s.user_id == user_id && s.client_id.is_none() && s.is_live(now))
             .cloned()
             .collect();
         sessions.sort_by_key(|s| std::cmp::Reverse(s.created_at));

@@ -44,5 +44,6 @@ pub(super) fn to_session(model: sessions::Model) -> Session {
             .split_whitespace()
             .filter_map(AuthMethod::parse)
             .collect(),
+        client_id: None,
     }
 }

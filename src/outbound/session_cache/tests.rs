@@ -317,6 +317,7 @@ fn new_session(ended: &Session) -> NewSession {
         expires_at: Utc::now() + TimeDelta::days(1),
         client: crate::domain::ClientInfo::default(),
         methods: Vec::new(),
+        client_id: None,
         credential_version: 0,
         live_limit: 1,
         audit: audit(),
