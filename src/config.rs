@@ -114,6 +114,10 @@ pub enum JwtAlgorithm {
     /// P-256 keys from the key table, published in the JWKS.
     #[serde(rename = "ES256", alias = "es256")]
     Es256,
+    /// 2048-bit RSA keys from the key table, published in the JWKS: for relying parties that
+    /// verify nothing else.
+    #[serde(rename = "RS256", alias = "rs256")]
+    Rs256,
 }
 
 impl JwtAlgorithm {
@@ -123,6 +127,7 @@ impl JwtAlgorithm {
             Self::Hs256 => None,
             Self::EdDsa => Some(KeyAlgorithm::EdDsa),
             Self::Es256 => Some(KeyAlgorithm::Es256),
+            Self::Rs256 => Some(KeyAlgorithm::Rs256),
         }
     }
 
@@ -164,6 +169,7 @@ pub struct Settings {
     #[serde(deserialize_with = "lenient_string")]
     pub jwt_audience: String,
     pub jwt_leeway_seconds: i64,
+    pub id_token_ttl_seconds: i64,
     pub jwt_algorithm: JwtAlgorithm,
     pub signing_key_rotation_days: i64,
     pub jwks_max_age: i64,
@@ -189,6 +195,8 @@ pub struct Settings {
     pub register_limit_per_account: u32,
     pub refresh_limit_per_ip: u32,
     pub refresh_limit_per_account: u32,
+    pub token_limit_per_ip: u32,
+    pub token_limit_per_client: u32,
     pub password_check_limit_per_ip: u32,
     pub password_check_limit_per_account: u32,
     pub ipv6_prefix_length: u8,
@@ -252,6 +260,7 @@ const KEYS: &[&str] = &[
     "jwt_issuer",
     "jwt_audience",
     "jwt_leeway_seconds",
+    "id_token_ttl_seconds",
     "jwt_algorithm",
     "password_min_score",
     "accept_pyauth_tokens_until",
@@ -275,6 +284,8 @@ const KEYS: &[&str] = &[
     "register_limit_per_account",
     "refresh_limit_per_ip",
     "refresh_limit_per_account",
+    "token_limit_per_ip",
+    "token_limit_per_client",
     "password_check_limit_per_ip",
     "password_check_limit_per_account",
     "ipv6_prefix_length",
@@ -374,6 +385,9 @@ impl Settings {
         }
         if self.jwt_leeway_seconds < 0 {
             return fail("JWT_LEEWAY_SECONDS must not be negative");
+        }
+        if self.id_token_ttl_seconds < 1 {
+            return fail("ID_TOKEN_TTL_SECONDS must be at least 1");
         }
         if self.signing_key_rotation_days < 1 || self.signing_key_refresh_seconds == 0 {
             return fail(
@@ -543,6 +557,33 @@ impl Settings {
         warnings
     }
 
+    /// Why the OpenID provider is off, if it is: relying parties verify its tokens with the
+    /// published keys and find its endpoints from its issuer, so it needs an asymmetric key and
+    /// an issuer that is the service's own URL.
+    pub fn provider_off_reason(&self) -> Option<&'static str> {
+        if self.jwt_algorithm == JwtAlgorithm::Hs256 {
+            return Some("jwt_algorithm is HS256: relying parties need an asymmetric key");
+        }
+        let issuer = self.jwt_issuer.trim_end_matches('/');
+        if issuer != self.public_url().trim_end_matches('/') {
+            return Some("jwt_issuer is not equal to public_url");
+        }
+        let loopback = ["http://localhost", "http://127.0.0.1", "http://[::1]"]
+            .iter()
+            .any(|prefix| {
+                issuer
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+            });
+        if !issuer.starts_with("https://") && !loopback {
+            return Some("jwt_issuer must be an https URL (or http on localhost)");
+        }
+        if !self.console_enabled {
+            return Some("console_enabled is false: people sign in to applications through it");
+        }
+        None
+    }
+
     pub fn public_url(&self) -> String {
         self.public_url
             .clone()
@@ -646,14 +687,21 @@ mod tests {
 
     #[test]
     fn signing_key_settings_refuse_bad_values() {
-        let ok = with(Profile::Development, &[("jwt_algorithm", "EdDSA")]).unwrap();
-        assert_eq!(ok.jwt_algorithm, JwtAlgorithm::EdDsa);
+        for (name, algorithm) in [
+            ("EdDSA", JwtAlgorithm::EdDsa),
+            ("ES256", JwtAlgorithm::Es256),
+            ("RS256", JwtAlgorithm::Rs256),
+        ] {
+            let ok = with(Profile::Development, &[("jwt_algorithm", name)]).unwrap();
+            assert_eq!(ok.jwt_algorithm, algorithm);
+            assert_eq!(algorithm.as_str(), name);
+        }
         assert_eq!(
             with(Profile::Development, &[]).unwrap().jwt_algorithm,
             JwtAlgorithm::Hs256
         );
         for bad in [
-            ("jwt_algorithm", "RS256"),
+            ("jwt_algorithm", "RS512"),
             ("jwt_algorithm", "none"),
             ("signing_key_rotation_days", "0"),
             ("signing_key_refresh_seconds", "0"),

@@ -11,13 +11,14 @@ pub mod session_cache;
 pub mod webauthn;
 
 use crate::domain::ports::{
-    AuditLog, ChallengeRepository, FactorRepository, Housekeeping, LinkTokens, MailOutbox,
-    SessionRepository, UserRepository,
+    AuditLog, ChallengeRepository, ClientRepository, FactorRepository, GrantRepository,
+    Housekeeping, LinkTokens, MailOutbox, SessionRepository, UserRepository,
 };
 
 /// Every storage port at once: what one store ([`memory::MemoryStore`], [`sea_orm::SeaOrmStore`])
 /// serves, so that an account change spans users, sessions, tokens, factors, the trail and the
-/// outbox in one transaction.
+/// outbox in one transaction, and a client's deletion or a revoked consent ends its sessions in
+/// the transaction of the change.
 pub trait Store:
     UserRepository
     + SessionRepository
@@ -27,6 +28,8 @@ pub trait Store:
     + Housekeeping
     + FactorRepository
     + ChallengeRepository
+    + ClientRepository
+    + GrantRepository
 {
 }
 
@@ -39,5 +42,7 @@ impl<S> Store for S where
         + Housekeeping
         + FactorRepository
         + ChallengeRepository
+        + ClientRepository
+        + GrantRepository
 {
 }

@@ -136,11 +136,14 @@ async fn build_with_cache(
         housekeeping: stored.housekeeping,
         factors: stored.factors,
         challenges: stored.challenges,
+        clients: stored.clients,
+        grants: stored.grants,
         sealer: issuer.sealer(),
         mailer: mailer(settings)?,
         passkeys: passkey_ceremonies(settings),
         hasher,
-        tokens: issuer,
+        tokens: issuer.clone(),
+        provider_tokens: issuer,
         clock,
         limiter: storage.rate_limiter(settings),
         keys: Arc::clone(&keys),
@@ -175,6 +178,7 @@ fn http_settings(
                 .unwrap_or_else(|| format!("http://{address}")),
             algorithm: settings.jwt_algorithm.as_str(),
             jwks_max_age: settings.jwks_max_age,
+            provider: settings.provider_off_reason().is_none(),
         },
         console: settings
             .console_enabled
@@ -241,6 +245,10 @@ impl Application {
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
         for warning in settings.warnings() {
             tracing::warn!("{warning}");
+        }
+        match settings.provider_off_reason() {
+            Some(reason) => tracing::info!(%reason, "the OpenID provider is off"),
+            None => tracing::info!(issuer = %settings.jwt_issuer, "the OpenID provider is on"),
         }
         let storage = Storage::open(settings).await?;
         storage.migrate().await?;

@@ -19,6 +19,7 @@ mod m20261204_000013_session_cache_invalidations;
 mod m20261207_000014_announce_signing_keys;
 mod m20261207_000015_factors_added_unverified;
 mod m20261207_000016_index_audit_folding;
+mod m20261207_000017_create_oauth;
 
 /// Runs the statements written for the connected database, in order: for the migrations whose
 /// SQL (extensions, triggers, virtual tables) the portable helpers cannot express.
@@ -63,6 +64,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000014_announce_signing_keys::Migration),
             Box::new(m20261207_000015_factors_added_unverified::Migration),
             Box::new(m20261207_000016_index_audit_folding::Migration),
+            Box::new(m20261207_000017_create_oauth::Migration),
         ]
     }
 }

@@ -45,10 +45,22 @@ pub enum AuditKind {
     MfaReset,
     PasskeyAdded,
     PasskeyRemoved,
+    /// An OpenID client was registered, changed, deleted, or given a new secret by an admin.
+    ClientCreated,
+    ClientUpdated,
+    ClientDeleted,
+    ClientSecretRotated,
+    /// A user allowed a client scopes it did not hold (the consent page, or a first-party
+    /// client's first sign-in).
+    GrantCreated,
+    /// A user revoked a client's access.
+    GrantRevoked,
+    /// An authorization code was presented again: the tokens issued from it were revoked.
+    OAuthCodeReused,
 }
 
 impl AuditKind {
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 31] = [
         Self::UserRegistered,
         Self::LoginSucceeded,
         Self::LoginFailed,
@@ -73,6 +85,13 @@ impl AuditKind {
         Self::MfaReset,
         Self::PasskeyAdded,
         Self::PasskeyRemoved,
+        Self::ClientCreated,
+        Self::ClientUpdated,
+        Self::ClientDeleted,
+        Self::ClientSecretRotated,
+        Self::GrantCreated,
+        Self::GrantRevoked,
+        Self::OAuthCodeReused,
     ];
 
     /// The wire and storage name.
@@ -102,6 +121,13 @@ impl AuditKind {
             Self::MfaReset => "mfa.reset",
             Self::PasskeyAdded => "passkey.added",
             Self::PasskeyRemoved => "passkey.removed",
+            Self::ClientCreated => "client.created",
+            Self::ClientUpdated => "client.updated",
+            Self::ClientDeleted => "client.deleted",
+            Self::ClientSecretRotated => "client.secret_rotated",
+            Self::GrantCreated => "grant.created",
+            Self::GrantRevoked => "grant.revoked",
+            Self::OAuthCodeReused => "oauth.code_reused",
         }
     }
 

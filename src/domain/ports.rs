@@ -5,8 +5,9 @@
 //! error) inside the adapter, so the core never sees a driver's error type.
 //!
 //! The storage ports ([`UserRepository`], [`SessionRepository`], [`AuditLog`], [`LinkTokens`],
-//! [`MailOutbox`], [`Housekeeping`], [`FactorRepository`], [`ChallengeRepository`]) are narrow,
-//! and one store serves them all: an account change spans several of them in one transaction.
+//! [`MailOutbox`], [`Housekeeping`], [`FactorRepository`], [`ChallengeRepository`],
+//! [`ClientRepository`], [`GrantRepository`]) are narrow, and one store serves them all: an
+//! account change spans several of them in one transaction.
 
 mod audit;
 mod credentials;

@@ -15,6 +15,9 @@
 
 mod accounts;
 mod admin;
+mod authorization;
+mod client_tokens;
+mod clients;
 mod cookie_sessions;
 mod credentials;
 mod delivery;
@@ -38,6 +41,15 @@ use chrono::{DateTime, TimeDelta, Utc};
 pub use accounts::LoginStep;
 pub use accounts::{Accounts, AuthError, RegisterError};
 pub use admin::{Actor, Admin, AdminError, NewAccount};
+pub use authorization::{
+    AuthorizationRequest, Authorizations, AuthorizeError, ClientRedirect, Decision, Prompt,
+    ValidRequest,
+};
+pub use client_tokens::{
+    BearerError, ClientAuth, ClientTokenSet, ClientTokens, Introspection, TokenEndpointError,
+    UserInfo,
+};
+pub use clients::{ClientError, Clients, RegisteredClient};
 pub use cookie_sessions::{CookieSessions, CookieSignIn};
 use credentials::Credentials;
 pub use credentials::LoginError;
@@ -60,9 +72,9 @@ pub use sessions::{ChangePasswordError, EndSessionError, RefreshError, Sessions}
 pub use upkeep::Upkeep;
 
 use super::ports::{
-    AuditLog, ChallengeRepository, Clock, FactorRepository, Housekeeping, LinkTokens, MailOutbox,
-    Mailer, PasskeyCeremonies, PasswordHasher, RateLimiter, SecretSealer, SessionRepository,
-    TokenIssuer, UserRepository,
+    AuditLog, ChallengeRepository, ClientRepository, Clock, FactorRepository, GrantRepository,
+    Housekeeping, LinkTokens, MailOutbox, Mailer, PasskeyCeremonies, PasswordHasher,
+    ProviderTokens, RateLimiter, SecretSealer, SessionRepository, TokenIssuer, UserRepository,
 };
 use super::{PasswordHash, PasswordPolicy};
 
@@ -94,6 +106,33 @@ pub struct AuthPolicy {
     pub pyauth_tokens_until: Option<DateTime<Utc>>,
     /// Second factors.
     pub mfa: MfaPolicy,
+    /// The OpenID provider.
+    pub provider: ProviderPolicy,
+}
+
+/// The OpenID provider's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderPolicy {
+    /// Whether `/oauth/*` answers: only when an asymmetric key signs and the issuer is the
+    /// service's own URL, so that relying parties can verify tokens and discover the rest.
+    pub enabled: bool,
+    /// The `iss` of every token, and of authorization responses (RFC 9207).
+    pub issuer: String,
+    /// How long an authorization code is accepted.
+    pub code_ttl: TimeDelta,
+    /// How long an ID token is valid.
+    pub id_token_ttl: TimeDelta,
+}
+
+impl Default for ProviderPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            issuer: String::new(),
+            code_ttl: TimeDelta::seconds(60),
+            id_token_ttl: TimeDelta::seconds(300),
+        }
+    }
 }
 
 impl Default for AuthPolicy {
@@ -111,6 +150,7 @@ impl Default for AuthPolicy {
             password: PasswordPolicy::default(),
             pyauth_tokens_until: None,
             mfa: MfaPolicy::default(),
+            provider: ProviderPolicy::default(),
         }
     }
 }
@@ -128,9 +168,13 @@ pub struct Ports {
     pub housekeeping: Arc<dyn Housekeeping>,
     pub factors: Arc<dyn FactorRepository>,
     pub challenges: Arc<dyn ChallengeRepository>,
+    pub clients: Arc<dyn ClientRepository>,
+    pub grants: Arc<dyn GrantRepository>,
     pub sealer: Arc<dyn SecretSealer>,
     pub hasher: Arc<dyn PasswordHasher>,
     pub tokens: Arc<dyn TokenIssuer>,
+    /// The tokens of relying parties: the same keys as `tokens`.
+    pub provider_tokens: Arc<dyn ProviderTokens>,
     pub clock: Arc<dyn Clock>,
     pub limiter: Arc<dyn RateLimiter>,
     /// `None`: no mail transport is configured, and the routes that send mail say so.
@@ -157,6 +201,10 @@ pub struct Core {
     pub admin: Arc<Admin>,
     pub upkeep: Arc<Upkeep>,
     pub keys: Arc<SigningKeys>,
+    /// The OpenID provider: its clients, the authorization endpoint, the token endpoint.
+    pub clients: Arc<Clients>,
+    pub authorizations: Arc<Authorizations>,
+    pub client_tokens: Arc<ClientTokens>,
 }
 
 impl Core {
@@ -174,9 +222,12 @@ impl Core {
             housekeeping,
             factors,
             challenges,
+            clients,
+            grants,
             sealer,
             hasher,
             tokens,
+            provider_tokens,
             clock,
             limiter,
             mailer,
@@ -244,6 +295,27 @@ impl Core {
             second_step: second_step.clone(),
         });
         Self {
+            clients: Arc::new(Clients {
+                clients: clients.clone(),
+                clock: clock.clone(),
+            }),
+            authorizations: Arc::new(Authorizations {
+                clients: clients.clone(),
+                grants: grants.clone(),
+                sessions: sessions.clone(),
+                clock: clock.clone(),
+                policy: policy.clone(),
+            }),
+            client_tokens: Arc::new(ClientTokens {
+                clients,
+                grants,
+                sessions: sessions.clone(),
+                tokens: provider_tokens,
+                keys: keys.clone(),
+                clock: clock.clone(),
+                policy: policy.clone(),
+                guard: guard.clone(),
+            }),
             sessions: Arc::new(Sessions {
                 sessions: sessions.clone(),
                 users: users.clone(),

@@ -17,6 +17,9 @@ pub enum KeyAlgorithm {
     EdDsa,
     /// ECDSA on P-256 with SHA-256.
     Es256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, for relying parties that know no other (OpenID Connect
+    /// makes it the one algorithm every provider must offer).
+    Rs256,
 }
 
 impl KeyAlgorithm {
@@ -25,6 +28,7 @@ impl KeyAlgorithm {
         match self {
             Self::EdDsa => "EdDSA",
             Self::Es256 => "ES256",
+            Self::Rs256 => "RS256",
         }
     }
 }
@@ -42,6 +46,7 @@ impl FromStr for KeyAlgorithm {
         match s {
             "EdDSA" => Ok(Self::EdDsa),
             "ES256" => Ok(Self::Es256),
+            "RS256" => Ok(Self::Rs256),
             other => Err(format!("unknown signing algorithm {other:?}")),
         }
     }
@@ -416,7 +421,11 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for alg in [KeyAlgorithm::EdDsa, KeyAlgorithm::Es256] {
+        for alg in [
+            KeyAlgorithm::EdDsa,
+            KeyAlgorithm::Es256,
+            KeyAlgorithm::Rs256,
+        ] {
             assert_eq!(alg.as_str().parse::<KeyAlgorithm>(), Ok(alg));
         }
         for state in [

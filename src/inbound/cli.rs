@@ -2,6 +2,7 @@
 //! settings name, builds the core once, and drives its use cases.
 
 mod args;
+mod clients;
 mod health;
 mod import;
 mod keys;
@@ -59,6 +60,7 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         }
         Command::Health { ready, url } => health::check(ready, url.as_deref(), settings).await?,
         Command::Keys(command) => keys::run(command, settings).await?,
+        Command::Clients(command) => clients::run(command, settings).await?,
         Command::Import(command) => import::run(command, settings).await?,
         Command::User(command) => users::administer(command, settings).await?,
         Command::Audit {

@@ -24,12 +24,14 @@ macro_rules! or_page {
 
 mod account;
 mod admin;
+mod admin_clients;
 mod assets;
 mod form_state;
 mod forms;
 pub mod guard;
 mod pages;
 mod passkeys;
+mod provider;
 mod public;
 mod two_step;
 
@@ -56,6 +58,10 @@ struct PageQuery {
     pub next: Option<String>,
     /// The token of a mailed link.
     pub token: Option<String>,
+    /// The email to fill the sign-in form with (an application's `login_hint`).
+    pub login_hint: Option<String>,
+    /// Ask for the password even when signed in (an application asked for a fresh sign-in).
+    pub reauth: Option<String>,
 }
 
 impl PageQuery {
@@ -151,8 +157,14 @@ impl Console {
     }
 
     /// Signed in, by password alone or with a second step: the session cookie, and on to `next`.
+    /// Bound for an application (`/oauth/authorize`), the way on is a page of its own: the
+    /// redirect to the application must not follow this form's submission.
     fn enter(&self, visitor: &Visitor, next: &str, signed_in: &CookieSession) -> Response {
-        let mut response = see_other(next);
+        let mut response = if next.starts_with("/oauth/") {
+            provider::continue_page(next)
+        } else {
+            see_other(next)
+        };
         let settings = &self.settings;
         response.headers_mut().append(
             poem::http::header::SET_COOKIE,
@@ -163,17 +175,41 @@ impl Console {
     }
 }
 
-/// The console's routes, to be nested at `/console`.
+/// The console's endpoints: its pages, to be nested at `/console`, and the OpenID provider's
+/// pages for people, at `/oauth/authorize` and `/oauth/logout`.
+pub struct ConsoleRoutes {
+    pub pages: poem::endpoint::BoxEndpoint<'static, Response>,
+    pub authorize: poem::endpoint::BoxEndpoint<'static, Response>,
+    pub logout: poem::endpoint::BoxEndpoint<'static, Response>,
+}
+
+/// The console, on `core`.
 pub fn routes(
     core: Arc<Core>,
     proxies: TrustedProxies,
     settings: ConsoleSettings,
-) -> impl poem::Endpoint<Output = Response> {
+) -> ConsoleRoutes {
     let console = Arc::new(Console {
         core,
         proxies,
         settings,
     });
+    ConsoleRoutes {
+        authorize: get(provider::authorize)
+            .post(provider::answer_consent)
+            .data(Arc::clone(&console))
+            .map_to_response()
+            .boxed(),
+        logout: get(provider::logout)
+            .data(Arc::clone(&console))
+            .map_to_response()
+            .boxed(),
+        pages: pages(console).boxed(),
+    }
+}
+
+/// The pages under `/console`.
+fn pages(console: Arc<Console>) -> impl poem::Endpoint<Output = Response> {
     Route::new()
         .at("/", get(public::home))
         .at("/assets/console.css", get(assets::stylesheet))
@@ -205,6 +241,7 @@ pub fn routes(
             get(account::email_page).post(account::change_email),
         )
         .at("/account/sessions/:id/end", post(account::end_session))
+        .at("/account/apps/:client_id/revoke", post(account::revoke_app))
         .at("/account/two-step", get(two_step::settings))
         .at("/account/two-step/setup", post(two_step::set_up))
         .at("/account/two-step/confirm", post(two_step::confirm))
@@ -238,6 +275,18 @@ pub fn routes(
             get(admin::delete_page).post(admin::delete_user),
         )
         .at("/admin/audit", get(admin::audit_log))
+        .at(
+            "/admin/clients",
+            get(admin_clients::client_list).post(admin_clients::create_client),
+        )
+        .at(
+            "/admin/clients/:id/secret",
+            post(admin_clients::rotate_secret),
+        )
+        .at(
+            "/admin/clients/:id/delete",
+            post(admin_clients::delete_client),
+        )
         .data(console)
         // A person who mistypes a console address gets a page, not a JSON problem.
         .catch_error(|_: poem::error::NotFoundError| async {

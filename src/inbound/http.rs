@@ -22,10 +22,13 @@ use poem_openapi::OpenApiService;
 
 use self::api::admin::AdminApi;
 use self::api::auth::AuthApi;
+use self::api::clients::ClientsApi;
+use self::api::grants::GrantsApi;
 use self::api::keys::{Discovery, KeysApi};
 use self::api::mfa::MfaApi;
 use self::api::passkeys::PasskeysApi;
 use self::api::protected::ProtectedApi;
+use self::api::provider::ProviderApi;
 use self::api::public::PublicApi;
 use self::api::recovery::RecoveryApi;
 use self::api::sessions::SessionsApi;
@@ -68,7 +71,10 @@ type Apis = (
     PasskeysApi,
     ProtectedApi,
     AdminApi,
+    ClientsApi,
+    GrantsApi,
     KeysApi,
+    ProviderApi,
 );
 
 /// The OpenAPI service: every route, documented.
@@ -111,9 +117,21 @@ pub fn openapi(
             core: Arc::clone(core),
             proxies: proxies.clone(),
         },
+        ClientsApi {
+            core: Arc::clone(core),
+            proxies: proxies.clone(),
+        },
+        GrantsApi {
+            core: Arc::clone(core),
+            proxies: proxies.clone(),
+        },
         KeysApi {
             keys: Arc::clone(keys),
             discovery: settings.discovery.clone(),
+        },
+        ProviderApi {
+            core: Arc::clone(core),
+            proxies: proxies.clone(),
         },
     );
     OpenApiService::new(apis, "Portcullis", env!("CARGO_PKG_VERSION"))
@@ -178,14 +196,17 @@ pub fn app(core: Arc<Core>, keys: Arc<SigningKeys>, settings: HttpSettings) -> i
         )
         .nest("/", api);
     let routes = match settings.console.clone() {
-        Some(console_settings) => routes.nest(
-            "/console",
-            console::routes(
+        Some(console_settings) => {
+            let console = console::routes(
                 Arc::clone(&core),
                 settings.trusted_proxies.clone(),
                 console_settings,
-            ),
-        ),
+            );
+            routes
+                .nest("/console", console.pages)
+                .at("/oauth/authorize", console.authorize)
+                .at("/oauth/logout", console.logout)
+        }
         None => routes,
     };
     let body = BodyLimits {

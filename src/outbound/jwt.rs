@@ -1,7 +1,9 @@
-//! Access tokens as JWTs (RFC 7519): HS256 with the shared secret, or EdDSA / ES256 with the
-//! keys of the shared key table, each pinned to its algorithm.
+//! Access tokens as JWTs (RFC 7519): HS256 with the shared secret, or EdDSA / ES256 / RS256
+//! with the keys of the shared key table, each pinned to its algorithm; and, with the same keys,
+//! the tokens of the OpenID provider's relying parties (`provider.rs`).
 
 mod forge;
+mod provider;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -64,9 +66,18 @@ struct Installed {
 
 struct Signer {
     kid: String,
-    algorithm: Algorithm,
+    algorithm: KeyAlgorithm,
     activates_at: DateTime<Utc>,
     key: EncodingKey,
+}
+
+impl Signer {
+    /// A header naming the key and its algorithm.
+    fn header(&self) -> Header {
+        let mut header = Header::new(jose(self.algorithm));
+        header.kid = Some(self.kid.clone());
+        header
+    }
 }
 
 /// The claims as they travel.
@@ -103,6 +114,7 @@ fn jose(algorithm: KeyAlgorithm) -> Algorithm {
     match algorithm {
         KeyAlgorithm::EdDsa => Algorithm::EdDSA,
         KeyAlgorithm::Es256 => Algorithm::ES256,
+        KeyAlgorithm::Rs256 => Algorithm::RS256,
     }
 }
 
@@ -164,11 +176,12 @@ impl JwtTokenIssuer {
         )?;
         Ok(Signer {
             kid: key.kid.clone(),
-            algorithm: jose(key.algorithm),
+            algorithm: key.algorithm,
             activates_at: key.activates_at,
             key: match key.algorithm {
                 KeyAlgorithm::EdDsa => EncodingKey::from_ed_der(&der),
                 KeyAlgorithm::Es256 => EncodingKey::from_ec_der(&der),
+                KeyAlgorithm::Rs256 => EncodingKey::from_rsa_der(&der),
             },
         })
     }
@@ -229,6 +242,24 @@ impl Installed {
             (_, current) => current.as_ref(),
         }
     }
+
+    /// [`Self::signer_at`], when a key must sign.
+    fn signing(&self, at: DateTime<Utc>) -> Result<&Signer, TokenError> {
+        self.signer_at(at).ok_or_else(|| {
+            TokenError::Backend(BackendError::unexpected("no signing key is loaded"))
+        })
+    }
+
+    /// The published key `kid` names, with the validation of Portcullis's own tokens.
+    fn verifying(&self, kid: &str) -> Result<&(DecodingKey, Validation), TokenError> {
+        self.verifiers.get(kid).ok_or_else(|| {
+            if self.source.find(kid).is_none() {
+                TokenError::UnknownKey(kid.to_owned())
+            } else {
+                TokenError::Rejected("retired kid".to_owned())
+            }
+        })
+    }
 }
 
 impl TokenIssuer for JwtTokenIssuer {
@@ -253,19 +284,13 @@ impl TokenIssuer for JwtTokenIssuer {
             (Header::new(Algorithm::HS256), &self.secret.0)
         } else {
             installed = self.installed();
-            let signer = installed.signer_at(claims.issued_at).ok_or_else(|| {
-                TokenError::Backend(BackendError::unexpected("no signing key is loaded"))
-            })?;
-            let mut header = Header::new(signer.algorithm);
-            header.kid = Some(signer.kid.clone());
-            (header, &signer.key)
+            let signer = installed.signing(claims.issued_at)?;
+            (signer.header(), &signer.key)
         };
-        jsonwebtoken::encode(&header, &wire, key)
-            .map_err(|err| TokenError::Backend(BackendError::unexpected(err)))
+        encode(&header, &wire, key)
     }
 
     fn verify_pyauth(&self, token: &str) -> Result<PyauthClaims, TokenError> {
-        let reject = |what: &str| TokenError::Rejected(what.to_owned());
         // HS256 only, whatever the header says; no issuer or audience: pyauth set neither.
         let wire = jsonwebtoken::decode::<PyauthWireClaims>(
             token,
@@ -275,12 +300,11 @@ impl TokenIssuer for JwtTokenIssuer {
         .map_err(|err| TokenError::Rejected(err.to_string()))?
         .claims;
         if wire.iss.is_some() || wire.aud.is_some() || wire.sid.is_some() {
-            return Err(reject("not in the old service's shape"));
+            return Err(rejected("not in the old service's shape"));
         }
         Ok(PyauthClaims {
-            user_id: UserId(wire.sub.parse().map_err(|_| reject("sub"))?),
-            expires_at: DateTime::<Utc>::from_timestamp(wire.exp, 0)
-                .ok_or_else(|| reject("exp out of range"))?,
+            user_id: UserId(wire.sub.parse().map_err(|_| rejected("sub"))?),
+            expires_at: timestamp(wire.exp)?,
         })
     }
 
@@ -306,6 +330,28 @@ impl TokenIssuer for JwtTokenIssuer {
     }
 }
 
+fn rejected(what: &str) -> TokenError {
+    TokenError::Rejected(what.to_owned())
+}
+
+/// A claim's NumericDate as a time.
+fn timestamp(secs: i64) -> Result<DateTime<Utc>, TokenError> {
+    DateTime::<Utc>::from_timestamp(secs, 0).ok_or_else(|| rejected("time out of range"))
+}
+
+fn read_header(token: &str) -> Result<Header, TokenError> {
+    jsonwebtoken::decode_header(token).map_err(|err| TokenError::Rejected(err.to_string()))
+}
+
+fn encode(
+    header: &Header,
+    claims: &impl Serialize,
+    key: &EncodingKey,
+) -> Result<String, TokenError> {
+    jsonwebtoken::encode(header, claims, key)
+        .map_err(|err| TokenError::Backend(BackendError::unexpected(err)))
+}
+
 /// The claims of a token of the old service, as its `create_access_token` made them.
 #[derive(Debug, Deserialize)]
 struct PyauthWireClaims {
@@ -321,23 +367,25 @@ impl JwtTokenIssuer {
     /// Checks `token`'s signature (by the key its `kid` names, at that key's algorithm only, or
     /// HS256 within its acceptance) and reads its claims.
     fn check(&self, token: &str, installed: &Installed) -> Result<AccessClaims, TokenError> {
-        let reject = |what: &str| TokenError::Rejected(what.to_owned());
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|err| TokenError::Rejected(err.to_string()))?;
+        let header = read_header(token)?;
+        // A client's access token is meant for the client's resource servers: even one whose
+        // audience happened to match must not pass here.
+        if header
+            .typ
+            .as_deref()
+            .is_some_and(provider::is_client_access)
+        {
+            return Err(rejected("a client's access token"));
+        }
         let wire = match &header.kid {
             Some(kid) => {
-                let Some((key, validation)) = installed.verifiers.get(kid) else {
-                    if installed.source.find(kid).is_none() {
-                        return Err(TokenError::UnknownKey(kid.clone()));
-                    }
-                    return Err(reject("retired kid"));
-                };
+                let (key, validation) = installed.verifying(kid)?;
                 jsonwebtoken::decode::<WireClaims>(token, key, validation)
             }
             None => {
                 let acceptance = installed
                     .hs256
-                    .ok_or_else(|| reject("HS256 is not accepted"))?;
+                    .ok_or_else(|| rejected("HS256 is not accepted"))?;
                 let wire = jsonwebtoken::decode::<WireClaims>(
                     token,
                     &self.secret.1,
@@ -355,27 +403,24 @@ impl JwtTokenIssuer {
                     && (data.claims.iat >= issued_before.timestamp()
                         || data.claims.exp > expiring_by.timestamp())
                 {
-                    return Err(reject("HS256 token from after the switch of algorithm"));
+                    return Err(rejected("HS256 token from after the switch of algorithm"));
                 }
                 wire
             }
         }
         .map_err(|err| TokenError::Rejected(err.to_string()))?
         .claims;
-        let timestamp = |secs| {
-            DateTime::<Utc>::from_timestamp(secs, 0).ok_or_else(|| reject("time out of range"))
-        };
         Ok(AccessClaims {
-            user_id: UserId(wire.sub.parse().map_err(|_| reject("sub"))?),
-            role: wire.role.parse().map_err(|_| reject("role"))?,
-            session_id: SessionId(Uuid::parse_str(&wire.sid).map_err(|_| reject("sid"))?),
+            user_id: UserId(wire.sub.parse().map_err(|_| rejected("sub"))?),
+            role: wire.role.parse().map_err(|_| rejected("role"))?,
+            session_id: SessionId(Uuid::parse_str(&wire.sid).map_err(|_| rejected("sid"))?),
             issued_at: timestamp(wire.iat)?,
             expires_at: timestamp(wire.exp)?,
             token_id: wire.jti,
             methods: wire
                 .amr
                 .iter()
-                .map(|value| AuthMethod::parse(value).ok_or_else(|| reject("amr")))
+                .map(|value| AuthMethod::parse(value).ok_or_else(|| rejected("amr")))
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -389,14 +434,59 @@ mod tests {
 
     use super::*;
     use crate::domain::Role;
+    use crate::domain::ports::KeyForge as _;
 
-    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    pub(super) const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    pub(super) const ALGORITHMS: [KeyAlgorithm; 3] = [
+        KeyAlgorithm::EdDsa,
+        KeyAlgorithm::Es256,
+        KeyAlgorithm::Rs256,
+    ];
 
     fn issuer() -> JwtTokenIssuer {
         JwtTokenIssuer::new(SECRET, None, "portcullis", "portcullis-api").unwrap()
     }
 
-    fn claims() -> AccessClaims {
+    /// An issuer for `algorithm`, with no key installed yet, and a forge for its keys.
+    fn asymmetric(algorithm: KeyAlgorithm) -> (JwtTokenIssuer, RingKeyForge) {
+        let issuer =
+            JwtTokenIssuer::new(SECRET, Some(algorithm), "portcullis", "portcullis-api").unwrap();
+        let forge = RingKeyForge::new(issuer.sealer());
+        (issuer, forge)
+    }
+
+    fn key(
+        forge: &RingKeyForge,
+        algorithm: KeyAlgorithm,
+        state: KeyState,
+        activates_at: DateTime<Utc>,
+    ) -> SigningKey {
+        let generated = forge.generate(algorithm).unwrap();
+        SigningKey::new(generated, algorithm, state, activates_at, activates_at)
+    }
+
+    pub(super) fn switched_at(at: DateTime<Utc>) -> Hs256Acceptance {
+        Hs256Acceptance::IssuedBefore {
+            issued_before: at,
+            expiring_by: at + TimeDelta::minutes(15),
+        }
+    }
+
+    /// An issuer for `algorithm` whose one key signs from `at` on, and that key.
+    pub(super) fn signing_from(
+        algorithm: KeyAlgorithm,
+        at: DateTime<Utc>,
+    ) -> (JwtTokenIssuer, SigningKey) {
+        let (issuer, forge) = asymmetric(algorithm);
+        let current = key(&forge, algorithm, KeyState::Current, at);
+        issuer
+            .install(&KeySet::new(vec![current.clone()]), switched_at(at))
+            .unwrap();
+        (issuer, current)
+    }
+
+    pub(super) fn claims() -> AccessClaims {
         let now = DateTime::<Utc>::from_timestamp(Utc::now().timestamp(), 0).unwrap();
         AccessClaims {
             user_id: UserId(42),
@@ -543,42 +633,15 @@ mod tests {
 
     mod key_sets {
         use super::*;
-        use crate::domain::ports::KeyForge as _;
-        use crate::domain::{KeyState, SigningKey};
-
-        fn asymmetric(algorithm: KeyAlgorithm) -> (JwtTokenIssuer, RingKeyForge) {
-            let issuer =
-                JwtTokenIssuer::new(SECRET, Some(algorithm), "portcullis", "portcullis-api")
-                    .unwrap();
-            let forge = RingKeyForge::new(issuer.sealer());
-            (issuer, forge)
-        }
-
-        fn key(
-            forge: &RingKeyForge,
-            algorithm: KeyAlgorithm,
-            state: KeyState,
-            activates_at: DateTime<Utc>,
-        ) -> SigningKey {
-            let generated = forge.generate(algorithm).unwrap();
-            SigningKey::new(generated, algorithm, state, activates_at, activates_at)
-        }
 
         fn header(token: &str) -> serde_json::Value {
             let part = token.split('.').next().unwrap();
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
         }
 
-        fn switched_at(at: DateTime<Utc>) -> Hs256Acceptance {
-            Hs256Acceptance::IssuedBefore {
-                issued_before: at,
-                expiring_by: at + TimeDelta::minutes(15),
-            }
-        }
-
         #[test]
         fn tokens_carry_the_kid_and_verify_with_its_key_only() {
-            for algorithm in [KeyAlgorithm::EdDsa, KeyAlgorithm::Es256] {
+            for algorithm in ALGORITHMS {
                 let (issuer, forge) = asymmetric(algorithm);
                 let c = claims();
                 assert!(matches!(issuer.issue(&c), Err(TokenError::Backend(_))));
@@ -633,47 +696,74 @@ mod tests {
             assert!(issuer.verify(&new).is_ok());
         }
 
+        /// The forms a library might read a published key in, as an HMAC secret would be
+        /// given: the JWK, and for RSA the PEM and DER encodings too (the classic RS256-to-HS256
+        /// confusion hands a verifier's PEM file to HMAC).
+        fn public_forms(key: &SigningKey) -> Vec<Vec<u8>> {
+            use rsa::pkcs1::EncodeRsaPublicKey as _;
+            use rsa::pkcs8::{EncodePublicKey as _, LineEnding};
+
+            let mut forms = vec![key.public_jwk.as_bytes().to_vec()];
+            if key.algorithm == KeyAlgorithm::Rs256 {
+                let jwk: serde_json::Value = serde_json::from_str(&key.public_jwk).unwrap();
+                let number = |member: &str| {
+                    rsa::BigUint::from_bytes_be(
+                        &URL_SAFE_NO_PAD
+                            .decode(jwk[member].as_str().unwrap())
+                            .unwrap(),
+                    )
+                };
+                let public = rsa::RsaPublicKey::new(number("n"), number("e")).unwrap();
+                forms.extend([
+                    public
+                        .to_public_key_pem(LineEnding::LF)
+                        .unwrap()
+                        .into_bytes(),
+                    public.to_pkcs1_pem(LineEnding::LF).unwrap().into_bytes(),
+                    public.to_public_key_der().unwrap().as_bytes().to_vec(),
+                    public.to_pkcs1_der().unwrap().as_bytes().to_vec(),
+                ]);
+            }
+            forms
+        }
+
         #[test]
         fn the_public_key_used_as_an_hmac_secret_forges_nothing() {
-            let (issuer, forge) = asymmetric(KeyAlgorithm::EdDsa);
-            let c = claims();
-            let current = key(&forge, KeyAlgorithm::EdDsa, KeyState::Current, c.issued_at);
-            issuer
-                .install(
-                    &KeySet::new(vec![current.clone()]),
-                    switched_at(c.issued_at),
-                )
-                .unwrap();
-            let payload = issuer
-                .issue(&c)
-                .unwrap()
-                .split('.')
-                .nth(1)
-                .unwrap()
-                .to_owned();
-            for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
-                for secret in [current.public_jwk.as_bytes(), SECRET] {
-                    let mut forged_header = Header::new(alg);
-                    forged_header.kid = Some(current.kid.clone());
-                    let claims: serde_json::Value =
-                        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&payload).unwrap()).unwrap();
-                    let forged = jsonwebtoken::encode(
-                        &forged_header,
-                        &claims,
-                        &EncodingKey::from_secret(secret),
-                    )
-                    .unwrap();
-                    assert!(
-                        matches!(issuer.verify(&forged), Err(TokenError::Rejected(_))),
-                        "{alg:?} accepted"
-                    );
+            for algorithm in ALGORITHMS {
+                let c = claims();
+                let (issuer, current) = signing_from(algorithm, c.issued_at);
+                let payload = issuer
+                    .issue(&c)
+                    .unwrap()
+                    .split('.')
+                    .nth(1)
+                    .unwrap()
+                    .to_owned();
+                let claims: serde_json::Value =
+                    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&payload).unwrap()).unwrap();
+                let secrets = public_forms(&current).into_iter().chain([SECRET.to_vec()]);
+                for secret in secrets {
+                    for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
+                        let mut forged_header = Header::new(alg);
+                        forged_header.kid = Some(current.kid.clone());
+                        let forged = jsonwebtoken::encode(
+                            &forged_header,
+                            &claims,
+                            &EncodingKey::from_secret(&secret),
+                        )
+                        .unwrap();
+                        assert!(
+                            matches!(issuer.verify(&forged), Err(TokenError::Rejected(_))),
+                            "{alg:?} accepted for a key of {algorithm}"
+                        );
+                    }
                 }
+                let none = format!(
+                    "{}.{payload}.",
+                    b64(&serde_json::json!({"alg": "none", "kid": current.kid}))
+                );
+                assert!(issuer.verify(&none).is_err());
             }
-            let none = format!(
-                "{}.{payload}.",
-                b64(&serde_json::json!({"alg": "none", "kid": current.kid}))
-            );
-            assert!(issuer.verify(&none).is_err());
         }
 
         #[test]

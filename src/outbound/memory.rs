@@ -6,6 +6,7 @@
 mod changes;
 mod factor_state;
 mod factors;
+mod oauth;
 mod outbox;
 mod rate_limiter;
 mod sessions;

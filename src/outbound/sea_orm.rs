@@ -13,6 +13,7 @@ mod housekeeping;
 mod import;
 pub mod invalidations;
 mod mail;
+mod oauth;
 mod rate_limiter;
 mod rows;
 mod session_lookups;

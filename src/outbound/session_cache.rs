@@ -32,6 +32,7 @@
 //!
 //! [`SessionRepository::find_session`]: crate::domain::ports::SessionRepository::find_session
 
+mod cached_grants;
 mod cached_repository;
 
 use std::collections::{HashMap, VecDeque};
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
+pub use cached_grants::CachedGrants;
 pub use cached_repository::CachedSessions;
 
 use crate::domain::{Session, SessionId, User, UserId};

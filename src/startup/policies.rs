@@ -4,7 +4,7 @@
 use chrono::TimeDelta;
 
 use crate::config::Settings;
-use crate::domain::service::{LimitPolicy, MailPolicy, MfaPolicy, Quota};
+use crate::domain::service::{LimitPolicy, MailPolicy, MfaPolicy, ProviderPolicy, Quota};
 use crate::domain::{AuthPolicy, KeyPolicy, PasswordPolicy};
 
 /// Everything the core decides by: lifetimes, limits, mail, passwords and second factors.
@@ -28,6 +28,12 @@ impl From<&Settings> for AuthPolicy {
                 issuer: settings.totp_issuer.clone(),
                 ..MfaPolicy::default()
             },
+            provider: ProviderPolicy {
+                enabled: settings.provider_off_reason().is_none(),
+                issuer: settings.jwt_issuer.clone(),
+                id_token_ttl: TimeDelta::seconds(settings.id_token_ttl_seconds),
+                ..ProviderPolicy::default()
+            },
         }
     }
 }
@@ -47,6 +53,8 @@ impl From<&Settings> for LimitPolicy {
             register_per_account: quota(settings.register_limit_per_account),
             refresh_per_ip: quota(settings.refresh_limit_per_ip),
             refresh_per_account: quota(settings.refresh_limit_per_account),
+            token_per_ip: quota(settings.token_limit_per_ip),
+            token_per_client: quota(settings.token_limit_per_client),
             password_check_per_ip: quota(settings.password_check_limit_per_ip),
             password_check_per_account: quota(settings.password_check_limit_per_account),
             mail_per_ip: quota(settings.mail_limit_per_ip),

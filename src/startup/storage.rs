@@ -9,8 +9,9 @@ use anyhow::{Context, bail};
 
 use crate::config::{RateLimitStore, Settings};
 use crate::domain::ports::{
-    AuditLog, ChallengeRepository, FactorRepository, Housekeeping, ImportTarget, LinkTokens,
-    MailOutbox, RateLimiter, SessionRepository, SigningKeyStore, UserRepository,
+    AuditLog, ChallengeRepository, ClientRepository, FactorRepository, GrantRepository,
+    Housekeeping, ImportTarget, LinkTokens, MailOutbox, RateLimiter, SessionRepository,
+    SigningKeyStore, UserRepository,
 };
 use crate::inbound::web::metrics::Sampler;
 use crate::outbound::Store;
@@ -19,7 +20,7 @@ use crate::outbound::sea_orm::{
     self as db, DatabaseSettings, SeaOrmRateLimiter, SeaOrmSigningKeyStore, SeaOrmStore,
     invalidations,
 };
-use crate::outbound::session_cache::{CacheLimits, CachedSessions, SessionCache};
+use crate::outbound::session_cache::{CacheLimits, CachedGrants, CachedSessions, SessionCache};
 
 /// The task that listens to the database's announcements.
 pub type Feed = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -47,6 +48,8 @@ pub(super) struct StoragePorts {
     pub(super) housekeeping: Arc<dyn Housekeeping>,
     pub(super) factors: Arc<dyn FactorRepository>,
     pub(super) challenges: Arc<dyn ChallengeRepository>,
+    pub(super) clients: Arc<dyn ClientRepository>,
+    pub(super) grants: Arc<dyn GrantRepository>,
 }
 
 impl StoragePorts {
@@ -59,16 +62,21 @@ impl StoragePorts {
             outbox: store.clone(),
             housekeeping: store.clone(),
             factors: store.clone(),
-            challenges: store,
+            challenges: store.clone(),
+            clients: store.clone(),
+            grants: store,
         }
     }
 
     /// The same ports, with session checks answered from `cache`.
     fn cached(self, cache: Arc<SessionCache>) -> Self {
+        let grants = Arc::new(CachedGrants::new(self.clients, self.grants, cache.clone()));
         let cached = Arc::new(CachedSessions::new(self.users, self.sessions, cache));
         Self {
             users: cached.clone(),
             sessions: cached,
+            clients: grants.clone(),
+            grants,
             ..self
         }
     }

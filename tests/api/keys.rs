@@ -1,4 +1,4 @@
-//! Signing keys: the JWKS and discovery documents, EdDSA and ES256 tokens verified by a standard
+//! Signing keys: the JWKS and discovery documents, EdDSA, ES256 and RS256 tokens verified by a standard
 //! library and by the example resource server, rotation and retirement through the CLI, the
 //! switch from HS256, forgeries.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::jwk::{JwkSet, ThumbprintHash};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
 
@@ -164,7 +164,8 @@ app_test!(
     }
 );
 
-async fn asymmetric_tokens_verify_with_the_jwks(app: &TestApp, alg: &str, crv: &str) {
+/// `kind` is the member of the JWK that tells its type of key, with its value.
+async fn asymmetric_tokens_verify_with_the_jwks(app: &TestApp, alg: &str, kind: (&str, &str)) {
     let tokens = app
         .signed_up(&format!("{}@example.com", alg.to_lowercase()))
         .await;
@@ -178,7 +179,7 @@ async fn asymmetric_tokens_verify_with_the_jwks(app: &TestApp, alg: &str, crv: &
         (jwk["alg"].as_str(), jwk["use"].as_str()),
         (Some(alg), Some("sig"))
     );
-    assert_eq!(jwk["crv"], crv);
+    assert_eq!(jwk[kind.0], kind.1);
     assert!(
         jwk.get("d").is_none() && jwk.get("k").is_none(),
         "no private or HMAC key"
@@ -199,7 +200,7 @@ async fn asymmetric_tokens_verify_with_the_jwks(app: &TestApp, alg: &str, crv: &
 }
 
 app_test!(eddsa_tokens_verify_with_the_jwks, overrides(EDDSA), |app| {
-    asymmetric_tokens_verify_with_the_jwks(&app, "EdDSA", "Ed25519").await;
+    asymmetric_tokens_verify_with_the_jwks(&app, "EdDSA", ("crv", "Ed25519")).await;
     // The reloads are counted (every second here), for alerts on failed ones.
     eventually("a reload is counted", async || {
         let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
@@ -214,7 +215,30 @@ app_test!(
     es256_tokens_verify_with_the_jwks,
     json!({"jwt_algorithm": "ES256"}),
     |app| {
-        asymmetric_tokens_verify_with_the_jwks(&app, "ES256", "P-256").await;
+        asymmetric_tokens_verify_with_the_jwks(&app, "ES256", ("crv", "P-256")).await;
+    }
+);
+
+app_test!(
+    rs256_tokens_verify_with_the_jwks,
+    json!({"jwt_algorithm": "RS256"}),
+    |app| {
+        asymmetric_tokens_verify_with_the_jwks(&app, "RS256", ("kty", "RSA")).await;
+        let set = jwks(&app).await;
+        let [jwk] = set.keys.as_slice() else {
+            panic!("one key expected: {:?}", kids(&set));
+        };
+        assert_eq!(
+            jwk.common.key_id.as_deref(),
+            Some(jwk.thumbprint(ThumbprintHash::SHA256).unwrap().as_str()),
+            "kid is the RFC 7638 thumbprint"
+        );
+        let raw: Value = app.get_json("/.well-known/jwks.json").await;
+        let n = URL_SAFE_NO_PAD
+            .decode(raw["keys"][0]["n"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(n.len() * 8, 2048);
+        assert_eq!(raw["keys"][0]["e"], "AQAB");
     }
 );
 

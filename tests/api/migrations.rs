@@ -13,7 +13,8 @@ use crate::helpers::{Backend, TestDb};
 /// Every table the migrations make.
 const TABLES: &str = "'users', 'sessions', 'refresh_tokens', 'rate_limit_counters', \
     'login_failures', 'email_tokens', 'mail_outbox', 'signing_keys', 'totp_factors', \
-    'recovery_codes', 'mfa_challenges', 'passkeys', 'webauthn_ceremonies'";
+    'recovery_codes', 'mfa_challenges', 'passkeys', 'webauthn_ceremonies', 'oauth_clients', \
+    'oauth_consents', 'oauth_codes', 'oauth_revoked_tokens'";
 
 async fn table_count(conn: &sea_orm::DatabaseConnection) -> i64 {
     count(
@@ -59,7 +60,7 @@ async fn up_down_up(backend: Backend) {
     };
     let conn = db.pool(2).await;
     migrate_up(&conn).await.unwrap();
-    assert_eq!(table_count(&conn).await, 13);
+    assert_eq!(table_count(&conn).await, 17);
     assert_eq!(cache_trigger_count(&conn).await, 3);
     // Applying again is a no-op.
     migrate_up(&conn).await.unwrap();
@@ -67,7 +68,7 @@ async fn up_down_up(backend: Backend) {
     assert_eq!(table_count(&conn).await, 0);
     assert_eq!(cache_trigger_count(&conn).await, 0);
     migrate_up(&conn).await.unwrap();
-    assert_eq!(table_count(&conn).await, 13);
+    assert_eq!(table_count(&conn).await, 17);
     assert_eq!(cache_trigger_count(&conn).await, 3);
     conn.close().await.unwrap();
     db.drop_database().await;

@@ -3,11 +3,12 @@
 //! within milliseconds by every other instance and after the CLI, and by an instance whose
 //! listening connection is down.
 
-use portcullis::domain::ports::SessionRepository;
+use portcullis::domain::ports::{GrantRepository, SessionRepository};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
+use portcullis::domain::oauth::{ClientId, Scope};
 use portcullis::domain::{
     AccountChange, Condition, Edit, Email, LinkTokenKind, NewLinkToken, PasswordHash, Role,
     SessionId, SessionKey, User, UserChanges,
@@ -21,6 +22,7 @@ use crate::helpers::{
     Backend, Cable, PASSWORD, TestApp, TestDb, access_token, app_test, assert_unauthorized, metric,
     refresh_token, run_cli, settings, status_within,
 };
+use crate::oauth_repository::{consent, registered};
 use crate::repository::{event, new_session, user};
 
 /// Far above the delays measured (a few milliseconds, see `cargo bench --bench revocation`),
@@ -508,6 +510,34 @@ fn every_write() -> Vec<(&'static str, Write)> {
     ]
 }
 
+/// The OpenID client session `session` was opened for.
+async fn client_of(writer: &dyn Store, session: SessionId) -> ClientId {
+    let (session, _) = writer.find_session(session).await.unwrap().unwrap();
+    session.client_id.expect("a client's session")
+}
+
+/// The writes that end a user's sessions of an OpenID client.
+fn every_client_write() -> Vec<(&'static str, Write)> {
+    vec![
+        ("a consent revoked", |w, u, s| {
+            Box::pin(async move {
+                let client = client_of(w, s).await;
+                assert!(
+                    w.revoke_consent(u.id, &client, Utc::now(), event())
+                        .await
+                        .unwrap()
+                );
+            })
+        }),
+        ("a client deleted", |w, _, s| {
+            Box::pin(async move {
+                let client = client_of(w, s).await;
+                assert!(w.delete_client(&client, event()).await.unwrap());
+            })
+        }),
+    ]
+}
+
 async fn every_write_reaches_a_cached_repository(backend: Backend) {
     let Some(db) = TestDb::create(backend).await else {
         return;
@@ -545,9 +575,20 @@ async fn every_write_reaches_a_cached_repository(backend: Backend) {
     let writer_conn = db.pool(2).await;
     let writer = SeaOrmStore::new(writer_conn.clone(), Duration::from_secs(5), 1);
 
-    for (n, (name, write)) in every_write().into_iter().enumerate() {
+    // Each write with whether its session must be a client's, opened on the user's consent.
+    let writes = every_write()
+        .into_iter()
+        .map(|write| (write, false))
+        .chain(every_client_write().into_iter().map(|write| (write, true)));
+    for (n, ((name, write), for_client)) in writes.enumerate() {
         let owner = user(&writer, &format!("writer{n}@example.com")).await;
-        let (new, refresh) = new_session(&owner, Utc::now(), 100);
+        let (mut new, refresh) = new_session(&owner, Utc::now(), 100);
+        if for_client {
+            let client = registered(&writer, &format!("Client {n}"), Utc::now()).await;
+            let granted = consent(&owner, &client, &[Scope::OpenId], Utc::now());
+            writer.save_consent(&granted, None).await.unwrap();
+            new.client_id = Some(client.id);
+        }
         let id = new.id;
         writer
             .create_session(new, SessionKey::RefreshToken(refresh))

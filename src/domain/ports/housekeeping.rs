@@ -10,8 +10,9 @@ use crate::domain::BackendError;
 #[async_trait]
 pub trait Housekeeping: Send + Sync + 'static {
     /// Deletes sessions that are no longer live at `now`, refresh and link tokens past their
-    /// expiry, pending second steps and WebAuthn ceremonies past theirs, delivered mail kept
-    /// long enough, and audit events older than `audit_before`.
+    /// expiry, pending second steps, WebAuthn ceremonies, authorization codes and revoked
+    /// access tokens past theirs, delivered mail kept long enough, and audit events older than
+    /// `audit_before`.
     /// Returns how many sessions were deleted.
     ///
     /// # Errors

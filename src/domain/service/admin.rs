@@ -78,7 +78,12 @@ pub enum Actor<'a> {
 
 impl Actor<'_> {
     /// `kind` of `user`, done by this actor at `at`.
-    fn event(self, kind: AuditKind, user: Option<UserId>, at: DateTime<Utc>) -> NewAuditEvent {
+    pub(super) fn event(
+        self,
+        kind: AuditKind,
+        user: Option<UserId>,
+        at: DateTime<Utc>,
+    ) -> NewAuditEvent {
         match self {
             Self::Admin(admin, client) => {
                 NewAuditEvent::new(kind, user, client, at).by(admin.user.id)

@@ -42,6 +42,10 @@ pub struct LimitPolicy {
     pub register_per_account: Quota,
     pub refresh_per_ip: Quota,
     pub refresh_per_account: Quota,
+    /// The OpenID provider's token endpoint; the account is the client, whose wrong secrets
+    /// count like any other attempt.
+    pub token_per_ip: Quota,
+    pub token_per_client: Quota,
     /// Checks of a signed-in user's password (password change, and every later use case that
     /// asks for the current password); the account is the user.
     pub password_check_per_ip: Quota,
@@ -78,6 +82,8 @@ impl Default for LimitPolicy {
             register_per_account: Quota::per_minute(10),
             refresh_per_ip: Quota::per_minute(120),
             refresh_per_account: Quota::per_minute(60),
+            token_per_ip: Quota::per_minute(120),
+            token_per_client: Quota::per_minute(600),
             password_check_per_ip: Quota::per_minute(30),
             password_check_per_account: Quota::per_minute(10),
             mail_per_ip: Quota::per_minute(10),
@@ -140,6 +146,7 @@ pub(super) enum Action {
     Login,
     Register,
     Refresh,
+    ClientToken,
     PasswordCheck,
     Mail,
 }
@@ -150,6 +157,7 @@ impl Action {
             Self::Login => "login",
             Self::Register => "register",
             Self::Refresh => "refresh",
+            Self::ClientToken => "client_token",
             Self::PasswordCheck => "password_check",
             Self::Mail => "mail",
         }
@@ -160,6 +168,7 @@ impl Action {
             Self::Login => (policy.login_per_ip, policy.login_per_account),
             Self::Register => (policy.register_per_ip, policy.register_per_account),
             Self::Refresh => (policy.refresh_per_ip, policy.refresh_per_account),
+            Self::ClientToken => (policy.token_per_ip, policy.token_per_client),
             Self::PasswordCheck => (
                 policy.password_check_per_ip,
                 policy.password_check_per_account,

@@ -8,10 +8,11 @@ use super::keys::{KeyPorts, SigningKeys};
 use super::{AuthPolicy, Core, Ports};
 use crate::domain::mfa::Factors;
 use crate::domain::ports::{
-    MockAuditLog, MockChallengeRepository, MockClock, MockFactorRepository, MockHousekeeping,
-    MockKeyForge, MockKeyRing, MockLinkTokens, MockMailOutbox, MockMailer, MockPasskeyCeremonies,
-    MockPasswordHasher, MockRateLimiter, MockSecretSealer, MockSessionRepository,
-    MockSigningKeyStore, MockTimer, MockTokenIssuer, MockUserRepository,
+    MockAuditLog, MockChallengeRepository, MockClientRepository, MockClock, MockFactorRepository,
+    MockGrantRepository, MockHousekeeping, MockKeyForge, MockKeyRing, MockLinkTokens,
+    MockMailOutbox, MockMailer, MockPasskeyCeremonies, MockPasswordHasher, MockProviderTokens,
+    MockRateLimiter, MockSecretSealer, MockSessionRepository, MockSigningKeyStore, MockTimer,
+    MockTokenIssuer, MockUserRepository,
 };
 use crate::domain::{ClientInfo, Email, PasswordHash, Role, Session, SessionId, User, UserId};
 
@@ -26,6 +27,9 @@ pub struct Mocks {
     pub housekeeping: MockHousekeeping,
     pub factors: MockFactorRepository,
     pub challenges: MockChallengeRepository,
+    pub clients: MockClientRepository,
+    pub grants: MockGrantRepository,
+    pub provider_tokens: MockProviderTokens,
     pub hasher: MockPasswordHasher,
     pub tokens: MockTokenIssuer,
     /// `None`: a limiter that lets everything through.
@@ -55,6 +59,9 @@ impl Mocks {
             housekeeping: MockHousekeeping::new(),
             factors: MockFactorRepository::new(),
             challenges: MockChallengeRepository::new(),
+            clients: MockClientRepository::new(),
+            grants: MockGrantRepository::new(),
+            provider_tokens: MockProviderTokens::new(),
             hasher: MockPasswordHasher::new(),
             tokens: MockTokenIssuer::new(),
             limiter: None,
@@ -103,6 +110,9 @@ impl Mocks {
                 housekeeping: Arc::new(self.housekeeping),
                 factors: Arc::new(self.factors),
                 challenges: Arc::new(self.challenges),
+                clients: Arc::new(self.clients),
+                grants: Arc::new(self.grants),
+                provider_tokens: Arc::new(self.provider_tokens),
                 sealer: Arc::new(sealer()),
                 hasher: Arc::new(self.hasher),
                 tokens: Arc::new(self.tokens),
@@ -204,5 +214,37 @@ pub fn session(id: SessionId, user_id: i64) -> Session {
         client: ClientInfo::default(),
         methods: vec![crate::domain::mfa::AuthMethod::Password],
         client_id: None,
+    }
+}
+
+/// A registered client: confidential (secret `"secret"`) unless `public`, allowed every scope
+/// and the code and refresh grants, with one redirect URI.
+pub fn oauth_client(public: bool) -> crate::domain::oauth::OAuthClient {
+    use crate::domain::oauth::{ClientId, ClientSecretHash, ClientSettings, GrantType, Scopes};
+    crate::domain::oauth::OAuthClient {
+        id: ClientId("client-1".into()),
+        settings: ClientSettings {
+            name: "Wiki".into(),
+            redirect_uris: vec!["https://wiki.example/cb".into()],
+            post_logout_redirect_uris: vec!["https://wiki.example/bye".into()],
+            public,
+            first_party: false,
+            scopes: Scopes::all(),
+            grant_types: vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
+        },
+        secret_hash: (!public).then(|| ClientSecretHash::of("secret")),
+        created_at: now(),
+    }
+}
+
+/// A policy with the OpenID provider on, issuing as `https://auth.example`.
+pub fn provider_policy() -> AuthPolicy {
+    AuthPolicy {
+        provider: super::ProviderPolicy {
+            enabled: true,
+            issuer: "https://auth.example".into(),
+            ..super::ProviderPolicy::default()
+        },
+        ..AuthPolicy::default()
     }
 }

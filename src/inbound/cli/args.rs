@@ -66,9 +66,12 @@ pub enum Command {
     /// Bring users over from another service, passwords included.
     #[command(subcommand)]
     Import(ImportCommand),
-    /// The asymmetric keys that sign access tokens (jwt_algorithm EdDSA or ES256).
+    /// The asymmetric keys that sign access tokens (jwt_algorithm EdDSA, ES256 or RS256).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The applications that sign people in with Portcullis (the OpenID provider's clients).
+    #[command(subcommand)]
+    Clients(ClientsCommand),
     /// Show the audit trail, newest first.
     Audit {
         /// Only events of the user with this email.
@@ -132,6 +135,51 @@ impl From<OnConflictArg> for crate::domain::import::OnConflict {
             OnConflictArg::KeepNewest => Self::KeepNewest,
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// Register a client. A confidential one's secret is printed once, and never again.
+    Create {
+        /// The name people see on the consent page.
+        #[arg(long)]
+        name: String,
+        /// Where the client receives codes: https, http on localhost only. Repeatable.
+        #[arg(long = "redirect-uri", required = true)]
+        redirect_uris: Vec<String>,
+        /// Where the client may send the browser after a sign-out. Repeatable.
+        #[arg(long = "post-logout-redirect-uri")]
+        post_logout_redirect_uris: Vec<String>,
+        /// A browser or native application: no secret; PKCE alone proves it.
+        #[arg(long)]
+        public: bool,
+        /// One of your own applications: people are not asked for consent.
+        #[arg(long)]
+        first_party: bool,
+        /// The client, and its secret, as one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every client.
+    List {
+        /// A JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a client: every grant and token issued to it ends.
+    Delete {
+        /// Client ids are base64url and may begin with `-`.
+        #[arg(allow_hyphen_values = true)]
+        client_id: String,
+    },
+    /// Give a confidential client a new secret; the old one stops working at once.
+    RotateSecret {
+        #[arg(allow_hyphen_values = true)]
+        client_id: String,
+        /// `{"client_id", "client_secret"}` instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use crate::domain::import::ImportPlan;
+use crate::domain::oauth::OAuthClient;
 use crate::domain::{AuditEvent, KeyState, SigningKey, User};
 
 /// `rows` under `header`, each column as wide as its widest cell.
@@ -206,6 +207,56 @@ pub fn keys(keys: &[SigningKey], as_json: bool) -> String {
             "ACTIVATES",
             "RETIRES",
         ],
+        &rows,
+    )
+}
+
+/// A client as JSON: the admin API's `OAuthClient`, and its secret when it has just been made.
+pub fn client_json(client: &OAuthClient, secret: Option<&str>) -> serde_json::Value {
+    let settings = &client.settings;
+    let mut value = json!({
+        "client_id": client.id.as_str(),
+        "name": settings.name,
+        "redirect_uris": settings.redirect_uris,
+        "post_logout_redirect_uris": settings.post_logout_redirect_uris,
+        "public": settings.public,
+        "first_party": settings.first_party,
+        "scopes": settings.scopes.iter().map(|scope| scope.as_str()).collect::<Vec<_>>(),
+        "grant_types": settings.grant_types.iter().map(|grant| grant.as_str()).collect::<Vec<_>>(),
+        "created_at": client.created_at.to_rfc3339(),
+    });
+    if let Some(secret) = secret {
+        value["client_secret"] = secret.into();
+    }
+    value
+}
+
+/// Clients as a table, or as a JSON array.
+pub fn clients(clients: &[OAuthClient], as_json: bool) -> String {
+    if as_json {
+        let items: Vec<_> = clients.iter().map(|c| client_json(c, None)).collect();
+        return format!("{}\n", json!(items));
+    }
+    let rows: Vec<Vec<String>> = clients
+        .iter()
+        .map(|client| {
+            let settings = &client.settings;
+            vec![
+                client.id.to_string(),
+                settings.name.clone(),
+                if settings.public {
+                    "public"
+                } else {
+                    "confidential"
+                }
+                .to_owned(),
+                if settings.first_party { "yes" } else { "no" }.to_owned(),
+                settings.redirect_uris.join(" "),
+            ]
+        })
+        .collect();
+    table(
+        &["CLIENT_ID", "NAME", "TYPE", "FIRST_PARTY", "REDIRECT_URIS"],
         &rows,
     )
 }

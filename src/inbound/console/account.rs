@@ -13,6 +13,7 @@ use super::form_state::FormState;
 use super::forms::{Posted, signed_in_post};
 use super::guard::{Visitor, see_other};
 use super::pages::{self, Chrome, SessionView, UserView};
+use crate::domain::oauth::ClientId;
 use crate::domain::{Email, Password, Principal, SessionId};
 use crate::inbound::web::problem::{FieldErrors, Problem};
 
@@ -32,6 +33,10 @@ async fn account_page(
         Ok(factors) => factors,
         Err(err) => return console.failure(visitor, &Problem::from(err)),
     };
+    let apps = match console.core.authorizations.grants(principal.user.id).await {
+        Ok(apps) => apps,
+        Err(err) => return console.failure(visitor, &Problem::from(err)),
+    };
     let status = form.status();
     let page = pages::Account {
         chrome: Chrome::new("Your account", visitor).noting(done),
@@ -45,6 +50,7 @@ async fn account_page(
         mail: console.core.delivery.mail_configured(),
         two_step: factors.totp,
         passkeys: factors.passkeys,
+        apps: apps.iter().map(pages::AppView::from).collect(),
     };
     console.page(visitor, &page, status)
 }
@@ -109,6 +115,42 @@ pub(super) async fn end_session(
     };
     match ended {
         Ok(()) => see_other("/console/account?done=session-ended"),
+        Err(problem) => {
+            let form = FormState::default().failed(&problem);
+            account_page(&console, &visitor, &principal, form, None).await
+        }
+    }
+}
+
+/// "Revoke": the application's consent and every token it holds for the user end, as
+/// `DELETE /auth/grants/{client_id}` does.
+#[handler]
+pub(super) async fn revoke_app(
+    req: &Request,
+    console: Data<&Arc<Console>>,
+    client_id: Path<String>,
+    form: Posted,
+) -> Response {
+    let (visitor, principal, _) = or_page!(signed_in_post(req, &console, form).await);
+    let revoked = console
+        .core
+        .authorizations
+        .revoke_grant(&principal, &ClientId(client_id.0), &console.client(req))
+        .await
+        .map_err(Problem::from);
+    match revoked {
+        Ok(true) => see_other("/console/account?done=app-revoked"),
+        Ok(false) => {
+            let problem = Problem::new(StatusCode::NOT_FOUND, "Grant not found");
+            account_page(
+                &console,
+                &visitor,
+                &principal,
+                FormState::default().failed(&problem),
+                None,
+            )
+            .await
+        }
         Err(problem) => {
             let form = FormState::default().failed(&problem);
             account_page(&console, &visitor, &principal, form, None).await

@@ -61,9 +61,10 @@ impl ConsoleSettings {
 
     /// A `Set-Cookie` value for `name`; `None` clears it.
     pub(super) fn set_cookie(&self, name: &str, value: Option<&str>) -> HeaderValue {
-        // `__Host-` cookies must have `Path=/`; `/console` keeps the cookies off the API's
-        // routes otherwise.
-        let path = if self.secure_cookies { "/" } else { "/console" };
+        // `Path=/`: `__Host-` cookies must have it, and the OpenID provider's pages
+        // (`/oauth/authorize`, `/oauth/logout`) read the session too. The API never reads a
+        // cookie: it takes bearer tokens only, so a cookie sent along there grants nothing.
+        let path = "/";
         let secure = if self.secure_cookies { "; Secure" } else { "" };
         let text = match value {
             Some(value) => {
@@ -262,13 +263,14 @@ pub(super) fn see_other(location: &str) -> poem::Response {
         .finish()
 }
 
-/// Where to go after signing in: `next` if it is a console page of this site, else the
-/// account page. Anything else (another host, `//evil`, `/\evil`, a scheme) could make the
+/// Where to go after signing in: `next` if it is a console page of this site or the OpenID
+/// provider's authorization endpoint (a sign-in on an application's behalf), else the account
+/// page. Anything else (another host, `//evil`, `/\evil`, a scheme) could make the
 /// console an open redirect.
 pub(super) fn safe_next(next: Option<&str>) -> &str {
     match next {
         Some(next)
-            if next.starts_with("/console/")
+            if (next.starts_with("/console/") || next.starts_with("/oauth/authorize?"))
                 && !next.contains("//")
                 && !next.contains('\\')
                 && !next.chars().any(char::is_control) =>
@@ -310,7 +312,7 @@ mod tests {
         let cleared = plain.set_cookie(&plain.session_cookie(), None);
         assert_eq!(
             cleared.to_str().unwrap(),
-            "portcullis-session=; Path=/console; Max-Age=0; HttpOnly; SameSite=Strict"
+            "portcullis-session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict"
         );
     }
 

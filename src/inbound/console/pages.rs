@@ -72,12 +72,14 @@ fn notice(done: &str) -> Option<&'static str> {
              you follow it."
         }
         "session-ended" => "That session is ended.",
+        "app-revoked" => "The application's access is revoked: its tokens no longer work.",
         "verified" => "Your email address is verified.",
         "email-changed" => "Your email address is changed. Sign in with the new one.",
         "user-updated" => "The user is updated.",
         "sessions-ended" => "Every session of the user is ended.",
         "reset-link-sent" => "A reset link is on its way to the user.",
         "user-deleted" => "The user is deleted.",
+        "client-deleted" => "The application is deleted: every grant and token issued to it ended.",
         "two-step-reset" => {
             "The user's two-step verification is reset: they sign in with their password alone \
              until they set it up again."
@@ -361,6 +363,32 @@ pub(crate) struct Account {
     pub two_step: bool,
     /// How many passkeys the user has.
     pub passkeys: u32,
+    /// The applications the user lets sign them in.
+    pub apps: Vec<AppView>,
+}
+
+/// An application the user granted access, as the account page lists it.
+pub(crate) struct AppView {
+    pub client_id: String,
+    pub name: String,
+    pub scopes: String,
+    pub granted: String,
+    pub last_used: String,
+}
+
+impl From<&crate::domain::oauth::GrantView> for AppView {
+    fn from(view: &crate::domain::oauth::GrantView) -> Self {
+        Self {
+            client_id: view.consent.client_id.to_string(),
+            name: view.client_name.clone(),
+            scopes: view.consent.scopes.to_string(),
+            granted: when(view.consent.granted_at),
+            last_used: view
+                .consent
+                .last_used_at
+                .map_or_else(|| "never".into(), when),
+        }
+    }
 }
 
 /// Two-step verification of the account: set it up, or turn it off.

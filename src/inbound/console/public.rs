@@ -54,16 +54,14 @@ pub(super) async fn sign_in_page(req: &Request, console: Data<&Arc<Console>>) ->
     let query = PageQuery::of(req);
     let visitor = or_page!(console.visitor(req).await);
     let next = safe_next(query.next.as_deref());
-    if visitor.principal().is_some() {
+    if visitor.principal().is_some() && query.reauth.is_none() {
         return see_other(next);
     }
-    sign_in_form(
-        &console,
-        &visitor,
-        FormState::default(),
-        next,
-        query.done.as_deref(),
-    )
+    let form = match &query.login_hint {
+        Some(hint) => FormState::default().keep("email", hint.trim()),
+        None => FormState::default(),
+    };
+    sign_in_form(&console, &visitor, form, next, query.done.as_deref())
 }
 
 /// Checks the password as `POST /auth/login` does (same limits, same delay after failures)

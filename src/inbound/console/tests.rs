@@ -30,7 +30,8 @@ async fn call(mocks: Mocks, req: Request) -> Response {
             Arc::new(mocks.service()),
             TrustedProxies::default(),
             ConsoleSettings::new(None),
-        ),
+        )
+        .pages,
     );
     console
         .call(req)
@@ -176,7 +177,7 @@ async fn signing_in_sets_only_an_opaque_http_only_strict_cookie_and_follows_a_lo
             .iter()
             .find(|c| c.starts_with("portcullis-session="))
             .expect("a session cookie");
-        assert!(session_cookie.ends_with("; Path=/console; HttpOnly; SameSite=Strict"));
+        assert!(session_cookie.ends_with("; Path=/; HttpOnly; SameSite=Strict"));
         let value = &session_cookie["portcullis-session=".len()..session_cookie.find(';').unwrap()];
         assert_eq!(value.len(), 43, "an opaque 256-bit secret, not a JWT");
         assert!(!value.contains('.'));
@@ -494,7 +495,7 @@ async fn a_right_recovery_code_sets_the_cookie_and_follows_next() {
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&response), "/console/admin/users");
     let cookie = session_cookie(&response).expect("a session cookie");
-    assert!(cookie.ends_with("; Path=/console; HttpOnly; SameSite=Strict"));
+    assert!(cookie.ends_with("; Path=/; HttpOnly; SameSite=Strict"));
 }
 
 #[tokio::test]
@@ -806,7 +807,7 @@ async fn a_verified_passkey_sets_the_session_cookie_and_follows_next() {
     assert_eq!(response.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&response), "/console/admin/users");
     let cookie = session_cookie(&response).expect("a session cookie");
-    assert!(cookie.ends_with("; Path=/console; HttpOnly; SameSite=Strict"));
+    assert!(cookie.ends_with("; Path=/; HttpOnly; SameSite=Strict"));
 }
 
 #[tokio::test]

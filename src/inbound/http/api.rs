@@ -3,10 +3,13 @@
 
 pub mod admin;
 pub mod auth;
+pub mod clients;
+pub mod grants;
 pub mod keys;
 pub mod mfa;
 pub mod passkeys;
 pub mod protected;
+pub mod provider;
 pub mod public;
 pub mod recovery;
 pub mod sessions;
@@ -32,4 +35,7 @@ pub enum ApiTags {
     Admin,
     /// The public keys and discovery documents, for services that verify tokens.
     Keys,
+    /// The OpenID provider's token, userinfo, revocation and introspection endpoints, for the
+    /// applications that sign people in with Portcullis.
+    Provider,
 }

@@ -498,7 +498,7 @@ pub struct UpdateUserRequest {
 
 /// A field that may be left out but is never `null`: serde's `Option` reads `null` as absent,
 /// which would answer a request that asked for nothing with a 200.
-fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+pub(crate) fn not_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,

@@ -104,7 +104,7 @@ impl SecurityHeaders {
         // The console's forms need `Origin` on their POSTs, which browsers send as `null`
         // under `no-referrer`; `same-origin` still gives other sites nothing (no token in a
         // mailed link's URL leaks).
-        let referrer = if is_console_page(path) {
+        let referrer = if is_console_page(path) || is_provider_page(path) {
             "same-origin"
         } else {
             "no-referrer"
@@ -113,6 +113,12 @@ impl SecurityHeaders {
         headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
         let policy = if is_docs_page(path) {
             "frame-ancestors 'none'"
+        } else if is_provider_page(path) {
+            // The authorization and sign-out pages: the console's rules, without `form-action`,
+            // since the browser leaves the consent form for the application's redirect URI
+            // (some browsers hold a redirect after a form to the form's `form-action`).
+            "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; \
+             base-uri 'none'"
         } else if is_console_page(path) {
             // Server-rendered pages with one stylesheet and one script of their own (passkeys:
             // it fetches WebAuthn options from the console); nothing inline, and forms may
@@ -151,6 +157,11 @@ fn is_docs_page(path: &str) -> bool {
 
 fn is_console_page(path: &str) -> bool {
     path == "/console" || path.starts_with("/console/")
+}
+
+/// The OpenID provider's pages for people (the rest of `/oauth` answers data).
+fn is_provider_page(path: &str) -> bool {
+    matches!(path, "/oauth/authorize" | "/oauth/logout")
 }
 
 /// The documents that are the same for everyone: the documentation pages and the OpenAPI

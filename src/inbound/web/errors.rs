@@ -5,8 +5,9 @@ use poem::http::StatusCode;
 
 use super::problem::{CHALLENGE, CHALLENGE_INVALID_TOKEN, Failure, FieldError, Problem};
 use crate::domain::service::{
-    AdminError, AuthError, ChangePasswordError, EndSessionError, LoginError, MailRequestError,
-    MfaError, PasskeyError, RedeemError, RefreshError, RegisterError, Throttled,
+    AdminError, AuthError, BearerError, ChangePasswordError, ClientError, EndSessionError,
+    LoginError, MailRequestError, MfaError, PasskeyError, RedeemError, RefreshError, RegisterError,
+    Throttled,
 };
 use crate::domain::{BackendError, PasswordError};
 
@@ -229,6 +230,39 @@ impl From<AdminError> for Problem {
     }
 }
 
+/// The answer of every `/oauth` route while the provider is off: a setting, not a passing
+/// fault, so no `Retry-After`.
+pub const PROVIDER_OFF: &str = "OpenID provider needs an asymmetric signing key and a URL issuer";
+
+/// The challenge of a 403 for a token without the scope a route needs (RFC 6750 section 3.1).
+const CHALLENGE_INSUFFICIENT_SCOPE: &str = "Bearer error=\"insufficient_scope\", scope=\"openid\"";
+
+impl From<ClientError> for Problem {
+    fn from(err: ClientError) -> Self {
+        match err {
+            ClientError::NotFound => Problem::new(StatusCode::NOT_FOUND, "Client not found"),
+            ClientError::Invalid(invalid) => Problem::invalid_field(invalid.field, invalid.message),
+            ClientError::Backend(err) => err.into(),
+        }
+    }
+}
+
+impl From<BearerError> for Problem {
+    fn from(err: BearerError) -> Self {
+        match err {
+            BearerError::Off => Problem::new(StatusCode::SERVICE_UNAVAILABLE, PROVIDER_OFF),
+            BearerError::InvalidToken => {
+                Problem::unauthorized(INVALID_CREDENTIALS, CHALLENGE_INVALID_TOKEN)
+            }
+            BearerError::InsufficientScope => Problem {
+                challenge: Some(CHALLENGE_INSUFFICIENT_SCOPE),
+                ..Problem::new(StatusCode::FORBIDDEN, "Insufficient scope")
+            },
+            BearerError::Backend(err) => err.into(),
+        }
+    }
+}
+
 /// Lets handlers use `?` on core errors whatever their operation's [`Failure`] type.
 macro_rules! into_failure {
     ($($error:ty),+) => {$(
@@ -252,7 +286,9 @@ into_failure!(
     ChangePasswordError,
     MailRequestError,
     RedeemError,
-    AdminError
+    AdminError,
+    ClientError,
+    BearerError
 );
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::TokenPair;
-use crate::domain::service::{CookieSignIn, LoginError, LoginStep};
+use crate::domain::service::{CookieSignIn, LoginError, LoginStep, TokenEndpointError};
 
 /// Latency buckets, in seconds: from a cached read to a slow bcrypt under load.
 const BUCKETS: &[f64] = &[
@@ -206,6 +206,43 @@ pub fn record_login<T: PasswordStep>(result: &Result<T, LoginError>) {
         Err(LoginError::Backend(_)) => "error",
     };
     metrics::counter!("portcullis_logins_total", "outcome" => outcome).increment(1);
+}
+
+/// Records a request to the OpenID provider's token endpoint by grant type (`authorization_code`,
+/// `refresh_token`, `client_credentials`, `other`) and outcome (`success`, or the OAuth error:
+/// `invalid_client`, `invalid_grant`, ..., `rate_limited`, `error`).
+pub fn record_token_grant<T>(grant_type: Option<&str>, result: &Result<T, TokenEndpointError>) {
+    let grant_type = match grant_type {
+        Some("authorization_code") => "authorization_code",
+        Some("refresh_token") => "refresh_token",
+        Some("client_credentials") => "client_credentials",
+        _ => "other",
+    };
+    let outcome = match result {
+        Ok(_) => "success",
+        Err(TokenEndpointError::Off) => "off",
+        Err(TokenEndpointError::InvalidClient { .. }) => "invalid_client",
+        Err(TokenEndpointError::InvalidRequest(_)) => "invalid_request",
+        Err(TokenEndpointError::InvalidGrant(_)) => "invalid_grant",
+        Err(TokenEndpointError::UnauthorizedClient) => "unauthorized_client",
+        Err(TokenEndpointError::UnsupportedGrantType) => "unsupported_grant_type",
+        Err(TokenEndpointError::InvalidScope(_)) => "invalid_scope",
+        Err(TokenEndpointError::Throttled(_)) => "rate_limited",
+        Err(TokenEndpointError::Backend(_)) => "error",
+    };
+    metrics::counter!(
+        "portcullis_oauth_token_grants_total",
+        "grant_type" => grant_type,
+        "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// Records what an authorization request came to: `code` (sent back with a code), `sign_in`
+/// and `consent` (a page shown), `denied` (consent declined), `error` (sent back with another
+/// error), `refused` (an unknown client or redirect URI: a page, no redirect).
+pub fn record_authorization(outcome: &'static str) {
+    metrics::counter!("portcullis_oauth_authorizations_total", "outcome" => outcome).increment(1);
 }
 
 /// Records a request refused by an abuse limit.

@@ -1,8 +1,8 @@
 //! The in-memory store: every storage port on one mutex-guarded state, so that an account
 //! change is applied under one lock (`changes.rs`), a job queued with a user is there for the
-//! worker (`outbox.rs`), and a user's sessions (`sessions.rs`) and second factors
-//! (`factors.rs`) go with the user. [`UserRepository`], [`AuditLog`] and [`Housekeeping`] are
-//! here.
+//! worker (`outbox.rs`), and a user's sessions (`sessions.rs`), second factors (`factors.rs`)
+//! and OpenID grants (`oauth.rs`) go with the user. [`UserRepository`], [`AuditLog`] and
+//! [`Housekeeping`] are here.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::factor_state::FactorState;
+use super::oauth::OAuthState;
 use crate::domain::ports::{AuditLog, CreateUserError, Housekeeping, UserRepository};
 use crate::domain::{
     AccountChange, Applied, AuditEvent, AuditQuery, BackendError, CookieHash, Email, FOLDED_COUNT,
@@ -32,6 +33,7 @@ pub(super) struct State {
     pub(super) outbox: BTreeMap<i64, StoredMail>,
     pub(super) audit: BTreeMap<i64, NewAuditEvent>,
     pub(super) factors: FactorState,
+    pub(super) oauth: OAuthState,
 }
 
 pub(super) struct StoredMail {
@@ -149,17 +151,23 @@ impl State {
         };
         self.by_email.remove(user.email.key());
         self.sessions.retain(|_, s| s.user_id != id);
+        self.forget_orphaned_keys();
+        self.email_tokens.retain(|_, t| t.user_id != id);
+        self.factors.forget_user(id);
+        self.oauth.forget_user(id);
+    }
+
+    /// Forgets the refresh tokens and cookies of sessions no longer stored, as the database's
+    /// ON DELETE CASCADE does.
+    pub(super) fn forget_orphaned_keys(&mut self) {
         let Self {
             sessions,
             refresh_tokens,
             cookies,
-            email_tokens,
             ..
         } = self;
         refresh_tokens.retain(|_, t| sessions.contains_key(&t.session_id));
         cookies.retain(|_, session| sessions.contains_key(session));
-        email_tokens.retain(|_, t| t.user_id != id);
-        self.factors.forget_user(id);
     }
 
     pub(super) fn end_sessions(
@@ -360,15 +368,10 @@ impl Housekeeping for MemoryStore {
         state.audit.retain(|_, event| event.at >= audit_before);
         let before = state.sessions.len();
         state.sessions.retain(|_, s| s.is_live(now));
-        let State {
-            sessions,
-            refresh_tokens,
-            cookies,
-            ..
-        } = &mut *state;
-        refresh_tokens.retain(|_, t| t.expires_at > now && sessions.contains_key(&t.session_id));
-        cookies.retain(|_, session| sessions.contains_key(session));
+        state.refresh_tokens.retain(|_, t| t.expires_at > now);
+        state.forget_orphaned_keys();
         state.factors.purge(now);
+        state.oauth.purge(now);
         let State {
             email_tokens,
             spent_email_tokens,

@@ -64,6 +64,8 @@ pub mod sessions {
         pub cookie_hash: Option<String>,
         /// The `amr` values of the sign-in, space-separated (`pwd otp`).
         pub methods: String,
+        /// The OpenID client the session was opened for; `None` for Portcullis's own.
+        pub client_id: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -382,6 +384,121 @@ pub mod webauthn_ceremonies {
         pub user_id: Option<i64>,
         /// The WebAuthn adapter's serialised state.
         pub state: String,
+        pub expires_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod oauth_clients {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "oauth_clients")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub client_id: String,
+        pub name: String,
+        /// A JSON array of strings.
+        pub redirect_uris: String,
+        /// A JSON array of strings.
+        pub post_logout_redirect_uris: String,
+        pub public: bool,
+        pub first_party: bool,
+        /// Space-separated, as on the wire.
+        pub scopes: String,
+        /// Space-separated, as on the wire.
+        pub grant_types: String,
+        pub secret_hash: Option<String>,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod oauth_consents {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "oauth_consents")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user_id: i64,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub client_id: String,
+        /// Space-separated, as on the wire.
+        pub scopes: String,
+        pub granted_at: DateTimeUtc,
+        pub last_used_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {
+        #[sea_orm(
+            belongs_to = "super::oauth_clients::Entity",
+            from = "Column::ClientId",
+            to = "super::oauth_clients::Column::ClientId",
+            on_delete = "Cascade"
+        )]
+        Client,
+    }
+
+    impl Related<super::oauth_clients::Entity> for Entity {
+        fn to() -> RelationDef {
+            Relation::Client.def()
+        }
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod oauth_codes {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "oauth_codes")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub code_hash: String,
+        pub client_id: String,
+        pub user_id: i64,
+        pub redirect_uri: String,
+        pub code_challenge: String,
+        pub nonce: Option<String>,
+        /// Space-separated, as on the wire.
+        pub scopes: String,
+        /// The console session that signed the user in.
+        pub session_id: Uuid,
+        pub auth_time: DateTimeUtc,
+        /// The `amr` values of the sign-in, space-separated, as `sessions.methods`.
+        pub methods: String,
+        pub created_at: DateTimeUtc,
+        pub expires_at: DateTimeUtc,
+        pub spent_at: Option<DateTimeUtc>,
+        pub issued_session_id: Option<Uuid>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod oauth_revoked_tokens {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "oauth_revoked_tokens")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub token_id: String,
         pub expires_at: DateTimeUtc,
     }
 

@@ -4,7 +4,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter};
 
-use super::entities::{mfa_challenges, refresh_tokens, sessions, webauthn_ceremonies};
+use super::entities::{
+    mfa_challenges, oauth_codes, oauth_revoked_tokens, refresh_tokens, sessions,
+    webauthn_ceremonies,
+};
 use super::store::SeaOrmStore;
 use super::{admin, invalidations, mail};
 use crate::domain::BackendError;
@@ -29,6 +32,14 @@ impl Housekeeping for SeaOrmStore {
                 .await?;
             webauthn_ceremonies::Entity::delete_many()
                 .filter(webauthn_ceremonies::Column::ExpiresAt.lte(now))
+                .exec(&self.db)
+                .await?;
+            oauth_codes::Entity::delete_many()
+                .filter(oauth_codes::Column::ExpiresAt.lte(now))
+                .exec(&self.db)
+                .await?;
+            oauth_revoked_tokens::Entity::delete_many()
+                .filter(oauth_revoked_tokens::Column::ExpiresAt.lte(now))
                 .exec(&self.db)
                 .await?;
             // Refresh tokens of these sessions go with them (ON DELETE CASCADE).

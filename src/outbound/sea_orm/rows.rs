@@ -1,7 +1,9 @@
-//! Rows of the users and sessions tables as the core's values.
+//! Rows of the users and sessions tables as the core's values, and the `amr` values as a
+//! column holds them.
 
 use super::entities::{sessions, users};
 use crate::domain::mfa::AuthMethod;
+use crate::domain::oauth::ClientId;
 use crate::domain::{
     BackendError, ClientInfo, Email, FullName, PasswordHash, Role, Session, SessionId, User, UserId,
 };
@@ -38,12 +40,25 @@ pub(super) fn to_session(model: sessions::Model) -> Session {
             user_agent: model.user_agent,
             ip: model.ip,
         },
-        // A word this version does not know (written by a newer one) claims nothing.
-        methods: model
-            .methods
-            .split_whitespace()
-            .filter_map(AuthMethod::parse)
-            .collect(),
-        client_id: None,
+        methods: to_methods(&model.methods),
+        client_id: model.client_id.map(ClientId),
     }
+}
+
+/// `amr` values as a column holds them: space-separated.
+pub(super) fn methods_column(methods: &[AuthMethod]) -> String {
+    methods
+        .iter()
+        .map(|method| method.as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `amr` values read back from a column: a word this version does not know (written by a
+/// newer one) claims nothing.
+pub(super) fn to_methods(column: &str) -> Vec<AuthMethod> {
+    column
+        .split_whitespace()
+        .filter_map(AuthMethod::parse)
+        .collect()
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::admin;
 use super::entities::{refresh_tokens, sessions, users};
-use super::rows::{to_session, to_user};
+use super::rows::{methods_column, to_session, to_user};
 use super::store::{SeaOrmStore, lock_current};
 use crate::domain::ports::{CreateSessionError, Rotation, SessionRepository};
 use crate::domain::{
@@ -29,6 +29,11 @@ impl SessionRepository for SeaOrmStore {
         let (user_id, version, now) = (new.user_id, new.credential_version, new.created_at);
         let audit = new.audit;
         let live_limit = u64::from(new.live_limit);
+        // The cap counts a client's sessions apart from Portcullis's own and other clients'.
+        let same_kind = match &new.client_id {
+            Some(client) => sessions::Column::ClientId.eq(client.as_str()),
+            None => sessions::Column::ClientId.is_null(),
+        };
         let session = sessions::ActiveModel {
             id: Set(new.id.0),
             user_id: Set(user_id.0),
@@ -43,12 +48,8 @@ impl SessionRepository for SeaOrmStore {
                 SessionKey::Cookie(cookie) => Some(cookie.hash.0.clone()),
                 SessionKey::RefreshToken(_) => None,
             }),
-            methods: Set(new
-                .methods
-                .iter()
-                .map(|method| method.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")),
+            methods: Set(methods_column(&new.methods)),
+            client_id: Set(new.client_id.map(|id| id.0)),
         };
         let stored = self
             .bounded(async {
@@ -66,6 +67,7 @@ impl SessionRepository for SeaOrmStore {
                     .select_only()
                     .column(sessions::Column::Id)
                     .filter(sessions::Column::UserId.eq(user_id.0))
+                    .filter(same_kind)
                     .filter(live_at(now))
                     .order_by_desc(sessions::Column::LastUsedAt)
                     .order_by_desc(sessions::Column::CreatedAt)
@@ -224,6 +226,7 @@ impl SessionRepository for SeaOrmStore {
             .bounded(
                 sessions::Entity::find()
                     .filter(sessions::Column::UserId.eq(user_id.0))
+                    .filter(sessions::Column::ClientId.is_null())
                     .filter(live_at(now))
                     .order_by_desc(sessions::Column::CreatedAt)
                     .limit(u64::from(limit))

@@ -1,6 +1,7 @@
 //! [`SessionRepository`] with [`SessionCache`] in front of `find_session`, and
 //! [`UserRepository`] whose account changes drop what they made stale: the local half of the
-//! cache's coherence. The other storage ports need no decorator: nothing they write is cached.
+//! cache's coherence ([`CachedGrants`](super::CachedGrants) does the same for the OpenID
+//! provider's writes). The other storage ports need no decorator: nothing they write is cached.
 //!
 //! Each write that ends a session or changes a user drops what it made stale once the inner
 //! repository has returned, whatever it returned (a timeout may come after a commit), so the

@@ -8,6 +8,7 @@ use poem_openapi::types::ParseFromJSON as _;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use super::ApiTags;
+use crate::domain::oauth::Scope;
 use crate::domain::service::SigningKeys;
 
 pub struct KeysApi {
@@ -26,14 +27,27 @@ pub struct Discovery {
     pub algorithm: &'static str,
     /// `jwks_max_age`, seconds.
     pub jwks_max_age: i64,
+    /// Whether the OpenID provider is on: the documents then name its endpoints.
+    pub provider: bool,
 }
 
-/// A public key (RFC 7517): OKP for Ed25519 (RFC 8037), EC for P-256.
+/// A public key (RFC 7517): OKP for Ed25519 (RFC 8037), EC for P-256, RSA (RFC 7518, section
+/// 6.3.1).
 #[derive(Debug, Clone, Object)]
 struct Jwk {
     kty: String,
-    crv: String,
-    x: String,
+    /// OKP and EC keys.
+    #[oai(skip_serializing_if_is_none)]
+    crv: Option<String>,
+    /// OKP and EC keys.
+    #[oai(skip_serializing_if_is_none)]
+    x: Option<String>,
+    /// RSA keys only: the modulus.
+    #[oai(skip_serializing_if_is_none)]
+    n: Option<String>,
+    /// RSA keys only: the public exponent.
+    #[oai(skip_serializing_if_is_none)]
+    e: Option<String>,
     /// EC keys only.
     #[oai(skip_serializing_if_is_none)]
     y: Option<String>,
@@ -56,7 +70,8 @@ enum JwksResponse {
     Ok(Json<JwkSet>, #[oai(header = "Cache-Control")] String),
 }
 
-/// Authorization server metadata (RFC 8414).
+/// Authorization server metadata (RFC 8414), and OpenID Provider metadata (OpenID Connect
+/// Discovery 1.0) when the provider is on.
 #[derive(Debug, Clone, Object)]
 struct ServerMetadata {
     issuer: String,
@@ -66,6 +81,26 @@ struct ServerMetadata {
     token_endpoint_auth_methods_supported: Vec<String>,
     response_types_supported: Vec<String>,
     id_token_signing_alg_values_supported: Vec<String>,
+    #[oai(flatten)]
+    provider: Option<ProviderMetadata>,
+}
+
+/// What the OpenID provider adds to the metadata.
+#[derive(Debug, Clone, Object)]
+struct ProviderMetadata {
+    authorization_endpoint: String,
+    userinfo_endpoint: String,
+    revocation_endpoint: String,
+    introspection_endpoint: String,
+    end_session_endpoint: String,
+    scopes_supported: Vec<String>,
+    response_modes_supported: Vec<String>,
+    code_challenge_methods_supported: Vec<String>,
+    subject_types_supported: Vec<String>,
+    claims_supported: Vec<String>,
+    revocation_endpoint_auth_methods_supported: Vec<String>,
+    introspection_endpoint_auth_methods_supported: Vec<String>,
+    authorization_response_iss_parameter_supported: bool,
 }
 
 fn strings(values: &[&str]) -> Vec<String> {
@@ -75,7 +110,7 @@ fn strings(values: &[&str]) -> Vec<String> {
 impl KeysApi {
     fn metadata(&self) -> Json<ServerMetadata> {
         let base = &self.discovery.public_url;
-        Json(ServerMetadata {
+        let mut metadata = ServerMetadata {
             issuer: self.discovery.issuer.clone(),
             jwks_uri: format!("{base}/.well-known/jwks.json"),
             token_endpoint: format!("{base}/auth/token"),
@@ -83,7 +118,53 @@ impl KeysApi {
             token_endpoint_auth_methods_supported: strings(&["none"]),
             response_types_supported: strings(&["token"]),
             id_token_signing_alg_values_supported: strings(&[self.discovery.algorithm]),
-        })
+            provider: None,
+        };
+        if self.discovery.provider {
+            let client_auth = ["client_secret_basic", "client_secret_post", "none"];
+            metadata.token_endpoint = format!("{base}/oauth/token");
+            metadata.grant_types_supported =
+                strings(&["authorization_code", "refresh_token", "client_credentials"]);
+            metadata.token_endpoint_auth_methods_supported = strings(&client_auth);
+            metadata.response_types_supported = strings(&["code"]);
+            metadata.provider = Some(ProviderMetadata {
+                authorization_endpoint: format!("{base}/oauth/authorize"),
+                userinfo_endpoint: format!("{base}/oauth/userinfo"),
+                revocation_endpoint: format!("{base}/oauth/revoke"),
+                introspection_endpoint: format!("{base}/oauth/introspect"),
+                end_session_endpoint: format!("{base}/oauth/logout"),
+                scopes_supported: Scope::ALL
+                    .iter()
+                    .map(|scope| scope.as_str().to_owned())
+                    .collect(),
+                response_modes_supported: strings(&["query"]),
+                code_challenge_methods_supported: strings(&["S256"]),
+                subject_types_supported: strings(&["public"]),
+                claims_supported: strings(&[
+                    "iss",
+                    "sub",
+                    "aud",
+                    "azp",
+                    "exp",
+                    "iat",
+                    "auth_time",
+                    "nonce",
+                    "amr",
+                    "sid",
+                    "at_hash",
+                    "name",
+                    "email",
+                    "email_verified",
+                ]),
+                revocation_endpoint_auth_methods_supported: strings(&client_auth),
+                introspection_endpoint_auth_methods_supported: strings(&[
+                    "client_secret_basic",
+                    "client_secret_post",
+                ]),
+                authorization_response_iss_parameter_supported: true,
+            });
+        }
+        Json(metadata)
     }
 }
 
@@ -114,8 +195,9 @@ impl KeysApi {
 
     /// Authorization server metadata (RFC 8414)
     ///
-    /// Where the keys and the token endpoint are. Portcullis issues tokens by the password and
-    /// refresh-token grants only: it is not an OpenID provider for authorization-code flows.
+    /// Where the keys and the token endpoint are. With the OpenID provider on (an asymmetric
+    /// `jwt_algorithm`, and `jwt_issuer` equal to `public_url`), the provider's endpoints too;
+    /// otherwise the password and refresh-token grants of `/auth/token` only.
     #[oai(path = "/.well-known/oauth-authorization-server", method = "get")]
     async fn oauth_metadata(&self) -> Json<ServerMetadata> {
         self.metadata()
