@@ -180,10 +180,36 @@ fn hidden(page: &str, name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} in {page}"))
         + marker.len();
     let end = start + page[start..].find('"').unwrap();
-    page[start..end]
-        .replace("&amp;", "&")
-        .replace("&#x3d;", "=")
-        .replace("&#61;", "=")
+    unescape(&page[start..end])
+}
+
+/// HTML text with its character references (`&amp;`, `&#38;`, `&#x2f;`) resolved.
+fn unescape(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('&') {
+        out.push_str(&rest[..at]);
+        let Some(end) = rest[at..].find(';') else {
+            break;
+        };
+        let entity = &rest[at + 1..at + end];
+        let decoded = match entity {
+            "amp" => Some('&'),
+            "quot" => Some('"'),
+            "lt" => Some('<'),
+            "gt" => Some('>'),
+            _ => entity
+                .strip_prefix("#x")
+                .map(|hex| u32::from_str_radix(hex, 16))
+                .or_else(|| entity.strip_prefix('#').map(str::parse))
+                .and_then(Result::ok)
+                .and_then(char::from_u32),
+        };
+        out.push(decoded.expect("a known character reference"));
+        rest = &rest[at + end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Where a page of the "continue" kind, or a 303, sends the browser.
@@ -191,13 +217,12 @@ async fn destination(response: reqwest::Response) -> String {
     if response.status() == StatusCode::SEE_OTHER {
         return response.headers()["location"].to_str().unwrap().to_owned();
     }
-    assert_eq!(response.status(), StatusCode::OK);
+    let status = response.status();
     let page = response.text().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{page}");
     let start = page.find("url=").expect("a meta refresh") + 4;
     let end = start + page[start..].find('"').unwrap();
-    page[start..end]
-        .replace("&amp;", "&")
-        .replace("&#x2f;", "/")
+    unescape(&page[start..end])
 }
 
 /// The query parameters of a URL.

@@ -265,12 +265,17 @@ impl ClientTokens {
             name: None,
             email: None,
         });
+        // The grant's refresh token goes to the client only with offline_access; a refresh may
+        // narrow the access token's scopes later, but the grant keeps its refresh token.
+        let offline =
+            record.scopes.contains(Scope::OfflineAccess) && client.allows(GrantType::RefreshToken);
+        let refresh = session.refresh.filter(|_| offline);
         self.hand_out(
             client,
             &user,
             &session.session,
             &record.scopes,
-            session.refresh,
+            refresh,
             id_claims,
         )
         .await
@@ -612,7 +617,7 @@ impl ClientTokens {
         }
     }
 
-    /// Signs the tokens of a grant's session.
+    /// Signs the tokens of a grant's session, handing out `refresh_token` with them.
     async fn hand_out(
         &self,
         client: &OAuthClient,
@@ -650,14 +655,12 @@ impl ClientTokens {
             }
             None => None,
         };
-        let offline =
-            scopes.contains(Scope::OfflineAccess) && client.allows(GrantType::RefreshToken);
         Ok(ClientTokenSet {
             access_token,
             expires_in_seconds: self.policy.access_token_ttl.num_seconds(),
             scopes: scopes.clone(),
             id_token,
-            refresh_token: refresh_token.filter(|_| offline),
+            refresh_token,
         })
     }
 
