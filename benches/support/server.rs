@@ -45,11 +45,15 @@ impl Server {
         Ok(server)
     }
 
-    /// Starts the release binary as [`Server::start`] does, without waiting.
+    /// Starts the release binary as [`Server::start`] does, without waiting. On a free port,
+    /// or on the `PORT` that `env` names (a benchmark whose settings must name the port).
     pub fn spawn(database_url: &str, env: &[(&str, &str)]) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = match env.iter().find(|(name, _)| *name == "PORT") {
+            Some((_, port)) => port.parse()?,
+            None => std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .arg("serve")
             .env("PORTCULLIS_PROFILE", "production")

@@ -8,6 +8,8 @@ mod provider;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -68,7 +70,17 @@ struct Signer {
     kid: String,
     algorithm: KeyAlgorithm,
     activates_at: DateTime<Utc>,
-    key: EncodingKey,
+    key: SigningPrivateKey,
+}
+
+/// A private key as it signs.
+enum SigningPrivateKey {
+    /// Ed25519 and P-256, through jsonwebtoken.
+    Jose(EncodingKey),
+    /// RSA through `ring`, whose private-key arithmetic is constant-time: the `rsa` crate
+    /// behind jsonwebtoken's RSA signing is not (RUSTSEC-2023-0071), and a token endpoint
+    /// signs whenever anyone asks.
+    Rsa(Box<ring::signature::RsaKeyPair>),
 }
 
 impl Signer {
@@ -77,6 +89,28 @@ impl Signer {
         let mut header = Header::new(jose(self.algorithm));
         header.kid = Some(self.kid.clone());
         header
+    }
+
+    /// The compact JWS of `claims` under `header`.
+    fn sign(&self, header: &Header, claims: &impl Serialize) -> Result<String, TokenError> {
+        let key = match &self.key {
+            SigningPrivateKey::Jose(key) => return encode(header, claims, key),
+            SigningPrivateKey::Rsa(key) => key,
+        };
+        let fail = |err: String| TokenError::Backend(BackendError::unexpected(err));
+        let signing_input = format!("{}.{}", segment(header)?, segment(claims)?);
+        let mut signature = vec![0; key.public().modulus_len()];
+        key.sign(
+            &ring::signature::RSA_PKCS1_SHA256,
+            &ring::rand::SystemRandom::new(),
+            signing_input.as_bytes(),
+            &mut signature,
+        )
+        .map_err(|err| fail(err.to_string()))?;
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature)
+        ))
     }
 }
 
@@ -179,9 +213,12 @@ impl JwtTokenIssuer {
             algorithm: key.algorithm,
             activates_at: key.activates_at,
             key: match key.algorithm {
-                KeyAlgorithm::EdDsa => EncodingKey::from_ed_der(&der),
-                KeyAlgorithm::Es256 => EncodingKey::from_ec_der(&der),
-                KeyAlgorithm::Rs256 => EncodingKey::from_rsa_der(&der),
+                KeyAlgorithm::EdDsa => SigningPrivateKey::Jose(EncodingKey::from_ed_der(&der)),
+                KeyAlgorithm::Es256 => SigningPrivateKey::Jose(EncodingKey::from_ec_der(&der)),
+                KeyAlgorithm::Rs256 => SigningPrivateKey::Rsa(Box::new(
+                    ring::signature::RsaKeyPair::from_der(&der)
+                        .map_err(|err| BackendError::unexpected(err.to_string()))?,
+                )),
             },
         })
     }
@@ -279,15 +316,12 @@ impl TokenIssuer for JwtTokenIssuer {
                 .map(|method| method.as_str().to_owned())
                 .collect(),
         };
-        let installed;
-        let (header, key) = if self.algorithm.is_none() {
-            (Header::new(Algorithm::HS256), &self.secret.0)
-        } else {
-            installed = self.installed();
-            let signer = installed.signing(claims.issued_at)?;
-            (signer.header(), &signer.key)
-        };
-        encode(&header, &wire, key)
+        if self.algorithm.is_none() {
+            return encode(&Header::new(Algorithm::HS256), &wire, &self.secret.0);
+        }
+        let installed = self.installed();
+        let signer = installed.signing(claims.issued_at)?;
+        signer.sign(&signer.header(), &wire)
     }
 
     fn verify_pyauth(&self, token: &str) -> Result<PyauthClaims, TokenError> {
@@ -341,6 +375,13 @@ fn timestamp(secs: i64) -> Result<DateTime<Utc>, TokenError> {
 
 fn read_header(token: &str) -> Result<Header, TokenError> {
     jsonwebtoken::decode_header(token).map_err(|err| TokenError::Rejected(err.to_string()))
+}
+
+/// One part of a compact JWS: the value's JSON, unpadded base64url.
+fn segment(value: &impl Serialize) -> Result<String, TokenError> {
+    let json = serde_json::to_vec(value)
+        .map_err(|err| TokenError::Backend(BackendError::unexpected(err)))?;
+    Ok(URL_SAFE_NO_PAD.encode(json))
 }
 
 fn encode(

@@ -99,12 +99,11 @@ impl KeyForge for RingKeyForge {
                 self.finish(algorithm, required, pkcs8.as_ref())
             }
             KeyAlgorithm::Rs256 => {
-                // The key is only ever used to sign (blinded, by jsonwebtoken) and verify, never
-                // to decrypt. RUSTSEC-2023-0071's non-constant-time arithmetic still applies to
-                // signing, with no fix upstream: the reason RS256 is offered only for verifiers
-                // that know no other algorithm (docs/signing-keys.md).
+                // The `rsa` crate's arithmetic is not constant-time (RUSTSEC-2023-0071): it only
+                // makes the pair, once, where nobody outside can time it; `ring` signs with it
+                // (jwt.rs), and nothing ever decrypts.
                 let key = RsaPrivateKey::new(&mut OsRng, RSA_BITS).map_err(|_| failed())?;
-                // jsonwebtoken's `EncodingKey::from_rsa_der` reads PKCS#1, not PKCS#8.
+                // ring's `RsaKeyPair::from_der` reads PKCS#1, not PKCS#8.
                 let pkcs1 = key.to_pkcs1_der().map_err(|_| rejected())?;
                 let e = URL_SAFE_NO_PAD.encode(key.e().to_bytes_be());
                 let n = URL_SAFE_NO_PAD.encode(key.n().to_bytes_be());

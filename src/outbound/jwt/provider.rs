@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256, Sha512};
 use uuid::Uuid;
 
-use super::{JwtTokenIssuer, encode, read_header, rejected, timestamp};
+use super::{JwtTokenIssuer, read_header, rejected, timestamp};
 use crate::domain::oauth::{ClientId, Scopes};
 use crate::domain::ports::{
     ClientAccessClaims, IdClaims, IdTokenHint, ProviderTokens, TokenError, TokenSubject,
@@ -126,7 +126,7 @@ impl JwtTokenIssuer {
         let signer = installed.signing(issued_at)?;
         let mut header = signer.header();
         header.typ = Some(typ.to_owned());
-        encode(&header, &claims(signer.algorithm), &signer.key)
+        signer.sign(&header, &claims(signer.algorithm))
     }
 
     /// The claims of `token`, signed by the published key its `kid` names at that key's
