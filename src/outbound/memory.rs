@@ -7,6 +7,7 @@ mod changes;
 mod factor_state;
 mod factors;
 mod oauth;
+mod oauth_state;
 mod outbox;
 mod rate_limiter;
 mod sessions;

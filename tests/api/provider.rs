@@ -292,6 +292,16 @@ pub(crate) async fn token(
         .unwrap()
 }
 
+/// `POST /oauth/token` with the refresh token `refresh`.
+async fn refresh_with(app: &TestApp, client: &Client, refresh: &str) -> reqwest::Response {
+    token(
+        app,
+        client,
+        &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
+    )
+    .await
+}
+
 async fn exchange(app: &TestApp, client: &Client, code: &str) -> reqwest::Response {
     token(
         app,
@@ -384,12 +394,7 @@ app_test!(
         );
         let refresh = tokens["refresh_token"].as_str().unwrap();
         oauth_error(
-            token(
-                &app,
-                &client,
-                &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
-            )
-            .await,
+            refresh_with(&app, &client, refresh).await,
             400,
             "invalid_grant",
         )
@@ -657,12 +662,7 @@ app_test!(
             .await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         // ... and it was left as it was.
-        let rotated = token(
-            &app,
-            &client,
-            &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
-        )
-        .await;
+        let rotated = refresh_with(&app, &client, refresh).await;
         assert_eq!(rotated.status(), StatusCode::OK);
     }
 );
@@ -675,15 +675,11 @@ app_test!(
         let code = code_for(&mut visit, &client.id).await;
         let first: Value = exchange(&app, &client, &code).await.json().await.unwrap();
         let refresh = first["refresh_token"].as_str().unwrap();
-        let second: Value = token(
-            &app,
-            &client,
-            &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+        let second: Value = refresh_with(&app, &client, refresh)
+            .await
+            .json()
+            .await
+            .unwrap();
         let newer = second["access_token"].as_str().unwrap();
         assert_eq!(userinfo(&app, newer).await.status(), StatusCode::OK);
         // Narrower is fine; wider is not.
@@ -701,12 +697,7 @@ app_test!(
         assert_eq!(narrow["scope"], "openid");
         // The spent one again: every token of the grant ends.
         oauth_error(
-            token(
-                &app,
-                &client,
-                &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
-            )
-            .await,
+            refresh_with(&app, &client, refresh).await,
             400,
             "invalid_grant",
         )
@@ -717,12 +708,7 @@ app_test!(
         );
         let latest = narrow["refresh_token"].as_str().unwrap();
         oauth_error(
-            token(
-                &app,
-                &client,
-                &[("grant_type", "refresh_token"), ("refresh_token", latest)],
-            )
-            .await,
+            refresh_with(&app, &client, latest).await,
             400,
             "invalid_grant",
         )
@@ -794,12 +780,7 @@ app_test!(
         assert_eq!(delete(client.id.clone()).await, StatusCode::NOT_FOUND);
         let refresh = tokens["refresh_token"].as_str().unwrap();
         oauth_error(
-            token(
-                &app,
-                &client,
-                &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
-            )
-            .await,
+            refresh_with(&app, &client, refresh).await,
             400,
             "invalid_grant",
         )
@@ -825,12 +806,7 @@ app_test!(
         );
         let refresh = tokens["refresh_token"].as_str().unwrap();
         oauth_error(
-            token(
-                &app,
-                &client,
-                &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
-            )
-            .await,
+            refresh_with(&app, &client, refresh).await,
             400,
             "invalid_grant",
         )
@@ -857,16 +833,9 @@ app_test!(
             userinfo(&app, access).await.status(),
             StatusCode::UNAUTHORIZED
         );
+        let refresh = tokens["refresh_token"].as_str().unwrap();
         oauth_error(
-            token(
-                &app,
-                &client,
-                &[
-                    ("grant_type", "refresh_token"),
-                    ("refresh_token", tokens["refresh_token"].as_str().unwrap()),
-                ],
-            )
-            .await,
+            refresh_with(&app, &client, refresh).await,
             401,
             "invalid_client",
         )
@@ -908,12 +877,7 @@ app_test!(
         );
         // offline_access lives on after the sign-out.
         let refresh = tokens["refresh_token"].as_str().unwrap();
-        let response = token(
-            &app,
-            &client,
-            &[("grant_type", "refresh_token"), ("refresh_token", refresh)],
-        )
-        .await;
+        let response = refresh_with(&app, &client, refresh).await;
         assert_eq!(response.status(), StatusCode::OK);
     }
 );

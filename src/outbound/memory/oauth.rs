@@ -3,7 +3,6 @@
 //! adapter's transactions do.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -14,30 +13,6 @@ use crate::domain::oauth::{
 };
 use crate::domain::ports::{ClientRepository, GrantRepository};
 use crate::domain::{BackendError, NewAuditEvent, SessionId, UserId};
-
-/// The clients, consents, codes and revoked access tokens.
-#[derive(Default)]
-pub(super) struct OAuthState {
-    clients: HashMap<ClientId, OAuthClient>,
-    consents: HashMap<(UserId, ClientId), Consent>,
-    codes: HashMap<CodeHash, AuthorizationCode>,
-    /// Each revoked access token's id, with the token's own end.
-    revoked: HashMap<String, DateTime<Utc>>,
-}
-
-impl OAuthState {
-    /// Forgets user `id`'s consents and codes, as the database's ON DELETE CASCADE does.
-    pub(super) fn forget_user(&mut self, id: UserId) {
-        self.consents.retain(|(user, _), _| *user != id);
-        self.codes.retain(|_, code| code.user_id != id);
-    }
-
-    /// Drops the codes and revocations expired at `now`.
-    pub(super) fn purge(&mut self, now: DateTime<Utc>) {
-        self.codes.retain(|_, code| now < code.expires_at);
-        self.revoked.retain(|_, expires_at| now < *expires_at);
-    }
-}
 
 /// What the database's foreign keys refuse: a row of a user or client that does not exist.
 fn known(state: &State, user: UserId, client: &ClientId) -> Result<(), BackendError> {

@@ -1,7 +1,7 @@
 //! The in-memory store: every storage port on one mutex-guarded state, so that an account
 //! change is applied under one lock (`changes.rs`), a job queued with a user is there for the
 //! worker (`outbox.rs`), and a user's sessions (`sessions.rs`), second factors (`factors.rs`)
-//! and OpenID grants (`oauth.rs`) go with the user. [`UserRepository`], [`AuditLog`] and
+//! and OpenID grants (`oauth_state.rs`) go with the user. [`UserRepository`], [`AuditLog`] and
 //! [`Housekeeping`] are here.
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::factor_state::FactorState;
-use super::oauth::OAuthState;
+use super::oauth_state::OAuthState;
 use crate::domain::ports::{AuditLog, CreateUserError, Housekeeping, UserRepository};
 use crate::domain::{
     AccountChange, Applied, AuditEvent, AuditQuery, BackendError, CookieHash, Email, FOLDED_COUNT,

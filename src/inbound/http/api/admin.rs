@@ -133,12 +133,19 @@ pub struct AdminApi {
 }
 
 impl AdminApi {
-    /// The caller, if an admin.
     fn admin<'a>(&self, auth: &'a Authenticated) -> Result<&'a Principal, Problem> {
-        let principal = auth.principal();
-        self.core.accounts.authorize(principal, Role::Admin)?;
-        Ok(principal)
+        admin_caller(&self.core, auth)
     }
+}
+
+/// The caller, if an admin: the check of every `/admin` route.
+pub(super) fn admin_caller<'a>(
+    core: &Core,
+    auth: &'a Authenticated,
+) -> Result<&'a Principal, Problem> {
+    let principal = auth.principal();
+    core.accounts.authorize(principal, Role::Admin)?;
+    Ok(principal)
 }
 
 #[OpenApi(tag = "ApiTags::Admin")]

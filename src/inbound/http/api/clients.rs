@@ -10,9 +10,10 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 
 use super::ApiTags;
+use super::admin::admin_caller;
 use crate::domain::oauth::{ClientId, ClientSettings, GrantType, OAuthClient, Scope, Scopes};
 use crate::domain::service::{Actor, RegisteredClient};
-use crate::domain::{Core, Principal, Role};
+use crate::domain::{Core, Principal};
 use crate::inbound::http::dto::not_null;
 use crate::inbound::http::json::JsonBody;
 use crate::inbound::http::security::Authenticated;
@@ -194,11 +195,8 @@ pub struct ClientsApi {
 }
 
 impl ClientsApi {
-    /// The caller, if an admin.
     fn admin<'a>(&self, auth: &'a Authenticated) -> Result<&'a Principal, Problem> {
-        let principal = auth.principal();
-        self.core.accounts.authorize(principal, Role::Admin)?;
-        Ok(principal)
+        admin_caller(&self.core, auth)
     }
 }
 
