@@ -895,3 +895,94 @@ async fn the_console_can_be_turned_off() {
     )
     .await;
 }
+
+/// An application that signs people in with Portcullis: registered on the Applications page,
+/// allowed on the consent page, listed and revoked on the account page; each page checked for
+/// accessibility.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_registers_an_application_and_a_person_allows_and_revokes_it() {
+    with_console(
+        crate::provider::provider_on(),
+        |ui, app, _smtp| async move {
+            let operator = app.operator().await;
+            operator
+                .admin
+                .create_user_as_operator(
+                    portcullis::domain::Email::parse("root@example.com").unwrap(),
+                    portcullis::domain::Password::parse(PASSWORD).unwrap(),
+                    portcullis::domain::Role::Admin,
+                )
+                .await
+                .unwrap();
+            let application = serve_html(|path| {
+                let page = format!(
+                    "<!doctype html><html lang=\"en\"><head><title>Team wiki</title></head>\
+                 <body><main><h1>Team wiki</h1><p id=\"arrived\">{path}</p></main></body></html>"
+                );
+                ("200 OK", String::new(), page)
+            })
+            .await;
+            ui.sign_in("root@example.com", PASSWORD).await;
+            ui.goto("/console/admin/clients").await;
+            ui.check("admin-clients-empty").await;
+            ui.browser.fill("#name", "Team wiki").await;
+            ui.browser
+                .fill("#redirect_uris", &format!("{application}/callback"))
+                .await;
+            ui.press(
+                "form[action='/console/admin/clients'] button[type=submit]",
+                "/console/admin/clients",
+            )
+            .await;
+            assert!(
+                ui.text(".secret").await.len() >= 43,
+                "the secret is shown once"
+            );
+            assert!(ui.text("main").await.contains("Team wiki"));
+            ui.check("admin-clients").await;
+
+            let client = operator.clients.list().await.unwrap().remove(0);
+            let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+            let query = serde_urlencoded::to_string([
+                ("response_type", "code"),
+                ("client_id", client.id.as_str()),
+                ("redirect_uri", &format!("{application}/callback")),
+                ("scope", "openid email profile"),
+                ("state", "s1"),
+                ("code_challenge", challenge),
+                ("code_challenge_method", "S256"),
+            ])
+            .unwrap();
+            ui.goto(&format!("/oauth/authorize?{query}")).await;
+            ui.browser.wait_for("button[value=allow]").await;
+            assert!(ui.text("main").await.contains("See your email address"));
+            ui.check("consent").await;
+            ui.browser.click("button[value=allow]").await;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !ui.browser.current_url().await.starts_with(&application) {
+                assert!(
+                    Instant::now() < deadline,
+                    "never sent back to the application"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let arrived = ui.browser.text("#arrived").await;
+            assert!(arrived.starts_with("/callback?code="), "{arrived}");
+            assert!(arrived.contains("state=s1"), "{arrived}");
+
+            ui.goto("/console/account").await;
+            assert!(ui.text("#apps ~ ul").await.contains("Team wiki"));
+            ui.check("account-apps").await;
+            ui.press("button[aria-label='Revoke: Team wiki']", "/console/account")
+                .await;
+            assert!(ui.text(".notice").await.contains("revoked"));
+            assert!(
+                ui.text("main")
+                    .await
+                    .contains("No application signs you in")
+            );
+            (ui, app)
+        },
+    )
+    .await;
+}
