@@ -38,8 +38,10 @@ use crate::domain::Core;
 use crate::domain::service::SigningKeys;
 use crate::inbound::console::{self, guard::ConsoleSettings};
 use crate::inbound::web::client::TrustedProxies;
+use crate::inbound::web::errors::PROVIDER_OFF;
 use crate::inbound::web::metrics::{MetricsExporter, RouteLabels};
-use crate::inbound::web::problem::into_problem_response;
+use crate::inbound::web::problem::{Problem, into_problem_response};
+use poem::http::StatusCode;
 
 /// What the HTTP layer needs to know besides the core.
 #[derive(Debug, Clone)]
@@ -207,7 +209,18 @@ pub fn app(core: Arc<Core>, keys: Arc<SigningKeys>, settings: HttpSettings) -> i
                 .at("/oauth/authorize", console.authorize)
                 .at("/oauth/logout", console.logout)
         }
-        None => routes,
+        // Without the console nobody can sign in to an application: the provider is off.
+        None => {
+            let off = || {
+                make_sync(|_| {
+                    let problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, PROVIDER_OFF);
+                    poem::error::ResponseError::as_response(&problem)
+                })
+            };
+            routes
+                .at("/oauth/authorize", off())
+                .at("/oauth/logout", off())
+        }
     };
     let body = BodyLimits {
         max_bytes: settings.body_limit_bytes,

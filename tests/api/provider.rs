@@ -1083,3 +1083,20 @@ app_test!(the_provider_is_off_with_hs256, |app| {
     assert!(document.get("authorization_endpoint").is_none());
     assert_eq!(document["token_endpoint"], app.url("/auth/token"));
 });
+
+app_test!(
+    without_the_console_the_provider_is_off,
+    {
+        let mut settings = provider_on();
+        settings["console_enabled"] = json!(false);
+        settings
+    },
+    |app| {
+        for path in ["/oauth/authorize?client_id=x", "/oauth/logout"] {
+            let response = app.client.get(app.url(path)).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        }
+        let document = app.get_json("/.well-known/openid-configuration").await;
+        assert!(document.get("authorization_endpoint").is_none());
+    }
+);
