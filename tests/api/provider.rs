@@ -1100,3 +1100,45 @@ app_test!(
         assert!(document.get("authorization_endpoint").is_none());
     }
 );
+
+app_test!(
+    prompt_login_asks_for_the_password_again_even_when_signed_in,
+    provider_on(),
+    |app| {
+        let (client, mut visit) = setting_up(&app).await;
+        let query = authorize_query(&client.id, &[("prompt", "login")]);
+        let target = destination(visit.get(&format!("/oauth/authorize?{query}")).await).await;
+        assert!(target.starts_with("/console/sign-in?next="), "{target}");
+        assert!(target.ends_with("&reauth=1"), "{target}");
+        // The sign-in page shows its form although a session is open.
+        let page = visit.get(&target).await;
+        assert_eq!(page.status(), StatusCode::OK);
+        let page = page.text().await.unwrap();
+        let next = hidden(&page, "next");
+        assert!(
+            next.starts_with("/oauth/authorize?") && !next.contains("prompt"),
+            "{next}"
+        );
+        // The sign-in form's own token (the navigation's sign-out form comes first).
+        let form = &page[page.find("action=\"/console/sign-in\"").unwrap()..];
+        let csrf = hidden(form, "csrf");
+        let origin = visit.origin.clone();
+        let signed_in = visit
+            .post_form(
+                "/console/sign-in",
+                &origin,
+                &[
+                    ("csrf", &csrf),
+                    ("email", "ann@example.com"),
+                    ("password", PASSWORD),
+                    ("next", &next),
+                ],
+            )
+            .await;
+        // On to the authorization endpoint, by a page rather than a redirect after the form.
+        let onward = destination(signed_in).await;
+        assert_eq!(onward, next);
+        let consent = visit.get(&onward).await.text().await.unwrap();
+        assert!(consent.contains("Allow"), "{consent}");
+    }
+);
