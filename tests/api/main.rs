@@ -30,6 +30,7 @@ mod passwords;
 mod protected;
 mod provider;
 mod registration;
+mod relying_party;
 mod repository;
 mod session_cache;
 mod sessions;

@@ -412,6 +412,36 @@ async fn a_refresh_rotates_and_may_narrow_the_scopes_but_never_widen_them() {
     assert_eq!(set.scopes.to_string(), "openid offline_access");
 }
 
+#[tokio::test]
+async fn a_refresh_narrowed_below_offline_access_still_hands_out_the_rotated_token() {
+    let mut m = mocks();
+    let record = refresh_record(Some("client-1"), false);
+    m.sessions
+        .expect_find_refresh_token()
+        .returning(move |_| Ok(Some(record.clone())));
+    m.grants
+        .expect_find_consent()
+        .returning(|_, _| Ok(Some(consent("openid email offline_access"))));
+    m.sessions
+        .expect_rotate_refresh_token()
+        .times(1)
+        .returning(|_, _, _| Ok(Rotation::Rotated));
+    m.grants.expect_touch_consent().returning(|_, _, _| Ok(()));
+    m.provider_tokens
+        .expect_issue_client_access()
+        .withf(|claims| claims.scopes.to_string() == "openid")
+        .returning(|_| Ok("access".into()));
+    let core = m.service();
+    let set = core
+        .client_tokens
+        .refresh(&oauth_client(false), "rt", Some("openid"), &from())
+        .await
+        .unwrap();
+    assert_eq!(set.scopes.to_string(), "openid");
+    // The presented token was spent: without its successor the grant would be lost.
+    assert!(set.refresh_token.is_some());
+}
+
 fn access_claims(scopes: &str, session_id: SessionId) -> ClientAccessClaims {
     ClientAccessClaims {
         subject: TokenSubject::User {
