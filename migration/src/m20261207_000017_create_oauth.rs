@@ -44,6 +44,7 @@ fn index(name: &str, table: impl IntoIden, column: impl IntoIden) -> IndexCreate
 }
 
 const SESSIONS_CLIENT_INDEX: &str = "ix_sessions_client_id";
+const SESSIONS_ORIGIN_INDEX: &str = "ix_sessions_origin_session_id";
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
@@ -166,6 +167,16 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // A grant without offline_access lives only as long as the console session it was
+        // signed in with: ending that session ends it too.
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Sessions::Table)
+                    .add_column(uuid_null(Sessions::OriginSessionId))
+                    .to_owned(),
+            )
+            .await?;
         if manager.get_database_backend() == DbBackend::Postgres {
             manager
                 .create_foreign_key(cascade(
@@ -183,10 +194,33 @@ impl MigrationTrait for Migration {
                 Sessions::Table,
                 Sessions::ClientId,
             ))
+            .await?;
+        manager
+            .create_index(index(
+                SESSIONS_ORIGIN_INDEX,
+                Sessions::Table,
+                Sessions::OriginSessionId,
+            ))
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name(SESSIONS_ORIGIN_INDEX)
+                    .table(Sessions::Table)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Sessions::Table)
+                    .drop_column(Sessions::OriginSessionId)
+                    .to_owned(),
+            )
+            .await?;
         manager
             .drop_index(
                 Index::drop()
@@ -222,6 +256,7 @@ impl MigrationTrait for Migration {
 enum Sessions {
     Table,
     ClientId,
+    OriginSessionId,
 }
 
 #[derive(DeriveIden)]

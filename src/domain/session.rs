@@ -91,6 +91,9 @@ pub struct NewSession {
     pub methods: Vec<AuthMethod>,
     /// See [`Session::client_id`].
     pub client_id: Option<ClientId>,
+    /// The session this one ends with: the console session a grant without `offline_access`
+    /// was signed in with (OpenID Connect's sign-out ends both).
+    pub origin: Option<SessionId>,
     /// The user's [`User::credential_version`](super::User) when the password was checked.
     pub credential_version: i64,
     /// Live sessions the user may hold: opening this one ends the least recently used ones

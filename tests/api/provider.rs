@@ -256,10 +256,15 @@ fn authorize_query(client: &str, extra: &[(&str, &str)]) -> String {
 
 /// The whole browser part: authorize, consent (Allow), the code at the redirect URI.
 pub(crate) async fn code_for(visit: &mut Visit<'_>, client: &str) -> String {
+    code_for_with(visit, client, &[]).await
+}
+
+/// [`code_for`], with `extra` parameters in the authorization request.
+async fn code_for_with(visit: &mut Visit<'_>, client: &str, extra: &[(&str, &str)]) -> String {
     let response = visit
         .get(&format!(
             "/oauth/authorize?{}",
-            authorize_query(client, &[])
+            authorize_query(client, extra)
         ))
         .await;
     let target = if response.status() == StatusCode::OK {
@@ -864,6 +869,12 @@ app_test!(
         assert_eq!(account.status(), StatusCode::SEE_OTHER, "signed out");
         // A registered one, named by client_id: back there with the state.
         visit.sign_in("ann@example.com").await;
+        // A grant without offline_access, from this sign-in: it ends with it.
+        let code = code_for_with(&mut visit, &client.id, &[("scope", "openid email")]).await;
+        let online: Value = exchange(&app, &client, &code).await.json().await.unwrap();
+        assert!(online.get("refresh_token").is_none());
+        let online = online["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(userinfo(&app, &online).await.status(), StatusCode::OK);
         let response = visit
             .get(&format!(
                 "/oauth/logout?client_id={}&post_logout_redirect_uri={}&state=s9",
@@ -874,6 +885,10 @@ app_test!(
         assert_eq!(
             response.headers()["location"],
             "https://wiki.example/bye?state=s9"
+        );
+        assert_eq!(
+            userinfo(&app, &online).await.status(),
+            StatusCode::UNAUTHORIZED
         );
         // offline_access lives on after the sign-out.
         let refresh = tokens["refresh_token"].as_str().unwrap();

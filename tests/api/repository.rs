@@ -146,6 +146,7 @@ pub(crate) fn new_session(
         client: ClientInfo::new(Some("agent"), Some("192.0.2.1".into())),
         methods: vec![AuthMethod::Password],
         client_id: None,
+        origin: None,
         credential_version: user.credential_version,
         live_limit,
         audit: event(),

@@ -98,7 +98,8 @@ pub trait SessionRepository: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Session>, BackendError>;
 
-    /// Ends one session of `user_id` at `now`, recording `audit` with it. Returns `false`,
+    /// Ends one session of `user_id` at `now`, and the sessions that end with it (their
+    /// `origin`), recording `audit` with it. Returns `false`,
     /// recording nothing, when no live session of that user has this id (someone else's
     /// session is not touched).
     ///

@@ -231,8 +231,12 @@ impl ClientTokens {
         if !signed_in.is_live(now) || !user.is_active || user.id != record.user_id {
             return Err(bad_code);
         }
+        // Without offline_access the grant ends with the sign-in it came from.
+        let offline =
+            record.scopes.contains(Scope::OfflineAccess) && client.allows(GrantType::RefreshToken);
+        let origin = (!offline).then_some(signed_in.id);
         let session = self
-            .open_client_session(&user, client, &record.methods, from)
+            .open_client_session(&user, client, &record.methods, origin, from)
             .await?;
         if !self
             .grants
@@ -267,8 +271,6 @@ impl ClientTokens {
         });
         // The grant's refresh token goes to the client only with offline_access; a refresh may
         // narrow the access token's scopes later, but the grant keeps its refresh token.
-        let offline =
-            record.scopes.contains(Scope::OfflineAccess) && client.allows(GrantType::RefreshToken);
         let refresh = session.refresh.filter(|_| offline);
         self.hand_out(
             client,
@@ -575,6 +577,7 @@ impl ClientTokens {
         user: &User,
         client: &OAuthClient,
         methods: &[crate::domain::mfa::AuthMethod],
+        origin: Option<SessionId>,
         from: &ClientInfo,
     ) -> Result<OpenedGrant, TokenEndpointError> {
         let now = self.clock.now();
@@ -597,6 +600,7 @@ impl ClientTokens {
             client: from.clone(),
             methods: methods.to_vec(),
             client_id: Some(client.id.clone()),
+            origin,
             credential_version: user.credential_version,
             live_limit: self.policy.max_sessions_per_user,
             audit,

@@ -81,6 +81,7 @@ impl SessionOpener {
             client,
             methods,
             client_id: None,
+            origin: None,
             credential_version: user.credential_version,
             live_limit: self.policy.max_sessions_per_user,
         };

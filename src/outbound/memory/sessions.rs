@@ -40,6 +40,9 @@ impl SessionRepository for MemoryStore {
             user.last_login_at = Some(new.created_at);
         }
         state.record(new.audit);
+        if let Some(origin) = new.origin {
+            state.origins.insert(session.id, origin);
+        }
         state.sessions.insert(session.id, session.clone());
         let now = new.created_at;
         let mut live: Vec<&mut Session> = state
@@ -185,6 +188,17 @@ impl SessionRepository for MemoryStore {
         match state.sessions.get_mut(&id) {
             Some(session) if session.user_id == user_id && session.is_live(now) => {
                 session.ended_at = Some(now);
+                let dependent: Vec<SessionId> = state
+                    .origins
+                    .iter()
+                    .filter(|(_, origin)| **origin == id)
+                    .map(|(dependent, _)| *dependent)
+                    .collect();
+                for dependent in dependent {
+                    if let Some(session) = state.sessions.get_mut(&dependent) {
+                        session.ended_at.get_or_insert(now);
+                    }
+                }
                 state.record(audit);
                 Ok(true)
             }

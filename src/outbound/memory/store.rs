@@ -25,6 +25,8 @@ pub(super) struct State {
     pub(super) users: HashMap<UserId, User>,
     pub(super) by_email: HashMap<String, UserId>,
     pub(super) sessions: HashMap<SessionId, Session>,
+    /// A session's origin: the session it ends with (`NewSession::origin`).
+    pub(super) origins: HashMap<SessionId, SessionId>,
     pub(super) cookies: HashMap<CookieHash, SessionId>,
     pub(super) refresh_tokens: HashMap<RefreshTokenHash, StoredRefreshToken>,
     pub(super) email_tokens: HashMap<LinkTokenHash, NewLinkToken>,
@@ -164,10 +166,12 @@ impl State {
             sessions,
             refresh_tokens,
             cookies,
+            origins,
             ..
         } = self;
         refresh_tokens.retain(|_, t| sessions.contains_key(&t.session_id));
         cookies.retain(|_, session| sessions.contains_key(session));
+        origins.retain(|session, _| sessions.contains_key(session));
     }
 
     pub(super) fn end_sessions(

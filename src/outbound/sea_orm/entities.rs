@@ -66,6 +66,8 @@ pub mod sessions {
         pub methods: String,
         /// The OpenID client the session was opened for; `None` for Portcullis's own.
         pub client_id: Option<String>,
+        /// The console session a grant without `offline_access` ends with.
+        pub origin_session_id: Option<Uuid>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -50,6 +50,7 @@ impl SessionRepository for SeaOrmStore {
             }),
             methods: Set(methods_column(&new.methods)),
             client_id: Set(new.client_id.map(|id| id.0)),
+            origin_session_id: Set(new.origin.map(|origin| origin.0)),
         };
         let stored = self
             .bounded(async {
@@ -256,6 +257,12 @@ impl SessionRepository for SeaOrmStore {
                 txn.rollback().await?;
                 return Ok(false);
             }
+            sessions::Entity::update_many()
+                .col_expr(sessions::Column::EndedAt, Expr::value(now))
+                .filter(sessions::Column::OriginSessionId.eq(id.0))
+                .filter(sessions::Column::EndedAt.is_null())
+                .exec(&txn)
+                .await?;
             admin::record(&txn, audit).await?;
             txn.commit().await?;
             Ok(true)

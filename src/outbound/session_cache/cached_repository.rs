@@ -124,7 +124,8 @@ impl SessionRepository for CachedSessions {
         audit: NewAuditEvent,
     ) -> Result<bool, BackendError> {
         let result = self.sessions.end_session(user_id, id, now, audit).await;
-        self.invalidated(Invalidation::Session(id), result)
+        // The user's, not the session's: the sessions that end with it go too.
+        self.invalidated(Invalidation::User(user_id), result)
     }
 
     async fn find_cookie_session(

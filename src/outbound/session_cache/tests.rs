@@ -318,6 +318,7 @@ fn new_session(ended: &Session) -> NewSession {
         client: crate::domain::ClientInfo::default(),
         methods: Vec::new(),
         client_id: None,
+        origin: None,
         credential_version: 0,
         live_limit: 1,
         audit: audit(),

@@ -592,3 +592,47 @@ async fn the_client_credentials_grant_is_for_confidential_clients_that_have_it()
     assert_eq!(set.access_token, "machine");
     assert!(set.id_token.is_none() && set.refresh_token.is_none());
 }
+
+#[tokio::test]
+async fn a_grant_without_offline_access_ends_with_the_sign_in_it_came_from() {
+    let console = SessionId::random();
+    let mut m = mocks();
+    expect_code(
+        &mut m,
+        AuthorizationCode {
+            scopes: Scopes::parse("openid email").unwrap(),
+            ..code(console)
+        },
+    );
+    expect_console_session(&mut m);
+    m.sessions
+        .expect_create_session()
+        .withf(move |new, _| new.origin == Some(console))
+        .times(1)
+        .returning(|new, _| {
+            let mut opened = session(new.id, 7);
+            opened.client_id = new.client_id;
+            Ok(opened)
+        });
+    m.grants.expect_spend_code().returning(|_, _, _| Ok(true));
+    m.grants.expect_touch_consent().returning(|_, _, _| Ok(()));
+    m.provider_tokens
+        .expect_issue_client_access()
+        .returning(|_| Ok("access".into()));
+    m.provider_tokens
+        .expect_issue_id_token()
+        .returning(|_, _| Ok("id".into()));
+    let core = m.service();
+    let set = core
+        .client_tokens
+        .exchange_code(
+            &oauth_client(false),
+            "the-code",
+            "https://wiki.example/cb",
+            VERIFIER,
+            &from(),
+        )
+        .await
+        .unwrap();
+    assert!(set.refresh_token.is_none());
+}
