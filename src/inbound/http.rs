@@ -297,6 +297,7 @@ fn complete_spec(spec: &str) -> String {
         }
     }
     declare_query_types(&mut doc);
+    declare_browser_routes(&mut doc);
     if let Some(schemes) = doc
         .pointer_mut("/components/securitySchemes")
         .and_then(serde_json::Value::as_object_mut)
@@ -312,6 +313,71 @@ fn complete_spec(spec: &str) -> String {
         }
     }
     doc.to_string()
+}
+
+/// The OpenID provider's pages for people are the console's handlers, not operations of the
+/// API; the document lists them all the same, so that it names every route (and the metrics
+/// label them by it).
+fn declare_browser_routes(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    let query = |names: &[&str]| -> Vec<serde_json::Value> {
+        names
+            .iter()
+            .map(|name| json!({"name": name, "in": "query", "required": false, "schema": {"type": "string"}}))
+            .collect()
+    };
+    let page = |description: &str| json!({"description": description, "content": {"text/html": {"schema": {"type": "string"}}}});
+    let redirect = |description: &str| json!({"description": description, "headers": {"Location": {"required": true, "schema": {"type": "string"}}}});
+    let routes = json!({
+        "/oauth/authorize": {
+            "get": {
+                "tags": ["Provider"],
+                "summary": "The authorization endpoint (a browser's)",
+                "description": "The authorization code flow with PKCE (S256): the console's sign-in when nobody is signed in (or `prompt=login`, or `max_age` passed), the consent page unless the scopes were granted before or the client is first-party, then back to the redirect URI with `code`, `state` and `iss`. An unknown client or redirect URI gets a page, never a redirect; other errors go back to the redirect URI.",
+                "operationId": "oauth_authorize",
+                "parameters": query(&["response_type", "client_id", "redirect_uri", "scope", "state", "nonce", "code_challenge", "code_challenge_method", "prompt", "max_age", "login_hint"]),
+                "responses": {
+                    "200": page("The consent page, or a page that sends a browser arriving from another site on from this one"),
+                    "303": redirect("To the redirect URI (a code or an error), or to the console's sign-in"),
+                    "400": page("An unknown client, or a redirect URI not registered for it"),
+                    "503": page("The provider is off")
+                }
+            },
+            "post": {
+                "tags": ["Provider"],
+                "summary": "The consent page's answer",
+                "description": "From the console's own page only (its `Origin` and CSRF token): `decision` is `allow` or `deny`.",
+                "operationId": "oauth_authorize_answer",
+                "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["csrf", "request", "decision"], "properties": {"csrf": {"type": "string"}, "request": {"type": "string"}, "decision": {"type": "string", "enum": ["allow", "deny"]}}}}}},
+                "responses": {
+                    "200": page("A page that sends the browser to the redirect URI with a code, or with access_denied"),
+                    "303": redirect("Not signed in any more: to the console's sign-in"),
+                    "403": page("Not sent from the console's page")
+                }
+            }
+        },
+        "/oauth/logout": {
+            "get": {
+                "tags": ["Provider"],
+                "summary": "Sign out (RP-Initiated Logout 1.0)",
+                "description": "Ends the browser's console session (grants with offline_access live on); back to `post_logout_redirect_uri` with `state` only when it is registered for the client that `id_token_hint` or `client_id` names.",
+                "operationId": "oauth_logout",
+                "parameters": query(&["id_token_hint", "client_id", "post_logout_redirect_uri", "state"]),
+                "responses": {
+                    "200": page("Signed out"),
+                    "303": redirect("To the registered post-logout redirect URI"),
+                    "503": page("The provider is off")
+                }
+            }
+        }
+    });
+    if let (Some(paths), serde_json::Value::Object(routes)) = (
+        doc.get_mut("paths")
+            .and_then(serde_json::Value::as_object_mut),
+        routes,
+    ) {
+        paths.extend(routes);
+    }
 }
 
 /// The admin listings take their query parameters as text and parse them themselves (so that
