@@ -1155,5 +1155,13 @@ app_test!(
         assert_eq!(onward, next);
         let consent = visit.get(&onward).await.text().await.unwrap();
         assert!(consent.contains("Allow"), "{consent}");
+        // prompt=login consent: after the sign-in, the consent page is still asked for.
+        let query = authorize_query(&client.id, &[("prompt", "login consent")]);
+        let target = destination(visit.get(&format!("/oauth/authorize?{query}")).await).await;
+        assert!(target.ends_with("&reauth=1"), "{target}");
+        assert!(
+            target.contains("prompt%3Dconsent%26") || target.contains("prompt%3Dconsent&"),
+            "{target}"
+        );
     }
 );

@@ -44,6 +44,55 @@ pub enum Prompt {
     Login,
     /// Ask for consent again, even when given.
     Consent,
+    /// Both (`prompt=login consent`).
+    LoginAndConsent,
+}
+
+impl Prompt {
+    /// Reads `prompt`'s space-separated values (OpenID Connect Core section 3.1.2.1): `none`
+    /// alone, or `login` and `consent` in any order. `None` for anything else.
+    pub fn parse(value: &str) -> Option<Option<Self>> {
+        let values: Vec<&str> = value.split(' ').filter(|v| !v.is_empty()).collect();
+        let has = |name| values.contains(&name);
+        if values
+            .iter()
+            .any(|v| !matches!(*v, "none" | "login" | "consent"))
+        {
+            return None;
+        }
+        Some(match (has("none"), has("login"), has("consent")) {
+            (false, false, false) => None,
+            (true, false, false) => Some(Self::None),
+            (true, _, _) => return None,
+            (false, true, false) => Some(Self::Login),
+            (false, false, true) => Some(Self::Consent),
+            (false, true, true) => Some(Self::LoginAndConsent),
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Login => "login",
+            Self::Consent => "consent",
+            Self::LoginAndConsent => "login consent",
+        }
+    }
+
+    /// Whether it asks for a fresh sign-in.
+    pub fn asks_sign_in(self) -> bool {
+        matches!(self, Self::Login | Self::LoginAndConsent)
+    }
+
+    /// Whether it asks for the consent page.
+    pub fn asks_consent(self) -> bool {
+        matches!(self, Self::Consent | Self::LoginAndConsent)
+    }
+
+    /// What is left of it once the person has just signed in: the consent it asks for.
+    pub fn after_sign_in(self) -> Option<Self> {
+        self.asks_consent().then_some(Self::Consent)
+    }
 }
 
 /// A request that names a registered client and one of its redirect URIs, and passes every
@@ -205,17 +254,11 @@ impl Authorizations {
                 return Err(refuse("invalid_request", &format!("{name} is too long")));
             }
         }
-        let prompt = match request.prompt.as_deref() {
-            None | Some("") => None,
-            Some("none") => Some(Prompt::None),
-            Some("login") => Some(Prompt::Login),
-            Some("consent") => Some(Prompt::Consent),
-            Some(_) => {
-                return Err(refuse(
-                    "invalid_request",
-                    "prompt must be none, login or consent",
-                ));
-            }
+        let Some(prompt) = Prompt::parse(request.prompt.as_deref().unwrap_or_default()) else {
+            return Err(refuse(
+                "invalid_request",
+                "prompt must be none, or login and consent",
+            ));
         };
         let max_age = match request.max_age.as_deref() {
             None => None,
@@ -284,7 +327,7 @@ impl Authorizations {
         let too_old = request
             .max_age
             .is_some_and(|max_age| session.created_at + max_age < now);
-        if request.prompt == Some(Prompt::Login) || too_old {
+        if request.prompt.is_some_and(Prompt::asks_sign_in) || too_old {
             return self.page_or_error(request, Decision::SignIn);
         }
         let consent = self
@@ -295,7 +338,7 @@ impl Authorizations {
             .as_ref()
             .is_some_and(|consent| consent.scopes.covers(&request.scopes));
         let first_party = request.client.settings.first_party;
-        if !first_party && (request.prompt == Some(Prompt::Consent) || !covered) {
+        if !first_party && (request.prompt.is_some_and(Prompt::asks_consent) || !covered) {
             return self.page_or_error(request, Decision::Consent);
         }
         if !covered {

@@ -80,8 +80,9 @@ fn read_request(query: &str) -> AuthorizationRequest {
     request
 }
 
-/// The query string of a valid request, as the authorization endpoint reads it back; without
-/// `prompt` and `max_age` when `fresh`, since a sign-in just made meets both.
+/// The query string of a valid request, as the authorization endpoint reads it back. When
+/// `fresh` (the way back from a sign-in), without `max_age` and the `login` of `prompt`, which a
+/// sign-in just made meets; its `consent` stays.
 fn request_query(request: &ValidRequest, fresh: bool) -> String {
     let mut pairs: Vec<(&str, String)> = vec![
         ("response_type", "code".to_owned()),
@@ -101,18 +102,15 @@ fn request_query(request: &ValidRequest, fresh: bool) -> String {
             .into_iter()
             .filter_map(|(name, value)| Some((name, value?))),
     );
-    if !fresh {
-        if let Some(prompt) = request.prompt {
-            let prompt = match prompt {
-                Prompt::None => "none",
-                Prompt::Login => "login",
-                Prompt::Consent => "consent",
-            };
-            pairs.push(("prompt", prompt.to_owned()));
-        }
-        if let Some(max_age) = request.max_age {
-            pairs.push(("max_age", max_age.num_seconds().to_string()));
-        }
+    let prompt = match request.prompt {
+        Some(prompt) if fresh => prompt.after_sign_in(),
+        prompt => prompt,
+    };
+    if let Some(prompt) = prompt {
+        pairs.push(("prompt", prompt.as_str().to_owned()));
+    }
+    if let Some(max_age) = request.max_age.filter(|_| !fresh) {
+        pairs.push(("max_age", max_age.num_seconds().to_string()));
     }
     serde_urlencoded::to_string(pairs).unwrap_or_default()
 }
@@ -220,7 +218,7 @@ pub(super) async fn authorize(req: &Request, console: Data<&Arc<Console>>) -> Re
         }
         Ok(Decision::SignIn) => {
             record_authorization("sign_in");
-            let again = valid.prompt == Some(Prompt::Login) || valid.max_age.is_some();
+            let again = valid.prompt.is_some_and(Prompt::asks_sign_in) || valid.max_age.is_some();
             let next = format!("/oauth/authorize?{}", request_query(&valid, true));
             let mut target = format!("/console/sign-in?next={}", encode(&next));
             if let Some(hint) = &valid.login_hint {

@@ -410,3 +410,60 @@ async fn a_post_logout_redirect_must_be_registered_for_the_named_client() {
         None
     );
 }
+
+#[test]
+fn prompt_takes_none_alone_or_login_and_consent_together() {
+    assert_eq!(Prompt::parse(""), Some(None));
+    assert_eq!(Prompt::parse("none"), Some(Some(Prompt::None)));
+    assert_eq!(
+        Prompt::parse("consent login"),
+        Some(Some(Prompt::LoginAndConsent))
+    );
+    assert_eq!(Prompt::parse("login"), Some(Some(Prompt::Login)));
+    assert_eq!(Prompt::parse("none login"), None);
+    assert_eq!(Prompt::parse("select_account"), None);
+    // After a sign-in made for it, only the consent it asks for is left.
+    assert_eq!(
+        Prompt::LoginAndConsent.after_sign_in(),
+        Some(Prompt::Consent)
+    );
+    assert_eq!(Prompt::Consent.after_sign_in(), Some(Prompt::Consent));
+    assert_eq!(Prompt::Login.after_sign_in(), None);
+}
+
+#[tokio::test]
+async fn prompt_consent_asks_again_although_the_scopes_were_granted() {
+    let sid = SessionId::random();
+    let mut m = mocks(oauth_client(false));
+    m.sessions
+        .expect_find_session()
+        .returning(move |id| Ok(Some((session(id, 7), user(7, Role::User, true)))));
+    m.grants
+        .expect_find_consent()
+        .returning(|user_id, client_id| {
+            Ok(Some(Consent {
+                user_id,
+                client_id: client_id.clone(),
+                scopes: crate::domain::oauth::Scopes::all(),
+                granted_at: now(),
+                last_used_at: None,
+            }))
+        });
+    m.grants.expect_store_code().never();
+    let core = m.service();
+    let valid = core
+        .authorizations
+        .check(AuthorizationRequest {
+            prompt: Some("consent".into()),
+            ..request()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        core.authorizations
+            .decide(&valid, Some(&principal(sid)))
+            .await
+            .unwrap(),
+        Decision::Consent
+    );
+}
