@@ -1081,6 +1081,16 @@ app_test!(
 );
 
 app_test!(the_provider_is_off_with_hs256, |app| {
+    for path in ["/oauth/token", "/oauth/revoke", "/oauth/introspect"] {
+        let response = app
+            .client
+            .post(app.url(path))
+            .form(&[("grant_type", "client_credentials"), ("token", "t")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+    }
     let response = app
         .client
         .post(app.url("/oauth/token"))

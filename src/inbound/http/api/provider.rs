@@ -180,6 +180,10 @@ impl ProviderApi {
         client_id: Option<String>,
         client_secret: Option<String>,
     ) -> Result<OAuthClient, TokenEndpointError> {
+        // Off, every request hears so, before anything about its credentials.
+        if !self.core.authorizations.enabled() {
+            return Err(TokenEndpointError::Off);
+        }
         let auth = Self::client_auth(req, client_id, client_secret)?;
         self.core
             .client_tokens
