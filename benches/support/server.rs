@@ -48,6 +48,20 @@ impl Server {
     /// Starts the release binary as [`Server::start`] does, without waiting. On a free port,
     /// or on the `PORT` that `env` names (a benchmark whose settings must name the port).
     pub fn spawn(database_url: &str, env: &[(&str, &str)]) -> Result<Self> {
+        Self::spawn_to(database_url, env, Stdio::inherit())
+    }
+
+    /// [`Server::spawn`], with the server's log appended to `log` (a benchmark that reads it).
+    #[allow(dead_code)] // only the crash drill reads the log
+    pub fn spawn_logging(
+        database_url: &str,
+        env: &[(&str, &str)],
+        log: std::fs::File,
+    ) -> Result<Self> {
+        Self::spawn_to(database_url, env, Stdio::from(log))
+    }
+
+    fn spawn_to(database_url: &str, env: &[(&str, &str)], log: Stdio) -> Result<Self> {
         let port = match env.iter().find(|(name, _)| *name == "PORT") {
             Some((_, port)) => port.parse()?,
             None => std::net::TcpListener::bind("127.0.0.1:0")?
@@ -61,9 +75,12 @@ impl Server {
             .env("SECRET_KEY", SECRET)
             .env("PORT", port.to_string())
             .env("LOG_LEVEL", "warn")
+            // Production's management listener, on a port of its own: several servers, of one
+            // benchmark or of several, run side by side.
+            .env("METRICS_LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()?;
         Ok(Self {
             child,
@@ -103,10 +120,17 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
+impl Server {
+    /// Kills the process with SIGKILL (`kill -9`: no shutdown of any kind) and reaps it.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

@@ -120,7 +120,14 @@ impl SmtpServer {
 
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
-        self.received.lock().expect("received").clone()
+        self.received_since(0)
+    }
+
+    /// What was received after the first `seen` messages (a caller that polls a busy server
+    /// copies only what is new).
+    pub fn received_since(&self, seen: usize) -> Vec<Received> {
+        let received = self.received.lock().expect("received");
+        received.get(seen..).unwrap_or_default().to_vec()
     }
 
     /// Waits until a message to `to` with `subject` has arrived (at most `within`), and returns
