@@ -327,6 +327,12 @@ const KEYS: &[&str] = &[
     "metrics_listen",
 ];
 
+/// The longest lifetime, window or interval a setting may name: a hundred years. Far beyond it,
+/// turning the setting into a time span, or adding it to now, overflows and panics at start or
+/// on the first request that uses it; well before, deadlines leave the four-digit years that
+/// SQLite's text timestamps compare correctly.
+const MAX_DURATION_SECONDS: i64 = 100 * 365 * 86_400;
+
 /// A setting that makes no sense, or that the profile does not allow. One line, for people.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -429,6 +435,7 @@ impl Settings {
             return fail("MAX_CONNECTIONS must be at least 1");
         }
         self.validate_mail()?;
+        self.validate_durations()?;
         if self.session_lookup_queries == 0 {
             return fail("SESSION_LOOKUP_QUERIES must be at least 1");
         }
@@ -534,6 +541,94 @@ impl Settings {
         ] {
             if !template.contains("{token}") {
                 return Err(ConfigError(format!("{name} must contain {{token}}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a lifetime, window or interval beyond [`MAX_DURATION_SECONDS`].
+    fn validate_durations(&self) -> Result<(), ConfigError> {
+        let signed = |value: i64, unit: i64| value.checked_mul(unit);
+        let unsigned = |value: u64| i64::try_from(value).ok();
+        for (name, seconds) in [
+            (
+                "ACCESS_TOKEN_EXPIRE_MINUTES",
+                signed(self.access_token_expire_minutes, 60),
+            ),
+            (
+                "PASSWORD_RESET_TTL_MINUTES",
+                signed(self.password_reset_ttl_minutes, 60),
+            ),
+            (
+                "EMAIL_VERIFICATION_TTL_HOURS",
+                signed(self.email_verification_ttl_hours, 3600),
+            ),
+            (
+                "INVITATION_TTL_HOURS",
+                signed(self.invitation_ttl_hours, 3600),
+            ),
+            (
+                "REFRESH_TOKEN_EXPIRE_DAYS",
+                signed(self.refresh_token_expire_days, 86_400),
+            ),
+            (
+                "SESSION_MAX_AGE_DAYS",
+                signed(self.session_max_age_days, 86_400),
+            ),
+            (
+                "SIGNING_KEY_ROTATION_DAYS",
+                signed(self.signing_key_rotation_days, 86_400),
+            ),
+            (
+                "AUDIT_RETENTION_DAYS",
+                signed(self.audit_retention_days, 86_400),
+            ),
+            ("JWT_LEEWAY_SECONDS", Some(self.jwt_leeway_seconds)),
+            ("ID_TOKEN_TTL_SECONDS", Some(self.id_token_ttl_seconds)),
+            ("JWKS_MAX_AGE", Some(self.jwks_max_age)),
+            (
+                "RATE_LIMIT_WINDOW_SECONDS",
+                Some(self.rate_limit_window_seconds),
+            ),
+            (
+                "LOGIN_FAILURE_DELAY_MAX_SECONDS",
+                Some(self.login_failure_delay_max_seconds),
+            ),
+            (
+                "MAIL_RETRY_BASE_SECONDS",
+                Some(self.mail_retry_base_seconds),
+            ),
+            (
+                "SIGNING_KEY_REFRESH_SECONDS",
+                unsigned(self.signing_key_refresh_seconds),
+            ),
+            (
+                "DATABASE_TIMEOUT_SECONDS",
+                unsigned(self.database_timeout_seconds),
+            ),
+            (
+                "SESSION_CACHE_MAX_AGE_SECONDS",
+                unsigned(self.session_cache_max_age_seconds),
+            ),
+            (
+                "SESSION_PURGE_INTERVAL_SECONDS",
+                unsigned(self.session_purge_interval_seconds),
+            ),
+            (
+                "HEADER_READ_TIMEOUT_SECONDS",
+                unsigned(self.header_read_timeout_seconds),
+            ),
+            (
+                "BODY_READ_TIMEOUT_SECONDS",
+                unsigned(self.body_read_timeout_seconds),
+            ),
+            (
+                "SHUTDOWN_TIMEOUT_SECONDS",
+                unsigned(self.shutdown_timeout_seconds),
+            ),
+        ] {
+            if seconds.is_none_or(|seconds| seconds > MAX_DURATION_SECONDS) {
+                return Err(ConfigError(format!("{name} must be at most 100 years")));
             }
         }
         Ok(())
@@ -908,6 +1003,18 @@ mod tests {
             ),
             ("jwt_leeway_seconds", "-1", "JWT_LEEWAY_SECONDS"),
             ("max_sessions_per_user", "0", "MAX_SESSIONS_PER_USER"),
+            // Past a hundred years: these once passed, and panicked at start or at a login.
+            (
+                "access_token_expire_minutes",
+                "1073741824",
+                "ACCESS_TOKEN_EXPIRE_MINUTES",
+            ),
+            (
+                "signing_key_refresh_seconds",
+                "9223372036854775807",
+                "SIGNING_KEY_REFRESH_SECONDS",
+            ),
+            ("audit_retention_days", "36501", "AUDIT_RETENTION_DAYS"),
             ("ipv6_prefix_length", "0", "IPV6_PREFIX_LENGTH"),
             ("ipv6_prefix_length", "129", "IPV6_PREFIX_LENGTH"),
             (
@@ -964,6 +1071,143 @@ mod tests {
         assert_eq!(s.cors_origins(), ["https://a.example", "https://b.example"]);
         assert_eq!(s.trusted_proxy_addrs().unwrap().len(), 2);
         assert!(with(Profile::Development, &[("trusted_proxies", "10.0.0.0/8")]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use chrono::{DateTime, Datelike as _, TimeDelta, Utc};
+    use figment::providers::Serialized;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::{AuthPolicy, KeyPolicy};
+    use crate::properties::config;
+
+    /// Every setting that names a time span.
+    const DURATIONS: [&str; 22] = [
+        "access_token_expire_minutes",
+        "password_reset_ttl_minutes",
+        "email_verification_ttl_hours",
+        "invitation_ttl_hours",
+        "refresh_token_expire_days",
+        "session_max_age_days",
+        "signing_key_rotation_days",
+        "audit_retention_days",
+        "jwt_leeway_seconds",
+        "id_token_ttl_seconds",
+        "jwks_max_age",
+        "rate_limit_window_seconds",
+        "login_failure_delay_max_seconds",
+        "mail_retry_base_seconds",
+        "audit_fold_window_seconds",
+        "signing_key_refresh_seconds",
+        "database_timeout_seconds",
+        "session_cache_max_age_seconds",
+        "session_purge_interval_seconds",
+        "header_read_timeout_seconds",
+        "body_read_timeout_seconds",
+        "shutdown_timeout_seconds",
+    ];
+
+    /// The spans the core decides by, as the settings become them at start.
+    fn spans(settings: &Settings) -> Vec<TimeDelta> {
+        let auth = AuthPolicy::from(settings);
+        let keys = KeyPolicy::from(settings);
+        let limits = &auth.limits;
+        let mut spans = vec![
+            auth.access_token_ttl,
+            auth.leeway,
+            auth.refresh_token_ttl,
+            auth.session_max_age,
+            auth.audit_retention,
+            auth.audit_fold_window,
+            auth.mail.reset_ttl,
+            auth.mail.invitation_ttl,
+            auth.mail.verification_ttl,
+            auth.mail.retry_base,
+            auth.provider.id_token_ttl,
+            limits.max_delay,
+            limits.login_per_ip.window,
+            keys.rotation_period,
+            keys.publication_delay,
+            keys.verification_hold,
+        ];
+        spans.extend(
+            [
+                settings.database_timeout_seconds,
+                settings.session_cache_max_age_seconds,
+                settings.session_purge_interval_seconds,
+                settings.header_read_timeout_seconds,
+                settings.body_read_timeout_seconds,
+                settings.shutdown_timeout_seconds,
+            ]
+            .map(|seconds| TimeDelta::seconds(i64::try_from(seconds).unwrap())),
+        );
+        spans
+    }
+
+    fn value() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            any::<i64>(),
+            0i64..100_000,
+            (0u32..64).prop_map(|bits| 1i64 << bits.min(62)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        /// Whatever a time setting says, the settings are refused at load, naming it, or every
+        /// deadline computed from it stays a date both databases hold.
+        #[test]
+        fn a_time_setting_is_refused_or_every_deadline_from_it_is_a_plain_date(
+            key in 0..DURATIONS.len(),
+            value in value(),
+        ) {
+            let figment = Settings::defaults().merge(Serialized::default(DURATIONS[key], value));
+            let Ok(settings) = Settings::from_figment(Profile::Development, &figment) else {
+                return Ok(());
+            };
+            let now = Utc::now();
+            for span in spans(&settings) {
+                for deadline in [now.checked_add_signed(span), now.checked_sub_signed(span)] {
+                    let year = deadline.as_ref().map(DateTime::year);
+                    prop_assert!(
+                        year.is_some_and(|year| (1..10_000).contains(&year)),
+                        "{}={}: {:?}", DURATIONS[key], value, deadline
+                    );
+                }
+            }
+        }
+
+        /// Any text in any setting, as the environment would give it, is taken or refused:
+        /// never a panic.
+        #[test]
+        fn any_text_in_any_setting_is_taken_or_refused(
+            key in 0..KEYS.len(),
+            text in prop_oneof![any::<String>(), "[0-9a-z:/.,\\[\\] -]{0,30}"],
+        ) {
+            let figment = Settings::defaults().merge(Serialized::default(KEYS[key], &text));
+            if let Ok(settings) = Settings::from_figment(Profile::Development, &figment) {
+                spans(&settings);
+                settings.cors_origins();
+                settings.provider_off_reason();
+            }
+        }
+
+        #[test]
+        fn a_list_reads_back_its_items_whatever_the_spacing(
+            items in prop::collection::vec("[^,\\s]{1,10}", 0..6),
+            spacing in "[ \t]{0,2}",
+        ) {
+            let list = items
+                .iter()
+                .map(|item| format!("{spacing}{item}{spacing}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            prop_assert_eq!(split_list(&format!("{list},")), items);
+        }
     }
 }
 

@@ -7,5 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod inbound;
 pub mod outbound;
+#[cfg(test)]
+mod properties;
 pub mod startup;
 pub mod telemetry;

@@ -234,4 +234,133 @@ mod tests {
             EmailError::Malformed
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::properties::config;
+
+        /// Letters, digits and the specials, in ASCII; dotted runs of them.
+        const LOCAL: &str = "[a-z0-9_+'=-]{1,12}(\\.[a-z0-9]{1,6}){0,2}";
+        const DOMAIN: &str = "([a-z0-9]{1,10}\\.){1,3}[a-z]{2,6}";
+
+        /// A twin of an ASCII letter that a person reads as the same letter: its capital,
+        /// fullwidth or mathematical bold form, or a Cyrillic homoglyph where there is one.
+        fn twin(c: char, pick: u8) -> char {
+            let offset = u32::from(c) - u32::from('a');
+            let cyrillic = match c {
+                'a' => Some('\u{430}'),
+                'c' => Some('\u{441}'),
+                'e' => Some('\u{435}'),
+                'o' => Some('\u{43e}'),
+                'p' => Some('\u{440}'),
+                'x' => Some('\u{445}'),
+                _ => None,
+            };
+            let forms = [
+                Some(c),
+                Some(c.to_ascii_uppercase()),
+                char::from_u32(0xff41 + offset),
+                char::from_u32(0x1d41a + offset),
+                cyrillic,
+            ];
+            forms[usize::from(pick) % forms.len()].unwrap_or(c)
+        }
+
+        fn address() -> impl Strategy<Value = String> {
+            (LOCAL, DOMAIN).prop_map(|(local, domain)| format!("{local}@{domain}"))
+        }
+
+        /// Strings that are nearly addresses: any characters where an address has its parts.
+        fn near_address() -> impl Strategy<Value = String> {
+            let part = prop_oneof![
+                "\\PC{0,20}",
+                "[a-z.@\\-]{0,20}",
+                "[\\s\\S]{0,5}",
+                LOCAL.prop_map(String::from)
+            ];
+            (
+                part.clone(),
+                prop::option::of("@"),
+                part,
+                prop::option::of(DOMAIN),
+            )
+                .prop_map(|(a, at, b, domain)| {
+                    format!(
+                        "{a}{}{b}{}",
+                        at.unwrap_or_default(),
+                        domain.unwrap_or_default()
+                    )
+                })
+        }
+
+        proptest! {
+            #![proptest_config(config(512))]
+
+            #[test]
+            fn parsing_anything_keeps_what_was_typed_within_the_limits(
+                input in prop_oneof![any::<String>(), near_address()]
+            ) {
+                if let Ok(email) = Email::parse(&input) {
+                    prop_assert_eq!(email.as_str(), input.trim());
+                    prop_assert!(email.as_str().len() <= MAX_LEN);
+                    let (local, domain) = email.as_str().rsplit_once('@').unwrap();
+                    prop_assert!(!local.is_empty() && local.len() <= MAX_LOCAL_LEN);
+                    prop_assert!(domain.contains('.') && domain.is_ascii());
+                    prop_assert!(!email.as_str().chars().any(char::is_control));
+                }
+            }
+
+            #[test]
+            fn an_address_parses_again_to_itself(address in address(), pad in "[ \t\n]{0,3}") {
+                let email = Email::parse(&format!("{pad}{address}{pad}")).unwrap();
+                let again = Email::parse(email.as_str()).unwrap();
+                prop_assert_eq!(again.as_str(), email.as_str());
+                prop_assert_eq!(again.normalized(), email.normalized());
+                prop_assert_eq!(again.key(), email.key());
+                let trusted = Email::from_trusted(email.as_str().to_owned());
+                prop_assert_eq!(trusted.key(), email.key());
+            }
+
+            #[test]
+            fn normalising_is_idempotent_and_keeps_the_key(
+                input in prop_oneof![address(), near_address(), any::<String>()]
+            ) {
+                let Ok(email) = Email::parse(&input) else { return Ok(()) };
+                let normalized = Email::from_trusted(email.normalized().to_owned());
+                prop_assert_eq!(normalized.normalized(), email.normalized());
+                prop_assert_eq!(normalized.key(), email.key());
+                prop_assert_eq!(lookalike_key(email.key()), email.key());
+            }
+
+            #[test]
+            fn look_alikes_of_an_address_are_one_account(
+                local in "[a-z]{1,12}",
+                domain in DOMAIN,
+                picks in prop::collection::vec(any::<u8>(), 12),
+                upper_domain in any::<bool>(),
+            ) {
+                let plain = Email::parse(&format!("{local}@{domain}")).unwrap();
+                let twin_local: String =
+                    local.chars().zip(&picks).map(|(c, pick)| twin(c, *pick)).collect();
+                let twin_domain =
+                    if upper_domain { domain.to_ascii_uppercase() } else { domain.clone() };
+                let twin = Email::parse(&format!("{twin_local}@{twin_domain}")).unwrap();
+                prop_assert_eq!(twin.key(), plain.key(), "{:?}", twin);
+                prop_assert_eq!(&twin, &plain);
+            }
+
+            /// Letters that no other letter or pair of letters looks like (not `l`, `1`, `rn`
+            /// and `m`, `cl` and `d`, `vv` and `w`...): addresses of them differ as they read.
+            #[test]
+            fn addresses_that_read_differently_are_different_accounts(
+                a in "[abefghjkpqstxyz]{1,8}@[abefghjkpqstxyz]{1,8}\\.[abefghjkpqstxyz]{2,3}",
+                b in "[abefghjkpqstxyz]{1,8}@[abefghjkpqstxyz]{1,8}\\.[abefghjkpqstxyz]{2,3}",
+            ) {
+                prop_assume!(a != b);
+                prop_assert_ne!(Email::parse(&a).unwrap(), Email::parse(&b).unwrap());
+            }
+        }
+    }
 }

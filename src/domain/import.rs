@@ -239,7 +239,11 @@ pub fn plan(source: &[SourceUser], target: &[TargetUser], on_conflict: OnConflic
             let ids: Vec<i64> = group.iter().map(|u| u.id.0).collect();
             let keep = match on_conflict {
                 OnConflict::Fail => None,
-                OnConflict::KeepOldest => group.iter().position(|u| u.id.0 == ids[0]),
+                OnConflict::KeepOldest => group
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, u)| u.id.0)
+                    .map(|(i, _)| i),
                 OnConflict::KeepNewest => group
                     .iter()
                     .enumerate()
@@ -477,6 +481,196 @@ mod tests {
             &HASH.replacen('L', "'", 1),
         ] {
             assert!(!is_bcrypt(bad), "{bad}");
+        }
+    }
+
+    mod properties {
+        use std::collections::HashSet;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Addresses that collide here in several ways (case, a Cyrillic `о`), and some that
+        /// Portcullis refuses.
+        const EMAILS: [&str; 8] = [
+            "ann@example.com",
+            "Ann@Example.com",
+            "bob@example.com",
+            "b\u{43e}b@example.com",
+            "eve@example.com",
+            "not-an-email",
+            " eve@example.com ",
+            "x@localhost",
+        ];
+        const ROLES: [&str; 4] = ["USER", "ADMIN", "admin", "OWNER"];
+
+        fn source() -> impl Strategy<Value = Vec<SourceUser>> {
+            let hash = prop_oneof![
+                3 => Just(HASH.to_owned()),
+                1 => Just(HASH.replacen("$2b$12$", "$2y$10$", 1)),
+                1 => "\\PC{0,60}",
+                1 => "\\$2[abxyz]\\$[0-9]{2}\\$[./A-Za-z0-9]{50,54}",
+            ];
+            let row = (
+                0..EMAILS.len(),
+                hash,
+                prop::option::of("\\PC{0,12}"),
+                0..ROLES.len(),
+                any::<bool>(),
+                0i64..5,
+            );
+            // pyauth's ids are a primary key: unique, in any order.
+            (
+                prop::collection::hash_set(1i64..40, 0..12),
+                prop::collection::vec(row, 12),
+            )
+                .prop_map(|(ids, rows)| {
+                    ids.into_iter()
+                        .zip(rows)
+                        .map(
+                            |(id, (email, hash, name, role, is_active, day))| SourceUser {
+                                id,
+                                email: EMAILS[email].to_owned(),
+                                hashed_password: hash,
+                                full_name: name,
+                                role: ROLES[role].to_owned(),
+                                is_active,
+                                created_at: Utc.with_ymd_and_hms(2025, 1, 1, 0, 0, 0).unwrap()
+                                    + chrono::TimeDelta::days(day),
+                            },
+                        )
+                        .collect()
+                })
+        }
+
+        /// Users already here: some registered, some imported before (as the row is now, or
+        /// as it was), with unique ids and addresses as the target's constraints keep them.
+        fn existing() -> impl Strategy<Value = Vec<TargetUser>> {
+            let user = (1i64..40, 0..5usize, prop::option::of(any::<bool>()));
+            prop::collection::vec(user, 0..6).prop_map(|users| {
+                let mut ids = HashSet::new();
+                let mut keys = HashSet::new();
+                users
+                    .into_iter()
+                    .filter_map(|(id, email, imported)| {
+                        let key = Email::parse(EMAILS[email]).ok()?.key().to_owned();
+                        (ids.insert(id) && keys.insert(key.clone())).then(|| TargetUser {
+                            id: UserId(id),
+                            email_key: key,
+                            imported_digest: imported.map(|current| {
+                                if current {
+                                    target(id, EMAILS[email], true).imported_digest.unwrap()
+                                } else {
+                                    "an older row".to_owned()
+                                }
+                            }),
+                        })
+                    })
+                    .collect()
+            })
+        }
+
+        fn on_conflict() -> impl Strategy<Value = OnConflict> {
+            prop_oneof![
+                Just(OnConflict::Fail),
+                Just(OnConflict::KeepOldest),
+                Just(OnConflict::KeepNewest)
+            ]
+        }
+
+        /// The target after `plan` is written, as the import's transaction leaves it.
+        fn applied(mut target: Vec<TargetUser>, plan: &ImportPlan) -> Vec<TargetUser> {
+            if !plan.writes() {
+                return target;
+            }
+            for user in &plan.updates {
+                let existing = target.iter_mut().find(|t| t.id == user.id).unwrap();
+                existing.imported_digest = Some(user.digest());
+            }
+            target.extend(plan.inserts.iter().map(|user| TargetUser {
+                id: user.id,
+                email_key: user.email.key().to_owned(),
+                imported_digest: Some(user.digest()),
+            }));
+            target
+        }
+
+        proptest! {
+            // Each case parses a dozen addresses (NFKC and the confusable skeleton) twice over.
+            #![proptest_config(crate::properties::config(128))]
+
+            #[test]
+            fn every_row_is_accounted_for_once_and_nothing_is_written_twice(
+                source in source(),
+                target in existing(),
+                on_conflict in on_conflict(),
+            ) {
+                let plan = plan(&source, &target, on_conflict);
+                prop_assert_eq!(
+                    plan.inserts.len() + plan.updates.len() + plan.unchanged
+                        + plan.conflicts.len() + plan.skipped.len(),
+                    source.len()
+                );
+                prop_assert_eq!(
+                    plan.largest_source_id,
+                    source.iter().map(|row| row.id).max().unwrap_or(0)
+                );
+                prop_assert_eq!(
+                    plan.refused,
+                    on_conflict == OnConflict::Fail && !plan.conflicts.is_empty()
+                );
+                let written: Vec<&ImportedUser> = plan.inserts.iter().chain(&plan.updates).collect();
+                let keys: HashSet<&str> = written.iter().map(|u| u.email.key()).collect();
+                let ids: HashSet<UserId> = written.iter().map(|u| u.id).collect();
+                prop_assert_eq!(keys.len(), written.len());
+                prop_assert_eq!(ids.len(), written.len());
+                for user in &plan.inserts {
+                    prop_assert!(target.iter().all(|t| t.id != user.id && t.email_key != user.email.key()));
+                }
+                for user in &plan.updates {
+                    let existing = target.iter().find(|t| t.id == user.id).unwrap();
+                    prop_assert_eq!(existing.email_key.as_str(), user.email.key());
+                    prop_assert!(existing.imported_digest.is_some());
+                    prop_assert_ne!(existing.imported_digest.clone(), Some(user.digest()));
+                }
+                for conflict in &plan.conflicts {
+                    let ConflictReason::SameAddress { ids, kept } = &conflict.reason else {
+                        continue;
+                    };
+                    let rows: Vec<&SourceUser> =
+                        source.iter().filter(|row| ids.contains(&row.id)).collect();
+                    let expected = match on_conflict {
+                        OnConflict::Fail => None,
+                        OnConflict::KeepOldest => rows.iter().map(|row| row.id).min(),
+                        OnConflict::KeepNewest => {
+                            rows.iter().max_by_key(|row| (row.created_at, row.id)).map(|row| row.id)
+                        }
+                    };
+                    prop_assert_eq!(*kept, expected);
+                }
+            }
+
+            #[test]
+            fn a_second_run_over_what_the_first_wrote_changes_nothing(
+                source in source(),
+                target in existing(),
+                on_conflict in on_conflict(),
+            ) {
+                let first = plan(&source, &target, on_conflict);
+                let second = plan(&source, &applied(target, &first), on_conflict);
+                if first.refused {
+                    prop_assert_eq!(second, first);
+                } else {
+                    prop_assert!(second.inserts.is_empty() && second.updates.is_empty());
+                    prop_assert_eq!(
+                        second.unchanged,
+                        first.inserts.len() + first.updates.len() + first.unchanged
+                    );
+                    prop_assert_eq!(second.conflicts, first.conflicts);
+                    prop_assert_eq!(second.skipped, first.skipped);
+                }
+            }
         }
     }
 }

@@ -611,4 +611,165 @@ mod tests {
         assert_eq!(passkey_name("\u{feff} "), Ok(None));
         assert_eq!(passkey_name(&"é".repeat(64)).map(|n| n.is_some()), Ok(true));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+        use totp_rs::{Algorithm, Builder, Secret};
+
+        use super::*;
+        use crate::properties::config;
+
+        /// Times from 1970 to 2100.
+        const TIMES: std::ops::Range<i64> = 0..4_102_444_800;
+
+        fn secret() -> impl Strategy<Value = TotpSecret> {
+            prop::collection::vec(any::<u8>(), 1..64).prop_map(TotpSecret::from_bytes)
+        }
+
+        fn typed(code: u32) -> TotpCode {
+            TotpCode::parse(&format!("{code:06}")).unwrap()
+        }
+
+        proptest! {
+            #![proptest_config(config(512))]
+
+            /// totp-rs is an independent RFC 6238 implementation, and it reads the secret from
+            /// the base32 an app is given: the two agree on the secret and on every code.
+            #[test]
+            fn codes_and_the_base32_secret_are_what_another_implementation_computes(
+                secret in secret(),
+                time in TIMES,
+            ) {
+                let decoded = Secret::try_from_base32(secret.base32()).unwrap();
+                prop_assert_eq!(decoded.as_ref(), secret.as_bytes());
+                let app = Builder::new()
+                    .with_algorithm(Algorithm::SHA1)
+                    .with_digits(6)
+                    .with_step_duration(30)
+                    .with_secret(decoded)
+                    .build_noncompliant();
+                let ours = format!("{:06}", secret.code_at(totp_step(at(time))));
+                prop_assert_eq!(ours, app.generate(time.cast_unsigned()).to_string());
+            }
+
+            #[test]
+            fn a_code_is_accepted_only_within_one_step_of_now(
+                secret in secret(),
+                time in TIMES,
+                offset in -4i64..=4,
+            ) {
+                let now = at(time);
+                let step = totp_step(now);
+                let code = secret.code_at(step + offset);
+                let matched = secret.matching_step(&typed(code), now);
+                if offset.abs() <= TOTP_SKEW_STEPS {
+                    prop_assert!(matched.is_some());
+                }
+                // Another step of the window may have the same code by chance (one in a
+                // million): then that step is the one matched, never one outside the window.
+                if let Some(matched) = matched {
+                    prop_assert!((matched - step).abs() <= TOTP_SKEW_STEPS);
+                    prop_assert_eq!(secret.code_at(matched), code);
+                }
+            }
+
+            #[test]
+            fn a_typed_code_is_six_digits_with_any_spaces(
+                raw in prop_oneof![any::<String>(), "[0-9 ]{0,10}", "[0-9٠-٩０-９a]{6}"]
+            ) {
+                let digits: String = raw.chars().filter(|c| *c != ' ').collect();
+                let valid = digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit());
+                prop_assert_eq!(TotpCode::parse(&raw).is_some(), valid);
+            }
+
+            #[test]
+            fn a_recovery_code_is_found_however_it_is_typed_and_only_so(
+                chars in "[a-z2-7]{16}",
+                upper in prop::collection::vec(any::<bool>(), 16),
+                separators in prop::collection::vec("[- ]{0,2}", 16),
+                changed in 0usize..16,
+                replacement in "[a-z2-7]",
+            ) {
+                let canonical = RecoveryCodeHash::of_typed(&chars).unwrap();
+                let sloppy: String = chars
+                    .chars()
+                    .zip(&upper)
+                    .zip(&separators)
+                    .map(|((c, up), sep)| {
+                        let c = if *up { c.to_ascii_uppercase() } else { c };
+                        format!("{sep}{c}")
+                    })
+                    .collect();
+                prop_assert_eq!(RecoveryCodeHash::of_typed(&sloppy), Some(canonical.clone()));
+                let mut other = chars.clone();
+                other.replace_range(changed..=changed, &replacement);
+                if other != chars {
+                    prop_assert_ne!(RecoveryCodeHash::of_typed(&other), Some(canonical));
+                }
+            }
+
+            #[test]
+            fn anything_typed_as_a_recovery_code_is_a_code_or_nothing(raw in any::<String>()) {
+                let normal: String = raw
+                    .chars()
+                    .filter(|c| !matches!(c, '-' | ' '))
+                    .map(|c| c.to_ascii_lowercase())
+                    .collect();
+                prop_assert_eq!(
+                    RecoveryCodeHash::of_typed(&raw),
+                    RecoveryCodeHash::of_typed(&normal)
+                );
+                if RecoveryCodeHash::of_typed(&raw).is_some() {
+                    prop_assert!(normal.len() == 16 && normal.bytes().all(|b| BASE32.contains(&b)));
+                }
+            }
+
+            /// The label of an `otpauth` URI survives any issuer and account: each decodes back
+            /// to what it was, and nothing in it can end the label or start the query.
+            #[test]
+            fn the_otpauth_label_encodes_any_issuer_and_account(
+                issuer in any::<String>(),
+                account in any::<String>(),
+            ) {
+                let uri = TotpSecret::from_bytes(vec![1; 20]).otpauth_uri(&issuer, &account);
+                let label = uri
+                    .strip_prefix("otpauth://totp/")
+                    .and_then(|rest| rest.split_once('?'))
+                    .map(|(label, _)| label)
+                    .unwrap();
+                let (encoded_issuer, encoded_account) = label.split_once(':').unwrap();
+                prop_assert_eq!(percent_decode(encoded_issuer), issuer);
+                prop_assert_eq!(percent_decode(encoded_account), account);
+            }
+
+            #[test]
+            fn a_passkey_name_is_bounded_trimmed_and_stable(raw in prop_oneof![
+                any::<String>(), "[ \\u{feff}a-z\\t]{0,70}", "\\PC{60,70}"
+            ]) {
+                if let Ok(Some(name)) = passkey_name(&raw) {
+                    prop_assert!(!name.is_empty() && name.chars().count() <= PASSKEY_NAME_MAX_CHARS);
+                    prop_assert!(!name.chars().any(char::is_control));
+                    prop_assert_eq!(passkey_name(&name), Ok(Some(name.clone())));
+                }
+            }
+        }
+
+        /// Decodes `%XX` escapes; the label is ASCII, so anything else is kept as it is.
+        fn percent_decode(text: &str) -> String {
+            let bytes = text.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i] == b'%' {
+                    let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                    out.push(u8::from_str_radix(hex, 16).unwrap());
+                    i += 3;
+                } else {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+            String::from_utf8(out).unwrap()
+        }
+    }
 }

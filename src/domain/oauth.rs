@@ -312,16 +312,23 @@ pub fn redirect_uri_matches(registered: &str, presented: &str, public: bool) -> 
     }
 }
 
-/// An `http` loopback URI without its port: (host, path and query).
+/// An `http` loopback URI without its port: (host, path and query). The authority must be the
+/// host alone or with a numeric port: anything else after the host (`127.0.0.1:@evil.example`,
+/// where a browser reads `127.0.0.1:` as userinfo) leaves the loopback interface.
 fn loopback_parts(uri: &str) -> Option<(&str, &str)> {
     let after = uri.strip_prefix("http://")?;
-    let split = after.find(['/', '?']).unwrap_or(after.len());
+    let split = after.find(['/', '?', '#']).unwrap_or(after.len());
     let (authority, path) = after.split_at(split);
-    let host = match authority.strip_prefix('[') {
-        Some(_) => &authority[..=authority.find(']')?],
-        None => authority.split(':').next()?,
+    let host_end = match authority.strip_prefix('[') {
+        Some(_) => authority.find(']')? + 1,
+        None => authority.find(':').unwrap_or(authority.len()),
     };
-    is_loopback(host).then_some((host, path))
+    let (host, port) = authority.split_at(host_end);
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|digits| {
+            (1..=5).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+        });
+    (port_ok && is_loopback(host)).then_some((host, path))
 }
 
 /// What an admin sets on a client.
@@ -642,6 +649,30 @@ mod tests {
         ));
     }
 
+    /// Found by `a_loopback_match_never_leaves_the_loopback_host`: the authorization code went
+    /// wherever the text after `127.0.0.1:` pointed, since a browser reads `127.0.0.1:` there
+    /// as userinfo and `evil.example` as the host.
+    #[test]
+    fn a_public_clients_loopback_uri_matches_only_a_numeric_port() {
+        for presented in [
+            "http://127.0.0.1:@evil.example/cb",
+            "http://127.0.0.1:x@evil.example/cb",
+            "http://localhost:1@evil.example/cb",
+            "http://[::1]:@evil.example/cb",
+            "http://[::1]@evil.example/cb",
+            "http://127.0.0.1.evil.example/cb",
+            "http://127.0.0.1:/cb",
+            "http://127.0.0.1:123456/cb",
+        ] {
+            assert!(
+                !redirect_uri_matches("http://127.0.0.1/cb", presented, true)
+                    && !redirect_uri_matches("http://localhost/cb", presented, true)
+                    && !redirect_uri_matches("http://[::1]/cb", presented, true),
+                "{presented}"
+            );
+        }
+    }
+
     #[test]
     fn scopes_parse_in_one_order_and_name_what_is_unknown() {
         let scopes = Scopes::parse("email openid  openid").unwrap();
@@ -704,5 +735,97 @@ mod tests {
         assert!(secret.secret.len() >= 43);
         assert!(secret.hash.matches(&secret.secret));
         assert!(!secret.hash.matches("guess"));
+    }
+
+    mod properties {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use proptest::prelude::*;
+        use sha2::{Digest as _, Sha256};
+
+        use super::*;
+        use crate::properties::config;
+
+        const LOOPBACK: [&str; 3] = ["127.0.0.1", "localhost", "[::1]"];
+
+        /// A loopback URI with whatever a client might put between the host and the path.
+        fn presented() -> impl Strategy<Value = String> {
+            (
+                0..LOOPBACK.len(),
+                "(:[0-9]{0,6})?[:@\\[\\]a-z0-9.%\\\\#?]{0,12}",
+                "(/cb)?",
+            )
+                .prop_map(|(host, tail, path)| format!("http://{}{tail}{path}", LOOPBACK[host]))
+        }
+
+        proptest! {
+            #![proptest_config(config(1024))]
+
+            /// The host a browser sends the code to is the registered loopback host, whatever
+            /// the presented URI holds besides.
+            #[test]
+            fn a_loopback_match_never_leaves_the_loopback_host(
+                registered in 0..LOOPBACK.len(),
+                port in prop::option::of(1u16..),
+                presented in presented(),
+            ) {
+                let host = LOOPBACK[registered];
+                let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+                let registered = format!("http://{host}{port}/cb");
+                if redirect_uri_matches(&registered, &presented, true)
+                    && let Ok(url) = url::Url::parse(&presented)
+                {
+                    prop_assert_eq!(url.host_str(), Some(host));
+                    prop_assert_eq!(url.path(), "/cb");
+                }
+                prop_assert!(!redirect_uri_matches(&registered, &presented, false)
+                    || registered == presented);
+            }
+
+            #[test]
+            fn any_redirect_uri_is_judged_without_failing(
+                uri in prop_oneof![any::<String>(), presented(), "https?://[a-z.:@\\[\\]0-9]{0,20}/"],
+                public: bool,
+            ) {
+                if check_redirect_uri(&uri, public, UriList::Redirect).is_ok() {
+                    prop_assert!(!uri.contains('#') && !uri.contains('*'));
+                    prop_assert!(!uri.chars().any(char::is_whitespace));
+                }
+                redirect_uri_matches(&uri, &uri, public);
+            }
+
+            #[test]
+            fn scopes_read_back_what_they_print(
+                subset in prop::collection::vec(any::<bool>(), Scope::ALL.len()),
+                text in prop_oneof![any::<String>(), "((openid|profile|email|offline_access|x) {0,2}){0,5}"],
+            ) {
+                let scopes = Scopes::of(
+                    Scope::ALL.into_iter().zip(&subset).filter(|(_, on)| **on).map(|(s, _)| s),
+                );
+                prop_assert_eq!(Scopes::parse(&scopes.to_string()), Ok(scopes));
+                if let Ok(parsed) = Scopes::parse(&text) {
+                    prop_assert_eq!(Scopes::parse(&parsed.to_string()), Ok(parsed.clone()));
+                    prop_assert!(Scopes::all().covers(&parsed));
+                }
+            }
+
+            #[test]
+            fn pkce_accepts_the_verifier_of_the_challenge_and_no_other(
+                verifier in "[A-Za-z0-9._~-]{43,128}",
+                at in any::<prop::sample::Index>(),
+                replacement in "[A-Za-z0-9._~-]",
+                other in prop_oneof![any::<String>(), "[A-Za-z0-9_-]{43}"],
+            ) {
+                let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+                prop_assert!(is_s256_challenge(&challenge));
+                prop_assert!(pkce_verifies(&verifier, &challenge));
+                let mut changed = verifier.clone();
+                let at = at.index(verifier.len());
+                changed.replace_range(at..=at, &replacement);
+                prop_assert_eq!(pkce_verifies(&changed, &challenge), changed == verifier);
+                prop_assert!(!pkce_verifies(&other, &challenge) || other == verifier);
+                pkce_verifies(&verifier, &other);
+            }
+        }
     }
 }

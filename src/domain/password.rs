@@ -122,4 +122,75 @@ mod tests {
         let hash = PasswordHash::new("$2b$12$secret".into());
         assert!(!format!("{hash:?}").contains("secret"));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::domain::{Email, FullName};
+        use crate::properties::config;
+
+        /// Mostly printable text of about the lengths the limits sit at, in one-, two-, three-
+        /// and four-byte characters, with a control character now and then.
+        fn candidate() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "[a-z0-9 ]{0,80}",
+                "[a-zé€😀]{4,40}",
+                "[a-z\\x00-\\x1f\\x7f\\u{85}]{6,12}",
+                any::<String>(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(config(512))]
+
+            #[test]
+            fn a_parsed_password_keeps_its_limits_and_is_kept_as_given(candidate in candidate()) {
+                let expected = if candidate.chars().count() < MIN_CHARS {
+                    Err(PasswordError::TooShort)
+                } else if candidate.len() > MAX_BYTES {
+                    Err(PasswordError::TooLong)
+                } else if candidate.chars().any(char::is_control) {
+                    Err(PasswordError::ControlCharacter)
+                } else {
+                    Ok(candidate.as_str())
+                };
+                let parsed = Password::parse(&candidate);
+                prop_assert_eq!(parsed.as_ref().map(Password::expose).map_err(Clone::clone), expected);
+                if let Ok(password) = parsed {
+                    // bcrypt stops at a NUL and at 72 bytes: neither can cut a parsed password.
+                    prop_assert!(!password.expose().contains('\0'));
+                    prop_assert!(password.expose().len() <= MAX_BYTES);
+                }
+            }
+        }
+
+        proptest! {
+            // zxcvbn takes milliseconds per password in a debug build.
+            #![proptest_config(config(64))]
+
+            #[test]
+            fn the_policy_judges_any_password_without_failing(
+                candidate in "\\PC{8,24}",
+                local in "[a-z0-9]{1,10}",
+                name in "\\PC{1,30}",
+                min_score in 0..=MAX_SCORE,
+            ) {
+                let Ok(password) = Password::parse(&candidate) else { return Ok(()) };
+                let email = Email::parse(&format!("{local}@example.com")).unwrap();
+                let name = FullName::parse(&name).ok();
+                let verdict = PasswordPolicy { min_score }.check(&password, &email, name.as_ref());
+                if min_score == 0 {
+                    prop_assert!(!matches!(verdict, Err(PasswordError::Guessable(_))));
+                }
+                let same = Password::parse(email.as_str()).unwrap_or(password);
+                if same.expose() == email.as_str() {
+                    prop_assert_eq!(
+                        PasswordPolicy { min_score }.check(&same, &email, name.as_ref()),
+                        Err(PasswordError::SameAsEmail)
+                    );
+                }
+            }
+        }
+    }
 }

@@ -21,3 +21,39 @@ pub(crate) fn random_secret() -> String {
     rand::rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::properties::config;
+
+    proptest! {
+        #![proptest_config(config(256))]
+
+        /// Refresh tokens, link tokens, mfa tokens, cookies and client secrets are all found by
+        /// this hash: any text presented has one, and a token with one character changed (or
+        /// cut, or padded) has another, so it finds nothing.
+        #[test]
+        fn a_presented_token_is_found_only_as_it_was_handed_out(
+            at in any::<prop::sample::Index>(),
+            replacement in "\\PC",
+            noise in any::<String>(),
+        ) {
+            let token = random_secret();
+            prop_assert_eq!(token.len(), 43);
+            prop_assert_eq!(URL_SAFE_NO_PAD.decode(&token).map(|b| b.len()), Ok(32));
+            let hash = sha256_hex(&token);
+            prop_assert!(hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            let at = at.index(token.len());
+            let mut changed = token.clone();
+            changed.replace_range(at..=at, &replacement);
+            for other in [changed, token[..at].to_owned(), format!(" {token}"), noise] {
+                if other != token {
+                    prop_assert_ne!(sha256_hex(&other), hash.clone());
+                }
+            }
+        }
+    }
+}

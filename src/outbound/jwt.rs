@@ -841,4 +841,140 @@ mod tests {
             assert!(issuer.verify(&forged).is_err());
         }
     }
+
+    mod properties {
+        use std::sync::LazyLock;
+
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::domain::ports::ProviderTokens as _;
+        use crate::properties::config;
+
+        /// When the keys below start signing: every generated token is issued after it.
+        const KEYS_FROM: i64 = 1_700_000_000;
+
+        /// One issuer per algorithm, HS256 first, made once: an RSA key takes a while.
+        static ISSUERS: LazyLock<Vec<JwtTokenIssuer>> = LazyLock::new(|| {
+            let from = DateTime::from_timestamp(KEYS_FROM, 0).unwrap();
+            std::iter::once(issuer())
+                .chain(ALGORITHMS.map(|algorithm| signing_from(algorithm, from).0))
+                .collect()
+        });
+
+        fn access_claims() -> impl Strategy<Value = AccessClaims> {
+            let methods = prop::sample::subsequence(
+                vec![
+                    AuthMethod::Password,
+                    AuthMethod::Otp,
+                    AuthMethod::RecoveryCode,
+                    AuthMethod::Webauthn,
+                ],
+                0..=4,
+            );
+            (
+                any::<i64>(),
+                any::<bool>(),
+                any::<u128>(),
+                KEYS_FROM..KEYS_FROM + 1_000_000_000,
+                0i64..100_000_000,
+                any::<String>(),
+                methods,
+            )
+                .prop_map(|(user, admin, sid, iat, ttl, jti, methods)| AccessClaims {
+                    user_id: UserId(user),
+                    role: if admin { Role::Admin } else { Role::User },
+                    session_id: SessionId(Uuid::from_u128(sid)),
+                    issued_at: DateTime::from_timestamp(iat, 0).unwrap(),
+                    expires_at: DateTime::from_timestamp(iat + ttl, 0).unwrap(),
+                    token_id: jti,
+                    methods,
+                })
+        }
+
+        /// Tokens that are nearly tokens: a header naming any algorithm, a known or unknown
+        /// key and a type, claims of the right names with values of any kind, any signature.
+        fn forged() -> impl Strategy<Value = String> {
+            let value = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>().prop_map(serde_json::Value::from),
+                "\\PC{0,12}".prop_map(serde_json::Value::from),
+                Just(serde_json::json!(["pwd"])),
+            ];
+            let header = (
+                "(HS256|EdDSA|ES256|RS256|none|HS512|PS256|)",
+                prop::option::of("[a-z0-9-]{0,8}"),
+                prop::option::of("(JWT|at\\+jwt|application/at\\+jwt)"),
+            );
+            let claims = prop::collection::btree_map(
+                "(sub|role|sid|iat|exp|jti|iss|aud|amr|azp|client_id|scope)",
+                value,
+                0..12,
+            );
+            (header, claims, prop::collection::vec(any::<u8>(), 0..80)).prop_map(
+                |((alg, kid, typ), claims, signature)| {
+                    let header = serde_json::json!({"alg": alg, "kid": kid, "typ": typ});
+                    format!(
+                        "{}.{}.{}",
+                        b64(&header),
+                        b64(&serde_json::json!(claims)),
+                        URL_SAFE_NO_PAD.encode(signature)
+                    )
+                },
+            )
+        }
+
+        proptest! {
+            // Each case signs once per algorithm, RS256 unoptimised in a debug build.
+            #![proptest_config(config(24))]
+
+            #[test]
+            fn issued_tokens_verify_to_the_claims_they_were_issued_with(claims in access_claims()) {
+                for issuer in ISSUERS.iter() {
+                    let token = issuer.issue(&claims).unwrap();
+                    prop_assert_eq!(issuer.verify(&token).unwrap(), claims.clone());
+                }
+            }
+
+            #[test]
+            fn a_token_with_any_one_character_changed_is_refused(
+                claims in access_claims(),
+                at in any::<prop::sample::Index>(),
+                replacement in "[A-Za-z0-9_.-]",
+            ) {
+                for issuer in ISSUERS.iter() {
+                    let token = issuer.issue(&claims).unwrap();
+                    prop_assert!(issuer.verify(&token).is_ok());
+                    let mut changed = token.clone();
+                    let at = at.index(token.len());
+                    changed.replace_range(at..=at, &replacement);
+                    if changed != token {
+                        prop_assert!(issuer.verify(&changed).is_err(), "{} {}", at, changed);
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            /// Access tokens, pyauth tokens, client tokens and ID token hints from anywhere are
+            /// refused: never accepted, never an error of ours, never a panic.
+            #[test]
+            fn made_up_tokens_are_refused_by_every_reader(
+                token in prop_oneof![any::<String>(), forged(), "[A-Za-z0-9_.-]{0,40}"]
+            ) {
+                for issuer in ISSUERS.iter() {
+                    let refused = |result: Result<(), TokenError>| {
+                        matches!(result, Err(TokenError::Rejected(_) | TokenError::UnknownKey(_)))
+                    };
+                    prop_assert!(refused(issuer.verify(&token).map(drop)));
+                    prop_assert!(refused(issuer.verify_pyauth(&token).map(drop)));
+                    prop_assert!(refused(issuer.verify_client_access(&token).map(drop)));
+                    prop_assert!(refused(issuer.read_id_token_hint(&token).map(drop)));
+                }
+            }
+        }
+    }
 }

@@ -231,3 +231,116 @@ impl PasskeyCeremonies for WebauthnCeremonies {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::properties::config;
+
+    const ORIGIN: &str = "http://localhost:8000";
+
+    fn ceremonies() -> WebauthnCeremonies {
+        WebauthnCeremonies::new(ORIGIN, "Portcullis").unwrap()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// An answer of the right shape for `challenge`, from this origin or another, with the
+    /// authenticator's binary parts (CBOR, authenticator data, signature) made up.
+    fn answer(
+        kind: &str,
+        challenge: &str,
+        origin: &str,
+        binary: &[Vec<u8>; 3],
+        user_handle: Option<Uuid>,
+    ) -> String {
+        let client_data = json!({"type": kind, "challenge": challenge, "origin": origin});
+        let id = b64(&binary[2][..binary[2].len().min(16)]);
+        json!({
+            "id": id,
+            "rawId": id,
+            "type": "public-key",
+            "response": {
+                "clientDataJSON": b64(client_data.to_string().as_bytes()),
+                "attestationObject": b64(&binary[0]),
+                "authenticatorData": b64(&binary[1]),
+                "signature": b64(&binary[2]),
+                "userHandle": user_handle.map(|u| b64(u.as_bytes())),
+            },
+            "extensions": {},
+        })
+        .to_string()
+    }
+
+    fn binary() -> impl Strategy<Value = [Vec<u8>; 3]> {
+        let part = || prop::collection::vec(any::<u8>(), 0..120);
+        (part(), part(), part()).prop_map(|(a, b, c)| [a, b, c])
+    }
+
+    proptest! {
+        #![proptest_config(config(128))]
+
+        /// Any text as a browser's answer: the challenge and credential are read from it or it
+        /// is refused as the answer's fault, never a panic and never an error of ours.
+        #[test]
+        fn any_answer_is_read_or_refused(
+            text in prop_oneof![
+                any::<String>(),
+                "\\{\"response\": \\{\"clientDataJSON\": \"[A-Za-z0-9_=-]{0,40}\"\\}\\}",
+            ],
+            challenge in "[A-Za-z0-9_-]{0,43}",
+            binary in binary(),
+            user in prop::option::of(any::<u128>()),
+        ) {
+            let ceremonies = ceremonies();
+            let shaped = answer("webauthn.get", &challenge, ORIGIN, &binary, user.map(Uuid::from_u128));
+            for text in [text, shaped] {
+                for result in [
+                    ceremonies.challenge_of(&text).map(drop),
+                    ceremonies.credential_of(&text).map(drop),
+                ] {
+                    prop_assert!(matches!(result, Ok(()) | Err(CeremonyError::Rejected(_))));
+                }
+            }
+            let read = ceremonies.challenge_of(&answer("webauthn.get", &challenge, ORIGIN, &binary, None));
+            prop_assert_eq!(
+                read.ok(),
+                BASE64URL_ANY_PADDING.decode(&challenge).ok().map(|bytes| b64(&bytes))
+            );
+        }
+
+        /// Answers to a real ceremony, with the right challenge and origin (or another origin)
+        /// and made-up authenticator data, reach webauthn-rs's parsers and are refused there.
+        #[test]
+        fn a_made_up_answer_to_a_real_ceremony_is_refused(
+            binary in binary(),
+            origin in prop_oneof![Just(ORIGIN.to_owned()), "https?://[a-z.]{1,12}(:[0-9]{1,5})?"],
+            kind in "webauthn\\.(create|get)",
+            user in any::<u128>(),
+        ) {
+            let ceremonies = ceremonies();
+            let user = Uuid::from_u128(user);
+            let registration = ceremonies.start_registration(user, "ann@example.com", "Ann", &[]).unwrap();
+            let response = answer(&kind, &registration.challenge, &origin, &binary, None);
+            prop_assert!(matches!(
+                ceremonies.finish_registration(&registration.state, &response),
+                Err(CeremonyError::Rejected(_))
+            ));
+            let sign_in = ceremonies.start_authentication().unwrap();
+            let response = answer(&kind, &sign_in.challenge, &origin, &binary, Some(user));
+            prop_assert_eq!(ceremonies.challenge_of(&response).unwrap(), sign_in.challenge);
+            // No stored passkey can match made-up data; an empty one stands in.
+            let stored = "{}";
+            let outcome = ceremonies.finish_authentication(&sign_in.state, &response, user, stored);
+            prop_assert!(outcome.is_err());
+            let other = Uuid::from_u128(!user.as_u128());
+            let refused = ceremonies.finish_authentication(&sign_in.state, &response, other, stored);
+            prop_assert!(matches!(refused, Err(CeremonyError::Rejected(_))));
+        }
+    }
+}

@@ -60,3 +60,61 @@ pub fn user_id(id: &str) -> Result<UserId, Problem> {
         .map(UserId)
         .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "User not found"))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::properties::config;
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        #[test]
+        fn a_user_id_reads_back_as_written_and_nothing_else_is_one(
+            id in 1..=i64::MAX,
+            text in prop_oneof![any::<String>(), "[+-]?[0-9]{1,20}", "\\s?[0-9]{1,5}\\s?"],
+        ) {
+            prop_assert_eq!(parse_id(&id.to_string()), Ok(id));
+            prop_assert_eq!(user_id(&id.to_string()).ok(), Some(UserId(id)));
+            match parse_id(&text) {
+                Ok(parsed) => {
+                    prop_assert!(parsed > 0);
+                    prop_assert_eq!(text.parse::<i64>(), Ok(parsed));
+                }
+                Err(_) => prop_assert!(text.parse::<i64>().map_or(true, |n| n <= 0)),
+            }
+        }
+
+        #[test]
+        fn a_search_is_bounded_lower_cased_and_free_of_control_characters(
+            text in prop_oneof![any::<String>(), "\\PC{190,210}", "[A-Za-zİß\\x00\\n]{0,10}"]
+        ) {
+            match parse_search(&text) {
+                Ok(search) => {
+                    prop_assert!(text.chars().count() <= MAX_QUERY_CHARS);
+                    prop_assert!(!search.chars().any(char::is_control));
+                    prop_assert_eq!(search.to_lowercase(), search);
+                }
+                Err(_) => prop_assert!(
+                    text.chars().count() > MAX_QUERY_CHARS || text.chars().any(char::is_control)
+                ),
+            }
+        }
+
+        #[test]
+        fn flags_and_roles_read_back_their_own_names_only(text in "\\PC{0,8}", flag: bool) {
+            prop_assert_eq!(parse_bool(&flag.to_string()), Ok(flag));
+            for role in [Role::User, Role::Admin] {
+                prop_assert_eq!(parse_role(role.as_str()), Ok(role));
+            }
+            if let Ok(flag) = parse_bool(&text) {
+                prop_assert_eq!(flag.to_string(), text.clone());
+            }
+            if let Ok(role) = parse_role(&text) {
+                prop_assert_eq!(role.as_str(), text);
+            }
+        }
+    }
+}

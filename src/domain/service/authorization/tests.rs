@@ -467,3 +467,42 @@ async fn prompt_consent_asks_again_although_the_scopes_were_granted() {
         Decision::Consent
     );
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::super::Prompt;
+    use crate::properties::config;
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        #[test]
+        fn a_prompt_reads_back_its_own_values_in_any_order_and_spacing(
+            values in prop::collection::vec("(none|login|consent|select_account|Login)", 0..4),
+            spaces in prop::collection::vec(" {0,2}", 5),
+        ) {
+            let text: String = values
+                .iter()
+                .zip(&spaces)
+                .map(|(value, space)| format!("{space}{value} "))
+                .collect();
+            let distinct: std::collections::BTreeSet<&str> =
+                values.iter().map(String::as_str).collect();
+            match Prompt::parse(&text) {
+                Some(Some(prompt)) => {
+                    let named: std::collections::BTreeSet<&str> =
+                        prompt.as_str().split(' ').collect();
+                    prop_assert_eq!(named, distinct);
+                    prop_assert_eq!(Prompt::parse(prompt.as_str()), Some(Some(prompt)));
+                }
+                Some(None) => prop_assert!(distinct.is_empty()),
+                // `none` with another value, or a value OpenID Connect does not define here.
+                None => prop_assert!(
+                    (distinct.contains("none") && distinct.len() > 1)
+                        || distinct.iter().any(|v| !matches!(*v, "none" | "login" | "consent"))
+                ),
+            }
+        }
+    }
+}

@@ -489,4 +489,79 @@ mod tests {
         assert!(parse_limit(Some("201")).is_err());
         assert!(parse_limit(Some("ten")).is_err());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::properties::config;
+
+        const LISTINGS: [&str; 2] = ["users", "audit"];
+
+        /// Cursors as a client might alter them: real ones with a character changed, others
+        /// encoded by hand, and anything at all.
+        fn cursor() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                "[A-Za-z0-9_-]{0,30}",
+                "\\PC{0,20}".prop_map(|text| URL_SAFE_NO_PAD.encode(text)),
+                ("(users|audit|)", "[:+-]?[0-9a-z]{0,25}")
+                    .prop_map(|(tag, id)| URL_SAFE_NO_PAD.encode(format!("{tag}:{id}"))),
+                (
+                    1..i64::MAX,
+                    any::<prop::sample::Index>(),
+                    "[A-Za-z0-9_=/+-]"
+                )
+                    .prop_map(|(id, at, c)| {
+                        let mut cursor = next_cursor("users", Some(id), true).unwrap();
+                        let at = at.index(cursor.len());
+                        cursor.replace_range(at..=at, &c);
+                        cursor
+                    }),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(config(512))]
+
+            #[test]
+            fn the_cursor_of_a_page_leads_to_the_same_position_in_its_listing_only(
+                id in 1..=i64::MAX,
+                listing in 0..LISTINGS.len(),
+            ) {
+                let cursor = next_cursor(LISTINGS[listing], Some(id), true).unwrap();
+                prop_assert_eq!(parse_cursor(LISTINGS[listing], &cursor), Ok(id));
+                prop_assert!(parse_cursor(LISTINGS[1 - listing], &cursor).is_err());
+                prop_assert_eq!(next_cursor(LISTINGS[listing], Some(id), false), None);
+            }
+
+            #[test]
+            fn any_cursor_is_refused_or_points_after_a_real_id(cursor in cursor()) {
+                for listing in LISTINGS {
+                    if let Ok(id) = parse_cursor(listing, &cursor) {
+                        prop_assert!(id > 0);
+                        let decoded = URL_SAFE_NO_PAD.decode(&cursor).unwrap();
+                        let tag = format!("{listing}:");
+                        prop_assert!(decoded.starts_with(tag.as_bytes()));
+                    }
+                }
+            }
+
+            #[test]
+            fn a_limit_is_within_bounds_or_refused(text in prop_oneof![
+                any::<String>(), "[+-]?[0-9]{0,12}", (0u32..=400).prop_map(|n| n.to_string())
+            ]) {
+                match parse_limit(Some(&text)) {
+                    Ok(limit) if text.is_empty() => prop_assert_eq!(limit, DEFAULT_LIMIT),
+                    Ok(limit) => {
+                        prop_assert!((1..=MAX_LIMIT).contains(&limit));
+                        prop_assert_eq!(text.parse::<u32>(), Ok(limit));
+                    }
+                    Err(_) => prop_assert!(
+                        text.parse::<u32>().map_or(true, |n| !(1..=MAX_LIMIT).contains(&n))
+                    ),
+                }
+            }
+        }
+    }
 }

@@ -392,3 +392,41 @@ impl ProviderApi {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::properties::config;
+
+    fn credentials(auth: Result<ClientAuth, TokenEndpointError>) -> Option<(String, String)> {
+        match auth {
+            Ok(ClientAuth::Basic { client_id, secret }) => Some((client_id, secret)),
+            _ => None,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        /// RFC 6749 section 2.3.1: each half form-encoded, then `id:secret` in base64.
+        #[test]
+        fn basic_credentials_read_back_any_id_and_secret(id in any::<String>(), secret in any::<String>()) {
+            let encode = |part: &str| serde_urlencoded::to_string([("v", part)]).unwrap()[2..].to_owned();
+            let header = format!("Basic {}", STANDARD.encode(format!("{}:{}", encode(&id), encode(&secret))));
+            prop_assert_eq!(credentials(basic(&header)), Some((id, secret)));
+        }
+
+        #[test]
+        fn any_authorization_header_is_read_or_refused(
+            header in prop_oneof![
+                any::<String>(),
+                "[Bb]asic [A-Za-z0-9+/=]{0,24}",
+                "\\PC{0,16}".prop_map(|text| format!("Basic {}", STANDARD.encode(text))),
+            ]
+        ) {
+            let _ = basic(&header);
+        }
+    }
+}
