@@ -264,7 +264,7 @@ pub fn clients(clients: &[OAuthClient], as_json: bool) -> String {
 
 /// What a backup wrote, as lines for people or one JSON object.
 pub fn backup(backup: &Backup, as_json: bool) -> String {
-    let seconds = backup.elapsed.as_secs_f64();
+    let (seconds, copy_seconds) = (backup.elapsed.as_secs_f64(), backup.copying.as_secs_f64());
     if as_json {
         return format!(
             "{}\n",
@@ -275,12 +275,14 @@ pub fn backup(backup: &Backup, as_json: bool) -> String {
                 "pages": backup.pages,
                 "users": backup.users,
                 "seconds": seconds,
+                "copy_seconds": copy_seconds,
             })
         );
     }
     let megabytes = backup.bytes as f64 / 1e6;
     format!(
-        "backed up {} to {}\n{} users, {} pages, {megabytes:.1} MB ({} bytes), in {seconds:.2} s\n",
+        "backed up {} to {}\n{} users, {} pages, {megabytes:.1} MB ({} bytes), in {seconds:.2} s \
+         (the copy {copy_seconds:.2} s, then the check and the sync)\n",
         backup.source.display(),
         backup.path.display(),
         backup.users,
