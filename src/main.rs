@@ -23,7 +23,11 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("portcullis: {err:#}");
-            ExitCode::FAILURE
+            if err.is::<cli::Refused>() {
+                ExitCode::from(cli::Refused::EXIT_CODE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

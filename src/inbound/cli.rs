@@ -2,6 +2,7 @@
 //! settings name, builds the core once, and drives its use cases.
 
 mod args;
+mod backup;
 mod clients;
 mod health;
 mod import;
@@ -59,6 +60,7 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
             }
         }
         Command::Health { ready, url } => health::check(ready, url.as_deref(), settings).await?,
+        Command::Backup { to, force, json } => backup::run(&to, force, json, settings).await?,
         Command::Keys(command) => keys::run(command, settings).await?,
         Command::Clients(command) => clients::run(command, settings).await?,
         Command::Import(command) => import::run(command, settings).await?,
@@ -79,6 +81,17 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A command refused as invoked, before it changed anything: the binary exits with
+/// [`Refused::EXIT_CODE`], as for a usage error, rather than 1 for a command that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(String);
+
+impl Refused {
+    /// clap's code for a bad invocation.
+    pub const EXIT_CODE: u8 = 2;
 }
 
 /// The core on the settings' storage, its schema brought up to date first.

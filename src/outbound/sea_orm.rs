@@ -4,6 +4,7 @@
 //! [`connection`]); the core sees neither SQL nor `DbErr`.
 
 mod admin;
+mod backup;
 mod bounded;
 mod changes;
 pub mod connection;
@@ -22,6 +23,7 @@ mod signing_keys;
 mod store;
 mod users;
 
+pub use backup::{Backup, BackupError, backup};
 pub use connection::{DatabaseSettings, connect, migrate_down, migrate_up, pool_usage};
 pub use import::PyauthDatabase;
 pub use rate_limiter::SeaOrmRateLimiter;

@@ -2,6 +2,7 @@
 //! ports, the signing-key store, the limit counters, and what the database announces.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,8 +18,8 @@ use crate::inbound::web::metrics::Sampler;
 use crate::outbound::Store;
 use crate::outbound::memory::{MemoryRateLimiter, MemorySigningKeyStore, MemoryStore};
 use crate::outbound::sea_orm::{
-    self as db, DatabaseSettings, SeaOrmRateLimiter, SeaOrmSigningKeyStore, SeaOrmStore,
-    invalidations,
+    self as db, Backup, BackupError, DatabaseSettings, SeaOrmRateLimiter, SeaOrmSigningKeyStore,
+    SeaOrmStore, invalidations,
 };
 use crate::outbound::session_cache::{CacheLimits, CachedGrants, CachedSessions, SessionCache};
 
@@ -185,6 +186,19 @@ impl Storage {
             cache,
             keys_changed,
             feed: Some(feed),
+        }
+    }
+
+    /// Copies the database into the file `to` while it serves (SQLite's online backup), replacing
+    /// an existing `to` only when `replace` is set.
+    ///
+    /// # Errors
+    /// [`BackupError::InMemory`] for `memory://`, [`BackupError::PostgreSql`] for PostgreSQL
+    /// (its own tools back it up), and whatever stops the copy.
+    pub async fn backup(&self, to: &Path, replace: bool) -> Result<Backup, BackupError> {
+        match self {
+            Self::Memory => Err(BackupError::InMemory),
+            Self::Database(db) => db::backup(db, to, replace).await,
         }
     }
 

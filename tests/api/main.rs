@@ -6,6 +6,7 @@ mod helpers;
 
 mod account_changes;
 mod admin;
+mod backup;
 
 mod cli;
 mod clients;

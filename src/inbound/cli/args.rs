@@ -1,4 +1,5 @@
-//! The command line: `serve` (the default), `migrate`, user administration, and a mail check.
+//! The command line: `serve` (the default), `migrate`, user administration, backups, and a mail
+//! check.
 
 use clap::{Parser, Subcommand};
 
@@ -66,6 +67,26 @@ pub enum Command {
     /// Bring users over from another service, passwords included.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Copy a SQLite database into FILE while the service runs: one consistent snapshot through
+    /// SQLite's online backup API, checked with `PRAGMA integrity_check` and synced before it
+    /// takes FILE's name, readable by its owner only.
+    ///
+    /// The backup holds the signing keys and TOTP secrets sealed with SECRET_KEY: keep the key,
+    /// and keep it apart from the backups. On PostgreSQL use `pg_dump` and WAL archiving
+    /// instead (docs/operations.md, "Backups and restores"); with memory:// there is nothing to
+    /// back up. Both refuse with exit code 2, as does an existing FILE without --force; a
+    /// backup that fails exits 1 and leaves no file behind.
+    Backup {
+        /// The backup file to write; its folder must exist.
+        #[arg(long, value_name = "FILE")]
+        to: std::path::PathBuf,
+        /// Replace FILE if it exists (only once the new backup is complete and checked).
+        #[arg(long)]
+        force: bool,
+        /// What was backed up as one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The asymmetric keys that sign access tokens (jwt_algorithm EdDSA, ES256 or RS256).
     #[command(subcommand)]
     Keys(KeysCommand),

@@ -5,6 +5,7 @@ use serde_json::json;
 use crate::domain::import::ImportPlan;
 use crate::domain::oauth::OAuthClient;
 use crate::domain::{AuditEvent, KeyState, SigningKey, User};
+use crate::outbound::sea_orm::Backup;
 
 /// `rows` under `header`, each column as wide as its widest cell.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -258,5 +259,34 @@ pub fn clients(clients: &[OAuthClient], as_json: bool) -> String {
     table(
         &["CLIENT_ID", "NAME", "TYPE", "FIRST_PARTY", "REDIRECT_URIS"],
         &rows,
+    )
+}
+
+/// What a backup wrote, as lines for people or one JSON object.
+pub fn backup(backup: &Backup, as_json: bool) -> String {
+    let (seconds, copy_seconds) = (backup.elapsed.as_secs_f64(), backup.copying.as_secs_f64());
+    if as_json {
+        return format!(
+            "{}\n",
+            json!({
+                "source": backup.source,
+                "path": backup.path,
+                "bytes": backup.bytes,
+                "pages": backup.pages,
+                "users": backup.users,
+                "seconds": seconds,
+                "copy_seconds": copy_seconds,
+            })
+        );
+    }
+    let megabytes = backup.bytes as f64 / 1e6;
+    format!(
+        "backed up {} to {}\n{} users, {} pages, {megabytes:.1} MB ({} bytes), in {seconds:.2} s \
+         (the copy {copy_seconds:.2} s, then the check and the sync)\n",
+        backup.source.display(),
+        backup.path.display(),
+        backup.users,
+        backup.pages,
+        backup.bytes,
     )
 }
