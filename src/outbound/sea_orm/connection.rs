@@ -4,7 +4,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    TransactionTrait,
+};
 
 /// How to reach the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,10 +22,11 @@ pub struct DatabaseSettings {
 /// Opens a pool. For a SQLite file, creates its folder (mode 0700) and the file (mode 0600)
 /// when they do not exist, since it holds password hashes, emails and addresses; SQLite gives
 /// its journal files the database file's mode. Then switches the file to WAL so that readers
-/// do not wait for writers.
+/// do not wait for writers, and checks that it can be written.
 ///
 /// # Errors
-/// When the folder or file cannot be made or the database does not answer within the timeout.
+/// When the folder or file cannot be made, a SQLite file cannot be written, or the database
+/// does not answer within the timeout.
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
     if let Some(file) = sqlite_file(&settings.url) {
         create_private(file)
@@ -44,10 +48,29 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         .connect_lazy(true);
     let db = Database::connect(options).await?;
     open_together(&db, STARTUP_CONNECTIONS.min(settings.max_connections)).await?;
-    if db.get_database_backend() == DbBackend::Sqlite && !settings.url.contains(":memory:") {
-        db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
+    if let Some(file) = sqlite_file(&settings.url) {
+        prepare_sqlite(&db).await.map_err(|err| {
+            DbErr::Custom(format!(
+                "cannot write to the SQLite database {}: {err}. Portcullis writes on every \
+                 login: make the file, its folder and its file system writable, with space free",
+                file.display()
+            ))
+        })?;
     }
     Ok(db)
+}
+
+/// Switches the file to WAL, then writes and rolls back: a file that cannot be written
+/// (read-only, on a read-only file system, `mode=ro`) fails start-up here, rather than an
+/// instance coming up that serves token checks while every login fails. Taking the write lock
+/// alone is not enough: SQLite grants it on a read-only file in WAL mode.
+async fn prepare_sqlite(db: &DatabaseConnection) -> Result<(), DbErr> {
+    db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
+    let write = db.begin().await?;
+    write
+        .execute_unprepared("CREATE TABLE portcullis_write_check (x INTEGER)")
+        .await?;
+    write.rollback().await
 }
 
 /// The file of a SQLite file URL such as `sqlite://data/portcullis.db?mode=rwc`.
