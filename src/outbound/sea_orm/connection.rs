@@ -42,6 +42,15 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         // has been busy is known to be alive, and a broken one fails its query, is dropped, and
         // the next request gets a fresh one.
         .test_before_acquire_if_idle_for(Duration::from_secs(5))
+        // When a write fails with SQLITE_FULL or SQLITE_IOERR, SQLite rolls the whole
+        // transaction back by itself; sqlx still counts it open, its own ROLLBACK then fails,
+        // and the connection returns to the pool believing it is in a transaction. The next
+        // transaction on it becomes a savepoint, and after one more failure a savepoint inside
+        // a transaction nobody commits: registrations answered 201 were lost, and the write
+        // lock it held timed every other writer out. Such a connection is closed instead.
+        .map_sqlx_sqlite_before_acquire(|conn, _| {
+            Box::pin(async move { Ok(!sea_orm::sqlx::Connection::is_in_transaction(conn)) })
+        })
         .sqlx_logging(false)
         // Connections are opened below, together: one at a time, each TLS handshake with
         // PostgreSQL would add to the start-up.
@@ -169,6 +178,71 @@ mod tests {
             Some(Path::new("portcullis.db"))
         );
         assert_eq!(sqlite_file("postgres://localhost/db"), None);
+    }
+
+    /// SQLite's own full disk: the one connection may grow the file by a few pages only.
+    #[tokio::test]
+    async fn a_write_refused_for_a_full_disk_leaves_no_connection_that_loses_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/db.sqlite?mode=rwc", dir.path().display());
+        let settings = DatabaseSettings {
+            url,
+            max_connections: 1,
+            connect_timeout: Duration::from_secs(5),
+        };
+        let db = connect(&settings).await.unwrap();
+        db.execute_unprepared("CREATE TABLE rows (x BLOB)")
+            .await
+            .unwrap();
+        let pages = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Sqlite,
+                "PRAGMA page_count",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap();
+        db.execute_unprepared(&format!("PRAGMA max_page_count = {}", pages + 3))
+            .await
+            .unwrap();
+        let insert = |size: u32| format!("INSERT INTO rows VALUES (randomblob({size}))");
+
+        // SQLite rolls this transaction back by itself when the disk fills.
+        let filling = db.begin().await.unwrap();
+        let mut refused = None;
+        for _ in 0..100 {
+            if let Err(err) = filling.execute_unprepared(&insert(3000)).await {
+                refused = Some(err);
+                break;
+            }
+        }
+        assert!(refused.unwrap().to_string().contains("full"));
+        drop(filling);
+        // A transaction given up (an account change refused), then one committed.
+        let given_up = db.begin().await.unwrap();
+        given_up.execute_unprepared(&insert(10)).await.unwrap();
+        drop(given_up);
+        let kept = db.begin().await.unwrap();
+        kept.execute_unprepared(&insert(10)).await.unwrap();
+        kept.commit().await.unwrap();
+
+        // Another connection sees what was committed.
+        let other = connect(&settings).await.unwrap();
+        let rows = other
+            .query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT count(*) FROM rows",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap();
+        assert_eq!(rows, 1, "the committed row is in the file, and only it");
+        other.close().await.unwrap();
+        db.close().await.unwrap();
     }
 
     #[cfg(unix)]
