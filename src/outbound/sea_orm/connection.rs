@@ -4,10 +4,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    TransactionTrait,
-};
+use sea_orm::sqlx::sqlite::SqliteConnection;
+use sea_orm::sqlx::{Connection as _, Executor as _};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
 /// How to reach the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +30,21 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
     if let Some(file) = sqlite_file(&settings.url) {
         create_private(file)
             .map_err(|err| DbErr::Custom(format!("cannot create {}: {err}", file.display())))?;
+        // The pool retries a connection it could not open until its timeout, and then tells
+        // only that it timed out: one connection of our own says why.
+        let probe = async {
+            let mut conn = SqliteConnection::connect(&settings.url).await?;
+            let checked = check_writable(&mut conn).await;
+            conn.close().await?;
+            checked
+        };
+        probe.await.map_err(|err| {
+            DbErr::Custom(format!(
+                "cannot write to the SQLite database {}: {err}. Portcullis writes on every \
+                 login: make the file, its folder and its file system writable, with space free",
+                file.display()
+            ))
+        })?;
     }
     let mut options = ConnectOptions::new(settings.url.clone());
     options
@@ -49,7 +63,11 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         // a transaction nobody commits: registrations answered 201 were lost, and the write
         // lock it held timed every other writer out. Such a connection is closed instead.
         .map_sqlx_sqlite_before_acquire(|conn, _| {
-            Box::pin(async move { Ok(!sea_orm::sqlx::Connection::is_in_transaction(conn)) })
+            Box::pin(async move { Ok(!conn.is_in_transaction()) })
+        })
+        // SQLite opens a file it may not write read-only, without a word.
+        .map_sqlx_sqlite_pool_opts(|pool| {
+            pool.after_connect(|conn, _| Box::pin(async move { check_writable(conn).await }))
         })
         .sqlx_logging(false)
         // Connections are opened below, together: one at a time, each TLS handshake with
@@ -57,29 +75,27 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         .connect_lazy(true);
     let db = Database::connect(options).await?;
     open_together(&db, STARTUP_CONNECTIONS.min(settings.max_connections)).await?;
-    if let Some(file) = sqlite_file(&settings.url) {
-        prepare_sqlite(&db).await.map_err(|err| {
-            DbErr::Custom(format!(
-                "cannot write to the SQLite database {}: {err}. Portcullis writes on every \
-                 login: make the file, its folder and its file system writable, with space free",
-                file.display()
-            ))
-        })?;
+    if sqlite_file(&settings.url).is_some() {
+        db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
     }
     Ok(db)
 }
 
-/// Switches the file to WAL, then writes and rolls back: a file that cannot be written
-/// (read-only, on a read-only file system, `mode=ro`) fails start-up here, rather than an
-/// instance coming up that serves token checks while every login fails. Taking the write lock
-/// alone is not enough: SQLite grants it on a read-only file in WAL mode.
-async fn prepare_sqlite(db: &DatabaseConnection) -> Result<(), DbErr> {
-    db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
-    let write = db.begin().await?;
-    write
-        .execute_unprepared("CREATE TABLE portcullis_write_check (x INTEGER)")
-        .await?;
-    write.rollback().await
+/// Writes and rolls back on each new SQLite connection. A connection that SQLite opened
+/// read-only would refuse every write for as long as the pool kept it, long after the file was
+/// writable again; refused here, it is opened again at the next request. So an instance on a
+/// file it cannot write fails to start, rather than serving token checks while every login
+/// fails. Taking the write lock alone proves nothing: SQLite grants it on a read-only file in
+/// WAL mode.
+async fn check_writable(conn: &mut SqliteConnection) -> Result<(), sea_orm::sqlx::Error> {
+    conn.execute("BEGIN").await?;
+    let written = conn
+        .execute("CREATE TABLE portcullis_write_check (x INTEGER)")
+        .await;
+    let rolled_back = conn.execute("ROLLBACK").await;
+    written?;
+    rolled_back?;
+    Ok(())
 }
 
 /// The file of a SQLite file URL such as `sqlite://data/portcullis.db?mode=rwc`.
@@ -161,6 +177,7 @@ pub async fn migrate_down(db: &DatabaseConnection) -> Result<(), DbErr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sea_orm::TransactionTrait as _;
 
     #[test]
     fn the_file_of_a_sqlite_url_is_found() {
