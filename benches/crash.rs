@@ -211,7 +211,7 @@ impl Drill {
         let smtp_url = smtp.url();
         let mut env: Vec<(&str, &str)> = ENV.to_vec();
         env.extend([("PORT", port.as_str()), ("SMTP_URL", smtp_url.as_str())]);
-        let start = || -> Result<Server> { Server::spawn_logging(url, &env, log.try_clone()?) };
+        let start = || -> Result<Server> { Server::spawn_logging_to(url, &env, log.try_clone()?) };
 
         let mut server = start()?;
         server.wait_for("/ready", Duration::from_millis(20)).await?;

@@ -48,20 +48,15 @@ impl Server {
     /// Starts the release binary as [`Server::start`] does, without waiting. On a free port,
     /// or on the `PORT` that `env` names (a benchmark whose settings must name the port).
     pub fn spawn(database_url: &str, env: &[(&str, &str)]) -> Result<Self> {
-        Self::spawn_to(database_url, env, Stdio::inherit())
+        Self::spawn_logging_to(database_url, env, Stdio::inherit())
     }
 
-    /// [`Server::spawn`], with the server's log appended to `log` (a benchmark that reads it).
-    #[allow(dead_code)] // only the crash drill reads the log
-    pub fn spawn_logging(
+    /// [`Server::spawn`], with the server's log going to `log`.
+    pub fn spawn_logging_to(
         database_url: &str,
         env: &[(&str, &str)],
-        log: std::fs::File,
+        log: impl Into<Stdio>,
     ) -> Result<Self> {
-        Self::spawn_to(database_url, env, Stdio::from(log))
-    }
-
-    fn spawn_to(database_url: &str, env: &[(&str, &str)], log: Stdio) -> Result<Self> {
         let port = match env.iter().find(|(name, _)| *name == "PORT") {
             Some((_, port)) => port.parse()?,
             None => std::net::TcpListener::bind("127.0.0.1:0")?
@@ -101,6 +96,12 @@ impl Server {
             tokio::time::sleep(every).await;
         }
         Err("the server did not start".into())
+    }
+
+    /// The server's exit status, if it has exited (without waiting).
+    #[allow(dead_code)] // only the fault drill watches for an exit
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Resident memory now and at its peak, in MiB, from /proc.

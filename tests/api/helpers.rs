@@ -17,7 +17,6 @@ use portcullis::startup::{Application, Storage, build};
 use reqwest::{Client, Response, StatusCode};
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -475,108 +474,6 @@ impl TestApp {
         assert_eq!(response.status(), StatusCode::OK);
         access_token(&response.json().await.expect("token json"))
     }
-}
-
-/// A TCP forwarder to PostgreSQL that the test can cut and restore, to stage an outage.
-pub struct Cable {
-    port: u16,
-    upstream: String,
-    tasks: Vec<JoinHandle<()>>,
-    /// While set, nothing passes either way, but every connection stays open: a frozen proxy.
-    frozen: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Cable {
-    /// A cable to the PostgreSQL server of `url`, and `url` through it.
-    pub async fn in_front_of(url: &str) -> (Self, String) {
-        // postgres://[user@]host:port/db: the cable takes the place of host:port.
-        let (scheme, rest) = url.split_once("://").expect("a URL");
-        let (authority, path) = rest.split_once('/').expect("a URL with a database");
-        let (userinfo, upstream) = match authority.rsplit_once('@') {
-            Some((userinfo, host)) => (format!("{userinfo}@"), host.to_owned()),
-            None => (String::new(), authority.to_owned()),
-        };
-        let upstream = if upstream.contains(':') {
-            upstream
-        } else {
-            format!("{upstream}:5432")
-        };
-        let cable = Self::connect(&upstream).await;
-        let via_cable = format!("{scheme}://{userinfo}127.0.0.1:{}/{path}", cable.port);
-        (cable, via_cable)
-    }
-
-    pub async fn connect(upstream: &str) -> Self {
-        let mut cable = Self {
-            port: 0,
-            upstream: upstream.to_owned(),
-            tasks: Vec::new(),
-            frozen: Arc::default(),
-        };
-        cable.restore().await;
-        cable
-    }
-
-    pub async fn restore(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
-        self.port = listener.local_addr().unwrap().port();
-        let upstream = self.upstream.clone();
-        let frozen = Arc::clone(&self.frozen);
-        self.tasks.push(tokio::spawn(async move {
-            // Dropped with this task when the cable is cut: that aborts every connection.
-            let mut connections = tokio::task::JoinSet::new();
-            while let Ok((client, _)) = listener.accept().await {
-                let upstream = upstream.clone();
-                let frozen = Arc::clone(&frozen);
-                connections.spawn(async move {
-                    if let Ok(server) = TcpStream::connect(upstream).await {
-                        let (client_in, client_out) = client.into_split();
-                        let (server_in, server_out) = server.into_split();
-                        tokio::join!(
-                            pump(client_in, server_out, &frozen),
-                            pump(server_in, client_out, &frozen)
-                        );
-                    }
-                });
-            }
-        }));
-    }
-
-    /// Holds every byte on the way, keeping the connections open, until [`Cable::thaw`].
-    pub fn freeze(&self) {
-        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    pub fn thaw(&self) {
-        self.frozen
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Closes the listener and every forwarded connection.
-    pub fn cut(&mut self) {
-        for task in self.tasks.drain(..) {
-            task.abort();
-        }
-    }
-}
-
-/// Copies `from` to `to` until either ends, holding what it read while `frozen`.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: &std::sync::atomic::AtomicBool,
-) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut buffer = vec![0; 16 * 1024];
-    while let Ok(read @ 1..) = from.read(&mut buffer).await {
-        while frozen.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        if to.write_all(&buffer[..read]).await.is_err() {
-            return;
-        }
-    }
-    let _ = to.shutdown().await;
 }
 
 /// Requests `path` with `token` on `app` until it answers `status`: how long that took. Panics

@@ -2,6 +2,8 @@
 //! SQLite always and PostgreSQL when `TEST_DATABASE_URL` is set. One binary, to link once.
 
 mod browser;
+#[path = "../../benches/support/cable.rs"]
+mod cable;
 mod helpers;
 
 mod account_changes;

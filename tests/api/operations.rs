@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use portcullis::startup::Application;
+
 use crate::helpers::{Backend, SECRET, TestApp, TestDb, run_cli, settings};
 
 /// A port nothing listens on now.
@@ -191,6 +193,31 @@ async fn metrics_move_to_the_management_listener_and_leave_the_api() {
         assert_eq!(other.status(), 404, "{path}");
     }
     app.stop().await;
+    db.drop_database().await;
+}
+
+/// An instance that could only read would pass its health checks while every login, which
+/// opens a session, failed: it must not come up at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_on_a_database_it_cannot_write_refuses_to_start_and_says_why() {
+    let db = TestDb::create(Backend::Sqlite).await.unwrap();
+    let pool = db.pool(1).await;
+    portcullis::outbound::sea_orm::migrate_up(&pool)
+        .await
+        .unwrap();
+    pool.close().await.unwrap();
+    // Opened read-only, as SQLite opens a file it may not write or one on a read-only mount.
+    let read_only = db.url().replace("mode=rwc", "mode=ro");
+    let Err(err) = Application::build(&settings(&read_only, json!({}))).await else {
+        panic!("a server started on a read-only database");
+    };
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("cannot write to the SQLite database")
+            && message.contains("readonly database")
+            && message.contains("test.db"),
+        "{message}"
+    );
     db.drop_database().await;
 }
 

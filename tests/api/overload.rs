@@ -5,9 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{
-    Backend, Cable, PASSWORD, TestApp, TestDb, app_test, assert_problem, settings,
-};
+use crate::cable::Cable;
+use crate::helpers::{Backend, PASSWORD, TestApp, TestDb, app_test, assert_problem, settings};
 
 app_test!(
     a_full_hash_queue_answers_503_at_once_and_token_requests_still_pass,

@@ -18,8 +18,9 @@ use portcullis::outbound::sea_orm::{SeaOrmStore, invalidations, migrate_up};
 use portcullis::outbound::session_cache::{CacheLimits, CachedSessions, SessionCache};
 use serde_json::{Value, json};
 
+use crate::cable::Cable;
 use crate::helpers::{
-    Backend, Cable, PASSWORD, TestApp, TestDb, access_token, app_test, assert_unauthorized, metric,
+    Backend, PASSWORD, TestApp, TestDb, access_token, app_test, assert_unauthorized, metric,
     refresh_token, run_cli, settings, status_within,
 };
 use crate::oauth_repository::{consent, registered};

@@ -26,6 +26,16 @@ impl From<BackendError> for Problem {
                 tracing::warn!(error = %source, "backend unavailable");
                 Problem::unavailable("Service temporarily unavailable", RETRY_AFTER_SECONDS)
             }
+            // The client sees an outage; the operator, an error to act on, since it lasts
+            // until someone frees space or makes the database writable.
+            BackendError::Storage(source) => {
+                tracing::error!(
+                    error = %source,
+                    "the database cannot write: its disk is full, it is read-only, or its \
+                     storage fails; writes answer 503 until an operator fixes it"
+                );
+                Problem::unavailable("Service temporarily unavailable", RETRY_AFTER_SECONDS)
+            }
             BackendError::Overloaded => {
                 Problem::unavailable("Server busy, retry shortly", RETRY_AFTER_SECONDS)
             }
@@ -333,6 +343,11 @@ mod tests {
             ),
             (
                 BackendError::Unavailable("db down".into()).into(),
+                503,
+                "Service temporarily unavailable",
+            ),
+            (
+                BackendError::Storage("disk full".into()).into(),
                 503,
                 "Service temporarily unavailable",
             ),

@@ -4,6 +4,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::SqliteConnection;
+use sea_orm::sqlx::{Connection as _, Executor as _};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 
 /// How to reach the database.
@@ -19,14 +21,30 @@ pub struct DatabaseSettings {
 /// Opens a pool. For a SQLite file, creates its folder (mode 0700) and the file (mode 0600)
 /// when they do not exist, since it holds password hashes, emails and addresses; SQLite gives
 /// its journal files the database file's mode. Then switches the file to WAL so that readers
-/// do not wait for writers.
+/// do not wait for writers, and checks that it can be written.
 ///
 /// # Errors
-/// When the folder or file cannot be made or the database does not answer within the timeout.
+/// When the folder or file cannot be made, a SQLite file cannot be written, or the database
+/// does not answer within the timeout.
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
     if let Some(file) = sqlite_file(&settings.url) {
         create_private(file)
             .map_err(|err| DbErr::Custom(format!("cannot create {}: {err}", file.display())))?;
+        // The pool retries a connection it could not open until its timeout, and then tells
+        // only that it timed out: one connection of our own says why.
+        let probe = async {
+            let mut conn = SqliteConnection::connect(&settings.url).await?;
+            let checked = check_writable(&mut conn).await;
+            conn.close().await?;
+            checked
+        };
+        probe.await.map_err(|err| {
+            DbErr::Custom(format!(
+                "cannot write to the SQLite database {}: {err}. Portcullis writes on every \
+                 login: make the file, its folder and its file system writable, with space free",
+                file.display()
+            ))
+        })?;
     }
     let mut options = ConnectOptions::new(settings.url.clone());
     options
@@ -38,16 +56,46 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         // has been busy is known to be alive, and a broken one fails its query, is dropped, and
         // the next request gets a fresh one.
         .test_before_acquire_if_idle_for(Duration::from_secs(5))
+        // When a write fails with SQLITE_FULL or SQLITE_IOERR, SQLite rolls the whole
+        // transaction back by itself; sqlx still counts it open, its own ROLLBACK then fails,
+        // and the connection returns to the pool believing it is in a transaction. The next
+        // transaction on it becomes a savepoint, and after one more failure a savepoint inside
+        // a transaction nobody commits: registrations answered 201 were lost, and the write
+        // lock it held timed every other writer out. Such a connection is closed instead.
+        .map_sqlx_sqlite_before_acquire(|conn, _| {
+            Box::pin(async move { Ok(!conn.is_in_transaction()) })
+        })
+        // SQLite opens a file it may not write read-only, without a word.
+        .map_sqlx_sqlite_pool_opts(|pool| {
+            pool.after_connect(|conn, _| Box::pin(async move { check_writable(conn).await }))
+        })
         .sqlx_logging(false)
         // Connections are opened below, together: one at a time, each TLS handshake with
         // PostgreSQL would add to the start-up.
         .connect_lazy(true);
     let db = Database::connect(options).await?;
     open_together(&db, STARTUP_CONNECTIONS.min(settings.max_connections)).await?;
-    if db.get_database_backend() == DbBackend::Sqlite && !settings.url.contains(":memory:") {
+    if sqlite_file(&settings.url).is_some() {
         db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
     }
     Ok(db)
+}
+
+/// Writes and rolls back on each new SQLite connection. A connection that SQLite opened
+/// read-only would refuse every write for as long as the pool kept it, long after the file was
+/// writable again; refused here, it is opened again at the next request. So an instance on a
+/// file it cannot write fails to start, rather than serving token checks while every login
+/// fails. Taking the write lock alone proves nothing: SQLite grants it on a read-only file in
+/// WAL mode.
+async fn check_writable(conn: &mut SqliteConnection) -> Result<(), sea_orm::sqlx::Error> {
+    conn.execute("BEGIN").await?;
+    let written = conn
+        .execute("CREATE TABLE portcullis_write_check (x INTEGER)")
+        .await;
+    let rolled_back = conn.execute("ROLLBACK").await;
+    written?;
+    rolled_back?;
+    Ok(())
 }
 
 /// The file of a SQLite file URL such as `sqlite://data/portcullis.db?mode=rwc`.
@@ -133,6 +181,7 @@ pub async fn migrate_down(db: &DatabaseConnection) -> Result<(), DbErr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sea_orm::TransactionTrait as _;
 
     #[test]
     fn the_file_of_a_sqlite_url_is_found() {
@@ -150,6 +199,71 @@ mod tests {
             Some(Path::new("portcullis.db"))
         );
         assert_eq!(sqlite_file("postgres://localhost/db"), None);
+    }
+
+    /// SQLite's own full disk: the one connection may grow the file by a few pages only.
+    #[tokio::test]
+    async fn a_write_refused_for_a_full_disk_leaves_no_connection_that_loses_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/db.sqlite?mode=rwc", dir.path().display());
+        let settings = DatabaseSettings {
+            url,
+            max_connections: 1,
+            connect_timeout: Duration::from_secs(5),
+        };
+        let db = connect(&settings).await.unwrap();
+        db.execute_unprepared("CREATE TABLE rows (x BLOB)")
+            .await
+            .unwrap();
+        let pages = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Sqlite,
+                "PRAGMA page_count",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap();
+        db.execute_unprepared(&format!("PRAGMA max_page_count = {}", pages + 3))
+            .await
+            .unwrap();
+        let insert = |size: u32| format!("INSERT INTO rows VALUES (randomblob({size}))");
+
+        // SQLite rolls this transaction back by itself when the disk fills.
+        let filling = db.begin().await.unwrap();
+        let mut refused = None;
+        for _ in 0..100 {
+            if let Err(err) = filling.execute_unprepared(&insert(3000)).await {
+                refused = Some(err);
+                break;
+            }
+        }
+        assert!(refused.unwrap().to_string().contains("full"));
+        drop(filling);
+        // A transaction given up (an account change refused), then one committed.
+        let given_up = db.begin().await.unwrap();
+        given_up.execute_unprepared(&insert(10)).await.unwrap();
+        drop(given_up);
+        let kept = db.begin().await.unwrap();
+        kept.execute_unprepared(&insert(10)).await.unwrap();
+        kept.commit().await.unwrap();
+
+        // Another connection sees what was committed.
+        let other = connect(&settings).await.unwrap();
+        let rows = other
+            .query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT count(*) FROM rows",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap();
+        assert_eq!(rows, 1, "the committed row is in the file, and only it");
+        other.close().await.unwrap();
+        db.close().await.unwrap();
     }
 
     #[cfg(unix)]

@@ -133,16 +133,17 @@ async fn answer(bounded: &Bounded, batch: Vec<Lookup>) {
         }
         Err(err) => {
             // One failure, told to every waiting request in its own copy.
-            let unavailable = matches!(err, BackendError::Unavailable(_));
             let message = format!(
                 "{err}: {}",
                 std::error::Error::source(&err).map_or_else(String::new, ToString::to_string)
             );
             for lookup in batch {
-                let copy = if unavailable {
-                    BackendError::Unavailable(message.clone().into())
-                } else {
-                    BackendError::Unexpected(message.clone().into())
+                let copy = match err {
+                    BackendError::Unavailable(_) => {
+                        BackendError::Unavailable(message.clone().into())
+                    }
+                    BackendError::Storage(_) => BackendError::Storage(message.clone().into()),
+                    _ => BackendError::Unexpected(message.clone().into()),
                 };
                 let _ = lookup.reply.send(Err(copy));
             }
