@@ -21,6 +21,7 @@ mod keys;
 mod limits;
 mod login;
 mod mfa;
+mod migration_policy;
 mod migrations;
 mod oauth_repository;
 mod operations;
