@@ -111,6 +111,9 @@ impl Server {
             .command(database_url)
             .arg("serve")
             .env("PORT", port.to_string())
+            // Production requires a management listener; a fixed port would collide with any
+            // other instance on the machine.
+            .env("METRICS_LISTEN", "127.0.0.1:0")
             .env("LOG_LEVEL", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
