@@ -168,7 +168,7 @@ impl Report {
             "| reset mail (accounts never deactivated) | {} queued, {} received ({} duplicates) |",
             self.mail_queued,
             self.mail_received,
-            self.mail_received as i64 - self.mail_queued,
+            self.mail_received - self.mail_queued,
         );
         println!("| error lines in the service's log | {} |", self.log_errors);
         println!("| violations | {} |", self.violations.len());
@@ -1166,7 +1166,7 @@ async fn run(
             Ok(ok)
         }
         Op::ChangePassword => {
-            let new = format!("{} changed", account.password);
+            let new = fresh("changed password");
             let body = json!({"current_password": account.password, "new_password": new});
             let (status, body) = doubtful!(
                 Doubt::Password {
@@ -1193,7 +1193,7 @@ async fn run(
             let Some(link) = mail.link(&account.email, "/console/reset").await else {
                 return Ok(true); // the kill came first; the mail is owed all the same
             };
-            let new = format!("{} reset", account.password);
+            let new = fresh("reset password");
             let body = json!({"token": link, "new_password": new});
             let (status, body) = doubtful!(
                 Doubt::Password {
@@ -1216,11 +1216,7 @@ async fn run(
         Op::ChangeEmail => {
             let n = session.expect("a live session");
             // A new address each time: a late link for an earlier one must not pass for this.
-            let new = format!(
-                "moved{}-{}",
-                MOVES.fetch_add(1, Ordering::Relaxed),
-                account.email
-            );
+            let new = format!("{}@example.com", fresh("moved"));
             mail.catch_up();
             let body = json!({"new_email": new, "current_password": account.password});
             let (status, body) = api.post("/auth/email", &body, token).await?;
@@ -1295,7 +1291,12 @@ async fn run(
     }
 }
 
-static MOVES: AtomicUsize = AtomicUsize::new(0);
+/// A value never used before in this run: a new password or address (a late link or an old
+/// password must never pass for the new one).
+fn fresh(what: &str) -> String {
+    static MADE: AtomicUsize = AtomicUsize::new(0);
+    format!("{what} {}", MADE.fetch_add(1, Ordering::Relaxed)).replace(' ', "-")
+}
 
 /// A worker's view of the drill's SMTP server: what it has seen, and what came since.
 struct Inbox<'a> {

@@ -33,6 +33,7 @@ use crate::outbound::bcrypt::{BcryptPasswordHasher, HashPoolLimits};
 use crate::outbound::clock::SystemClock;
 use crate::outbound::jwt::{JwtTokenIssuer, RingKeyForge};
 use crate::outbound::mail::{LogMailer, MailTemplates, SmtpMailer};
+pub use crate::outbound::sea_orm::SchemaState;
 use crate::outbound::session_cache::SessionCache;
 use crate::outbound::webauthn::WebauthnCeremonies;
 pub use storage::{Announcements, Feed, Storage};

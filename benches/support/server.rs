@@ -1,7 +1,8 @@
 //! What the benchmarks share: the release binary as a child process, and a PostgreSQL
 //! database made for one run.
 
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, Database};
@@ -10,6 +11,40 @@ use sea_orm::{ConnectionTrait, Database};
 pub const SECRET: &str = "benchmark-secret-key-0123456789abcdef0123";
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A `portcullis` executable and the folder it runs in, whose `config/` it reads.
+pub struct Binary {
+    pub path: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Binary {
+    /// The release binary of this checkout, the one the benchmark was built with.
+    pub fn current() -> Self {
+        Self {
+            path: env!("CARGO_BIN_EXE_portcullis").into(),
+            dir: env!("CARGO_MANIFEST_DIR").into(),
+        }
+    }
+
+    /// The binary in the production profile on `database_url`, with the benchmarks' secret.
+    fn command(&self, database_url: &str) -> Command {
+        let mut command = Command::new(&self.path);
+        command
+            .current_dir(&self.dir)
+            .env("PORTCULLIS_PROFILE", "production")
+            .env("DATABASE_URL", database_url)
+            .env("SECRET_KEY", SECRET);
+        command
+    }
+
+    /// Runs an operator's command (`migrate`, `user promote ...`) on `database_url` and
+    /// collects what it printed; the caller judges its exit status.
+    #[allow(dead_code)] // not every benchmark runs commands
+    pub fn run(&self, database_url: &str, args: &[&str]) -> Result<Output> {
+        Ok(self.command(database_url).args(args).output()?)
+    }
+}
 
 /// The server under test.
 pub struct Server {
@@ -38,21 +73,45 @@ impl Server {
     /// top, and waits until it answers.
     #[allow(dead_code)] // the start-up benchmark spawns and waits itself
     pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Result<Self> {
-        let server = Self::spawn(database_url, env)?;
-        server
-            .wait_for("/health", Duration::from_millis(50))
-            .await?;
+        Self::start_binary(&Binary::current(), database_url, env).await
+    }
+
+    /// Starts `binary` as [`Server::start`] starts this checkout's; says so when it exits
+    /// instead of answering.
+    pub async fn start_binary(
+        binary: &Binary,
+        database_url: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let mut server = Self::spawn_binary(binary, database_url, env, Stdio::inherit())?;
+        if let Err(err) = server.wait_for("/health", Duration::from_millis(50)).await {
+            return match server.child.try_wait()? {
+                Some(status) => Err(format!("it exited ({status})").into()),
+                None => Err(err),
+            };
+        }
         Ok(server)
     }
 
     /// Starts the release binary as [`Server::start`] does, without waiting. On a free port,
     /// or on the `PORT` that `env` names (a benchmark whose settings must name the port).
+    #[allow(dead_code)] // only the start-up benchmark spawns without waiting
     pub fn spawn(database_url: &str, env: &[(&str, &str)]) -> Result<Self> {
         Self::spawn_logging_to(database_url, env, Stdio::inherit())
     }
 
     /// [`Server::spawn`], with the server's log going to `log`.
+    #[allow(dead_code)] // only the drills that read the log
     pub fn spawn_logging_to(
+        database_url: &str,
+        env: &[(&str, &str)],
+        log: impl Into<Stdio>,
+    ) -> Result<Self> {
+        Self::spawn_binary(&Binary::current(), database_url, env, log)
+    }
+
+    fn spawn_binary(
+        binary: &Binary,
         database_url: &str,
         env: &[(&str, &str)],
         log: impl Into<Stdio>,
@@ -63,15 +122,13 @@ impl Server {
                 .local_addr()?
                 .port(),
         };
-        let child = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        let child = binary
+            .command(database_url)
             .arg("serve")
-            .env("PORTCULLIS_PROFILE", "production")
-            .env("DATABASE_URL", database_url)
-            .env("SECRET_KEY", SECRET)
             .env("PORT", port.to_string())
             .env("LOG_LEVEL", "warn")
-            // Production's management listener, on a port of its own: several servers, of one
-            // benchmark or of several, run side by side.
+            // Production requires a management listener; a fixed port would collide with any
+            // other instance on the machine.
             .env("METRICS_LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -102,6 +159,23 @@ impl Server {
     #[allow(dead_code)] // only the fault drill watches for an exit
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// Stops the server as a platform does, with SIGTERM (it drains, then exits), and waits
+    /// for its exit.
+    #[allow(dead_code)] // most benchmarks just drop their servers
+    pub async fn stop(&mut self) -> Result<ExitStatus> {
+        let pid = libc::pid_t::try_from(self.child.id())?;
+        // SAFETY: kill(2) with a valid signal on our own child's id has no memory effects.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Resident memory now and at its peak, in MiB, from /proc.

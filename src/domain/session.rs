@@ -111,8 +111,18 @@ pub struct NewSession {
 pub struct RefreshTokenHash(pub String);
 
 impl RefreshTokenHash {
+    /// The stored form of one of Portcullis's own refresh tokens.
     pub fn of(token: &str) -> Self {
         Self(sha256_hex(token))
+    }
+
+    /// The stored form of a relying party's refresh token, hashed apart from Portcullis's own so
+    /// that a lookup of the one kind never finds the other. Release 0.2.0 knows no relying
+    /// parties and looks `/auth/refresh` tokens up by their plain hash: beside a newer instance
+    /// during a rolling upgrade, or after a roll-back, it would otherwise rotate a relying
+    /// party's token into a session of its own, with first-party access tokens.
+    pub fn of_client(token: &str) -> Self {
+        Self(sha256_hex(&format!("relying-party:{token}")))
     }
 }
 
@@ -134,8 +144,31 @@ impl NewRefreshToken {
         created_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Self {
+        Self::drawn(session_id, created_at, expires_at, RefreshTokenHash::of)
+    }
+
+    /// A relying party's refresh token, stored as [`RefreshTokenHash::of_client`] says.
+    pub fn generate_for_client(
+        session_id: SessionId,
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Self {
+        Self::drawn(
+            session_id,
+            created_at,
+            expires_at,
+            RefreshTokenHash::of_client,
+        )
+    }
+
+    fn drawn(
+        session_id: SessionId,
+        created_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        stored: fn(&str) -> RefreshTokenHash,
+    ) -> Self {
         let secret = random_secret();
-        let hash = RefreshTokenHash::of(&secret);
+        let hash = stored(&secret);
         Self {
             secret,
             hash,

@@ -23,7 +23,7 @@ pub use reference::reference;
 use crate::config::Settings;
 use crate::domain::Email;
 use crate::domain::service::Core;
-use crate::startup::{self, Application, Storage};
+use crate::startup::{self, Application, SchemaState, Storage};
 use args::MailCommand;
 
 /// Runs `command`.
@@ -37,10 +37,21 @@ pub async fn run(command: Command, settings: &Settings) -> anyhow::Result<()> {
             app.run_until(startup::shutdown_signal()).await?;
         }
         Command::Migrate => {
+            let storage = Storage::open(settings).await?;
+            let state = storage.migrate().await?;
             // Building the core makes the first signing key when an asymmetric algorithm is
             // configured.
-            migrated_core(settings).await?;
-            println!("migrations applied");
+            startup::build(settings, &storage).await?;
+            match state {
+                SchemaState::Current => println!("migrations applied"),
+                // Not an error: the unit files run `migrate` before every start, and an older
+                // release must still start during a rollout or a roll-back.
+                SchemaState::Ahead(versions) => println!(
+                    "nothing applied: a newer release has migrated the database ({}); this \
+                     release runs on it, but only the newest release's `migrate` upgrades it",
+                    versions.join(", ")
+                ),
+            }
         }
         Command::Openapi { redoc } => {
             let (document, page) = startup::openapi_documents(settings).await?;

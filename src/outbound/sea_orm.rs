@@ -24,7 +24,9 @@ mod store;
 mod users;
 
 pub use backup::{Backup, BackupError, backup};
-pub use connection::{DatabaseSettings, connect, migrate_down, migrate_up, pool_usage};
+pub use connection::{
+    DatabaseSettings, SchemaState, connect, migrate_down, migrate_up, pool_usage,
+};
 pub use import::PyauthDatabase;
 pub use rate_limiter::SeaOrmRateLimiter;
 pub use signing_keys::SeaOrmSigningKeyStore;

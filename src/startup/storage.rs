@@ -18,8 +18,8 @@ use crate::inbound::web::metrics::Sampler;
 use crate::outbound::Store;
 use crate::outbound::memory::{MemoryRateLimiter, MemorySigningKeyStore, MemoryStore};
 use crate::outbound::sea_orm::{
-    self as db, Backup, BackupError, DatabaseSettings, SeaOrmRateLimiter, SeaOrmSigningKeyStore,
-    SeaOrmStore, invalidations,
+    self as db, Backup, BackupError, DatabaseSettings, SchemaState, SeaOrmRateLimiter,
+    SeaOrmSigningKeyStore, SeaOrmStore, invalidations,
 };
 use crate::outbound::session_cache::{CacheLimits, CachedGrants, CachedSessions, SessionCache};
 
@@ -117,15 +117,25 @@ impl Storage {
         Ok(Self::Database(db))
     }
 
-    /// Applies pending migrations.
+    /// Applies pending migrations. A database that a newer release has migrated already is
+    /// used as it is, with a warning naming the migrations this release does not know: an
+    /// older instance restarting in the middle of a rolling upgrade keeps serving.
     ///
     /// # Errors
-    /// When a migration fails.
-    pub async fn migrate(&self) -> anyhow::Result<()> {
-        if let Self::Database(db) = self {
-            db::migrate_up(db).await.context("migrations failed")?;
+    /// When a migration fails, or the database's history and this release's diverged.
+    pub async fn migrate(&self) -> anyhow::Result<SchemaState> {
+        let Self::Database(db) = self else {
+            return Ok(SchemaState::Current);
+        };
+        let state = db::migrate_up(db).await.context("migrations failed")?;
+        if let SchemaState::Ahead(versions) = &state {
+            tracing::warn!(
+                unknown = %versions.join(", "),
+                "a newer release has migrated the database; this one runs on it, as the \
+                 migration policy allows (docs/operations.md, \"Upgrades\")"
+            );
         }
-        Ok(())
+        Ok(state)
     }
 
     /// The storage ports, all served by one store; users and sessions behind `cache`, if any.

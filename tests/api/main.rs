@@ -24,6 +24,7 @@ mod keys;
 mod limits;
 mod login;
 mod mfa;
+mod migration_policy;
 mod migrations;
 mod oauth_repository;
 mod operations;

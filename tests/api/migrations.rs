@@ -5,10 +5,11 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use portcullis::domain::Email;
 use portcullis::domain::ports::UserRepository;
-use portcullis::outbound::sea_orm::{SeaOrmStore, migrate_down, migrate_up};
+use portcullis::outbound::sea_orm::{SchemaState, SeaOrmStore, migrate_down, migrate_up};
 use sea_orm::{ConnectionTrait, Statement};
+use serde_json::json;
 
-use crate::helpers::{Backend, TestDb};
+use crate::helpers::{Backend, TestApp, TestDb, access_token, run_cli, settings};
 
 /// Every table the migrations make.
 const TABLES: &str = "'users', 'sessions', 'refresh_tokens', 'rate_limit_counters', \
@@ -178,6 +179,92 @@ async fn existing_users_are_rekeyed_and_clashes_stop_the_upgrade_on_sqlite() {
 #[tokio::test]
 async fn existing_users_are_rekeyed_and_clashes_stop_the_upgrade_on_postgres() {
     existing_users_are_rekeyed_and_clashes_stop_the_upgrade(Backend::Postgres).await;
+}
+
+/// A migration of a release newer than this binary.
+const FUTURE: &str = "m20991231_000099_from_a_newer_release";
+
+/// Records [`FUTURE`] as applied, as a newer release's `migrate` would.
+async fn record_future_migration(conn: &sea_orm::DatabaseConnection) {
+    conn.execute_unprepared(&format!(
+        "INSERT INTO seaql_migrations (version, applied_at) VALUES ('{FUTURE}', 0)"
+    ))
+    .await
+    .unwrap();
+}
+
+async fn a_database_a_newer_release_migrated_is_served(backend: Backend) {
+    let Some(db) = TestDb::create(backend).await else {
+        return;
+    };
+    let conn = db.pool(2).await;
+    assert_eq!(migrate_up(&conn).await.unwrap(), SchemaState::Current);
+    record_future_migration(&conn).await;
+    assert_eq!(
+        migrate_up(&conn).await.unwrap(),
+        SchemaState::Ahead(vec![FUTURE.to_owned()])
+    );
+
+    // An older instance restarting in the middle of a rollout starts and serves.
+    let mut app = TestApp::spawn(settings(db.url(), json!({}))).await;
+    let tokens = app.signed_up("kelly@example.com").await;
+    let me = app.get_json_auth("/auth/me", &access_token(&tokens)).await;
+    assert_eq!(me["email"], "kelly@example.com");
+    app.stop().await;
+
+    // Its `migrate` (run before every start by the unit files) applies nothing and says why.
+    let output = run_cli(db.url(), &[], &["migrate"], "");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("nothing applied: a newer release has migrated the database")
+            && stdout.contains(FUTURE),
+        "{stdout}"
+    );
+    conn.close().await.unwrap();
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_database_a_newer_release_migrated_is_served_on_sqlite() {
+    a_database_a_newer_release_migrated_is_served(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_database_a_newer_release_migrated_is_served_on_postgres() {
+    a_database_a_newer_release_migrated_is_served(Backend::Postgres).await;
+}
+
+async fn a_database_of_a_diverged_history_is_refused(backend: Backend) {
+    let Some(db) = TestDb::create(backend).await else {
+        return;
+    };
+    let conn = db.pool(2).await;
+    Migrator::up(&conn, Some(16)).await.unwrap();
+    record_future_migration(&conn).await;
+    let err = migrate_up(&conn).await.unwrap_err().to_string();
+    assert!(
+        err.contains(FUTURE) && err.contains("m20261207_000017_create_oauth"),
+        "{err}"
+    );
+    // Migration 17's four tables were not made.
+    assert_eq!(table_count(&conn).await, 13);
+    conn.close().await.unwrap();
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_database_of_a_diverged_history_is_refused_on_sqlite() {
+    a_database_of_a_diverged_history_is_refused(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_database_of_a_diverged_history_is_refused_on_postgres() {
+    a_database_of_a_diverged_history_is_refused(Backend::Postgres).await;
 }
 
 #[test]

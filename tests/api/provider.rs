@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use reqwest::StatusCode;
+use sea_orm::ConnectionTrait as _;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
@@ -1172,6 +1173,41 @@ app_test!(
         assert!(
             target.contains("prompt%3Dconsent%26") || target.contains("prompt%3Dconsent&"),
             "{target}"
+        );
+    }
+);
+
+app_test!(
+    a_relying_partys_refresh_token_is_not_where_the_previous_release_looks,
+    provider_on(),
+    |app| {
+        let (client, mut visit) = setting_up(&app).await;
+        let code = code_for(&mut visit, &client.id).await;
+        let tokens: Value = exchange(&app, &client, &code).await.json().await.unwrap();
+        let refresh = tokens["refresh_token"].as_str().unwrap();
+        // Release 0.2.0 finds `/auth/refresh` tokens by their plain SHA-256. Beside a newer
+        // instance in a rolling upgrade, or after a roll-back, it must not find a relying
+        // party's token: it would rotate it into first-party access tokens.
+        let plain = format!("{:x}", Sha256::digest(refresh.as_bytes()));
+        let db = sea_orm::Database::connect(app.settings.database_url())
+            .await
+            .unwrap();
+        let found = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT COUNT(*) AS n FROM refresh_tokens WHERE token_hash = '{plain}'"),
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<i64>("", "n")
+            .unwrap();
+        db.close().await.unwrap();
+        assert_eq!(found, 0);
+        // Its own endpoint still takes it.
+        assert_eq!(
+            refresh_with(&app, &client, refresh).await.status(),
+            StatusCode::OK
         );
     }
 );

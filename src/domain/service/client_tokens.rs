@@ -299,7 +299,7 @@ impl ClientTokens {
             return Err(TokenEndpointError::UnauthorizedClient);
         }
         let bad_token = TokenEndpointError::InvalidGrant("the refresh token is invalid");
-        let hash = RefreshTokenHash::of(presented);
+        let hash = RefreshTokenHash::of_client(presented);
         let Some(record) = self.sessions.find_refresh_token(&hash).await? else {
             return Err(bad_token);
         };
@@ -331,7 +331,7 @@ impl ClientTokens {
             },
         };
         let expires_at = (now + self.policy.refresh_token_ttl).min(session.expires_at);
-        let next = NewRefreshToken::generate(session.id, now, expires_at);
+        let next = NewRefreshToken::generate_for_client(session.id, now, expires_at);
         let refresh_token = next.secret.clone();
         match self
             .sessions
@@ -421,7 +421,7 @@ impl ClientTokens {
     ) -> Result<(), BackendError> {
         if let Some(record) = self
             .sessions
-            .find_refresh_token(&RefreshTokenHash::of(token))
+            .find_refresh_token(&RefreshTokenHash::of_client(token))
             .await?
         {
             if record.session.client_id.as_ref() == Some(&client.id) {
@@ -464,7 +464,7 @@ impl ClientTokens {
         let now = self.clock.now();
         if let Some(record) = self
             .sessions
-            .find_refresh_token(&RefreshTokenHash::of(token))
+            .find_refresh_token(&RefreshTokenHash::of_client(token))
             .await?
         {
             let session = &record.session;
@@ -583,7 +583,7 @@ impl ClientTokens {
         let now = self.clock.now();
         let id = SessionId::random();
         let expires_at = now + self.policy.session_max_age;
-        let refresh = NewRefreshToken::generate(
+        let refresh = NewRefreshToken::generate_for_client(
             id,
             now,
             (now + self.policy.refresh_token_ttl).min(expires_at),

@@ -39,7 +39,8 @@ pub struct Cli {
 pub enum Command {
     /// Apply pending migrations, then serve HTTP (the default).
     Serve,
-    /// Apply pending migrations and exit.
+    /// Apply pending migrations and exit. On a database a newer release has migrated, apply
+    /// nothing and say so (this release still serves on it).
     Migrate,
     /// Print the OpenAPI document (what `/openapi.json` serves), or with `--redoc` the
     /// self-contained ReDoc page that renders it; needs no database.

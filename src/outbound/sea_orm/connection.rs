@@ -162,12 +162,61 @@ pub fn pool_usage(db: &DatabaseConnection) -> (u32, usize) {
     }
 }
 
-/// Applies every pending migration.
+/// Where the database's schema stands against this binary's migrations, after [`migrate_up`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaState {
+    /// The database has every migration of this binary, and no other.
+    Current,
+    /// The database has every migration of this binary, and these too (their versions), which
+    /// a newer release applied during a rolling upgrade. Migrations only add
+    /// (docs/decisions/25-rolling-upgrades.md), so this binary still works on that schema.
+    Ahead(Vec<String>),
+}
+
+/// Applies every pending migration, unless a newer release has migrated the database already:
+/// then it applies nothing and says which versions it does not know. (sea-orm-migration's own
+/// `up` refuses any database with an applied migration it has no file for, which would stop
+/// an older instance from restarting in the middle of a rollout.)
 ///
 /// # Errors
-/// When a migration fails; each runs in its own transaction where the engine allows.
-pub async fn migrate_up(db: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(db, None).await
+/// When a migration fails (each runs in its own transaction where the engine allows), or when
+/// the database has migrations this binary does not know while it lacks some of this binary's:
+/// histories that diverged, which no release can serve.
+pub async fn migrate_up(db: &DatabaseConnection) -> Result<SchemaState, DbErr> {
+    let known: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|migration| migration.name().to_owned())
+        .collect();
+    let applied: Vec<String> = Migrator::get_migration_models(db)
+        .await?
+        .into_iter()
+        .map(|model| model.version)
+        .collect();
+    let unknown: Vec<String> = applied
+        .iter()
+        .filter(|version| !known.contains(version))
+        .cloned()
+        .collect();
+    if unknown.is_empty() {
+        Migrator::up(db, None).await?;
+        return Ok(SchemaState::Current);
+    }
+    let missing: Vec<&str> = known
+        .iter()
+        .filter(|name| !applied.contains(name))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        Ok(SchemaState::Ahead(unknown))
+    } else {
+        Err(DbErr::Migration(format!(
+            "the database has migrations this release does not know ({}) and lacks some of its \
+             own ({}): it was migrated by a release of another line; run `portcullis migrate` \
+             with a release that has both",
+            unknown.join(", "),
+            missing.join(", ")
+        )))
+    }
 }
 
 /// Rolls back every migration.
