@@ -391,6 +391,42 @@ async fn a_listening_connection_that_falls_silent_is_taken_as_lost() {
     pair.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_behind_a_slow_database_is_not_trusted() {
+    let Some(db) = TestDb::create(Backend::Postgres).await else {
+        return;
+    };
+    // The reader's pool and listening connection both go through the cable.
+    let (mut cable, via_cable) = Cable::in_front_of(db.url()).await;
+    let mut writer = TestApp::spawn(settings(db.url(), json!({}))).await;
+    let mut reader =
+        TestApp::spawn(settings(&via_cable, json!({"database_timeout_seconds": 2}))).await;
+    reader.cache_trusted(true).await;
+    let token = writer.token_for("slow@example.com").await;
+    cached(&reader, &token, "/protected/user").await;
+
+    // Slower than the timeout: the feed's pings cannot even be sent, so nothing shows that the
+    // announcements still arrive in time, and the cache stops answering.
+    cable.set_latency(Duration::from_secs(4));
+    let slowed = Instant::now();
+    reader.cache_trusted(false).await;
+    eprintln!(
+        "a feed behind a slow database was distrusted after {:?}",
+        slowed.elapsed()
+    );
+    assert_eq!(writer.logout(&token).await.status(), 204);
+    let status = reader.get_auth("/protected/user", &token).await.status();
+    assert_ne!(status, 200, "an ended session passed while the feed lagged");
+
+    cable.set_latency(Duration::ZERO);
+    reader.cache_trusted(true).await;
+    assert_unauthorized(reader.get_auth("/protected/user", &token).await, "").await;
+    reader.stop().await;
+    writer.stop().await;
+    cable.cut();
+    db.drop_database().await;
+}
+
 // The adapter level: every write of the repository, made by another process's repository (no
 // cache of its own), reaches a cached repository through the database's triggers and the feed.
 

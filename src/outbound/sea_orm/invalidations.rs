@@ -9,10 +9,11 @@
 //!   announcement may have been missed meanwhile. For the session cache: a
 //!   notification is delivered only when its transaction commits, so an instance hears of a
 //!   change once the change is visible, and never before. Every second the feed sends itself a
-//!   `NOTIFY` through the pool; the listening connection is trusted only while the pings the
-//!   database took come back (within [`LOST_AFTER`]), so a connection that died without a word
-//!   (a cut cable, a frozen proxy) is noticed too. Lost, the cache is distrusted at once (every check goes to
-//!   the database); found again, it is emptied before it is trusted.
+//!   numbered `NOTIFY` through the pool; the listening connection is trusted only while the
+//!   newest ping that came back was sent within [`LOST_AFTER`], so a connection that died
+//!   without a word (a cut cable, a frozen proxy), or one that lags behind a slow database, is
+//!   noticed too. Lost, the cache is distrusted at once (every check goes to the database);
+//!   found again, it is emptied before it is trusted.
 //! - **SQLite**: the triggers append to `session_cache_invalidations`; the server reads what
 //!   is new every `POLL_EVERY`. Writers on the same file in other processes (the CLI) reach a
 //!   running server this way. A failed read distrusts the cache until a read succeeds, and a
@@ -91,7 +92,7 @@ fn parse(payload: &str) -> Invalidation {
 }
 
 async fn listen(db: &DatabaseConnection, url: &str, listeners: &Listeners, timeout: Duration) {
-    let ping = format!("p:{}", Uuid::new_v4().simple());
+    let ping = format!("p:{}:", Uuid::new_v4().simple());
     loop {
         match tokio::time::timeout(timeout, subscribe(url)).await {
             Ok(Ok(listener)) => {
@@ -130,11 +131,14 @@ async fn subscribe(url: &str) -> Result<PgListener, sea_orm::sqlx::Error> {
     Ok(listener)
 }
 
-/// Hands every notification to the cache; returns when the connection is lost or stops
-/// proving it is alive: a ping that the database took has not come back within [`LOST_AFTER`].
-/// A ping the pool could not send (the database down, the pool saturated) proves nothing
-/// either way; the listening connection is not blamed for it, or a busy pool would turn the
-/// cache off just when it saves the most.
+/// Hands every notification to the cache; returns when the connection is lost or can no longer
+/// show that it is current. Every [`PING_EVERY`] the feed notifies itself through the pool, each
+/// ping numbered; notifications arrive in commit order, so a ping that comes back proves that
+/// everything committed before it was sent has arrived. The feed is lost when the newest ping
+/// that came back was sent more than [`LOST_AFTER`] ago, whatever the reason: a dead connection,
+/// a frozen proxy, or a database so slow that pings (and with them the announcements) lag or
+/// cannot be sent at all. A cache that cannot show it is current must not answer: an ended
+/// session would pass for as long as the announcement of its end is late.
 async fn listen_until_lost(
     mut listener: PgListener,
     db: &DatabaseConnection,
@@ -142,19 +146,18 @@ async fn listen_until_lost(
     ping: &str,
     timeout: Duration,
 ) {
-    // Since when a ping the database took is awaited; notifications arrive in commit order, so
-    // receiving one answers every ping sent before it.
-    let unanswered_since: Mutex<Option<Instant>> = Mutex::new(None);
+    let pings = Mutex::new(Pings::new());
     let receive = async {
         // `Ok(None)`: the connection was lost, and with it perhaps some notifications.
         while let Ok(Some(notification)) = listener.try_recv().await {
-            if let Some(cache) = &listeners.cache {
-                cache.confirm();
-            }
             if notification.channel() == KEYS_CHANNEL {
                 listeners.keys_changed.notify_one();
-            } else if notification.payload() == ping {
-                *lock(&unanswered_since) = None;
+            } else if let Some(number) = notification.payload().strip_prefix(ping) {
+                if lock(&pings).answered(number)
+                    && let Some(cache) = &listeners.cache
+                {
+                    cache.confirm();
+                }
             } else if let (Some(cache), false) =
                 (&listeners.cache, notification.payload().starts_with("p:"))
             {
@@ -163,27 +166,80 @@ async fn listen_until_lost(
         }
     };
     let keep_alive = async {
-        let statement = Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_notify($1, $2)",
-            [CHANNEL.into(), ping.into()],
-        );
         let mut ticks = tokio::time::interval(PING_EVERY);
+        // Dropped with this future: no ping outlives the connection it was meant for.
+        let mut sending = tokio::task::JoinSet::new();
         loop {
             ticks.tick().await;
-            let sent = tokio::time::timeout(timeout, db.execute_raw(statement.clone())).await;
-            let mut awaited = lock(&unanswered_since);
-            if matches!(sent, Ok(Ok(_))) && awaited.is_none() {
-                *awaited = Some(Instant::now());
-            }
-            if awaited.is_some_and(|since| since.elapsed() > LOST_AFTER) {
-                return;
-            }
+            while sending.try_join_next().is_some() {}
+            let number = {
+                let mut pings = lock(&pings);
+                if pings.current_as_of.elapsed() > LOST_AFTER {
+                    return;
+                }
+                pings.send()
+            };
+            let statement = Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_notify($1, $2)",
+                [CHANNEL.into(), format!("{ping}{number}").into()],
+            );
+            // Sent beside the clock, so a ping stuck in a slow pool cannot hold the check up.
+            let db = db.clone();
+            sending.spawn(async move {
+                let _ = tokio::time::timeout(timeout, db.execute_raw(statement)).await;
+            });
         }
     };
     tokio::select! {
         () = receive => {}
         () = keep_alive => {}
+    }
+}
+
+/// The feed's pings: when each one still awaited was sent, and as of when the feed is known
+/// to be current.
+struct Pings {
+    next: u64,
+    sent: std::collections::VecDeque<(u64, Instant)>,
+    current_as_of: Instant,
+}
+
+impl Pings {
+    /// Listening has just begun: everything committed before now is behind the cache, which
+    /// was emptied.
+    fn new() -> Self {
+        Self {
+            next: 0,
+            sent: std::collections::VecDeque::new(),
+            current_as_of: Instant::now(),
+        }
+    }
+
+    /// A new ping's number.
+    fn send(&mut self) -> u64 {
+        let number = self.next;
+        self.next += 1;
+        // Pings never answered (not sent, or lost with a connection) are not kept forever.
+        if self.sent.len() == 64 {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((number, Instant::now()));
+        number
+    }
+
+    /// Ping `number` came back: the feed is current as of its sending. Whether it was one of
+    /// this connection's.
+    fn answered(&mut self, number: &str) -> bool {
+        let Ok(number) = number.parse::<u64>() else {
+            return false;
+        };
+        let Some(at) = self.sent.iter().position(|(n, _)| *n == number) else {
+            return false;
+        };
+        self.current_as_of = self.current_as_of.max(self.sent[at].1);
+        self.sent.drain(..=at);
+        true
     }
 }
 
@@ -294,5 +350,37 @@ mod tests {
         for odd in ["", "u:", "u:x", "s:not-a-uuid", "x:1", "u42"] {
             assert_eq!(parse(odd), Invalidation::Everything, "{odd:?}");
         }
+    }
+
+    #[test]
+    fn the_feed_is_current_as_of_the_newest_ping_that_came_back() {
+        let mut pings = Pings::new();
+        let listening = pings.current_as_of;
+        std::thread::sleep(Duration::from_millis(2));
+        let first = pings.send();
+        std::thread::sleep(Duration::from_millis(2));
+        let second = pings.send();
+        let second_sent = pings.sent[1].1;
+        // An answer proves only what was committed before its ping was sent.
+        assert!(pings.answered(&second.to_string()));
+        assert_eq!(pings.current_as_of, second_sent);
+        assert!(pings.current_as_of > listening);
+        // An older ping that arrives after it (or one of another connection, or garbage)
+        // moves nothing back or forward.
+        assert!(!pings.answered(&first.to_string()));
+        assert!(!pings.answered("999"));
+        assert!(!pings.answered("x"));
+        assert_eq!(pings.current_as_of, second_sent);
+    }
+
+    #[test]
+    fn pings_never_answered_are_not_kept_forever() {
+        let mut pings = Pings::new();
+        for _ in 0..1000 {
+            pings.send();
+        }
+        assert_eq!(pings.sent.len(), 64);
+        assert!(pings.answered("999"));
+        assert!(pings.sent.is_empty());
     }
 }
