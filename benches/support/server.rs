@@ -101,12 +101,34 @@ impl Server {
         };
         (field("VmRSS:"), field("VmHWM:"))
     }
+
+    /// How many files and sockets the server holds open now, from /proc.
+    #[allow(dead_code)] // not every benchmark reads it
+    pub fn descriptors(&self) -> std::io::Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))?.count())
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Makes `email` an admin with the operator's command, as an admin would be made.
+#[allow(dead_code)] // not every benchmark needs an admin
+pub fn promote(database_url: &str, email: &str) -> Result<()> {
+    let output = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["user", "promote", email])
+        .env("PORTCULLIS_PROFILE", "production")
+        .env("DATABASE_URL", database_url)
+        .env("SECRET_KEY", SECRET)
+        .output()?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned().into())
     }
 }
 
