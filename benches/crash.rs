@@ -26,7 +26,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -44,7 +43,7 @@ mod server;
 #[path = "../tests/api/smtp.rs"]
 mod smtp;
 
-use server::{Result, Server, on_each_backend, setting};
+use server::{Result, Server, on_each_backend, promote, setting};
 use smtp::SmtpServer;
 
 /// Abuse limits off (the drill logs in from one address hundreds of times) and the cheapest
@@ -382,17 +381,7 @@ async fn make_admin(api: &Api, url: &str) -> Result<()> {
     if status != 201 {
         return Err(format!("registering the admin answered {status}").into());
     }
-    let promoted = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["user", "promote", ADMIN_EMAIL])
-        .env("PORTCULLIS_PROFILE", "production")
-        .env("DATABASE_URL", url)
-        .env("SECRET_KEY", server::SECRET)
-        .stdout(Stdio::null())
-        .status()?;
-    if !promoted.success() {
-        return Err("portcullis user promote failed".into());
-    }
-    Ok(())
+    promote(url, ADMIN_EMAIL)
 }
 
 async fn scalar(db: &DatabaseConnection, sql: &str) -> Result<i64> {

@@ -15,7 +15,7 @@ use serde_json::json;
 #[path = "support/server.rs"]
 mod server;
 
-use server::{Result, SECRET, Server, on_each_backend, percentile};
+use server::{Result, Server, on_each_backend, percentile, promote};
 
 const PASSWORD: &str = "benchmark password 1";
 
@@ -79,21 +79,6 @@ impl Instance {
                 return Err("the revocation was not honoured within 5 s".into());
             }
         }
-    }
-}
-
-/// Promotes `email` with the operator's command, as an admin would be made.
-fn promote(database_url: &str, email: &str) -> Result<()> {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["user", "promote", email])
-        .env("PORTCULLIS_PROFILE", "production")
-        .env("DATABASE_URL", database_url)
-        .env("SECRET_KEY", SECRET)
-        .output()?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned().into())
     }
 }
 

@@ -193,6 +193,12 @@ impl Server {
         };
         (field("VmRSS:"), field("VmHWM:"))
     }
+
+    /// How many files and sockets the server holds open now, from /proc.
+    #[allow(dead_code)] // not every benchmark reads it
+    pub fn descriptors(&self) -> std::io::Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))?.count())
+    }
 }
 
 impl Server {
@@ -206,6 +212,17 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Makes `email` an admin with the operator's command, as an admin would be made.
+#[allow(dead_code)] // not every benchmark needs an admin
+pub fn promote(database_url: &str, email: &str) -> Result<()> {
+    let output = Binary::current().run(database_url, &["user", "promote", email])?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned().into())
     }
 }
 

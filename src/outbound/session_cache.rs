@@ -197,6 +197,7 @@ impl SessionCache {
             return;
         }
         state.remove(session.id);
+        state.drop_expired(Instant::now());
         while state.entries.len() >= self.limits.max_entries
             || state.bytes + bytes > self.limits.max_bytes
         {
@@ -383,6 +384,23 @@ impl State {
             }
         }
         false
+    }
+
+    /// Drops the entries at the head of the eviction queue whose time is up. Without this, a
+    /// session nobody asks about again (an app closed without a logout, which is how most
+    /// sessions end) would stay until the bounds pushed it out, and the cache would grow to
+    /// them however few sessions are in use. Every entry ends within `max_age` of its filling,
+    /// so what stays was filled within the last `max_age`.
+    fn drop_expired(&mut self, now: Instant) {
+        while let Some(&(id, serial)) = self.queue.front() {
+            let current = self.entries.get(&id).filter(|entry| entry.serial == serial);
+            match current {
+                Some(entry) if entry.until > now => return,
+                Some(_) => self.remove(id),
+                None => {}
+            }
+            self.queue.pop_front();
+        }
     }
 
     /// Drops the stale slots of the eviction queue once they outnumber the live ones, so the

@@ -130,6 +130,15 @@ impl SmtpServer {
         received.get(seen..).unwrap_or_default().to_vec()
     }
 
+    /// Forgets every message to `to`, so that a long run keeps only what it may still wait for.
+    #[allow(dead_code)] // the soak's; the tests keep everything
+    pub fn forget(&self, to: &str) {
+        self.received
+            .lock()
+            .expect("received")
+            .retain(|m| !m.to.iter().any(|r| r.eq_ignore_ascii_case(to)));
+    }
+
     /// Waits until a message to `to` with `subject` has arrived (at most `within`), and returns
     /// the last such one.
     pub async fn wait_for_subject(&self, to: &str, subject: &str, within: Duration) -> Received {

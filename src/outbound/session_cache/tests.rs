@@ -190,6 +190,28 @@ fn an_entry_ends_with_its_sessions_idle_end_and_after_max_age() {
 }
 
 #[test]
+fn entries_whose_time_is_up_make_room_though_nobody_asks_for_them_again() {
+    let cache = cache_with(CacheLimits {
+        max_age: Duration::from_millis(40),
+        ..LIMITS
+    });
+    for user_id in 1..=50 {
+        let (session, user) = day_long(user_id);
+        check(&cache, &session, &user);
+    }
+    std::thread::sleep(Duration::from_millis(60));
+    let (session, user) = day_long(51);
+    check(&cache, &session, &user);
+    let stats = cache.stats();
+    assert_eq!(
+        stats.entries, 1,
+        "abandoned sessions stay until the bounds push them out"
+    );
+    assert_eq!(stats.bytes, weight(&session, &user));
+    assert!(check(&cache, &session, &user));
+}
+
+#[test]
 fn refused_checks_are_not_stored() {
     let cache = cache_with(LIMITS);
     let (mut ended, owner) = day_long(1);
