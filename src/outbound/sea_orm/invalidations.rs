@@ -177,6 +177,11 @@ async fn listen_until_lost(
                 if pings.current_as_of.elapsed() > LOST_AFTER {
                     return;
                 }
+                // One ping at a time: behind a slow database, pings must not take the pool's
+                // connections from the requests.
+                if !sending.is_empty() {
+                    continue;
+                }
                 pings.send()
             };
             let statement = Statement::from_sql_and_values(
