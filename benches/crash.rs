@@ -34,7 +34,6 @@ use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use serde_json::{Value, json};
-use totp_rs::{Algorithm, Builder, Secret};
 
 #[path = "support/server.rs"]
 mod server;
@@ -43,7 +42,7 @@ mod server;
 #[path = "../tests/api/smtp.rs"]
 mod smtp;
 
-use server::{Result, Server, on_each_backend, promote, setting};
+use server::{Result, Server, on_each_backend, promote, setting, totp_code};
 use smtp::SmtpServer;
 
 /// Abuse limits off (the drill logs in from one address hundreds of times) and the cheapest
@@ -1265,7 +1264,10 @@ async fn run(
             if !expect(found, status, 200, &body) {
                 return Ok(false);
             }
-            let code = totp_code(body["secret"].as_str().unwrap_or_default());
+            let code = body["secret"]
+                .as_str()
+                .and_then(totp_code)
+                .unwrap_or_default();
             let (status, body) = doubtful!(
                 Doubt::Totp,
                 api.post("/auth/mfa/totp/confirm", &json!({"code": code}), token)
@@ -1318,26 +1320,4 @@ impl Inbox<'_> {
         }
         None
     }
-}
-
-/// The current code of a base32 TOTP secret, as an authenticator app shows it.
-fn totp_code(base32: &str) -> String {
-    let base32: String = base32.split_whitespace().collect();
-    let Ok(secret) = Secret::try_from_base32(&base32) else {
-        return String::new();
-    };
-    let Ok(totp) = Builder::new()
-        .with_algorithm(Algorithm::SHA1)
-        .with_digits(6)
-        .with_step_duration(30)
-        .with_secret(secret)
-        .build()
-    else {
-        return String::new();
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    totp.generate(now).to_string()
 }

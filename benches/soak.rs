@@ -64,7 +64,9 @@ mod server;
 #[allow(dead_code)]
 mod smtp;
 
-use server::{Result, Server, on_fresh_postgres, percentile, postgres_admin_url, promote, setting};
+use server::{
+    Result, Server, on_fresh_postgres, percentile, postgres_admin_url, promote, setting, totp_code,
+};
 use smtp::SmtpServer;
 
 const PASSWORD: &str = "soak password one";
@@ -460,17 +462,6 @@ impl Tokens {
             refresh: body["refresh_token"].as_str()?.to_owned(),
         })
     }
-}
-
-/// The current code of an authenticator holding the base32 `secret` (SHA-1, 6 digits, 30 s:
-/// totp-rs's defaults and the service's).
-fn totp_code(secret: &str) -> Option<String> {
-    let secret: String = secret.split_whitespace().collect();
-    let totp = totp_rs::Builder::new()
-        .with_secret(totp_rs::Secret::try_from_base32(&secret).ok()?)
-        .build()
-        .ok()?;
-    Some(totp.generate_current().to_string())
 }
 
 async fn journeys(load: Arc<Load>) {
