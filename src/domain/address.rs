@@ -330,8 +330,9 @@ mod tests {
                 let Ok(email) = Email::parse(&input) else { return Ok(()) };
                 let normalized = Email::from_trusted(email.normalized().to_owned());
                 prop_assert_eq!(normalized.normalized(), email.normalized());
+                // Not `lookalike_key(key) == key`: keys are only ever computed from addresses,
+                // and TR39's prototypes are not all NFKC-stable (`%` becomes `°/₀`).
                 prop_assert_eq!(normalized.key(), email.key());
-                prop_assert_eq!(lookalike_key(email.key()), email.key());
             }
 
             #[test]
