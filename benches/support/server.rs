@@ -56,17 +56,7 @@ impl Server {
     /// Logs `email` in and returns the access token.
     #[allow(dead_code)] // not every benchmark logs in
     pub async fn access_token(&self, email: &str, password: &str) -> Result<String> {
-        let tokens: serde_json::Value = reqwest::Client::new()
-            .post(format!("{}/auth/login", self.base))
-            .json(&serde_json::json!({"email": email, "password": password}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok(tokens["access_token"]
-            .as_str()
-            .ok_or("no token")?
-            .to_owned())
+        log_in(&self.base, email, password).await
     }
 
     /// Starts the release binary in the production profile on `database_url`, with `env` on
@@ -253,6 +243,22 @@ async fn drop_postgres(admin_url: &str, name: &str) -> Result<()> {
         .await?;
     admin.close().await?;
     Ok(())
+}
+
+/// Logs `email` in at the server at `base` and returns the access token.
+#[allow(dead_code)] // not every benchmark logs in
+pub async fn log_in(base: &str, email: &str, password: &str) -> Result<String> {
+    let tokens: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/auth/login"))
+        .json(&serde_json::json!({"email": email, "password": password}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(tokens["access_token"]
+        .as_str()
+        .ok_or("no token")?
+        .to_owned())
 }
 
 /// The `p`th percentile of `sorted` samples (nearest rank).
