@@ -163,9 +163,7 @@ fn http_settings(
         body_limit_bytes: settings.body_limit_bytes,
         body_read_timeout: Duration::from_secs(settings.body_read_timeout_seconds),
         cors_origins: settings.cors_origins(),
-        security_headers: SecurityHeaders {
-            hsts_max_age_seconds: settings.hsts_max_age_seconds,
-        },
+        security_headers: SecurityHeaders::new(settings.hsts_max_age_seconds),
         trusted_proxies: TrustedProxies(settings.trusted_proxy_addrs()?),
         metrics,
         metrics_on_api,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use poem::endpoint::make_sync;
 use poem::middleware::Cors;
 use poem::web::Html;
-use poem::{Endpoint, EndpointExt, IntoEndpoint, Route};
+use poem::{Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Route};
 use poem_openapi::OpenApiService;
 
 use self::api::admin::AdminApi;
@@ -32,14 +32,14 @@ use self::api::provider::ProviderApi;
 use self::api::public::PublicApi;
 use self::api::recovery::RecoveryApi;
 use self::api::sessions::SessionsApi;
-use self::middleware::{BodyLimits, SecurityHeaders};
+use self::middleware::{BodyLimits, Perimeter, SecurityHeaders};
 use self::server::Draining;
 use crate::domain::Core;
 use crate::domain::service::SigningKeys;
 use crate::inbound::console::{self, guard::ConsoleSettings};
 use crate::inbound::web::client::TrustedProxies;
 use crate::inbound::web::errors::PROVIDER_OFF;
-use crate::inbound::web::metrics::{MetricsExporter, RouteLabels};
+use crate::inbound::web::metrics::{MetricsExporter, Routes};
 use crate::inbound::web::problem::{Problem, into_problem_response};
 use poem::http::StatusCode;
 
@@ -183,9 +183,8 @@ pub fn management_app(metrics: MetricsExporter) -> impl Endpoint {
 pub fn app(core: Arc<Core>, keys: Arc<SigningKeys>, settings: HttpSettings) -> impl Endpoint {
     let api = openapi(&core, &keys, &settings);
     let (spec, redoc) = documents_of(&api);
-    let labels = Arc::new(route_labels(&spec));
-    let allowed = Arc::clone(&labels);
-    let routes = Route::new()
+    let routes = route_table(&spec);
+    let pages = Route::new()
         .nest("/docs", api.swagger_ui())
         .at("/redoc", make_sync(move |_| Html(redoc.clone())))
         .at(
@@ -195,16 +194,15 @@ pub fn app(core: Arc<Core>, keys: Arc<SigningKeys>, settings: HttpSettings) -> i
                     .content_type("application/json; charset=utf-8")
                     .body(spec.clone())
             }),
-        )
-        .nest("/", api);
-    let routes = match settings.console.clone() {
+        );
+    let pages = match settings.console.clone() {
         Some(console_settings) => {
             let console = console::routes(
                 Arc::clone(&core),
                 settings.trusted_proxies.clone(),
                 console_settings,
             );
-            routes
+            pages
                 .nest("/console", console.pages)
                 .at("/oauth/authorize", console.authorize)
                 .at("/oauth/logout", console.logout)
@@ -217,61 +215,59 @@ pub fn app(core: Arc<Core>, keys: Arc<SigningKeys>, settings: HttpSettings) -> i
                     poem::error::ResponseError::as_response(&problem)
                 })
             };
-            routes
+            pages
                 .at("/oauth/authorize", off())
                 .at("/oauth/logout", off())
         }
     };
-    let body = BodyLimits {
-        max_bytes: settings.body_limit_bytes,
-        read_timeout: settings.body_read_timeout,
-    };
-    let headers = settings.security_headers;
     let cors_on = !settings.cors_origins.is_empty();
-    let proxies = settings.trusted_proxies.clone();
-    routes
-        .around(move |ep, req| middleware::guard_body(body, ep, req))
-        // No origins configured: no CORS headers at all, so browsers keep other sites out.
-        // (poem's Cors with an empty list would allow every origin.)
-        .with_if(cors_on, cors(&settings.cors_origins))
-        .data(core)
-        .around(move |ep, req| {
-            let headers = headers.clone();
-            let allowed = Arc::clone(&allowed);
-            async move {
-                let path = req.uri().path().to_owned();
-                let mut response = ep
-                    .call(req)
-                    .await
-                    .map(poem::IntoResponse::into_response)
-                    .unwrap_or_else(into_problem_response);
-                headers.apply(&path, &mut response);
-                if cors_on {
-                    // The CORS headers depend on the Origin sent: caches must keep one answer
-                    // per origin (Fetch standard, "CORS protocol and HTTP caches").
-                    response.headers_mut().append(
-                        poem::http::header::VARY,
-                        poem::http::HeaderValue::from_static("Origin"),
-                    );
-                }
-                if response.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED
-                    && let Some(allow) = allowed.allow(&path)
-                    && let Ok(value) = poem::http::HeaderValue::from_str(allow)
-                {
-                    // RFC 9110 section 15.5.6: a 405 names the methods that would work.
-                    response
-                        .headers_mut()
-                        .insert(poem::http::header::ALLOW, value);
-                }
-                Ok(response)
-            }
-        })
-        .around(move |ep, req| {
-            let labels = Arc::clone(&labels);
-            let proxies = proxies.clone();
-            async move { middleware::observe(&labels, &proxies, ep, req).await }
-        })
-        .into_endpoint()
+    let inner = Split {
+        pages,
+        api: api.into_endpoint(),
+    }
+    // No origins configured: no CORS headers at all, so browsers keep other sites out.
+    // (poem's Cors with an empty list would allow every origin.)
+    .with_if(cors_on, cors(&settings.cors_origins))
+    .data(core);
+    Perimeter {
+        inner,
+        routes,
+        proxies: settings.trusted_proxies,
+        headers: settings.security_headers,
+        body: BodyLimits {
+            max_bytes: settings.body_limit_bytes,
+            read_timeout: settings.body_read_timeout,
+        },
+        cors: cors_on,
+    }
+}
+
+/// The pages for people (documentation, console, the provider's sign-in and sign-out) apart
+/// from the API: the API's own router then sees every other request as it came, without an
+/// outer router matching it first and nesting rewriting its URI, on every request.
+struct Split<A> {
+    pages: Route,
+    api: A,
+}
+
+impl<A: Endpoint> Endpoint for Split<A> {
+    type Output = poem::Response;
+
+    async fn call(&self, req: poem::Request) -> poem::Result<poem::Response> {
+        let path = req.uri().path();
+        let page = ["/docs", "/console"].iter().any(|prefix| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        }) || matches!(
+            path,
+            "/redoc" | "/openapi.json" | "/oauth/authorize" | "/oauth/logout"
+        );
+        if page {
+            self.pages.call(req).await
+        } else {
+            self.api.call(req).await.map(IntoResponse::into_response)
+        }
+    }
 }
 
 /// The OpenAPI document with what poem-openapi leaves out: OpenAPI 3.0 requires `scopes` on
@@ -433,12 +429,12 @@ fn declare_query_types(doc: &mut serde_json::Value) {
 
 /// The route templates of the OpenAPI document with their methods, as metric labels and for
 /// the `Allow` header of a 405.
-fn route_labels(spec: &str) -> RouteLabels {
+fn route_table(spec: &str) -> Routes {
     let paths = serde_json::from_str::<serde_json::Value>(spec)
         .ok()
         .and_then(|spec| spec.get("paths").and_then(|p| p.as_object()).cloned())
         .unwrap_or_default();
-    RouteLabels::new(paths.into_iter().map(|(template, operations)| {
+    Routes::new(paths.into_iter().map(|(template, operations)| {
         let methods = operations
             .as_object()
             .map(|ops| ops.keys().map(|m| m.to_uppercase()).collect())

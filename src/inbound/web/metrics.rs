@@ -3,10 +3,13 @@
 //! Recording goes through the `metrics` facade (the bcrypt adapter records its queue there
 //! too); this module owns the one exporter and renders it at `GET /metrics`.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use poem::http::HeaderValue;
 
 use crate::domain::TokenPair;
 use crate::domain::service::{CookieSignIn, LoginError, LoginStep, TokenEndpointError};
@@ -77,95 +80,179 @@ pub async fn upkeep_periodically(every: Duration) {
     }
 }
 
-/// Maps request paths onto the route templates of the OpenAPI document, so that labels stay
-/// few whatever paths clients send.
-#[derive(Debug, Clone, Default)]
-pub struct RouteLabels {
+/// The routes as metrics see them: request paths mapped onto the route templates of the
+/// OpenAPI document (so that labels stay few whatever paths clients send), the methods each
+/// answers (for `Allow`), and each route's metric handles.
+///
+/// The handles are resolved from the registry the first time a route, method and status are
+/// seen, then kept: looking a series up by its labels on every request (hashing them,
+/// allocating them) cost more than the rest of the metrics together.
+#[derive(Debug, Default)]
+pub struct Routes {
     routes: Vec<Route>,
+    /// The templates without a parameter, by path: most requests are found in one lookup.
+    exact: HashMap<String, usize>,
+    /// The templates with one, tried in order.
+    templated: Vec<usize>,
 }
 
-#[derive(Debug, Clone)]
+/// One route of [`Routes`], by its index there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteId(usize);
+
+#[derive(Debug)]
 struct Route {
-    template: String,
+    label: String,
     segments: Vec<String>,
-    /// The methods it answers, as an `Allow` header value.
-    allow: String,
+    /// The methods it answers, as an `Allow` header value; none for the routes outside the
+    /// OpenAPI document.
+    allow: Option<HeaderValue>,
+    series: OnceLock<Box<Series>>,
 }
 
-impl RouteLabels {
+/// The labels of the routes outside the OpenAPI document, in the order `Routes` appends them.
+const DOCS: usize = 0;
+const REDOC: usize = 1;
+const OPENAPI: usize = 2;
+const CONSOLE: usize = 3;
+const UNMATCHED: usize = 4;
+const OUTSIDE: [&str; 5] = ["/docs", "/redoc", "/openapi.json", "/console", "unmatched"];
+
+/// The method labels: the standard methods, and `other`, so that clients cannot mint new
+/// series by inventing methods.
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other",
+];
+
+/// The statuses whose counters are kept; any other is looked up each time.
+const STATUSES: [u16; 24] = [
+    200, 201, 204, 301, 302, 303, 304, 307, 400, 401, 403, 404, 405, 406, 408, 409, 410, 413, 415,
+    422, 429, 500, 502, 503,
+];
+
+/// One route's handles, by method (and status).
+#[derive(Debug)]
+struct Series {
+    durations: [OnceLock<Histogram>; METHODS.len()],
+    counts: [[OnceLock<Counter>; STATUSES.len()]; METHODS.len()],
+}
+
+impl Routes {
     /// From the templates (`/auth/sessions/{id}`) of an OpenAPI document, each with the
     /// methods it answers.
-    pub fn new(routes: impl IntoIterator<Item = (String, Vec<String>)>) -> Self {
+    pub fn new(templates: impl IntoIterator<Item = (String, Vec<String>)>) -> Self {
+        let mut routes: Vec<Route> = templates
+            .into_iter()
+            .map(|(template, methods)| Route {
+                segments: template.split('/').map(String::from).collect(),
+                allow: HeaderValue::from_str(&methods.join(", ")).ok(),
+                label: template,
+                series: OnceLock::new(),
+            })
+            .collect();
+        let documented = routes.len();
+        routes.extend(OUTSIDE.iter().map(|label| Route {
+            label: (*label).to_owned(),
+            segments: Vec::new(),
+            allow: None,
+            series: OnceLock::new(),
+        }));
+        let (templated, fixed): (Vec<usize>, Vec<usize>) =
+            (0..documented).partition(|&i| routes[i].segments.iter().any(|s| is_parameter(s)));
+        let exact = fixed
+            .into_iter()
+            .map(|i| (routes[i].label.clone(), i))
+            .collect();
         Self {
-            routes: routes
-                .into_iter()
-                .map(|(template, methods)| Route {
-                    segments: template.split('/').map(String::from).collect(),
-                    allow: methods.join(", "),
-                    template,
-                })
-                .collect(),
+            routes,
+            exact,
+            templated,
         }
     }
 
-    fn find(&self, path: &str) -> Option<&Route> {
-        let segments: Vec<&str> = path.split('/').collect();
-        self.routes.iter().find(|route| {
-            route.segments.len() == segments.len()
-                && route
-                    .segments
-                    .iter()
-                    .zip(&segments)
-                    .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
+    fn outside(&self, which: usize) -> RouteId {
+        RouteId(self.routes.len() - OUTSIDE.len() + which)
+    }
+
+    /// The route `path` is: its template; `/docs` and `/redoc` for the documentation pages;
+    /// `/console` for the web console; `unmatched` for anything else.
+    pub fn find(&self, path: &str) -> RouteId {
+        if let Some(&i) = self.exact.get(path) {
+            return RouteId(i);
+        }
+        let found = self.templated.iter().copied().find(|&i| {
+            let mut segments = path.split('/');
+            self.routes[i]
+                .segments
+                .iter()
+                .all(|t| segments.next().is_some_and(|s| t == s || is_parameter(t)))
+                && segments.next().is_none()
+        });
+        if let Some(i) = found {
+            return RouteId(i);
+        }
+        self.outside(match path {
+            "/docs" => DOCS,
+            _ if path.starts_with("/docs/") => DOCS,
+            "/redoc" => REDOC,
+            "/openapi.json" => OPENAPI,
+            // The console's pages, as one series: their ids would mint a series each.
+            "/console" => CONSOLE,
+            _ if path.starts_with("/console/") => CONSOLE,
+            _ => UNMATCHED,
         })
     }
 
-    /// The methods `path` answers, for the `Allow` header of a 405.
-    pub fn allow(&self, path: &str) -> Option<&str> {
-        self.find(path).map(|route| route.allow.as_str())
+    /// The route's label.
+    pub fn label(&self, route: RouteId) -> &str {
+        &self.routes[route.0].label
     }
 
-    /// The template `path` matches; `/docs` and `/redoc` for the documentation pages;
-    /// `/console` for the web console; `unmatched` for anything else.
-    pub fn label(&self, path: &str) -> String {
-        match self.find(path) {
-            Some(route) => route.template.clone(),
-            None if path == "/docs" || path.starts_with("/docs/") => "/docs".into(),
-            None if path == "/redoc" || path == "/openapi.json" => path.into(),
-            // The console's pages, as one series: their ids would mint a series each.
-            None if path == "/console" || path.starts_with("/console/") => "/console".into(),
-            None => "unmatched".into(),
+    /// The methods the route answers, for the `Allow` header of a 405.
+    pub fn allow(&self, route: RouteId) -> Option<&HeaderValue> {
+        self.routes[route.0].allow.as_ref()
+    }
+
+    /// Records one finished request.
+    pub fn record(&self, route: RouteId, method: &str, status: u16, seconds: f64) {
+        let entry = &self.routes[route.0];
+        let series = entry.series.get_or_init(|| {
+            Box::new(Series {
+                durations: std::array::from_fn(|_| OnceLock::new()),
+                counts: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+            })
+        });
+        let m = METHODS
+            .iter()
+            .position(|known| *known == method)
+            .unwrap_or(METHODS.len() - 1);
+        let method = METHODS[m];
+        let count = || {
+            metrics::counter!(
+                "portcullis_http_requests_total",
+                "route" => entry.label.clone(),
+                "method" => method,
+                "status" => status.to_string()
+            )
+        };
+        match STATUSES.iter().position(|known| *known == status) {
+            Some(s) => series.counts[m][s].get_or_init(count).increment(1),
+            None => count().increment(1),
         }
+        series.durations[m]
+            .get_or_init(|| {
+                metrics::histogram!(
+                    "portcullis_http_request_duration_seconds",
+                    "route" => entry.label.clone(),
+                    "method" => method
+                )
+            })
+            .record(seconds);
     }
 }
 
-/// The method as a label: one of the standard methods, else `other`, so that clients cannot
-/// mint new series by inventing methods.
-fn method_label(method: &str) -> &'static str {
-    const KNOWN: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
-    KNOWN
-        .into_iter()
-        .find(|known| *known == method)
-        .unwrap_or("other")
-}
-
-/// Records one finished request.
-pub fn record_request(route: &str, method: &str, status: u16, seconds: f64) {
-    let method = method_label(method);
-    let status = status.to_string();
-    metrics::counter!(
-        "portcullis_http_requests_total",
-        "route" => route.to_owned(),
-        "method" => method,
-        "status" => status
-    )
-    .increment(1);
-    metrics::histogram!(
-        "portcullis_http_request_duration_seconds",
-        "route" => route.to_owned(),
-        "method" => method
-    )
-    .record(seconds);
+fn is_parameter(segment: &str) -> bool {
+    segment.starts_with('{') && segment.ends_with('}')
 }
 
 /// What a right password led to: a session, or a second step still owed.
@@ -266,25 +353,63 @@ mod tests {
 
     #[test]
     fn paths_map_onto_their_templates() {
-        let labels = RouteLabels::new([
+        let routes = Routes::new([
             ("/auth/me".into(), vec!["GET".into()]),
             ("/auth/sessions/{id}".into(), vec!["DELETE".into()]),
+            (
+                "/admin/users/{id}/role".into(),
+                vec!["PATCH".into(), "GET".into()],
+            ),
         ]);
-        assert_eq!(labels.allow("/auth/sessions/x"), Some("DELETE"));
-        assert_eq!(labels.label("/auth/me"), "/auth/me");
+        let label = |path: &str| routes.label(routes.find(path)).to_owned();
         assert_eq!(
-            labels.label("/auth/sessions/8c5e6e3a-0000-0000-0000-000000000000"),
+            routes.allow(routes.find("/auth/sessions/x")).unwrap(),
+            "DELETE"
+        );
+        assert_eq!(label("/auth/me"), "/auth/me");
+        assert_eq!(
+            label("/auth/sessions/8c5e6e3a-0000-0000-0000-000000000000"),
             "/auth/sessions/{id}"
         );
-        assert_eq!(labels.label("/docs/oauth-receiver.html"), "/docs");
-        assert_eq!(labels.label("/auth/me/extra"), "unmatched");
-        assert_eq!(labels.label("/console/admin/users/42"), "/console");
-        assert_eq!(labels.label("/../../etc/passwd"), "unmatched");
+        assert_eq!(label("/admin/users/7/role"), "/admin/users/{id}/role");
+        assert_eq!(
+            routes.allow(routes.find("/admin/users/7/role")).unwrap(),
+            "PATCH, GET"
+        );
+        assert_eq!(label("/admin/users/7"), "unmatched");
+        assert_eq!(label("/auth/sessions"), "unmatched");
+        assert_eq!(label("/docs/oauth-receiver.html"), "/docs");
+        assert_eq!(label("/docsx"), "unmatched");
+        assert_eq!(label("/redoc"), "/redoc");
+        assert_eq!(label("/auth/me/extra"), "unmatched");
+        assert_eq!(label("/console/admin/users/42"), "/console");
+        assert_eq!(label("/../../etc/passwd"), "unmatched");
+        assert_eq!(routes.allow(routes.find("/redoc")), None);
     }
 
     #[test]
-    fn invented_methods_share_one_label() {
-        assert_eq!(method_label("GET"), "GET");
-        assert_eq!(method_label("BREW"), "other");
+    fn each_series_is_counted_under_its_labels() {
+        let routes = Routes::new([("/auth/me".into(), vec!["GET".into()])]);
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let me = routes.find("/auth/me");
+            for status in [200, 200, 401, 418] {
+                routes.record(me, "GET", status, 0.001);
+            }
+            routes.record(me, "BREW", 200, 0.001);
+            routes.record(routes.find("/nowhere"), "GET", 404, 0.001);
+        });
+        let text = handle.render();
+        for line in [
+            r#"portcullis_http_requests_total{route="/auth/me",method="GET",status="200"} 2"#,
+            r#"portcullis_http_requests_total{route="/auth/me",method="GET",status="401"} 1"#,
+            r#"portcullis_http_requests_total{route="/auth/me",method="GET",status="418"} 1"#,
+            r#"portcullis_http_requests_total{route="/auth/me",method="other",status="200"} 1"#,
+            r#"portcullis_http_requests_total{route="unmatched",method="GET",status="404"} 1"#,
+            r#"portcullis_http_request_duration_seconds_count{route="/auth/me",method="GET"} 4"#,
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
     }
 }
