@@ -399,6 +399,22 @@ app_test!(
             answer.to_ascii_lowercase().contains("connection: close"),
             "{answer:?}"
         );
+
+        // Kept alive after an answer, a connection waits for the next head no longer either.
+        let started = std::time::Instant::now();
+        let (answer, closed) = raw_exchange(
+            &app,
+            b"GET /public HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        assert!(closed, "an idle kept-alive connection must be closed");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "closed after {:?}",
+            started.elapsed()
+        );
     }
 );
 
