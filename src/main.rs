@@ -18,8 +18,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    portcullis::telemetry::init(settings.log_format, &settings.log_level);
-    match cli::run(cli.command.unwrap_or(Command::Serve), &settings).await {
+    let log = portcullis::telemetry::init(settings.log_format, &settings.log_level);
+    let outcome = cli::run(cli.command.unwrap_or(Command::Serve), &settings).await;
+    // What is still queued is written before anything below, and before the process ends.
+    drop(log);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("portcullis: {err:#}");
