@@ -35,8 +35,15 @@ struct Shared {
     buffer: Mutex<Buffer>,
     /// Locked while writing, and taken before the buffer's lock is let go: chunks go out in the
     /// order they were taken.
-    output: Mutex<Output>,
+    sink: Mutex<Sink>,
     wake: Condvar,
+}
+
+/// Where chunks go, and the empty buffer the next chunk's lines go into: the two buffers take
+/// turns, so that writing allocates nothing.
+struct Sink {
+    output: Output,
+    spare: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -59,7 +66,10 @@ impl Buffered {
                 bytes: Vec::with_capacity(CAPACITY),
                 stopping: false,
             }),
-            output: Mutex::new(Box::new(output)),
+            sink: Mutex::new(Sink {
+                output: Box::new(output),
+                spare: Vec::with_capacity(CAPACITY),
+            }),
             wake: Condvar::new(),
         });
         let flushing = Arc::clone(&shared);
@@ -82,11 +92,19 @@ impl Shared {
         if buffer.bytes.is_empty() {
             return;
         }
-        let chunk = std::mem::replace(&mut buffer.bytes, Vec::with_capacity(CAPACITY));
-        let mut output = self.output.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner);
+        let spare = std::mem::take(&mut sink.spare);
+        let mut chunk = std::mem::replace(&mut buffer.bytes, spare);
         drop(buffer);
         // A log has nowhere to report that it could not be written.
-        let _ = output.write_all(&chunk).and_then(|()| output.flush());
+        let _ = sink
+            .output
+            .write_all(&chunk)
+            .and_then(|()| sink.output.flush());
+        chunk.clear();
+        // A buffer that grew while the output was slow does not keep all it took.
+        chunk.shrink_to(LIMIT);
+        sink.spare = chunk;
     }
 
     fn flush_periodically(&self) {
