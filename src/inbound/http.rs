@@ -255,13 +255,12 @@ impl<A: Endpoint> Endpoint for Split<A> {
 
     async fn call(&self, req: poem::Request) -> poem::Result<poem::Response> {
         let path = req.uri().path();
-        let page = ["/docs", "/console"].iter().any(|prefix| {
-            path.strip_prefix(prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        }) || matches!(
-            path,
-            "/redoc" | "/openapi.json" | "/oauth/authorize" | "/oauth/logout"
-        );
+        let page = middleware::is_under(path, "/docs")
+            || middleware::is_under(path, "/console")
+            || matches!(
+                path,
+                "/redoc" | "/openapi.json" | "/oauth/authorize" | "/oauth/logout"
+            );
         if page {
             self.pages.call(req).await
         } else {

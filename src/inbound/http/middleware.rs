@@ -271,7 +271,7 @@ impl SecurityHeaders {
 }
 
 /// `path` is `prefix` or below it.
-fn is_under(path: &str, prefix: &str) -> bool {
+pub(crate) fn is_under(path: &str, prefix: &str) -> bool {
     path.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
